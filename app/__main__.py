@@ -1,0 +1,109 @@
+"""Command line: `python -m app {serve,check-config,demo}`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import BASE_URL_ENV, CURSOR_SECRET_ENV, ConfigError, check_document, load_settings, read_document
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = ROOT / "config" / "demo.yaml"
+DEMO_DATA = ROOT / "demo-data"
+
+
+def check_config(path: str) -> int:
+    """Print every problem of a configuration file; exit 0 only when there is none."""
+    file = Path(path)
+    try:
+        problems = check_document(read_document(file), file.resolve().parent)
+    except ConfigError as error:
+        problems = error.problems
+    if problems:
+        print(f"{path}: {len(problems)} problem(s)", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    print(f"{path}: OK")
+    return 0
+
+
+def serve(config: str, host: str, port: int, workers: int, threads: int) -> int:
+    """Serve with gunicorn (gthread workers): a production server, never Flask's debug server."""
+    from gunicorn.app.base import BaseApplication
+
+    try:
+        settings = load_settings(config)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 1
+    # Every worker must sign paging cursors with the same key, or a `next` link breaks.
+    os.environ.setdefault(CURSOR_SECRET_ENV, secrets.token_urlsafe(32))
+
+    class FacadeServer(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("threads", threads)
+            self.cfg.set("timeout", 60)
+            self.cfg.set("accesslog", "-")
+
+        def load(self) -> Any:
+            from . import create_app
+
+            return create_app(load_settings(config))
+
+    print(f"FHIR base URL: {settings.base_url}", flush=True)
+    FacadeServer().run()
+    return 0
+
+
+def demo(host: str, port: int) -> int:
+    from .demo.generate import ensure_demo_data
+
+    if ensure_demo_data(DEMO_DATA):
+        print(f"generated the demo dataset in {DEMO_DATA}")
+    base = f"http://{host}:{port}/fhir"
+    print(f"\nGM imaging FHIR facade (demo) at {base}\nTry:\n"
+          f"  curl -s '{base}/ImagingStudy?patient.identifier=https://fhir.nhs.uk/Id/nhs-number|"
+          f"{_first_demo_patient()}&_include=ImagingStudy:endpoint'\n", flush=True)
+    os.environ.setdefault(BASE_URL_ENV, base)
+    return serve(str(DEMO_CONFIG), host, port, workers=2, threads=8)
+
+
+def _first_demo_patient() -> str:
+    import json
+
+    manifest = json.loads((DEMO_DATA / "manifest.json").read_text())
+    return str(manifest["facts"]["multi_trust_patient"]["nhs_number"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="serve the FHIR API for a configuration file")
+    s.add_argument("--config", required=True)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--threads", type=int, default=8)
+    c = sub.add_parser("check-config", help="validate a configuration file and print every problem")
+    c.add_argument("file")
+    d = sub.add_parser("demo", help="serve the embedded demo archives (generating them if missing)")
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=8080)
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve(args.config, args.host, args.port, args.workers, args.threads)
+    if args.command == "check-config":
+        return check_config(args.file)
+    return demo(args.host, args.port)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""Configuration: one YAML (or JSON) file -> JSON Schema -> frozen settings.
+
+Every problem is named by its key (``trusts[2].ods_code: ...``) and all of them are reported at
+once, so that an operator fixes a file in one pass. Relative paths are resolved against the
+directory of the configuration file, not the working directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.json")
+CURSOR_SECRET_ENV = "FACADE_CURSOR_SECRET"
+BASE_URL_ENV = "FACADE_BASE_URL"
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; `problems` lists every reason, one sentence each."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"configuration {source} is invalid ({len(problems)} problem(s)):\n{lines}")
+
+
+@dataclass(frozen=True)
+class NhsNumberRule:
+    """How a trust's archive carries the NHS number: as PatientID (with an issuer) or via the xref."""
+
+    match: str
+    issuer: str | None = None
+
+
+@dataclass(frozen=True)
+class TrustSettings:
+    id: str
+    name: str
+    ods_code: str
+    accession_system: str
+    wado_url: str | None
+    archive: dict[str, Any]
+    nhs_number: NhsNumberRule
+
+
+@dataclass(frozen=True)
+class Settings:
+    base_url: str
+    timezone: str
+    cursor_secret: bytes
+    trusts: tuple[TrustSettings, ...]
+    patient_xref: Path | None = None
+    default_count: int = 50
+    max_count: int = 200
+    max_workers: int = 16
+    deadline_s: float = 10.0
+    source: str = "<dict>"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def base_path(self) -> str:
+        """The URL path at which the FHIR API is mounted, e.g. ``/fhir``."""
+        return urlsplit(self.base_url).path.rstrip("/")
+
+    @property
+    def public_root(self) -> str:
+        """Scheme and authority of the public base URL, e.g. ``http://127.0.0.1:8080``."""
+        parts = urlsplit(self.base_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    def trust(self, trust_id: str) -> TrustSettings | None:
+        return next((t for t in self.trusts if t.id == trust_id), None)
+
+
+@lru_cache(maxsize=1)
+def _validator() -> jsonschema.protocols.Validator:
+    schema = json.loads(SCHEMA_PATH.read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def _key_path(path: Any) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = _key_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = set(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - allowed) if isinstance(error.instance, dict) else []
+        names = ", ".join(repr(k) for k in unknown)
+        return f"{where}: unknown key {names} (allowed: {', '.join(sorted(allowed))})"
+    if error.validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        prefix = "" if where == "(top level)" else f"{where}."
+        return f"{prefix}{missing}: required key is missing"
+    return f"{where}: {error.message}"
+
+
+def _leaf_errors(errors: list[jsonschema.ValidationError]) -> list[jsonschema.ValidationError]:
+    """Replace if/then/allOf wrappers by the errors inside them, the ones that name a key."""
+    out: list[jsonschema.ValidationError] = []
+    for error in errors:
+        if error.context:
+            out.extend(_leaf_errors(list(error.context)))
+        else:
+            out.append(error)
+    return out
+
+
+def schema_problems(doc: Any) -> list[str]:
+    """Every JSON Schema violation in `doc`, one sentence each, sorted by key."""
+    errors = _leaf_errors(list(_validator().iter_errors(doc)))
+    messages = {_describe(e) for e in errors}
+    return sorted(messages)
+
+
+def _resolve(base_dir: Path, value: str) -> Path:
+    path = Path(os.path.expandvars(value)).expanduser()
+    return path if path.is_absolute() else (base_dir / path).resolve()
+
+
+def semantic_problems(doc: dict[str, Any], base_dir: Path) -> list[str]:
+    """Problems that a schema cannot express: uniqueness, files that must exist, known zones."""
+    problems: list[str] = []
+    trusts = doc.get("trusts", [])
+    for key in ("id", "ods_code"):
+        seen: dict[str, int] = {}
+        for i, trust in enumerate(trusts):
+            value = trust.get(key)
+            if value in seen:
+                problems.append(f"trusts[{i}].{key}: {value!r} is already used by trusts[{seen[value]}]")
+            elif value is not None:
+                seen[value] = i
+    for i, trust in enumerate(trusts):
+        archive = trust.get("archive", {})
+        if archive.get("type") == "folder" and isinstance(archive.get("path"), str):
+            path = _resolve(base_dir, archive["path"])
+            if not path.is_dir():
+                problems.append(f"trusts[{i}].archive.path: folder {path} does not exist")
+    uses_xref = any(t.get("nhs_number", {}).get("match") == "xref" for t in trusts)
+    xref = doc.get("patient_xref")
+    if uses_xref and not xref:
+        problems.append("patient_xref: required because a trust uses nhs_number.match 'xref'")
+    if isinstance(xref, str) and not _resolve(base_dir, xref).is_file():
+        problems.append(f"patient_xref: file {_resolve(base_dir, xref)} does not exist")
+    zone = doc.get("timezone", "Europe/London")
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        problems.append(f"timezone: {zone!r} is not a known IANA time zone")
+    search = doc.get("search", {})
+    if search.get("default_count", 50) > search.get("max_count", 200):
+        problems.append("search.default_count: larger than search.max_count")
+    return problems
+
+
+def read_document(path: Path) -> Any:
+    """Parse the file as YAML (a superset of JSON), naming the line of a syntax error."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [f"not valid YAML or JSON: {exc}"]) from None
+
+
+def check_document(doc: Any, base_dir: Path) -> list[str]:
+    """All problems of a parsed configuration document; empty when it is usable."""
+    if not isinstance(doc, dict):
+        return ["(top level): the configuration must be a mapping of keys to values"]
+    problems = schema_problems(doc)
+    if not problems:
+        problems = semantic_problems(doc, base_dir)
+    return problems
+
+
+def settings_from_document(doc: Any, base_dir: Path, source: str = "<dict>") -> Settings:
+    problems = check_document(doc, base_dir)
+    if problems:
+        raise ConfigError(source, problems)
+    secret = os.environ.get(CURSOR_SECRET_ENV) or doc.get("cursor_secret")
+    trusts = tuple(_trust(t, base_dir) for t in doc["trusts"])
+    search = doc.get("search", {})
+    federation = doc.get("federation", {})
+    xref = doc.get("patient_xref")
+    return Settings(
+        base_url=(os.environ.get(BASE_URL_ENV) or doc["base_url"]).rstrip("/"),
+        timezone=doc.get("timezone", "Europe/London"),
+        cursor_secret=secret.encode() if secret else secrets.token_bytes(32),
+        trusts=trusts,
+        patient_xref=_resolve(base_dir, xref) if xref else None,
+        default_count=search.get("default_count", 50),
+        max_count=search.get("max_count", 200),
+        max_workers=federation.get("max_workers", 16),
+        deadline_s=float(federation.get("deadline_s", 10)),
+        source=source,
+    )
+
+
+def _trust(doc: dict[str, Any], base_dir: Path) -> TrustSettings:
+    archive = dict(doc["archive"])
+    if archive["type"] == "folder":
+        archive["path"] = _resolve(base_dir, archive["path"])
+    rule = doc["nhs_number"]
+    return TrustSettings(
+        id=doc["id"],
+        name=doc["name"],
+        ods_code=doc["ods_code"],
+        accession_system=doc.get("accession_system")
+        or f"https://fhir.nhs.uk/{doc['ods_code']}/Id/accession-number",
+        wado_url=doc.get("wado_url"),
+        archive=archive,
+        nhs_number=NhsNumberRule(rule["match"], rule.get("issuer", "NHS") if rule["match"] == "patient_id" else None),
+    )
+
+
+def load_settings(path: str | os.PathLike[str]) -> Settings:
+    """Read, validate and freeze a configuration file; raises ConfigError naming every problem."""
+    file = Path(path)
+    return settings_from_document(read_document(file), file.resolve().parent, str(file))

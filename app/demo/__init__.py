@@ -1,0 +1,1 @@
+"""Demo data for the Greater Manchester imaging FHIR facade."""

@@ -1,0 +1,79 @@
+"""The FHIR error family: every failure the API reports becomes one OperationOutcome here.
+
+    FhirError                      500 exception (the base; never shows a stack trace)
+    ├── InvalidRequest             400 invalid (a bad parameter value, a malformed id)
+    │   └── TooCostly              400 too-costly (a search no archive could answer sensibly)
+    ├── NotFound                   404 not-found
+    ├── MethodNotAllowed           405 not-supported
+    └── NotAcceptable              406 not-supported (a format other than FHIR JSON)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+OPERATION_OUTCOME = "OperationOutcome"
+
+
+def operation_outcome(issues: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one place that builds an OperationOutcome resource."""
+    return {"resourceType": OPERATION_OUTCOME, "issue": issues}
+
+
+def issue(severity: str, code: str, diagnostics: str, expression: str | None = None) -> dict[str, Any]:
+    """One OperationOutcome.issue; `expression` names the parameter or element at fault."""
+    item: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": diagnostics}
+    if expression:
+        item["expression"] = [expression]
+    return item
+
+
+class FhirError(Exception):
+    """An error that the API reports as an OperationOutcome with an HTTP status."""
+
+    status_code = 500
+    issue_code = "exception"
+
+    def __init__(self, diagnostics: str, expression: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(diagnostics)
+        self.diagnostics = diagnostics
+        self.expression = expression
+        self.headers = headers or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return operation_outcome([issue("error", self.issue_code, self.diagnostics, self.expression)])
+
+
+class InvalidRequest(FhirError):
+    """A request the server understood but refuses: bad parameter value, bad id."""
+
+    status_code = 400
+    issue_code = "invalid"
+
+
+class TooCostly(InvalidRequest):
+    """A search so broad that answering it would mean reading whole archives."""
+
+    issue_code = "too-costly"
+
+
+class NotFound(FhirError):
+    """The resource does not exist, or the caller may not know that it exists."""
+
+    status_code = 404
+    issue_code = "not-found"
+
+
+class MethodNotAllowed(FhirError):
+    """The interaction is not supported on this resource type (the facade is read-only)."""
+
+    status_code = 405
+    issue_code = "not-supported"
+
+
+class NotAcceptable(FhirError):
+    """The client asked for a format this server does not produce."""
+
+    status_code = 406
+    issue_code = "not-supported"

@@ -1,0 +1,287 @@
+"""Federation: one search fanned out to every trust archive concurrently, mapped and merged.
+
+The query plan turns a validated StudySearch into typed per-trust StudyQuery values (patient
+keys resolved per trust), the archives answer in parallel within a deadline, each study is
+mapped by the pure core, and the answers are merged into one deterministic list. A trust that
+fails becomes an OperationOutcome issue; the others still answer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timezone, tzinfo
+from typing import Any
+
+from .archives.protocol import Archive, ArchiveError, Dataset, PatientKey, StudyQuery
+from .config import TrustSettings
+from .fhir.dates import DateRange, DateValueError, dicom_bounds, parse_range
+from .fhir.params import StudySearch
+from .mapping import dicom_json as dj
+from .mapping.context import TrustMapping
+from .mapping.engine import StudyMapper
+from .mapping.patient import nhs_number_of, patient_resource, subject_reference
+from .xref import PatientXref
+
+log = logging.getLogger(__name__)
+_NEVER = datetime.max.replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class TrustArchive:
+    """A configured trust with its archive adapter and the facts its resources carry."""
+
+    settings: TrustSettings
+    archive: Archive
+    mapping: TrustMapping
+
+
+@dataclass
+class TrustAnswer:
+    trust: TrustArchive
+    studies: list[Dataset] = field(default_factory=list)
+    series: list[Dataset] = field(default_factory=list)
+    instances: dict[str, dict[str, list[Dataset]]] = field(default_factory=dict)
+
+
+@dataclass
+class FederatedResult:
+    """Mapped, merged, filtered and sorted studies, with the raw patient data behind them."""
+
+    studies: list[dict[str, Any]] = field(default_factory=list)
+    patient_records: dict[str, list[Dataset]] = field(default_factory=lambda: defaultdict(list))
+    issues: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _failure(trust: TrustArchive, reason: str) -> dict[str, Any]:
+    return {"severity": "warning", "code": "incomplete",
+            "diagnostics": f"{trust.settings.name} ({trust.settings.ods_code}, archive '{trust.settings.id}') "
+                           f"did not answer: {reason}; results may be incomplete"}
+
+
+class Federation:
+    """Queries the trust archives for a search, in parallel, and merges what they answer."""
+
+    def __init__(self, trusts: list[TrustArchive], mapper: StudyMapper, xref: PatientXref,
+                 zone: tzinfo, max_workers: int, deadline_s: float) -> None:
+        self.trusts = trusts
+        self.mapper = mapper
+        self.xref = xref
+        self.zone = zone
+        self.deadline_s = deadline_s
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="archive")
+
+    # -- planning -------------------------------------------------------------------------
+    def patient_keys(self, trust: TrustArchive, nhs_number: str) -> tuple[PatientKey, ...]:
+        rule = trust.settings.nhs_number
+        if rule.match == "patient_id":
+            return (PatientKey(nhs_number, rule.issuer),)
+        return self.xref.local_keys(nhs_number, trust.settings.id)
+
+    def plan(self, search: StudySearch) -> dict[str, list[StudyQuery]]:
+        """Per trust id, the archive queries that together cover the search (empty: ask nobody)."""
+        if search.statuses and "available" not in search.statuses:
+            return {}
+        if search.study_uids is not None and not search.study_uids:
+            return {}
+        date_from, date_to = dicom_bounds(search.started, self.zone)
+        uids = tuple(sorted(search.study_uids or ()))
+        plans: dict[str, list[StudyQuery]] = {}
+        for trust in self.trusts:
+            if search.endpoint_ids is not None and trust.mapping.endpoint_id not in search.endpoint_ids:
+                continue
+            patients: list[PatientKey | None] = [None]
+            if search.nhs_numbers is not None:
+                patients = [k for n in sorted(search.nhs_numbers) for k in self.patient_keys(trust, n)]
+            accessions: list[str | None] = sorted({a.code for a in search.accessions}) or [None]
+            series: list[str | None] = list(search.series_uids) or [None]
+            sops: list[str | None] = list(search.instance_uids) or [None]
+            queries = [StudyQuery(patient=p, study_uids=uids, accession_number=a, series_uid=s, sop_instance_uid=i,
+                                  modalities=search.modalities, date_from=date_from, date_to=date_to)
+                       for p, a, s, i in itertools.product(patients, accessions, series, sops)]
+            if queries:
+                plans[trust.settings.id] = queries
+        return plans
+
+    # -- asking ---------------------------------------------------------------------------
+    def _ask(self, trust: TrustArchive, queries: list[StudyQuery], with_instances: bool) -> TrustAnswer:
+        answer = TrustAnswer(trust)
+        seen_studies: set[str] = set()
+        seen_series: set[str] = set()
+        for query in queries:
+            for study in trust.archive.find_studies(query):
+                uid = dj.first_text(study, dj.STUDY_INSTANCE_UID)
+                if uid and uid not in seen_studies:
+                    seen_studies.add(uid)
+                    answer.studies.append(study)
+            if not seen_studies:
+                continue
+            for series in trust.archive.find_series(query):
+                uid = dj.first_text(series, dj.SERIES_INSTANCE_UID)
+                if uid and uid not in seen_series and dj.first_text(series, dj.STUDY_INSTANCE_UID) in seen_studies:
+                    seen_series.add(uid)
+                    answer.series.append(series)
+        if with_instances:
+            for uid in sorted(seen_studies):
+                by_series: dict[str, list[Dataset]] = defaultdict(list)
+                for instance in trust.archive.find_instances(uid):
+                    by_series[dj.first_text(instance, dj.SERIES_INSTANCE_UID) or ""].append(instance)
+                answer.instances[uid] = by_series
+        return answer
+
+    def gather(self, plans: dict[str, list[StudyQuery]], with_instances: bool,
+               issues: list[dict[str, Any]]) -> list[TrustAnswer]:
+        """Ask every planned trust in parallel; failures and late answers become issues."""
+        by_id = {t.settings.id: t for t in self.trusts}
+        futures: dict[Future[TrustAnswer], TrustArchive] = {
+            self._pool.submit(self._ask, by_id[tid], queries, with_instances): by_id[tid] for tid, queries in plans.items()
+        }
+        done, late = wait(futures, timeout=self.deadline_s)
+        answers = []
+        for future in sorted(done, key=lambda f: self.trusts.index(futures[f])):
+            trust = futures[future]
+            try:
+                answers.append(future.result())
+            except ArchiveError as exc:
+                issues.append(_failure(trust, exc.reason))
+            except Exception:  # an adapter bug must not take the other trusts' answers down
+                log.exception("archive %s failed unexpectedly", trust.settings.id)
+                issues.append(_failure(trust, "internal error in its adapter"))
+        for future in late:
+            future.cancel()
+            issues.append(_failure(futures[future], f"no answer within the {self.deadline_s:g} s deadline"))
+        return answers
+
+    # -- mapping and merging --------------------------------------------------------------
+    def search(self, search: StudySearch, with_instances: bool = False) -> FederatedResult:
+        result = FederatedResult()
+        needs_instances = with_instances or bool(search.dicom_classes)
+        answers = self.gather(self.plan(search), needs_instances, result.issues)
+        merged: dict[str, dict[str, Any]] = {}
+        owners: dict[str, str | None] = {}
+        for answer in answers:
+            self._map_answer(answer, search, merged, owners, result)
+        kept = [s for s in merged.values() if _matches(s, search, self.zone)]
+        result.studies = sorted(kept, key=lambda s: _sort_key(s, self.zone, search.paging.sort_descending))
+        return result
+
+    def _map_answer(self, answer: TrustAnswer, search: StudySearch, merged: dict[str, dict[str, Any]],
+                    owners: dict[str, str | None], result: FederatedResult) -> None:
+        trust = answer.trust
+        rule = trust.settings.nhs_number
+        series_by_study: dict[str, list[Dataset]] = defaultdict(list)
+        for series in answer.series:
+            series_by_study[dj.first_text(series, dj.STUDY_INSTANCE_UID) or ""].append(series)
+        local_system = f"https://fhir.nhs.uk/{trust.settings.ods_code}/Id/local-patient-identifier"
+        for study in answer.studies:
+            uid = dj.first_text(study, dj.STUDY_INSTANCE_UID) or ""
+            nhs = nhs_number_of(study, rule.match, rule.issuer, trust.settings.id, self.xref.reverse)
+            if search.nhs_numbers is not None and nhs not in search.nhs_numbers:
+                # The archive matched on its key but the record resolves to someone else: never show it.
+                result.issues.append({"severity": "warning", "code": "conflict", "diagnostics":
+                                      f"{trust.settings.name}: a study whose patient identity does not resolve to "
+                                      "the requested NHS number was withheld"})
+                continue
+            mapped = self.mapper.map_study(study, series_by_study.get(uid, []), answer.instances.get(uid),
+                                           trust.mapping, subject_reference(nhs, study, local_system), result.issues)
+            if mapped is None:
+                continue
+            if nhs:
+                result.patient_records[nhs].append(study)
+            if uid not in merged:
+                merged[uid], owners[uid] = mapped, nhs
+            elif owners[uid] == nhs and nhs is not None:
+                merged[uid] = merge_copies(merged[uid], mapped, trust.mapping)
+            else:
+                result.issues.append({"severity": "warning", "code": "conflict", "diagnostics":
+                                      f"study {uid} is held by several archives under different patients; "
+                                      f"the copy at {trust.settings.name} was not merged"})
+
+    def patient(self, nhs_number: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The Patient for an NHS number from the imaging records of every trust, or None."""
+        result = self.search(StudySearch(nhs_numbers=frozenset({nhs_number})))
+        records = result.patient_records.get(nhs_number)
+        return (patient_resource(nhs_number, records) if records else None), result.issues
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def merge_copies(first: dict[str, Any], other: dict[str, Any], other_trust: TrustMapping) -> dict[str, Any]:
+    """One study held by two archives: the union of series, counts recomputed.
+
+    Series only the second archive holds point at its Endpoint, so a viewer retrieves each
+    series from the archive that has it.
+    """
+    merged = dict(first)
+    series = list(first.get("series", ()))
+    known = {s["uid"] for s in series}
+    for extra in other.get("series", ()):
+        if extra["uid"] not in known:
+            series.append({**extra, "endpoint": [other_trust.endpoint_reference]})
+            known.add(extra["uid"])
+    if series:
+        merged["series"] = series
+        merged["numberOfSeries"] = len(series)
+        if all("numberOfInstances" in s for s in series):
+            merged["numberOfInstances"] = sum(s["numberOfInstances"] for s in series)
+    codes = {c["code"] for c in merged.get("modality", ())}
+    extra_modalities = [c for c in other.get("modality", ()) if c["code"] not in codes]
+    if extra_modalities:
+        merged["modality"] = [*merged.get("modality", ()), *extra_modalities]
+    return merged
+
+
+def _started(study: dict[str, Any], zone: tzinfo) -> tuple[datetime, datetime] | None:
+    started = study.get("started")
+    if not started:
+        return None
+    try:
+        found = parse_range(started, zone)
+    except DateValueError:
+        return None
+    return found.start, found.end
+
+
+def _matches(study: dict[str, Any], search: StudySearch, zone: tzinfo) -> bool:
+    """The criteria an archive may not have applied exactly, checked on the mapped resource."""
+    if search.started:
+        found = _started(study, zone)
+        if found is None:
+            return False
+        span = DateRange(*found)
+        if not all(f.matches(span) for f in search.started):
+            return False
+    if search.modalities and not {c["code"] for c in study.get("modality", ())} & set(search.modalities):
+        return False
+    series = study.get("series", ())
+    if search.series_uids and not {s["uid"] for s in series} & set(search.series_uids):
+        return False
+    if search.instance_uids and not {i["uid"] for s in series for i in s.get("instance", ())} & set(search.instance_uids):
+        return False
+    if search.body_sites:
+        codes = {s["bodySite"]["code"] for s in series if "bodySite" in s}
+        if not codes & {t.code for t in search.body_sites}:
+            return False
+    if search.dicom_classes:
+        classes = {i["sopClass"]["code"].removeprefix("urn:oid:") for s in series for i in s.get("instance", ())}
+        if not classes & set(search.dicom_classes):
+            return False
+    if search.accessions:
+        held = {(i.get("system"), i["value"]) for i in study.get("identifier", ())
+                if i.get("type", {}).get("coding", [{}])[0].get("code") == "ACSN"}
+        if not any((a.system is None and any(v == a.code for _, v in held)) or (a.system, a.code) in held
+                   for a in search.accessions):
+            return False
+    return True
+
+
+def _sort_key(study: dict[str, Any], zone: tzinfo, descending: bool) -> tuple[int, float, str]:
+    found = _started(study, zone)
+    if found is None:
+        return (1, 0.0, study["id"])  # studies without a date come last, whatever the direction
+    stamp = found[0].timestamp()
+    return (0, -stamp if descending else stamp, study["id"])

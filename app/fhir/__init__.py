@@ -1,0 +1,1 @@
+"""The FHIR REST layer: search parameter parsing (pure), Bundles, cursors, views."""

@@ -1,0 +1,88 @@
+"""The CapabilityStatement: exactly what this server supports, built from the same tables the views use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .bundle import now_instant
+
+FHIR_VERSION = "4.0.1"
+_DOCS = "hl7.org/fhir/R4/imagingstudy.html#search"
+
+
+def _param(name: str, kind: str, doc: str) -> dict[str, str]:
+    return {"name": name, "type": kind, "documentation": doc}
+
+
+IMAGING_STUDY_PARAMS = [
+    _param("_id", "token", "The StudyInstanceUID (the logical id)."),
+    _param("identifier", "token", "urn:dicom:uid|urn:oid:<StudyInstanceUID>, a bare UID, or an accession as "
+                                  "<system>|<value> (also identifier:of-type=...v2-0203|ACSN|<value>)."),
+    _param("patient", "reference", "Patient/<NHS number>; also patient.identifier and patient:identifier = "
+                                   "https://fhir.nhs.uk/Id/nhs-number|<NHS number>."),
+    _param("subject", "reference", "As patient (subject:identifier supported); only Patient subjects."),
+    _param("started", "date", "eq, ne, lt, le, gt, ge, sa, eb prefixes; partial dates; repeat for a range."),
+    _param("modality", "token", "DICOM modality code (http://dicom.nema.org/resources/ontology/DCM)."),
+    _param("series", "token", "A SeriesInstanceUID held by the study."),
+    _param("instance", "token", "A SOPInstanceUID held by the study."),
+    _param("dicom-class", "token", "A SOP Class UID (urn:ietf:rfc:3986|urn:oid:<uid> or bare)."),
+    _param("bodysite", "token", "SNOMED CT body site of a series (PS3.16 Annex L)."),
+    _param("endpoint", "reference", "Endpoint/<id>: only studies held by that trust archive."),
+    _param("status", "token", "Studies found in an archive are 'available'."),
+]
+
+_COMMON = [
+    _param("_count", "number", "Page size (capped by configuration); _count=0 gives the total only."),
+    _param("_summary", "token", "'count' gives the total only."),
+    _param("_elements", "string", "Top-level elements to return (mandatory ones are always kept)."),
+]
+
+
+def capability_statement(base_url: str, software_version: str) -> dict[str, Any]:
+    """The server's CapabilityStatement (read-only: read and search-type on four resources)."""
+    def resource(kind: str, params: list[dict[str, str]], **extra: Any) -> dict[str, Any]:
+        return {"type": kind, "interaction": [{"code": "read"}, {"code": "search-type"}],
+                "versioning": "no-version", "readHistory": False, "updateCreate": False,
+                "searchParam": params + _COMMON, **extra}
+
+    return {
+        "resourceType": "CapabilityStatement",
+        "id": "gm-imaging-facade",
+        "url": f"{base_url}/metadata",
+        "name": "GMImagingFacade",
+        "title": "Greater Manchester imaging FHIR facade",
+        "status": "active",
+        "date": now_instant()[:10],
+        "publisher": "Greater Manchester imaging programme",
+        "kind": "instance",
+        "software": {"name": "gm-imaging-facade", "version": software_version},
+        "implementation": {"description": "FHIR R4 facade over the Greater Manchester trust imaging archives",
+                           "url": base_url},
+        "fhirVersion": FHIR_VERSION,
+        "format": ["application/fhir+json", "json"],
+        "rest": [{
+            "mode": "server",
+            "documentation": "Read-only. Searches are answered live from every trust archive; failures of "
+                             "individual archives are reported in an OperationOutcome entry (search.mode outcome).",
+            "resource": [
+                resource("ImagingStudy", IMAGING_STUDY_PARAMS,
+                         searchInclude=["ImagingStudy:endpoint", "ImagingStudy:patient", "ImagingStudy:subject"]),
+                resource("Patient", [
+                    _param("_id", "token", "The NHS number."),
+                    _param("identifier", "token", "https://fhir.nhs.uk/Id/nhs-number|<NHS number>."),
+                ]),
+                resource("Endpoint", [
+                    _param("_id", "token", "Endpoint id (<trust>-wado-rs)."),
+                    _param("organization", "reference", "Organization/<ODS code>."),
+                    _param("connection-type", "token", "dicom-wado-rs."),
+                    _param("status", "token", "active."),
+                    _param("name", "string", "Starts-with match on the name, case-insensitive."),
+                ]),
+                resource("Organization", [
+                    _param("_id", "token", "The ODS code."),
+                    _param("identifier", "token", "https://fhir.nhs.uk/Id/ods-organization-code|<ODS code>."),
+                    _param("name", "string", "Starts-with match on the name, case-insensitive."),
+                ]),
+            ],
+        }],
+    }

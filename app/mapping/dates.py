@@ -1,0 +1,86 @@
+"""DICOM DA/TM/TimezoneOffsetFromUTC -> FHIR dateTime, keeping the precision DICOM gave.
+
+FHIR requires a zone whenever a time is present. When the archive sends no
+TimezoneOffsetFromUTC we use the trust's local zone (Europe/London by default) for that date,
+which is what every GM modality clock runs on; the choice is documented in the README.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from datetime import date, datetime, timedelta, tzinfo
+
+_DATE = re.compile(r"^(\d{4})(?:\.?(\d{2})(?:\.?(\d{2}))?)?$")
+_TIME = re.compile(r"^(\d{2})(?::?(\d{2})(?::?(\d{2})(?:\.(\d{1,6}))?)?)?$")
+_OFFSET = re.compile(r"^([+-])(\d{2})(\d{2})$")
+
+
+class DateProblem(ValueError):
+    """A DICOM date or time that cannot be read; its message says which value and why."""
+
+
+def fhir_date(da: str) -> str:
+    """``20240305`` -> ``2024-03-05``; ``202403`` -> ``2024-03``; legacy ``2024.03.05`` accepted."""
+    match = _DATE.match(da.strip())
+    if not match:
+        raise DateProblem(f"{da!r} is not a DICOM date (YYYYMMDD)")
+    year, month, day = match.groups()
+    try:
+        date(int(year), int(month or 1), int(day or 1))
+    except ValueError:
+        raise DateProblem(f"{da!r} is not a calendar date") from None
+    if int(year) < 1800:
+        raise DateProblem(f"{da!r} is before 1800")
+    return "-".join(p for p in (year, month, day) if p)
+
+
+def _fhir_time(tm: str) -> tuple[str, int, int, int]:
+    match = _TIME.match(tm.strip())
+    if not match:
+        raise DateProblem(f"{tm!r} is not a DICOM time (HHMMSS.FFFFFF)")
+    hh, mm, ss, frac = match.groups()
+    h, m, s = int(hh), int(mm or 0), int(ss or 0)
+    if h > 23 or m > 59 or s > 59:
+        raise DateProblem(f"{tm!r} is not a time of day")
+    text = f"{h:02d}:{m:02d}:{s:02d}" + (f".{frac}" if frac else "")
+    return text, h, m, s
+
+
+def _offset_text(offset: str) -> str:
+    match = _OFFSET.match(offset.strip())
+    if not match or int(match.group(2)) > 14 or int(match.group(3)) > 59:
+        raise DateProblem(f"{offset!r} is not a DICOM UTC offset (+HHMM)")
+    sign, hh, mm = match.groups()
+    return f"{sign}{hh}:{mm}"
+
+
+def _zone_offset_text(day: str, hms: tuple[int, int, int], zone: tzinfo) -> str:
+    y, mo, d = (int(p) for p in day.split("-"))
+    local = datetime(y, mo, d, *hms, tzinfo=zone)
+    delta = local.utcoffset() or timedelta(0)
+    minutes = int(delta.total_seconds() // 60)
+    sign = "+" if minutes >= 0 else "-"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+@lru_cache(maxsize=4096)
+def fhir_datetime(da: str | None, tm: str | None, offset: str | None, zone: tzinfo) -> str | None:
+    """Combine DA, TM and offset into a FHIR dateTime; None when there is no date at all.
+
+    A time is only kept with a full date (FHIR has no partial date with a time). Raises
+    DateProblem naming the first unreadable value; the caller reports it and omits the element.
+    Cached: a study's series mostly share its date, and a patient's studies repeat across queries.
+    """
+    if not da:
+        if tm:
+            raise DateProblem(f"time {tm!r} has no date")
+        return None
+    day = fhir_date(da)
+    if not tm:
+        return day
+    if len(day) != 10:
+        raise DateProblem(f"time {tm!r} given with a partial date {da!r}")
+    time_text, h, m, s = _fhir_time(tm)
+    zone_text = _offset_text(offset) if offset else _zone_offset_text(day, (h, m, s), zone)
+    return f"{day}T{time_text}{zone_text}"

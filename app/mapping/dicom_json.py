@@ -1,0 +1,128 @@
+"""Reading the DICOM JSON model (PS3.18 Annex F) as QIDO-RS and pydicom's to_json_dict() give it.
+
+A dataset is ``{"0020000D": {"vr": "UI", "Value": ["1.2.3"]}, ...}``. Values may be absent, empty,
+multi-valued, numbers (IS, DS, US, UL) or strings that hold numbers, person names as
+``{"Alphabetic": "Family^Given"}`` and sequences as nested datasets. Nothing here raises on odd
+input: a reader returns None (or an empty tuple) and the caller decides what to report.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+Dataset = dict[str, Any]
+
+UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+# Tags the core reads outside the mapping tables (identity and structure, not content).
+STUDY_INSTANCE_UID = "0020000D"
+SERIES_INSTANCE_UID = "0020000E"
+SOP_INSTANCE_UID = "00080018"
+SOP_CLASS_UID = "00080016"
+MODALITY = "00080060"
+MODALITIES_IN_STUDY = "00080061"
+PATIENT_ID = "00100020"
+ISSUER_OF_PATIENT_ID = "00100021"
+OTHER_PATIENT_IDS_SEQUENCE = "00101002"
+PATIENT_NAME = "00100010"
+PATIENT_BIRTH_DATE = "00100030"
+PATIENT_SEX = "00100040"
+STUDY_DATE = "00080020"
+NUMBER_OF_SERIES_RELATED_INSTANCES = "00201209"
+BODY_PART_EXAMINED = "00180015"
+
+
+def values(dataset: Dataset, tag: str) -> list[Any]:
+    """All values of an element, or an empty list when it is absent or empty."""
+    element = dataset.get(tag)
+    if not element:
+        return []
+    found = element.get("Value")
+    return found if isinstance(found, list) else []
+
+
+def text(value: Any) -> str | None:
+    """A value as trimmed text, None when empty; numbers are kept as their text."""
+    if value is None or isinstance(value, (dict, list)):
+        return None
+    result = str(value).strip()
+    return result or None
+
+
+def first_text(dataset: Dataset, tag: str) -> str | None:
+    """The first non-empty value as text. The common case (one string value) is the fast path."""
+    element = dataset.get(tag)
+    if not element:
+        return None
+    found = element.get("Value")
+    if not found or not isinstance(found, list):
+        return None
+    head = found[0]
+    if type(head) is str:
+        head = head.strip()
+        if head:
+            return head
+    for value in found:
+        result = text(value)
+        if result:
+            return result
+    return None
+
+
+def all_text(dataset: Dataset, tag: str) -> list[str]:
+    return [t for t in (text(v) for v in values(dataset, tag)) if t]
+
+
+def uid(dataset: Dataset, tag: str) -> str | None:
+    """A valid DICOM UID (PS3.5 9.1) or None: the ids we publish must never be garbage."""
+    found = first_text(dataset, tag)
+    if found and len(found) <= 64 and UID_PATTERN.match(found):
+        return found
+    return None
+
+
+def person_name_text(value: Any) -> str | None:
+    """The alphabetic (else ideographic, phonetic) group of a PN value, as DICOM JSON holds it."""
+    if isinstance(value, dict):
+        for group in ("Alphabetic", "Ideographic", "Phonetic"):
+            found = value.get(group)
+            if isinstance(found, str) and found.strip("^ =").strip():
+                return found
+        return None
+    if isinstance(value, str) and value.strip("^ =").strip():
+        return value
+    return None
+
+
+def person_name_parts(pn: str) -> tuple[str, list[str], str, str]:
+    """(family, given names, prefix, suffix) from ``Family^Given^Middle^Prefix^Suffix``."""
+    parts = [p.strip() for p in pn.split("=")[0].split("^")] + [""] * 5
+    given = [p for p in parts[1:3] if p]
+    return parts[0], given, parts[3], parts[4]
+
+
+def person_display(pn: str) -> str:
+    """A human display such as ``Dr Jane A Smith`` built from a PN value."""
+    family, given, prefix, suffix = person_name_parts(pn)
+    words = [prefix, *given, family, suffix]
+    return " ".join(w for w in words if w)
+
+
+def unsigned(value: Any) -> int | None:
+    """An IS/US/UL value as a non-negative int, None when it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, float):
+        return int(value) if value >= 0 and value == int(value) else None
+    found = text(value)
+    if found and found.lstrip("+").isdigit():
+        return int(found)
+    return None
+
+
+def items(dataset: Dataset, tag: str) -> list[Dataset]:
+    """The item datasets of a sequence, skipping anything that is not a dataset."""
+    return [v for v in values(dataset, tag) if isinstance(v, dict)]
