@@ -213,48 +213,48 @@ _TEMPLATES: tuple[_Template, ...] = (
     _Template(
         "ct_cap", "CT Chest Abdomen Pelvis with contrast", "Radiology",
         (_S("CT", "Topogram", 1), _S("CT", "Axial 5mm portal venous", 3),
-         _S("CT", "Coronal 3mm", 2)),
+         _S("CT", "Coronal 3mm", 1)),
         ("Staging colorectal carcinoma", "Unexplained weight loss ? malignancy",
          "Follow-up lymphoma post chemotherapy", "Raised CA-125"),
         "CCAPC", ("CHESTABDPELVIS",), weight=3,
     ),
     _Template(
         "ct_head", "CT Head without contrast", "Radiology",
-        (_S("CT", "Head axial 5mm", 3), _S("CT", "Head bone window", 1)),
+        (_S("CT", "Head axial 5mm", 2), _S("CT", "Head bone window", 1)),
         ("Fall on anticoagulants", "Sudden onset headache", "Acute confusion",
          "Suspected stroke"),
         "CHEAD", ("HEAD",), ("LN", "24725-4", "CT Head"), _ACUTE, weight=3,
     ),
     _Template(
         "ct_chest", "CT Chest", "Radiology",
-        (_S("CT", "Axial lung 1mm", 3), _S("CT", "Axial mediastinum 3mm", 2)),
+        (_S("CT", "Axial lung 1mm", 2), _S("CT", "Axial mediastinum 3mm", 1)),
         ("Lung nodule surveillance", "Haemoptysis", "Interstitial lung disease"),
         "CCHES", ("CHEST",), ("LN", "24627-2", "CT Chest"), weight=2,
     ),
     _Template(
         "mr_knee", "MRI Knee {side}", "Radiology",
-        (_S("MR", "PD FS sagittal", 3, "study"), _S("MR", "T1 coronal", 2, "study"),
-         _S("MR", "PD FS axial", 2, "study"), _S("KO", "Key images")),
+        (_S("MR", "PD FS sagittal", 2, "study"), _S("MR", "T1 coronal", 1, "study"),
+         _S("MR", "PD FS axial", 1, "study"), _S("KO", "Key images")),
         ("Locking and giving way ? meniscal tear", "Sports injury ? ACL rupture",
          "Persistent knee pain"),
         "MKNEE", ("KNEE",), None, _ACUTE, sided=True, weight=2,
     ),
     _Template(
         "mr_brain", "MRI Head", "Radiology",
-        (_S("MR", "T2 axial", 3), _S("MR", "FLAIR axial", 2), _S("MR", "DWI", 2)),
+        (_S("MR", "T2 axial", 2), _S("MR", "FLAIR axial", 1), _S("MR", "DWI", 1)),
         ("Multiple sclerosis follow-up", "Headache with red flags",
          "Seizure ? structural cause"),
         "MHEAD", ("HEAD",), weight=2,
     ),
     _Template(
         "mr_lspine", "MRI Lumbar Spine", "Radiology",
-        (_S("MR", "T2 sagittal", 3), _S("MR", "T1 sagittal", 2), _S("MR", "T2 axial", 2)),
+        (_S("MR", "T2 sagittal", 2), _S("MR", "T1 sagittal", 1), _S("MR", "T2 axial", 1)),
         ("Sciatica ? disc prolapse", "Back pain with red flags", "Cauda equina symptoms"),
         "MSPIL", ("LSPINE",), None, _ACUTE, weight=2,
     ),
     _Template(
         "mr_prostate", "MRI Prostate multiparametric", "Radiology",
-        (_S("MR", "T2 axial", 2), _S("MR", "DWI b1400", 2), _S("MR", "DCE", 2)),
+        (_S("MR", "T2 axial", 1), _S("MR", "DWI b1400", 1), _S("MR", "DCE", 1)),
         ("Raised PSA",), "MPROS", ("PROSTATE",), None,
         ("mft", "salford", "stockport", "christie", "bolton"), sex="M", ages=(45, 90),
     ),
@@ -294,20 +294,20 @@ _TEMPLATES: tuple[_Template, ...] = (
     ),
     _Template(
         "pet_fdg", "PET-CT FDG Half Body", "Nuclear Medicine",
-        (_S("CT", "CT attenuation correction", 2), _S("PT", "PET AC", 3),
+        (_S("CT", "CT attenuation correction", 1), _S("PT", "PET AC", 2),
          _S("SEG", "Tumour segmentation")),
         ("Lymphoma staging", "Lung cancer staging", "Response assessment post chemotherapy"),
         "NPETH", ("WHOLEBODY",), None, ("christie",), weight=3,
     ),
     _Template(
-        "us_abdo", "US Abdomen", "Radiology", (_S("US", "Abdomen", 3),),
+        "us_abdo", "US Abdomen", "Radiology", (_S("US", "Abdomen", 2),),
         ("Right upper quadrant pain ? gallstones", "Deranged liver function tests",
          "Abdominal mass"),
         "UABDO", ("ABDOMEN",), None, _ACUTE, weight=3,
     ),
     _Template(
         "echo", "Echocardiogram", "Cardiology",
-        (_S("US", "Transthoracic echo", 3), _S("SR", "Echo measurements report")),
+        (_S("US", "Transthoracic echo", 2), _S("SR", "Echo measurements report")),
         ("Breathlessness ? heart failure", "New murmur", "Atrial fibrillation"),
         "UECHO", ("HEART",), ("SCT", "40701008", "Echocardiography"), _ACUTE, weight=2,
     ),
@@ -326,13 +326,13 @@ _TEMPLATES: tuple[_Template, ...] = (
         ("mft", "stockport", "bolton"),
     ),
     _Template(
-        "rf_swallow", "Barium swallow", "Radiology", (_S("RF", "Swallow fluoroscopy", 3),),
+        "rf_swallow", "Barium swallow", "Radiology", (_S("RF", "Swallow fluoroscopy", 2),),
         ("Dysphagia", "Suspected oesophageal stricture"), "FBASW", ("ESOPHAGUS",), None,
         _ACUTE,
     ),
     _Template(
         "colonoscopy", "Colonoscopy", "Endoscopy Unit",
-        (_S("ES", "Colonoscopy images", 3), _S("DOC", "Endoscopy report")),
+        (_S("ES", "Colonoscopy images", 2), _S("DOC", "Endoscopy report")),
         ("Bowel cancer screening positive FIT", "Change in bowel habit",
          "Iron deficiency anaemia"),
         "ECOLO", ("COLON",), ("SCT", "73761001", "Colonoscopy"), _ACUTE,
@@ -345,13 +345,13 @@ _TEMPLATES: tuple[_Template, ...] = (
     ),
     _Template(
         "wound_photo", "Wound photography left foot", "Medical Illustration",
-        (_S("XC", "Clinical photographs", 3, "L"),),
+        (_S("XC", "Clinical photographs", 2, "L"),),
         ("Diabetic foot ulcer monitoring",), "PWOUN", ("FOOT",), None, _ACUTE,
         manufacturer="Canon",
     ),
     _Template(
         "skin_micro", "Skin lesion microscopy", "Medical Illustration",
-        (_S("GM", "Lesion microscopy", 2),),
+        (_S("GM", "Lesion microscopy", 1),),
         ("Pigmented lesion ? melanoma", "Changing naevus"), "PSKIN", ("BACK",), None,
         ("salford", "mft", "stockport"), manufacturer="Olympus",
     ),
@@ -1013,17 +1013,19 @@ def _add_series(ds: Dataset, study: _Study, series: _Series) -> None:
         ds.Laterality = series.side
 
 
-def _base_dataset(study: _Study, series: _Series, trust: Trust, index: int) -> Dataset:
+def _series_base(study: _Study, series: _Series, trust: Trust) -> Dataset:
+    """Patient, study, series and equipment attributes shared by a series' instances.
+
+    Built once per series and copied per instance: building datasets element by
+    element is most of the generator's run time.
+    """
     ds = Dataset()
     charset = _charset(study.patient, trust.id)
     if charset:
         ds.SpecificCharacterSet = charset
-    modality = series.spec.modality
-    ds.SOPClassUID = SOP_CLASS_BY_MODALITY[modality]
-    ds.SOPInstanceUID = series.instance_uids[index]
+    ds.SOPClassUID = SOP_CLASS_BY_MODALITY[series.spec.modality]
     ds.InstanceCreationDate = study.date.strftime("%Y%m%d")
     ds.InstanceCreationTime = study.time
-    ds.InstanceNumber = index + 1
     ds.ContentDate = study.date.strftime("%Y%m%d")
     ds.ContentTime = study.time
     _add_patient(ds, study.patient, trust)
@@ -1447,8 +1449,14 @@ def _encapsulated_pdf(ds: Dataset, study: _Study, trust: Trust) -> None:
     ds.add_new(0x00420011, "OB", pdf + b"\x00" * (len(pdf) % 2))
 
 
-def _instance(study: _Study, series: _Series, trust: Trust, index: int) -> Dataset:
-    ds = _base_dataset(study, series, trust, index)
+def _instance(
+    base: Dataset, study: _Study, series: _Series, trust: Trust, index: int
+) -> Dataset:
+    ds = Dataset()
+    # The copy shares the base's element objects; they are only replaced, never mutated.
+    ds.update(base)
+    ds.SOPInstanceUID = series.instance_uids[index]
+    ds.InstanceNumber = index + 1
     modality = series.spec.modality
     if modality in ("ECG", "HD"):
         _waveform(ds, study, modality)
@@ -1473,7 +1481,6 @@ def _write(ds: Dataset, path: Path) -> int:
     meta.ImplementationClassUID = _IMPLEMENTATION_CLASS_UID
     meta.ImplementationVersionName = _IMPLEMENTATION_VERSION
     ds.file_meta = meta
-    path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path.stat().st_size
 
@@ -1488,9 +1495,12 @@ def _write_study(out_dir: Path, study: _Study) -> tuple[int, int]:
         for series in study.series:
             if trust_id not in series.holders:
                 continue
+            base = _series_base(study, series, trust)
+            folder = out_dir / trust_id / study.uid / series.uid
+            folder.mkdir(parents=True, exist_ok=True)
             for index, sop_uid in enumerate(series.instance_uids):
-                path = out_dir / trust_id / study.uid / series.uid / f"{sop_uid}.dcm"
-                size += _write(_instance(study, series, trust, index), path)
+                dataset = _instance(base, study, series, trust, index)
+                size += _write(dataset, folder / f"{sop_uid}.dcm")
                 files += 1
     return files, size
 

@@ -9,6 +9,7 @@ input: a reader returns None (or an empty tuple) and the caller decides what to 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
 Dataset = dict[str, Any]
@@ -74,12 +75,21 @@ def all_text(dataset: Dataset, tag: str) -> list[str]:
     return [t for t in (text(v) for v in values(dataset, tag)) if t]
 
 
+def is_uid(value: str) -> bool:
+    """A valid DICOM UID (PS3.5 9.1): digits and dots, no empty or zero-led component, <= 64."""
+    if len(value) > 64 or not value.isascii() or not value.replace(".", "").isdigit():
+        return False
+    if value[0] == "." or value[-1] == "." or ".." in value:
+        return False
+    if ".0" in value or (value[0] == "0" and len(value) > 1):
+        return UID_PATTERN.match(value) is not None  # rare: only then can a component lead with 0
+    return True
+
+
 def uid(dataset: Dataset, tag: str) -> str | None:
-    """A valid DICOM UID (PS3.5 9.1) or None: the ids we publish must never be garbage."""
+    """A valid DICOM UID or None: the ids we publish must never be garbage."""
     found = first_text(dataset, tag)
-    if found and len(found) <= 64 and UID_PATTERN.match(found):
-        return found
-    return None
+    return found if found and is_uid(found) else None
 
 
 def person_name_text(value: Any) -> str | None:
@@ -102,8 +112,12 @@ def person_name_parts(pn: str) -> tuple[str, list[str], str, str]:
     return parts[0], given, parts[3], parts[4]
 
 
+@lru_cache(maxsize=8192)
 def person_display(pn: str) -> str:
-    """A human display such as ``Dr Jane A Smith`` built from a PN value."""
+    """A human display such as ``Dr Jane A Smith`` built from a PN value.
+
+    Cached: the same referrers, readers and operators appear on study after study.
+    """
     family, given, prefix, suffix = person_name_parts(pn)
     words = [prefix, *given, family, suffix]
     return " ".join(w for w in words if w)

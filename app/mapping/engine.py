@@ -6,7 +6,7 @@ functions) so that mapping a study is a loop over prepared rows that builds plai
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,9 +14,13 @@ from pydicom.datadict import tag_for_keyword
 
 from . import dicom_json as dj
 from .context import MappingContext, Terminology, TrustMapping
-from .transforms import TRANSFORMS, Transform
+from .transforms import PREPARE, TRANSFORMS, Transform
 
-Row = tuple[str, bool, Transform, tuple[str, ...], dict[str, Any]]
+# (element key, append?, transform, tags, args, probe): `probe` is a tag whose absence means the
+# row has nothing to map, checked before the transform is called (most archives send few tags).
+Row = tuple[str, bool, Transform, tuple[str, ...], dict[str, Any], str | None]
+# Transforms whose first tag alone decides whether there is anything to map.
+_FIRST_TAG_DECIDES = frozenset({"accession_identifier", "study_uid_identifier", "study_id_identifier"})
 
 
 class MappingTableError(ValueError):
@@ -31,20 +35,25 @@ def _tag(keyword: str) -> str:
 
 
 def compile_rows(rows: Sequence[Mapping[str, Any]]) -> tuple[Row, ...]:
-    """Resolve each row of a table section into (key, append, function, tags, args)."""
+    """Resolve each row of a table section into (key, append, function, tags, args, probe)."""
     compiled = []
     for row in rows:
         name = row["transform"]
         if name not in TRANSFORMS:
             raise MappingTableError(f"{row['element']}: unknown transform {name!r}")
         args = {**row.get("args", {}), "element": row["element"]}
+        if name in PREPARE:
+            args = PREPARE[name](args)
         tags = tuple(_tag(k) for k in row.get("tags", ()))
-        compiled.append((row["element"].rsplit(".", 1)[1], bool(row.get("list")), TRANSFORMS[name], tags, args))
+        probe = tags[0] if len(tags) == 1 or (tags and name in _FIRST_TAG_DECIDES) else None
+        compiled.append((row["element"].rsplit(".", 1)[1], bool(row.get("list")), TRANSFORMS[name], tags, args, probe))
     return tuple(compiled)
 
 
 def _apply(rows: tuple[Row, ...], ds: dj.Dataset, ctx: MappingContext, out: dict[str, Any]) -> dict[str, Any]:
-    for key, append, fn, tags, args in rows:
+    for key, append, fn, tags, args, probe in rows:
+        if probe is not None and probe not in ds:
+            continue
         value = fn(ds, tags, args, ctx)
         if value is None:
             continue
@@ -55,16 +64,20 @@ def _apply(rows: tuple[Row, ...], ds: dj.Dataset, ctx: MappingContext, out: dict
     return out
 
 
-def _series_order(series: dj.Dataset) -> tuple[int, str]:
-    numbers = dj.values(series, "00200011")
-    number = dj.unsigned(numbers[0]) if numbers else None
-    return (number if number is not None else 1 << 31, dj.first_text(series, dj.SERIES_INSTANCE_UID) or "")
+def _order(number_tag: str, uid_tag: str) -> Callable[[dj.Dataset], tuple[int, str]]:
+    """Sort key: the DICOM number (unnumbered last), then the UID, so the output is deterministic."""
+    def key(ds: dj.Dataset) -> tuple[int, str]:
+        item = ds.get(number_tag)
+        values = item.get("Value") if item else None
+        number = dj.unsigned(values[0]) if values else None
+        uid_item = ds.get(uid_tag)
+        uids = uid_item.get("Value") if uid_item else None
+        return (number if number is not None else 1 << 31, str(uids[0]) if uids else "")
+    return key
 
 
-def _instance_order(instance: dj.Dataset) -> tuple[int, str]:
-    numbers = dj.values(instance, "00200013")
-    number = dj.unsigned(numbers[0]) if numbers else None
-    return (number if number is not None else 1 << 31, dj.first_text(instance, dj.SOP_INSTANCE_UID) or "")
+_series_order = _order("00200011", dj.SERIES_INSTANCE_UID)
+_instance_order = _order("00200013", dj.SOP_INSTANCE_UID)
 
 
 @dataclass(frozen=True)
@@ -93,7 +106,8 @@ class StudyMapper:
             return None
         ctx.study_offset = dj.first_text(study, "00080201")
         out = _apply(self.study_rows, study, ctx, {"resourceType": "ImagingStudy", "id": study_uid})
-        mapped = [s for s in (self._series(s, instances, ctx) for s in sorted(series, key=_series_order)) if s]
+        ordered = sorted(series, key=_series_order) if len(series) > 1 else series
+        mapped = [s for s in (self._series(s, instances, ctx) for s in ordered) if s]
         if mapped:
             out["series"] = mapped
             self._derive_counts(out, mapped)

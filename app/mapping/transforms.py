@@ -22,6 +22,8 @@ V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 PARTICIPATION_TYPE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 
 TRANSFORMS: dict[str, Transform] = {}
+# Optional per-transform preparation of a row's args, run once when a table is compiled.
+PREPARE: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 
 def transform(func: Transform) -> Transform:
@@ -31,6 +33,12 @@ def transform(func: Transform) -> Transform:
 
 def _single(ds: dj.Dataset, tag: str, ctx: MappingContext, element: str) -> str | None:
     """The value of a field FHIR holds once; extra DICOM values are reported, the first is used."""
+    item = ds.get(tag)
+    if item is None:
+        return None
+    values = item.get("Value")
+    if values and len(values) == 1 and type(values[0]) is str:  # the common case, kept cheap
+        return values[0].strip() or None
     found = dj.all_text(ds, tag)
     if len(found) > 1:
         ctx.report(element, f"{ctx.keyword(tag)} has {len(found)} values; the first is used")
@@ -49,10 +57,11 @@ def string(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, Any], ctx: Map
 
 @transform
 def uid(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, Any], ctx: MappingContext) -> str | None:
-    found = dj.uid(ds, tags[0])
-    if found is None and dj.first_text(ds, tags[0]):
-        ctx.report(args["element"], f"{ctx.keyword(tags[0])} is not a valid DICOM UID")
-    return found
+    found = dj.first_text(ds, tags[0])
+    if found is None or dj.is_uid(found):
+        return found
+    ctx.report(args["element"], f"{ctx.keyword(tags[0])} is not a valid DICOM UID")
+    return None
 
 
 @transform
@@ -97,7 +106,7 @@ def accession_identifier(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, 
     system = ctx.trust.accession_system
     for item in dj.items(ds, tags[1]) if len(tags) > 1 else ():
         oid = dj.first_text(item, "00400032")  # UniversalEntityID
-        if oid and dj.first_text(item, "00400033") == "ISO" and dj.UID_PATTERN.match(oid):
+        if oid and dj.first_text(item, "00400033") == "ISO" and dj.is_uid(oid):
             system = f"urn:oid:{oid}"
     return {
         "use": "usual",
@@ -126,25 +135,56 @@ def _modality_coding(code: str, ctx: MappingContext, element: str) -> dict[str, 
 
 @transform
 def modality_codings(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, Any], ctx: MappingContext) -> Any:
-    codes = dict.fromkeys(c.upper() for c in dj.all_text(ds, tags[0]))
-    found = [_modality_coding(code, ctx, args["element"]) for code in codes]
-    return [c for c in found if c] or None
+    item = ds.get(tags[0])
+    values = item.get("Value") if item else None
+    if not values:
+        return None
+    table = ctx.terminology.modalities
+    out: list[dict[str, str]] = []
+    for value in values:
+        coding = table.get(value) if type(value) is str else None
+        if coding is None:
+            code = dj.text(value)
+            coding = _modality_coding(code.upper(), ctx, args["element"]) if code else None
+        if coding is not None and coding not in out:
+            out.append(coding)
+    return out or None
 
 
 @transform
 def modality_coding(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, Any], ctx: MappingContext) -> Any:
+    item = ds.get(tags[0])
+    values = item.get("Value") if item else None
+    if values and type(values[0]) is str and values[0] in ctx.terminology.modalities:
+        return ctx.terminology.modalities[values[0]]
     code = dj.first_text(ds, tags[0])
     return _modality_coding(code.upper(), ctx, args["element"]) if code else None
 
 
 def _person(value: Any) -> dict[str, str] | None:
+    if type(value) is dict:
+        alphabetic = value.get("Alphabetic")
+        if type(alphabetic) is str and alphabetic.strip("^ "):
+            return _person_reference(alphabetic)
     pn = dj.person_name_text(value)
-    return {"display": dj.person_display(pn)} if pn else None
+    return _person_reference(pn) if pn else None
+
+
+@lru_cache(maxsize=8192)
+def _person_reference(pn: str) -> dict[str, str]:
+    """Shared per name: the same clinicians appear on study after study (emitted dicts are never mutated)."""
+    return {"display": dj.person_display(pn)}
 
 
 @transform
 def person_reference(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, Any], ctx: MappingContext) -> Any:
-    people = [p for p in (_person(v) for v in dj.values(ds, tags[0])) if p]
+    item = ds.get(tags[0])
+    values = item.get("Value") if item else None
+    if not values:
+        return None
+    if len(values) == 1:
+        return _person(values[0])
+    people = [p for p in map(_person, values) if p]
     if len(people) > 1:
         ctx.report(args["element"], f"{ctx.keyword(tags[0])} has {len(people)} values; the first is used")
     return people[0] if people else None
@@ -152,21 +192,32 @@ def person_reference(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, Any]
 
 @transform
 def person_references(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, Any], ctx: MappingContext) -> Any:
-    people = [p for p in (_person(v) for v in dj.values(ds, tags[0])) if p]
+    item = ds.get(tags[0])
+    values = item.get("Value") if item else None
+    if not values:
+        return None
+    people = [p for p in map(_person, values) if p]
     return people or None
+
+
+def _prepare_performers(args: dict[str, Any]) -> dict[str, Any]:
+    functions = [{"coding": [{"system": PARTICIPATION_TYPE, "code": r["code"], "display": r["display"]}],
+                  "text": r["text"]} for r in args["roles"]]
+    return {**args, "functions": functions}
+
+
+PREPARE["performers"] = _prepare_performers
 
 
 @transform
 def performers(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, Any], ctx: MappingContext) -> Any:
     """PerformingPhysicianName and OperatorsName, each as performer with its role."""
-    if not any(tag in ds for tag in tags):
-        return None
     out = []
-    for tag, role in zip(tags, args["roles"], strict=True):
-        function = {"coding": [{"system": PARTICIPATION_TYPE, "code": role["code"], "display": role["display"]}],
-                    "text": role["text"]}
-        out.extend({"function": function, "actor": actor}
-                   for actor in (_person(v) for v in dj.values(ds, tag)) if actor)
+    for tag, function in zip(tags, args["functions"], strict=True):
+        item = ds.get(tag)
+        if item is not None:
+            out.extend({"function": function, "actor": actor}
+                       for actor in map(_person, item.get("Value") or ()) if actor)
     return out or None
 
 
