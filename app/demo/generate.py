@@ -40,7 +40,10 @@ from typing import Any
 from pydicom import config
 from pydicom import uid as dicom_uid
 from pydicom.dataelem import DataElement
+from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element, write_file_meta_info
 
 DEFAULT_SEED = 20261127
 NHS_NUMBER_OID = "2.16.840.1.113883.2.1.4.1"
@@ -720,7 +723,7 @@ def _plan_patient(
     rng: random.Random, seed: int, patient: _Patient, forced: list[tuple[str, str]]
 ) -> list[_Study]:
     n_studies = 6 if forced and patient.index == _P_MULTI_TRUST else rng.randint(4, 6)
-    for key, trust in forced:
+    for _key, trust in forced:
         if trust not in patient.trusts:
             # The anchor's specialty lives elsewhere: the patient was referred there.
             if len(patient.trusts) < 4:
@@ -1013,23 +1016,29 @@ def _add_series(ds: Dataset, study: _Study, series: _Series) -> None:
         ds.Laterality = series.side
 
 
-def _series_base(study: _Study, series: _Series, trust: Trust) -> Dataset:
-    """Patient, study, series and equipment attributes shared by a series' instances.
+# Files are assembled from three layers (study, series, instance), each built and
+# encoded once: element-by-element encoding in pydicom costs milliseconds per file, and
+# without this the generator would take well over the few seconds it is allowed.
 
-    Built once per series and copied per instance: building datasets element by
-    element is most of the generator's run time.
-    """
+
+def _study_layer(study: _Study, trust: Trust) -> Dataset:
+    """Patient and study attributes, as written by one holding trust."""
     ds = Dataset()
     charset = _charset(study.patient, trust.id)
     if charset:
         ds.SpecificCharacterSet = charset
-    ds.SOPClassUID = SOP_CLASS_BY_MODALITY[series.spec.modality]
     ds.InstanceCreationDate = study.date.strftime("%Y%m%d")
     ds.InstanceCreationTime = study.time
     ds.ContentDate = study.date.strftime("%Y%m%d")
     ds.ContentTime = study.time
     _add_patient(ds, study.patient, trust)
     _add_study(ds, study, TRUSTS_BY_ID[study.trusts[0]])
+    return ds
+
+
+def _series_layer(study: _Study, series: _Series) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = SOP_CLASS_BY_MODALITY[series.spec.modality]
     _add_series(ds, study, series)
     return ds
 
@@ -1074,7 +1083,9 @@ def _binary_mask(rows: int, cols: int) -> bytes:
     return bytes(packed)
 
 
-def _set_pixels(ds: Dataset, *, rgb: bool, bits: int, frames: int, variant: int) -> None:
+def _set_pixels(
+    ds: Dataset, modality: str, *, rgb: bool, bits: int, frames: int, variant: int
+) -> None:
     rows = cols = 8
     ds.Rows, ds.Columns = rows, cols
     ds.SamplesPerPixel = 3 if rgb else 1
@@ -1084,7 +1095,7 @@ def _set_pixels(ds: Dataset, *, rgb: bool, bits: int, frames: int, variant: int)
     allocated = 8 if bits <= 8 else 16
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = allocated, bits, bits - 1
     ds.PixelRepresentation = 0
-    if frames > 1 or ds.Modality in ("NM", "SM", "OPT"):
+    if frames > 1 or modality in ("NM", "SM", "OPT"):
         ds.NumberOfFrames = frames
     data = _rgb_pixels(rows, cols, variant) * frames if rgb else _mono_pixels(
         rows, cols, frames, bits, variant
@@ -1111,21 +1122,21 @@ def _image(ds: Dataset, study: _Study, series: _Series, index: int) -> None:
             ds.PresentationIntentType = "FOR PRESENTATION"
         ds.KVP = "28" if modality == "MG" else "75"
         ds.WindowCenter, ds.WindowWidth = "2048", "4096"
-        _set_pixels(ds, rgb=False, bits=12, frames=1, variant=index)
+        _set_pixels(ds, modality, rgb=False, bits=12, frames=1, variant=index)
     elif modality == "NM":
         ds.ImageType = ["ORIGINAL", "PRIMARY", "WHOLE BODY", "EMISSION"]
         ds.add_new(0x00280009, "AT", [0x00540010])  # FrameIncrementPointer
         ds.EnergyWindowVector = [1]
         ds.NumberOfEnergyWindows = 1
-        _set_pixels(ds, rgb=False, bits=16, frames=1, variant=index)
+        _set_pixels(ds, modality, rgb=False, bits=16, frames=1, variant=index)
     elif modality in ("XA", "RF"):
         ds.ImageType = ["ORIGINAL", "PRIMARY", "SINGLE PLANE"]
         ds.KVP = "80"
-        _set_pixels(ds, rgb=False, bits=8, frames=1, variant=index)
+        _set_pixels(ds, modality, rgb=False, bits=8, frames=1, variant=index)
     elif modality == "OPT":
-        _set_pixels(ds, rgb=False, bits=8, frames=2, variant=index)
+        _set_pixels(ds, modality, rgb=False, bits=8, frames=2, variant=index)
     elif modality in ("US", "ES", "XC", "GM", "OP"):
-        _set_pixels(ds, rgb=True, bits=8, frames=1, variant=index)
+        _set_pixels(ds, modality, rgb=True, bits=8, frames=1, variant=index)
     elif modality == "SM":
         _whole_slide(ds, study, index)
 
@@ -1145,14 +1156,14 @@ def _cross_sectional(ds: Dataset, study: _Study, series: _Series, index: int) ->
         ds.KVP = "120"
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "-1024", "1", "HU"
         ds.WindowCenter, ds.WindowWidth = "40", "400"
-        _set_pixels(ds, rgb=False, bits=12, frames=1, variant=index)
+        _set_pixels(ds, modality, rgb=False, bits=12, frames=1, variant=index)
     elif modality == "MR":
         ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
         ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions = "SE", "NONE", ""
         ds.MRAcquisitionType = "2D"
         ds.MagneticFieldStrength = "1.5"
         ds.RepetitionTime, ds.EchoTime = "3000", "90"
-        _set_pixels(ds, rgb=False, bits=12, frames=1, variant=index)
+        _set_pixels(ds, modality, rgb=False, bits=12, frames=1, variant=index)
     else:  # PT
         ds.Units, ds.DecayCorrection = "BQML", "START"
         ds.CorrectedImage = ["ATTN", "DECY"]
@@ -1164,7 +1175,7 @@ def _cross_sectional(ds: Dataset, study: _Study, series: _Series, index: int) ->
         drug.RadionuclideTotalDose = "350000000"
         drug.RadionuclideHalfLife = "6586.2"
         ds.RadiopharmaceuticalInformationSequence = [drug]
-        _set_pixels(ds, rgb=False, bits=16, frames=1, variant=index)
+        _set_pixels(ds, modality, rgb=False, bits=16, frames=1, variant=index)
 
 
 def _whole_slide(ds: Dataset, study: _Study, index: int) -> None:
@@ -1187,7 +1198,7 @@ def _whole_slide(ds: Dataset, study: _Study, index: int) -> None:
     path = Dataset()
     path.OpticalPathIdentifier = "1"
     ds.OpticalPathSequence = [path]
-    _set_pixels(ds, rgb=True, bits=8, frames=1, variant=index)
+    _set_pixels(ds, modality, rgb=True, bits=8, frames=1, variant=index)
 
 
 def _image_refs(study: _Study, trust: str) -> list[tuple[_Series, str]]:
@@ -1449,12 +1460,8 @@ def _encapsulated_pdf(ds: Dataset, study: _Study, trust: Trust) -> None:
     ds.add_new(0x00420011, "OB", pdf + b"\x00" * (len(pdf) % 2))
 
 
-def _instance(
-    base: Dataset, study: _Study, series: _Series, trust: Trust, index: int
-) -> Dataset:
+def _instance_layer(study: _Study, series: _Series, trust: Trust, index: int) -> Dataset:
     ds = Dataset()
-    # The copy shares the base's element objects; they are only replaced, never mutated.
-    ds.update(base)
     ds.SOPInstanceUID = series.instance_uids[index]
     ds.InstanceNumber = index + 1
     modality = series.spec.modality
@@ -1473,16 +1480,43 @@ def _instance(
     return ds
 
 
-def _write(ds: Dataset, path: Path) -> int:
+def _explicit_le_buffer() -> DicomBytesIO:
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    return buffer
+
+
+def _encode_layer(ds: Dataset, encodings: list[str]) -> dict[int, bytes]:
+    """Each element's Explicit VR Little Endian bytes, keyed by tag.
+
+    pydicom's own element writer does the encoding (including sequences and the
+    character set); an ambiguous VR would raise here rather than be guessed.
+    """
+    encoded = {}
+    for element in ds:
+        buffer = _explicit_le_buffer()
+        write_data_element(buffer, element, encodings)
+        encoded[int(element.tag)] = buffer.getvalue()
+    return encoded
+
+
+def _part10(sop_class: str, sop_uid: str, layers: Sequence[dict[int, bytes]]) -> bytes:
+    """Preamble, file meta and the merged layers in ascending tag order."""
+    merged: dict[int, bytes] = {}
+    for layer in layers:
+        merged.update(layer)
+    if len(merged) != sum(len(layer) for layer in layers):
+        raise ValueError(f"an attribute is set in two layers of {sop_uid}")
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = dicom_uid.ExplicitVRLittleEndian
     meta.ImplementationClassUID = _IMPLEMENTATION_CLASS_UID
     meta.ImplementationVersionName = _IMPLEMENTATION_VERSION
-    ds.file_meta = meta
-    ds.save_as(path, enforce_file_format=True)
-    return path.stat().st_size
+    buffer = _explicit_le_buffer()
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    body = b"".join(merged[tag] for tag in sorted(merged))
+    return b"\x00" * 128 + b"DICM" + buffer.getvalue() + body
 
 
 # --------------------------------------------------------------------------- output
@@ -1492,16 +1526,20 @@ def _write_study(out_dir: Path, study: _Study) -> tuple[int, int]:
     files = size = 0
     for trust_id in study.trusts:
         trust = TRUSTS_BY_ID[trust_id]
+        encodings = convert_encodings(_charset(study.patient, trust_id) or default_encoding)
+        study_layer = _encode_layer(_study_layer(study, trust), encodings)
         for series in study.series:
             if trust_id not in series.holders:
                 continue
-            base = _series_base(study, series, trust)
+            series_layer = _encode_layer(_series_layer(study, series), encodings)
+            sop_class = SOP_CLASS_BY_MODALITY[series.spec.modality]
             folder = out_dir / trust_id / study.uid / series.uid
             folder.mkdir(parents=True, exist_ok=True)
             for index, sop_uid in enumerate(series.instance_uids):
-                dataset = _instance(base, study, series, trust, index)
-                size += _write(dataset, folder / f"{sop_uid}.dcm")
-                files += 1
+                instance = _encode_layer(_instance_layer(study, series, trust, index), encodings)
+                data = _part10(sop_class, sop_uid, (study_layer, series_layer, instance))
+                (folder / f"{sop_uid}.dcm").write_bytes(data)
+                files, size = files + 1, size + len(data)
     return files, size
 
 
