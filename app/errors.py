@@ -4,6 +4,7 @@
     ├── InvalidRequest             400 invalid (a bad parameter value, a malformed id)
     │   └── TooCostly              400 too-costly (a search no archive could answer sensibly)
     ├── NotFound                   404 not-found
+    ├── Conflict                   409 conflict (archives disagree about whose study it is)
     ├── MethodNotAllowed           405 not-supported
     └── NotAcceptable              406 not-supported (a format other than FHIR JSON)
 """
@@ -63,6 +64,13 @@ class NotFound(FhirError):
 
     status_code = 404
     issue_code = "not-found"
+
+
+class Conflict(FhirError):
+    """The archives disagree (one study UID under two patients): nothing is shown until they agree."""
+
+    status_code = 409
+    issue_code = "conflict"
 
 
 class MethodNotAllowed(FhirError):

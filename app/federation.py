@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections import defaultdict
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 from typing import Any
 
+from .archives.dicomweb import ArchiveRetryLater
 from .archives.protocol import Archive, ArchiveError, Dataset, PatientKey, StudyQuery
+from .circuit import CircuitBreaker, CircuitOpen
 from .config import TrustSettings
 from .fhir.dates import DateRange, DateValueError, dicom_bounds, parse_range
 from .fhir.params import StudySearch
@@ -32,11 +35,13 @@ _NEVER = datetime.max.replace(tzinfo=timezone.utc)
 
 @dataclass(frozen=True)
 class TrustArchive:
-    """A configured trust with its archive adapter and the facts its resources carry."""
+    """A configured trust with its archive adapter, its circuit and the facts its resources carry."""
 
     settings: TrustSettings
     archive: Archive
     mapping: TrustMapping
+    timeout_s: float
+    breaker: CircuitBreaker
 
 
 @dataclass
@@ -45,6 +50,11 @@ class TrustAnswer:
     studies: list[Dataset] = field(default_factory=list)
     series: list[Dataset] = field(default_factory=list)
     instances: dict[str, dict[str, list[Dataset]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def note(self, incomplete: str | None) -> None:
+        if incomplete and incomplete not in self.notes:
+            self.notes.append(incomplete)
 
 
 @dataclass
@@ -52,8 +62,9 @@ class FederatedResult:
     """Mapped, merged, filtered and sorted studies, with the raw patient data behind them."""
 
     studies: list[dict[str, Any]] = field(default_factory=list)
-    patient_records: dict[str, list[Dataset]] = field(default_factory=lambda: defaultdict(list))
+    patient_records: dict[str, list[tuple[str, Dataset]]] = field(default_factory=lambda: defaultdict(list))
     issues: list[dict[str, Any]] = field(default_factory=list)
+    conflicts: set[str] = field(default_factory=set)
 
 
 def _failure(trust: TrustArchive, reason: str) -> dict[str, Any]:
@@ -108,68 +119,117 @@ class Federation:
 
     # -- asking ---------------------------------------------------------------------------
     def _ask(self, trust: TrustArchive, queries: list[StudyQuery], with_instances: bool) -> TrustAnswer:
+        """All of one trust's queries: studies, then their series in one request per query."""
         answer = TrustAnswer(trust)
         seen_studies: set[str] = set()
         seen_series: set[str] = set()
-        for query in queries:
-            for study in trust.archive.find_studies(query):
-                uid = dj.first_text(study, dj.STUDY_INSTANCE_UID)
-                if uid and uid not in seen_studies:
-                    seen_studies.add(uid)
-                    answer.studies.append(study)
-            if not seen_studies:
-                continue
-            for series in trust.archive.find_series(query):
-                uid = dj.first_text(series, dj.SERIES_INSTANCE_UID)
-                if uid and uid not in seen_series and dj.first_text(series, dj.STUDY_INSTANCE_UID) in seen_studies:
-                    seen_series.add(uid)
-                    answer.series.append(series)
-        if with_instances:
-            for uid in sorted(seen_studies):
-                by_series: dict[str, list[Dataset]] = defaultdict(list)
-                for instance in trust.archive.find_instances(uid):
-                    by_series[dj.first_text(instance, dj.SERIES_INSTANCE_UID) or ""].append(instance)
-                answer.instances[uid] = by_series
+        try:
+            for query in queries:
+                found = trust.archive.find_studies(query)
+                answer.note(found.incomplete)
+                new = []
+                for study in found.datasets:
+                    uid = dj.first_text(study, dj.STUDY_INSTANCE_UID)
+                    if uid and uid not in seen_studies:
+                        seen_studies.add(uid)
+                        new.append(uid)
+                        answer.studies.append(study)
+                if not new:
+                    continue
+                series = trust.archive.find_series(query, tuple(sorted(new)))
+                answer.note(series.incomplete)
+                for item in series.datasets:
+                    uid = dj.first_text(item, dj.SERIES_INSTANCE_UID)
+                    if uid and uid not in seen_series and dj.first_text(item, dj.STUDY_INSTANCE_UID) in seen_studies:
+                        seen_series.add(uid)
+                        answer.series.append(item)
+            if with_instances:
+                for uid in sorted(seen_studies):
+                    instances = trust.archive.find_instances(uid)
+                    answer.note(instances.incomplete)
+                    by_series: dict[str, list[Dataset]] = defaultdict(list)
+                    for instance in instances.datasets:
+                        by_series[dj.first_text(instance, dj.SERIES_INSTANCE_UID) or ""].append(instance)
+                    answer.instances[uid] = by_series
+        except ArchiveRetryLater as exc:
+            trust.breaker.failure(exc.retry_after_s)
+            raise
+        except ArchiveError:
+            trust.breaker.failure()
+            raise
+        trust.breaker.success()
         return answer
 
     def gather(self, plans: dict[str, list[StudyQuery]], with_instances: bool,
                issues: list[dict[str, Any]]) -> list[TrustAnswer]:
-        """Ask every planned trust in parallel; failures and late answers become issues."""
+        """Ask every planned trust in parallel, each within its own timeout and all within the deadline.
+
+        A trust whose circuit is open is not asked; one that fails, or does not answer in time,
+        becomes an `incomplete` issue naming it, and the others' answers are still used.
+        """
+        started = time.monotonic()
         by_id = {t.settings.id: t for t in self.trusts}
-        futures: dict[Future[TrustAnswer], TrustArchive] = {
-            self._pool.submit(self._ask, by_id[tid], queries, with_instances): by_id[tid] for tid, queries in plans.items()
-        }
-        done, late = wait(futures, timeout=self.deadline_s)
-        answers = []
-        for future in sorted(done, key=lambda f: self.trusts.index(futures[f])):
-            trust = futures[future]
+        pending: dict[Future[TrustAnswer], tuple[TrustArchive, float]] = {}
+        for trust_id, queries in plans.items():
+            trust = by_id[trust_id]
             try:
-                answers.append(future.result())
-            except ArchiveError as exc:
-                issues.append(_failure(trust, exc.reason))
-            except Exception:  # an adapter bug must not take the other trusts' answers down
-                log.exception("archive %s failed unexpectedly", trust.settings.id)
-                issues.append(_failure(trust, "internal error in its adapter"))
-        for future in late:
-            future.cancel()
-            issues.append(_failure(futures[future], f"no answer within the {self.deadline_s:g} s deadline"))
-        return answers
+                trust.breaker.before_call()
+            except CircuitOpen as exc:
+                issues.append(_failure(trust, str(exc)))
+                continue
+            future = self._pool.submit(self._ask, trust, queries, with_instances)
+            pending[future] = (trust, started + min(trust.timeout_s, self.deadline_s))
+        answers: list[TrustAnswer] = []
+        while pending:
+            nearest = min(deadline for _, deadline in pending.values())
+            done, _ = wait(pending, timeout=max(nearest - time.monotonic(), 0.0), return_when=FIRST_COMPLETED)
+            for future in done:
+                trust, _ = pending.pop(future)
+                self._collect(future, trust, answers, issues)
+            now = time.monotonic()
+            for future in [f for f, (_, deadline) in pending.items() if deadline <= now]:
+                trust, _ = pending.pop(future)
+                future.cancel()
+                trust.breaker.failure()
+                issues.append(_failure(trust, f"no answer within {min(trust.timeout_s, self.deadline_s):g} s"))
+        order = {t.settings.id: i for i, t in enumerate(self.trusts)}
+        return sorted(answers, key=lambda a: order[a.trust.settings.id])
+
+    @staticmethod
+    def _collect(future: Future[TrustAnswer], trust: TrustArchive, answers: list[TrustAnswer],
+                 issues: list[dict[str, Any]]) -> None:
+        try:
+            answer = future.result()
+        except ArchiveError as exc:
+            issues.append(_failure(trust, exc.reason))
+            return
+        except Exception:  # an adapter bug must not take the other trusts' answers down
+            log.exception("archive %s failed unexpectedly", trust.settings.id)
+            trust.breaker.failure()
+            issues.append(_failure(trust, "internal error in its adapter"))
+            return
+        answers.append(answer)
+        for note in answer.notes:
+            issues.append({"severity": "warning", "code": "incomplete", "diagnostics":
+                           f"{trust.settings.name} ({trust.settings.ods_code}): {note}; results may be incomplete"})
 
     # -- mapping and merging --------------------------------------------------------------
     def search(self, search: StudySearch, with_instances: bool = False) -> FederatedResult:
         result = FederatedResult()
         needs_instances = with_instances or bool(search.dicom_classes)
         answers = self.gather(self.plan(search), needs_instances, result.issues)
-        merged: dict[str, dict[str, Any]] = {}
-        owners: dict[str, str | None] = {}
+        copies: dict[str, list[tuple[str | None, dict[str, Any], TrustArchive]]] = defaultdict(list)
         for answer in answers:
-            self._map_answer(answer, search, merged, owners, result)
-        kept = [s for s in merged.values() if _matches(s, search, self.zone)]
+            self._map_answer(answer, search, copies, result)
+        merged = [m for m in (self._resolve(uid, found, result) for uid, found in copies.items()) if m]
+        kept = [s for s in merged if _matches(s, search, self.zone)]
         result.studies = sorted(kept, key=lambda s: _sort_key(s, self.zone, search.paging.sort_descending))
+        result.issues.extend(demographic_conflicts(result.patient_records, self.trusts))
         return result
 
-    def _map_answer(self, answer: TrustAnswer, search: StudySearch, merged: dict[str, dict[str, Any]],
-                    owners: dict[str, str | None], result: FederatedResult) -> None:
+    def _map_answer(self, answer: TrustAnswer, search: StudySearch,
+                    copies: dict[str, list[tuple[str | None, dict[str, Any], TrustArchive]]],
+                    result: FederatedResult) -> None:
         trust = answer.trust
         rule = trust.settings.nhs_number
         series_by_study: dict[str, list[Dataset]] = defaultdict(list)
@@ -190,24 +250,58 @@ class Federation:
             if mapped is None:
                 continue
             if nhs:
-                result.patient_records[nhs].append(study)
-            if uid not in merged:
-                merged[uid], owners[uid] = mapped, nhs
-            elif owners[uid] == nhs and nhs is not None:
-                merged[uid] = merge_copies(merged[uid], mapped, trust.mapping)
-            else:
-                result.issues.append({"severity": "warning", "code": "conflict", "diagnostics":
-                                      f"study {uid} is held by several archives under different patients; "
-                                      f"the copy at {trust.settings.name} was not merged"})
+                result.patient_records[nhs].append((trust.settings.id, study))
+            copies[uid].append((nhs, mapped, trust))
+
+    def _resolve(self, uid: str, found: list[tuple[str | None, dict[str, Any], TrustArchive]],
+                 result: FederatedResult) -> dict[str, Any] | None:
+        """One StudyInstanceUID from one or more archives -> one ImagingStudy, or none.
+
+        Copies of one patient are merged. Copies held under different patients are never merged
+        and never shown under one id: the study is withheld with a `conflict` warning naming the
+        archives, so that images cannot be attached to the wrong patient.
+        """
+        patients = {nhs for nhs, _, _ in found}
+        if len(patients) > 1 or (None in patients and len(found) > 1):
+            names = ", ".join(sorted({t.settings.name for _, _, t in found}))
+            result.conflicts.add(uid)
+            result.issues.append({"severity": "warning", "code": "conflict", "diagnostics":
+                                  f"study {uid} is held by {names} under different patient identities; it is "
+                                  "withheld until the archives agree (see docs/clinical-safety.md)"})
+            return None
+        study = found[0][1]
+        for _, other, trust in found[1:]:
+            study = merge_copies(study, other, trust.mapping)
+        return study
 
     def patient(self, nhs_number: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """The Patient for an NHS number from the imaging records of every trust, or None."""
         result = self.search(StudySearch(nhs_numbers=frozenset({nhs_number})))
         records = result.patient_records.get(nhs_number)
-        return (patient_resource(nhs_number, records) if records else None), result.issues
+        return (patient_resource(nhs_number, [s for _, s in records]) if records else None), result.issues
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def demographic_conflicts(records: dict[str, list[tuple[str, Dataset]]],
+                          trusts: list[TrustArchive]) -> list[dict[str, Any]]:
+    """Warnings for NHS numbers whose birth date or sex differ between archives (values not shown)."""
+    names = {t.settings.id: t.settings.name for t in trusts}
+    issues = []
+    for nhs, found in records.items():
+        for label, tag in (("birth date", dj.PATIENT_BIRTH_DATE), ("sex", dj.PATIENT_SEX)):
+            values: dict[str, set[str]] = defaultdict(set)
+            for trust_id, study in found:
+                value = dj.first_text(study, tag)
+                if value:
+                    values[value.upper()].add(names[trust_id])
+            if len(values) > 1:
+                where = "; ".join(sorted(", ".join(sorted(v)) for v in values.values()))
+                issues.append({"severity": "warning", "code": "conflict", "diagnostics":
+                               f"Patient/{nhs}: the {label} recorded differs between archives ({where}); "
+                               "check the patient's identity before relying on these images"})
+    return issues
 
 
 def merge_copies(first: dict[str, Any], other: dict[str, Any], other_trust: TrustMapping) -> dict[str, Any]:

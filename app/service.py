@@ -10,8 +10,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from .archives import build_archive
+from .archives.cache import CachedArchive
+from .circuit import CircuitBreaker
 from .config import Settings
-from .errors import NotFound, TooCostly
+from .errors import Conflict, NotFound, TooCostly
 from .federation import FederatedResult, Federation, TrustArchive
 from .fhir import params as p
 from .mapping.context import TrustMapping
@@ -52,6 +54,9 @@ class Facade:
         if len(study_id) > 64 or not UID_PATTERN.match(study_id):
             raise NotFound(f"ImagingStudy/{study_id} does not exist: the id of an ImagingStudy is its StudyInstanceUID")
         result = self.federation.search(p.StudySearch(study_uids=frozenset({study_id})), with_instances=True)
+        if study_id in result.conflicts:
+            raise Conflict(f"ImagingStudy/{study_id} is held by several archives under different patients; "
+                           "it is withheld until the archives agree")
         if not result.studies:
             unavailable = [i for i in result.issues if i["code"] == "incomplete"]
             detail = f" ({len(unavailable)} archive(s) did not answer)" if unavailable else ""
@@ -84,7 +89,8 @@ class Facade:
         if {"ImagingStudy:patient", "ImagingStudy:subject"} & set(wanted):
             numbers = sorted({s["subject"]["reference"].split("/")[1] for s in page
                               if s["subject"].get("reference", "").startswith("Patient/")})
-            out += [patient_resource(n, result.patient_records[n]) for n in numbers if result.patient_records.get(n)]
+            out += [patient_resource(n, [s for _, s in result.patient_records[n]]) for n in numbers
+                    if result.patient_records.get(n)]
         return out
 
     def directory_read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
@@ -103,9 +109,14 @@ def build_facade(settings: Settings) -> Facade:
     trusts = []
     for trust in settings.trusts:
         mapping = TrustMapping(trust.id, trust.ods_code, trust.name, trust.accession_system, zone, f"{trust.id}-wado-rs")
-        trusts.append(TrustArchive(trust, build_archive(trust), mapping))
+        timeout = float(trust.archive.get("timeout_s", settings.archive_timeout_s))
+        breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s)
+        archive = build_archive(trust, timeout)
+        if settings.cache_ttl_s > 0:
+            archive = CachedArchive(archive, settings.cache_ttl_s)
+        trusts.append(TrustArchive(trust, archive, mapping, timeout, breaker))
     federation = Federation(trusts, mapper, xref, zone, settings.max_workers, settings.deadline_s)
-    endpoints = [endpoint_resource(t.mapping, t.settings.wado_url or f"{settings.public_root}/dicomweb/{t.settings.id}")
-                 for t in trusts]
+    endpoints = [endpoint_resource(t.mapping, t.settings.wado_url or t.settings.archive.get("wado_url")
+                                   or f"{settings.public_root}/dicomweb/{t.settings.id}") for t in trusts]
     organizations = [organization_resource(t.mapping) for t in trusts]
     return Facade(settings, federation, mapper, endpoints, organizations)

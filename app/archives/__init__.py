@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 from ..config import TrustSettings
+from .dicomweb import DicomWebArchive
 from .folder import FolderArchive
 from .protocol import Archive, ArchiveError, PatientKey, StudyQuery
 
 __all__ = ["Archive", "ArchiveError", "PatientKey", "StudyQuery", "build_archive"]
 
 
-def build_archive(trust: TrustSettings) -> Archive:
-    kind = trust.archive["type"]
+def build_archive(trust: TrustSettings, timeout_s: float) -> Archive:
+    """The adapter a trust's `archive` settings describe (the one place settings become adapters)."""
+    config = trust.archive
+    kind = config["type"]
     if kind == "folder":
-        return FolderArchive(trust.id, trust.archive["path"])
+        return FolderArchive(trust.id, config["path"])
+    if kind == "dicomweb":
+        return DicomWebArchive(trust.id, config["url"], timeout_s, config.get("page_size", 500),
+                               config.get("auth"), config.get("tls"))
+    if kind == "dimse":
+        from .dimse import DimseArchive
+
+        return DimseArchive(trust.id, config["host"], config["port"], config["called_aet"],
+                            config.get("calling_aet", "GMFACADE"), timeout_s)
     raise ValueError(f"trusts[{trust.id}].archive.type: unknown archive type {kind!r}")

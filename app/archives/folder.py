@@ -16,7 +16,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 
 from . import attributes
-from .protocol import ArchiveError, Dataset, StudyQuery
+from .protocol import ArchiveError, Dataset, Found, StudyQuery
 
 log = logging.getLogger(__name__)
 
@@ -123,14 +123,17 @@ class FolderArchive:
                    for i in self._instances[series_uid])
 
     # -- Archive protocol -----------------------------------------------------------------
-    def find_studies(self, query: StudyQuery) -> list[Dataset]:
-        return [self._studies[uid] for uid in self._study_uids_for(query)]
+    def find_studies(self, query: StudyQuery) -> Found:
+        return Found([self._studies[uid] for uid in self._study_uids_for(query)])
 
-    def find_series(self, query: StudyQuery) -> list[Dataset]:
+    def find_series(self, query: StudyQuery, study_uids: tuple[str, ...] = ()) -> Found:
         wanted = set(self._study_uids_for(query))
-        return [s for s in self._series.values() if _first(s, "0020000D") in wanted]
+        return Found([s for s in self._series.values() if _first(s, "0020000D") in wanted])
 
-    def find_instances(self, study_uid: str, series_uid: str | None = None) -> list[Dataset]:
-        return [i for uid, series in self._series.items()
-                if _first(series, "0020000D") == study_uid and (series_uid is None or uid == series_uid)
-                for i in self._instances[uid]]
+    def find_instances(self, study_uid: str, series_uid: str | None = None) -> Found:
+        return Found([i for uid, series in self._series.items()
+                      if _first(series, "0020000D") == study_uid and (series_uid is None or uid == series_uid)
+                      for i in self._instances[uid]])
+
+    def close(self) -> None:
+        """Nothing to release: the index is in memory."""

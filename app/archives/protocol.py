@@ -60,6 +60,14 @@ class StudyQuery:
                     or self.accession_number)
 
 
+@dataclass
+class Found:
+    """What an archive answered. `incomplete` says why it may not be everything (truncation, 206...)."""
+
+    datasets: list[Dataset]
+    incomplete: str | None = None
+
+
 class ArchiveError(Exception):
     """An archive could not answer; `reason` is a short, patient-free phrase for the outcome."""
 
@@ -75,14 +83,22 @@ class Archive(Protocol):
 
     name: str
 
-    def find_studies(self, query: StudyQuery) -> list[Dataset]:
+    def find_studies(self, query: StudyQuery) -> Found:
         """Study-level datasets (with patient attributes) matching the query."""
         ...
 
-    def find_series(self, query: StudyQuery) -> list[Dataset]:
-        """Series-level datasets, each with its StudyInstanceUID, of the studies matching the query."""
+    def find_series(self, query: StudyQuery, study_uids: tuple[str, ...]) -> Found:
+        """Series-level datasets, each with its StudyInstanceUID, of the studies matching the query.
+
+        `study_uids` are the studies find_studies returned for the same query: an archive that can
+        ask for all of a patient's series at once ignores them; one that cannot (DIMSE) uses them.
+        """
         ...
 
-    def find_instances(self, study_uid: str, series_uid: str | None = None) -> list[Dataset]:
+    def find_instances(self, study_uid: str, series_uid: str | None = None) -> Found:
         """Instance-level datasets of one study (optionally one series), each with its series UID."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the archive is not used afterwards."""
         ...

@@ -39,8 +39,8 @@ from typing import Any
 
 from pydicom import config
 from pydicom import uid as dicom_uid
-from pydicom.dataelem import DataElement
 from pydicom.charset import convert_encodings, default_encoding
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
@@ -380,28 +380,64 @@ _TEMPLATES_BY_KEY: dict[str, _Template] = {t.key: t for t in _TEMPLATES}
 
 # --------------------------------------------------------------------------- people
 
-_SURNAMES = (
-    "Smith", "Jones", "Taylor", "Brown", "Williams", "Wilson", "Johnson", "Davies",
-    "Robinson", "Wright", "Thompson", "Evans", "Walker", "Roberts", "Green", "Hall",
-    "Wood", "Jackson", "Clarke", "Patel", "Khan", "Ahmed", "Hussain", "Begum", "Ali",
-    "Shah", "Akhtar", "Kaur", "Singh", "Murphy", "Kelly", "O'Connor", "Byrne", "Walsh",
-    "Kowalski", "Nowicki", "Okonkwo", "Mensah", "Adeyemi", "Campbell", "Stewart", "Chen",
-    "Li", "Nguyen", "Butterworth", "Heywood", "Greenhalgh", "Ashton", "Entwistle",
-    "Ramsbottom", "Hardcastle", "Openshaw", "Lomax", "Crompton", "Haworth", "Kershaw",
+@dataclass(frozen=True)
+class _NameGroup:
+    """Names that go together, so the register reads like Greater Manchester's."""
+
+    weight: int
+    surnames: tuple[str, ...]
+    male: tuple[str, ...]
+    female: tuple[str, ...]
+    middle_male: tuple[str, ...] = ()
+    middle_female: tuple[str, ...] = ()
+
+
+_NAME_GROUPS: tuple[_NameGroup, ...] = (
+    _NameGroup(
+        30,
+        ("Smith", "Jones", "Taylor", "Brown", "Williams", "Wilson", "Johnson", "Davies",
+         "Robinson", "Wright", "Thompson", "Evans", "Walker", "Roberts", "Green", "Hall",
+         "Wood", "Jackson", "Clarke", "Campbell", "Stewart", "Butterworth", "Heywood",
+         "Greenhalgh", "Ashton", "Entwistle", "Ramsbottom", "Hardcastle", "Openshaw",
+         "Lomax", "Crompton", "Haworth", "Kershaw"),
+        ("John", "David", "Michael", "Peter", "Paul", "James", "Robert", "Mark", "Stephen",
+         "Andrew", "Harry", "George", "Oliver", "Jack", "Alan", "Keith", "Brian", "Derek",
+         "Gary"),
+        ("Margaret", "Susan", "Patricia", "Elizabeth", "Sarah", "Emma", "Claire", "Joanne",
+         "Karen", "Lisa", "Grace", "Olivia", "Amelia", "Chloe", "Joan", "Doreen", "Brenda",
+         "Hannah", "Rebecca"),
+        ("James", "John", "Edward", "Thomas", "William"),
+        ("Anne", "Louise", "Marie", "Rose", "Jane"),
+    ),
+    _NameGroup(
+        9,
+        ("Patel", "Khan", "Ahmed", "Hussain", "Ali", "Shah", "Akhtar", "Iqbal", "Mahmood"),
+        ("Mohammed", "Imran", "Tariq", "Arjun", "Rajesh", "Bilal", "Zain"),
+        ("Fatima", "Aisha", "Nasreen", "Priya", "Sunita", "Zara", "Saima"),
+        ("Ali", "Kumar"),
+        ("Bibi", "Devi"),
+    ),
+    # Sikh naming: Singh for men, Kaur for women.
+    _NameGroup(2, ("Singh",), ("Harjit", "Gurpreet", "Manjit"), ()),
+    _NameGroup(2, ("Kaur",), (), ("Harpreet", "Jaspreet", "Simran")),
+    _NameGroup(
+        4,
+        ("Murphy", "Kelly", "O'Connor", "Byrne", "Walsh", "Doyle"),
+        ("Liam", "Connor", "Sean", "Patrick", "Declan"),
+        ("Siobhan", "Aoife", "Niamh", "Ciara", "Mary"),
+        ("Joseph", "Patrick"),
+        ("Mary", "Bernadette"),
+    ),
+    _NameGroup(2, ("Nowak", "Mazur", "Krawczyk"), ("Tomasz", "Piotr", "Marek"),
+               ("Agnieszka", "Katarzyna", "Magdalena")),
+    _NameGroup(
+        3,
+        ("Okonkwo", "Mensah", "Adeyemi", "Okafor", "Asante"),
+        ("Kwame", "Chinedu", "Emeka", "Kofi"),
+        ("Chiamaka", "Abena", "Ngozi", "Ama"),
+    ),
+    _NameGroup(2, ("Chen", "Li", "Wong", "Zhang"), ("Wei", "Jun", "Hao"), ("Mei", "Ling", "Xin")),
 )
-_GIVEN_M = (
-    "John", "David", "Michael", "Peter", "Paul", "James", "Robert", "Mark", "Stephen",
-    "Andrew", "Mohammed", "Imran", "Tariq", "Arjun", "Rajesh", "Liam", "Connor", "Sean",
-    "Kwame", "Tomasz", "Wei", "Harry", "George", "Oliver", "Jack", "Alan", "Keith",
-    "Brian", "Derek", "Gary",
-)
-_GIVEN_F = (
-    "Margaret", "Susan", "Patricia", "Elizabeth", "Sarah", "Emma", "Claire", "Joanne",
-    "Karen", "Lisa", "Fatima", "Aisha", "Nasreen", "Priya", "Sunita", "Siobhan", "Aoife",
-    "Grace", "Olivia", "Amelia", "Chloe", "Joan", "Doreen", "Brenda", "Hannah",
-    "Agnieszka", "Mei", "Chiamaka", "Abena", "Rebecca",
-)
-_MIDDLE = ("Anne", "Louise", "Marie", "James", "John", "Edward", "Rose", "Ali", "Kumar")
 
 # Non-ASCII patients: (family, given, sex, SpecificCharacterSet written for them).
 _NON_ASCII = (
@@ -429,7 +465,7 @@ _OPERATORS = (
 _PERFORMED_BY_CLINICIAN = frozenset({"Cardiology", "Endoscopy Unit", "Ophthalmology"})
 
 _TRUST_WEIGHTS = {
-    "bolton": 3, "christie": 1, "mft": 4, "stockport": 3, "wwl": 3, "tameside": 2,
+    "bolton": 3, "christie": 2, "mft": 4, "stockport": 3, "wwl": 3, "tameside": 2,
     "salford": 3, "pennine": 3,
 }
 _N_PATIENTS = 66
@@ -616,6 +652,24 @@ def _weighted_sample(rng: random.Random, weights: dict[str, int], k: int) -> lis
     return chosen
 
 
+def _random_name(
+    rng: random.Random, sex: str, used: set[tuple[str, str]]
+) -> tuple[str, str, str]:
+    """(family, given, middle), unique on family + given."""
+    groups = [g for g in _NAME_GROUPS if sex not in "MF" or (g.male if sex == "M" else g.female)]
+    while True:
+        group = rng.choices(groups, weights=[g.weight for g in groups])[0]
+        family = rng.choice(group.surnames)
+        # "Alex" for the patient of sex O: a name used by any sex.
+        given = "Alex" if sex == "O" else rng.choice(group.male if sex == "M" else group.female)
+        if (family, given) not in used:
+            break
+    used.add((family, given))
+    middles = {"M": group.middle_male, "F": group.middle_female}.get(sex, ())
+    middle = rng.choice(middles) if middles and rng.random() < 0.3 else ""
+    return family, given, middle
+
+
 def _make_patients(rng: random.Random) -> list[_Patient]:
     used_nhs: set[str] = set()
     used_names: set[tuple[str, str]] = set()
@@ -623,17 +677,12 @@ def _make_patients(rng: random.Random) -> list[_Patient]:
     for index in range(_N_PATIENTS):
         if 1 <= index <= len(_NON_ASCII):
             family, given, sex, charset = _NON_ASCII[index - 1]
+            middle = ""
+            used_names.add((family, given))
         else:
             sex = "O" if index == _P_SEX_OTHER else rng.choice("MF")
             charset = None
-            while True:
-                family = rng.choice(_SURNAMES)
-                pool = {"M": _GIVEN_M, "F": _GIVEN_F}.get(sex, ("Alex",))
-                given = rng.choice(pool)
-                if (family, given) not in used_names:
-                    break
-        used_names.add((family, given))
-        middle = rng.choice(_MIDDLE) if charset is None and rng.random() < 0.3 else ""
+            family, given, middle = _random_name(rng, sex, used_names)
         birth = _random_date(rng, dt.date(1938, 1, 1), dt.date(2001, 12, 31))
         patients.append(
             _Patient(index, _new_nhs_number(rng, used_nhs), family, given, middle, sex,
@@ -834,7 +883,9 @@ def _build_series(seed: int, study: _Study) -> None:
         )
 
 
-def _assign_local_ids(rng: random.Random, patients: Sequence[_Patient], studies: dict[int, list[_Study]]) -> None:
+def _assign_local_ids(
+    rng: random.Random, patients: Sequence[_Patient], studies: dict[int, list[_Study]]
+) -> None:
     used: set[str] = set()
     for patient in patients:
         held = {t for s in studies[patient.index] for t in s.trusts}
@@ -1059,7 +1110,9 @@ def _radial(rows: int, cols: int) -> list[int]:
 def _mono_pixels(rows: int, cols: int, frames: int, bits: int, variant: int) -> bytes:
     top = (1 << bits) - 1
     base = _radial(rows, cols)
-    values = [min(top, (v * top) // 98 // 2 + variant * 5 + f * 3) for f in range(frames) for v in base]
+    values = [
+        min(top, (v * top) // 98 // 2 + variant * 5 + f * 3) for f in range(frames) for v in base
+    ]
     if bits > 8:
         return struct.pack(f"<{len(values)}H", *values)
     return bytes(values)
@@ -1198,7 +1251,7 @@ def _whole_slide(ds: Dataset, study: _Study, index: int) -> None:
     path = Dataset()
     path.OpticalPathIdentifier = "1"
     ds.OpticalPathSequence = [path]
-    _set_pixels(ds, modality, rgb=True, bits=8, frames=1, variant=index)
+    _set_pixels(ds, "SM", rgb=True, bits=8, frames=1, variant=index)
 
 
 def _image_refs(study: _Study, trust: str) -> list[tuple[_Series, str]]:
@@ -1580,6 +1633,18 @@ def _patient_entry(patient: _Patient, studies: Sequence[_Study]) -> PatientEntry
     )
 
 
+def _specialty_study(studies: Sequence[_Study], shared: _Study, modality: str) -> str:
+    """A plain example study for a modality: led by it if possible, no special case."""
+    ordinary = [s for s in studies if s is not shared and s.quirk is None]
+    led = [
+        s for s in ordinary
+        if s.series[0].spec.modality == modality
+        and s.template.modalities() <= {modality} | _NON_IMAGE
+    ]
+    holding = [s for s in ordinary if any(x.spec.modality == modality for x in s.series)]
+    return (led or holding)[0].uid
+
+
 def _facts(plan: _Plan) -> dict[str, Any]:
     patients = plan.patients
     everything = [s for p in patients for s in plan.studies[p.index]]
@@ -1592,11 +1657,7 @@ def _facts(plan: _Plan) -> dict[str, Any]:
         for issue, attribute, value in _QUIRKS
         if s.quirk == issue
     }
-    ordinary = [s for s in everything if s is not plan.shared and s.quirk is None]
-    specialty = {
-        m: next(s.uid for s in ordinary if any(x.spec.modality == m for x in s.series))
-        for m in SPECIALTY_MODALITIES
-    }
+    specialty = {m: _specialty_study(everything, plan.shared, m) for m in SPECIALTY_MODALITIES}
     return {
         "shared_study": {
             "study_uid": plan.shared.uid,

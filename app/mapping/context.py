@@ -60,10 +60,10 @@ class MappingContext:
     def keyword(self, tag: str) -> str:
         return self.terminology.keywords.get(tag, tag)
 
-    def report(self, element: str, message: str) -> None:
-        """Record data that could not be mapped; it becomes an OperationOutcome warning."""
+    def report(self, element: str, message: str, severity: str = "warning") -> None:
+        """Record data that could not be mapped; it becomes an OperationOutcome issue."""
         self.issues.append({
-            "severity": "warning",
+            "severity": severity,
             "code": "value",
             "diagnostics": f"{self.trust.id} study {self.study_uid}: {message}",
             "expression": [element],

@@ -233,7 +233,8 @@ def _coding(item: dj.Dataset, ctx: MappingContext, element: str) -> dict[str, st
             coding["display"] = meaning
         return coding
     if code:
-        ctx.report(element, f"coding scheme {scheme!r} of code {code!r} has no known FHIR system; kept as text")
+        ctx.report(element, f"coding scheme {scheme!r} of code {code!r} has no known FHIR system; kept as text",
+                   "information")
     return None
 
 
