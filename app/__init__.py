@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 from typing import Any
@@ -60,13 +62,54 @@ def create_app(settings: Settings | str | os.PathLike[str] | None = None) -> Fla
     if not isinstance(settings, Settings):
         settings = load_settings(settings)
 
+    from .auth import build_protector, smart_configuration
+    from .auth.audit import AuditStore
     from .fhir.views import bp as fhir_bp
     from .service import build_facade
 
     app = Flask(__name__)
     app.config["VERSION"] = __version__
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["facade"] = build_facade(settings)
+    app.secret_key = hmac.new(settings.cursor_secret, b"session", hashlib.sha256).digest()
+    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
+                      SESSION_COOKIE_SECURE=settings.base_url.startswith("https://"))
+    facade = build_facade(settings)
+    app.extensions["facade"] = facade
+    embedded = None
+    if settings.auth["mode"] == "embedded":
+        from .auth.server import EmbeddedAuthServer
+
+        embedded = EmbeddedAuthServer(settings, facade)
+        embedded.init_app(app)
+    app.extensions["protector"] = build_protector(settings, embedded)
+    app.extensions["smart_configuration"] = smart_configuration(settings, embedded)
+    app.extensions["audit"] = AuditStore(settings.audit_path)
     app.register_blueprint(fhir_bp, url_prefix=settings.base_path or None)
     _register_error_handlers(app)
+    _register_cors(app, settings)
     return app
+
+
+def _register_cors(app: Flask, settings: Settings) -> None:
+    """Discovery and metadata answer any origin; the API only the configured ones."""
+    public = {f"{settings.base_path}/metadata", f"{settings.base_path}/.well-known/smart-configuration"}
+    allowed = set(settings.auth.get("cors_origins", ()))
+
+    @app.after_request
+    def cors(response: Response) -> Response:
+        from flask import request
+
+        origin = request.headers.get("Origin")
+        if not origin:
+            return response
+        if request.path in public:
+            response.headers["Access-Control-Allow-Origin"] = "*"
+        elif origin in allowed:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Credentials"] = "true"
+            response.headers["Vary"] = "Origin"
+        else:
+            return response
+        response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, Prefer, Accept"
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        response.headers["Access-Control-Expose-Headers"] = "WWW-Authenticate, Location"
+        return response

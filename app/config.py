@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,8 @@ class Settings:
     timezone: str
     cursor_secret: bytes
     trusts: tuple[TrustSettings, ...]
+    auth: dict[str, Any]
+    audit_path: Path
     patient_xref: Path | None = None
     default_count: int = 50
     max_count: int = 200
@@ -70,7 +72,7 @@ class Settings:
     breaker_cooldown_s: float = 30.0
     cache_ttl_s: float = 0.0
     source: str = "<dict>"
-    extra: dict[str, Any] = field(default_factory=dict)
+
 
     @property
     def base_path(self) -> str:
@@ -220,7 +222,21 @@ def settings_from_document(doc: Any, base_dir: Path, source: str = "<dict>") -> 
         breaker_cooldown_s=float(federation.get("circuit_breaker", {}).get("cooldown_s", 30)),
         cache_ttl_s=float(federation.get("cache_ttl_s", 0)),
         source=source,
+        auth=_auth(doc["auth"], base_dir),
+        audit_path=_resolve(base_dir, doc["audit"]["path"]),
     )
+
+
+def _auth(doc: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """The auth section with its file paths resolved against the configuration's folder."""
+    auth = dict(doc)
+    if auth["mode"] == "embedded":
+        auth["signing_keys"] = str(_resolve(base_dir, auth["signing_keys"]))
+        store = auth.get("store", "sqlite:auth-state.sqlite")
+        if store.startswith("sqlite:"):
+            store = "sqlite:" + str(_resolve(base_dir, store.removeprefix("sqlite:")))
+        auth["store"] = store
+    return auth
 
 
 def _trust(doc: dict[str, Any], base_dir: Path) -> TrustSettings:

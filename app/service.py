@@ -13,7 +13,8 @@ from .archives import build_archive
 from .archives.cache import CachedArchive
 from .circuit import CircuitBreaker
 from .config import Settings
-from .errors import Conflict, NotFound, TooCostly
+from .auth.scopes import Decision
+from .errors import Conflict, FhirError, NotFound, TooCostly
 from .federation import FederatedResult, Federation, TrustArchive
 from .fhir import params as p
 from .mapping.context import TrustMapping
@@ -23,6 +24,13 @@ from .mapping.engine import StudyMapper
 from .mapping.patient import patient_resource
 from .mapping_tables import load_mapper
 from .xref import load_xref
+
+
+class ScopeRefused(FhirError):
+    """The token's scopes forbid this search (403); raised before any archive is asked."""
+
+    status_code = 403
+    issue_code = "forbidden"
 
 
 @dataclass
@@ -41,19 +49,61 @@ class Facade:
         return p.parse_study_search(pairs, self.zone, frozenset(self.mapper.terminology.modalities),
                                     self.settings.default_count, self.settings.max_count)
 
-    def search_studies(self, search: p.StudySearch) -> FederatedResult:
+    def narrow(self, search: p.StudySearch, decision: Decision) -> p.StudySearch:
+        """Apply the token's patient compartment and v2 scope filters to a search (before any I/O).
+
+        Without a patient parameter the search is narrowed to the context patient; naming another
+        patient is refused (403, as SMART Imaging Access says); filters are ANDed in.
+        """
+        patient = decision.compartment_patient
+        if patient is not None:
+            if search.nhs_numbers is None:
+                search.nhs_numbers = frozenset({patient})
+            elif search.nhs_numbers - {patient}:
+                raise ScopeRefused("the search names a patient outside the token's patient context")
+        if len(decision.filters) > 1:
+            raise ScopeRefused("several filtered scopes for one type cannot be combined; ask for one")
+        if decision.filters:
+            extra = self.parse_study_search(list(decision.filters[0])).search
+            for name in ("modalities", "statuses", "body_sites", "dicom_classes"):
+                if getattr(extra, name):
+                    setattr(search, name, getattr(extra, name))
+            if extra.endpoint_ids is not None:
+                search.endpoint_ids = extra.endpoint_ids if search.endpoint_ids is None \
+                    else search.endpoint_ids & extra.endpoint_ids
+        return search
+
+    def search_studies(self, search: p.StudySearch, decision: Decision) -> FederatedResult:
+        search = self.narrow(search, decision)
         bounded = (search.nhs_numbers is not None or search.study_uids is not None or search.accessions
                    or search.series_uids or search.instance_uids)
         if not bounded:
             raise TooCostly("an ImagingStudy search must name a patient (patient, subject, patient.identifier), "
                             "a study (_id, identifier), a series or an instance: a search of whole archives "
                             "is not offered")
-        return self.federation.search(search)
+        result = self.federation.search(search)
+        if decision.compartment_patient is not None:  # defence in depth: never another patient's study
+            own = f"Patient/{decision.compartment_patient}"
+            result.studies = [s for s in result.studies if s["subject"].get("reference") == own]
+        return result
 
-    def read_study(self, study_id: str) -> dict[str, Any]:
+    @staticmethod
+    def subjects(studies: list[dict[str, Any]]) -> list[str]:
+        """NHS numbers of the patients these studies belong to (for the audit)."""
+        return [s["subject"]["reference"].split("/", 1)[1] for s in studies
+                if s["subject"].get("reference", "").startswith("Patient/")]
+
+    def read_study(self, study_id: str, decision: Decision) -> dict[str, Any]:
         if len(study_id) > 64 or not UID_PATTERN.match(study_id):
             raise NotFound(f"ImagingStudy/{study_id} does not exist: the id of an ImagingStudy is its StudyInstanceUID")
-        result = self.federation.search(p.StudySearch(study_uids=frozenset({study_id})), with_instances=True)
+        try:
+            search = self.narrow(p.StudySearch(study_uids=frozenset({study_id})), decision)
+        except ScopeRefused:
+            raise NotFound(f"ImagingStudy/{study_id} is not known") from None
+        result = self.federation.search(search, with_instances=True)
+        if decision.compartment_patient is not None:
+            own = f"Patient/{decision.compartment_patient}"
+            result.studies = [s for s in result.studies if s["subject"].get("reference") == own]
         if study_id in result.conflicts:
             raise Conflict(f"ImagingStudy/{study_id} is held by several archives under different patients; "
                            "it is withheld until the archives agree")

@@ -38,7 +38,25 @@ _COMMON = [
 ]
 
 
-def capability_statement(base_url: str, software_version: str) -> dict[str, Any]:
+def security(smart: dict[str, Any] | None) -> dict[str, Any]:
+    """rest.security: CORS, the SMART-on-FHIR service, and the oauth-uris extension matching discovery."""
+    out: dict[str, Any] = {"cors": True}
+    if smart is None:
+        out["description"] = "No authorization: auth.mode is none (insecure, never with real data)."
+        return out
+    uris = [{"url": name, "valueUri": smart[key]} for name, key in (
+        ("authorize", "authorization_endpoint"), ("token", "token_endpoint"),
+        ("introspect", "introspection_endpoint"), ("revoke", "revocation_endpoint")) if smart.get(key)]
+    out["extension"] = [{"url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                         "extension": uris}]
+    out["service"] = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                   "code": "SMART-on-FHIR", "display": "SMART-on-FHIR"}],
+                       "text": "OAuth2 using SMART-on-FHIR profile (see .well-known/smart-configuration)"}]
+    out["description"] = "SMART App Launch 2.2: every call but /metadata and discovery needs a Bearer token."
+    return out
+
+
+def capability_statement(base_url: str, software_version: str, smart: dict[str, Any] | None) -> dict[str, Any]:
     """The server's CapabilityStatement (read-only: read and search-type on four resources)."""
     def resource(kind: str, params: list[dict[str, str]], **extra: Any) -> dict[str, Any]:
         return {"type": kind, "interaction": [{"code": "read"}, {"code": "search-type"}],
@@ -62,6 +80,7 @@ def capability_statement(base_url: str, software_version: str) -> dict[str, Any]
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
+            "security": security(smart),
             "documentation": "Read-only. Searches are answered live from every trust archive; failures of "
                              "individual archives are reported in an OperationOutcome entry (search.mode outcome).",
             "resource": [
@@ -78,6 +97,11 @@ def capability_statement(base_url: str, software_version: str) -> dict[str, Any]
                     _param("status", "token", "active."),
                     _param("name", "string", "Starts-with match on the name, case-insensitive."),
                 ]),
+                {"type": "AuditEvent", "interaction": [{"code": "search-type"}], "searchParam": [
+                    _param("patient", "reference", "Patient/<NHS number>."),
+                    _param("date", "date", "ge/gt/le/lt/eq on the recorded time."),
+                    _param("agent", "token", "The client id."),
+                ], "documentation": "BALP audit trail; needs system/AuditEvent.rs."},
                 resource("Organization", [
                     _param("_id", "token", "The ODS code."),
                     _param("identifier", "token", "https://fhir.nhs.uk/Id/ods-organization-code|<ODS code>."),

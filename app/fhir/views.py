@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 
+from ..auth.audit import AuditRecord, build_events
+from ..auth.protect import Access, Forbidden
+from ..auth.scopes import Decision
 from ..errors import InvalidRequest, NotAcceptable, NotFound
 from ..mapping.patient import NHS_NUMBER_SYSTEM, nhs_number_problem
 from ..service import Facade
@@ -14,6 +17,7 @@ from . import params as p
 from .bundle import searchset
 from .capability import capability_statement
 from .cursor import decode_cursor
+from .params_audit import audit_criteria
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 _JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir", "application/*", "*/*")
@@ -32,9 +36,56 @@ def fhir_response(resource: dict[str, Any], status: int = 200, headers: dict[str
     return Response(body, status=status, content_type=FHIR_JSON, headers=headers)
 
 
+PUBLIC_ENDPOINTS = frozenset({"fhir.metadata", "fhir.smart_configuration"})
+
+
+@bp.before_request
+def authenticate() -> None:
+    """Every call but discovery and /metadata needs a valid token (checked before anything else)."""
+    g.audit = None
+    if request.endpoint in PUBLIC_ENDPOINTS or request.method == "OPTIONS":
+        return
+    kind, _, rest = (request.path[len(facade().settings.base_path):].strip("/") + "/").partition("/")
+    g.audit = {"resource_type": kind or "?", "interaction": "read" if rest.strip("/") else "search-type",
+               "resource_id": rest.strip("/") or None, "patients": ()}
+    g.access = current_app.extensions["protector"].authenticate(request.headers.get("Authorization"))
+
+
+@bp.after_request
+def audit(response: Response) -> Response:
+    """One AuditEvent per patient returned (or one without), committed before the response leaves."""
+    found = getattr(g, "audit", None)
+    if found is None or found["resource_type"] not in AUDITED_TYPES:
+        return response
+    access: Access | None = getattr(g, "access", None)
+    record = AuditRecord(
+        interaction=found["interaction"], resource_type=found["resource_type"], status=response.status_code,
+        client_id=access.claims.client_id if access else None, user=access.user if access else None,
+        address=request.remote_addr, query=request.query_string.decode("latin-1") if request.method == "GET"
+        else request.get_data(as_text=True), resource_id=found["resource_id"], patients=tuple(found["patients"]),
+        description=None if response.status_code < 400 else f"HTTP {response.status_code}")
+    store = current_app.extensions["audit"]
+    store.write(build_events(record, facade().settings.base_url), record.client_id)
+    return response
+
+
+AUDITED_TYPES = frozenset({"ImagingStudy", "Patient", "Endpoint", "Organization", "AuditEvent", "?"})
+
+
+def access() -> Access:
+    return g.access  # type: ignore[no-any-return]
+
+
+def audited_patients(numbers: list[str]) -> None:
+    if g.audit is not None:
+        g.audit["patients"] = tuple(dict.fromkeys(numbers))
+
+
 @bp.before_request
 def negotiate_format() -> None:
     """406 unless the client accepts FHIR JSON (by `_format` or `Accept`)."""
+    if request.endpoint == "fhir.smart_configuration":
+        return
     wanted = request.args.get("_format")
     if wanted is not None and wanted.split(";")[0].strip() not in _FORMATS:
         raise NotAcceptable(f"_format {wanted!r} is not supported: this server speaks FHIR JSON only", "_format")
@@ -69,20 +120,45 @@ def _with_cursor(resource_type: str, pairs: list[tuple[str, str]]) -> tuple[list
 
 @bp.get("/metadata")
 def metadata() -> Response:
-    return fhir_response(capability_statement(facade().settings.base_url, current_app.config["VERSION"]))
+    return fhir_response(capability_statement(facade().settings.base_url, current_app.config["VERSION"],
+                                              current_app.extensions["smart_configuration"]))
+
+
+@bp.get("/.well-known/smart-configuration")
+def smart_configuration() -> Response:
+    """SMART discovery: plain JSON, no token, whatever Accept says."""
+    document = current_app.extensions["smart_configuration"]
+    if document is None:
+        raise NotFound("no SMART authorization server is configured (auth.mode is none)")
+    return Response(orjson.dumps(document), content_type="application/json")
+
+
+def _allowed_includes(wanted: tuple[str, ...]) -> tuple[str, ...]:
+    """`_include` only brings in types the token may read; others are left out, never leaked."""
+    kinds = {"ImagingStudy:endpoint": "Endpoint", "ImagingStudy:patient": "Patient", "ImagingStudy:subject": "Patient"}
+    allowed = []
+    for include in wanted:
+        try:
+            access().require(kinds[include], "r")
+        except Forbidden:
+            continue
+        allowed.append(include)
+    return tuple(allowed)
 
 
 @bp.route("/ImagingStudy", methods=["GET"])
 @bp.route("/ImagingStudy/_search", methods=["POST"])
 def search_imaging_studies() -> Response:
     service = facade()
+    decision = access().require("ImagingStudy", "s")
     pairs, offset = _with_cursor("ImagingStudy", _pairs())
     _check_unknown(pairs, set(p.STUDY_PARAMETERS))
     parsed = service.parse_study_search(pairs)
     parsed.search.paging.offset = offset
-    result = service.search_studies(parsed.search)
-    includes = service.includes(result, parsed.search.paging.includes,
-                                result.studies[offset:offset + parsed.search.paging.count])
+    result = service.search_studies(parsed.search, decision)
+    page = result.studies[offset:offset + parsed.search.paging.count]
+    audited_patients(service.subjects(page))
+    includes = service.includes(result, _allowed_includes(parsed.search.paging.includes), page)
     return fhir_response(searchset(base_url=service.settings.base_url, resource_type="ImagingStudy",
                                    matches=result.studies, paging=parsed.search.paging, used=parsed.used,
                                    secret=service.settings.cursor_secret, includes=includes, issues=result.issues))
@@ -90,13 +166,16 @@ def search_imaging_studies() -> Response:
 
 @bp.get("/ImagingStudy/<study_id>")
 def read_imaging_study(study_id: str) -> Response:
-    return fhir_response(facade().read_study(study_id))
+    study = facade().read_study(study_id, access().require("ImagingStudy", "r"))
+    audited_patients(facade().subjects([study]))
+    return fhir_response(study)
 
 
 @bp.route("/Patient", methods=["GET"])
 @bp.route("/Patient/_search", methods=["POST"])
 def search_patients() -> Response:
     service = facade()
+    decision = access().require("Patient", "s")
     pairs, offset = _with_cursor("Patient", _pairs())
     _check_unknown(pairs, {"_id", "identifier"})
     numbers: set[str] | None = None
@@ -106,15 +185,29 @@ def search_patients() -> Response:
             found = {_patient_number(name, v) for v in p._split(value)}
             numbers = found if numbers is None else numbers & found
             used.append((name, value))
+    numbers = _narrow_patients(numbers, decision)
     if numbers is None:
         raise InvalidRequest("a Patient search needs _id or identifier (NHS number)")
     paging, paging_used = p.parse_paging(pairs, service.settings.default_count, service.settings.max_count,
                                          frozenset(), frozenset({"identifier", "name", "gender", "birthDate"}), False)
     paging.offset = offset
     matches, issues = service.patients(sorted(numbers))
+    audited_patients([m["id"] for m in matches[offset:offset + paging.count]])
     return fhir_response(searchset(base_url=service.settings.base_url, resource_type="Patient", matches=matches,
                                    paging=paging, used=sorted(used + paging_used),
                                    secret=service.settings.cursor_secret, issues=issues))
+
+
+def _narrow_patients(numbers: set[str] | None, decision: Decision) -> set[str] | None:
+    """Under a patient scope: no patient named means the context patient; another one is 403."""
+    patient = decision.compartment_patient
+    if patient is None:
+        return numbers
+    if numbers is None:
+        return {patient}
+    if numbers - {patient}:
+        raise Forbidden(access().realm, "the search names a patient outside the token's patient context")
+    return numbers
 
 
 def _patient_number(name: str, raw: str) -> str:
@@ -126,15 +219,21 @@ def _patient_number(name: str, raw: str) -> str:
 
 @bp.get("/Patient/<patient_id>")
 def read_patient(patient_id: str) -> Response:
+    decision = access().require("Patient", "r")
     problem = nhs_number_problem(patient_id)
     if problem:
         raise NotFound(f"Patient/{patient_id} does not exist: {problem}")
-    return fhir_response(facade().read_patient(patient_id))
+    if decision.compartment_patient not in (None, patient_id):
+        raise NotFound(f"Patient/{patient_id} is not known")  # not 403: do not confirm that it exists
+    patient = facade().read_patient(patient_id)
+    audited_patients([patient_id])
+    return fhir_response(patient)
 
 
 def _directory_search(resource_type: str, resources: list[dict[str, Any]],
                       filters: dict[str, Any]) -> Response:
     service = facade()
+    access().require(resource_type, "s")
     pairs, offset = _with_cursor(resource_type, _pairs())
     _check_unknown(pairs, set(filters))
     used = []
@@ -174,6 +273,7 @@ def search_endpoints() -> Response:
 
 @bp.get("/Endpoint/<endpoint_id>")
 def read_endpoint(endpoint_id: str) -> Response:
+    access().require("Endpoint", "r")
     return fhir_response(facade().directory_read("Endpoint", endpoint_id))
 
 
@@ -188,4 +288,22 @@ def search_organizations() -> Response:
 
 @bp.get("/Organization/<organization_id>")
 def read_organization(organization_id: str) -> Response:
+    access().require("Organization", "r")
     return fhir_response(facade().directory_read("Organization", organization_id))
+
+
+@bp.get("/AuditEvent")
+def search_audit_events() -> Response:
+    """The audit trail, for system clients with system/AuditEvent.rs: by patient, date, client."""
+    service = facade()
+    access().require("AuditEvent", "s", context="system")
+    pairs, offset = _with_cursor("AuditEvent", _pairs())
+    _check_unknown(pairs, {"patient", "date", "agent"})
+    criteria, used = audit_criteria(pairs, service.zone)
+    paging, paging_used = p.parse_paging(pairs, service.settings.default_count, service.settings.max_count,
+                                         frozenset(), frozenset(), False)
+    paging.offset = offset
+    events = current_app.extensions["audit"].search(**criteria)
+    return fhir_response(searchset(base_url=service.settings.base_url, resource_type="AuditEvent", matches=events,
+                                   paging=paging, used=sorted(used + paging_used),
+                                   secret=service.settings.cursor_secret))

@@ -1,0 +1,213 @@
+"""The embedded SMART App Launch 2.2 authorization server, built on authlib's Flask OAuth 2.0 server.
+
+`make demo` runs it so that the demo is a complete, secured system; in production the facade can
+instead trust the region's identity provider (auth.mode: external).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from authlib.integrations.flask_oauth2 import AuthorizationServer
+from flask import Flask
+from joserfc import jwt
+from joserfc.errors import JoseError
+
+from ...config import Settings
+from ...mapping.patient import nhs_number_problem
+from ..tokens import AccessClaims, InvalidToken, JwksSource, JwtValidator
+from .clients import Client, client_from_config, user_from_config
+from .grants import (
+    AuthorizationCodeGrant,
+    ClientCredentialsGrant,
+    RefreshTokenGrant,
+    SmartClientAssertion,
+    StrictCodeChallenge,
+    TokenIssuer,
+    _hash,
+)
+from .keys import SigningKeys
+from .store import open_store
+
+CAPABILITIES = [
+    "launch-ehr", "launch-standalone", "authorize-post", "client-public", "client-confidential-symmetric",
+    "client-confidential-asymmetric", "context-banner", "context-style", "context-ehr-patient",
+    "context-standalone-patient", "permission-offline", "permission-online", "permission-patient",
+    "permission-user", "permission-v1", "permission-v2", "sso-openid-connect",
+]
+LAUNCH_TTL_S = 300
+
+
+class EmbeddedAuthServer:
+    """Clients, users, keys, state store and the authlib server, wired for one facade."""
+
+    def __init__(self, settings: Settings, facade: Any) -> None:
+        auth = settings.auth
+        self.settings = settings
+        self.facade = facade
+        self.fhir_base = settings.base_url
+        self.root = f"{settings.public_root}/auth"
+        self.keys = SigningKeys(Path(auth["signing_keys"]))
+        self.store = open_store(auth.get("store", "sqlite:auth-state.sqlite"), settings.audit_path.parent)
+        self.clients = {c["client_id"]: client_from_config(c) for c in auth.get("clients", ())}
+        self.users = {u["username"]: user_from_config(u) for u in auth.get("users", ())}
+        self.issuer = TokenIssuer(self.fhir_base, self.fhir_base, self.keys, self.store,
+                                  int(auth.get("access_token_lifetime_s", 3600)), f"{self.root}/smart-style.json")
+        self.validator = JwtValidator(self.fhir_base, self.fhir_base, JwksSource(keys=self.keys.public_jwks),
+                                      is_revoked=lambda jti: self.store.get("revoked", jti) is not None)
+        self.authorization = AuthorizationServer()
+
+    def init_app(self, app: Flask) -> None:
+        from .views import bp
+
+        server = self.authorization
+        server.init_app(app, query_client=self.query_client, save_token=lambda token, request: None)
+        server.register_token_generator("default", self.issuer)
+        server.register_client_auth_method("private_key_jwt", SmartClientAssertion(f"{self.root}/token", self.store))
+        for grant in (AuthorizationCodeGrant, RefreshTokenGrant):
+            grant.store = self.store
+        server.register_grant(AuthorizationCodeGrant, [StrictCodeChallenge(required=True)])
+        server.register_grant(RefreshTokenGrant)
+        server.register_grant(ClientCredentialsGrant)
+        app.extensions["smart_server"] = self
+        app.register_blueprint(bp, url_prefix="/auth")
+
+    # -- lookups used by the flows ---------------------------------------------------------
+    def query_client(self, client_id: str) -> Client | None:
+        return self.clients.get(client_id)
+
+    def patient_exists(self, nhs_number: str) -> bool:
+        patient, _ = self.facade.federation.patient(nhs_number)
+        return patient is not None
+
+    def patient_name(self, nhs_number: str) -> str | None:
+        patient, _ = self.facade.federation.patient(nhs_number)
+        names = (patient or {}).get("name") or [{}]
+        return names[0].get("text")
+
+    def find_patients(self, query: str) -> tuple[list[dict[str, str]], str | None]:
+        """Patient picker search by NHS number (validated before any archive is asked)."""
+        digits = query.replace(" ", "")
+        if digits.isdigit():
+            problem = nhs_number_problem(digits)
+            if problem:
+                return [], problem
+            patient, _ = self.facade.federation.patient(digits)
+            return ([_summary(patient)] if patient else []), None if patient else "No imaging records found."
+        # Searching every archive by name would need a wildcard name match upstream; until a regional
+        # patient index is wired in, the picker asks for the NHS number (stated in the README).
+        return [], "Search by NHS number (10 digits): name search is not available yet."
+
+    # -- tokens ----------------------------------------------------------------------------
+    def _decode_own(self, token: str) -> dict[str, Any] | None:
+        """The claims of an access token this server signed (expired ones included), else None."""
+        try:
+            decoded = jwt.decode(token, self.keys.key_set(), algorithms=["RS384"])
+        except (JoseError, ValueError, TypeError):
+            return None
+        claims = decoded.claims
+        return claims if claims.get("iss") == self.fhir_base else None
+
+    def revoke(self, token: str, hint: str | None, client: Client | None) -> None:
+        if client is None or not token:
+            return
+        refresh = self.store.get("refresh", _hash(token))
+        if refresh is not None and refresh["client_id"] == client.client_id:
+            self.store.take("refresh", _hash(token))
+            self.store.put("family-revoked", refresh["family"], {}, 90 * 86400)
+            return
+        claims = self._decode_own(token)
+        if claims and claims.get("client_id") == client.client_id and claims.get("jti"):
+            ttl = max(float(claims.get("exp", 0)) - time.time(), 0.0) + 60
+            self.store.put("revoked", str(claims["jti"]), {}, ttl)
+
+    def introspect(self, token: str) -> dict[str, Any]:
+        if not token:
+            return {"active": False}
+        refresh = self.store.get("refresh", _hash(token))
+        if refresh is not None and self.store.get("family-revoked", refresh["family"]) is None:
+            grantee = refresh["grantee"]
+            out = {"active": True, "client_id": refresh["client_id"], "scope": refresh["scope"],
+                   "token_type": "refresh_token", "sub": grantee.get("username")}
+            if grantee.get("patient"):
+                out["patient"] = grantee["patient"]
+            return out
+        try:
+            claims = self.validator.validate(token)
+        except InvalidToken:
+            return {"active": False}
+        return _introspection(claims, self._decode_own(token) or {})
+
+    def bearer_is_active(self, authorization: str | None) -> bool:
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return False
+        try:
+            self.validator.validate(token.strip())
+        except InvalidToken:
+            return False
+        return True
+
+    def issue_launch(self, authorization: str | None, body: dict[str, Any]) -> dict[str, Any]:
+        """A launch id for an EPR: the caller is a backend client registered as a launch issuer."""
+        scheme, _, token = (authorization or "").partition(" ")
+        try:
+            claims = self.validator.validate(token.strip()) if scheme.lower() == "bearer" else None
+        except InvalidToken:
+            claims = None
+        caller = self.clients.get(claims.client_id) if claims else None
+        if claims is None or caller is None or not caller.launch_issuer \
+                or not any(s.startswith("system/") for s in claims.scope.split()):
+            return {"status": 401, "error": "invalid_token",
+                    "error_description": "a system-level token of a client registered as launch_issuer is required"}
+        client_id, patient = str(body.get("client_id", "")), str(body.get("patient", ""))
+        if client_id not in self.clients:
+            return {"error": "invalid_request", "error_description": "unknown client_id"}
+        problem = nhs_number_problem(patient)
+        if problem or not self.patient_exists(patient):
+            return {"error": "invalid_request", "error_description": problem or "the patient has no imaging records"}
+        return self.create_launch(client_id, patient, body.get("imaging_study"))
+
+    def create_launch(self, client_id: str, patient: str, imaging_study: str | None = None) -> dict[str, Any]:
+        context = [{"reference": f"ImagingStudy/{imaging_study}"}] if imaging_study else []
+        launch = secrets.token_urlsafe(24)  # opaque: encodes nothing about the patient
+        self.store.put("launch", launch, {"client_id": client_id, "patient": patient, "fhirContext": context},
+                       LAUNCH_TTL_S)
+        return {"launch": launch, "expires_in": LAUNCH_TTL_S, "iss": self.fhir_base}
+
+    def smart_configuration(self) -> dict[str, Any]:
+        scopes = sorted({s for c in self.clients.values() for s in c.scope.split()})
+        return {
+            "issuer": self.fhir_base,
+            "jwks_uri": f"{self.root}/jwks",
+            "authorization_endpoint": f"{self.root}/authorize",
+            "token_endpoint": f"{self.root}/token",
+            "introspection_endpoint": f"{self.root}/introspect",
+            "revocation_endpoint": f"{self.root}/revoke",
+            "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token"],
+            "response_types_supported": ["code"],
+            "code_challenge_methods_supported": ["S256"],
+            "scopes_supported": scopes,
+            "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic",
+                                                      "client_secret_post", "none"],
+            "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "capabilities": CAPABILITIES,
+        }
+
+
+def _summary(patient: dict[str, Any]) -> dict[str, str]:
+    return {"nhs_number": patient["id"], "name": (patient.get("name") or [{}])[0].get("text", ""),
+            "birth_date": patient.get("birthDate", "")}
+
+
+def _introspection(claims: AccessClaims, raw: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"active": True, "scope": claims.scope, "client_id": claims.client_id,
+                           "exp": claims.expires_at, "iss": claims.issuer, "token_type": "Bearer"}
+    for key in ("sub", "iat", "aud", "patient", "fhirContext", "fhirUser"):
+        if key in raw:
+            out[key] = raw[key]
+    return out

@@ -1,0 +1,122 @@
+"""Registered clients and demo users of the embedded authorization server (from configuration).
+
+Client implements authlib's ClientMixin. A client authenticates in exactly one way: `none`
+(public, PKCE only), `client_secret_basic`/`client_secret_post` (secret stored hashed), or
+`private_key_jwt` (its JWKS inline or by URL).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..tokens import JwksSource
+
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+def hash_secret(secret: str) -> str:
+    """`scrypt$<salt>$<hash>`: what the configuration stores for passwords and client secrets."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(secret.encode(), salt=salt, dklen=32, **_SCRYPT)
+    return f"scrypt${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def check_secret(secret: str, stored: str) -> bool:
+    try:
+        scheme, salt, digest = stored.split("$")
+    except ValueError:
+        return False
+    if scheme != "scrypt":
+        return False
+    found = hashlib.scrypt(secret.encode(), salt=base64.b64decode(salt), dklen=32, **_SCRYPT)
+    return hmac.compare_digest(found, base64.b64decode(digest))
+
+
+@dataclass(frozen=True)
+class User:
+    username: str
+    password_hash: str
+    name: str
+    fhir_user: str | None = None
+
+
+@dataclass
+class Client:
+    client_id: str
+    grant_types: tuple[str, ...]
+    scope: str
+    redirect_uris: tuple[str, ...] = ()
+    public: bool = False
+    secret_hash: str | None = None
+    jwks: JwksSource | None = None
+    launch_issuer: bool = False
+    name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def auth_method(self) -> str:
+        if self.public:
+            return "none"
+        if self.jwks is not None:
+            return "private_key_jwt"
+        return "client_secret_basic"
+
+    # -- authlib ClientMixin ---------------------------------------------------------------
+    def get_client_id(self) -> str:
+        return self.client_id
+
+    def get_default_redirect_uri(self) -> str | None:
+        return self.redirect_uris[0] if len(self.redirect_uris) == 1 else None
+
+    def get_allowed_scope(self, scope: str) -> str:
+        """Requested scopes cut to the registration (SMART checklist 22): never more."""
+        allowed = set(self.scope.split())
+        return " ".join(s for s in dict.fromkeys((scope or "").split()) if s in allowed)
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        return redirect_uri in self.redirect_uris  # exact match, no prefixes or patterns
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        return self.secret_hash is not None and check_secret(client_secret, self.secret_hash)
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        if self.auth_method == "client_secret_basic":
+            return method in ("client_secret_basic", "client_secret_post")
+        return method == self.auth_method
+
+    def check_response_type(self, response_type: str) -> bool:
+        return response_type == "code" and "authorization_code" in self.grant_types
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type in self.grant_types
+
+
+def client_from_config(doc: dict[str, Any]) -> Client:
+    secret = None
+    if doc.get("client_secret_env"):
+        value = os.environ.get(doc["client_secret_env"], "")
+        secret = hash_secret(value) if value else None
+    jwks = None
+    if "jwks" in doc or "jwks_uri" in doc:
+        jwks = JwksSource(url=doc.get("jwks_uri"), keys=doc.get("jwks"))
+    return Client(
+        client_id=doc["client_id"],
+        grant_types=tuple(doc["grant_types"]),
+        scope=doc["scope"],
+        redirect_uris=tuple(doc.get("redirect_uris", ())),
+        public=bool(doc.get("public", False)),
+        secret_hash=doc.get("client_secret_hash", secret),
+        jwks=jwks,
+        launch_issuer=bool(doc.get("launch_issuer", False)),
+        name=doc.get("name", doc["client_id"]),
+    )
+
+
+def user_from_config(doc: dict[str, Any]) -> User:
+    return User(doc["username"], doc["password_hash"], doc.get("name", doc["username"]), doc.get("fhir_user"))

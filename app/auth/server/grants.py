@@ -1,0 +1,278 @@
+"""authlib grants tightened to SMART App Launch 2.2, and the tokens they issue.
+
+- PKCE with S256 for every client, public or not; `plain` refused (authlib allows it by default).
+- Codes single-use (taken atomically), 60 s, bound to client, redirect URI, challenge and context.
+- Refresh tokens bound to the client, same or narrower scope, context kept, rotated; a reused
+  refresh token revokes its whole family.
+- Backend services: private_key_jwt with RS384/ES384 only, iss = sub = client, aud = token URL,
+  exp at most 5 minutes ahead, `jti` never seen before (shared store), key by `kid`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from authlib.oauth2.rfc6749 import InvalidClientError, InvalidGrantError, InvalidRequestError, grants
+from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
+from authlib.oauth2.rfc7636 import CodeChallenge
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+
+from .clients import Client
+from .keys import SigningKeys
+from .store import AuthStore
+
+CODE_TTL_S = 60
+ASSERTION_ALGORITHMS = ("RS384", "ES384")
+MAX_ASSERTION_LIFETIME_S = 300
+BACKEND_TOKEN_TTL_S = 300
+
+
+@dataclass
+class Grantee:
+    """Who a token is for, and the launch context it carries (authlib's 'user')."""
+
+    username: str | None
+    fhir_user: str | None = None
+    patient: str | None = None
+    fhir_context: list[dict[str, str]] = field(default_factory=list)
+    need_patient_banner: bool = True
+    nonce: str | None = None
+    auth_time: int = 0
+
+    def get_user_id(self) -> str | None:
+        return self.username
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class StrictCodeChallenge(CodeChallenge):
+    """PKCE required of every client, S256 only (SMART checklist 10)."""
+
+    DEFAULT_CODE_CHALLENGE_METHOD = "S256"
+    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
+
+    def validate_code_challenge(self, grant: Any, redirect_uri: str) -> None:
+        data = grant.request.payload.data
+        if not data.get("code_challenge") or data.get("code_challenge_method") != "S256":
+            raise InvalidRequestError("PKCE is required: code_challenge with code_challenge_method=S256")
+        super().validate_code_challenge(grant, redirect_uri)
+
+    def validate_code_verifier(self, grant: Any, result: Any) -> None:
+        verifier = grant.request.form.get("code_verifier")
+        if not verifier or not verifier.strip():
+            raise InvalidRequestError("Missing 'code_verifier'")
+        if verifier == grant.request.authorization_code.code_challenge:
+            raise InvalidGrantError("The code_verifier must not be the code_challenge")
+        super().validate_code_verifier(grant, result)
+
+    def get_authorization_code_challenge(self, authorization_code: Any) -> str:
+        return str(authorization_code.code_challenge)
+
+    def get_authorization_code_challenge_method(self, authorization_code: Any) -> str:
+        return "S256"
+
+
+@dataclass
+class StoredCode:
+    """An authorization code's record, as authlib expects to read it back."""
+
+    client_id: str
+    redirect_uri: str
+    scope: str
+    code_challenge: str
+    grantee: dict[str, Any]
+
+    def get_redirect_uri(self) -> str:
+        return self.redirect_uri
+
+    def get_scope(self) -> str:
+        return self.scope
+
+
+class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = ["none", "client_secret_basic", "client_secret_post", "private_key_jwt"]
+    store: AuthStore  # set on the class by the server builder
+
+    def save_authorization_code(self, code: str, request: Any) -> None:
+        grantee: Grantee = request.user
+        self.store.put("code", _hash(code), {
+            "client_id": request.client.client_id, "redirect_uri": request.payload.redirect_uri,
+            "scope": request.scope, "code_challenge": request.payload.data.get("code_challenge"),
+            "grantee": asdict(grantee)}, CODE_TTL_S)
+
+    def query_authorization_code(self, code: str, client: Client) -> StoredCode | None:
+        found = self.store.take("code", _hash(code))  # single use, whatever happens next
+        if found is None or found["client_id"] != client.client_id:
+            return None
+        return StoredCode(**found)
+
+    def delete_authorization_code(self, authorization_code: StoredCode) -> None:
+        """Already removed when it was taken."""
+
+    def authenticate_user(self, authorization_code: StoredCode) -> Grantee:
+        return Grantee(**authorization_code.grantee)
+
+
+@dataclass
+class StoredRefresh:
+    client_id: str
+    scope: str
+    family: str
+    grantee: dict[str, Any]
+
+    def check_client(self, client: Client) -> bool:
+        return self.client_id == client.client_id
+
+    def get_scope(self) -> str:
+        return self.scope
+
+
+class RefreshTokenGrant(grants.RefreshTokenGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = ["none", "client_secret_basic", "client_secret_post", "private_key_jwt"]
+    INCLUDE_NEW_REFRESH_TOKEN = True
+    store: AuthStore
+
+    def authenticate_refresh_token(self, refresh_token: str) -> StoredRefresh | None:
+        key = _hash(refresh_token)
+        found = self.store.take("refresh", key)
+        if found is None:
+            family = self.store.get("refresh-used", key)
+            if family is not None:  # reuse of a rotated token: revoke everything issued from it
+                self.store.put("family-revoked", family["family"], {}, 90 * 86400)
+            return None
+        if self.store.get("family-revoked", found["family"]) is not None:
+            return None
+        self.store.put("refresh-used", key, {"family": found["family"]}, 90 * 86400)
+        return StoredRefresh(**found)
+
+    def authenticate_user(self, refresh_token: StoredRefresh) -> Grantee:
+        from flask import g
+
+        g.refresh_family = refresh_token.family  # the rotated token stays in its family
+        return Grantee(**refresh_token.grantee)
+
+    def revoke_old_credential(self, refresh_token: StoredRefresh) -> None:
+        """Taken (and marked used) when it was authenticated."""
+
+
+class SmartClientAssertion(JWTBearerClientAssertion):
+    """private_key_jwt client authentication as SMART Backend Services requires it."""
+
+    CLIENT_AUTH_METHOD = "private_key_jwt"
+
+    def __init__(self, token_url: str, store: AuthStore) -> None:
+        super().__init__(validate_jti=True, leeway=30)
+        self._token_url = token_url
+        self.store = store
+
+    def get_audiences(self) -> list[str]:
+        return [self._token_url]
+
+    def __call__(self, query_client: Any, request: Any) -> Any:
+        data = request.form
+        if data.get("client_assertion") and data.get("client_assertion_type") != self.CLIENT_ASSERTION_TYPE:
+            raise InvalidClientError(description="client_assertion_type must be "
+                                                 "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        return super().__call__(query_client, request)
+
+    def resolve_client_public_key(self, client: Client) -> KeySet:
+        if client.jwks is None:
+            raise InvalidClientError(description="the client has no registered keys")
+        return client.jwks.key_set(None)
+
+    def process_assertion_claims(self, assertion: str, resolve_key: Any) -> dict[str, Any]:
+        headers, _claims = self.extract_assertion(assertion)
+        kid = headers.get("kid")
+        keys = resolve_key
+        if isinstance(keys, KeySet) and kid is not None and kid not in {k.kid for k in keys.keys}:
+            raise InvalidClientError(description="the assertion's kid is not among the client's keys")
+        try:
+            token = jwt.decode(assertion, keys, algorithms=list(ASSERTION_ALGORITHMS))
+        except JoseError as exc:
+            raise InvalidClientError(description=exc.description or "invalid client assertion") from exc
+        exp = token.claims.get("exp")
+        if isinstance(exp, (int, float)) and exp > time.time() + MAX_ASSERTION_LIFETIME_S + 30:
+            raise InvalidClientError(description="the assertion's exp is more than 5 minutes ahead")
+        self.verify_claims(token.claims)
+        return token.claims
+
+    def validate_jti(self, claims: dict[str, Any], jti: str) -> bool:
+        ttl = max(float(claims.get("exp", 0)) - time.time(), 0.0) + 60
+        return self.store.add_once("assertion-jti", f"{claims['iss']}:{jti}", ttl)
+
+
+class ClientCredentialsGrant(grants.ClientCredentialsGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = ["private_key_jwt"]
+
+
+class TokenIssuer:
+    """Signs access tokens (JWT) and id_tokens; keeps refresh tokens in the store."""
+
+    def __init__(self, issuer: str, audience: str, keys: SigningKeys, store: AuthStore,
+                 lifetime_s: int, style_url: str) -> None:
+        self.issuer = issuer
+        self.audience = audience
+        self.keys = keys
+        self.store = store
+        self.lifetime_s = lifetime_s
+        self.style_url = style_url
+
+    def _sign(self, claims: dict[str, Any], alg: str) -> str:
+        key = self.keys.current
+        return jwt.encode({"alg": alg, "kid": key.kid, "typ": "JWT"}, claims, key, algorithms=[alg])
+
+    def __call__(self, grant_type: str, client: Client, user: Grantee | None = None, scope: str | None = None,
+                 expires_in: int | None = None, include_refresh_token: bool = True) -> dict[str, Any]:
+        now = int(time.time())
+        scope = scope or ""
+        backend = grant_type == "client_credentials"
+        lifetime = BACKEND_TOKEN_TTL_S if backend else self.lifetime_s
+        claims: dict[str, Any] = {"iss": self.issuer, "aud": self.audience, "iat": now, "nbf": now,
+                                  "exp": now + lifetime, "jti": secrets.token_urlsafe(16),
+                                  "client_id": client.client_id, "scope": scope,
+                                  "sub": (user.username if user and user.username else client.client_id)}
+        token: dict[str, Any] = {"token_type": "Bearer", "expires_in": lifetime, "scope": scope}
+        if user is not None and not backend:
+            if user.patient:
+                claims["patient"] = user.patient
+                token["patient"] = user.patient
+                token["need_patient_banner"] = user.need_patient_banner
+            if user.fhir_context:
+                claims["fhirContext"] = user.fhir_context
+                token["fhirContext"] = user.fhir_context
+            if user.fhir_user and "fhirUser" in scope.split():
+                claims["fhirUser"] = user.fhir_user
+            token["smart_style_url"] = self.style_url
+            if "openid" in scope.split():
+                token["id_token"] = self._id_token(client, user, now)
+        token["access_token"] = self._sign(claims, "RS384")
+        wants_refresh = {"offline_access", "online_access"} & set(scope.split())
+        if include_refresh_token and not backend and user is not None and wants_refresh:
+            token["refresh_token"] = self._refresh_token(client, user, scope)
+        return token
+
+    def _id_token(self, client: Client, user: Grantee, now: int) -> str:
+        claims: dict[str, Any] = {"iss": self.issuer, "aud": client.client_id, "sub": user.username or "",
+                                  "iat": now, "exp": now + self.lifetime_s, "auth_time": user.auth_time or now}
+        if user.fhir_user:
+            claims["fhirUser"] = user.fhir_user
+        if user.nonce:
+            claims["nonce"] = user.nonce
+        return self._sign(claims, "RS256")
+
+    def _refresh_token(self, client: Client, user: Grantee, scope: str) -> str:
+        from flask import g
+
+        token = secrets.token_urlsafe(32)
+        family = getattr(g, "refresh_family", None) or secrets.token_urlsafe(12)
+        self.store.put("refresh", _hash(token), {"client_id": client.client_id, "scope": scope, "family": family,
+                                                 "grantee": asdict(user)}, 90 * 86400)
+        return token

@@ -1,0 +1,208 @@
+"""Access token validation for the resource server (SMART checklist items 23 and 25).
+
+Signed JWTs are checked with joserfc (authlib's JOSE library): the signature against the issuer's
+JWKS (fetched by URL, cached per its Cache-Control, refreshed once on an unknown `kid`), an
+algorithm allow-list (never `none`, never HMAC: a public key used as an HMAC secret is the classic
+forgery), `iss`, `aud` = this server's base URL, `exp`, `nbf`, with a small clock skew. Opaque
+tokens are introspected (RFC 7662) when the configured issuer says so.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+
+ALLOWED_ALGORITHMS = ("RS256", "RS384", "ES256", "ES384")
+CLOCK_SKEW_S = 30
+_MAX_AGE = re.compile(r"max-age=(\d+)")
+
+
+class InvalidToken(Exception):
+    """The token cannot be trusted; `reason` goes into WWW-Authenticate's error_description."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class AccessClaims:
+    """What a valid token says about its bearer."""
+
+    client_id: str
+    subject: str | None
+    scope: str
+    patient: str | None = None
+    fhir_user: str | None = None
+    jti: str | None = None
+    issuer: str = ""
+    expires_at: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def claims_from_payload(payload: dict[str, Any]) -> AccessClaims:
+    scope = payload.get("scope", payload.get("scp", ""))
+    if isinstance(scope, list):
+        scope = " ".join(str(s) for s in scope)
+    client_id = payload.get("client_id") or payload.get("azp") or payload.get("sub")
+    if not isinstance(client_id, str) or not isinstance(scope, str):
+        raise InvalidToken("the token names no client or no scope")
+    patient = payload.get("patient")
+    return AccessClaims(
+        client_id=client_id,
+        subject=payload.get("sub") if isinstance(payload.get("sub"), str) else None,
+        scope=scope,
+        patient=patient if isinstance(patient, str) and patient else None,
+        fhir_user=payload.get("fhirUser") if isinstance(payload.get("fhirUser"), str) else None,
+        jti=payload.get("jti") if isinstance(payload.get("jti"), str) else None,
+        issuer=str(payload.get("iss", "")),
+        expires_at=int(payload.get("exp", 0)),
+    )
+
+
+class JwksSource:
+    """An issuer's signing keys: inline, or from a URL cached per Cache-Control max-age."""
+
+    def __init__(self, url: str | None = None, keys: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
+                 default_ttl_s: float = 300.0, min_refresh_s: float = 10.0, timeout_s: float = 5.0) -> None:
+        self.url = url
+        self._inline = keys
+        self.default_ttl_s = default_ttl_s
+        self.min_refresh_s = min_refresh_s
+        self.timeout_s = timeout_s
+        self._keys: KeySet | None = None
+        self._expires = 0.0
+        self._fetched = 0.0
+        self._lock = threading.Lock()
+        self.fetches = 0
+
+    def _load(self) -> None:
+        if self._inline is not None:
+            value = self._inline() if callable(self._inline) else self._inline
+            self._keys, self._expires = KeySet.import_key_set(value), float("inf")  # type: ignore[arg-type]
+            return
+        assert self.url is not None
+        self.fetches += 1
+        self._fetched = time.monotonic()
+        try:
+            response = requests.get(self.url, timeout=self.timeout_s, headers={"Accept": "application/json"})
+            response.raise_for_status()
+            keys = KeySet.import_key_set(response.json())
+        except (requests.RequestException, ValueError, JoseError) as exc:
+            raise InvalidToken(f"the issuer's keys could not be fetched ({type(exc).__name__})") from None
+        match = _MAX_AGE.search(response.headers.get("Cache-Control", ""))
+        ttl = float(match.group(1)) if match else self.default_ttl_s
+        if "no-store" in response.headers.get("Cache-Control", "") or "no-cache" in response.headers.get(
+                "Cache-Control", ""):
+            ttl = 0.0
+        self._keys, self._expires = keys, time.monotonic() + ttl
+
+    def key_set(self, kid: str | None) -> KeySet:
+        """The keys, refreshed when stale, or once (rate-limited) when `kid` is not among them."""
+        with self._lock:
+            if self._keys is None or time.monotonic() >= self._expires:
+                self._load()
+            assert self._keys is not None
+            known = {k.kid for k in self._keys.keys}
+            if kid is not None and kid not in known and self._inline is None \
+                    and time.monotonic() - self._fetched >= self.min_refresh_s:
+                self._load()
+            return self._keys
+
+    def refresh_inline(self) -> None:
+        """Forget the cached inline keys (after a key rotation by the embedded server)."""
+        with self._lock:
+            self._keys = None
+
+
+class JwtValidator:
+    """Validates signed JWT access tokens of one issuer for one audience."""
+
+    def __init__(self, issuer: str, audience: str, jwks: JwksSource,
+                 is_revoked: Callable[[str], bool] | None = None) -> None:
+        self.issuer = issuer
+        self.audience = audience
+        self.jwks = jwks
+        self.is_revoked = is_revoked
+
+    def validate(self, token: str) -> AccessClaims:
+        try:
+            decoded = jwt.decode(token, self._resolve_key, algorithms=list(ALLOWED_ALGORITHMS))
+        except InvalidToken:
+            raise
+        except JoseError as exc:
+            raise InvalidToken(_describe(exc)) from None
+        except (ValueError, TypeError):
+            raise InvalidToken("the token is malformed") from None
+        registry = jwt.JWTClaimsRegistry(
+            leeway=CLOCK_SKEW_S,
+            iss={"essential": True, "value": self.issuer},
+            aud={"essential": True, "value": self.audience},
+            exp={"essential": True},
+        )
+        try:
+            registry.validate(decoded.claims)
+        except JoseError as exc:
+            raise InvalidToken(_describe(exc)) from None
+        claims = claims_from_payload(decoded.claims)
+        if self.is_revoked is not None and claims.jti and self.is_revoked(claims.jti):
+            raise InvalidToken("the token has been revoked")
+        return claims
+
+    def _resolve_key(self, guest: Any) -> KeySet:
+        kid = guest.headers().get("kid")
+        keys = self.jwks.key_set(kid)
+        if kid is not None and kid not in {k.kid for k in keys.keys}:
+            raise InvalidToken("the token's signing key (kid) is not one of the issuer's keys")
+        return keys
+
+
+class IntrospectionValidator:
+    """RFC 7662: asks the issuer whether an (opaque) token is active."""
+
+    def __init__(self, url: str, client_id: str, client_secret: str, audience: str, timeout_s: float = 5.0) -> None:
+        self.url = url
+        self.auth = (client_id, client_secret)
+        self.audience = audience
+        self.timeout_s = timeout_s
+        self.session = requests.Session()
+
+    def validate(self, token: str) -> AccessClaims:
+        try:
+            response = self.session.post(self.url, data={"token": token}, auth=self.auth, timeout=self.timeout_s)
+            response.raise_for_status()
+            body = response.json()
+        except (requests.RequestException, ValueError):
+            raise InvalidToken("the token could not be introspected") from None
+        if not isinstance(body, dict) or body.get("active") is not True:
+            raise InvalidToken("the token is not active")
+        aud = body.get("aud")
+        if aud is not None and self.audience not in (aud if isinstance(aud, list) else [aud]):
+            raise InvalidToken("the token is not for this server (aud)")
+        exp = body.get("exp")
+        if isinstance(exp, (int, float)) and exp < time.time() - CLOCK_SKEW_S:
+            raise InvalidToken("the token has expired")
+        return claims_from_payload(body)
+
+
+def _describe(exc: JoseError) -> str:
+    name = type(exc).__name__
+    return {
+        "BadSignatureError": "the token's signature is not valid",
+        "ExpiredTokenError": "the token has expired",
+        "UnsupportedAlgorithmError": "the token's algorithm is not allowed",
+        "MissingAlgorithmError": "the token's algorithm is not allowed",
+        "MissingClaimError": f"the token lacks a required claim ({exc.description or exc})",
+        "InvalidClaimError": f"the token's claim is not valid ({exc.description or exc})",
+        "DecodeError": "the token is malformed",
+        "InvalidPayloadError": "the token is malformed",
+    }.get(name, f"the token is not valid ({name})")
