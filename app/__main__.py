@@ -83,6 +83,67 @@ def _first_demo_patient() -> str:
     return str(manifest["facts"]["multi_trust_patient"]["nhs_number"])
 
 
+def token(base: str, client: str, key_file: str, scope: str) -> int:
+    """SMART Backend Services against a running server: discovery, signed assertion, token."""
+    import json
+    import time
+    import uuid
+
+    import requests
+    from joserfc import jwt
+    from joserfc.jwk import import_key
+
+    discovery = requests.get(f"{base.rstrip('/')}/.well-known/smart-configuration", timeout=10)
+    discovery.raise_for_status()
+    token_url = discovery.json()["token_endpoint"]
+    key = import_key(json.loads(Path(key_file).read_text()))
+    alg = "ES384" if key.key_type == "EC" else "RS384"
+    now = int(time.time())
+    assertion = jwt.encode({"alg": alg, "kid": key.kid, "typ": "JWT"},
+                           {"iss": client, "sub": client, "aud": token_url, "exp": now + 240, "iat": now,
+                            "jti": str(uuid.uuid4())}, key, algorithms=[alg])
+    response = requests.post(token_url, timeout=10, data={
+        "grant_type": "client_credentials", "scope": scope, "client_assertion": assertion,
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"})
+    if response.status_code != 200:
+        print(f"token request refused ({response.status_code}): {response.text}", file=sys.stderr)
+        return 1
+    print(response.json()["access_token"])
+    return 0
+
+
+def launch(config: str, client: str, patient: str, study: str | None) -> int:
+    """An EHR launch id for a client and patient, written straight into the server's store."""
+    from . import create_app
+
+    app = create_app(load_settings(config))
+    server = app.extensions.get("smart_server")
+    if server is None:
+        print("launch needs auth.mode: embedded", file=sys.stderr)
+        return 1
+    from .mapping.patient import nhs_number_problem
+
+    problem = nhs_number_problem(patient)
+    if problem or client not in server.clients:
+        print(problem or f"unknown client {client!r}", file=sys.stderr)
+        return 1
+    found = server.create_launch(client, patient, study)
+    print(found["launch"])
+    return 0
+
+
+def rotate_keys(config: str) -> int:
+    from .auth.server.keys import SigningKeys
+
+    settings = load_settings(config)
+    if settings.auth["mode"] != "embedded":
+        print("rotate-keys needs auth.mode: embedded", file=sys.stderr)
+        return 1
+    kid = SigningKeys(Path(settings.auth["signing_keys"])).rotate()
+    print(f"new signing key {kid}; the previous key stays published")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -97,7 +158,32 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("demo", help="serve the embedded demo archives (generating them if missing)")
     d.add_argument("--host", default="127.0.0.1")
     d.add_argument("--port", type=int, default=8080)
+    t = sub.add_parser("token", help="get a backend services access token from a running server")
+    t.add_argument("--client", required=True)
+    t.add_argument("--key", required=True, help="the client's private JWK (JSON file)")
+    t.add_argument("--scope", required=True)
+    t.add_argument("--base", default="http://127.0.0.1:8080/fhir", help="FHIR base URL of the server")
+    la = sub.add_parser("launch", help="create an EHR launch id (embedded authorization server)")
+    la.add_argument("--config", default=str(DEMO_CONFIG))
+    la.add_argument("--client", required=True)
+    la.add_argument("--patient", required=True, help="NHS number")
+    la.add_argument("--study", help="StudyInstanceUID for fhirContext")
+    r = sub.add_parser("rotate-keys", help="add a new signing key (the previous one stays published)")
+    r.add_argument("config")
+    h = sub.add_parser("hash-password", help="hash a password or client secret for the configuration")
+    h.add_argument("secret")
     args = parser.parse_args(argv)
+    if args.command == "token":
+        return token(args.base, args.client, args.key, args.scope)
+    if args.command == "launch":
+        return launch(args.config, args.client, args.patient, args.study)
+    if args.command == "rotate-keys":
+        return rotate_keys(args.config)
+    if args.command == "hash-password":
+        from .auth.server.clients import hash_secret
+
+        print(hash_secret(args.secret))
+        return 0
     if args.command == "serve":
         return serve(args.config, args.host, args.port, args.workers, args.threads)
     if args.command == "check-config":

@@ -36,7 +36,7 @@ def fhir_response(resource: dict[str, Any], status: int = 200, headers: dict[str
     return Response(body, status=status, content_type=FHIR_JSON, headers=headers)
 
 
-PUBLIC_ENDPOINTS = frozenset({"fhir.metadata", "fhir.smart_configuration"})
+PUBLIC_ENDPOINTS = frozenset({"fhir.metadata", "fhir.smart_configuration", "fhir.openid_configuration"})
 
 
 @bp.before_request
@@ -84,7 +84,7 @@ def audited_patients(numbers: list[str]) -> None:
 @bp.before_request
 def negotiate_format() -> None:
     """406 unless the client accepts FHIR JSON (by `_format` or `Accept`)."""
-    if request.endpoint == "fhir.smart_configuration":
+    if request.endpoint in ("fhir.smart_configuration", "fhir.openid_configuration"):
         return
     wanted = request.args.get("_format")
     if wanted is not None and wanted.split(";")[0].strip() not in _FORMATS:
@@ -130,6 +130,20 @@ def smart_configuration() -> Response:
     document = current_app.extensions["smart_configuration"]
     if document is None:
         raise NotFound("no SMART authorization server is configured (auth.mode is none)")
+    return Response(orjson.dumps(document), content_type="application/json")
+
+
+@bp.get("/.well-known/openid-configuration")
+def openid_configuration() -> Response:
+    """OpenID Connect discovery for the id_tokens the embedded server issues (sso-openid-connect)."""
+    smart = current_app.extensions["smart_configuration"]
+    if smart is None or "sso-openid-connect" not in smart.get("capabilities", ()):
+        raise NotFound("this server does not issue OpenID Connect id_tokens")
+    document = {key: smart[key] for key in ("issuer", "jwks_uri", "authorization_endpoint", "token_endpoint",
+                                            "response_types_supported", "id_token_signing_alg_values_supported",
+                                            "scopes_supported", "token_endpoint_auth_methods_supported")
+                if key in smart}
+    document.update({"subject_types_supported": ["public"], "claims_supported": ["sub", "fhirUser", "iss", "aud"]})
     return Response(orjson.dumps(document), content_type="application/json")
 
 
