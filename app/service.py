@@ -166,7 +166,10 @@ def build_facade(settings: Settings) -> Facade:
             archive = CachedArchive(archive, settings.cache_ttl_s)
         trusts.append(TrustArchive(trust, archive, mapping, timeout, breaker))
     federation = Federation(trusts, mapper, xref, zone, settings.max_workers, settings.deadline_s)
-    endpoints = [endpoint_resource(t.mapping, t.settings.wado_url or t.settings.archive.get("wado_url")
-                                   or f"{settings.public_root}/dicomweb/{t.settings.id}") for t in trusts]
+    endpoints = []
+    for t in trusts:
+        direct = t.settings.wado_url or t.settings.archive.get("wado_url")
+        gateway = f"{settings.public_root}/dicomweb/{t.settings.id}"
+        endpoints.append(endpoint_resource(t.mapping, direct or gateway, requires_token=direct is None))
     organizations = [organization_resource(t.mapping) for t in trusts]
     return Facade(settings, federation, mapper, endpoints, organizations)

@@ -9,6 +9,7 @@ from .context import TrustMapping
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 CONNECTION_TYPE = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
 PAYLOAD_TYPE = "http://terminology.hl7.org/CodeSystem/endpoint-payload-type"
+REQUIRES_ACCESS_TOKEN = "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token"
 
 
 def organization_resource(trust: TrustMapping) -> dict[str, Any]:
@@ -24,11 +25,17 @@ def organization_resource(trust: TrustMapping) -> dict[str, Any]:
     }
 
 
-def endpoint_resource(trust: TrustMapping, address: str) -> dict[str, Any]:
-    """The trust's WADO-RS Endpoint: clients append /studies/{StudyInstanceUID} to `address`."""
+def endpoint_resource(trust: TrustMapping, address: str, requires_token: bool) -> dict[str, Any]:
+    """The trust's WADO-RS Endpoint: clients append /studies/{StudyInstanceUID} to `address`.
+
+    `requires_token`: the address wants the caller's SMART access token (the facade's own gateway),
+    stated with the SMART Imaging Access extension.
+    """
+    extension = [{"url": REQUIRES_ACCESS_TOKEN, "valueBoolean": True}] if requires_token else []
     return {
         "resourceType": "Endpoint",
         "id": trust.endpoint_id,
+        **({"extension": extension} if extension else {}),
         "identifier": [{"system": "urn:ietf:rfc:3986", "value": address}],
         "status": "active",
         "connectionType": {"system": CONNECTION_TYPE, "code": "dicom-wado-rs", "display": "DICOM WADO-RS"},
