@@ -84,6 +84,7 @@ def create_app(settings: Settings | str | os.PathLike[str] | None = None) -> Fla
     app.extensions["smart_configuration"] = smart_configuration(settings, embedded)
     app.extensions["audit"] = AuditStore(settings.audit_path)
     app.register_blueprint(fhir_bp, url_prefix=settings.base_path or None)
+    app.register_blueprint(__import__(f"{__name__}.apps", fromlist=["bp"]).bp)  # sample SMART apps: /apps/
     _register_error_handlers(app)
     _register_cors(app, settings)
     return app

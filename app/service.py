@@ -27,10 +27,14 @@ from .xref import load_xref
 
 
 class ScopeRefused(FhirError):
-    """The token's scopes forbid this search (403); raised before any archive is asked."""
+    """The token's scopes forbid this search (403, insufficient_scope); raised before any archive is asked."""
 
     status_code = 403
     issue_code = "forbidden"
+
+    def __init__(self, realm: str, reason: str) -> None:
+        super().__init__(reason, headers={"WWW-Authenticate": f'Bearer realm="{realm}", error="insufficient_scope", '
+                                                              f'error_description="{reason}"'})
 
 
 @dataclass
@@ -60,9 +64,11 @@ class Facade:
             if search.nhs_numbers is None:
                 search.nhs_numbers = frozenset({patient})
             elif search.nhs_numbers - {patient}:
-                raise ScopeRefused("the search names a patient outside the token's patient context")
+                raise ScopeRefused(self.settings.base_url,
+                                   "the search names a patient outside the token's patient context")
         if len(decision.filters) > 1:
-            raise ScopeRefused("several filtered scopes for one type cannot be combined; ask for one")
+            raise ScopeRefused(self.settings.base_url,
+                               "several filtered scopes for one type cannot be combined; ask for one")
         if decision.filters:
             extra = self.parse_study_search(list(decision.filters[0])).search
             for name in ("modalities", "statuses", "body_sites", "dicom_classes"):

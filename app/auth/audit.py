@@ -150,20 +150,32 @@ class AuditStore:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def search(self, patient: str | None = None, since: str | None = None, until: str | None = None,
-               client_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    @staticmethod
+    def _where(patient: str | None, since: str | None, until: str | None,
+               client_id: str | None) -> tuple[str, list[str]]:
         clauses, args = [], []
         for clause, value in (("patient = ?", patient), ("recorded >= ?", since), ("recorded < ?", until),
                               ("client_id = ?", client_id)):
             if value is not None:
                 clauses.append(clause)
                 args.append(value)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), args
+
+    def search(self, patient: str | None = None, since: str | None = None, until: str | None = None,
+               client_id: str | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        """One page of events, newest first (a stable order: recorded time, then id)."""
+        where, args = self._where(patient, since, until, client_id)
         with self._lock:
             rows = self._db.execute(
-                f"SELECT body FROM audit_event {where} ORDER BY recorded DESC, id LIMIT ?",  # noqa: S608 - fixed clauses
-                (*args, limit)).fetchall()
+                f"SELECT body FROM audit_event {where} ORDER BY recorded DESC, id LIMIT ? OFFSET ?",  # noqa: S608
+                (*args, limit, offset)).fetchall()
         return [orjson.loads(r[0]) for r in rows]
+
+    def count(self, patient: str | None = None, since: str | None = None, until: str | None = None,
+              client_id: str | None = None) -> int:
+        where, args = self._where(patient, since, until, client_id)
+        with self._lock:
+            return int(self._db.execute(f"SELECT COUNT(*) FROM audit_event {where}", args).fetchone()[0])  # noqa: S608
 
     def writable(self) -> bool:
         try:

@@ -21,6 +21,8 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from ..mapping.patient import nhs_number_problem
+
 ALLOWED_ALGORITHMS = ("RS256", "RS384", "ES256", "ES384")
 CLOCK_SKEW_S = 30
 _MAX_AGE = re.compile(r"max-age=(\d+)")
@@ -50,13 +52,16 @@ class AccessClaims:
 
 
 def claims_from_payload(payload: dict[str, Any]) -> AccessClaims:
-    scope = payload.get("scope", payload.get("scp", ""))
+    scope = payload.get("scope", payload.get("scp"))
     if isinstance(scope, list):
         scope = " ".join(str(s) for s in scope)
     client_id = payload.get("client_id") or payload.get("azp") or payload.get("sub")
-    if not isinstance(client_id, str) or not isinstance(scope, str):
+    if not isinstance(client_id, str) or not isinstance(scope, str) or not scope.strip():
         raise InvalidToken("the token names no client or no scope")
     patient = payload.get("patient")
+    if patient not in (None, "") and (not isinstance(patient, str) or nhs_number_problem(patient)):
+        # The patient context is the compartment boundary: anything but an NHS number fails closed.
+        raise InvalidToken("the token's patient context is not an NHS number")
     return AccessClaims(
         client_id=client_id,
         subject=payload.get("sub") if isinstance(payload.get("sub"), str) else None,

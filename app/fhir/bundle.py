@@ -53,10 +53,15 @@ def searchset(
     secret: bytes,
     includes: list[dict[str, Any]] | None = None,
     issues: list[dict[str, Any]] | None = None,
+    total: int | None = None,
 ) -> dict[str, Any]:
-    """One page of a search: `matches` is the whole ordered result, the page is cut here."""
-    total = len(matches)
-    page = [] if paging.summary_count else matches[paging.offset:paging.offset + paging.count]
+    """One page of a search: `matches` is the whole ordered result and the page is cut here, or,
+    when `total` is given, `matches` is already the page (a store that pages itself)."""
+    if total is None:
+        total = len(matches)
+        page = [] if paging.summary_count else matches[paging.offset:paging.offset + paging.count]
+    else:
+        page = [] if paging.summary_count else matches
     link_base = f"{base_url}/{resource_type}"
     pairs = [(n, v) for n, v in used if n != "_cursor"]
 

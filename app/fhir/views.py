@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from urllib.parse import urlencode
+
 import orjson
 from flask import Blueprint, Response, current_app, g, request
 
@@ -46,8 +48,10 @@ def authenticate() -> None:
     if request.endpoint in PUBLIC_ENDPOINTS or request.method == "OPTIONS":
         return
     kind, _, rest = (request.path[len(facade().settings.base_path):].strip("/") + "/").partition("/")
-    g.audit = {"resource_type": kind or "?", "interaction": "read" if rest.strip("/") else "search-type",
-               "resource_id": rest.strip("/") or None, "patients": ()}
+    rest = rest.strip("/")
+    searching = not rest or rest == "_search"
+    g.audit = {"resource_type": kind or "?", "interaction": "search-type" if searching else "read",
+               "resource_id": None if searching else rest, "patients": ()}
     g.access = current_app.extensions["protector"].authenticate(request.headers.get("Authorization"))
 
 
@@ -61,12 +65,19 @@ def audit(response: Response) -> Response:
     record = AuditRecord(
         interaction=found["interaction"], resource_type=found["resource_type"], status=response.status_code,
         client_id=access.claims.client_id if access else None, user=access.user if access else None,
-        address=request.remote_addr, query=request.query_string.decode("latin-1") if request.method == "GET"
-        else request.get_data(as_text=True), resource_id=found["resource_id"], patients=tuple(found["patients"]),
+        address=request.remote_addr, query=_audited_query(), resource_id=found["resource_id"],
+        patients=tuple(found["patients"]),
         description=None if response.status_code < 400 else f"HTTP {response.status_code}")
     store = current_app.extensions["audit"]
     store.write(build_events(record, facade().settings.base_url), record.client_id)
     return response
+
+
+def _audited_query() -> str:
+    """The search as the client sent it: the URL query, or the form of a POST _search."""
+    if request.method == "POST":
+        return urlencode(list(request.form.items(multi=True)))
+    return request.query_string.decode("latin-1")
 
 
 AUDITED_TYPES = frozenset({"ImagingStudy", "Patient", "Endpoint", "Organization", "AuditEvent", "?"})
@@ -317,7 +328,9 @@ def search_audit_events() -> Response:
     paging, paging_used = p.parse_paging(pairs, service.settings.default_count, service.settings.max_count,
                                          frozenset(), frozenset(), False)
     paging.offset = offset
-    events = current_app.extensions["audit"].search(**criteria)
+    store = current_app.extensions["audit"]
+    total = store.count(**criteria)
+    events = [] if paging.summary_count else store.search(**criteria, limit=paging.count, offset=offset)
     return fhir_response(searchset(base_url=service.settings.base_url, resource_type="AuditEvent", matches=events,
                                    paging=paging, used=sorted(used + paging_used),
-                                   secret=service.settings.cursor_secret))
+                                   secret=service.settings.cursor_secret, total=total))
