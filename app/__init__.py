@@ -62,12 +62,13 @@ def create_app(settings: Settings | str | os.PathLike[str] | None = None) -> Fla
     if not isinstance(settings, Settings):
         settings = load_settings(settings)
 
+    from .apps import bp as apps_bp
     from .auth import build_protector, smart_configuration
     from .auth.audit import AuditStore
     from .fhir.views import bp as fhir_bp
     from .service import build_facade
 
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)
     app.config["VERSION"] = __version__
     app.secret_key = hmac.new(settings.cursor_secret, b"session", hashlib.sha256).digest()
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
@@ -84,7 +85,7 @@ def create_app(settings: Settings | str | os.PathLike[str] | None = None) -> Fla
     app.extensions["smart_configuration"] = smart_configuration(settings, embedded)
     app.extensions["audit"] = AuditStore(settings.audit_path)
     app.register_blueprint(fhir_bp, url_prefix=settings.base_path or None)
-    app.register_blueprint(__import__(f"{__name__}.apps", fromlist=["bp"]).bp)  # sample SMART apps: /apps/
+    app.register_blueprint(apps_bp)  # the sample SMART apps, under /apps/
     _register_error_handlers(app)
     _register_cors(app, settings)
     return app

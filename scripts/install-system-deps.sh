@@ -9,7 +9,7 @@
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
-PACKAGES=(orthanc orthanc-dicomweb dcmtk redis-server)
+PACKAGES=(orthanc orthanc-dicomweb dcmtk redis-server chromium)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then

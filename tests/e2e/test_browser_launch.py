@@ -1,0 +1,191 @@
+"""The sample SMART app in a real browser: Debian's Chromium, driven by playwright-core.
+
+One real server (`python -m app serve`, gunicorn) serves the FHIR API, the authorization server
+and the app at /apps/imaging-timeline/. The app is SMART's own client-js (npm `fhirclient`).
+
+(a) EHR launch: the portal (Backend Services) asks POST /auth/launch for the multi-trust patient;
+    the browser opens the app with ?launch=&iss=, signs in as dr.khan and allows; the table must
+    hold exactly the patient's studies (the UIDs a system-token search returns), with trust
+    names and body parts; no patient banner (need_patient_banner is false in an EHR launch).
+(b) Standalone launch: the plain app URL, sign in, search the patient by NHS number in the
+    picker, choose, allow; the same studies and the patient banner (name, NHS number).
+
+Screenshots of both final pages: test-artifacts/e2e-ehr-launch.png, e2e-standalone-launch.png.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import requests
+from conftest import HTTP_TIMEOUT_S, backend_token, search_all, timeline_url
+
+pytestmark = pytest.mark.integration
+
+USER, PASSWORD = "dr.khan", "imaging-demo"
+TRUST_COLUMN, BODY_PART_COLUMN, SERIES_COLUMN = 3, 4, 5
+
+
+@pytest.fixture(scope="module")
+def facade(start_facade: Any) -> Any:
+    return start_facade("browser")
+
+
+@pytest.fixture(scope="module")
+def patient(manifest: dict[str, Any]) -> str:
+    return str(manifest["facts"]["multi_trust_patient"]["nhs_number"])
+
+
+@pytest.fixture(scope="module")
+def expected(facade: Any, patient: str) -> dict[str, Any]:
+    """The patient's studies, their trusts and body parts, by a system-level search."""
+    token = backend_token(facade)
+    entries = search_all(facade.base, token, "ImagingStudy",
+                         {"patient": patient, "_include": "ImagingStudy:endpoint"})
+    studies = {e["resource"]["id"]: e["resource"] for e in entries if e["resource"]["resourceType"] == "ImagingStudy"}
+    endpoints = {e["resource"]["id"]: e["resource"] for e in entries if e["resource"]["resourceType"] == "Endpoint"}
+    trusts, body_parts = {}, {}
+    for uid, study in studies.items():
+        # A study merged from two archives names the second on the series it added.
+        refs = study.get("endpoint", []) + [r for s in study.get("series", []) for r in s.get("endpoint", [])]
+        ids = {ref["reference"].split("/")[-1] for ref in refs}
+        assert ids <= set(endpoints), f"_include=ImagingStudy:endpoint left out {ids - set(endpoints)}"
+        trusts[uid] = {endpoints[i]["managingOrganization"]["display"] for i in ids}
+        body_parts[uid] = {s["bodySite"]["display"] for s in study.get("series", []) if s.get("bodySite")}
+    patient_resource = requests.get(f"{facade.base}/Patient/{patient}", timeout=HTTP_TIMEOUT_S,
+                                    headers={"Authorization": f"Bearer {token}"}).json()
+    return {"studies": studies, "trusts": trusts, "body_parts": body_parts, "patient": patient_resource}
+
+
+def _diagnose(result: dict[str, Any]) -> str:
+    keys = ("error", "status", "steps", "console", "pageErrors", "requestsFailed", "httpErrors", "stderr",
+            "finalUrl")
+    return "\n".join(f"{k}: {result.get(k)}" for k in keys if result.get(k))
+
+
+def _check_table(result: dict[str, Any], expected: dict[str, Any], manifest: dict[str, Any], patient: str) -> None:
+    assert result["exitCode"] == 0, _diagnose(result)
+    rows = {row["uid"]: row["cells"] for row in result["rows"]}
+    assert len(rows) == len(result["rows"]), f"duplicate rows: {[r['uid'] for r in result['rows']]}"
+    assert set(rows) == set(expected["studies"]), "the table must list exactly the patient's studies"
+    in_manifest = {s["study_uid"] for p in manifest["patients"] if p["nhs_number"] == patient for s in p["studies"]}
+    assert set(rows) == in_manifest
+    assert result["headers"] == ["Date", "Modality", "Description", "Trust", "Body part", "Series"]
+    for uid, cells in rows.items():
+        study = expected["studies"][uid]
+        for trust in expected["trusts"][uid]:
+            assert trust in cells[TRUST_COLUMN], f"{uid}: trust {trust!r} not in {cells}"
+        for part in expected["body_parts"][uid]:
+            assert part in cells[BODY_PART_COLUMN], f"{uid}: body part {part!r} not in {cells}"
+        assert cells[SERIES_COLUMN] == str(study.get("numberOfSeries", len(study.get("series", []))))
+        assert study["modality"][0]["code"] in cells[1]
+    # The patient's studies come from four trusts; the shared study from two at once.
+    all_trusts = set().union(*expected["trusts"].values())
+    assert len(all_trusts) >= 2
+    shared = manifest["facts"]["shared_study"]
+    if shared["nhs_number"] == patient:
+        assert len(expected["trusts"][shared["study_uid"]]) == len(shared["trusts"])
+    assert result["status"]["state"] == "ready"
+    assert f"Showing {len(rows)} studies" in result["status"]["text"]
+    assert not result["pageErrors"], result["pageErrors"]
+    # Every request of the flow answered (but a browser's own /favicon.ico on the server's pages).
+    assert [e for e in result["httpErrors"] if not e.endswith("/favicon.ico")] == [], result["httpErrors"]
+    assert "Practitioner/dr-khan" in (result.get("signedIn") or "")
+
+
+def test_ehr_launch_lists_the_patients_studies(facade, patient, expected, manifest, drive, artifacts):
+    token = backend_token(facade)
+    launched = requests.post(f"{facade.origin}/auth/launch", json={"client_id": "imaging-timeline", "patient": patient},
+                             headers={"Authorization": f"Bearer {token}"}, timeout=HTTP_TIMEOUT_S)
+    assert launched.status_code == 201, launched.text
+    launch = launched.json()
+    assert launch["iss"] == facade.base
+    url = f"{timeline_url(facade.port)}?{requests.compat.urlencode({'launch': launch['launch'], 'iss': launch['iss']})}"
+
+    result = drive(url, username=USER, password=PASSWORD, screenshot=str(artifacts / "e2e-ehr-launch.png"))
+
+    _check_table(result, expected, manifest, patient)
+    assert [s["name"] for s in result["steps"]] == ["login", "consent", "app"], "an EHR launch needs no picker"
+    assert patient in result["consentText"]
+    assert result["banner"]["visible"] is False, "need_patient_banner is false in an EHR launch: no banner"
+    # client-js took code and state out of the address bar.
+    assert result["finalUrl"] == timeline_url(facade.port)
+
+
+def test_standalone_launch_with_patient_picker(facade, patient, expected, manifest, drive, artifacts):
+    result = drive(timeline_url(facade.port), username=USER, password=PASSWORD, patient=patient,
+                   screenshot=str(artifacts / "e2e-standalone-launch.png"))
+
+    _check_table(result, expected, manifest, patient)
+    assert [s["name"] for s in result["steps"]] == ["login", "picker", "consent", "app"]
+    assert any(patient in row for row in result["pickerRows"])
+    banner = result["banner"]
+    assert banner["visible"] is True, "a standalone launch must show the patient banner"
+    name = expected["patient"]["name"][0]["text"]
+    assert name in banner["text"]
+    assert f"{patient[:3]} {patient[3:6]} {patient[6:]}" in banner["text"]
+    assert result["finalUrl"] == timeline_url(facade.port)
+
+
+def test_app_is_served_with_its_security_headers(facade):
+    page = requests.get(timeline_url(facade.port), timeout=HTTP_TIMEOUT_S)
+    assert page.status_code == 200
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+    assert page.headers["Referrer-Policy"] == "no-referrer"
+    for ref in ('id="patient-banner"', 'id="studies"', 'id="status"', "../vendor/fhir-client.pure.min.js"):
+        assert ref in page.text
+    script = requests.get(f"{facade.origin}/apps/vendor/fhir-client.pure.min.js", timeout=HTTP_TIMEOUT_S)
+    assert script.status_code == 200 and "javascript" in script.headers["Content-Type"]
+    for outside in ("/apps/vendor/..%2F..%2Fapps.py", "/apps/imaging-timeline/..%2F..%2F..%2Fconfig.py",
+                    "/apps/imaging-timeline/missing.js"):
+        assert requests.get(f"{facade.origin}{outside}", timeout=HTTP_TIMEOUT_S).status_code == 404, outside
+
+
+def test_consent_form_posted_as_a_browser_posts_it_issues_a_code(app, patient):
+    """The server's own forms, submitted the way a browser submits them, must end with a code.
+
+    Each page's form is posted to its `action` resolved against the page's URL (HTML: an empty
+    action is the page's own URL, query included), with its hidden fields in the body. After
+    sign-in the server redirects to GET /auth/authorize?<parameters>, so with action="" the
+    consent POST carries every authorization parameter twice (query and body).
+    """
+    import base64
+    import hashlib
+    import re
+    import secrets
+    from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
+
+    client = app.test_client()
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    redirect_uri = "http://127.0.0.1:8080/apps/imaging-timeline/"
+    params = {"response_type": "code", "client_id": "imaging-timeline", "redirect_uri": redirect_uri,
+              "scope": "launch/patient patient/*.rs openid", "state": "s1", "aud": "http://127.0.0.1:8080/fhir",
+              "code_challenge": challenge, "code_challenge_method": "S256"}
+
+    def submit(page_url: str, page: Any, fields: dict[str, str], form: int = 0) -> tuple[str, Any]:
+        """Post form number `form` of the page as a browser would: its action, its hidden fields."""
+        html = page.get_data(as_text=True)
+        forms = re.findall(r'<form method="post" action="([^"]*)">(.*?)</form>', html, re.S)
+        action, body = forms[form]
+        hidden = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', body))
+        target = urljoin(page_url, action.replace("&amp;", "&"))
+        return target, client.post(target, data={**hidden, **fields})
+
+    url = f"/auth/authorize?{urlencode(params)}"
+    login = client.get(url)
+    _, signed_in = submit(url, login, {"username": USER, "password": PASSWORD})
+    assert signed_in.status_code == 303
+    picker_url = signed_in.headers["Location"]
+    picker = client.get(picker_url)
+    searched_url, searched = submit(picker_url, picker, {"q": patient})
+    assert b"button class=\"choose\"" in searched.data
+    consent_url, consent = submit(searched_url, searched, {}, form=1)
+    assert b'id="allow"' in consent.data, consent.get_data(as_text=True)[:1000]
+    _, allowed = submit(consent_url, consent, {"decision": "allow"})
+    assert allowed.status_code == 302
+    query = parse_qs(urlsplit(allowed.headers["Location"]).query)
+    assert "error" not in query, f"consent refused: {query}"
+    assert query["state"] == ["s1"] and query["code"]
