@@ -41,7 +41,7 @@ def _fhir_time(tm: str) -> tuple[str, int, int, int]:
         raise DateProblem(f"{tm!r} is not a DICOM time (HHMMSS.FFFFFF)")
     hh, mm, ss, frac = match.groups()
     h, m, s = int(hh), int(mm or 0), int(ss or 0)
-    if h > 23 or m > 59 or s > 59:
+    if h > 23 or m > 59 or s > 60:  # 60: a leap second, valid in DICOM TM and FHIR time
         raise DateProblem(f"{tm!r} is not a time of day")
     text = f"{h:02d}:{m:02d}:{s:02d}" + (f".{frac}" if frac else "")
     return text, h, m, s
@@ -49,15 +49,16 @@ def _fhir_time(tm: str) -> tuple[str, int, int, int]:
 
 def _offset_text(offset: str) -> str:
     match = _OFFSET.match(offset.strip())
-    if not match or int(match.group(2)) > 14 or int(match.group(3)) > 59:
-        raise DateProblem(f"{offset!r} is not a DICOM UTC offset (+HHMM)")
+    # DICOM allows -1200..+1400; FHIR's zone pattern stops at 14:00 either way.
+    if not match or int(match.group(3)) > 59 or int(match.group(2)) * 60 + int(match.group(3)) > 14 * 60:
+        raise DateProblem(f"{offset!r} is not a UTC offset FHIR can hold (-14:00 to +14:00)")
     sign, hh, mm = match.groups()
     return f"{sign}{hh}:{mm}"
 
 
 def _zone_offset_text(day: str, hms: tuple[int, int, int], zone: tzinfo) -> str:
     y, mo, d = (int(p) for p in day.split("-"))
-    local = datetime(y, mo, d, *hms, tzinfo=zone)
+    local = datetime(y, mo, d, hms[0], hms[1], min(hms[2], 59), tzinfo=zone)
     delta = local.utcoffset() or timedelta(0)
     minutes = int(delta.total_seconds() // 60)
     sign = "+" if minutes >= 0 else "-"

@@ -41,18 +41,20 @@ def local_patient_key(study: dj.Dataset) -> tuple[str, str] | None:
 
 
 def nhs_number_of(study: dj.Dataset, match: str, issuer: str | None, trust_id: str,
-                  xref: Mapping[tuple[str, str], str]) -> str | None:
+                  xref: Mapping[tuple[str, str, str], str]) -> str | None:
     """The NHS number a study belongs to, by the trust's rule; None when it cannot be told.
 
-    `xref` maps (trust id, local PatientID) to NHS number. An NHS number is only ever accepted
-    when it passes its check digit: a wrong digit must not attach images to someone else.
+    `xref` maps (trust id, local PatientID, issuer) to NHS number; a row without an issuer matches
+    the local id whatever issuer the archive holds, a row with one only that issuer. An NHS number
+    is only ever accepted when it passes its check digit: a wrong digit must not attach images to
+    someone else.
     """
     pid = dj.first_text(study, dj.PATIENT_ID)
+    held_issuer = dj.first_text(study, dj.ISSUER_OF_PATIENT_ID)
     if match == "patient_id":
-        held_issuer = dj.first_text(study, dj.ISSUER_OF_PATIENT_ID)
         if pid and is_nhs_number(pid) and (held_issuer in (None, issuer)):
             return pid
-    elif pid and (found := xref.get((trust_id, pid))):
+    elif pid and (found := xref.get((trust_id, pid, held_issuer or "")) or xref.get((trust_id, pid, ""))):
         return found
     for item in dj.items(study, dj.OTHER_PATIENT_IDS_SEQUENCE):
         other = dj.first_text(item, dj.PATIENT_ID)

@@ -103,7 +103,7 @@ def other_ids(*pairs: tuple[str, str | None]) -> list[dict[str, Any]]:
     return [dataset(PatientID=pid, IssuerOfPatientID=issuer) for pid, issuer in pairs]
 
 
-XREF = {("mft", "MRN001"): NHS, ("srft", "MRN002"): OTHER_NHS}
+XREF = {("mft", "MRN001", ""): NHS, ("srft", "MRN002", ""): OTHER_NHS, ("mft", "MRN003", "R0A"): OTHER_NHS}
 
 
 @pytest.mark.parametrize(
@@ -146,6 +146,9 @@ XREF = {("mft", "MRN001"): NHS, ("srft", "MRN002"): OTHER_NHS}
          OTHER_NHS),
         (dataset(PatientID="MRN001", OtherPatientIDsSequence=other_ids((OTHER_NHS, "NHS"))), "xref", None, NHS),
         (dataset(OtherPatientIDsSequence=other_ids((OTHER_NHS, "NHS"))), "xref", None, OTHER_NHS),
+        (dataset(PatientID="MRN003", IssuerOfPatientID="R0A"), "xref", None, OTHER_NHS),
+        (dataset(PatientID="MRN003", IssuerOfPatientID="RM2"), "xref", None, None),
+        (dataset(PatientID="MRN003"), "xref", None, None),
     ],
     ids=[
         "pid-issuer-nhs", "pid-no-issuer", "pid-empty-issuer", "pid-padded", "pid-other-issuer",
@@ -156,6 +159,7 @@ XREF = {("mft", "MRN001"): NHS, ("srft", "MRN002"): OTHER_NHS}
         "other-ids-empty-sequence",
         "xref-hit", "xref-padded", "xref-other-trust", "xref-miss", "xref-ignores-nhs-like-pid",
         "xref-miss-other-ids", "xref-before-other-ids", "xref-no-pid-other-ids",
+        "xref-issuer-match", "xref-issuer-mismatch", "xref-issuer-missing",
     ],
 )
 def test_nhs_number_of_by_rule(study: dict[str, Any], match: str, issuer: str | None, expected: str | None) -> None:
