@@ -143,6 +143,11 @@ class Federation:
                     if uid and uid not in seen_series and dj.first_text(item, dj.STUDY_INSTANCE_UID) in seen_studies:
                         seen_series.add(uid)
                         answer.series.append(item)
+                    elif uid and query.patient is not None and not query.modalities and query.date_from is None \
+                            and query.date_to is None and query.accession_number is None:
+                        # A series of the patient's whose study the archive did not return: it cut its answer.
+                        answer.note("it returned series of studies missing from its study list")
+            answer.note(_series_shortfall(answer))
             if with_instances:
                 for uid in sorted(seen_studies):
                     instances = trust.archive.find_instances(uid)
@@ -216,7 +221,7 @@ class Federation:
     # -- mapping and merging --------------------------------------------------------------
     def search(self, search: StudySearch, with_instances: bool = False) -> FederatedResult:
         result = FederatedResult()
-        needs_instances = with_instances or bool(search.dicom_classes)
+        needs_instances = with_instances or bool(search.dicom_classes) or bool(search.instance_uids)
         answers = self.gather(self.plan(search), needs_instances, result.issues)
         copies: dict[str, list[tuple[str | None, dict[str, Any], TrustArchive]]] = defaultdict(list)
         for answer in answers:
@@ -282,6 +287,19 @@ class Federation:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _series_shortfall(answer: TrustAnswer) -> str | None:
+    """An archive that counts more series for a study than it returned has cut its answer silently."""
+    received: dict[str, int] = defaultdict(int)
+    for series in answer.series:
+        received[dj.first_text(series, dj.STUDY_INSTANCE_UID) or ""] += 1
+    for study in answer.studies:
+        counted = dj.values(study, "00201206")
+        number = dj.unsigned(counted[0]) if counted else None
+        if number is not None and received[dj.first_text(study, dj.STUDY_INSTANCE_UID) or ""] < number:
+            return "it returned fewer series than it counts for a study (a silently truncated answer)"
+    return None
 
 
 def demographic_conflicts(records: dict[str, list[tuple[str, Dataset]]],

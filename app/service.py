@@ -107,8 +107,11 @@ def build_facade(settings: Settings) -> Facade:
     zone = ZoneInfo(settings.timezone)
     xref = load_xref(settings.patient_xref, {t.id for t in settings.trusts})
     trusts = []
+    issuers: dict[str, tuple[str, dict[str, Any]]] = {}
     for trust in settings.trusts:
-        mapping = TrustMapping(trust.id, trust.ods_code, trust.name, trust.accession_system, zone, f"{trust.id}-wado-rs")
+        mapping = TrustMapping(trust.id, trust.ods_code, trust.name, trust.accession_system, zone,
+                               f"{trust.id}-wado-rs", issuers)
+        issuers[trust.ods_code] = (trust.accession_system, mapping.organization_reference)
         timeout = float(trust.archive.get("timeout_s", settings.archive_timeout_s))
         breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s)
         archive = build_archive(trust, timeout)

@@ -81,8 +81,8 @@ def search_imaging_studies() -> Response:
     parsed = service.parse_study_search(pairs)
     parsed.search.paging.offset = offset
     result = service.search_studies(parsed.search)
-    includes = service.includes(result, parsed.search.paging.includes,
-                                result.studies[offset:offset + parsed.search.paging.count])
+    page = [] if parsed.search.paging.summary_count else result.studies[offset:offset + parsed.search.paging.count]
+    includes = service.includes(result, parsed.search.paging.includes, page)
     return fhir_response(searchset(base_url=service.settings.base_url, resource_type="ImagingStudy",
                                    matches=result.studies, paging=parsed.search.paging, used=parsed.used,
                                    secret=service.settings.cursor_secret, includes=includes, issues=result.issues))

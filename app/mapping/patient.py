@@ -51,16 +51,18 @@ def nhs_number_of(study: dj.Dataset, match: str, issuer: str | None, trust_id: s
     """
     pid = dj.first_text(study, dj.PATIENT_ID)
     held_issuer = dj.first_text(study, dj.ISSUER_OF_PATIENT_ID)
+    claims: set[str] = set()
     if match == "patient_id":
         if pid and is_nhs_number(pid) and (held_issuer in (None, issuer)):
-            return pid
+            claims.add(pid)
     elif pid and (found := xref.get((trust_id, pid, held_issuer or "")) or xref.get((trust_id, pid, ""))):
-        return found
+        claims.add(found)
     for item in dj.items(study, dj.OTHER_PATIENT_IDS_SEQUENCE):
         other = dj.first_text(item, dj.PATIENT_ID)
         if other and dj.first_text(item, dj.ISSUER_OF_PATIENT_ID) == "NHS" and is_nhs_number(other):
-            return other
-    return None
+            claims.add(other)
+    # A record that names two NHS numbers belongs to nobody until someone fixes it.
+    return claims.pop() if len(claims) == 1 else None
 
 
 def subject_reference(nhs_number: str | None, study: dj.Dataset, local_system: str) -> dict[str, Any]:

@@ -103,21 +103,25 @@ def study_uid_identifier(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, 
 
 @transform
 def accession_identifier(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, Any], ctx: MappingContext) -> Any:
-    """Accession with the ACSN type; its system from an ISO issuer OID, else the trust's system."""
+    """Accession with the ACSN type; its system from an ISO issuer OID, from the issuing trust (a copy
+    held by another trust keeps its origin's accession), else the holding trust's system."""
     value = _single(ds, tags[0], ctx, args["element"])
     if not value:
         return None
-    system = ctx.trust.accession_system
+    system, assigner = ctx.trust.accession_system, ctx.trust.organization_reference
     for item in dj.items(ds, tags[1]) if len(tags) > 1 else ():
         oid = dj.first_text(item, "00400032")  # UniversalEntityID
+        local = dj.first_text(item, "00400031")  # LocalNamespaceEntityID: the issuing trust's ODS code
         if oid and dj.first_text(item, "00400033") == "ISO" and dj.is_uid(oid):
             system = f"urn:oid:{oid}"
+        elif local and local in ctx.trust.issuers:
+            system, assigner = ctx.trust.issuers[local]
     return {
         "use": "usual",
         "type": {"coding": [{"system": V2_0203, "code": "ACSN", "display": "Accession ID"}]},
         "system": system,
         "value": value,
-        "assigner": ctx.trust.organization_reference,
+        "assigner": assigner,
     }
 
 
