@@ -63,7 +63,7 @@ class Settings:
     patient_xref: Path | None = None
     default_count: int = 50
     max_count: int = 200
-    max_workers: int = 32
+    max_workers: int = 16
     deadline_s: float = 10.0
     archive_timeout_s: float = 5.0
     breaker_threshold: int = 3
@@ -215,7 +215,7 @@ def settings_from_document(doc: Any, base_dir: Path, source: str = "<dict>") -> 
         patient_xref=_resolve(base_dir, xref) if xref else None,
         default_count=search.get("default_count", 50),
         max_count=search.get("max_count", 200),
-        max_workers=federation.get("max_workers", 32),
+        max_workers=federation.get("max_workers", 16),
         deadline_s=float(federation.get("deadline_s", 10)),
         archive_timeout_s=float(federation.get("archive_timeout_s", 5)),
         breaker_threshold=federation.get("circuit_breaker", {}).get("threshold", 3),

@@ -5,6 +5,7 @@ One place turns settings into adapters (build_facade); the views never touch an 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -14,7 +15,8 @@ from .archives.cache import CachedArchive
 from .circuit import CircuitBreaker
 from .config import Settings
 from .errors import Conflict, NotFound, TooCostly
-from .federation import FederatedResult, Federation, TrustArchive
+from .fanout import TrustArchive
+from .federation import FederatedResult, Federation
 from .fhir import params as p
 from .mapping.context import TrustMapping
 from .mapping.dicom_json import UID_PATTERN
@@ -117,8 +119,9 @@ def build_facade(settings: Settings) -> Facade:
         archive = build_archive(trust, timeout)
         if settings.cache_ttl_s > 0:
             archive = CachedArchive(archive, settings.cache_ttl_s)
-        trusts.append(TrustArchive(trust, archive, mapping, timeout, breaker))
-    federation = Federation(trusts, mapper, xref, zone, settings.max_workers, settings.deadline_s)
+        pool = ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix=f"archive-{trust.id}")
+        trusts.append(TrustArchive(trust, archive, mapping, timeout, breaker, pool))
+    federation = Federation(trusts, mapper, xref, zone, settings.deadline_s)
     endpoints = [endpoint_resource(t.mapping, t.settings.wado_url or t.settings.archive.get("wado_url")
                                    or f"{settings.public_root}/dicomweb/{t.settings.id}") for t in trusts]
     organizations = [organization_resource(t.mapping) for t in trusts]

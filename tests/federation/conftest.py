@@ -133,11 +133,10 @@ def build_facade(trust_servers: dict[str, TrustServer], federation_document: dic
     yield build
     for found in built:
         federation = found.facade.federation
-        federation.close()
         # Let late archive calls (a hang cut by the deadline) finish before the next test counts requests.
-        federation._pool.shutdown(wait=True)
         for trust in federation.trusts:
-            trust.archive.close()
+            trust.pool.shutdown(wait=True)
+        federation.close()
 
 
 @pytest.fixture()

@@ -433,10 +433,12 @@ def test_circuit_opens_after_repeated_failures(federated: Federated, trust_serve
     assert any("circuit open" in i["diagnostics"] for i in issues_naming(bundle, name, "incomplete"))
     assert held_elsewhere(studies_by_patient[nhs], faulty) <= set(match_ids(bundle))
 
-    # After the cool-down one probe goes through; the archive still fails, so the circuit opens again.
+    # After the cool-down one probe exchange goes through (a patient search sends /studies and
+    # /series together); the archive still fails, so the circuit opens again.
     time.sleep(cooldown + 0.2)
     bundle = federated.patient_search(nhs)
-    assert len(proxy.requests) == 1
+    assert 1 <= len(proxy.requests) <= 2
+    assert {target.split("?")[0] for _m, target in proxy.requests} <= {"/dicom-web/studies", "/dicom-web/series"}
     assert any("HTTP 503" in i["diagnostics"] for i in issues_naming(bundle, name, "incomplete"))
     proxy.clear()
     bundle = federated.patient_search(nhs)
@@ -510,9 +512,9 @@ def test_patient_search_costs_two_requests_per_archive(federated: Federated, mul
     assert set(multi["trusts"]) <= set(asked)
     for trust, sent in asked.items():
         assert len(sent) <= 2, f"{trust}: {sent}"
-        assert [target.split("?")[0] for _m, target in sent][:1] == ["/dicom-web/studies"]
-    for trust in multi["trusts"]:
-        assert [target.split("?")[0] for _m, target in asked[trust]] == ["/dicom-web/studies", "/dicom-web/series"]
+    for trust in multi["trusts"]:  # studies and series go out together, in either order
+        assert sorted(target.split("?")[0] for _m, target in asked[trust]) == ["/dicom-web/series",
+                                                                                "/dicom-web/studies"]
 
 
 def test_cache_ttl_reuses_answers(build_facade: BuildFacade, multi: dict[str, Any], manifest: dict[str, Any]) -> None:
@@ -567,3 +569,36 @@ def test_merge_order_is_deterministic(federated: Federated, trust_servers: dict[
     assert match_ids(federated.patient_search(nhs)) == match_ids(baseline)
     assert sorted(match_ids(baseline)) == sorted({s["study_uid"] for p in manifest["patients"]
                                                   if p["nhs_number"] == nhs for s in p["studies"]})
+
+
+def _breaker_of(federated: Federated, trust_id: str) -> Any:
+    return next(t.breaker for t in federated.facade.federation.trusts if t.settings.id == trust_id)
+
+
+def test_timed_out_search_counts_one_failure(federated: Federated, trust_servers: dict[str, TrustServer],
+                                            multi: dict[str, Any]) -> None:
+    """A hang cut by the deadline is one failure, even when the abandoned request fails later too."""
+    trust = sorted(multi["trusts"])[0]
+    trust_servers[trust].proxy.set_fault("delay", seconds=ARCHIVE_TIMEOUT_S + 0.5)
+    bundle = federated.patient_search(multi["nhs_number"])
+    assert any("no answer within" in i["diagnostics"] for i in issues_naming(bundle, federated.names[trust]))
+    time.sleep(1.0)  # the abandoned requests finish (or time out) meanwhile: they must not be counted again
+    breaker = _breaker_of(federated, trust)
+    assert breaker._failures == 1
+    assert breaker.state == "closed"
+
+
+def test_slow_archive_opens_its_circuit(build_facade: BuildFacade, trust_servers: dict[str, TrustServer],
+                                        multi: dict[str, Any]) -> None:
+    """An archive that always answers after the deadline opens its circuit: late answers do not reset it."""
+    federated = build_facade(federation={"archive_timeout_s": 1, "deadline_s": 5,
+                                         "circuit_breaker": {"threshold": 2, "cooldown_s": 60}, "cache_ttl_s": 0},
+                             archives={t: {"timeout_s": 1} for t in trust_servers})
+    trust = sorted(multi["trusts"])[0]
+    trust_servers[trust].proxy.set_fault("delay", seconds=1.3)
+    for _ in range(2):
+        federated.patient_search(multi["nhs_number"])
+        time.sleep(0.6)  # long enough for the late answers to arrive
+    assert _breaker_of(federated, trust).state == "open"
+    bundle = federated.patient_search(multi["nhs_number"])
+    assert any("circuit open" in i["diagnostics"] for i in issues_naming(bundle, federated.names[trust]))
