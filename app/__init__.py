@@ -81,6 +81,9 @@ def create_app(settings: Settings | str | os.PathLike[str] | None = None) -> Fla
 
         embedded = EmbeddedAuthServer(settings, facade)
         embedded.init_app(app)
+        # Login sessions are signed with a key derived from the server's private signing keys: secret,
+        # and the same in every worker (the cursor key may be derived from the public configuration).
+        app.secret_key = embedded.session_secret()
     app.extensions["protector"] = build_protector(settings, embedded)
     app.extensions["smart_configuration"] = smart_configuration(settings, embedded)
     app.extensions["audit"] = AuditStore(settings.audit_path)

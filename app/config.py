@@ -7,9 +7,10 @@ directory of the configuration file, not the working directory.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
-import secrets
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -65,7 +66,7 @@ class Settings:
     patient_xref: Path | None = None
     default_count: int = 50
     max_count: int = 200
-    max_workers: int = 32
+    max_workers: int = 16
     deadline_s: float = 10.0
     archive_timeout_s: float = 5.0
     breaker_threshold: int = 3
@@ -193,16 +194,17 @@ def check_document(doc: Any, base_dir: Path) -> list[str]:
     if not isinstance(doc, dict):
         return ["(top level): the configuration must be a mapping of keys to values"]
     problems = schema_problems(doc)
-    if not problems:
-        problems = semantic_problems(doc, base_dir)
-    return problems
+    # When the document's shape is wrong the schema problems above already say where.
+    with contextlib.suppress(TypeError, AttributeError, KeyError):
+        problems += semantic_problems(doc, base_dir)
+    return sorted(set(problems))
 
 
 def settings_from_document(doc: Any, base_dir: Path, source: str = "<dict>") -> Settings:
     problems = check_document(doc, base_dir)
     if problems:
         raise ConfigError(source, problems)
-    secret = os.environ.get(CURSOR_SECRET_ENV) or doc.get("cursor_secret")
+    secret = os.environ.get(CURSOR_SECRET_ENV) or doc.get("cursor_secret") or _derived_secret(doc)
     trusts = tuple(_trust(t, base_dir) for t in doc["trusts"])
     search = doc.get("search", {})
     federation = doc.get("federation", {})
@@ -210,12 +212,12 @@ def settings_from_document(doc: Any, base_dir: Path, source: str = "<dict>") -> 
     return Settings(
         base_url=(os.environ.get(BASE_URL_ENV) or doc["base_url"]).rstrip("/"),
         timezone=doc.get("timezone", "Europe/London"),
-        cursor_secret=secret.encode() if secret else secrets.token_bytes(32),
+        cursor_secret=secret.encode(),
         trusts=trusts,
         patient_xref=_resolve(base_dir, xref) if xref else None,
         default_count=search.get("default_count", 50),
         max_count=search.get("max_count", 200),
-        max_workers=federation.get("max_workers", 32),
+        max_workers=federation.get("max_workers", 16),
         deadline_s=float(federation.get("deadline_s", 10)),
         archive_timeout_s=float(federation.get("archive_timeout_s", 5)),
         breaker_threshold=federation.get("circuit_breaker", {}).get("threshold", 3),
@@ -237,6 +239,14 @@ def _auth(doc: dict[str, Any], base_dir: Path) -> dict[str, Any]:
             store = "sqlite:" + str(_resolve(base_dir, store.removeprefix("sqlite:")))
         auth["store"] = store
     return auth
+
+
+def _derived_secret(doc: dict[str, Any]) -> str:
+    """Without a configured key, one derived from the whole configuration, so that every worker
+    started from the same file signs cursors alike. A cursor's signature guards its integrity
+    (each request is re-authorised anyway); set FACADE_CURSOR_SECRET to keep it secret as well."""
+    canonical = json.dumps(doc, sort_keys=True, default=str).encode()
+    return hashlib.sha256(b"gm-facade paging cursors\n" + canonical).hexdigest()
 
 
 def _trust(doc: dict[str, Any], base_dir: Path) -> TrustSettings:

@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-import time
 from collections import defaultdict
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import datetime, timezone, tzinfo
+from datetime import datetime, tzinfo
 from typing import Any
 
-from .archives.dicomweb import ArchiveRetryLater
-from .archives.protocol import Archive, ArchiveError, Dataset, PatientKey, StudyQuery
-from .circuit import CircuitBreaker, CircuitOpen
-from .config import TrustSettings
+from .archives.protocol import Dataset, PatientKey, StudyQuery
+from .fanout import TrustAnswer, TrustArchive, fan_out
 from .fhir.dates import DateRange, DateValueError, dicom_bounds, parse_range
 from .fhir.params import StudySearch
 from .mapping import dicom_json as dj
@@ -30,31 +26,6 @@ from .mapping.patient import nhs_number_of, patient_resource, subject_reference
 from .xref import PatientXref
 
 log = logging.getLogger(__name__)
-_NEVER = datetime.max.replace(tzinfo=timezone.utc)
-
-
-@dataclass(frozen=True)
-class TrustArchive:
-    """A configured trust with its archive adapter, its circuit and the facts its resources carry."""
-
-    settings: TrustSettings
-    archive: Archive
-    mapping: TrustMapping
-    timeout_s: float
-    breaker: CircuitBreaker
-
-
-@dataclass
-class TrustAnswer:
-    trust: TrustArchive
-    studies: list[Dataset] = field(default_factory=list)
-    series: list[Dataset] = field(default_factory=list)
-    instances: dict[str, dict[str, list[Dataset]]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    def note(self, incomplete: str | None) -> None:
-        if incomplete and incomplete not in self.notes:
-            self.notes.append(incomplete)
 
 
 @dataclass
@@ -67,23 +38,16 @@ class FederatedResult:
     conflicts: set[str] = field(default_factory=set)
 
 
-def _failure(trust: TrustArchive, reason: str) -> dict[str, Any]:
-    return {"severity": "warning", "code": "incomplete",
-            "diagnostics": f"{trust.settings.name} ({trust.settings.ods_code}, archive '{trust.settings.id}') "
-                           f"did not answer: {reason}; results may be incomplete"}
-
-
 class Federation:
     """Queries the trust archives for a search, in parallel, and merges what they answer."""
 
     def __init__(self, trusts: list[TrustArchive], mapper: StudyMapper, xref: PatientXref,
-                 zone: tzinfo, max_workers: int, deadline_s: float) -> None:
+                 zone: tzinfo, deadline_s: float) -> None:
         self.trusts = trusts
         self.mapper = mapper
         self.xref = xref
         self.zone = zone
         self.deadline_s = deadline_s
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="archive")
 
     # -- planning -------------------------------------------------------------------------
     def patient_keys(self, trust: TrustArchive, nhs_number: str) -> tuple[PatientKey, ...]:
@@ -117,114 +81,21 @@ class Federation:
                 plans[trust.settings.id] = queries
         return plans
 
-    # -- asking ---------------------------------------------------------------------------
-    def _ask(self, trust: TrustArchive, queries: list[StudyQuery], with_instances: bool) -> TrustAnswer:
-        """All of one trust's queries: studies, then their series in one request per query."""
-        answer = TrustAnswer(trust)
-        seen_studies: set[str] = set()
-        seen_series: set[str] = set()
-        try:
-            for query in queries:
-                found = trust.archive.find_studies(query)
-                answer.note(found.incomplete)
-                new = []
-                for study in found.datasets:
-                    uid = dj.first_text(study, dj.STUDY_INSTANCE_UID)
-                    if uid and uid not in seen_studies:
-                        seen_studies.add(uid)
-                        new.append(uid)
-                        answer.studies.append(study)
-                if not new:
-                    continue
-                series = trust.archive.find_series(query, tuple(sorted(new)))
-                answer.note(series.incomplete)
-                for item in series.datasets:
-                    uid = dj.first_text(item, dj.SERIES_INSTANCE_UID)
-                    if uid and uid not in seen_series and dj.first_text(item, dj.STUDY_INSTANCE_UID) in seen_studies:
-                        seen_series.add(uid)
-                        answer.series.append(item)
-            if with_instances:
-                for uid in sorted(seen_studies):
-                    instances = trust.archive.find_instances(uid)
-                    answer.note(instances.incomplete)
-                    by_series: dict[str, list[Dataset]] = defaultdict(list)
-                    for instance in instances.datasets:
-                        by_series[dj.first_text(instance, dj.SERIES_INSTANCE_UID) or ""].append(instance)
-                    answer.instances[uid] = by_series
-        except ArchiveRetryLater as exc:
-            trust.breaker.failure(exc.retry_after_s)
-            raise
-        except ArchiveError:
-            trust.breaker.failure()
-            raise
-        trust.breaker.success()
-        return answer
-
-    def gather(self, plans: dict[str, list[StudyQuery]], with_instances: bool,
-               issues: list[dict[str, Any]]) -> list[TrustAnswer]:
-        """Ask every planned trust in parallel, each within its own timeout and all within the deadline.
-
-        A trust whose circuit is open is not asked; one that fails, or does not answer in time,
-        becomes an `incomplete` issue naming it, and the others' answers are still used.
-        """
-        started = time.monotonic()
-        by_id = {t.settings.id: t for t in self.trusts}
-        pending: dict[Future[TrustAnswer], tuple[TrustArchive, float]] = {}
-        for trust_id, queries in plans.items():
-            trust = by_id[trust_id]
-            try:
-                trust.breaker.before_call()
-            except CircuitOpen as exc:
-                issues.append(_failure(trust, str(exc)))
-                continue
-            future = self._pool.submit(self._ask, trust, queries, with_instances)
-            pending[future] = (trust, started + min(trust.timeout_s, self.deadline_s))
-        answers: list[TrustAnswer] = []
-        while pending:
-            nearest = min(deadline for _, deadline in pending.values())
-            done, _ = wait(pending, timeout=max(nearest - time.monotonic(), 0.0), return_when=FIRST_COMPLETED)
-            for future in done:
-                trust, _ = pending.pop(future)
-                self._collect(future, trust, answers, issues)
-            now = time.monotonic()
-            for future in [f for f, (_, deadline) in pending.items() if deadline <= now]:
-                trust, _ = pending.pop(future)
-                future.cancel()
-                trust.breaker.failure()
-                issues.append(_failure(trust, f"no answer within {min(trust.timeout_s, self.deadline_s):g} s"))
-        order = {t.settings.id: i for i, t in enumerate(self.trusts)}
-        return sorted(answers, key=lambda a: order[a.trust.settings.id])
-
-    @staticmethod
-    def _collect(future: Future[TrustAnswer], trust: TrustArchive, answers: list[TrustAnswer],
-                 issues: list[dict[str, Any]]) -> None:
-        try:
-            answer = future.result()
-        except ArchiveError as exc:
-            issues.append(_failure(trust, exc.reason))
-            return
-        except Exception:  # an adapter bug must not take the other trusts' answers down
-            log.exception("archive %s failed unexpectedly", trust.settings.id)
-            trust.breaker.failure()
-            issues.append(_failure(trust, "internal error in its adapter"))
-            return
-        answers.append(answer)
-        for note in answer.notes:
-            issues.append({"severity": "warning", "code": "incomplete", "diagnostics":
-                           f"{trust.settings.name} ({trust.settings.ods_code}): {note}; results may be incomplete"})
-
     # -- mapping and merging --------------------------------------------------------------
     def search(self, search: StudySearch, with_instances: bool = False) -> FederatedResult:
         result = FederatedResult()
-        needs_instances = with_instances or bool(search.dicom_classes)
-        answers = self.gather(self.plan(search), needs_instances, result.issues)
+        needs_instances = with_instances or bool(search.dicom_classes) or bool(search.instance_uids)
         copies: dict[str, list[tuple[str | None, dict[str, Any], TrustArchive]]] = defaultdict(list)
-        for answer in answers:
-            self._map_answer(answer, search, copies, result)
-        merged = [m for m in (self._resolve(uid, found, result) for uid, found in copies.items()) if m]
+        fan_out(self.trusts, self.plan(search), needs_instances, self.deadline_s, result.issues,
+                lambda answer: self._map_answer(answer, search, copies, result))
+        order = {t.settings.id: i for i, t in enumerate(self.trusts)}
+        for found in copies.values():  # answers arrive in any order; the merge must not depend on it
+            found.sort(key=lambda copy: order[copy[2].settings.id])
+        merged = [m for m in (self._resolve(uid, found, result) for uid, found in sorted(copies.items())) if m]
         kept = [s for s in merged if _matches(s, search, self.zone)]
         result.studies = sorted(kept, key=lambda s: _sort_key(s, self.zone, search.paging.sort_descending))
         result.issues.extend(demographic_conflicts(result.patient_records, self.trusts))
+        result.issues.sort(key=lambda i: (i["code"], i.get("diagnostics", "")))  # arrival order must not show
         return result
 
     def _map_answer(self, answer: TrustAnswer, search: StudySearch,
@@ -281,7 +152,9 @@ class Federation:
         return (patient_resource(nhs_number, [s for _, s in records]) if records else None), result.issues
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for trust in self.trusts:
+            trust.pool.shutdown(wait=False, cancel_futures=True)
+            trust.archive.close()
 
 
 def demographic_conflicts(records: dict[str, list[tuple[str, Dataset]]],
@@ -354,7 +227,8 @@ def _matches(study: dict[str, Any], search: StudySearch, zone: tzinfo) -> bool:
     series = study.get("series", ())
     if search.series_uids and not {s["uid"] for s in series} & set(search.series_uids):
         return False
-    if search.instance_uids and not {i["uid"] for s in series for i in s.get("instance", ())} & set(search.instance_uids):
+    held = {i["uid"] for s in series for i in s.get("instance", ())}
+    if search.instance_uids and not held & set(search.instance_uids):
         return False
     if search.body_sites:
         codes = {s["bodySite"]["code"] for s in series if "bodySite" in s}

@@ -5,17 +5,19 @@ One place turns settings into adapters (build_facade); the views never touch an 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from .archives import build_archive
 from .archives.cache import CachedArchive
+from .auth.scopes import Decision
 from .circuit import CircuitBreaker
 from .config import Settings
-from .auth.scopes import Decision
 from .errors import Conflict, FhirError, NotFound, TooCostly
-from .federation import FederatedResult, Federation, TrustArchive
+from .fanout import TrustArchive
+from .federation import FederatedResult, Federation
 from .fhir import params as p
 from .mapping.context import TrustMapping
 from .mapping.dicom_json import UID_PATTERN
@@ -163,15 +165,19 @@ def build_facade(settings: Settings) -> Facade:
     zone = ZoneInfo(settings.timezone)
     xref = load_xref(settings.patient_xref, {t.id for t in settings.trusts})
     trusts = []
+    issuers: dict[str, tuple[str, dict[str, Any]]] = {}
     for trust in settings.trusts:
-        mapping = TrustMapping(trust.id, trust.ods_code, trust.name, trust.accession_system, zone, f"{trust.id}-wado-rs")
+        mapping = TrustMapping(trust.id, trust.ods_code, trust.name, trust.accession_system, zone,
+                               f"{trust.id}-wado-rs", issuers)
+        issuers[trust.ods_code] = (trust.accession_system, mapping.organization_reference)
         timeout = float(trust.archive.get("timeout_s", settings.archive_timeout_s))
         breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s)
         archive = build_archive(trust, timeout)
         if settings.cache_ttl_s > 0:
             archive = CachedArchive(archive, settings.cache_ttl_s)
-        trusts.append(TrustArchive(trust, archive, mapping, timeout, breaker))
-    federation = Federation(trusts, mapper, xref, zone, settings.max_workers, settings.deadline_s)
+        pool = ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix=f"archive-{trust.id}")
+        trusts.append(TrustArchive(trust, archive, mapping, timeout, breaker, pool))
+    federation = Federation(trusts, mapper, xref, zone, settings.deadline_s)
     endpoints = []
     for t in trusts:
         direct = t.settings.wado_url or t.settings.archive.get("wado_url")

@@ -24,7 +24,7 @@ class XrefError(ValueError):
 @dataclass(frozen=True)
 class PatientXref:
     forward: dict[tuple[str, str], tuple[PatientKey, ...]] = field(default_factory=dict)
-    reverse: dict[tuple[str, str], str] = field(default_factory=dict)
+    reverse: dict[tuple[str, str, str], str] = field(default_factory=dict)
 
     def local_keys(self, nhs_number: str, trust_id: str) -> tuple[PatientKey, ...]:
         return self.forward.get((nhs_number, trust_id), ())
@@ -35,7 +35,7 @@ def load_xref(path: Path | None, trust_ids: set[str]) -> PatientXref:
     if path is None:
         return PatientXref()
     forward: dict[tuple[str, str], list[PatientKey]] = defaultdict(list)
-    reverse: dict[tuple[str, str], str] = {}
+    reverse: dict[tuple[str, str, str], str] = {}
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         if tuple(reader.fieldnames or ()) != COLUMNS:
@@ -49,8 +49,8 @@ def load_xref(path: Path | None, trust_ids: set[str]) -> PatientXref:
                 raise XrefError(f"{path}:{line}: unknown trust {trust!r}")
             if not is_plain_key(local) or (issuer and not is_plain_key(issuer)):
                 raise XrefError(f"{path}:{line}: local id or issuer holds a wildcard or list character")
-            if reverse.get((trust, local), nhs) != nhs:
+            if reverse.get((trust, local, issuer), nhs) != nhs:
                 raise XrefError(f"{path}:{line}: {trust} {local} is already mapped to another NHS number")
-            reverse[(trust, local)] = nhs
+            reverse[(trust, local, issuer)] = nhs
             forward[(nhs, trust)].append(PatientKey(local, issuer or None))
     return PatientXref({k: tuple(v) for k, v in forward.items()}, reverse)

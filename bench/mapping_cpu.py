@@ -41,9 +41,9 @@ def load_inputs(data: Path) -> list[tuple[dict, list[dict], TrustMapping, dict]]
                                f"https://fhir.nhs.uk/{trust.ods_code}/Id/accession-number", zone, f"{trust.id}-wado-rs")
         everything = StudyQuery()
         series_by_study = defaultdict(list)
-        for series in archive.find_series(everything):
+        for series in archive.find_series(everything).datasets:
             series_by_study[series["0020000D"]["Value"][0]].append(series)
-        for study in archive.find_studies(everything):
+        for study in archive.find_studies(everything).datasets:
             uid = study["0020000D"]["Value"][0]
             subject = subject_reference(None, study, "urn:local")
             inputs.append((study, series_by_study[uid], mapping, subject))

@@ -64,9 +64,9 @@ def start_server(tmp_path: Path) -> Iterator[Any]:
         while time.monotonic() < deadline:
             assert process.poll() is None, f"server exited with {process.returncode}:\n{_log(tmp_path, port)}"
             try:
-                if requests.get(f"{base}/metadata", timeout=2).status_code == 200:
+                if requests.get(f"{base}/metadata", timeout=5).status_code == 200:
                     return process, base
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening, or workers still loading
                 pass
             time.sleep(0.5)
         pytest.fail(f"server not ready within {START_TIMEOUT_S} s:\n{_log(tmp_path, port)}")
@@ -99,7 +99,8 @@ def _check_patient_search(base: str, manifest: dict[str, Any]) -> requests.Respo
     while True:
         assert bundle["total"] == len(expected)
         found += [e["resource"]["id"] for e in bundle.get("entry", ()) if e["search"]["mode"] == "match"]
-        assert all(e["fullUrl"].startswith(f"{base}/") for e in bundle.get("entry", ()) if e["search"]["mode"] != "outcome")
+        assert all(e["fullUrl"].startswith(f"{base}/")
+                   for e in bundle.get("entry", ()) if e["search"]["mode"] != "outcome")
         next_url = next((x["url"] for x in bundle["link"] if x["relation"] == "next"), None)
         if next_url is None:
             break
@@ -133,3 +134,27 @@ def test_serve_wsgi_under_gunicorn(start_server, config_file, manifest):
     response = _check_patient_search(base, manifest)
     _assert_gunicorn(response, process)
     assert "gunicorn" in Path(f"/proc/{process.pid}/cmdline").read_bytes().decode(errors="replace")
+
+
+def test_wsgi_processes_share_paging_cursors_without_configured_secret(tmp_path, config_document, manifest,
+                                                                      monkeypatch):
+    # The Dockerfile runs `gunicorn --workers 2 wsgi:app`, and config/demo.yaml sets no cursor_secret:
+    # each worker process builds its own app from FACADE_CONFIG, and a `next` link one of them signed
+    # may be followed on the other. Two apps built the way wsgi.py builds them stand for the two workers.
+    from app import create_app
+
+    doc = {k: v for k, v in config_document.items() if k not in ("cursor_secret", "patient_xref")}
+    doc["trusts"] = [t for t in config_document["trusts"] if t["id"] == "bolton"]
+    path = tmp_path / "one-trust.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    monkeypatch.delenv("FACADE_CURSOR_SECRET", raising=False)
+    monkeypatch.delenv("FACADE_BASE_URL", raising=False)
+    monkeypatch.setenv("FACADE_CONFIG", str(path))
+    worker_a, worker_b = create_app().test_client(), create_app().test_client()
+    nhs = max(manifest["patients"], key=lambda p: sum("bolton" in s["trusts"] for s in p["studies"]))["nhs_number"]
+    first = worker_a.get(f"/fhir/ImagingStudy?patient={nhs}&_count=1").get_json()
+    next_url = next(x["url"] for x in first["link"] if x["relation"] == "next")
+    path_and_query = next_url.split("://", 1)[1].split("/", 1)[1]
+    assert worker_a.get(f"/{path_and_query}").status_code == 200
+    followed = worker_b.get(f"/{path_and_query}")
+    assert followed.status_code == 200, followed.get_json()

@@ -22,6 +22,7 @@ class CachedArchive:
         self.max_entries = max_entries
         self.clock = clock
         self.hits = 0
+        self.series_by_patient = getattr(inner, "series_by_patient", False)
         self._entries: OrderedDict[tuple[Any, ...], tuple[float, Found]] = OrderedDict()
         self._lock = threading.Lock()
 

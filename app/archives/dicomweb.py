@@ -22,7 +22,7 @@ import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
-from . import attributes
+from . import attributes, budget
 from .protocol import ArchiveError, Dataset, Found, StudyQuery
 
 _SAFE = "-._~:^,"  # left unescaped in values (RFC 3986 unreserved plus what QIDO needs verbatim)
@@ -95,6 +95,8 @@ class _Auth:
 class DicomWebArchive:
     """An Archive over QIDO-RS. `url` is the DICOMweb base (…/dicom-web)."""
 
+    series_by_patient = True  # /series?PatientID= needs no study UIDs: it can go out with /studies
+
     def __init__(self, name: str, url: str, timeout_s: float = 3.0, page_size: int = 500,
                  auth: dict[str, Any] | None = None, tls: dict[str, Any] | None = None) -> None:
         self.name = name
@@ -141,9 +143,12 @@ class DicomWebArchive:
 
     # -- HTTP ------------------------------------------------------------------------------
     def _get_page(self, path: str, query: str) -> tuple[list[Dataset], str | None]:
+        left = budget.remaining(self.timeout_s)
+        if left <= 0:
+            raise ArchiveError(self.name, f"no answer within {self.timeout_s:g} s")
         self.requests_made += 1
         try:
-            response = self.session.get(f"{self.url}/{path}?{query}", timeout=self.timeout_s,
+            response = self.session.get(f"{self.url}/{path}?{query}", timeout=left,
                                         headers={"Accept": "application/dicom+json", **self.auth.headers()},
                                         auth=self.auth.basic())
         except requests.exceptions.SSLError:
@@ -190,7 +195,7 @@ class DicomWebArchive:
 
     def _search(self, path: str, keys: list[tuple[str, str]], fields: tuple[str, ...]) -> Found:
         found: list[Dataset] = []
-        for page in range(MAX_PAGES):
+        for _page in range(MAX_PAGES):
             batch, note = self._get_page(path, self._query_string(keys, fields, len(found), self.page_size))
             found.extend(batch)
             if note:

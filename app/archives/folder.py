@@ -42,6 +42,8 @@ def _first(ds: Dataset, tag: str) -> str | None:
 class FolderArchive:
     """An Archive over `path/**/*.dcm`; the index is read once and is immutable afterwards."""
 
+    series_by_patient = True
+
     def __init__(self, name: str, path: Path) -> None:
         self.name = name
         self.path = path

@@ -81,7 +81,8 @@ def build_events(record: AuditRecord, observer: str) -> list[dict[str, Any]]:
             "what": {"reference": f"{record.resource_type}/{record.resource_id}"},
             "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2",
                      "display": "System Object"},
-            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "4", "display": "Domain Resource"},
+            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "4",
+                     "display": "Domain Resource"},
         })
 
     def event(patient: str | None) -> dict[str, Any]:
@@ -91,7 +92,8 @@ def build_events(record: AuditRecord, observer: str) -> list[dict[str, Any]]:
                 "what": {"reference": f"Patient/{patient}"},
                 "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1",
                          "display": "Person"},
-                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"},
+                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1",
+                         "display": "Patient"},
             })
         shape = patient_shape if patient else generic_shape
         out: dict[str, Any] = {
@@ -167,7 +169,7 @@ class AuditStore:
         where, args = self._where(patient, since, until, client_id)
         with self._lock:
             rows = self._db.execute(
-                f"SELECT body FROM audit_event {where} ORDER BY recorded DESC, id LIMIT ? OFFSET ?",  # noqa: S608
+                f"SELECT body FROM audit_event {where} ORDER BY recorded DESC, id LIMIT ? OFFSET ?",
                 (*args, limit, offset)).fetchall()
         return [orjson.loads(r[0]) for r in rows]
 
@@ -175,7 +177,7 @@ class AuditStore:
               client_id: str | None = None) -> int:
         where, args = self._where(patient, since, until, client_id)
         with self._lock:
-            return int(self._db.execute(f"SELECT COUNT(*) FROM audit_event {where}", args).fetchone()[0])  # noqa: S608
+            return int(self._db.execute(f"SELECT COUNT(*) FROM audit_event {where}", args).fetchone()[0])
 
     def writable(self) -> bool:
         try:

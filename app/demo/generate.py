@@ -17,6 +17,11 @@ Layout written under ``out_dir``::
     manifest.json   patients, studies and the "facts" naming each special case
 
 Usage: ``python -m app.demo.generate OUT_DIR [--seed N]``.
+
+Deliberate shortcuts (it is demo data, not a conformance suite): non-image objects carry
+only what makes them plausible (not every Type 1 attribute of their IOD); images are 8x8;
+the haemodynamic pressure channel is coded in a local scheme (99GMDEMO), not CID 3003;
+procedure codes are standard (SNOMED CT, LOINC) only where the code is known for certain.
 """
 
 from __future__ import annotations
@@ -850,8 +855,8 @@ def _make_conflict(patient: _Patient, studies: Sequence[_Study]) -> list[str]:
     good = patient.birth_date
     if good.day <= 12 and good.day != good.month:
         wrong = dt.date(good.year, good.day, good.month)
-    else:
-        wrong = good.replace(year=good.year + 1)
+    else:  # a mistyped year; 29 February becomes 1 March
+        wrong = dt.date(good.year + 1, good.month, 1) + dt.timedelta(days=good.day - 1)
     patient.birth_date_by_trust[trusts[1]] = wrong
     return trusts[:2]
 
@@ -862,7 +867,9 @@ def _assign_accessions(rng: random.Random, studies: Sequence[_Study]) -> None:
         digits = _PROFILES[trust.id].accession_digits
         start = rng.randrange(10 ** (digits - 2), 10 ** (digits - 1))
         for n, study in enumerate(own):
-            study.accession = f"{trust.ods_code}{start + n:0{digits}d}"
+            # The empty-accession case still uses up a number, as a RIS would.
+            empty = study.quirk == "empty_accession"
+            study.accession = "" if empty else f"{trust.ods_code}{start + n:0{digits}d}"
             study.study_id = str(1000 + n)
 
 
@@ -1545,12 +1552,27 @@ def _encode_layer(ds: Dataset, encodings: list[str]) -> dict[int, bytes]:
     pydicom's own element writer does the encoding (including sequences and the
     character set); an ambiguous VR would raise here rather than be guessed.
     """
-    encoded = {}
+    buffer = _explicit_le_buffer()
+    spans = []
     for element in ds:
-        buffer = _explicit_le_buffer()
+        start = buffer.tell()
         write_data_element(buffer, element, encodings)
-        encoded[int(element.tag)] = buffer.getvalue()
-    return encoded
+        spans.append((int(element.tag), start, buffer.tell()))
+    data = buffer.getvalue()
+    return {tag: data[start:end] for tag, start, end in spans}
+
+
+def _file_meta(sop_class: str, sop_uid: str) -> bytes:
+    """The File Meta Information group, written by pydicom (group length included)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = dicom_uid.UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = dicom_uid.UID(sop_uid)
+    meta.TransferSyntaxUID = dicom_uid.ExplicitVRLittleEndian
+    meta.ImplementationClassUID = dicom_uid.UID(_IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = _IMPLEMENTATION_VERSION
+    buffer = _explicit_le_buffer()
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    return buffer.getvalue()
 
 
 def _part10(sop_class: str, sop_uid: str, layers: Sequence[dict[int, bytes]]) -> bytes:
@@ -1560,16 +1582,8 @@ def _part10(sop_class: str, sop_uid: str, layers: Sequence[dict[int, bytes]]) ->
         merged.update(layer)
     if len(merged) != sum(len(layer) for layer in layers):
         raise ValueError(f"an attribute is set in two layers of {sop_uid}")
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = dicom_uid.ExplicitVRLittleEndian
-    meta.ImplementationClassUID = _IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = _IMPLEMENTATION_VERSION
-    buffer = _explicit_le_buffer()
-    write_file_meta_info(buffer, meta, enforce_standard=True)
     body = b"".join(merged[tag] for tag in sorted(merged))
-    return b"\x00" * 128 + b"DICM" + buffer.getvalue() + body
+    return b"\x00" * 128 + b"DICM" + _file_meta(sop_class, sop_uid) + body
 
 
 # --------------------------------------------------------------------------- output
@@ -1727,7 +1741,11 @@ def _clear_previous(out_dir: Path) -> None:
 
 
 def generate(out_dir: Path, *, seed: int = DEFAULT_SEED) -> Manifest:
-    """Write the demo dataset under ``out_dir`` and return its manifest."""
+    """Write the demo dataset under ``out_dir`` and return its manifest.
+
+    A previous dataset there (the eight trust folders, xref.csv, manifest.json) is
+    replaced; anything else in ``out_dir`` is left alone.
+    """
     out_dir = Path(out_dir)
     plan = _plan(seed)
     out_dir.mkdir(parents=True, exist_ok=True)

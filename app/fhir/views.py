@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Any
-
 from urllib.parse import urlencode
 
 import orjson
@@ -181,7 +180,7 @@ def search_imaging_studies() -> Response:
     parsed = service.parse_study_search(pairs)
     parsed.search.paging.offset = offset
     result = service.search_studies(parsed.search, decision)
-    page = result.studies[offset:offset + parsed.search.paging.count]
+    page = [] if parsed.search.paging.summary_count else result.studies[offset:offset + parsed.search.paging.count]
     audited_patients(service.subjects(page))
     includes = service.includes(result, _allowed_includes(parsed.search.paging.includes), page)
     return fhir_response(searchset(base_url=service.settings.base_url, resource_type="ImagingStudy",

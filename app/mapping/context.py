@@ -17,6 +17,9 @@ class TrustMapping:
     accession_system: str
     zone: tzinfo
     endpoint_id: str
+    # ODS code -> (accession system, Organization reference) of every trust, for accessions that a
+    # study copied from another trust still carries with that trust's issuer.
+    issuers: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict, compare=False, repr=False)
     # Built once and shared by every resource of the trust: the API never mutates emitted dicts.
     endpoint_reference: dict[str, str] = field(init=False, repr=False, compare=False)
     organization_reference: dict[str, Any] = field(init=False, repr=False, compare=False)
@@ -46,7 +49,7 @@ class Terminology:
 class MappingContext:
     """Per-study state of one mapping: the trust, the subject and the issues found so far."""
 
-    __slots__ = ("trust", "terminology", "subject", "issues", "study_uid", "study_offset")
+    __slots__ = ("issues", "study_offset", "study_uid", "subject", "terminology", "trust")
 
     def __init__(self, trust: TrustMapping, terminology: Terminology, subject: dict[str, Any],
                  study_uid: str, issues: list[dict[str, Any]]) -> None:

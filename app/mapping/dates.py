@@ -8,8 +8,8 @@ which is what every GM modality clock runs on; the choice is documented in the R
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from datetime import date, datetime, timedelta, tzinfo
+from functools import lru_cache
 
 _DATE = re.compile(r"^(\d{4})(?:\.?(\d{2})(?:\.?(\d{2}))?)?$")
 _TIME = re.compile(r"^(\d{2})(?::?(\d{2})(?::?(\d{2})(?:\.(\d{1,6}))?)?)?$")
@@ -41,7 +41,7 @@ def _fhir_time(tm: str) -> tuple[str, int, int, int]:
         raise DateProblem(f"{tm!r} is not a DICOM time (HHMMSS.FFFFFF)")
     hh, mm, ss, frac = match.groups()
     h, m, s = int(hh), int(mm or 0), int(ss or 0)
-    if h > 23 or m > 59 or s > 59:
+    if h > 23 or m > 59 or s > 60:  # 60: a leap second, valid in DICOM TM and FHIR time
         raise DateProblem(f"{tm!r} is not a time of day")
     text = f"{h:02d}:{m:02d}:{s:02d}" + (f".{frac}" if frac else "")
     return text, h, m, s
@@ -49,38 +49,66 @@ def _fhir_time(tm: str) -> tuple[str, int, int, int]:
 
 def _offset_text(offset: str) -> str:
     match = _OFFSET.match(offset.strip())
-    if not match or int(match.group(2)) > 14 or int(match.group(3)) > 59:
-        raise DateProblem(f"{offset!r} is not a DICOM UTC offset (+HHMM)")
+    # DICOM allows -1200..+1400; FHIR's zone pattern stops at 14:00 either way.
+    if not match or int(match.group(3)) > 59 or int(match.group(2)) * 60 + int(match.group(3)) > 14 * 60:
+        raise DateProblem(f"{offset!r} is not a UTC offset FHIR can hold (-14:00 to +14:00)")
     sign, hh, mm = match.groups()
     return f"{sign}{hh}:{mm}"
 
 
 def _zone_offset_text(day: str, hms: tuple[int, int, int], zone: tzinfo) -> str:
     y, mo, d = (int(p) for p in day.split("-"))
-    local = datetime(y, mo, d, *hms, tzinfo=zone)
+    local = datetime(y, mo, d, hms[0], hms[1], min(hms[2], 59), tzinfo=zone)
     delta = local.utcoffset() or timedelta(0)
     minutes = int(delta.total_seconds() // 60)
     sign = "+" if minutes >= 0 else "-"
     return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
-@lru_cache(maxsize=4096)
 def fhir_datetime(da: str | None, tm: str | None, offset: str | None, zone: tzinfo) -> str | None:
     """Combine DA, TM and offset into a FHIR dateTime; None when there is no date at all.
 
     A time is only kept with a full date (FHIR has no partial date with a time). Raises
     DateProblem naming the first unreadable value; the caller reports it and omits the element.
-    Cached: a study's series mostly share its date, and a patient's studies repeat across queries.
+    The parts are cached separately: a study's series share its date, and zone offsets change
+    only twice a year.
     """
     if not da:
         if tm:
             raise DateProblem(f"time {tm!r} has no date")
         return None
-    day = fhir_date(da)
+    day = _day(da)
     if not tm:
         return day
     if len(day) != 10:
         raise DateProblem(f"time {tm!r} given with a partial date {da!r}")
-    time_text, h, m, s = _fhir_time(tm)
-    zone_text = _offset_text(offset) if offset else _zone_offset_text(day, (h, m, s), zone)
+    time_text, h, m, _s = _time(tm)
+    zone_text = _offset(offset) if offset else _zone_offset(day, h, m, zone)
     return f"{day}T{time_text}{zone_text}"
+
+
+@lru_cache(maxsize=8192)
+def _day(da: str) -> str:
+    return fhir_date(da)
+
+
+@lru_cache(maxsize=256)
+def _offset(offset: str) -> str:
+    return _offset_text(offset)
+
+
+def _time(tm: str) -> tuple[str, int, int, int]:
+    """The common forms HHMMSS and HHMMSS.FFFFFF without a regular expression; others by _fhir_time."""
+    if len(tm) >= 6 and tm[:6].isdigit() and tm.isascii() and (len(tm) == 6 or (
+            tm[6] == "." and 7 < len(tm) <= 13 and tm[7:].isdigit())):
+        h, m, s = int(tm[:2]), int(tm[2:4]), int(tm[4:6])
+        if h <= 23 and m <= 59 and s <= 60:
+            frac = tm[7:]
+            return f"{tm[:2]}:{tm[2:4]}:{tm[4:6]}" + (f".{frac}" if frac else ""), h, m, s
+    return _fhir_time(tm.strip())
+
+
+@lru_cache(maxsize=8192)
+def _zone_offset(day: str, h: int, m: int, zone: tzinfo) -> str:
+    """Per minute: zones change offset on minute boundaries."""
+    return _zone_offset_text(day, (h, m, 0), zone)

@@ -110,7 +110,8 @@ class StudyMapper:
         mapped = [s for s in (self._series(s, instances, ctx) for s in ordered) if s]
         if mapped:
             out["series"] = mapped
-            self._derive_counts(out, mapped)
+        if series:
+            self._derive_counts(out, mapped, len(series))
         return out
 
     def _series(self, series: dj.Dataset, instances: Mapping[str, Sequence[dj.Dataset]] | None,
@@ -130,19 +131,25 @@ class StudyMapper:
     def _instance(self, instance: dj.Dataset, ctx: MappingContext) -> dict[str, Any] | None:
         out = _apply(self.instance_rows, instance, ctx, {})
         if "uid" not in out or "sopClass" not in out:
-            ctx.report("ImagingStudy.series.instance", "an instance without a valid SOPInstanceUID or SOPClassUID was left out")
+            ctx.report("ImagingStudy.series.instance",
+                       "an instance without a valid SOPInstanceUID or SOPClassUID was left out")
             return None
         return out
 
     @staticmethod
-    def _derive_counts(out: dict[str, Any], series: list[dict[str, Any]]) -> None:
-        """Fill what the archive did not send from the series we hold; union the modalities."""
+    def _derive_counts(out: dict[str, Any], series: list[dict[str, Any]], received: int) -> None:
+        """Fill what the archive did not send from the series we hold; union the modalities.
+
+        numberOfSeries counts every series the archive returned, mapped or not (FHIR: it may be
+        larger than the number of series elements); numberOfInstances only when every count is known.
+        """
         codes = {c["code"] for c in out.get("modality", ())}
         extra = [s["modality"] for s in series if s["modality"]["code"] not in codes]
         for coding in extra:
             if coding["code"] not in codes:
                 out.setdefault("modality", []).append(coding)
                 codes.add(coding["code"])
-        out.setdefault("numberOfSeries", len(series))
-        if "numberOfInstances" not in out and all("numberOfInstances" in s for s in series):
+        out.setdefault("numberOfSeries", received)
+        if "numberOfInstances" not in out and series and len(series) == received \
+                and all("numberOfInstances" in s for s in series):
             out["numberOfInstances"] = sum(s["numberOfInstances"] for s in series)

@@ -7,6 +7,7 @@ local MRN that the cross-reference resolves).
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -41,24 +42,28 @@ def local_patient_key(study: dj.Dataset) -> tuple[str, str] | None:
 
 
 def nhs_number_of(study: dj.Dataset, match: str, issuer: str | None, trust_id: str,
-                  xref: Mapping[tuple[str, str], str]) -> str | None:
+                  xref: Mapping[tuple[str, str, str], str]) -> str | None:
     """The NHS number a study belongs to, by the trust's rule; None when it cannot be told.
 
-    `xref` maps (trust id, local PatientID) to NHS number. An NHS number is only ever accepted
-    when it passes its check digit: a wrong digit must not attach images to someone else.
+    `xref` maps (trust id, local PatientID, issuer) to NHS number; a row without an issuer matches
+    the local id whatever issuer the archive holds, a row with one only that issuer. An NHS number
+    is only ever accepted when it passes its check digit: a wrong digit must not attach images to
+    someone else.
     """
     pid = dj.first_text(study, dj.PATIENT_ID)
+    held_issuer = dj.first_text(study, dj.ISSUER_OF_PATIENT_ID)
+    claims: set[str] = set()
     if match == "patient_id":
-        held_issuer = dj.first_text(study, dj.ISSUER_OF_PATIENT_ID)
         if pid and is_nhs_number(pid) and (held_issuer in (None, issuer)):
-            return pid
-    elif pid and (found := xref.get((trust_id, pid))):
-        return found
+            claims.add(pid)
+    elif pid and (found := xref.get((trust_id, pid, held_issuer or "")) or xref.get((trust_id, pid, ""))):
+        claims.add(found)
     for item in dj.items(study, dj.OTHER_PATIENT_IDS_SEQUENCE):
         other = dj.first_text(item, dj.PATIENT_ID)
         if other and dj.first_text(item, dj.ISSUER_OF_PATIENT_ID) == "NHS" and is_nhs_number(other):
-            return other
-    return None
+            claims.add(other)
+    # A record that names two NHS numbers belongs to nobody until someone fixes it.
+    return claims.pop() if len(claims) == 1 else None
 
 
 def subject_reference(nhs_number: str | None, study: dj.Dataset, local_system: str) -> dict[str, Any]:
@@ -105,10 +110,8 @@ def patient_resource(nhs_number: str, studies: Iterable[dj.Dataset]) -> dict[str
         names.extend(n for n in (dj.person_name_text(v) for v in dj.values(study, dj.PATIENT_NAME)) if n)
         birth = dj.first_text(study, dj.PATIENT_BIRTH_DATE)
         if birth:
-            try:
+            with contextlib.suppress(DateProblem):  # an unreadable birth date is simply not used
                 births.append(fhir_date(birth))
-            except DateProblem:
-                pass
         sex = dj.first_text(study, dj.PATIENT_SEX)
         if sex:
             sexes.append(sex.upper())

@@ -20,6 +20,7 @@ Transform = Callable[[dj.Dataset, tuple[str, ...], dict[str, Any], MappingContex
 DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 PARTICIPATION_TYPE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+MAX_UNSIGNED = 2**31 - 1  # FHIR unsignedInt
 
 TRANSFORMS: dict[str, Transform] = {}
 # Optional per-transform preparation of a row's args, run once when a table is compiled.
@@ -70,11 +71,14 @@ def unsigned_int(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, Any], ct
     found = element.get("Value") if element else None
     if not found:
         return None
-    if type(found[0]) is int and found[0] >= 0:
+    if type(found[0]) is int and 0 <= found[0] <= MAX_UNSIGNED:
         return found[0]
+    if found[0] is None or found[0] == "":
+        return None
     number = dj.unsigned(found[0])
-    if number is None:
-        ctx.report(args["element"], f"{ctx.keyword(tags[0])} {found[0]!r} is not a non-negative integer")
+    if number is None or number > MAX_UNSIGNED:
+        ctx.report(args["element"], f"{ctx.keyword(tags[0])} {found[0]!r} is not an integer from 0 to {MAX_UNSIGNED}")
+        return None
     return number
 
 
@@ -99,21 +103,25 @@ def study_uid_identifier(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, 
 
 @transform
 def accession_identifier(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, Any], ctx: MappingContext) -> Any:
-    """Accession with the ACSN type; its system from an ISO issuer OID, else the trust's system."""
+    """Accession with the ACSN type; its system from an ISO issuer OID, from the issuing trust (a copy
+    held by another trust keeps its origin's accession), else the holding trust's system."""
     value = _single(ds, tags[0], ctx, args["element"])
     if not value:
         return None
-    system = ctx.trust.accession_system
+    system, assigner = ctx.trust.accession_system, ctx.trust.organization_reference
     for item in dj.items(ds, tags[1]) if len(tags) > 1 else ():
         oid = dj.first_text(item, "00400032")  # UniversalEntityID
+        local = dj.first_text(item, "00400031")  # LocalNamespaceEntityID: the issuing trust's ODS code
         if oid and dj.first_text(item, "00400033") == "ISO" and dj.is_uid(oid):
             system = f"urn:oid:{oid}"
+        elif local and local in ctx.trust.issuers:
+            system, assigner = ctx.trust.issuers[local]
     return {
         "use": "usual",
         "type": {"coding": [{"system": V2_0203, "code": "ACSN", "display": "Accession ID"}]},
         "system": system,
         "value": value,
-        "assigner": ctx.trust.organization_reference,
+        "assigner": assigner,
     }
 
 
@@ -233,7 +241,8 @@ def _coding(item: dj.Dataset, ctx: MappingContext, element: str) -> dict[str, st
             coding["display"] = meaning
         return coding
     if code:
-        ctx.report(element, f"coding scheme {scheme!r} of code {code!r} has no known FHIR system; kept as text",
+        kept = "its meaning is kept as text" if meaning else "it has no meaning to keep, so it is left out"
+        ctx.report(element, f"coding scheme {scheme!r} of code {code!r} has no known FHIR system; {kept}",
                    "information")
     return None
 

@@ -299,7 +299,8 @@ IDENTIFIER_CASES: list[tuple[str, Callable[[Demo, dict[str, Any]], list[tuple[st
     ("_id", lambda d, s: [("_id", s["study_uid"])]),
     ("dicom uid system", lambda d, s: [("identifier", f"urn:dicom:uid|urn:oid:{s['study_uid']}")]),
     ("bare urn:oid", lambda d, s: [("identifier", f"urn:oid:{s['study_uid']}")]),
-    ("accession with trust system", lambda d, s: [("identifier", f"{d.accession_system(s['trusts'][0])}|{s['accession']}")]),
+    ("accession with trust system",
+     lambda d, s: [("identifier", f"{d.accession_system(s['trusts'][0])}|{s['accession']}")]),
     ("bare accession", lambda d, s: [("identifier", s["accession"])]),
     ("accession of-type ACSN", lambda d, s: [("identifier:of-type", f"{ACSN}|{s['accession']}")]),
     ("accession with patient", lambda d, s: [("identifier", s["accession"]), ("patient", d.multi)]),
@@ -316,7 +317,8 @@ def test_imaging_study_search_by_identifier_finds_the_study(client, demo, trust,
 
 
 @pytest.mark.parametrize(("case", "build"), [
-    ("accession of another trust's system", lambda d, s: [("identifier", f"{d.accession_system('bolton')}|{s['accession']}")]),
+    ("accession of another trust's system",
+     lambda d, s: [("identifier", f"{d.accession_system('bolton')}|{s['accession']}")]),
     ("unknown accession", lambda d, s: [("identifier", f"{d.accession_system('mft')}|R0A999999999")]),
     ("unknown study uid", lambda d, s: [("_id", "2.25.1")]),
     ("study of another patient", lambda d, s: [("_id", s["study_uid"]), ("patient", d.unknown_nhs_number())]),
@@ -408,6 +410,26 @@ def test_imaging_study_search_started_instant_in_utc(client, demo, prefix, shift
     assert (study["study_uid"] in match_ids(bundle)) is included
 
 
+@pytest.mark.parametrize("issue", ["partial_time_hour", "partial_time_minute", "missing_description_and_time",
+                                   "empty_accession", "multi_valued_referrer", "no_body_part"])
+def test_imaging_study_search_started_finds_odd_data_study(client, demo, issue):
+    uid = demo.facts["odd_data_by_issue"][issue]
+    patient, study = demo.study(uid)
+    day = _study_day(study).isoformat()
+    bundle = search(client, "ImagingStudy", [("patient", patient["nhs_number"]), ("started", day)])
+    assert uid in match_ids(bundle)
+    assert next(s for s in matches(bundle) if s["id"] == uid)["started"].startswith(day)
+
+
+def test_imaging_study_invalid_study_date_is_returned_without_started(client, demo):
+    uid = demo.facts["odd_data_by_issue"]["invalid_study_date"]
+    patient, _ = demo.study(uid)
+    study = get(client, f"ImagingStudy/{uid}").get_json()
+    assert study["id"] == uid and "started" not in study
+    dated = search(client, "ImagingStudy", [("patient", patient["nhs_number"]), ("started", "ge1900")])
+    assert uid not in match_ids(dated)
+
+
 # ----------------------------------------------------------------------------- other criteria
 
 
@@ -439,7 +461,8 @@ def test_imaging_study_search_by_extra_series_of_shared_study(client, demo):
 @pytest.mark.parametrize("form", ["bare", "urn:oid", "system"])
 def test_imaging_study_search_by_dicom_class(client, demo, form):
     sop_class = sorted(demo.disk(_study_of(demo, "mft")["study_uid"]).sop_classes)[0]
-    value = {"bare": sop_class, "urn:oid": f"urn:oid:{sop_class}", "system": f"urn:ietf:rfc:3986|urn:oid:{sop_class}"}[form]
+    value = {"bare": sop_class, "urn:oid": f"urn:oid:{sop_class}",
+             "system": f"urn:ietf:rfc:3986|urn:oid:{sop_class}"}[form]
     bundle = search(client, "ImagingStudy", [("patient", demo.multi), ("dicom-class", value)])
     expected = {s["study_uid"] for s in demo.patient(demo.multi)["studies"]
                 if sop_class in demo.disk(s["study_uid"]).sop_classes}
@@ -491,6 +514,18 @@ def test_imaging_study_search_bundle_shape(client, demo):
     self_url = link(bundle, "self")
     assert self_url.startswith(f"{BASE_URL}/ImagingStudy?")
     assert sorted(parse_qsl(urlsplit(self_url).query)) == sorted([("patient", demo.multi), ("modality", "MR")])
+
+
+def test_imaging_study_search_count_capped_at_max(client, demo, settings):
+    bundle = search(client, "ImagingStudy", [("patient", demo.multi), ("_count", "100000")])
+    assert ("_count", str(settings.max_count)) in parse_qsl(urlsplit(link(bundle, "self")).query)
+    assert sorted(match_ids(bundle)) == sorted(demo.uids(demo.multi))
+
+
+def test_imaging_study_search_post_strict_unknown_parameter_is_400(client, demo):
+    response = client.post("/fhir/ImagingStudy/_search", data={"patient": demo.multi, "foo": "bar"},
+                           headers={"Prefer": "handling=strict"})
+    assert "foo" in assert_outcome(response, 400, "invalid")["diagnostics"]
 
 
 def test_imaging_study_search_unknown_parameter_ignored(client, demo):
@@ -568,6 +603,14 @@ def test_imaging_study_search_sort_by_started(client, demo, sort, descending):
     assert starts == sorted(starts, reverse=descending)
 
 
+@pytest.mark.parametrize("include", ["ImagingStudy:patient", "ImagingStudy:subject"])
+def test_imaging_study_search_include_patient(client, demo, include):
+    bundle = search(client, "ImagingStudy", [("patient", demo.multi), ("_include", include)])
+    included = [e["resource"] for e in entries(bundle, "include")]
+    assert [(r["resourceType"], r["id"]) for r in included] == [("Patient", demo.multi)]
+    assert entries(bundle, "include")[0]["fullUrl"] == f"{BASE_URL}/Patient/{demo.multi}"
+
+
 @pytest.mark.parametrize("count", ["1", "200"])
 def test_imaging_study_search_include_endpoint(client, demo, count):
     bundle = search(client, "ImagingStudy", [("patient", demo.multi), ("_include", "ImagingStudy:endpoint"),
@@ -582,7 +625,11 @@ def test_imaging_study_search_include_endpoint(client, demo, count):
     assert ("_include", "ImagingStudy:endpoint") in parse_qsl(urlsplit(link(bundle, "self")).query)
 
 
-@pytest.mark.parametrize("pairs", [[("_summary", "count")], [("_count", "0")]], ids=["_summary=count", "_count=0"])
+@pytest.mark.parametrize("pairs", [
+    [("_summary", "count")], [("_count", "0")],
+    [("_summary", "count"), ("_include", "ImagingStudy:endpoint")],
+    [("_count", "0"), ("_include", "ImagingStudy:patient")],
+], ids=["_summary=count", "_count=0", "_summary=count with _include", "_count=0 with _include"])
 def test_imaging_study_search_summary_count(client, demo, pairs):
     bundle = search(client, "ImagingStudy", [("patient", demo.multi), *pairs])
     assert bundle["total"] == len(demo.uids(demo.multi))
@@ -658,6 +705,24 @@ def test_patient_search_finds_patient(client, demo, parameter):
     assert entries(bundle)[0]["fullUrl"] == f"{BASE_URL}/Patient/{demo.multi}"
 
 
+def test_patient_search_or_and_paging(client, demo):
+    first, second = sorted({demo.multi, demo.facts["shared_study"]["nhs_number"],
+                            demo.facts["demographic_conflict"]["nhs_number"]})[:2]
+    bundle = search(client, "Patient", [("_id", f"{first},{second}"), ("_count", "1")])
+    pages = all_pages(client, bundle)
+    assert sorted(i for page in pages for i in match_ids(page)) == [first, second]
+    assert len(pages) == 2 and bundle["total"] == 2
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_patient_read_non_ascii_name(client, demo, index):
+    patient = demo.facts["non_ascii_patients"][index]
+    family, given = patient["name"].split("^")[:2]
+    name = get(client, f"Patient/{patient['nhs_number']}").get_json()["name"][0]
+    assert name["family"].casefold() == family.casefold()
+    assert name["given"][0].casefold() == given.casefold()
+
+
 def test_patient_search_unknown_nhs_number_is_empty(client, demo):
     bundle = search(client, "Patient", [("identifier", f"{NHS}|{demo.unknown_nhs_number()}")])
     assert bundle["total"] == 0 and not entries(bundle)
@@ -705,6 +770,13 @@ def test_directory_search(client, resource_type, pairs, expected):
     assert sorted(match_ids(bundle)) == sorted(expected)
     assert bundle["total"] == len(expected)
     assert all(e["fullUrl"] == f"{BASE_URL}/{resource_type}/{e['resource']['id']}" for e in entries(bundle))
+
+
+@pytest.mark.parametrize("resource_type", ["Endpoint", "Organization"])
+def test_directory_search_paging(client, resource_type):
+    pages = all_pages(client, search(client, resource_type, [("_count", "3")]))
+    ids = [i for page in pages for i in match_ids(page)]
+    assert len(pages) == 3 and len(ids) == len(set(ids)) == len(TRUST_IDS)
 
 
 # ----------------------------------------------------------------------------- errors

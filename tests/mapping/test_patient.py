@@ -103,7 +103,7 @@ def other_ids(*pairs: tuple[str, str | None]) -> list[dict[str, Any]]:
     return [dataset(PatientID=pid, IssuerOfPatientID=issuer) for pid, issuer in pairs]
 
 
-XREF = {("mft", "MRN001"): NHS, ("srft", "MRN002"): OTHER_NHS}
+XREF = {("mft", "MRN001", ""): NHS, ("srft", "MRN002", ""): OTHER_NHS, ("mft", "MRN003", "R0A"): OTHER_NHS}
 
 
 @pytest.mark.parametrize(
@@ -144,8 +144,15 @@ XREF = {("mft", "MRN001"): NHS, ("srft", "MRN002"): OTHER_NHS}
         (dataset(PatientID=NHS, IssuerOfPatientID="NHS"), "xref", None, None),  # PatientID is local here
         (dataset(PatientID="MRN999", OtherPatientIDsSequence=other_ids((OTHER_NHS, "NHS"))), "xref", None,
          OTHER_NHS),
-        (dataset(PatientID="MRN001", OtherPatientIDsSequence=other_ids((OTHER_NHS, "NHS"))), "xref", None, NHS),
+        # the record names two patients: it belongs to nobody (never shown for either)
+        (dataset(PatientID="MRN001", OtherPatientIDsSequence=other_ids((OTHER_NHS, "NHS"))), "xref", None, None),
+        (dataset(PatientID="MRN001", OtherPatientIDsSequence=other_ids((NHS, "NHS"))), "xref", None, NHS),
+        (dataset(PatientID=NHS, IssuerOfPatientID="NHS", OtherPatientIDsSequence=other_ids((OTHER_NHS, "NHS"))),
+         "patient_id", "NHS", None),
         (dataset(OtherPatientIDsSequence=other_ids((OTHER_NHS, "NHS"))), "xref", None, OTHER_NHS),
+        (dataset(PatientID="MRN003", IssuerOfPatientID="R0A"), "xref", None, OTHER_NHS),
+        (dataset(PatientID="MRN003", IssuerOfPatientID="RM2"), "xref", None, None),
+        (dataset(PatientID="MRN003"), "xref", None, None),
     ],
     ids=[
         "pid-issuer-nhs", "pid-no-issuer", "pid-empty-issuer", "pid-padded", "pid-other-issuer",
@@ -155,7 +162,9 @@ XREF = {("mft", "MRN001"): NHS, ("srft", "MRN002"): OTHER_NHS}
         "other-ids-second-item", "other-ids-other-issuer", "other-ids-no-issuer", "other-ids-invalid",
         "other-ids-empty-sequence",
         "xref-hit", "xref-padded", "xref-other-trust", "xref-miss", "xref-ignores-nhs-like-pid",
-        "xref-miss-other-ids", "xref-before-other-ids", "xref-no-pid-other-ids",
+        "xref-miss-other-ids", "xref-conflicts-with-other-ids", "xref-agrees-with-other-ids",
+        "pid-conflicts-with-other-ids", "xref-no-pid-other-ids",
+        "xref-issuer-match", "xref-issuer-mismatch", "xref-issuer-missing",
     ],
 )
 def test_nhs_number_of_by_rule(study: dict[str, Any], match: str, issuer: str | None, expected: str | None) -> None:

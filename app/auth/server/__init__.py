@@ -6,6 +6,9 @@ instead trust the region's identity provider (auth.mode: external).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import secrets
 import time
 from pathlib import Path
@@ -74,6 +77,10 @@ class EmbeddedAuthServer:
         server.register_grant(ClientCredentialsGrant)
         app.extensions["smart_server"] = self
         app.register_blueprint(bp, url_prefix="/auth")
+
+    def session_secret(self) -> bytes:
+        private = json.dumps(self.keys.current.as_dict(private=True), sort_keys=True).encode()
+        return hmac.new(private, b"gm-facade login sessions", hashlib.sha256).digest()
 
     # -- lookups used by the flows ---------------------------------------------------------
     def query_client(self, client_id: str) -> Client | None:

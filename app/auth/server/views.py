@@ -227,4 +227,5 @@ def issue_launch() -> Response:
     body = request.get_json(silent=True) if request.is_json else request.form.to_dict()
     result = smart.issue_launch(request.headers.get("Authorization"), body or {})
     status = 201 if "launch" in result else result.pop("status", 400)
-    return Response(orjson.dumps(result), status, content_type="application/json", headers={"Cache-Control": "no-store"})
+    return Response(orjson.dumps(result), status, content_type="application/json",
+                    headers={"Cache-Control": "no-store"})

@@ -1,0 +1,1 @@
+"""The federated facade over eight real Orthanc archives behind fault proxies."""
