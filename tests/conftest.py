@@ -25,6 +25,8 @@ from app import create_app  # noqa: E402
 from app.config import BASE_URL_ENV, CURSOR_SECRET_ENV, Settings, settings_from_document  # noqa: E402
 from app.demo.generate import generate  # noqa: E402
 
+from smart_tokens import system_token  # noqa: E402
+
 try:  # pytest "prepend" import mode puts tests/ on sys.path (no __init__.py)
     from fhir_validation import validate_resource
 except ImportError:  # pragma: no cover - tests/ turned into a package
@@ -55,13 +57,18 @@ def manifest(demo_data: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def config_document(demo_data: Path) -> dict[str, Any]:
-    """config/demo.yaml with absolute paths to the generated data and a fixed cursor secret."""
+def config_document(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """config/demo.yaml with absolute paths to the generated data, its own keys, state and audit
+    files, and a fixed cursor secret. Authorization is the demo's: the embedded SMART server."""
+    state = tmp_path_factory.mktemp("state")
     doc = yaml.safe_load(DEMO_CONFIG.read_text(encoding="utf-8"))
     doc["patient_xref"] = str(demo_data / "xref.csv")
     for trust in doc["trusts"]:
         trust["archive"]["path"] = str(demo_data / trust["id"])
     doc["cursor_secret"] = CURSOR_SECRET
+    doc["audit"] = {"path": str(state / "audit.sqlite")}
+    doc["auth"]["signing_keys"] = str(state / "signing-keys.json")
+    doc["auth"]["store"] = f"sqlite:{state / 'auth-state.sqlite'}"
     return doc
 
 
@@ -80,13 +87,19 @@ def app(settings: Settings):
 
 
 class FhirClient:
-    """app.test_client() that checks every response: no 500, FHIR JSON, a valid FHIR resource."""
+    """app.test_client() that checks every response: no 500, FHIR JSON, a valid FHIR resource.
+
+    Requests carry a system-scoped token unless the test sends its own Authorization header.
+    """
 
     def __init__(self, app) -> None:
         self._client = app.test_client()
+        self.token = system_token(app)
 
     def open(self, *args: Any, **kwargs: Any):
-        response = self._client.open(*args, **kwargs)
+        headers = dict(kwargs.pop("headers", None) or {})
+        headers.setdefault("Authorization", f"Bearer {self.token}")
+        response = self._client.open(*args, headers=headers, **kwargs)
         where = f"{kwargs.get('method', 'GET')} {args[0] if args else kwargs.get('path')}"
         assert response.status_code != 500, f"{where} -> 500: {response.get_data(as_text=True)[:2000]}"
         assert response.mimetype == FHIR_JSON, f"{where} -> Content-Type {response.content_type!r}"

@@ -21,6 +21,8 @@ import pytest
 import requests
 import yaml
 
+from smart_tokens import system_token
+
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).with_name("gunicorn")
 START_TIMEOUT_S = 120
@@ -86,12 +88,23 @@ def _log(tmp_path: Path, port: int) -> str:
     return (tmp_path / f"server-{port}.log").read_text(errors="replace")[-4000:]
 
 
+def backend_token(base: str) -> dict[str, str]:
+    """A real SMART Backend Services token from the running server, through `python -m app token`."""
+    done = subprocess.run([sys.executable, "-m", "app", "token", "--base", base, "--client", "portal",
+                           "--key", str(ROOT / "config" / "demo-keys" / "portal.private.jwk.json"),
+                           "--scope", "system/ImagingStudy.rs"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return {"Authorization": f"Bearer {done.stdout.strip()}"}
+
+
 def _check_patient_search(base: str, manifest: dict[str, Any]) -> requests.Response:
     """A patient search over HTTP, paged two at a time: every page answers, the union is complete."""
     nhs = manifest["facts"]["multi_trust_patient"]["nhs_number"]
     expected = sorted(s["study_uid"] for p in manifest["patients"] if p["nhs_number"] == nhs for s in p["studies"])
+    headers = backend_token(base)
     response = requests.get(f"{base}/ImagingStudy", params={"patient.identifier": f"{NHS}|{nhs}", "_count": "2"},
-                            timeout=30)
+                            timeout=30, headers=headers)
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"].startswith("application/fhir+json")
     found: list[str] = []
@@ -105,7 +118,7 @@ def _check_patient_search(base: str, manifest: dict[str, Any]) -> requests.Respo
         if next_url is None:
             break
         assert next_url.startswith(f"{base}/ImagingStudy?")
-        page = requests.get(next_url, timeout=30)
+        page = requests.get(next_url, timeout=30, headers=headers)
         assert page.status_code == 200, page.text
         bundle = page.json()
     assert sorted(found) == expected
@@ -150,11 +163,13 @@ def test_wsgi_processes_share_paging_cursors_without_configured_secret(tmp_path,
     monkeypatch.delenv("FACADE_CURSOR_SECRET", raising=False)
     monkeypatch.delenv("FACADE_BASE_URL", raising=False)
     monkeypatch.setenv("FACADE_CONFIG", str(path))
-    worker_a, worker_b = create_app().test_client(), create_app().test_client()
+    app_a, app_b = create_app(), create_app()
+    worker_a, worker_b = app_a.test_client(), app_b.test_client()
+    auth = {"Authorization": f"Bearer {system_token(app_a)}"}  # both workers share the signing keys file
     nhs = max(manifest["patients"], key=lambda p: sum("bolton" in s["trusts"] for s in p["studies"]))["nhs_number"]
-    first = worker_a.get(f"/fhir/ImagingStudy?patient={nhs}&_count=1").get_json()
+    first = worker_a.get(f"/fhir/ImagingStudy?patient={nhs}&_count=1", headers=auth).get_json()
     next_url = next(x["url"] for x in first["link"] if x["relation"] == "next")
     path_and_query = next_url.split("://", 1)[1].split("/", 1)[1]
-    assert worker_a.get(f"/{path_and_query}").status_code == 200
-    followed = worker_b.get(f"/{path_and_query}")
+    assert worker_a.get(f"/{path_and_query}", headers=auth).status_code == 200
+    followed = worker_b.get(f"/{path_and_query}", headers=auth)
     assert followed.status_code == 200, followed.get_json()

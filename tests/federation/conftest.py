@@ -90,9 +90,13 @@ def reset_faults(trust_servers: dict[str, TrustServer]) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def federation_document(demo_data: Path) -> dict[str, Any]:
+def federation_document(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """config/demo.yaml with folders replaced by DICOMweb archives (urls filled in per build)."""
     doc = yaml.safe_load(DEMO_CONFIG.read_text(encoding="utf-8"))
+    state = tmp_path_factory.mktemp("federation-state")
+    doc["audit"] = {"path": str(state / "audit.sqlite")}
+    doc["auth"]["signing_keys"] = str(state / "signing-keys.json")
+    doc["auth"]["store"] = f"sqlite:{state / 'auth-state.sqlite'}"
     doc["patient_xref"] = str(demo_data / "xref.csv")
     doc["cursor_secret"] = CURSOR_SECRET
     doc["base_url"] = BASE_URL

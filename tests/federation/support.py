@@ -12,8 +12,10 @@ from flask import Flask
 
 try:  # pytest "prepend" import mode puts tests/ on sys.path (tests/conftest.py does the same)
     from fhir_validation import validate_resource
+    from smart_tokens import system_token
 except ImportError:  # pragma: no cover - tests/ turned into a package
     from tests.fhir_validation import validate_resource
+    from tests.smart_tokens import system_token
 
 from app.service import Facade
 from tests.infra.faultproxy import FaultProxy
@@ -46,10 +48,11 @@ class FhirClient:
 
     def __init__(self, app: Flask) -> None:
         self._client = app.test_client()
+        self._auth = {"Authorization": f"Bearer {system_token(app)}"}
 
     def get(self, path: str, query: Iterable[tuple[str, str]] | dict[str, str] | None = None) -> Any:
         params = list(query.items()) if isinstance(query, dict) else list(query or ())
-        response = self._client.get(BASE_PATH + path, query_string=params)
+        response = self._client.get(BASE_PATH + path, query_string=params, headers=self._auth)
         where = f"GET {path} {params}"
         text = response.get_data(as_text=True)[:2000]
         assert response.status_code < 500, f"{where} -> {response.status_code}: {text}"
