@@ -265,6 +265,21 @@ def process_cpu_s(pid: int, children: bool = False) -> float:
 
 
 # ----------------------------------------------------------------------------- facade servers
+def _portal_client() -> dict[str, Any]:
+    demo = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text(encoding="utf-8"))
+    return next(c for c in demo["auth"]["clients"] if c["client_id"] == "portal")
+
+
+def _backend_token(base: str) -> str:
+    """SMART Backend Services against the running facade (python -m app token)."""
+    done = subprocess.run([sys.executable, "-m", "app", "token", "--base", base, "--client", "portal",
+                           "--key", str(ROOT / "config" / "demo-keys" / "portal.private.jwk.json"),
+                           "--scope", "system/ImagingStudy.rs"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, check=True)
+    return done.stdout.strip()
+
+
+
 class Facade:
     """`gunicorn wsgi:app` (gthread) with FACADE_CONFIG pointing to a temp YAML, on a free loopback port."""
 
@@ -280,7 +295,12 @@ class Facade:
                            "circuit_breaker": {"threshold": threshold, "cooldown_s": cooldown_s},
                            "cache_ttl_s": 0},
             "trusts": trusts,
+            # Secured as in production: every search carries a token the facade validates.
+            "audit": {"path": str(workdir / f"audit-{label}.sqlite")},
+            "auth": {"mode": "embedded", "signing_keys": str(workdir / f"keys-{label}.json"),
+                     "store": f"sqlite:{workdir / f'auth-{label}.sqlite'}", "clients": [_portal_client()]},
         }
+        self.token = ""
         self.settings = settings_from_document(doc, workdir, f"<bench {label}>")  # validates the document
         self.config = workdir / f"facade-{label}.yaml"
         self.config.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
@@ -310,6 +330,7 @@ class Facade:
                                    + self.log_path.read_text(errors="replace")[-3000:])
             try:
                 if session.get(f"{self.base}/metadata", timeout=2).status_code == 200:
+                    self.token = _backend_token(self.base)
                     return
             except requests.RequestException:
                 pass
@@ -366,7 +387,8 @@ class Client:
     def search(self, facade: Facade, nhs: str) -> Answer:
         url = f"{facade.base}/ImagingStudy?patient.identifier={NHS_SYSTEM}|{nhs}&_count=200"
         began = time.perf_counter()
-        reply = self.session.get(url, timeout=30, headers={"Accept": "application/fhir+json"})
+        reply = self.session.get(url, timeout=30, headers={"Accept": "application/fhir+json",
+                                                           "Authorization": f"Bearer {facade.token}"})
         seconds = time.perf_counter() - began  # the body is read; decoding it is not the facade's time
         body = reply.json() if reply.content else None
         return Answer(began, seconds, reply.status_code, body)
