@@ -69,9 +69,15 @@ def demo(host: str, port: int) -> int:
     if ensure_demo_data(DEMO_DATA):
         print(f"generated the demo dataset in {DEMO_DATA}")
     base = f"http://{host}:{port}/fhir"
-    print(f"\nGM imaging FHIR facade (demo) at {base}\nTry:\n"
-          f"  curl -s '{base}/ImagingStudy?patient.identifier=https://fhir.nhs.uk/Id/nhs-number|"
-          f"{_first_demo_patient()}&_include=ImagingStudy:endpoint'\n", flush=True)
+    key = DEMO_CONFIG.parent / "demo-keys" / "portal.private.jwk.json"
+    print(f"\nGM imaging FHIR facade (demo) at {base}\n"
+          f"Every call needs a SMART token. Get one as the shared care record portal, then search:\n"
+          f"  TOKEN=$(.venv/bin/python -m app token --base {base} --client portal --key {key.relative_to(ROOT)} "
+          f"--scope 'system/ImagingStudy.rs system/Endpoint.rs system/Patient.rs')\n"
+          f"  curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/ImagingStudy?patient.identifier="
+          f"https://fhir.nhs.uk/Id/nhs-number|{_first_demo_patient()}&_include=ImagingStudy:endpoint'\n"
+          f"The sample SMART app (standalone launch; user dr.khan, password imaging-demo):\n"
+          f"  http://{host}:{port}/apps/imaging-timeline/\n", flush=True)
     os.environ.setdefault(BASE_URL_ENV, base)
     return serve(str(DEMO_CONFIG), host, port, workers=2, threads=8)
 

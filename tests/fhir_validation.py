@@ -83,15 +83,15 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import jsonschema
 import jsonschema.validators
+from fhir.resources.R4B import get_fhir_model_class
 from jsonschema.exceptions import ValidationError as SchemaValidationError
 from pydantic import ValidationError as ModelValidationError
-
-from fhir.resources.R4B import get_fhir_model_class
 
 __all__ = ["FHIR_SCHEMA_PATH", "REPO_ROOT", "FHIRSchemaMissingError", "validate_resource"]
 
@@ -112,7 +112,7 @@ class FHIRSchemaMissingError(FileNotFoundError):
 # --------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_schema() -> dict[str, Any]:
     if not FHIR_SCHEMA_PATH.is_file():
         raise FHIRSchemaMissingError(
@@ -125,12 +125,12 @@ def _load_schema() -> dict[str, Any]:
         return json.load(fh)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _resource_types() -> frozenset[str]:
     return frozenset(_load_schema()["discriminator"]["mapping"])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _prepared_schema() -> dict[str, Any]:
     """fhir.schema.json with a few narrow, documented patches.
 
@@ -215,7 +215,7 @@ def _dispatch_on_resource_type(validator, _value, instance, _schema) -> Iterator
     yield from validator.descend(instance, _definitions()[resource_type])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _schema_validator() -> jsonschema.protocols.Validator:
     # Pick the validator class from "$schema" (draft-06) rather than guessing.
     base_cls = jsonschema.validators.validator_for(_load_schema())
@@ -241,7 +241,7 @@ def _schema_problems(resource: dict) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model_class(resource_type: str):
     try:
         return get_fhir_model_class(resource_type)

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 import requests
 import yaml
-
 from smart_tokens import system_token
 
 ROOT = Path(__file__).resolve().parent.parent

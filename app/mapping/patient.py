@@ -105,7 +105,9 @@ def patient_resource(nhs_number: str, studies: Iterable[dj.Dataset]) -> dict[str
     Where archives disagree the most frequent value wins (ties: the smallest), so the answer is
     deterministic; disagreements are reported by the federation layer.
     """
-    names, births, sexes = [], [], []
+    names: list[str] = []
+    births: list[str] = []
+    sexes: list[str] = []
     for study in studies:
         names.extend(n for n in (dj.person_name_text(v) for v in dj.values(study, dj.PATIENT_NAME)) if n)
         birth = dj.first_text(study, dj.PATIENT_BIRTH_DATE)

@@ -220,7 +220,7 @@ PREPARE["performers"] = _prepare_performers
 @transform
 def performers(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, Any], ctx: MappingContext) -> Any:
     """PerformingPhysicianName and OperatorsName, each as performer with its role."""
-    out = []
+    out: list[dict[str, Any]] = []
     for tag, function in zip(tags, args["functions"], strict=True):
         item = ds.get(tag)
         if item is not None:

@@ -93,7 +93,8 @@ class EmbeddedAuthServer:
     def patient_name(self, nhs_number: str) -> str | None:
         patient, _ = self.facade.federation.patient(nhs_number)
         names = (patient or {}).get("name") or [{}]
-        return names[0].get("text")
+        text = names[0].get("text")
+        return str(text) if text else None
 
     def find_patients(self, query: str) -> tuple[list[dict[str, str]], str | None]:
         """Patient picker search by NHS number (validated before any archive is asked)."""

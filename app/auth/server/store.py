@@ -93,11 +93,11 @@ class RedisAuthStore:
 
     def get(self, kind: str, key: str) -> dict[str, Any] | None:
         found = self._redis.get(self._key(kind, key))
-        return orjson.loads(found) if found else None  # type: ignore[arg-type]
+        return orjson.loads(found) if found else None
 
     def take(self, kind: str, key: str) -> dict[str, Any] | None:
         found = self._redis.getdel(self._key(kind, key))
-        return orjson.loads(found) if found else None  # type: ignore[arg-type]
+        return orjson.loads(found) if found else None
 
     def add_once(self, kind: str, key: str, ttl_s: float) -> bool:
         return bool(self._redis.set(self._key(kind, key), b"{}", nx=True, px=max(int(ttl_s * 1000), 1)))
