@@ -21,11 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `import app` whatever directory pytest is started from
     sys.path.insert(0, str(ROOT))
 
+from demo_dataset import demo_dataset  # noqa: E402
 from smart_tokens import system_token  # noqa: E402
 
 from app import create_app  # noqa: E402
 from app.config import BASE_URL_ENV, CURSOR_SECRET_ENV, Settings, settings_from_document  # noqa: E402
-from app.demo.generate import generate  # noqa: E402
 
 try:  # pytest "prepend" import mode puts tests/ on sys.path (no __init__.py)
     from fhir_validation import validate_resource
@@ -43,11 +43,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def demo_data() -> Path:
     """The demo dataset, generated once per session (deterministic: default seed)."""
-    out = tmp_path_factory.mktemp("demo-data")
-    generate(out)
-    return out
+    return demo_dataset()
 
 
 @pytest.fixture(scope="session")

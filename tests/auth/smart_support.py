@@ -7,16 +7,13 @@ the audit SQLite file with their own connection. Nothing in app/ is mocked.
 
 from __future__ import annotations
 
-import atexit
 import base64
 import hashlib
 import hmac
 import json
 import re
 import secrets
-import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 import uuid
@@ -27,38 +24,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+from demo_dataset import demo_dataset
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCE_DATA = ROOT / "demo-data"
 DEMO_CONFIG = ROOT / "config" / "demo.yaml"
 
 
-def _snapshot(source: Path, attempts: int = 20) -> Path:
-    """A private, consistent copy of the demo dataset for this test session.
-
-    demo-data is shared (a symlink into another worktree) and may be regenerated while the suite
-    runs; the manifest and the DICOM files the app indexes must come from the same generation. A
-    copy is accepted when the manifest's file count matches the files copied.
-    """
-    for _ in range(attempts):
-        target = Path(tempfile.mkdtemp(prefix="auth-demo-data-"))
-        try:
-            shutil.copytree(source, target / "data", symlinks=False)
-            manifest = json.loads((target / "data" / "manifest.json").read_text(encoding="utf-8"))
-            files = sum(1 for _ in (target / "data").rglob("*.dcm"))
-            if files == manifest["counts"]["files"]:
-                atexit.register(shutil.rmtree, target, True)
-                return target / "data"
-        except (OSError, ValueError, KeyError, shutil.Error):
-            pass
-        shutil.rmtree(target, ignore_errors=True)
-        time.sleep(3)
-    raise RuntimeError(f"could not take a consistent copy of {source} (is it being regenerated?)")
-
-
-DEMO_DATA = _snapshot(SOURCE_DATA)
+DEMO_DATA = demo_dataset()
 MANIFEST: dict[str, Any] = json.loads((DEMO_DATA / "manifest.json").read_text(encoding="utf-8"))
 
 BASE_URL = "http://127.0.0.1:8080/fhir"
