@@ -170,6 +170,8 @@ class _Pending:
             answer = TrustAnswer(self.trust)
             for found in self.results["studies"]:
                 _add_studies(answer, found)
+            if "series" not in self.jobs:
+                return answer
             for query, found in zip(self.queries, self.results["series"], strict=True):
                 _add_series(answer, found, query)
         answer.note(_series_shortfall(answer))
@@ -177,7 +179,8 @@ class _Pending:
 
 
 def fan_out(trusts: list[TrustArchive], plans: dict[str, list[StudyQuery]], with_instances: bool,
-            deadline_s: float, issues: list[dict[str, Any]], on_answer: Callable[[TrustAnswer], None]) -> None:
+            deadline_s: float, issues: list[dict[str, Any]], on_answer: Callable[[TrustAnswer], None],
+            studies_only: bool = False) -> None:
     """Ask every planned trust in parallel; `on_answer` gets each complete answer, in arrival order.
 
     A trust whose circuit is open is not asked; one that fails, or does not answer within
@@ -194,7 +197,9 @@ def fan_out(trusts: list[TrustArchive], plans: dict[str, list[StudyQuery]], with
             issues.append(failure_issue(trust, str(exc)))
             continue
         deadline = started + min(trust.timeout_s, deadline_s)
-        if _parallel_series(trust, queries, with_instances):
+        if studies_only:
+            jobs = {"studies": trust.pool.submit(_studies, trust, queries, deadline)}
+        elif _parallel_series(trust, queries, with_instances):
             jobs = {"studies": trust.pool.submit(_studies, trust, queries, deadline),
                     "series": trust.pool.submit(_series, trust, queries, deadline)}
         else:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any
 
-from .archives.protocol import Dataset, PatientKey, StudyQuery
+from .archives.protocol import Dataset, NameQuery, PatientKey, StudyQuery
 from .fanout import TrustAnswer, TrustArchive, fan_out
 from .fhir.dates import DateRange, DateValueError, dicom_bounds, parse_range
 from .fhir.params import StudySearch
@@ -144,6 +144,26 @@ class Federation:
         for _, other, trust in found[1:]:
             study = merge_copies(study, other, trust.mapping)
         return study
+
+    def patients_by_name(self, name: NameQuery) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Patients whose name starts so, from every archive (studies only: no series are asked for).
+
+        Only records that resolve to a valid NHS number are returned, as Patients keyed by it.
+        """
+        issues: list[dict[str, Any]] = []
+        records: dict[str, list[Dataset]] = defaultdict(list)
+
+        def collect(answer: TrustAnswer) -> None:
+            rule = answer.trust.settings.nhs_number
+            for study in answer.studies:
+                nhs = nhs_number_of(study, rule.match, rule.issuer, answer.trust.settings.id, self.xref.reverse)
+                if nhs:
+                    records[nhs].append(study)
+
+        plans = {t.settings.id: [StudyQuery(patient_name=name)] for t in self.trusts}
+        fan_out(self.trusts, plans, False, self.deadline_s, issues, collect, studies_only=True)
+        found = [patient_resource(nhs, studies) for nhs, studies in records.items()]
+        return sorted(found, key=lambda p: ((p.get("name") or [{}])[0].get("text", ""), p["id"])), issues
 
     def patient(self, nhs_number: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """The Patient for an NHS number from the imaging records of every trust, or None."""

@@ -23,7 +23,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from . import attributes, budget
-from .protocol import ArchiveError, Dataset, Found, StudyQuery
+from .protocol import ArchiveError, Dataset, Found, NameQuery, StudyQuery
 
 _SAFE = "-._~:^,"  # left unescaped in values (RFC 3986 unreserved plus what QIDO needs verbatim)
 _JSON_TYPES = ("application/dicom+json", "application/json")
@@ -36,6 +36,11 @@ class ArchiveRetryLater(ArchiveError):
     def __init__(self, archive: str, reason: str, retry_after_s: float) -> None:
         super().__init__(archive, reason)
         self.retry_after_s = retry_after_s
+
+
+def pn_pattern(name: NameQuery) -> str:
+    """`FAMILY*` or `FAMILY^GIVEN*`: the name's start, the one wildcard added by us, never by the user."""
+    return f"{name.family}^{name.given}*" if name.given else f"{name.family}*"
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -132,11 +137,14 @@ class DicomWebArchive:
             keys.append(("ModalitiesInStudy", ",".join(query.modalities)))
         if query.date_from or query.date_to:
             keys.append(("StudyDate", f"{query.date_from or ''}-{query.date_to or ''}"))
+        if query.patient_name is not None:
+            keys.append(("PatientName", pn_pattern(query.patient_name)))
         return keys
 
     @staticmethod
     def _query_string(keys: list[tuple[str, str]], fields: tuple[str, ...], offset: int, limit: int) -> str:
-        parts = [f"{k}={quote(v, safe=_SAFE)}" for k, v in keys]
+        # The only wildcard ever sent is the one pn_pattern() appends to a validated name.
+        parts = [f"{k}={quote(v, safe=_SAFE + ('*' if k == 'PatientName' else ''))}" for k, v in keys]
         parts += [f"includefield={f}" for f in fields]
         parts += [f"limit={limit}", f"offset={offset}"]
         return "&".join(parts)

@@ -26,6 +26,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
 from . import attributes
+from .dicomweb import pn_pattern
 from .protocol import ArchiveError, Dataset, Found, StudyQuery, is_plain_key
 
 FIND = StudyRootQueryRetrieveInformationModelFind
@@ -42,7 +43,10 @@ Keys = dict[str, Any]
 def identifier(level: str, keys: Keys, return_keys: tuple[str, ...]) -> DicomDataset:
     """A C-FIND identifier: empty return keys, then exact keys (a list only for UIDs)."""
     values = [v for value in keys.values() for v in (value if isinstance(value, list) else [value])]
-    if not all(isinstance(v, str) and is_plain_key(v) for v in values):
+    # The one wildcard allowed: the trailing `*` pn_pattern() puts after a validated name.
+    plain = [v[:-1] if k == "PatientName" and isinstance(v, str) and v.endswith("*") else v
+             for k, value in keys.items() for v in (value if isinstance(value, list) else [value])]
+    if not all(isinstance(v, str) and is_plain_key(v) for v in plain):
         raise ValueError("a C-FIND key may not be empty or hold DICOM wildcard or list characters")
     ds = DicomDataset()
     for tag in (tag_for_keyword(k) or 0 for k in return_keys if k not in _NOT_KEYS):
@@ -88,6 +92,8 @@ def study_keys(query: StudyQuery) -> Keys:
         keys["StudyDate"] = f"{query.date_from or ''}-{query.date_to or ''}"
     if len(query.modalities) == 1:
         keys["ModalitiesInStudy"] = query.modalities[0]
+    if query.patient_name is not None:
+        keys["PatientName"] = pn_pattern(query.patient_name)
     return keys
 
 

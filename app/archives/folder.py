@@ -16,7 +16,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 
 from . import attributes
-from .protocol import ArchiveError, Dataset, Found, StudyQuery
+from .protocol import ArchiveError, Dataset, Found, NameQuery, StudyQuery
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,17 @@ def _select(ds: pydicom.Dataset, level: str) -> Dataset:
             element = ds[tag]
             out[f"{tag:08X}"] = element.to_json_dict(bulk_data_element_handler=None, bulk_data_threshold=1 << 20)
     return out
+
+
+def _name_matches(study: Dataset, wanted: NameQuery) -> bool:
+    """DICOM PN wildcard matching of `Family*` / `Family^Given*`, case-insensitive as QIDO archives do."""
+    value = (study.get("00100010", {}).get("Value") or [{}])[0]
+    alphabetic = value.get("Alphabetic", "") if isinstance(value, dict) else str(value)
+    family, _, rest = alphabetic.partition("^")
+    given = rest.split("^", 1)[0]
+    if wanted.given is None:
+        return family.casefold().startswith(wanted.family.casefold())
+    return family.casefold() == wanted.family.casefold() and given.casefold().startswith(wanted.given.casefold())
 
 
 def _first(ds: Dataset, tag: str) -> str | None:
@@ -97,6 +108,8 @@ class FolderArchive:
         if query.study_uids and study_uid not in query.study_uids:
             return False
         if query.accession_number is not None and _first(study, "00080050") != query.accession_number:
+            return False
+        if query.patient_name is not None and not _name_matches(study, query.patient_name):
             return False
         if query.modalities:
             held = set(study.get("00080061", {}).get("Value") or [])

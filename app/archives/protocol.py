@@ -7,6 +7,7 @@ constructors below refuse that.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -33,6 +34,26 @@ class PatientKey:
             raise ValueError("a patient key may not contain DICOM wildcard or list characters")
 
 
+_NAME = re.compile(r"^[^\W\d_]+(?:[ '-][^\W\d_]+)*$")
+
+
+@dataclass(frozen=True)
+class NameQuery:
+    """A patient picker's name search: family name, optionally a given name, each matched from its start.
+
+    Only letters with single spaces, hyphens or apostrophes between them: the adapter appends the one
+    trailing wildcard itself, so a user's `*`, `?`, `\\` or `,` can never reach an archive.
+    """
+
+    family: str
+    given: str | None = None
+
+    def __post_init__(self) -> None:
+        for part in (self.family, self.given):
+            if part is not None and (len(part) < 2 or len(part) > 64 or not _NAME.match(part)):
+                raise ValueError("a name search needs letters only (at least two per name)")
+
+
 @dataclass(frozen=True)
 class StudyQuery:
     """What to ask an archive. Empty fields do not constrain; dates are inclusive YYYYMMDD bounds."""
@@ -45,6 +66,7 @@ class StudyQuery:
     modalities: tuple[str, ...] = ()
     date_from: str | None = None
     date_to: str | None = None
+    patient_name: NameQuery | None = None
 
     def __post_init__(self) -> None:
         keys = [*self.study_uids, *self.modalities]
@@ -57,7 +79,7 @@ class StudyQuery:
     def is_bounded(self) -> bool:
         """True when the query names a patient or an object: never a scan of a whole archive."""
         return bool(self.patient or self.study_uids or self.series_uid or self.sop_instance_uid
-                    or self.accession_number)
+                    or self.accession_number or self.patient_name)
 
 
 @dataclass

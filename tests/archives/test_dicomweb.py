@@ -22,7 +22,7 @@ import requests
 
 from app.archives.dicomweb import ArchiveRetryLater, DicomWebArchive
 from app.archives.folder import FolderArchive
-from app.archives.protocol import ArchiveError, Dataset, Found, PatientKey, StudyQuery
+from app.archives.protocol import ArchiveError, Dataset, Found, NameQuery, PatientKey, StudyQuery
 from tests.infra import free_port
 from tests.infra.faultproxy import FAULT_KINDS, FaultProxy
 from tests.infra.orthanc import OrthancServer
@@ -465,3 +465,38 @@ def test_auth_headers_reach_the_upstream(proxy: FaultProxy, folder: FolderArchiv
 def test_no_auth_header_without_auth(web: DicomWebArchive, proxy: FaultProxy, busy_patient: str) -> None:
     web.find_studies(key(busy_patient))
     assert "Authorization" not in proxy.request_headers[0]
+
+
+# -- patient picker name search ---------------------------------------------------------------
+def _ascii_family(folder: FolderArchive) -> str:
+    """An ASCII family name held at this trust (Orthanc 1.10 cannot match non-ASCII QIDO values)."""
+    names = sorted({s["00100010"]["Value"][0]["Alphabetic"]
+                    for s in folder.find_studies(StudyQuery(date_from="19000101")).datasets})
+    return next(n.split("^")[0] for n in names if n.split("^")[0].isascii() and n.split("^")[0].isalpha())
+
+
+def test_name_search_sends_one_trailing_wildcard_and_matches_folder(folder: FolderArchive, proxy: FaultProxy) -> None:
+    """The picker's name search: the only wildcard upstream is the one the adapter appends to a
+    validated name (so not the `web` fixture, which asserts no wildcard at all)."""
+    family = _ascii_family(folder)
+    query = StudyQuery(patient_name=NameQuery(family[:3]))
+    archive = DicomWebArchive(TRUST, proxy.url, timeout_s=10)
+    try:
+        assert_same(archive.find_studies(query), folder.find_studies(query))
+    finally:
+        archive.close()
+    flagged = proxy.wildcard_requests()
+    assert flagged and all(f"PatientName={family[:3]}*&" in target for target in flagged), flagged
+    assert all(target.count("*") == 1 for target in flagged)
+
+
+@pytest.mark.parametrize("family", ["*", "Sm*", "S", "Sm?th", "Smith,Jones", "Smith\\Jones", "Sm%", "O''Brien",
+                                    "Smith1", " "])
+def test_name_query_refuses_anything_but_letters(family: str) -> None:
+    with pytest.raises(ValueError):
+        NameQuery(family)
+
+
+def test_name_query_accepts_hyphens_apostrophes_and_accents() -> None:
+    assert NameQuery("O'Brien", "Zoë").family == "O'Brien"
+    assert NameQuery("Smith-Jones").given is None

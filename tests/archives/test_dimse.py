@@ -294,3 +294,13 @@ def test_c_find_statuses_and_dimse_timeout(scp: tuple[int, list[str]]) -> None:
     found = legacy.find_studies(query)
     assert found == Found([{"0020000D": {"vr": "UI", "Value": ["1.2.3"]}}], incomplete="cancelled")
     legacy.close()
+
+
+def test_identifier_allows_only_the_name_searchs_trailing_wildcard() -> None:
+    from app.archives.dimse import identifier
+
+    assert identifier("STUDY", {"PatientName": "Smi*"}, ()).PatientName == "Smi*"
+    for keys in ({"PatientName": "*"}, {"PatientName": "S*m*"}, {"PatientID": "943*"},
+                 {"AccessionNumber": "A?"}, {"PatientName": "Smith\\Jones*"}):
+        with pytest.raises(ValueError):
+            identifier("STUDY", keys, ())

@@ -19,6 +19,7 @@ from flask import Flask
 from joserfc import jwt
 from joserfc.errors import JoseError
 
+from ...archives.protocol import NameQuery
 from ...config import Settings
 from ...mapping.patient import nhs_number_problem
 from ..tokens import AccessClaims, InvalidToken, JwksSource, JwtValidator
@@ -97,7 +98,11 @@ class EmbeddedAuthServer:
         return str(text) if text else None
 
     def find_patients(self, query: str) -> tuple[list[dict[str, str]], str | None]:
-        """Patient picker search by NHS number (validated before any archive is asked)."""
+        """Patient picker search: an NHS number, or a family name (and given name) matched from its start.
+
+        Both are validated before any archive is asked; the name's one trailing wildcard is added by
+        the adapters, never taken from what the user typed.
+        """
         digits = query.replace(" ", "")
         if digits.isdigit():
             problem = nhs_number_problem(digits)
@@ -105,9 +110,16 @@ class EmbeddedAuthServer:
                 return [], problem
             patient, _ = self.facade.federation.patient(digits)
             return ([_summary(patient)] if patient else []), None if patient else "No imaging records found."
-        # Searching every archive by name would need a wildcard name match upstream; until a regional
-        # patient index is wired in, the picker asks for the NHS number (stated in the README).
-        return [], "Search by NHS number (10 digits): name search is not available yet."
+        words = query.replace(",", " ").split()
+        try:
+            name = NameQuery(words[0], words[1] if len(words) > 1 else None)
+        except (ValueError, IndexError):
+            return [], "Type an NHS number, or a family name (and a given name): letters only, two at least."
+        found, _issues = self.facade.federation.patients_by_name(name)
+        if not found:
+            return [], "No patient with that name has imaging records."
+        more = "More than 50 patients match: be more precise." if len(found) > 50 else None
+        return [_summary(p) for p in found[:50]], more
 
     # -- tokens ----------------------------------------------------------------------------
     def _decode_own(self, token: str) -> dict[str, Any] | None:
