@@ -25,6 +25,7 @@ from ..mapping.patient import nhs_number_problem
 
 ALLOWED_ALGORITHMS = ("RS256", "RS384", "ES256", "ES384")
 CLOCK_SKEW_S = 30
+VERIFIED_CACHE_SIZE = 4096
 _MAX_AGE = re.compile(r"max-age=(\d+)")
 
 
@@ -138,8 +139,27 @@ class JwtValidator:
         self.audience = audience
         self.jwks = jwks
         self.is_revoked = is_revoked
+        self._verified: dict[str, AccessClaims] = {}
+        self._lock = threading.Lock()
 
     def validate(self, token: str) -> AccessClaims:
+        """The token's claims. A verified token is remembered (bounded, until it expires) so that its
+        signature is checked once; expiry and revocation are checked on every call."""
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._verify(token)
+            with self._lock:
+                if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                    self._verified.pop(next(iter(self._verified)))
+                self._verified[token] = claims
+        if claims.expires_at and claims.expires_at < time.time() - CLOCK_SKEW_S:
+            self._verified.pop(token, None)
+            raise InvalidToken("the token has expired")
+        if self.is_revoked is not None and claims.jti and self.is_revoked(claims.jti):
+            raise InvalidToken("the token has been revoked")
+        return claims
+
+    def _verify(self, token: str) -> AccessClaims:
         try:
             decoded = jwt.decode(token, self._resolve_key, algorithms=list(ALLOWED_ALGORITHMS))
         except InvalidToken:
@@ -158,10 +178,7 @@ class JwtValidator:
             registry.validate(decoded.claims)
         except JoseError as exc:
             raise InvalidToken(_describe(exc)) from None
-        claims = claims_from_payload(decoded.claims)
-        if self.is_revoked is not None and claims.jti and self.is_revoked(claims.jti):
-            raise InvalidToken("the token has been revoked")
-        return claims
+        return claims_from_payload(decoded.claims)
 
     def _resolve_key(self, guest: Any) -> KeySet:
         kid = guest.headers().get("kid")
