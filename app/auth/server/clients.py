@@ -15,6 +15,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..protect import FILTERABLE
+from ..scopes import Grant, parse_scope
 from ..tokens import JwksSource
 
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
@@ -36,6 +38,13 @@ def check_secret(secret: str, stored: str) -> bool:
         return False
     found = hashlib.scrypt(secret.encode(), salt=base64.b64decode(salt), dklen=32, **_SCRYPT)
     return hmac.compare_digest(found, base64.b64decode(digest))
+
+
+def _covers(registered: Grant, asked: Grant) -> bool:
+    return (registered.context == asked.context
+            and registered.resource_type in ("*", asked.resource_type)
+            and asked.interactions <= registered.interactions
+            and (not registered.filters or registered.filters == asked.filters))
 
 
 @dataclass(frozen=True)
@@ -75,9 +84,19 @@ class Client:
         return self.redirect_uris[0] if len(self.redirect_uris) == 1 else None
 
     def get_allowed_scope(self, scope: str) -> str:
-        """Requested scopes cut to the registration (SMART checklist 22): never more."""
-        allowed = set(self.scope.split())
-        return " ".join(s for s in dict.fromkeys((scope or "").split()) if s in allowed)
+        """Requested scopes cut to the registration (SMART checklist 22): never more, but a narrower
+        resource scope (one type of `*`, `read` or `rs` of `*.rs`, v1 or v2) is granted as asked."""
+        registered = self.scope.split()
+        grants = [g for g in (parse_scope(s, FILTERABLE) for s in registered) if g is not None]
+        out = []
+        for wanted in dict.fromkeys((scope or "").split()):
+            if wanted in registered:
+                out.append(wanted)
+                continue
+            asked = parse_scope(wanted, FILTERABLE)
+            if asked is not None and any(_covers(g, asked) for g in grants):
+                out.append(wanted)
+        return " ".join(out)
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
         return redirect_uri in self.redirect_uris  # exact match, no prefixes or patterns

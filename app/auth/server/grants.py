@@ -16,7 +16,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from authlib.oauth2.rfc6749 import InvalidClientError, InvalidGrantError, InvalidRequestError, grants
+from authlib.oauth2.rfc6749 import (
+    InvalidClientError,
+    InvalidGrantError,
+    InvalidRequestError,
+    InvalidScopeError,
+    grants,
+)
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7636 import CodeChallenge
 from joserfc import jwt
@@ -103,9 +109,12 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
 
     def save_authorization_code(self, code: str, request: Any) -> None:
         grantee: Grantee = request.user
+        scope = request.client.get_allowed_scope(request.scope or "")
+        if grantee.patient is None:  # patient scopes without a patient context are not granted (fail closed)
+            scope = " ".join(s for s in scope.split() if not s.startswith("patient/"))
         self.store.put("code", _hash(code), {
             "client_id": request.client.client_id, "redirect_uri": request.payload.redirect_uri,
-            "scope": request.scope, "code_challenge": request.payload.data.get("code_challenge"),
+            "scope": scope, "code_challenge": request.payload.data.get("code_challenge"),
             "grantee": asdict(grantee)}, CODE_TTL_S)
 
     def query_authorization_code(self, code: str, client: Client) -> StoredCode | None:
@@ -127,6 +136,7 @@ class StoredRefresh:
     scope: str
     family: str
     grantee: dict[str, Any]
+    key: str = ""
 
     def check_client(self, client: Client) -> bool:
         return self.client_id == client.client_id
@@ -141,8 +151,9 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
     store: AuthStore
 
     def authenticate_refresh_token(self, refresh_token: str) -> StoredRefresh | None:
+        """Looked up, not yet used up: a request refused for its client or scope leaves it valid."""
         key = _hash(refresh_token)
-        found = self.store.take("refresh", key)
+        found = self.store.get("refresh", key)
         if found is None:
             family = self.store.get("refresh-used", key)
             if family is not None:  # reuse of a rotated token: revoke everything issued from it
@@ -150,8 +161,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             return None
         if self.store.get("family-revoked", found["family"]) is not None:
             return None
-        self.store.put("refresh-used", key, {"family": found["family"]}, 90 * 86400)
-        return StoredRefresh(**found)
+        return StoredRefresh(**found, key=key)
 
     def authenticate_user(self, refresh_token: StoredRefresh) -> Grantee:
         from flask import g
@@ -160,7 +170,12 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         return Grantee(**refresh_token.grantee)
 
     def revoke_old_credential(self, refresh_token: StoredRefresh) -> None:
-        """Taken (and marked used) when it was authenticated."""
+        """Rotation: the old token is used up atomically; if another request used it first, this is
+        reuse, and the family is revoked (the token just issued with it included)."""
+        if self.store.take("refresh", refresh_token.key) is None:
+            self.store.put("family-revoked", refresh_token.family, {}, 90 * 86400)
+            raise InvalidGrantError("the refresh token was already used")
+        self.store.put("refresh-used", refresh_token.key, {"family": refresh_token.family}, 90 * 86400)
 
 
 class SmartClientAssertion(JWTBearerClientAssertion):
@@ -211,6 +226,18 @@ class SmartClientAssertion(JWTBearerClientAssertion):
 
 class ClientCredentialsGrant(grants.ClientCredentialsGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = ["private_key_jwt"]
+
+    def validate_token_request(self) -> None:
+        """Backend services: the scopes asked for, cut to the client's registration; none left is an error."""
+        super().validate_token_request()
+        if not self.request.client.get_allowed_scope(self.request.payload.scope or ""):
+            raise InvalidScopeError("none of the requested scopes is registered for this client")
+
+    def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+        scope = self.request.client.get_allowed_scope(self.request.payload.scope or "")
+        token = self.generate_token(scope=scope, include_refresh_token=False)
+        self.save_token(token)
+        return 200, token, self.TOKEN_RESPONSE_HEADER
 
 
 class TokenIssuer:

@@ -187,20 +187,22 @@ def revoke() -> Response:
 def introspect() -> Response:
     """RFC 7662: 200 with active true/false; the caller must be a registered client or hold a token."""
     smart = server()
-    if _calling_client() is None and not smart.bearer_is_active(request.headers.get("Authorization")):
+    caller = _calling_client(public_allowed=False)
+    if caller is None and not smart.bearer_is_active(request.headers.get("Authorization")):
         return Response(orjson.dumps({"error": "invalid_client"}), 401, content_type="application/json",
                         headers={"WWW-Authenticate": 'Basic realm="introspection"'})
     body = smart.introspect(request.form.get("token", ""))
     return Response(orjson.dumps(body), 200, content_type="application/json", headers={"Cache-Control": "no-store"})
 
 
-def _calling_client() -> Any:
-    """The client authenticated by this request (basic, post, private_key_jwt or public client_id)."""
+def _calling_client(public_allowed: bool = True) -> Any:
+    """The client authenticated by this request (basic, post, private_key_jwt; a public client's bare
+    client_id only where `public_allowed`: revoking its own tokens, never introspecting)."""
     smart = server()
+    methods = ["client_secret_basic", "client_secret_post", "private_key_jwt"] + (["none"] if public_allowed else [])
     try:
         oauth_request = smart.authorization.create_oauth2_request(request)
-        return smart.authorization.authenticate_client(
-            oauth_request, ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"], "revocation")
+        return smart.authorization.authenticate_client(oauth_request, methods, "revocation")
     except OAuth2Error:
         return None
 
