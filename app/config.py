@@ -63,6 +63,7 @@ class Settings:
     trusts: tuple[TrustSettings, ...]
     auth: dict[str, Any]
     audit_path: Path
+    patient_index: dict[str, Any] | None
     patient_xref: Path | None = None
     default_count: int = 50
     max_count: int = 200
@@ -162,8 +163,10 @@ def semantic_problems(doc: dict[str, Any], base_dir: Path) -> list[str]:
                 problems.append(f"trusts[{i}].archive.path: folder {path} does not exist")
     uses_xref = any(t.get("nhs_number", {}).get("match") == "xref" for t in trusts)
     xref = doc.get("patient_xref")
-    if uses_xref and not xref:
-        problems.append("patient_xref: required because a trust uses nhs_number.match 'xref'")
+    if uses_xref and not xref and not doc.get("patient_index"):
+        problems.append("patient_xref: required (or patient_index) because a trust uses nhs_number.match 'xref'")
+    if xref and doc.get("patient_index"):
+        problems.append("patient_index: give patient_xref or patient_index, not both")
     if isinstance(xref, str) and not _resolve(base_dir, xref).is_file():
         problems.append(f"patient_xref: file {_resolve(base_dir, xref)} does not exist")
     zone = doc.get("timezone", "Europe/London")
@@ -225,6 +228,7 @@ def settings_from_document(doc: Any, base_dir: Path, source: str = "<dict>") -> 
         cache_ttl_s=float(federation.get("cache_ttl_s", 0)),
         source=source,
         auth=_auth(doc["auth"], base_dir),
+        patient_index=doc.get("patient_index"),
         audit_path=_resolve(base_dir, doc["audit"]["path"]),
     )
 
@@ -262,7 +266,7 @@ def _trust(doc: dict[str, Any], base_dir: Path) -> TrustSettings:
         or f"https://fhir.nhs.uk/{doc['ods_code']}/Id/accession-number",
         wado_url=doc.get("wado_url"),
         archive=archive,
-        nhs_number=NhsNumberRule(rule["match"], rule.get("issuer", "NHS") if rule["match"] == "patient_id" else None),
+        nhs_number=NhsNumberRule(rule["match"], rule.get("issuer", "NHS" if rule["match"] == "patient_id" else None)),
     )
 
 

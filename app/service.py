@@ -10,12 +10,15 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import requests
+
 from .archives import build_archive
 from .archives.cache import CachedArchive
+from .archives.dicomweb import _Auth
 from .auth.scopes import Decision
 from .circuit import CircuitBreaker
 from .config import Settings
-from .errors import Conflict, FhirError, NotFound, TooCostly
+from .errors import Conflict, FhirError, InvalidRequest, NotFound, TooCostly
 from .fanout import TrustArchive
 from .federation import FederatedResult, Federation
 from .fhir import params as p
@@ -23,9 +26,9 @@ from .mapping.context import TrustMapping
 from .mapping.dicom_json import UID_PATTERN
 from .mapping.directory import endpoint_resource, organization_resource
 from .mapping.engine import StudyMapper
-from .mapping.patient import patient_resource
+from .mapping.patient import NHS_NUMBER_SYSTEM, patient_resource
 from .mapping_tables import load_mapper
-from .xref import load_xref
+from .xref import PatientXref, PixmXref, load_xref, local_system
 
 
 class ScopeRefused(FhirError):
@@ -151,6 +154,33 @@ class Facade:
                     if result.patient_records.get(n)]
         return out
 
+    def pix(self, system: str, value: str, target_systems: set[str]) -> dict[str, Any]:
+        """IHE PIXm $ihe-pix over the CSV cross-reference: every identifier of the same patient."""
+        xref = self.federation.xref
+        if not isinstance(xref, PatientXref):
+            raise NotFound("this facade reads its cross-reference from another PIXm service")
+        trusts = {local_system(t.ods_code): t.id for t in self.settings.trusts}
+        known = {NHS_NUMBER_SYSTEM, *trusts}
+        if system not in known:
+            raise InvalidRequest(f"sourceIdentifier Assigning Authority {system!r} not found", "sourceIdentifier")
+        if target_systems - known:
+            raise ScopeRefused(self.settings.base_url, "targetSystem not found")  # PIXm: 403
+        if system == NHS_NUMBER_SYSTEM:
+            nhs: str | None = value if xref.forward and any(k[0] == value for k in xref.forward) else None
+        else:
+            nhs = next((n for (trust, local, _issuer), n in xref.reverse.items()
+                        if trust == trusts[system] and local == value), None)
+        if nhs is None:
+            raise NotFound(f"no patient with identifier {system}|{value} in the cross-reference")
+        identifiers = [(NHS_NUMBER_SYSTEM, nhs)]
+        for trust in self.settings.trusts:
+            identifiers += [(local_system(trust.ods_code), key.patient_id) for key in xref.local_keys(nhs, trust.id)]
+        wanted = [(s, v) for s, v in identifiers if (s, v) != (system, value)
+                  and (not target_systems or s in target_systems)]
+        parameters = [{"name": "targetIdentifier", "valueIdentifier": {"system": s, "value": v}} for s, v in wanted]
+        parameters.append({"name": "targetId", "valueReference": {"reference": f"Patient/{nhs}"}})
+        return {"resourceType": "Parameters", "parameter": parameters}
+
     def directory_read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
         resources = self.endpoints if resource_type == "Endpoint" else self.organizations
         found = next((r for r in resources if r["id"] == resource_id), None)
@@ -159,11 +189,24 @@ class Facade:
         return found
 
 
+def build_xref(settings: Settings) -> PatientXref | PixmXref:
+    """The CSV cross-reference, or the PIXm service named by `patient_index`."""
+    index = settings.patient_index
+    if index is None:
+        return load_xref(settings.patient_xref, {t.id for t in settings.trusts})
+    auth = index.get("auth", {"type": "none"})
+    session_auth = _Auth(auth, requests.Session(), "patient index", float(index.get("timeout_s", 5)))
+    return PixmXref(index["url"], {t.id: t.ods_code for t in settings.trusts},
+                    {t.id: t.nhs_number.issuer for t in settings.trusts
+                     if t.nhs_number.match == "xref" and t.nhs_number.issuer},
+                    session_auth.headers, float(index.get("timeout_s", 5)), float(index.get("cache_ttl_s", 300)))
+
+
 def build_facade(settings: Settings) -> Facade:
     """Settings -> archive adapters, mapper, federation and directory: the one place this happens."""
     mapper = load_mapper()
     zone = ZoneInfo(settings.timezone)
-    xref = load_xref(settings.patient_xref, {t.id for t in settings.trusts})
+    xref = build_xref(settings)
     trusts = []
     issuers: dict[str, tuple[str, dict[str, Any]]] = {}
     for trust in settings.trusts:

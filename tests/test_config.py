@@ -87,7 +87,7 @@ def test_config_demo_document_is_valid(doc, demo_data):
     ("(top level)", "timezon", lambda d: _rename(d, "timezone", "timezon")),
     ("search", "max_cnt", _set("search.max_cnt", 10)),
     ("federation", "deadline", _set("federation.deadline", 3)),
-    ("trusts[1].nhs_number", "issuer", _set("trusts[1].nhs_number.issuer", "RBV")),  # xref takes no issuer
+    ("trusts[1].nhs_number", "system", _set("trusts[1].nhs_number.system", "RBV")),
     ("trusts[2].archive", "url", _set("trusts[2].archive.url", "http://pacs.example")),
 ])
 def test_config_unknown_key_is_named(doc, demo_data, path, key, mutate):

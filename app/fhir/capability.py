@@ -89,7 +89,10 @@ def capability_statement(base_url: str, software_version: str, smart: dict[str, 
                 resource("Patient", [
                     _param("_id", "token", "The NHS number."),
                     _param("identifier", "token", "https://fhir.nhs.uk/Id/nhs-number|<NHS number>."),
-                ]),
+                ], operation=[{"name": "ihe-pix",
+                               "definition": "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix",
+                               "documentation": "IHE PIXm: the trusts' local patient numbers for an NHS number, "
+                                                "and back (sourceIdentifier, targetSystem)."}]),
                 resource("Endpoint", [
                     _param("_id", "token", "Endpoint id (<trust>-wado-rs)."),
                     _param("organization", "reference", "Organization/<ODS code>."),

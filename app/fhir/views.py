@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 import orjson
 from flask import Blueprint, Response, current_app, g, request
 
+from ..archives.protocol import is_plain_key
 from ..auth.audit import AuditRecord, build_events
 from ..auth.protect import Access, Forbidden
 from ..auth.scopes import Decision
@@ -239,6 +240,23 @@ def _patient_number(name: str, raw: str) -> str:
     if name == "identifier" and token.system not in (None, NHS_NUMBER_SYSTEM):
         raise InvalidRequest(f"patients are identified by NHS number ({NHS_NUMBER_SYSTEM})", name)
     return p.nhs_number(token.code, name)
+
+
+@bp.get("/Patient/$ihe-pix")
+def ihe_pix() -> Response:
+    """IHE PIXm (ITI-83): the identifiers the cross-reference holds for a patient (Patient read scope)."""
+    decision = access().require("Patient", "r")
+    source = request.args.get("sourceIdentifier", "")
+    system, bar, value = source.partition("|")
+    if not bar or not system or not value or not is_plain_key(value):
+        raise InvalidRequest("sourceIdentifier must be <system>|<value>", "sourceIdentifier")
+    targets = {t for t in request.args.getlist("targetSystem") if t}
+    result = facade().pix(system, value, targets)
+    nhs = result["parameter"][-1]["valueReference"]["reference"].split("/", 1)[1]
+    if decision.compartment_patient not in (None, nhs):
+        raise NotFound("no such patient")  # under a patient scope only one's own identifiers
+    audited_patients([nhs])
+    return fhir_response(result)
 
 
 @bp.get("/Patient/<patient_id>")
