@@ -260,7 +260,8 @@ def test_wrong_patient_record_withheld(federated: Federated, trust_servers: dict
     if other_ids:
         extra["00101002"] = {"vr": "SQ", "Value": [{"00100020": {"vr": "LO", "Value": [other]},
                                                     "00100021": {"vr": "LO", "Value": ["NHS"]}}]}
-    server.proxy.set_fault("status", times=1, code=200, body=orjson.dumps([*real, extra]),
+    # Only the /studies answer is doctored: /studies and /series go out together, in either order.
+    server.proxy.set_fault("status", times=1, only="/studies?", code=200, body=orjson.dumps([*real, extra]),
                            headers={"Content-Type": DICOM_JSON})
     bundle = federated.patient_search(nhs)
     assert len(server.proxy.requests) == 2  # the doctored studies answer, then the real series

@@ -99,6 +99,7 @@ class FaultProxy:
         self.request_headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
         self._fault = Fault()
+        self._only: str | None = None
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -119,8 +120,9 @@ class FaultProxy:
         return self.base_url + self.upstream_prefix
 
     # -- control ---------------------------------------------------------
-    def set_fault(self, kind: str, *, times: int | None = None, **params: Any) -> None:
-        """Switch behaviour; ``times=N`` applies the fault to the next N requests only.
+    def set_fault(self, kind: str, *, times: int | None = None, only: str | None = None, **params: Any) -> None:
+        """Switch behaviour; ``times=N`` applies the fault to the next N requests only; ``only`` to
+        requests whose target contains that text (others pass through and do not count).
 
         Params: delay ``seconds``; status ``code``, ``headers``, ``body``; bad-json ``body``;
         truncate ``count`` (default 1); reset-midstream ``fraction`` of the body sent before
@@ -133,6 +135,7 @@ class FaultProxy:
             )
         with self._lock:
             self._fault = Fault(kind, dict(params), times)
+            self._only = only
 
     def clear(self) -> None:
         """Forget recorded requests."""
@@ -157,10 +160,13 @@ class FaultProxy:
             self.requests.append((method, target))
             self.request_headers.append(headers)
             fault = self._fault
+            if self._only is not None and self._only not in target:
+                return Fault()
             if fault.remaining is not None:
                 fault.remaining -= 1
                 if fault.remaining <= 0:
                     self._fault = Fault()
+                    self._only = None
             return Fault(fault.kind, fault.params, None)
 
     # -- lifecycle -------------------------------------------------------
