@@ -38,8 +38,10 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(VENV)/bin/mypy
 
-bench: $(VENV)/.dev
-	$(PY) -m bench.mapping_cpu
+bench: $(VENV)/.dev node_modules/.installed system-deps
+	$(PY) -m bench.mapping_cpu      # P3
+	$(PY) -m bench.auth_overhead    # P6
+	$(PY) -m bench.federation       # P1, P2, P7, R1, R2 (eight real Orthanc archives; ~4 min)
 
 clean:
 	rm -rf $(VENV) node_modules demo-data .pytest_cache
