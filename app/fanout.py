@@ -206,9 +206,12 @@ def fan_out(trusts: list[TrustArchive], plans: dict[str, list[StudyQuery]], with
             jobs = {"all": trust.pool.submit(_sequential, trust, queries, with_instances, deadline)}
         pending.append(_Pending(trust, queries, deadline, jobs))
     while pending:
-        futures = {f: p for p in pending for f in p.jobs.values() if not f.done() or f not in p.results.values()}
-        nearest = min(p.deadline for p in pending)
-        wait(list(futures), timeout=max(nearest - time.monotonic(), 0.0), return_when=FIRST_COMPLETED)
+        # Wait only on jobs still running: a finished one would wake the loop at once, and keep it
+        # spinning while the same trust's other job is still out.
+        running = [job for item in pending for job in item.jobs.values() if not job.done()]
+        if running:
+            nearest = min(p.deadline for p in pending)
+            wait(running, timeout=max(nearest - time.monotonic(), 0.0), return_when=FIRST_COMPLETED)
         for item in list(pending):
             outcome = _settle(item)
             if outcome is None and time.monotonic() < item.deadline:
