@@ -165,11 +165,18 @@ class Federation:
         found = [patient_resource(nhs, studies) for nhs, studies in records.items()]
         return sorted(found, key=lambda p: ((p.get("name") or [{}])[0].get("text", ""), p["id"])), issues
 
+    def patients(self, numbers: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Patients for NHS numbers, from the imaging records of every trust, in one fan-out; a number
+        with no records is left out. In the order given."""
+        result = self.search(StudySearch(nhs_numbers=frozenset(numbers)))
+        found = [patient_resource(n, [s for _, s in result.patient_records[n]])
+                 for n in dict.fromkeys(numbers) if result.patient_records.get(n)]
+        return found, result.issues
+
     def patient(self, nhs_number: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """The Patient for an NHS number from the imaging records of every trust, or None."""
-        result = self.search(StudySearch(nhs_numbers=frozenset({nhs_number})))
-        records = result.patient_records.get(nhs_number)
-        return (patient_resource(nhs_number, [s for _, s in records]) if records else None), result.issues
+        found, issues = self.patients([nhs_number])
+        return (found[0] if found else None), issues
 
     def close(self) -> None:
         for trust in self.trusts:

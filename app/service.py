@@ -14,7 +14,7 @@ import requests
 
 from .archives import build_archive
 from .archives.cache import CachedArchive
-from .archives.dicomweb import _Auth
+from .archives.dicomweb import UpstreamAuth
 from .auth.scopes import Decision
 from .circuit import CircuitBreaker
 from .config import Settings
@@ -131,13 +131,7 @@ class Facade:
         return patient
 
     def patients(self, numbers: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        found, issues = [], []
-        for number in numbers:
-            patient, more = self.federation.patient(number)
-            issues.extend(more)
-            if patient:
-                found.append(patient)
-        return found, issues
+        return self.federation.patients(numbers)
 
     def includes(self, result: FederatedResult, wanted: tuple[str, ...],
                  page: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -195,7 +189,7 @@ def build_xref(settings: Settings) -> PatientXref | PixmXref:
     if index is None:
         return load_xref(settings.patient_xref, {t.id for t in settings.trusts})
     auth = index.get("auth", {"type": "none"})
-    session_auth = _Auth(auth, requests.Session(), "patient index", float(index.get("timeout_s", 5)))
+    session_auth = UpstreamAuth(auth, requests.Session(), "patient index", float(index.get("timeout_s", 5)))
     return PixmXref(index["url"], {t.id: t.ods_code for t in settings.trusts},
                     {t.id: t.nhs_number.issuer for t in settings.trusts
                      if t.nhs_number.match == "xref" and t.nhs_number.issuer},

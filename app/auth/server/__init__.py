@@ -87,15 +87,10 @@ class EmbeddedAuthServer:
     def query_client(self, client_id: str) -> Client | None:
         return self.clients.get(client_id)
 
-    def patient_exists(self, nhs_number: str) -> bool:
+    def find_patient(self, nhs_number: str) -> dict[str, str] | None:
+        """The picker's summary of a patient (NHS number, name, birth date), or None without records."""
         patient, _ = self.facade.federation.patient(nhs_number)
-        return patient is not None
-
-    def patient_name(self, nhs_number: str) -> str | None:
-        patient, _ = self.facade.federation.patient(nhs_number)
-        names = (patient or {}).get("name") or [{}]
-        text = names[0].get("text")
-        return str(text) if text else None
+        return _summary(patient) if patient else None
 
     def find_patients(self, query: str) -> tuple[list[dict[str, str]], str | None]:
         """Patient picker search: an NHS number, or a family name (and given name) matched from its start.
@@ -108,8 +103,8 @@ class EmbeddedAuthServer:
             problem = nhs_number_problem(digits)
             if problem:
                 return [], problem
-            patient, _ = self.facade.federation.patient(digits)
-            return ([_summary(patient)] if patient else []), None if patient else "No imaging records found."
+            summary = self.find_patient(digits)
+            return ([summary] if summary else []), None if summary else "No imaging records found."
         words = query.replace(",", " ").split()
         try:
             name = NameQuery(words[0], words[1] if len(words) > 1 else None)
@@ -187,7 +182,7 @@ class EmbeddedAuthServer:
         if client_id not in self.clients:
             return {"error": "invalid_request", "error_description": "unknown client_id"}
         problem = nhs_number_problem(patient)
-        if problem or not self.patient_exists(patient):
+        if problem or self.find_patient(patient) is None:
             return {"error": "invalid_request", "error_description": problem or "the patient has no imaging records"}
         return self.create_launch(client_id, patient, body.get("imaging_study"))
 

@@ -115,13 +115,17 @@ def authorize() -> Response:
     if user is None:
         return _login(params, client)
     patient = launch["patient"] if launch else None
+    chosen = None  # the picker's summary of the patient, looked up once per request
     if patient is None and "launch/patient" in scopes:
         patient = request.form.get("patient") if request.method == "POST" and _csrf_ok() else None
-        if patient is None or nhs_number_problem(patient) or not smart.patient_exists(patient):
+        chosen = smart.find_patient(patient) if patient and not nhs_number_problem(patient) else None
+        if chosen is None:
             return _picker(params, client, patient)
     if request.form.get("step") != "consent" or not _csrf_ok():
+        if chosen is None and patient:
+            chosen = smart.find_patient(patient)
         return _page("auth_consent.html", client=client, params=params, user=user, patient=patient,
-                     patient_name=smart.patient_name(patient) if patient else None, csrf=_csrf(),
+                     patient_name=chosen["name"] if chosen else None, csrf=_csrf(),
                      scopes=[(s, describe_scope(s)) for s in client.get_allowed_scope(params.get("scope", "")).split()])
     if request.form.get("decision") != "allow":
         return _redirect_error(redirect_uri, "access_denied", "the user declined", state)
