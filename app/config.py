@@ -138,6 +138,12 @@ def schema_problems(doc: Any) -> list[str]:
     return sorted(messages)
 
 
+def config_secret(doc: dict[str, Any], key: str) -> str:
+    """A secret from configuration: the environment variable named by `<key>_env`, else `<key>` itself."""
+    env = doc.get(f"{key}_env")
+    return os.environ.get(env, "") if env else str(doc.get(key, ""))
+
+
 def _resolve(base_dir: Path, value: str) -> Path:
     path = Path(os.path.expandvars(value)).expanduser()
     return path if path.is_absolute() else (base_dir / path).resolve()

@@ -12,7 +12,6 @@ escaped are.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any
@@ -22,6 +21,7 @@ import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
+from ..config import config_secret
 from . import attributes, budget
 from .protocol import ArchiveError, Dataset, Found, NameQuery, StudyQuery
 
@@ -49,7 +49,7 @@ def _retry_after(value: str | None) -> float | None:
     return None
 
 
-class _Auth:
+class UpstreamAuth:
     """Upstream credentials: none, basic, bearer, or OAuth 2.0 client credentials (token cached)."""
 
     def __init__(self, config: dict[str, Any], session: requests.Session, name: str, timeout_s: float) -> None:
@@ -62,21 +62,16 @@ class _Auth:
         self._expires = 0.0
         self._lock = threading.Lock()
 
-    @staticmethod
-    def secret(config: dict[str, Any], key: str) -> str:
-        env = config.get(f"{key}_env")
-        return os.environ.get(env, "") if env else str(config.get(key, ""))
-
     def headers(self) -> dict[str, str]:
         if self.kind == "bearer":
-            return {"Authorization": f"Bearer {self.secret(self.config, 'token')}"}
+            return {"Authorization": f"Bearer {config_secret(self.config, 'token')}"}
         if self.kind == "oauth2":
             return {"Authorization": f"Bearer {self._client_credentials_token()}"}
         return {}
 
     def basic(self) -> tuple[str, str] | None:
         if self.kind == "basic":
-            return (self.config["username"], self.secret(self.config, "password"))
+            return (self.config["username"], config_secret(self.config, "password"))
         return None
 
     def _client_credentials_token(self) -> str:
@@ -87,7 +82,7 @@ class _Auth:
             try:
                 response = self.session.post(
                     self.config["token_url"], data=data, timeout=self.timeout_s,
-                    auth=(self.config["client_id"], self.secret(self.config, "client_secret")))
+                    auth=(self.config["client_id"], config_secret(self.config, "client_secret")))
                 response.raise_for_status()
                 body = response.json()
                 self._token = str(body["access_token"])
@@ -118,7 +113,7 @@ class DicomWebArchive:
             self.session.verify = False
         if tls.get("client_cert"):
             self.session.cert = (tls["client_cert"], tls["client_key"]) if tls.get("client_key") else tls["client_cert"]
-        self.auth = _Auth(auth or {}, self.session, name, timeout_s)
+        self.auth = UpstreamAuth(auth or {}, self.session, name, timeout_s)
         self.requests_made = 0  # upstream requests, for P7 and the metrics
 
     # -- query building --------------------------------------------------------------------

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from ..config import Settings
+from ..config import Settings, config_secret
 from .protect import Protector, TokenValidator
 from .tokens import IntrospectionValidator, JwksSource, JwtValidator
 
@@ -25,10 +24,8 @@ def build_protector(settings: Settings, embedded: Any = None) -> Protector:
                                                         JwksSource(url=issuer["jwks_uri"]))
         else:
             introspection: dict[str, Any] = issuer["introspection"]
-            secret_env = introspection.get("client_secret_env")
-            secret = os.environ.get(secret_env, "") if secret_env else introspection.get("client_secret", "")
-            opaque = IntrospectionValidator(introspection["url"], introspection["client_id"], secret,
-                                            settings.base_url)
+            opaque = IntrospectionValidator(introspection["url"], introspection["client_id"],
+                                            config_secret(introspection, "client_secret"), settings.base_url)
     return Protector(settings.base_url, validators, opaque)
 
 

@@ -110,10 +110,9 @@ def _strict() -> bool:
 
 
 def _pairs() -> list[tuple[str, str]]:
-    """Query (or form, for POST _search) parameters in order, with a cursor expanded."""
+    """Query (or form, for POST _search) parameters in order, without the output-only ones."""
     source = request.form if request.method == "POST" else request.args
-    pairs = [(k, v) for k, v in source.items(multi=True) if k not in ("_format", "_pretty")]
-    return pairs
+    return [(k, v) for k, v in source.items(multi=True) if k not in ("_format", "_pretty")]
 
 
 def _check_unknown(pairs: list[tuple[str, str]], known: set[str]) -> None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...config import config_secret
 from ..protect import FILTERABLE
 from ..scopes import Grant, parse_scope
 from ..tokens import JwksSource
@@ -117,10 +117,8 @@ class Client:
 
 
 def client_from_config(doc: dict[str, Any]) -> Client:
-    secret = None
-    if doc.get("client_secret_env"):
-        value = os.environ.get(doc["client_secret_env"], "")
-        secret = hash_secret(value) if value else None
+    value = config_secret(doc, "client_secret") if doc.get("client_secret_env") else ""
+    secret = hash_secret(value) if value else None
     jwks = None
     if "jwks" in doc or "jwks_uri" in doc:
         jwks = JwksSource(url=doc.get("jwks_uri"), keys=doc.get("jwks"))
