@@ -27,6 +27,7 @@ import yaml
 
 from app.config import settings_from_document
 from app.demo.generate import ensure_demo_data
+from tests.infra import free_port
 
 from .results import write_section
 
@@ -34,14 +35,6 @@ ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).parent / "gunicorn"
 ROUNDS = 300
 TARGET = 1.05
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def config(data: Path, work: Path, label: str, secured: bool, port: int) -> Path:

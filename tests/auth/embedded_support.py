@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from joserfc import jwt
+from smart_support import b64url
 
 FHIR_BASE = "http://127.0.0.1:8080/fhir"
 AUTH_ROOT = "http://127.0.0.1:8080/auth"
@@ -34,14 +35,6 @@ PASSWORD = "imaging-demo"
 
 
 # ----------------------------------------------------------------------------- PKCE and JWTs
-
-
-def b64url(data: bytes | str | dict[str, Any]) -> str:
-    if isinstance(data, dict):
-        data = json.dumps(data, separators=(",", ":"))
-    if isinstance(data, str):
-        data = data.encode()
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def pkce() -> tuple[str, str]:

@@ -129,6 +129,16 @@ class _Server:
         self.httpd.server_close()
 
 
+def send_json(handler: BaseHTTPRequestHandler, status: int, body: bytes, cache_control: str) -> None:
+    """A JSON answer from one of the IdP's small real HTTP servers."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Cache-Control", cache_control)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class JwksServer(_Server):
     """Serves {"keys": [...public JWKs...]} at /jwks.json with a Cache-Control header; counts fetches."""
 
@@ -147,12 +157,7 @@ class JwksServer(_Server):
                 with server._lock:
                     server.fetches += 1
                     body = json.dumps({"keys": [k.public_jwk() for k in server.keys]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Cache-Control", server.cache_control)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                send_json(self, 200, body, server.cache_control)
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -197,13 +202,7 @@ class IntrospectionServer(_Server):
                     status, answer = 401, {"error": "invalid_client"}
                 else:
                     status = 200
-                body = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Cache-Control", "no-store")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                send_json(self, status, json.dumps(answer).encode(), "no-store")
 
             def log_message(self, *args: Any) -> None:
                 pass

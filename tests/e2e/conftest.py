@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,8 @@ import pytest
 import requests
 import yaml
 
+from tests.infra import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 PORTAL_KEY = ROOT / "config" / "demo-keys" / "portal.private.jwk.json"
@@ -36,12 +37,6 @@ HTTP_TIMEOUT_S = 30
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 SYSTEM_SCOPE = "system/ImagingStudy.rs system/Patient.rs system/Endpoint.rs"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def timeline_url(port: int) -> str:

@@ -31,11 +31,12 @@ from conftest import (
     ASSERTION_TYPE,
     HTTP_TIMEOUT_S,
     client_assertion,
-    free_port,
     request_backend_token,
     stop_process,
     timeline_url,
 )
+
+from tests.infra import free_port
 
 pytestmark = pytest.mark.integration
 
