@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +25,10 @@ import yaml
 SCHEMA_PATH = Path(__file__).with_name("config.schema.json")
 CURSOR_SECRET_ENV = "FACADE_CURSOR_SECRET"
 BASE_URL_ENV = "FACADE_BASE_URL"
+
+
+VIEWER_VARIABLES = frozenset({"studyUID", "accessionNumber", "patientID"})
+_TEMPLATE_VARIABLE = re.compile(r"\{([^{}]*)\}")
 
 
 class ConfigError(Exception):
@@ -53,6 +58,7 @@ class TrustSettings:
     wado_url: str | None
     archive: dict[str, Any]
     nhs_number: NhsNumberRule
+    viewer: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,9 @@ class Settings:
     breaker_threshold: int = 3
     breaker_cooldown_s: float = 30.0
     cache_ttl_s: float = 0.0
+    gateway_owner_cache_s: float = 30.0
+    gateway_chunk_bytes: int = 1 << 20
+    gateway_thumbnail_px: int = 128
     source: str = "<dict>"
 
 
@@ -167,6 +176,13 @@ def semantic_problems(doc: dict[str, Any], base_dir: Path) -> list[str]:
             path = _resolve(base_dir, archive["path"])
             if not path.is_dir():
                 problems.append(f"trusts[{i}].archive.path: folder {path} does not exist")
+        template = trust.get("viewer", {}).get("url_template")
+        if isinstance(template, str):
+            unknown = sorted(set(_TEMPLATE_VARIABLE.findall(template)) - VIEWER_VARIABLES)
+            if unknown or template.count("{") != template.count("}"):
+                problems.append(f"trusts[{i}].viewer.url_template: only the variables "
+                                f"{', '.join('{' + v + '}' for v in sorted(VIEWER_VARIABLES))} may be used"
+                                + (f" (found {', '.join(unknown)})" if unknown else ""))
     uses_xref = any(t.get("nhs_number", {}).get("match") == "xref" for t in trusts)
     xref = doc.get("patient_xref")
     if uses_xref and not xref and not doc.get("patient_index"):
@@ -217,6 +233,7 @@ def settings_from_document(doc: Any, base_dir: Path, source: str = "<dict>") -> 
     trusts = tuple(_trust(t, base_dir) for t in doc["trusts"])
     search = doc.get("search", {})
     federation = doc.get("federation", {})
+    gateway = doc.get("gateway", {})
     xref = doc.get("patient_xref")
     return Settings(
         base_url=(os.environ.get(BASE_URL_ENV) or doc["base_url"]).rstrip("/"),
@@ -232,6 +249,9 @@ def settings_from_document(doc: Any, base_dir: Path, source: str = "<dict>") -> 
         breaker_threshold=federation.get("circuit_breaker", {}).get("threshold", 3),
         breaker_cooldown_s=float(federation.get("circuit_breaker", {}).get("cooldown_s", 30)),
         cache_ttl_s=float(federation.get("cache_ttl_s", 0)),
+        gateway_owner_cache_s=float(gateway.get("owner_cache_s", 30)),
+        gateway_chunk_bytes=int(gateway.get("chunk_bytes", 1 << 20)),
+        gateway_thumbnail_px=int(gateway.get("thumbnail_px", 128)),
         source=source,
         auth=_auth(doc["auth"], base_dir),
         patient_index=doc.get("patient_index"),
@@ -273,6 +293,7 @@ def _trust(doc: dict[str, Any], base_dir: Path) -> TrustSettings:
         wado_url=doc.get("wado_url"),
         archive=archive,
         nhs_number=NhsNumberRule(rule["match"], rule.get("issuer", "NHS" if rule["match"] == "patient_id" else None)),
+        viewer=doc.get("viewer"),
     )
 
 
