@@ -66,6 +66,7 @@ def create_app(settings: Settings | str | os.PathLike[str] | None = None) -> Fla
     from .auth import build_protector, smart_configuration
     from .auth.audit import AuditStore
     from .fhir.views import bp as fhir_bp
+    from .gateway import init_gateway
     from .service import build_facade
 
     app = Flask(__name__, static_folder=None)
@@ -89,6 +90,7 @@ def create_app(settings: Settings | str | os.PathLike[str] | None = None) -> Fla
     app.extensions["audit"] = AuditStore(settings.audit_path)
     app.register_blueprint(fhir_bp, url_prefix=settings.base_path or None)
     app.register_blueprint(apps_bp)  # the sample SMART apps, under /apps/
+    init_gateway(app, settings.gateway_owner_cache_s)  # the image gateway, under /dicomweb/
     _register_error_handlers(app)
     _register_cors(app, settings)
     return app

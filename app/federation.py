@@ -66,7 +66,8 @@ class Federation:
         uids = tuple(sorted(search.study_uids or ()))
         plans: dict[str, list[StudyQuery]] = {}
         for trust in self.trusts:
-            if search.endpoint_ids is not None and trust.mapping.endpoint_id not in search.endpoint_ids:
+            ids = {trust.mapping.endpoint_id, trust.mapping.viewer_endpoint_id}
+            if search.endpoint_ids is not None and not ids & search.endpoint_ids:
                 continue
             patients: list[PatientKey | None] = [None]
             if search.nhs_numbers is not None:

@@ -5,28 +5,33 @@ One place turns settings into adapters (build_facade); the views never touch an 
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import requests
 
-from .archives import build_archive
+from .archives import budget, build_archive
 from .archives.cache import CachedArchive
-from .archives.dicomweb import UpstreamAuth
+from .archives.dicomweb import DicomWebArchive, UpstreamAuth
+from .archives.folder import FolderArchive
+from .archives.folder_wado import FolderWado
+from .archives.protocol import Archive, ArchiveError, StudyQuery
+from .archives.wado import HttpWado, ImageSource, RetrievalError
 from .auth.scopes import Decision
-from .circuit import CircuitBreaker
-from .config import Settings
+from .circuit import CircuitBreaker, CircuitOpen
+from .config import Settings, TrustSettings
 from .errors import Conflict, FhirError, InvalidRequest, NotFound, TooCostly
 from .fanout import TrustArchive
 from .federation import FederatedResult, Federation
 from .fhir import params as p
 from .mapping.context import TrustMapping
 from .mapping.dicom_json import UID_PATTERN
-from .mapping.directory import endpoint_resource, organization_resource
+from .mapping.directory import endpoint_resource, organization_resource, viewer_endpoint_resource
 from .mapping.engine import StudyMapper
-from .mapping.patient import NHS_NUMBER_SYSTEM, patient_resource
+from .mapping.patient import NHS_NUMBER_SYSTEM, nhs_number_of, patient_resource
 from .mapping_tables import load_mapper
 from .xref import PatientXref, PixmXref, load_xref, local_system
 
@@ -49,6 +54,7 @@ class Facade:
     mapper: StudyMapper
     endpoints: list[dict[str, Any]]
     organizations: list[dict[str, Any]]
+    image_sources: dict[str, ImageSource] = field(default_factory=dict)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -175,6 +181,34 @@ class Facade:
         parameters.append({"name": "targetId", "valueReference": {"reference": f"Patient/{nhs}"}})
         return {"resourceType": "Parameters", "parameter": parameters}
 
+    def study_owners(self, trust_id: str, study_uid: str, cache: Any) -> tuple[str | None, ...]:
+        """The NHS numbers the trust's archive files this study under (None: identity unresolved).
+
+        Empty when the archive does not hold the study. Asked of the archive itself (its breaker
+        respected), so the gateway's compartment check never trusts the caller's word.
+        """
+        key = (trust_id, study_uid)
+        cached = cache.get(key)
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        trust = next(t for t in self.federation.trusts if t.settings.id == trust_id)
+        try:
+            trust.breaker.before_call()
+        except CircuitOpen:
+            raise RetrievalError(trust_id, 503, "the archive is not answering (circuit open)", 30.0) from None
+        try:
+            with budget.until(time.monotonic() + trust.timeout_s):
+                found = trust.archive.find_studies(StudyQuery(study_uids=(study_uid,)))
+        except ArchiveError as exc:
+            trust.breaker.failure()
+            raise RetrievalError(trust_id, 502, exc.reason) from None
+        trust.breaker.success()
+        rule = trust.settings.nhs_number
+        owners = tuple(nhs_number_of(d, rule.match, rule.issuer, trust_id, self.federation.xref.reverse)
+                       for d in found.datasets)
+        cache.put(key, owners)
+        return owners
+
     def directory_read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
         resources = self.endpoints if resource_type == "Endpoint" else self.organizations
         found = next((r for r in resources if r["id"] == resource_id), None)
@@ -202,14 +236,19 @@ def build_facade(settings: Settings) -> Facade:
     zone = ZoneInfo(settings.timezone)
     xref = build_xref(settings)
     trusts = []
+    sources: dict[str, ImageSource] = {}
     issuers: dict[str, tuple[str, dict[str, Any]]] = {}
     for trust in settings.trusts:
         mapping = TrustMapping(trust.id, trust.ods_code, trust.name, trust.accession_system, zone,
-                               f"{trust.id}-wado-rs", issuers)
+                               f"{trust.id}-wado-rs", issuers,
+                               f"{trust.id}-ihe-iid" if trust.viewer else None)
         issuers[trust.ods_code] = (trust.accession_system, mapping.organization_reference)
         timeout = float(trust.archive.get("timeout_s", settings.archive_timeout_s))
         breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s)
         archive = build_archive(trust, timeout)
+        source = image_source(trust, archive, timeout, settings)
+        if source is not None:
+            sources[trust.id] = source
         if settings.cache_ttl_s > 0:
             archive = CachedArchive(archive, settings.cache_ttl_s)
         pool = ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix=f"archive-{trust.id}")
@@ -217,8 +256,28 @@ def build_facade(settings: Settings) -> Facade:
     federation = Federation(trusts, mapper, xref, zone, settings.deadline_s)
     endpoints = []
     for t in trusts:
-        direct = t.settings.wado_url or t.settings.archive.get("wado_url")
+        # The gateway, unless the trust publishes its own WADO-RS (which then protects itself).
+        direct = t.settings.wado_url
         gateway = f"{settings.public_root}/dicomweb/{t.settings.id}"
-        endpoints.append(endpoint_resource(t.mapping, direct or gateway, requires_token=direct is None))
+        endpoints.append(endpoint_resource(t.mapping, direct or gateway, requires_token=direct is None,
+                                           available=direct is not None or t.settings.id in sources))
+        if t.settings.viewer:
+            endpoints.append(viewer_endpoint_resource(t.mapping, t.settings.viewer))
     organizations = [organization_resource(t.mapping) for t in trusts]
-    return Facade(settings, federation, mapper, endpoints, organizations)
+    return Facade(settings, federation, mapper, endpoints, organizations, sources)
+
+
+def image_source(trust: TrustSettings, archive: Archive, timeout_s: float, settings: Settings) -> ImageSource | None:
+    """Where the gateway retrieves a trust's images: its DICOMweb service, its wado_url, or its folder."""
+    config = trust.archive
+    chunk, thumb = settings.gateway_chunk_bytes, settings.gateway_thumbnail_px
+    if isinstance(archive, FolderArchive):
+        return FolderWado(archive, chunk, thumb)
+    if isinstance(archive, DicomWebArchive):
+        return HttpWado(trust.id, config.get("wado_url") or config["url"], archive.session, archive.auth,
+                        timeout_s, chunk, thumb)
+    if config.get("wado_url"):
+        session = requests.Session()
+        return HttpWado(trust.id, config["wado_url"], session, UpstreamAuth({}, session, trust.id, timeout_s),
+                        timeout_s, chunk, thumb)
+    return None

@@ -61,6 +61,8 @@ class FolderArchive:
         self._studies: dict[str, Dataset] = {}
         self._series: dict[str, Dataset] = {}
         self._instances: dict[str, list[Dataset]] = defaultdict(list)
+        # study UID -> series UID -> [(SOP Instance UID, file)], for image retrieval (folder_wado.py)
+        self.files: dict[str, dict[str, list[tuple[str, Path]]]] = defaultdict(lambda: defaultdict(list))
         self._index()
 
     def _index(self) -> None:
@@ -80,6 +82,7 @@ class FolderArchive:
             self._studies.setdefault(str(study_uid), _select(ds, "study"))
             self._series.setdefault(str(series_uid), _select(ds, "series"))
             self._instances[str(series_uid)].append(_select(ds, "instance"))
+            self.files[str(study_uid)][str(series_uid)].append((str(ds.get("SOPInstanceUID", "")), file))
             series_of_study[str(study_uid)].add(str(series_uid))
         for study_uid, series_uids in series_of_study.items():
             self._add_counts(self._studies[study_uid], sorted(series_uids))

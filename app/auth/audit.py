@@ -37,6 +37,7 @@ class AuditRecord:
     resource_id: str | None = None
     patients: tuple[str, ...] = ()
     description: str | None = None
+    detail: str | None = None   # what exactly was read, e.g. the WADO-RS path of an image retrieval
 
 
 def _now() -> str:
@@ -83,6 +84,7 @@ def build_events(record: AuditRecord, observer: str) -> list[dict[str, Any]]:
                      "display": "System Object"},
             "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "4",
                      "display": "Domain Resource"},
+            **({"description": record.detail} if record.detail else {}),
         })
 
     def event(patient: str | None) -> dict[str, Any]:

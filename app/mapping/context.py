@@ -20,12 +20,16 @@ class TrustMapping:
     # ODS code -> (accession system, Organization reference) of every trust, for accessions that a
     # study copied from another trust still carries with that trust's issuer.
     issuers: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict, compare=False, repr=False)
+    viewer_endpoint_id: str | None = None  # the trust's ihe-iid Endpoint, when it has a viewer
     # Built once and shared by every resource of the trust: the API never mutates emitted dicts.
     endpoint_reference: dict[str, str] = field(init=False, repr=False, compare=False)
+    study_endpoints: list[dict[str, str]] = field(init=False, repr=False, compare=False)
     organization_reference: dict[str, Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "endpoint_reference", {"reference": f"Endpoint/{self.endpoint_id}"})
+        viewer = [{"reference": f"Endpoint/{self.viewer_endpoint_id}"}] if self.viewer_endpoint_id else []
+        object.__setattr__(self, "study_endpoints", [self.endpoint_reference, *viewer])
         object.__setattr__(self, "organization_reference", {
             "reference": f"Organization/{self.ods_code}",
             "identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": self.ods_code},

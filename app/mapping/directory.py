@@ -25,11 +25,13 @@ def organization_resource(trust: TrustMapping) -> dict[str, Any]:
     }
 
 
-def endpoint_resource(trust: TrustMapping, address: str, requires_token: bool) -> dict[str, Any]:
+def endpoint_resource(trust: TrustMapping, address: str, requires_token: bool,
+                      available: bool = True) -> dict[str, Any]:
     """The trust's WADO-RS Endpoint: clients append /studies/{StudyInstanceUID} to `address`.
 
     `requires_token`: the address wants the caller's SMART access token (the facade's own gateway),
-    stated with the SMART Imaging Access extension.
+    stated with the SMART Imaging Access extension. `available` False: the trust's images cannot be
+    retrieved (a DIMSE-only archive without WADO-RS), and the Endpoint says so with status `off`.
     """
     extension = [{"url": REQUIRES_ACCESS_TOKEN, "valueBoolean": True}] if requires_token else []
     return {
@@ -37,7 +39,7 @@ def endpoint_resource(trust: TrustMapping, address: str, requires_token: bool) -
         "id": trust.endpoint_id,
         **({"extension": extension} if extension else {}),
         "identifier": [{"system": "urn:ietf:rfc:3986", "value": address}],
-        "status": "active",
+        "status": "active" if available else "off",
         "connectionType": {"system": CONNECTION_TYPE, "code": "dicom-wado-rs", "display": "DICOM WADO-RS"},
         "name": f"{trust.name} imaging archive (DICOMweb WADO-RS)",
         "managingOrganization": trust.organization_reference,
@@ -45,4 +47,25 @@ def endpoint_resource(trust: TrustMapping, address: str, requires_token: bool) -
                          "text": "DICOM WADO-RS"}],
         "payloadMimeType": ["application/dicom"],
         "address": address,
+    }
+
+
+def viewer_endpoint_resource(trust: TrustMapping, viewer: dict[str, Any]) -> dict[str, Any]:
+    """The trust's own zero-footprint viewer (IHE Invoke Image Display).
+
+    `address` is an RFC 6570 template: the EPR fills {studyUID}, {accessionNumber} and {patientID}
+    (the NHS number) from the ImagingStudy and opens the result in a browser.
+    """
+    return {
+        "resourceType": "Endpoint",
+        "id": trust.viewer_endpoint_id,
+        "identifier": [{"system": "urn:ietf:rfc:3986", "value": viewer["url_template"]}],
+        "status": "active",
+        "connectionType": {"system": CONNECTION_TYPE, "code": "ihe-iid", "display": "IHE IID"},
+        "name": viewer.get("name") or f"{trust.name} image viewer (IHE Invoke Image Display)",
+        "managingOrganization": trust.organization_reference,
+        "payloadType": [{"coding": [{"system": PAYLOAD_TYPE, "code": "none", "display": "None"}],
+                         "text": "IHE Invoke Image Display"}],
+        "payloadMimeType": ["text/html"],
+        "address": viewer["url_template"],
     }

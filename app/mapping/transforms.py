@@ -288,7 +288,7 @@ def subject_reference(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, Any
 
 @transform
 def trust_endpoints(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, Any], ctx: MappingContext) -> Any:
-    return [ctx.trust.endpoint_reference]
+    return list(ctx.trust.study_endpoints)
 
 
 @transform

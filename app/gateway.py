@@ -1,0 +1,228 @@
+"""The token-protected DICOMweb gateway: /dicomweb/{trust}/studies/{uid}[/series/..[/instances/..[/frames/..]]]
+[/metadata|/rendered|/thumbnail], relayed to the trust's archive (WADO-RS).
+
+Each trust's Endpoint names this gateway, so EPR apps never reach an archive directly: the SMART
+token that found a study also opens its images, within the same patient compartment. Every request
+is checked in this order, and nothing reaches an archive before the first four pass:
+
+  1. the token (401), 2. an ImagingStudy read scope (403), 3. the path: a known trust (404) and
+  DICOM UIDs only, no path tricks, known parameters only (400), 4. the study's owner: asked of the
+  trust's archive, it must be the token's patient under patient/ scopes (else 404), 5. the relay.
+
+Every retrieval, refusal included, is written to the audit log before the first byte leaves. The
+body is relayed chunk by chunk; when the archive breaks off mid-stream the response ends short (the
+client sees an incomplete body), the failure is logged and audited, and the worker goes on serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request
+
+from .archives.wado import RENDER_PARAMETERS, BadTarget, Retrieval, RetrievalError, StreamAborted, parse_target
+from .auth.audit import AuditRecord, build_events
+from .auth.protect import Access, Forbidden
+from .errors import FhirError, InvalidRequest, NotFound
+from .service import Facade
+
+log = logging.getLogger(__name__)
+bp = Blueprint("dicomweb", __name__)
+
+_HEADER_VALUE = re.compile(r"^[\x20-\x7e]{1,1024}$")
+_TRICKS = ("%2f", "%5c", "%2e", "%00", "\\", "/./", "/../", "//")
+
+
+class Unavailable(FhirError):
+    status_code = 503
+    issue_code = "transient"
+
+
+class BadGateway(FhirError):
+    status_code = 502
+    issue_code = "exception"
+
+
+class GatewayTimeout(FhirError):
+    status_code = 504
+    issue_code = "timeout"
+
+
+class NotAcceptableImage(FhirError):
+    status_code = 406
+    issue_code = "not-supported"
+
+
+class NotOffered(FhirError):
+    status_code = 501
+    issue_code = "not-supported"
+
+
+_BY_STATUS: dict[int, type[FhirError]] = {404: NotFound, 406: NotAcceptableImage, 501: NotOffered,
+                                          502: BadGateway, 503: Unavailable, 504: GatewayTimeout}
+
+
+class OwnerCache:
+    """(trust, study UID) -> the NHS numbers its archive files it under, for `ttl_s` seconds.
+
+    A viewer asks for one study's frames many times a second: the owner is asked of the archive once,
+    then reused briefly. Only successful answers are kept; the size is bounded.
+    """
+
+    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._entries: dict[tuple[str, str], tuple[float, tuple[str | None, ...]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> tuple[str | None, ...] | None:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is None or found[0] < time.monotonic():
+                self._entries.pop(key, None)
+                return None
+            return found[1]
+
+    def put(self, key: tuple[str, str], owners: tuple[str | None, ...]) -> None:
+        if self.ttl_s <= 0:
+            return
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                now = time.monotonic()
+                self._entries = {k: v for k, v in self._entries.items() if v[0] >= now}
+                if len(self._entries) >= self.max_entries:
+                    self._entries.clear()
+            self._entries[key] = (time.monotonic() + self.ttl_s, owners)
+
+
+def _facade() -> Facade:
+    return current_app.extensions["facade"]  # type: ignore[no-any-return]
+
+
+def _header(name: str) -> str | None:
+    value = request.headers.get(name)
+    if value is None:
+        return None
+    if not _HEADER_VALUE.match(value):
+        raise InvalidRequest(f"the {name} header is not a printable value of at most 1024 characters")
+    return value
+
+
+def _check_raw_path() -> None:
+    """Refuse encoded slashes, dot segments and the like before the path is even parsed."""
+    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or request.path
+    path = raw.split("?", 1)[0].lower() + "/"
+    if any(trick in path for trick in _TRICKS) or path.endswith("/./") or path.endswith("/../"):
+        raise InvalidRequest("the path may not contain encoded slashes, backslashes, dot segments or empty segments")
+
+
+def _params(resource: str) -> list[tuple[str, str]]:
+    params = list(request.args.items(multi=True))
+    allowed = RENDER_PARAMETERS if resource in ("rendered", "thumbnail") else {}
+    for name, value in params:
+        pattern = allowed.get(name)
+        if pattern is None:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise InvalidRequest(f"unknown parameter {name[:40]!r} for this resource (known: {known})")
+        if not pattern.match(value):
+            raise InvalidRequest(f"parameter {name} has an invalid value")
+    if len({name for name, _ in params}) != len(params):
+        raise InvalidRequest("a parameter is repeated")
+    return params
+
+
+def _audit(access: Access | None, status: int, study: str | None, patients: tuple[str, ...], detail: str,
+           description: str | None = None) -> None:
+    record = AuditRecord(interaction="read", resource_type="ImagingStudy", status=status,
+                         client_id=access.claims.client_id if access else None,
+                         user=access.user if access else None, address=request.remote_addr, query=None,
+                         resource_id=study, patients=patients, description=description, detail=detail)
+    current_app.extensions["audit"].write(build_events(record, _facade().settings.base_url), record.client_id)
+
+
+@bp.route("/dicomweb/<path:rest>", methods=["GET"], merge_slashes=False)
+def retrieve(rest: str) -> Response:
+    access: Access | None = None
+    study: str | None = None
+    patients: tuple[str, ...] = ()
+    detail = f"WADO-RS {request.path}"
+    try:
+        access = current_app.extensions["protector"].authenticate(request.headers.get("Authorization"))
+        decision = access.require("ImagingStudy", "r")
+        if decision.filters:
+            raise Forbidden(access.realm, "a filtered ImagingStudy scope does not grant image retrieval: "
+                                          "ask for an unfiltered ImagingStudy read scope", "patient/ImagingStudy.r")
+        _check_raw_path()
+        trust_id, _, path = rest.partition("/")
+        facade = _facade()
+        source = facade.image_sources.get(trust_id) if facade.settings.trust(trust_id) else None
+        if facade.settings.trust(trust_id) is None:
+            raise NotFound(f"there is no trust {trust_id[:40]!r} on this gateway")
+        try:
+            target = parse_target(path.split("/"))
+        except BadTarget as exc:
+            raise InvalidRequest(str(exc)) from None
+        params = _params(target.resource)
+        accept, accept_encoding = _header("Accept"), _header("Accept-Encoding")
+        if source is None:
+            raise NotOffered(f"trust {trust_id} offers no image retrieval through this gateway")
+        study = target.study
+        owners = facade.study_owners(trust_id, study, current_app.extensions["owner_cache"])
+        patient = decision.compartment_patient
+        if not owners or (patient is not None and any(o != patient for o in owners)):
+            # Another patient's study and no study at all look the same: nothing about it is revealed.
+            raise NotFound(f"study {study} is not held by trust {trust_id}")
+        patients = tuple(sorted({o for o in owners if o}))
+        retrieval = source.retrieve(target, accept, accept_encoding, params, request.headers.get("X-Request-ID"))
+    except RetrievalError as exc:
+        error = _BY_STATUS.get(exc.status, BadGateway)(
+            f"trust {exc.archive}: {exc.reason}",
+            headers={"Retry-After": str(int(exc.retry_after_s))} if exc.retry_after_s is not None else None)
+        _audit(access, error.status_code, study, patients, detail, exc.reason)
+        raise error from None
+    except FhirError as exc:
+        _audit(access, exc.status_code, study, patients if exc.status_code != 404 else (), detail, str(exc))
+        raise
+    _audit(access, retrieval.status, study, patients, detail)
+    return _relay(retrieval, access, study, patients, detail)
+
+
+def _relay(retrieval: Retrieval, access: Access | None, study: str | None, patients: tuple[str, ...],
+           detail: str) -> Response:
+    headers = dict(retrieval.headers)
+    # Images of patients never stay in a shared workstation's cache.
+    headers.update({"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+                    "Vary": "Accept, Accept-Encoding"})
+    if request.method == "HEAD":
+        retrieval.close()
+        return Response(status=retrieval.status, headers=headers)
+    audit_store = current_app.extensions["audit"]
+    observer = _facade().settings.base_url
+    address = request.remote_addr
+
+    def body() -> Iterator[bytes]:
+        try:
+            yield from retrieval.chunks
+        except StreamAborted as exc:
+            log.warning("gateway: %s; the response to the client was cut short", exc)
+            record = AuditRecord(interaction="read", resource_type="ImagingStudy", status=502,
+                                 client_id=access.claims.client_id if access else None,
+                                 user=access.user if access else None, address=address, query=None,
+                                 resource_id=study, patients=patients, description=f"transfer aborted: {exc}",
+                                 detail=detail)
+            audit_store.write(build_events(record, observer), record.client_id)
+            raise
+        finally:
+            retrieval.close()
+
+    return Response(body(), status=retrieval.status, headers=headers, direct_passthrough=True)
+
+
+def init_gateway(app: Any, ttl_s: float) -> None:
+    app.extensions["owner_cache"] = OwnerCache(ttl_s)
+    app.register_blueprint(bp)
