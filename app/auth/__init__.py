@@ -36,6 +36,10 @@ def smart_configuration(settings: Settings, embedded: Any = None) -> dict[str, A
         return embedded.smart_configuration()  # type: ignore[no-any-return]
     if auth["mode"] == "external":
         document = dict(auth["smart_configuration"])
+        # The gateway accepts the same tokens as the FHIR API: SMART Imaging Access holds whatever the issuer.
+        capabilities = list(document.get("capabilities", ()))
+        document["capabilities"] = capabilities + (["smart-imaging-access"] if "smart-imaging-access"
+                                                   not in capabilities else [])
         document.setdefault("code_challenge_methods_supported", ["S256"])
         document.setdefault("response_types_supported", ["code"])
         return document

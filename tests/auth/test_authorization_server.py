@@ -1074,6 +1074,25 @@ def _prove_sso_openid_connect(app: Any, http: Any, patient: str) -> None:
     assert claims["iss"] == document["issuer"] and claims["aud"] == TIMELINE and claims["fhirUser"] == FHIR_USER
 
 
+def _prove_smart_imaging_access(app: Any, http: Any, patient: str) -> None:
+    """Argonaut SMART Imaging Access: the study's Endpoint needs the token, and the token opens the images."""
+    token = user_tokens(app, patient, "launch/patient patient/*.rs")["access_token"]
+    bundle = fhir_search(http, token, "?_include=ImagingStudy:endpoint").get_json()
+    studies = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "ImagingStudy"]
+    endpoints = {f"Endpoint/{e['resource']['id']}": e["resource"] for e in bundle["entry"]
+                 if e["resource"]["resourceType"] == "Endpoint"}
+    study = studies[0]
+    endpoint = endpoints[study["endpoint"][0]["reference"]]
+    assert {"url": "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token",
+            "valueBoolean": True} in endpoint["extension"]
+    uid = next(i["value"] for i in study["identifier"] if i["system"] == "urn:dicom:uid").removeprefix("urn:oid:")
+    path = urlsplit(endpoint["address"]).path + f"/studies/{uid}/metadata"
+    assert http.get(path).status_code == 401  # the address wants the token
+    images = http.get(path, headers={"Authorization": f"Bearer {token}"})
+    assert images.status_code == 200 and images.mimetype == "application/dicom+json"
+    assert {d["0020000D"]["Value"][0] for d in images.get_json()} == {uid}
+
+
 PROOFS: dict[str, Callable[[Any, Any, str], None]] = {
     "launch-ehr": _prove_launch_ehr,
     "launch-standalone": _prove_launch_standalone,
@@ -1092,6 +1111,7 @@ PROOFS: dict[str, Callable[[Any, Any, str], None]] = {
     "permission-v1": _prove_permission_v1,
     "permission-v2": _prove_permission_v2,
     "sso-openid-connect": _prove_sso_openid_connect,
+    "smart-imaging-access": _prove_smart_imaging_access,
 }
 
 

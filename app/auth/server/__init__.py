@@ -41,6 +41,7 @@ CAPABILITIES = [
     "client-confidential-asymmetric", "context-banner", "context-style", "context-ehr-patient",
     "context-standalone-patient", "permission-offline", "permission-online", "permission-patient",
     "permission-user", "permission-v1", "permission-v2", "sso-openid-connect",
+    "smart-imaging-access",  # Argonaut SMART Imaging Access: the token opens the images (app/gateway.py)
 ]
 LAUNCH_TTL_S = 300
 
