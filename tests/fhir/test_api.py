@@ -185,7 +185,7 @@ def started_instant(value: str) -> datetime:
 def endpoint_trusts(study: dict[str, Any]) -> set[str]:
     refs = [r["reference"] for r in study.get("endpoint", ())]
     refs += [r["reference"] for s in study.get("series", ()) for r in s.get("endpoint", ())]
-    return {r.removeprefix("Endpoint/").removesuffix("-wado-rs") for r in refs}
+    return {r.removeprefix("Endpoint/").removesuffix("-wado-rs").removesuffix("-ihe-iid") for r in refs}
 
 
 # ----------------------------------------------------------------------------- metadata

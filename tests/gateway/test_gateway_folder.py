@@ -1,0 +1,328 @@
+"""The image gateway over the embedded folder archives (the demo's): what it serves, whom it serves, and
+what it refuses. The archives' own files are the reference: a retrieval must give them back byte for byte.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from PIL import Image
+from smart_tokens import patient_token, system_token
+
+from tests.gateway.multipart import parts
+
+REQUIRES_TOKEN = "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token"
+
+
+@pytest.fixture(scope="module")
+def http(app: Any) -> Any:
+    return app.test_client()
+
+
+@pytest.fixture(scope="module")
+def system(app: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {system_token(app)}"}
+
+
+@pytest.fixture(scope="module")
+def patient(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The patient with studies at four trusts."""
+    nhs = manifest["facts"]["multi_trust_patient"]["nhs_number"]
+    return next(p for p in manifest["patients"] if p["nhs_number"] == nhs)
+
+
+@pytest.fixture(scope="module")
+def other(manifest: dict[str, Any], patient: dict[str, Any]) -> dict[str, Any]:
+    """Another patient, with a study at a trust the first patient also uses."""
+    return next(p for p in manifest["patients"] if p["nhs_number"] != patient["nhs_number"]
+                and any(set(s["trusts"]) & {"mft"} for s in p["studies"]))
+
+
+def one_trust_study(record: dict[str, Any], trust: str | None = None) -> tuple[str, str]:
+    study = next(s for s in record["studies"] if len(s["trusts"]) == 1 and (trust is None or s["trusts"] == [trust]))
+    return study["trusts"][0], study["study_uid"]
+
+
+def files_of(demo_data: Path, trust: str, study_uid: str) -> dict[str, pydicom.Dataset]:
+    """SOP Instance UID -> dataset of the study's files in the trust's folder."""
+    found = {}
+    for path in sorted((demo_data / trust).rglob("*.dcm")):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        if ds.StudyInstanceUID == study_uid:
+            found[str(ds.SOPInstanceUID)] = (path, ds)
+    assert found, f"no files of {study_uid} in {trust}"
+    return found  # type: ignore[return-value]
+
+
+def outcome(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, (response.status_code, response.get_data()[:300])
+    assert response.mimetype == "application/fhir+json"
+    body = response.get_json()
+    assert body["resourceType"] == "OperationOutcome" and body["issue"], body
+    return body  # type: ignore[no-any-return]
+
+
+# ----------------------------------------------------------------------------- what it serves
+
+
+def test_study_retrieval_gives_back_every_file_byte_for_byte(http: Any, system: dict[str, str], demo_data: Path,
+                                                             patient: dict[str, Any]) -> None:
+    trust, uid = one_trust_study(patient, "mft")
+    response = http.get(f"/dicomweb/{trust}/studies/{uid}", headers=system)
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    assert int(response.headers["Content-Length"]) == len(response.data)
+    received = parts(response.headers["Content-Type"], response.data)
+    on_disk = files_of(demo_data, trust, uid)
+    assert sorted(p for _, p in received) == sorted(path.read_bytes() for path, _ in on_disk.values())
+    for headers, payload in received:
+        assert headers["content-type"].startswith("application/dicom")
+        assert int(headers["content-length"]) == len(payload)
+
+
+def test_series_and_instance_levels(http: Any, system: dict[str, str], demo_data: Path,
+                                    patient: dict[str, Any]) -> None:
+    trust, uid = one_trust_study(patient, "mft")
+    on_disk = files_of(demo_data, trust, uid)
+    sop, (path, ds) = next(iter(on_disk.items()))
+    series = str(ds.SeriesInstanceUID)
+    whole_series = http.get(f"/dicomweb/{trust}/studies/{uid}/series/{series}", headers=system)
+    expected = sorted(p.read_bytes() for p, d in on_disk.values() if d.SeriesInstanceUID == series)
+    assert sorted(b for _, b in parts(whole_series.headers["Content-Type"], whole_series.data)) == expected
+    instance = http.get(f"/dicomweb/{trust}/studies/{uid}/series/{series}/instances/{sop}", headers=system)
+    assert [b for _, b in parts(instance.headers["Content-Type"], instance.data)] == [path.read_bytes()]
+
+
+def test_metadata_is_the_files_dicom_json(http: Any, system: dict[str, str], demo_data: Path,
+                                          patient: dict[str, Any]) -> None:
+    trust, uid = one_trust_study(patient, "christie")
+    response = http.get(f"/dicomweb/{trust}/studies/{uid}/metadata", headers=system)
+    assert response.status_code == 200 and response.mimetype == "application/dicom+json"
+    body = response.get_json()
+    on_disk = files_of(demo_data, trust, uid)
+    assert {d["00080018"]["Value"][0] for d in body} == set(on_disk)
+    for dataset in body:
+        _, ds = on_disk[dataset["00080018"]["Value"][0]]
+        assert dataset == ds.to_json_dict(bulk_data_threshold=1 << 20)
+        assert "7FE00010" not in dataset  # no pixel data in metadata
+
+
+def test_frames_are_the_pixel_data(http: Any, system: dict[str, str], demo_data: Path,
+                                   patient: dict[str, Any]) -> None:
+    trust, uid = one_trust_study(patient, "mft")
+    sop, (path, ds) = next(iter(files_of(demo_data, trust, uid).items()))
+    full = pydicom.dcmread(path)
+    base = f"/dicomweb/{trust}/studies/{uid}/series/{ds.SeriesInstanceUID}/instances/{sop}"
+    response = http.get(f"{base}/frames/1", headers=system)
+    assert response.status_code == 200
+    (headers, payload), = parts(response.headers["Content-Type"], response.data)
+    assert headers["content-type"].startswith("application/octet-stream")
+    assert payload == full.PixelData[:len(payload)] and len(payload) == full.Rows * full.Columns * full.BitsAllocated // 8
+    outcome(http.get(f"{base}/frames/999", headers=system), 404)
+
+
+def test_rendered_and_thumbnail_are_images(http: Any, system: dict[str, str], patient: dict[str, Any],
+                                           settings: Any) -> None:
+    trust, uid = one_trust_study(patient, "mft")
+    base = f"/dicomweb/{trust}/studies/{uid}"
+    rendered = http.get(f"{base}/rendered", headers=system)
+    assert rendered.status_code == 200 and rendered.mimetype == "image/jpeg"
+    assert Image.open(io.BytesIO(rendered.data)).format == "JPEG"
+    png = http.get(f"{base}/rendered?viewport=64,32", headers={**system, "Accept": "image/png"})
+    assert png.mimetype == "image/png"
+    assert max(Image.open(io.BytesIO(png.data)).size) <= 64 and Image.open(io.BytesIO(png.data)).size[1] <= 32
+    thumbnail = http.get(f"{base}/thumbnail", headers=system)
+    assert thumbnail.status_code == 200
+    assert max(Image.open(io.BytesIO(thumbnail.data)).size) == settings.gateway_thumbnail_px
+
+
+def test_accept_is_negotiated_not_ignored(http: Any, system: dict[str, str], patient: dict[str, Any]) -> None:
+    trust, uid = one_trust_study(patient, "mft")
+    base = f"/dicomweb/{trust}/studies/{uid}"
+    outcome(http.get(base, headers={**system, "Accept": "application/zip"}), 406)
+    outcome(http.get(f"{base}/metadata", headers={**system, "Accept": "application/xml"}), 406)
+    outcome(http.get(f"{base}/rendered", headers={**system, "Accept": "image/gif"}), 406)
+    # These files are Explicit VR Little Endian: asking for it works, asking for JPEG 2000 is refused (no transcoding).
+    explicit = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'
+    assert http.get(base, headers={**system, "Accept": explicit}).status_code == 200
+    j2k = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.90'
+    outcome(http.get(base, headers={**system, "Accept": j2k}), 406)
+
+
+def test_head_sends_headers_only(http: Any, system: dict[str, str], patient: dict[str, Any]) -> None:
+    trust, uid = one_trust_study(patient, "mft")
+    response = http.head(f"/dicomweb/{trust}/studies/{uid}/metadata", headers=system)
+    assert response.status_code == 200 and response.data == b""
+    assert response.mimetype == "application/dicom+json"
+
+
+# ----------------------------------------------------------------------------- whom it serves
+
+
+def test_no_token_is_401_with_a_bearer_challenge(http: Any, patient: dict[str, Any]) -> None:
+    trust, uid = one_trust_study(patient)
+    response = http.get(f"/dicomweb/{trust}/studies/{uid}")
+    outcome(response, 401)
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    outcome(http.get(f"/dicomweb/{trust}/studies/{uid}", headers={"Authorization": "Bearer not.a.token"}), 401)
+
+
+def test_a_token_without_imagingstudy_read_is_403(app: Any, http: Any, patient: dict[str, Any]) -> None:
+    trust, uid = one_trust_study(patient)
+    for scope in ("system/Patient.rs", "system/ImagingStudy.s"):
+        token = system_token(app, scope)
+        response = http.get(f"/dicomweb/{trust}/studies/{uid}", headers={"Authorization": f"Bearer {token}"})
+        outcome(response, 403)
+        assert "insufficient_scope" in response.headers["WWW-Authenticate"]
+
+
+def test_a_filtered_scope_does_not_open_images(app: Any, http: Any, patient: dict[str, Any]) -> None:
+    trust, uid = one_trust_study(patient)
+    token = patient_token(app, patient["nhs_number"], "launch/patient patient/ImagingStudy.rs?modality=CT")
+    outcome(http.get(f"/dicomweb/{trust}/studies/{uid}", headers={"Authorization": f"Bearer {token}"}), 403)
+
+
+def test_patient_token_opens_own_studies_at_every_trust(app: Any, http: Any, patient: dict[str, Any]) -> None:
+    token = {"Authorization": f"Bearer {patient_token(app, patient['nhs_number'])}"}
+    opened = 0
+    for study in patient["studies"]:
+        for trust in study["trusts"]:
+            response = http.get(f"/dicomweb/{trust}/studies/{study['study_uid']}/metadata", headers=token)
+            assert response.status_code == 200, (trust, study["study_uid"], response.get_data()[:200])
+            opened += 1
+    assert opened >= 4
+
+
+def test_patient_token_cannot_open_another_patients_study(app: Any, http: Any, patient: dict[str, Any],
+                                                          other: dict[str, Any]) -> None:
+    """Another patient's study answers exactly like a study that does not exist: 404, nothing revealed."""
+    token = {"Authorization": f"Bearer {patient_token(app, patient['nhs_number'])}"}
+    trust, uid = one_trust_study(other, "mft")
+    for suffix in ("", "/metadata", "/rendered", "/thumbnail"):
+        denied = outcome(http.get(f"/dicomweb/{trust}/studies/{uid}{suffix}", headers=token), 404)
+        missing = outcome(http.get(f"/dicomweb/{trust}/studies/2.25.1{suffix}", headers=token), 404)
+        assert denied["issue"][0]["code"] == missing["issue"][0]["code"] == "not-found"
+        assert uid not in str(missing) and other["nhs_number"] not in str(denied)
+    # The same study through another trust's path is not a way round.
+    own_trust, _ = one_trust_study(patient, "christie")
+    outcome(http.get(f"/dicomweb/{own_trust}/studies/{uid}", headers=token), 404)
+
+
+def test_series_of_another_study_is_not_served_under_an_own_study(app: Any, http: Any, demo_data: Path,
+                                                                  patient: dict[str, Any],
+                                                                  other: dict[str, Any]) -> None:
+    """The owner check is on the study; a foreign series cannot ride on an own study UID."""
+    token = {"Authorization": f"Bearer {patient_token(app, patient['nhs_number'])}"}
+    _, own = one_trust_study(patient, "mft")
+    _, foreign = one_trust_study(other, "mft")
+    _, (_, ds) = next(iter(files_of(demo_data, "mft", foreign).items()))
+    outcome(http.get(f"/dicomweb/mft/studies/{own}/series/{ds.SeriesInstanceUID}", headers=token), 404)
+
+
+def test_every_retrieval_is_audited(app: Any, http: Any, patient: dict[str, Any], other: dict[str, Any]) -> None:
+    token = {"Authorization": f"Bearer {patient_token(app, patient['nhs_number'])}"}
+    trust, uid = one_trust_study(patient, "mft")
+    _, foreign = one_trust_study(other, "mft")
+    assert http.get(f"/dicomweb/{trust}/studies/{uid}/thumbnail", headers=token).status_code == 200
+    assert http.get(f"/dicomweb/mft/studies/{foreign}", headers=token).status_code == 404
+    audit = {"Authorization": f"Bearer {system_token(app, 'system/AuditEvent.rs')}"}
+    events = http.get("/fhir/AuditEvent?_count=200&_sort=-date", headers=audit).get_json()["entry"]
+    granted = [e["resource"] for e in events if any(
+        en.get("what", {}).get("reference") == f"ImagingStudy/{uid}" for en in e["resource"].get("entity", ()))]
+    assert granted, "no AuditEvent for the retrieval"
+    event = granted[0]
+    assert event["outcome"] == "0" and event["action"] == "R"
+    assert {"reference": f"Patient/{patient['nhs_number']}"} in [en.get("what") for en in event["entity"]]
+    assert any(en.get("description", "").endswith(f"studies/{uid}/thumbnail") for en in event["entity"])
+    refused = [e["resource"] for e in events if any(
+        en.get("what", {}).get("reference") == f"ImagingStudy/{foreign}" for en in e["resource"].get("entity", ()))]
+    assert refused and refused[0]["outcome"] == "4"
+    assert f"Patient/{other['nhs_number']}" not in str(refused[0])  # a denial names nobody's data
+
+
+# ----------------------------------------------------------------------------- what it refuses
+
+
+BAD_PATHS = [
+    ("/dicomweb/bolton/studies/1.2.x", 400),
+    ("/dicomweb/bolton/studies/1.02.3", 400),               # a UID component may not start with 0
+    ("/dicomweb/bolton/studies/" + "1." * 32 + "1", 400),   # longer than 64 characters
+    ("/dicomweb/bolton/studies/1.2.3*", 400),
+    ("/dicomweb/bolton/studies/1.2.3/series/*", 400),
+    ("/dicomweb/bolton/studies/1.2.3/series/1.2/instances/1?3", 400),
+    ("/dicomweb/bolton/studies/1.2.3/../1.2.4", 400),
+    ("/dicomweb/bolton/studies/1.2.3/%2e%2e/1.2.4", 400),
+    ("/dicomweb/bolton/studies/1.2.3%2Fseries%2F1.2", 400),
+    ("/dicomweb/bolton/studies/1.2.3%5Cseries", 400),
+    ("/dicomweb/bolton/studies//1.2.3", 400),
+    ("/dicomweb/bolton/studies/1.2.3/", 400),
+    ("/dicomweb/bolton/studies/1.2.3/bulkdata", 400),
+    ("/dicomweb/bolton/studies/1.2.3/series/1.2/instances/1.3/frames/0", 400),
+    ("/dicomweb/bolton/studies/1.2.3/series/1.2/instances/1.3/frames/1,a", 400),
+    ("/dicomweb/bolton/studies/1.2.3/series/1.2/instances/1.3/frames/1/metadata", 400),
+    ("/dicomweb/bolton/series/1.2.3", 400),
+    ("/dicomweb/bolton/studies", 400),
+    ("/dicomweb/bolton/studies/1.2.3?PatientID=*", 400),
+    ("/dicomweb/bolton/studies/1.2.3/rendered?viewport=0,10", 400),
+    ("/dicomweb/bolton/studies/1.2.3/rendered?quality=101", 400),
+    ("/dicomweb/bolton/studies/1.2.3/rendered?window=40,400,cubic", 400),
+    ("/dicomweb/bolton/studies/1.2.3/rendered?quality=50&quality=60", 400),
+    ("/dicomweb/nowhere/studies/1.2.3", 404),
+    ("/dicomweb/../fhir/metadata", 400),
+    ("/dicomweb/BOLTON/studies/1.2.3", 404),
+]
+
+
+@pytest.mark.parametrize(("path", "status"), BAD_PATHS, ids=[p for p, _ in BAD_PATHS])
+def test_bad_input_is_refused_with_an_outcome(http: Any, system: dict[str, str], path: str, status: int) -> None:
+    response = http.get(path, headers=system)
+    if response.status_code in (404, 400) and response.mimetype == "application/fhir+json":
+        outcome(response, status)
+    else:
+        pytest.fail(f"{path} -> {response.status_code} {response.mimetype}")
+
+
+def test_bad_headers_are_refused(http: Any, system: dict[str, str], patient: dict[str, Any]) -> None:
+    trust, uid = one_trust_study(patient)
+    outcome(http.get(f"/dicomweb/{trust}/studies/{uid}", headers={**system, "Accept": "x" * 2000}), 400)
+
+
+def test_only_get_and_head(http: Any, system: dict[str, str], patient: dict[str, Any]) -> None:
+    trust, uid = one_trust_study(patient)
+    for method in ("POST", "PUT", "DELETE"):
+        response = http.open(f"/dicomweb/{trust}/studies/{uid}", method=method, headers=system)
+        outcome(response, 405)
+
+
+# ----------------------------------------------------------------------------- Endpoints
+
+
+def test_endpoints_name_the_gateway_and_want_the_token(client: Any, settings: Any) -> None:
+    bundle = client.get("/fhir/Endpoint?connection-type=dicom-wado-rs").get_json()
+    endpoints = [e["resource"] for e in bundle["entry"]]
+    assert len(endpoints) == len(settings.trusts)
+    for endpoint in endpoints:
+        trust = endpoint["id"].removesuffix("-wado-rs")
+        assert endpoint["address"] == f"{settings.public_root}/dicomweb/{trust}"
+        assert endpoint["status"] == "active"
+        assert {"url": REQUIRES_TOKEN, "valueBoolean": True} in endpoint["extension"]
+
+
+def test_viewer_endpoints_fill_from_the_study(client: Any, manifest: dict[str, Any]) -> None:
+    """The ihe-iid Endpoint of a trust with a viewer, referenced by that trust's studies."""
+    viewer = client.get("/fhir/Endpoint/mft-ihe-iid").get_json()
+    assert viewer["connectionType"]["code"] == "ihe-iid"
+    assert "{studyUID}" in viewer["address"]
+    record = next(p for p in manifest["patients"] if any(s["trusts"] == ["mft"] for s in p["studies"]))
+    uid = next(s["study_uid"] for s in record["studies"] if s["trusts"] == ["mft"])
+    study = client.get(f"/fhir/ImagingStudy/{uid}").get_json()
+    assert {"reference": "Endpoint/mft-ihe-iid"} in study["endpoint"]
+    found = client.get(f"/fhir/ImagingStudy?patient={record['nhs_number']}&endpoint=mft-ihe-iid").get_json()
+    assert found["total"] >= 1
+    url = viewer["address"].format(studyUID=uid, accessionNumber="A1", patientID=record["nhs_number"])
+    assert uid in url and record["nhs_number"] in url
+    assert client.get("/fhir/Endpoint/bolton-ihe-iid").status_code == 404  # bolton has no viewer configured
