@@ -1,0 +1,75 @@
+"""Image gateway throughput: a large study retrieved through the gateway vs straight from the archive.
+
+Setup (tests/infra/gateway_rig.py): one real Orthanc with a generated study of incompressible 16-bit
+pixel data (default 300 MB), and the facade under gunicorn (gthread) in front of it. Each round
+retrieves the whole study (WADO-RS, multipart/related) once directly and once through the gateway,
+in alternating order, streaming to nowhere; the ratio of the median throughputs is the figure (target
+>= 0.8x). The gunicorn worker's peak RSS (VmHWM) before and after says whether relaying holds data.
+
+Run: python -m bench.gateway [--megabytes 300] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import requests
+
+from bench.results import write_section
+from tests.infra.gateway_rig import GatewayRig
+
+
+def retrieve(url: str, headers: dict[str, str]) -> tuple[int, float]:
+    began = time.perf_counter()
+    size = 0
+    with requests.get(url, headers=headers, stream=True, timeout=600) as response:
+        response.raise_for_status()
+        for chunk in response.iter_content(1 << 20):
+            size += len(chunk)
+    return size, time.perf_counter() - began
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--megabytes", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    with GatewayRig(megabytes=args.megabytes) as rig:
+        direct_headers = {"Accept-Encoding": "identity"}
+        retrieve(rig.direct_url(), direct_headers)  # warm the archive's disk cache
+        retrieve(rig.gateway_url(), rig.headers)    # and the worker
+        rss_before = rig.worker_peak_rss_kib()
+        direct: list[float] = []
+        via: list[float] = []
+        size = 0
+        for round_ in range(args.rounds):
+            order = [("direct", rig.direct_url(), direct_headers), ("gateway", rig.gateway_url(), rig.headers)]
+            for name, url, headers in order if round_ % 2 == 0 else reversed(order):
+                size, seconds = retrieve(url, headers)
+                (direct if name == "direct" else via).append(size / seconds / 1e6)
+        rss_after = rig.worker_peak_rss_kib()
+    direct_mbs, via_mbs = statistics.median(direct), statistics.median(via)
+    ratio = via_mbs / direct_mbs
+    met = "yes" if ratio >= 0.8 else "no"
+    body = f"""A {size / 1e6:.0f} MB study (WADO-RS, multipart/related, {size // (2 * 1024 * 1024)} instances of
+incompressible 16-bit pixel data) from one Orthanc on loopback, directly and through the gateway under
+gunicorn (1 worker, gthread), {args.rounds} rounds alternating the order; MB/s per retrieval, medians.
+Facade, archive and client share this machine's cores.
+
+| target | direct MB/s (median) | gateway MB/s (median) | ratio | met? |
+|---|---|---|---|---|
+| gateway throughput >= 0.8x direct | {direct_mbs:.0f} | {via_mbs:.0f} | **{ratio:.2f}x** | {met} |
+
+All rounds, MB/s: direct {", ".join(f"{v:.0f}" for v in direct)}; gateway {", ".join(f"{v:.0f}" for v in via)}.
+
+Memory: the gunicorn worker's peak RSS (VmHWM) was {rss_before / 1024:.1f} MiB before the measured
+retrievals and {rss_after / 1024:.1f} MiB after relaying {args.rounds} x {size / 1e6:.0f} MB
+(growth {(rss_after - rss_before) / 1024:.1f} MiB): the study is streamed, never held.
+"""
+    print(write_section("Image gateway throughput and memory (bench/gateway.py)", body))
+
+
+if __name__ == "__main__":
+    main()
