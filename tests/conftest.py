@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +91,19 @@ class FhirClient:
     Requests carry a system-scoped token unless the test sends its own Authorization header.
     """
 
+    TOKEN_REUSE_S = 200  # backend tokens live 300 s; a long session must not send an expired one
+
     def __init__(self, app) -> None:
+        self._app = app
         self._client = app.test_client()
-        self.token = system_token(app)
+        self._token = system_token(app)
+        self._minted = time.monotonic()
+
+    @property
+    def token(self) -> str:
+        if time.monotonic() - self._minted > self.TOKEN_REUSE_S:
+            self._token, self._minted = system_token(self._app), time.monotonic()
+        return self._token
 
     def open(self, *args: Any, **kwargs: Any):
         headers = dict(kwargs.pop("headers", None) or {})

@@ -226,9 +226,11 @@ def test_discovery_without_token_is_json_whatever_accept(api: Any, smart_configu
         assert response.status_code == 200, accept
         assert response.mimetype == "application/json"
         document = response.get_json()
-        for key in ("authorization_endpoint", "token_endpoint", "capabilities", "introspection_endpoint",
+        for key in ("authorization_endpoint", "token_endpoint", "introspection_endpoint",
                     "revocation_endpoint", "issuer", "jwks_uri"):
             assert document[key] == smart_configuration[key], key
+        # The issuer's capabilities, and the facade's own: its gateway takes the same tokens.
+        assert document["capabilities"] == [*smart_configuration["capabilities"], "smart-imaging-access"]
         assert document["code_challenge_methods_supported"] == ["S256"]
         assert "code" in document["response_types_supported"]
 

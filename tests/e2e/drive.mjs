@@ -104,6 +104,34 @@ async function run() {
     cells: Array.from(row.cells).map((cell) => cell.innerText.trim()),
   })));
   result.signedIn = await page.locator("#signed-in").innerText().catch(() => null);
+  if (args.openStudy && result.status.state === "ready") {
+    // Open one study's images: a thumbnail per series, then its images one by one (the gateway, same token).
+    await page.click(`#studies tr[data-study-uid="${args.openStudy}"] button.view-images`);
+    await page.waitForSelector('#viewer[data-state="ready"], #viewer[data-state="error"]', { timeout });
+    await page.waitForFunction(() => document.getElementById("frame-image").naturalWidth > 0, null, { timeout })
+      .catch(() => {});
+    step(page, "viewer");
+    const read = async () => ({
+      state: await page.getAttribute("#viewer", "data-state"),
+      status: await page.locator("#viewer-status").innerText(),
+      thumbnails: await page.$$eval("#thumbnails img", (imgs) => imgs.map((i) => ({ loaded: i.complete && i.naturalWidth > 0 }))),
+      seriesUids: await page.$$eval("#thumbnails button", (b) => b.map((x) => x.getAttribute("data-series-uid"))),
+      frameWidth: await page.$eval("#frame-image", (i) => i.naturalWidth),
+      frameSrc: await page.getAttribute("#frame-image", "src"),
+      position: await page.locator("#frame-position").innerText(),
+      iidHref: await page.locator("#viewer-iid-link").getAttribute("href").catch(() => null),
+      iidVisible: await page.locator("#viewer-iid").isVisible(),
+    });
+    result.viewer = await read();
+    if (!(await page.locator("#frame-next").isDisabled())) {
+      await page.click("#frame-next");
+      await page.waitForFunction(() => /^Image 2 of/.test(document.getElementById("frame-position").textContent), null, { timeout });
+      await page.waitForFunction((before) => { const i = document.getElementById("frame-image"); return i.src !== before && i.naturalWidth > 0; },
+        result.viewer.frameSrc, { timeout });
+      result.viewerNext = await read();
+    }
+    if (args.viewerScreenshot) await page.screenshot({ path: args.viewerScreenshot, fullPage: true });
+  }
   result.sessionKeys = await page.evaluate(() => Object.keys(window.sessionStorage));
   if (args.screenshot) {
     await page.screenshot({ path: args.screenshot, fullPage: true });

@@ -71,7 +71,7 @@ def _check_table(result: dict[str, Any], expected: dict[str, Any], manifest: dic
     assert set(rows) == set(expected["studies"]), "the table must list exactly the patient's studies"
     in_manifest = {s["study_uid"] for p in manifest["patients"] if p["nhs_number"] == patient for s in p["studies"]}
     assert set(rows) == in_manifest
-    assert result["headers"] == ["Date", "Modality", "Description", "Trust", "Body part", "Series"]
+    assert result["headers"] == ["Date", "Modality", "Description", "Trust", "Body part", "Series", "Images"]
     for uid, cells in rows.items():
         study = expected["studies"][uid]
         for trust in expected["trusts"][uid]:
@@ -114,8 +114,10 @@ def test_ehr_launch_lists_the_patients_studies(facade, patient, expected, manife
 
 
 def test_standalone_launch_with_patient_picker(facade, patient, expected, manifest, drive, artifacts):
+    imaged = _study_to_open(expected)
     result = drive(timeline_url(facade.port), username=USER, password=PASSWORD, patient=patient,
-                   screenshot=str(artifacts / "e2e-standalone-launch.png"))
+                   screenshot=str(artifacts / "e2e-standalone-launch.png"), openStudy=imaged["id"],
+                   viewerScreenshot=str(artifacts / "e2e-standalone-viewer.png"))
 
     _check_table(result, expected, manifest, patient)
     assert [s["name"] for s in result["steps"]] == ["login", "picker", "consent", "app"]
@@ -126,6 +128,36 @@ def test_standalone_launch_with_patient_picker(facade, patient, expected, manife
     assert name in banner["text"]
     assert f"{patient[:3]} {patient[3:6]} {patient[6:]}" in banner["text"]
     assert result["finalUrl"] == timeline_url(facade.port)
+    _check_viewer(result, imaged)
+
+
+NON_IMAGE_MODALITIES = {"SR", "KO", "PR", "DOC"}
+
+
+def _study_to_open(expected: dict[str, Any]) -> dict[str, Any]:
+    """A study at mft (a trust with an ihe-iid viewer) with several series, all of them images."""
+    return next(s for s in expected["studies"].values()
+                if {"reference": "Endpoint/mft-ihe-iid"} in s.get("endpoint", []) and len(s.get("series", [])) > 1
+                and not {x["modality"]["code"] for x in s["series"]} & NON_IMAGE_MODALITIES)
+
+
+def _check_viewer(result: dict[str, Any], study: dict[str, Any]) -> None:
+    """The images of one study, through the gateway with the app's own token: a thumbnail per series, then
+    the first series' images one at a time."""
+    viewer = result.get("viewer")
+    assert viewer, _diagnose(result)
+    assert viewer["state"] == "ready", viewer
+    assert sorted(viewer["seriesUids"]) == sorted(s["uid"] for s in study["series"])
+    assert [t["loaded"] for t in viewer["thumbnails"]] == [True] * len(study["series"]), viewer["thumbnails"]
+    assert viewer["frameWidth"] > 0 and viewer["frameSrc"].startswith("blob:")
+    assert viewer["position"].startswith("Image 1 of ")
+    count = int(viewer["position"].rsplit(" ", 1)[1])
+    if count > 1:
+        assert result["viewerNext"]["position"] == f"Image 2 of {count}"
+        assert result["viewerNext"]["frameWidth"] > 0
+    assert viewer["iidVisible"] and study["id"] in viewer["iidHref"]
+    assert [e for e in result["httpErrors"] if not e.endswith("/favicon.ico")] == [], result["httpErrors"]
+    assert not result["pageErrors"], result["pageErrors"]
 
 
 def test_app_is_served_with_its_security_headers(facade):

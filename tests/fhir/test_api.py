@@ -618,10 +618,12 @@ def test_imaging_study_search_include_endpoint(client, demo, count):
     included = [e["resource"] for e in entries(bundle, "include")]
     referenced = set().union(*(endpoint_trusts(s) for s in matches(bundle)))
     assert included and all(r["resourceType"] == "Endpoint" for r in included)
-    assert sorted(r["id"] for r in included) == sorted(f"{t}-wado-rs" for t in referenced)
+    assert sorted(r["id"] for r in included) == sorted(
+        [f"{t}-wado-rs" for t in referenced] + [f"{t}-ihe-iid" for t in referenced if t in VIEWER_TRUSTS])
     for entry in entries(bundle, "include"):
         assert entry["fullUrl"] == f"{BASE_URL}/Endpoint/{entry['resource']['id']}"
-        assert entry["resource"]["connectionType"]["code"] == WADO_RS
+        code = "ihe-iid" if entry["resource"]["id"].endswith("-ihe-iid") else WADO_RS
+        assert entry["resource"]["connectionType"]["code"] == code
     assert ("_include", "ImagingStudy:endpoint") in parse_qsl(urlsplit(link(bundle, "self")).query)
 
 
@@ -729,6 +731,7 @@ def test_patient_search_unknown_nhs_number_is_empty(client, demo):
 
 
 TRUST_IDS = ["bolton", "christie", "mft", "stockport", "wwl", "tameside", "salford", "pennine"]
+VIEWER_TRUSTS = ["mft", "salford"]  # trusts with an ihe-iid viewer in config/demo.yaml
 
 
 @pytest.mark.parametrize("trust", TRUST_IDS)
@@ -751,11 +754,12 @@ def test_organization_read_by_ods_code(client, demo, trust):
 
 
 @pytest.mark.parametrize(("resource_type", "pairs", "expected"), [
-    ("Endpoint", [], [f"{t}-wado-rs" for t in TRUST_IDS]),
+    ("Endpoint", [], [f"{t}-wado-rs" for t in TRUST_IDS] + [f"{t}-ihe-iid" for t in VIEWER_TRUSTS]),
     ("Endpoint", [("connection-type", WADO_RS)], [f"{t}-wado-rs" for t in TRUST_IDS]),
     ("Endpoint", [("connection-type", f"http://terminology.hl7.org/CodeSystem/endpoint-connection-type|{WADO_RS}")],
      [f"{t}-wado-rs" for t in TRUST_IDS]),
-    ("Endpoint", [("connection-type", "ihe-iid")], []),
+    ("Endpoint", [("connection-type", "ihe-iid")], [f"{t}-ihe-iid" for t in VIEWER_TRUSTS]),
+    ("Endpoint", [("connection-type", "dicom-qido-rs")], []),
     ("Endpoint", [("organization", "Organization/RMC")], ["bolton-wado-rs"]),
     ("Endpoint", [("_id", "mft-wado-rs")], ["mft-wado-rs"]),
     ("Organization", [], ["RMC", "RBV", "R0A", "RWJ", "RRF", "RMP", "RM3", "RW6"]),
@@ -776,7 +780,8 @@ def test_directory_search(client, resource_type, pairs, expected):
 def test_directory_search_paging(client, resource_type):
     pages = all_pages(client, search(client, resource_type, [("_count", "3")]))
     ids = [i for page in pages for i in match_ids(page)]
-    assert len(pages) == 3 and len(ids) == len(set(ids)) == len(TRUST_IDS)
+    total = len(TRUST_IDS) + (len(VIEWER_TRUSTS) if resource_type == "Endpoint" else 0)
+    assert len(pages) == -(-total // 3) and len(ids) == len(set(ids)) == total
 
 
 # ----------------------------------------------------------------------------- errors

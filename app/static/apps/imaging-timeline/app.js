@@ -9,6 +9,11 @@
  * The page lists the patient's studies across every trust:
  *   GET ImagingStudy?patient=<id>&_include=ImagingStudy:endpoint   (every page)
  * and, when the token response says need_patient_banner, a banner from GET Patient/<id>.
+ *
+ * "View images" opens a study through the trust's WADO-RS Endpoint (the facade's gateway, which wants
+ * the same access token: SMART Imaging Access): a thumbnail per series, then the series' images one
+ * at a time (series metadata for the instance list, /rendered for each image). Images are fetched
+ * with the Authorization header and shown from blob: URLs; nothing about them is cached.
  */
 (function () {
   "use strict";
@@ -170,7 +175,8 @@
           ? trusts.map(function (t) { return el("span", { className: "trust-name", text: t }); })
           : [muted("Unknown")]),
         el("td", { className: "body-part" }, [parts.length ? document.createTextNode(parts.join(", ")) : muted("Not recorded")]),
-        el("td", { className: "num", text: String(seriesCount) })
+        el("td", { className: "num", text: String(seriesCount) }),
+        el("td", {}, [imagesButton(study, endpoints)])
       ]));
     });
     var trustCount = unique([].concat.apply([], studies.map(function (s) { return trustNames(s, endpoints); }))).length;
@@ -178,6 +184,194 @@
       studies.length + (studies.length === 1 ? " study" : " studies") + " from " +
       trustCount + (trustCount === 1 ? " trust" : " trusts");
     table.hidden = false;
+  }
+
+  // -- images (WADO-RS through the trust's Endpoint) -----------------------------------------------
+  var WADO_RS = "dicom-wado-rs";
+  var IID = "ihe-iid";
+  var viewer = { client: null, objectUrls: [], generation: 0, frames: [], index: 0 };
+
+  function endpointOf(refs, endpoints, code) {
+    for (var i = 0; i < (refs || []).length; i++) {
+      var id = String(refs[i].reference || "").replace(/^.*Endpoint\//, "");
+      var endpoint = endpoints[id];
+      if (endpoint && endpoint.status === "active" && endpoint.connectionType && endpoint.connectionType.code === code) {
+        return endpoint;
+      }
+    }
+    return null;
+  }
+
+  function imagesButton(study, endpoints) {
+    if (!endpointOf(study.endpoint, endpoints, WADO_RS)) return muted("Not available");
+    var button = el("button", { type: "button", className: "button-secondary view-images", text: "View images" });
+    button.setAttribute("aria-label", "View images of " + (description(study) || "this study"));
+    button.addEventListener("click", function () { openViewer(study, endpoints); });
+    return button;
+  }
+
+  function dicomValue(dataset, tag) {
+    var element = dataset[tag];
+    return element && element.Value ? element.Value[0] : undefined;
+  }
+
+  async function fetchImage(url) {
+    var response = await fetch(url, { headers: { Authorization: viewer.client.getAuthorizationHeader(), Accept: "image/jpeg" } });
+    if (!response.ok) throw new Error("HTTP " + response.status + " for an image");
+    var objectUrl = URL.createObjectURL(await response.blob());
+    viewer.objectUrls.push(objectUrl);
+    return objectUrl;
+  }
+
+  function releaseImages() {
+    viewer.objectUrls.forEach(function (u) { URL.revokeObjectURL(u); });
+    viewer.objectUrls = [];
+  }
+
+  function viewerState(state, text) {
+    var section = document.getElementById("viewer");
+    section.dataset.state = state;
+    document.getElementById("viewer-status").textContent = text;
+  }
+
+  function fillTemplate(template, values) {
+    return template.replace(/\{(studyUID|accessionNumber|patientID)\}/g, function (_, name) {
+      return encodeURIComponent(values[name] || "");
+    });
+  }
+
+  async function openViewer(study, endpoints) {
+    var generation = ++viewer.generation;
+    releaseImages();
+    var section = document.getElementById("viewer");
+    section.hidden = false;
+    document.getElementById("viewer-title").textContent = "Images: " + (description(study) || "study");
+    document.getElementById("thumbnails").textContent = "";
+    document.getElementById("frame-image").removeAttribute("src");
+    viewer.frames = [];
+    updateFrameControls();
+    viewerState("loading", "Loading series…");
+    section.focus();
+    var iid = endpointOf(study.endpoint, endpoints, IID);
+    var iidBox = document.getElementById("viewer-iid");
+    iidBox.hidden = !iid;
+    if (iid) {
+      var accession = (study.identifier || []).filter(function (i) {
+        return i.type && (i.type.coding || []).some(function (c) { return c.code === "ACSN"; });
+      })[0];
+      document.getElementById("viewer-iid-link").href = fillTemplate(iid.address, {
+        studyUID: studyUid(study), accessionNumber: accession && accession.value,
+        patientID: String((study.subject && study.subject.reference) || "").replace(/^Patient\//, "")
+      });
+    }
+    var uid = studyUid(study);
+    var list = document.getElementById("thumbnails");
+    var series = (study.series || []).slice().sort(function (a, b) { return (a.number || 0) - (b.number || 0); });
+    var shown = 0;
+    var failed = 0;
+    await Promise.all(series.map(async function (s) {
+      var endpoint = endpointOf(s.endpoint, endpoints, WADO_RS) || endpointOf(study.endpoint, endpoints, WADO_RS);
+      var base = endpoint.address + "/studies/" + uid + "/series/" + s.uid;
+      var label = (s.modality && s.modality.code ? s.modality.code + " " : "") + (s.description || "Series " + (s.number || ""));
+      var img = el("img", { alt: "" });
+      var button = el("button", { type: "button", "aria-pressed": "false", "data-series-uid": s.uid },
+        [img, el("span", { className: "label", text: label })]);
+      button.setAttribute("aria-label", "Show series: " + label);
+      button.addEventListener("click", function () { showSeries(base, button, generation); });
+      list.appendChild(el("li", {}, [button]));
+      try {
+        var url = await fetchImage(base + "/thumbnail");
+        if (generation !== viewer.generation) return;
+        img.src = url;
+        shown += 1;
+      } catch (error) {
+        failed += 1;
+        img.alt = "No preview";
+      }
+    }));
+    if (generation !== viewer.generation) return;
+    var first = list.querySelector("button");
+    if (first) await showSeries(null, first, generation, series[0], uid, study, endpoints);
+    if (failed) viewerState("error", failed + " of " + series.length + " series previews could not be loaded.");
+  }
+
+  async function showSeries(base, button, generation, firstSeries, uid, study, endpoints) {
+    if (!base) {
+      var endpoint = endpointOf(firstSeries.endpoint, endpoints, WADO_RS) || endpointOf(study.endpoint, endpoints, WADO_RS);
+      base = endpoint.address + "/studies/" + uid + "/series/" + firstSeries.uid;
+    }
+    Array.prototype.forEach.call(document.querySelectorAll("#thumbnails button"), function (b) {
+      b.setAttribute("aria-pressed", b === button ? "true" : "false");
+    });
+    viewerState("loading", "Loading images…");
+    var response = await fetch(base + "/metadata", {
+      headers: { Authorization: viewer.client.getAuthorizationHeader(), Accept: "application/dicom+json" }
+    });
+    if (generation !== viewer.generation) return;
+    if (!response.ok) {
+      viewerState("error", "The images of this series could not be listed (HTTP " + response.status + ").");
+      return;
+    }
+    var instances = await response.json();
+    instances.sort(function (a, b) { return (dicomValue(a, "00200013") || 0) - (dicomValue(b, "00200013") || 0); });
+    viewer.frames = [];
+    instances.forEach(function (ds) {
+      if (!ds["7FE00010"] && !dicomValue(ds, "00280010")) return; // no pixels (e.g. a structured report)
+      var frames = parseInt(dicomValue(ds, "00280008") || "1", 10) || 1;
+      var path = base + "/instances/" + dicomValue(ds, "00080018");
+      for (var n = 1; n <= frames; n++) viewer.frames.push(frames > 1 ? path + "/frames/" + n + "/rendered" : path + "/rendered");
+    });
+    viewer.index = 0;
+    updateFrameControls();
+    if (!viewer.frames.length) {
+      viewerState("ready", "This series has no images to show (it may be a report or other non-image object).");
+      document.getElementById("frame-image").removeAttribute("src");
+      return;
+    }
+    await showFrame(generation);
+  }
+
+  async function showFrame(generation) {
+    var img = document.getElementById("frame-image");
+    try {
+      var url = await fetchImage(viewer.frames[viewer.index]);
+      if (generation !== viewer.generation) return;
+      img.src = url;
+      img.alt = "Image " + (viewer.index + 1) + " of " + viewer.frames.length;
+      viewerState("ready", "Showing image " + (viewer.index + 1) + " of " + viewer.frames.length + ".");
+    } catch (error) {
+      viewerState("error", "The image could not be loaded: " + error.message);
+    }
+    updateFrameControls();
+  }
+
+  function updateFrameControls() {
+    var count = viewer.frames.length;
+    var slider = document.getElementById("frame-slider");
+    slider.max = String(Math.max(count, 1));
+    slider.value = String(viewer.index + 1);
+    slider.disabled = count < 2;
+    document.getElementById("frame-prev").disabled = viewer.index <= 0;
+    document.getElementById("frame-next").disabled = viewer.index >= count - 1;
+    document.getElementById("frame-position").textContent = count ? "Image " + (viewer.index + 1) + " of " + count : "";
+  }
+
+  function moveTo(index) {
+    if (index < 0 || index >= viewer.frames.length || index === viewer.index) return;
+    viewer.index = index;
+    showFrame(viewer.generation);
+  }
+
+  function wireViewer(client) {
+    viewer.client = client;
+    document.getElementById("frame-prev").addEventListener("click", function () { moveTo(viewer.index - 1); });
+    document.getElementById("frame-next").addEventListener("click", function () { moveTo(viewer.index + 1); });
+    document.getElementById("frame-slider").addEventListener("change", function (e) { moveTo(parseInt(e.target.value, 10) - 1); });
+    document.getElementById("viewer-close").addEventListener("click", function () {
+      viewer.generation += 1;
+      releaseImages();
+      document.getElementById("viewer").hidden = true;
+    });
   }
 
   function renderBanner(patient) {
@@ -212,6 +406,7 @@
   async function show(client) {
     var patientId = client.getPatientId();
     if (!patientId) throw new Error("The launch did not give a patient.");
+    wireViewer(client);
     var token = client.state.tokenResponse || {};
     setStatus("loading", "Loading imaging studies…");
     var patientRequest = token.need_patient_banner ? client.patient.read() : Promise.resolve(null);
