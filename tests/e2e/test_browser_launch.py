@@ -120,7 +120,7 @@ def test_standalone_launch_with_patient_picker(facade, patient, expected, manife
                    viewerScreenshot=str(artifacts / "e2e-standalone-viewer.png"))
 
     _check_table(result, expected, manifest, patient)
-    assert [s["name"] for s in result["steps"]] == ["login", "picker", "consent", "app"]
+    assert [s["name"] for s in result["steps"]] == ["login", "picker", "consent", "app", "viewer"]
     assert any(patient in row for row in result["pickerRows"])
     banner = result["banner"]
     assert banner["visible"] is True, "a standalone launch must show the patient banner"
