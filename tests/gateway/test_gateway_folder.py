@@ -326,3 +326,25 @@ def test_viewer_endpoints_fill_from_the_study(client: Any, manifest: dict[str, A
     url = viewer["address"].format(studyUID=uid, accessionNumber="A1", patientID=record["nhs_number"])
     assert uid in url and record["nhs_number"] in url
     assert client.get("/fhir/Endpoint/bolton-ihe-iid").status_code == 404  # bolton has no viewer configured
+
+
+def test_a_dimse_trust_without_wado_offers_no_images(config_document: dict[str, Any], demo_data: Path,
+                                                     patient: dict[str, Any]) -> None:
+    """C-FIND only (no wado_url): its Endpoint says `off`, and the gateway says 501 without asking anything."""
+    import copy
+
+    from app import create_app
+    from app.config import settings_from_document
+
+    doc = copy.deepcopy(config_document)
+    for trust in doc["trusts"]:
+        if trust["id"] == "christie":
+            trust["archive"] = {"type": "dimse", "host": "127.0.0.1", "port": 9, "called_aet": "NOWHERE"}
+    dimse_app = create_app(settings_from_document(doc, demo_data, "tests/gateway-dimse"))
+    http = dimse_app.test_client()
+    headers = {"Authorization": f"Bearer {system_token(dimse_app)}"}
+    endpoint = http.get("/fhir/Endpoint/christie-wado-rs", headers=headers).get_json()
+    assert endpoint["status"] == "off"
+    assert http.get("/fhir/Endpoint/bolton-wado-rs", headers=headers).get_json()["status"] == "active"
+    _, uid = one_trust_study(patient, "christie")
+    outcome(http.get(f"/dicomweb/christie/studies/{uid}", headers=headers), 501)
