@@ -142,6 +142,15 @@ class GatewayRig:
         children = Path(f"/proc/{self._process.pid}/task/{self._process.pid}/children").read_text().split()
         return [int(pid) for pid in children]
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) used so far by the archive and by the gunicorn workers."""
+        def of(pid: int) -> float:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        assert self.orthanc._proc is not None
+        return {"archive": of(self.orthanc._proc.pid), "gateway": sum(of(pid) for pid in self.worker_pids())}
+
     def worker_peak_rss_kib(self) -> int:
         """The largest peak resident set (VmHWM) of the gunicorn workers, in KiB."""
         peaks = []
