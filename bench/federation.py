@@ -229,13 +229,15 @@ class _QuietServer(_Server):
 class TimedProxy(FaultProxy):
     """The test FaultProxy, also recording (arrival, answered, level) of every request it serves."""
 
+    server_class: type[_QuietServer] = _QuietServer
+
     def __init__(self, upstream: str) -> None:
         super().__init__(upstream)
         self.timeline: list[tuple[float, float, str]] = []
 
     def start(self) -> TimedProxy:  # FaultProxy.start with the timed handler
         self._stopping.clear()
-        server = _QuietServer(("127.0.0.1", 0), _TimedHandler)
+        server = self.server_class(("127.0.0.1", 0), _TimedHandler)
         server.proxy = self
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -446,9 +448,9 @@ def start_archives(stack: list[Any], corpus: Corpus) -> list[OrthancServer]:
     return orthancs
 
 
-def start_proxies(stack: list[Any], upstreams: list[str]) -> list[TimedProxy]:
-    """A TimedProxy in front of each upstream, adding DELAY_S to every request."""
-    proxies = [TimedProxy(url) for url in upstreams]
+def start_proxies(stack: list[Any], upstreams: list[str], kind: type[TimedProxy] = TimedProxy) -> list[TimedProxy]:
+    """A TimedProxy (or a subclass) in front of each upstream, adding DELAY_S to every request."""
+    proxies = [kind(url) for url in upstreams]
     for proxy in proxies:
         stack.append(proxy)
         proxy.start()
