@@ -42,6 +42,7 @@ import argparse
 import concurrent.futures
 import contextlib
 import json
+import math
 import os
 import random
 import shutil
@@ -314,6 +315,11 @@ def facade_log_problems(facade: Facade) -> str:
     return found or "none"
 
 
+def pq(values: list[float], q: float) -> float:
+    """pct(), or NaN for no values (a very short run may leave an archive without a probe)."""
+    return pct(values, q) if values else math.nan
+
+
 def report(rig: LoadRig, spec: dict[str, Any], run: dict[str, Any], baseline: dict[str, Any] | None,
            load: tuple[float, float], warm_problems: list[str]) -> str:
     t0, t1 = run["t0"], run["t1"]
@@ -337,9 +343,9 @@ def report(rig: LoadRig, spec: dict[str, Any], run: dict[str, Any], baseline: di
                 direct[r[1]].append(r[3])
             else:
                 probe_errors.append(f"archive {r[1]}: HTTP {r[4]}, {r[5]} studies {r[7]}".strip())
-    slowest = max(range(ARCHIVES), key=lambda i: pct(direct[i], 95) if direct[i] else 0.0)
-    d50, d95 = pct(direct[slowest], 50), pct(direct[slowest], 95)
-    f50, f95, f99 = pct(seconds, 50), pct(seconds, 95), pct(seconds, 99)
+    slowest = max(range(ARCHIVES), key=lambda i: pq(direct[i], 95) if direct[i] else -1.0)
+    d50, d95 = pq(direct[slowest], 50), pq(direct[slowest], 95)
+    f50, f95, f99 = pq(seconds, 50), pq(seconds, 95), pq(seconds, 99)
     ratio, overhead = f95 / d95, f50 - d50
     rate_ok = achieved >= SUSTAINED * spec["rate"]
     p2_ok = ratio <= TARGETS["P2"] and overhead * 1000 <= TARGETS["P2_ms"]
@@ -349,7 +355,7 @@ def report(rig: LoadRig, spec: dict[str, Any], run: dict[str, Any], baseline: di
     levels = {}
     for level in ("studies", "series"):
         times = [b - a for a, b, lv, _ in facade_calls if lv == level]
-        levels[level] = f"{ms(pct(times, 50))} / {ms(pct(times, 95))}" if times else "n/a"
+        levels[level] = f"{ms(pq(times, 50))} / {ms(pq(times, 95))}" if times else "n/a"
     probe_times = [b - a for a, b, _, probe in forwarded if probe]
     cpu = run["cpu"]
     wall = cpu["wall"]
@@ -371,10 +377,10 @@ def report(rig: LoadRig, spec: dict[str, Any], run: dict[str, Any], baseline: di
          + (" (" + "; ".join(f"{k}: {v}" for k, v in sorted(by_kind.items())) + ")" if errors else ""),
          "0", verdict(not errors)),
         ("facade search latency under load p50 / p95 / p99 / max",
-         f"{ms(f50)} / {ms(f95)} / {ms(f99)} / {ms(max(seconds))}", "", ""),
+         f"{ms(f50)} / {ms(f95)} / {ms(f99)} / {ms(max(seconds, default=math.nan))}", "", ""),
         (f"direct QIDO-RS /studies under load, p95 per archive ({min(len(d) for d in direct)}-"
          f"{max(len(d) for d in direct)} each); slowest ({TRUSTS[slowest].id}) p50 / p95",
-         ", ".join(f"{pct(d, 95) * 1000:.0f}" for d in direct) + f" ms; {ms(d50)} / {ms(d95)}", "", ""),
+         ", ".join(f"{pq(d, 95) * 1000:.0f}" for d in direct) + f" ms; {ms(d50)} / {ms(d95)}", "", ""),
         ("**P2 under load: facade p95 / slowest archive p95**", f"**{ratio:.2f}x**", f"<= {TARGETS['P2']}x",
          verdict(ratio <= TARGETS["P2"])),
         ("**P2 under load: p50 overhead (facade p50 - slowest archive p50)**", f"**{overhead * 1000:.1f} ms**",
@@ -382,9 +388,9 @@ def report(rig: LoadRig, spec: dict[str, Any], run: dict[str, Any], baseline: di
     ]
     if baseline is not None:
         b_arch = baseline["archives"]
-        b_slow = max(range(ARCHIVES), key=lambda i: pct(b_arch[i], 95))
-        b50, b95 = pct(baseline["searches"], 50), pct(baseline["searches"], 95)
-        s50, s95 = pct(b_arch[b_slow], 50), pct(b_arch[b_slow], 95)
+        b_slow = max(range(ARCHIVES), key=lambda i: pq(b_arch[i], 95) if b_arch[i] else -1.0)
+        b50, b95 = pq(baseline["searches"], 50), pq(baseline["searches"], 95)
+        s50, s95 = pq(b_arch[b_slow], 50), pq(b_arch[b_slow], 95)
         rows.append((f"context, at rest (sequential, {len(baseline['searches'])} searches, {len(b_arch[0])} direct "
                      "per archive): facade p50 / p95; slowest archive p50 / p95; P2 ratio; p50 overhead",
                      f"{ms(b50)} / {ms(b95)}; {ms(s50)} / {ms(s95)}; {b95 / s95:.2f}x; {(b50 - s50) * 1000:.1f} ms"
@@ -394,7 +400,7 @@ def report(rig: LoadRig, spec: dict[str, Any], run: dict[str, Any], baseline: di
          f"(proxy -> Orthanc, after the {DELAY_S * 1000:g} ms delay) for the facade's /studies, its /series, "
          "the direct probes, p50 / p95",
          f"{len(facade_calls) / max(len(searches), 1):.1f}; {levels['studies']}; {levels['series']}; "
-         + (f"{ms(pct(probe_times, 50))} / {ms(pct(probe_times, 95))}" if probe_times else "n/a"), "", ""),
+         + (f"{ms(pq(probe_times, 50))} / {ms(pq(probe_times, 95))}" if probe_times else "n/a"), "", ""),
         (f"CPU over the window, cores busy on average (of {ncpu}): facade (gunicorn master + workers); "
          "8 Orthancs; bench process (8 proxies); load generator; the rest of the machine (other processes)",
          f"{cores['facade']:.2f}; {cores['orthanc']:.2f}; {cores['bench']:.2f}; {cores['generator']:.2f}; "
