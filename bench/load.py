@@ -349,6 +349,9 @@ def report(rig: LoadRig, spec: dict[str, Any], run: dict[str, Any], baseline: di
     ratio, overhead = f95 / d95, f50 - d50
     rate_ok = achieved >= SUSTAINED * spec["rate"]
     p2_ok = ratio <= TARGETS["P2"] and overhead * 1000 <= TARGETS["P2_ms"]
+    # A facade that gives up at the archive timeout, measured against archives whose queues its abandoned
+    # requests fill, can show a small ratio: with searches failing the ratio says nothing about P2.
+    moot = " (moot: searches failed)" if errors else ""
 
     forwarded = [f for p in rig.proxies for f in p.forwarded if f[0] >= t0]  # in-flight ones too
     facade_calls = [f for f in forwarded if not f[3]]
@@ -363,6 +366,7 @@ def report(rig: LoadRig, spec: dict[str, Any], run: dict[str, Any], baseline: di
     machine_busy = cpu["machine_busy"] / wall
     rest = machine_busy - sum(cores.values())
     ncpu = os.cpu_count() or 1
+    need = {k: cpu[k] / max(len(searches), 1) * spec["rate"] for k in ("facade", "orthanc", "bench")}
 
     rows = [
         ("offered load", f"{spec['rate']:g} searches/s for {window:.0f} s: {spec['users']} locust users x "
@@ -382,9 +386,9 @@ def report(rig: LoadRig, spec: dict[str, Any], run: dict[str, Any], baseline: di
          f"{max(len(d) for d in direct)} each); slowest ({TRUSTS[slowest].id}) p50 / p95",
          ", ".join(f"{pq(d, 95) * 1000:.0f}" for d in direct) + f" ms; {ms(d50)} / {ms(d95)}", "", ""),
         ("**P2 under load: facade p95 / slowest archive p95**", f"**{ratio:.2f}x**", f"<= {TARGETS['P2']}x",
-         verdict(ratio <= TARGETS["P2"])),
+         verdict(ratio <= TARGETS["P2"]) + moot),
         ("**P2 under load: p50 overhead (facade p50 - slowest archive p50)**", f"**{overhead * 1000:.1f} ms**",
-         f"<= {TARGETS['P2_ms']:g} ms", verdict(overhead * 1000 <= TARGETS["P2_ms"])),
+         f"<= {TARGETS['P2_ms']:g} ms", verdict(overhead * 1000 <= TARGETS["P2_ms"]) + moot),
     ]
     if baseline is not None:
         b_arch = baseline["archives"]
@@ -408,6 +412,9 @@ def report(rig: LoadRig, spec: dict[str, Any], run: dict[str, Any], baseline: di
         ("CPU per search: facade; Orthanc per upstream request",
          f"{cpu['facade'] / max(len(searches), 1) * 1000:.0f} ms; "
          f"{cpu['orthanc'] / max(len(forwarded), 1) * 1000:.1f} ms", "", ""),
+        (f"CPU the offered {spec['rate']:g} req/s would take at this run's cost per search: facade + 8 Orthancs + "
+         "proxies", " + ".join(f"{need[k]:.2f}" for k in ("facade", "orthanc", "bench"))
+         + f" = **{sum(need.values()):.2f} cores** (the machine has {ncpu})", "", ""),
         ("**P5: sustained rate, 0 errors, P2 holds under load**", "", "all three",
          verdict(rate_ok and not errors and p2_ok)),
     ]
