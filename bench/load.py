@@ -413,7 +413,8 @@ def report(rig: LoadRig, spec: dict[str, Any], run: dict[str, Any], baseline: di
          f"{cpu['facade'] / max(len(searches), 1) * 1000:.0f} ms; "
          f"{cpu['orthanc'] / max(len(forwarded), 1) * 1000:.1f} ms", "", ""),
         (f"CPU the offered {spec['rate']:g} req/s would take at this run's cost per search: facade + 8 Orthancs + "
-         "proxies", " + ".join(f"{need[k]:.2f}" for k in ("facade", "orthanc", "bench"))
+         "proxies (the direct probes' small share included)",
+         " + ".join(f"{need[k]:.2f}" for k in ("facade", "orthanc", "bench"))
          + f" = **{sum(need.values()):.2f} cores** (the machine has {ncpu})", "", ""),
         ("**P5: sustained rate, 0 errors, P2 holds under load**", "", "all three",
          verdict(rate_ok and not errors and p2_ok)),
