@@ -185,8 +185,8 @@ class Corpus:
     study_archive: dict[str, int] = field(default_factory=dict)  # the patient's study UID -> archive
 
 
-def make_corpus(folder: Path) -> Corpus:
-    numbers = nhs_numbers(1 + BACKGROUND_PATIENTS)
+def make_corpus(folder: Path, background: int = BACKGROUND_PATIENTS) -> Corpus:
+    numbers = nhs_numbers(1 + background)
     patient = PatientFacts(numbers[0], "Bench^Federated", "19600214", "F")
     background = [PatientFacts(n, f"Background^P{i}", f"19{70 + i}0101", "M") for i, n in enumerate(numbers[1:])]
     corpus = Corpus(patient, background)
@@ -229,13 +229,15 @@ class _QuietServer(_Server):
 class TimedProxy(FaultProxy):
     """The test FaultProxy, also recording (arrival, answered, level) of every request it serves."""
 
+    server_class: type[_QuietServer] = _QuietServer
+
     def __init__(self, upstream: str) -> None:
         super().__init__(upstream)
         self.timeline: list[tuple[float, float, str]] = []
 
     def start(self) -> TimedProxy:  # FaultProxy.start with the timed handler
         self._stopping.clear()
-        server = _QuietServer(("127.0.0.1", 0), _TimedHandler)
+        server = self.server_class(("127.0.0.1", 0), _TimedHandler)
         server.proxy = self
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -284,8 +286,10 @@ class Facade:
     """`gunicorn wsgi:app` (gthread) with FACADE_CONFIG pointing to a temp YAML, on a free loopback port."""
 
     def __init__(self, label: str, trusts: list[dict[str, Any]], threshold: int, cooldown_s: float,
-                 workdir: Path, max_workers: int = 32) -> None:
+                 workdir: Path, max_workers: int = 32, *, workers: int = WORKERS, threads: int = THREADS,
+                 gunicorn_args: tuple[str, ...] = ()) -> None:
         self.label = label
+        self.workers, self.threads, self.gunicorn_args = workers, threads, gunicorn_args
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}/fhir"
         doc = {
@@ -313,8 +317,9 @@ class Facade:
                    FACADE_CURSOR_SECRET="bench-cursor-secret-0123456789")
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [str(GUNICORN), "--bind", f"127.0.0.1:{self.port}", "--workers", str(WORKERS),
-                 "--worker-class", "gthread", "--threads", str(THREADS), "--timeout", "60", "wsgi:app"],
+                [str(GUNICORN), "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
+                 "--worker-class", "gthread", "--threads", str(self.threads), "--timeout", "60",
+                 *self.gunicorn_args, "wsgi:app"],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def cpu_s(self) -> float:
@@ -432,22 +437,45 @@ class Rig:
         return sum(process_cpu_s(o._proc.pid) for o in self.orthancs if o._proc is not None)
 
 
-def start_rig(stack: list[Any], workdir: Path, starvation: bool) -> Rig:
-    began = time.monotonic()
-    corpus = make_corpus(workdir / "dicom")
+def start_archives(stack: list[Any], corpus: Corpus) -> list[OrthancServer]:
+    """One Orthanc per archive, started in parallel and loaded with its share of the corpus."""
     orthancs = [OrthancServer(aet=f"TRUST{i}") for i in range(ARCHIVES)]
     stack.extend(orthancs)
     with concurrent.futures.ThreadPoolExecutor(ARCHIVES) as pool:
         list(pool.map(lambda o: o.start(), orthancs))
         answers = list(pool.map(lambda pair: pair[0].upload(pair[1]), zip(orthancs, corpus.files, strict=True)))
     assert all(a["Status"] == "Success" for batch in answers for a in batch), "an upload failed"
-    proxies = [TimedProxy(o.dicomweb_url) for o in orthancs]
-    spare = TimedProxy(orthancs[HUNG].dicomweb_url)
-    slow = TimedProxy(orthancs[HUNG].dicomweb_url)
-    for proxy in [*proxies, spare, slow]:
+    return orthancs
+
+
+def start_proxies(stack: list[Any], upstreams: list[str], kind: type[TimedProxy] = TimedProxy) -> list[TimedProxy]:
+    """A TimedProxy (or a subclass) in front of each upstream, adding DELAY_S to every request."""
+    proxies = [kind(url) for url in upstreams]
+    for proxy in proxies:
         stack.append(proxy)
         proxy.start()
         proxy.set_fault("delay", seconds=DELAY_S)
+    return proxies
+
+
+def stop_all(stack: list[Any]) -> None:
+    """Stop what start_* put on the stack, last started first; keep going past a failure."""
+    for item in reversed(stack):
+        try:
+            if isinstance(item, OrthancServer):
+                item.stop(graceful=False)
+            else:
+                item.stop()
+        except Exception as exc:  # keep stopping the others
+            print(f"stopping {item!r}: {exc!r}", file=sys.stderr)
+
+
+def start_rig(stack: list[Any], workdir: Path, starvation: bool) -> Rig:
+    began = time.monotonic()
+    corpus = make_corpus(workdir / "dicom")
+    orthancs = start_archives(stack, corpus)
+    *proxies, spare, slow = start_proxies(stack, [o.dicomweb_url for o in orthancs]
+                                          + [orthancs[HUNG].dicomweb_url] * 2)
     a = Facade("A-8", [trust_doc(i, p.url) for i, p in enumerate(proxies)], 1_000_000, 0, workdir)
     b = Facade("B-1", [trust_doc(0, proxies[0].url)], 1_000_000, 0, workdir)
     c = Facade("C-8-breaker", [trust_doc(i, p.url) for i, p in enumerate([*proxies[:HUNG], spare])],
@@ -894,14 +922,7 @@ def main() -> None:
             print(profile(rig))
         client.session.close()
     finally:
-        for item in reversed(stack):
-            try:
-                if isinstance(item, OrthancServer):
-                    item.stop(graceful=False)
-                else:
-                    item.stop()
-            except Exception as exc:  # keep stopping the others
-                print(f"stopping {item!r}: {exc!r}", file=sys.stderr)
+        stop_all(stack)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
