@@ -180,6 +180,8 @@ def retrieve(rest: str) -> Response:
         patients = tuple(sorted({o for o in owners if o}))
         retrieval = source.retrieve(target, accept, accept_encoding, params, request.headers.get("X-Request-ID"))
     except RetrievalError as exc:
+        if exc.status >= 500:
+            log.warning("gateway: trust %s answered no image (%s): %s", exc.archive, exc.status, exc.reason)
         error = _BY_STATUS.get(exc.status, BadGateway)(
             f"trust {exc.archive}: {exc.reason}",
             headers={"Retry-After": str(int(exc.retry_after_s))} if exc.retry_after_s is not None else None)
