@@ -33,17 +33,33 @@ class SigningKeys:
     def _load(self) -> None:
         if not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._write([_new_key()])
+            self._create([_new_key()])
         stat = self.path.stat()
         data = json.loads(self.path.read_text())
         self._keys = [RSAKey.import_key(k) for k in data["keys"]]
         self._mtime = stat.st_mtime
 
+    def _staged(self, keys: list[RSAKey]) -> Path:
+        """The key file written under a name of this process's own, readable by the owner only."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps({"keys": [k.as_dict(private=True) for k in keys]}))
+        return tmp
+
+    def _create(self, keys: list[RSAKey]) -> None:
+        """First start: exactly one process creates the file (several workers may start at once); the
+        others find it there and use its keys, so every worker signs and verifies with the same key."""
+        tmp = self._staged(keys)
+        try:
+            os.link(tmp, self.path)  # atomic, and fails when the file exists
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+
     def _write(self, keys: list[RSAKey]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"keys": [k.as_dict(private=True) for k in keys]}))
-        os.chmod(tmp, 0o600)
-        tmp.replace(self.path)
+        self._staged(keys).replace(self.path)
 
     def _fresh(self) -> list[RSAKey]:
         """Reload when another process rotated the file."""
