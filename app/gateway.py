@@ -116,7 +116,10 @@ def _header(name: str) -> str | None:
 def _check_raw_path() -> None:
     """Refuse encoded slashes, dot segments and the like before the path is even parsed."""
     raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or request.path
-    path = raw.split("?", 1)[0].lower() + "/"
+    path = raw.split("?", 1)[0].lower()
+    if path.startswith(("http://", "https://")):  # an absolute-form request target: keep its path
+        path = "/" + path.split("//", 1)[1].partition("/")[2]
+    path += "/"
     if any(trick in path for trick in _TRICKS) or path.endswith("/./") or path.endswith("/../"):
         raise InvalidRequest("the path may not contain encoded slashes, backslashes, dot segments or empty segments")
 

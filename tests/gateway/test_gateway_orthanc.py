@@ -203,6 +203,22 @@ def test_dot_segments_sent_raw_never_reach_the_archive(server: str, system: dict
     assert fresh_proxy.requests == []
 
 
+def test_an_absolute_form_request_target_is_served(server: str, system: dict[str, str], fresh_proxy: FaultProxy,
+                                                   patients: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    """`GET http://host/dicomweb/...` (RFC 9112 absolute-form, as proxies send it) is a path like any other."""
+    host, port = server.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection.request("GET", f"{server}/dicomweb/{TRUST}/studies/{mft_study(patients[0])}/metadata", headers=system)
+    response = connection.getresponse()
+    assert response.status == 200, response.read()[:300]
+    response.read()
+    connection.close()
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection.request("GET", f"{server}/dicomweb/{TRUST}/studies/1.2.3/../4", headers=system)
+    assert connection.getresponse().status == 400
+    connection.close()
+
+
 def test_no_token_never_reaches_the_archive(server: str, fresh_proxy: FaultProxy,
                                             patients: tuple[dict[str, Any], dict[str, Any]]) -> None:
     response = requests.get(f"{server}/dicomweb/{TRUST}/studies/{mft_study(patients[0])}", timeout=10)
