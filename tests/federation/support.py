@@ -117,10 +117,10 @@ def issues_naming(bundle: dict[str, Any], name: str, code: str | None = None) ->
 
 
 def endpoint_trusts(study: dict[str, Any]) -> set[str]:
-    """Trust ids of every Endpoint a study or its series point at (ids are `<trust>-wado-rs`)."""
+    """Trust ids of every Endpoint a study or its series point at (`<trust>-wado-rs`, `<trust>-ihe-iid`)."""
     refs = [r["reference"] for r in study.get("endpoint", ())]
     refs += [r["reference"] for s in study.get("series", ()) for r in s.get("endpoint", ())]
-    return {ref.removeprefix("Endpoint/").removesuffix("-wado-rs") for ref in refs}
+    return {ref.removeprefix("Endpoint/").removesuffix("-wado-rs").removesuffix("-ihe-iid") for ref in refs}
 
 
 def series_uids(study: dict[str, Any]) -> set[str]:

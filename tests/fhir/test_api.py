@@ -21,6 +21,7 @@ import pydicom
 import pytest
 
 from app.demo.generate import SPECIALTY_MODALITIES, is_valid_nhs_number
+from tests.federation.support import endpoint_trusts
 
 BASE_URL = "http://127.0.0.1:8080/fhir"
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
@@ -180,12 +181,6 @@ def started_instant(value: str) -> datetime:
     padded = value + "-01-01"[len(value) - 4:] if len(value) < 10 else value
     moment = datetime.fromisoformat(padded)
     return moment if moment.tzinfo else moment.replace(tzinfo=LONDON)
-
-
-def endpoint_trusts(study: dict[str, Any]) -> set[str]:
-    refs = [r["reference"] for r in study.get("endpoint", ())]
-    refs += [r["reference"] for s in study.get("series", ()) for r in s.get("endpoint", ())]
-    return {r.removeprefix("Endpoint/").removesuffix("-wado-rs").removesuffix("-ihe-iid") for r in refs}
 
 
 # ----------------------------------------------------------------------------- metadata
