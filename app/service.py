@@ -15,6 +15,7 @@ import requests
 from .archives import build_archive
 from .archives.cache import CachedArchive
 from .archives.dicomweb import UpstreamAuth
+from .archives.metered import MeteredArchive
 from .auth.scopes import Decision
 from .circuit import CircuitBreaker
 from .config import Settings
@@ -209,7 +210,7 @@ def build_facade(settings: Settings) -> Facade:
         issuers[trust.ods_code] = (trust.accession_system, mapping.organization_reference)
         timeout = float(trust.archive.get("timeout_s", settings.archive_timeout_s))
         breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s)
-        archive = build_archive(trust, timeout)
+        archive = MeteredArchive(build_archive(trust, timeout))  # inside the cache: hits are not upstream calls
         if settings.cache_ttl_s > 0:
             archive = CachedArchive(archive, settings.cache_ttl_s)
         pool = ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix=f"archive-{trust.id}")
