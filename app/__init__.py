@@ -91,6 +91,9 @@ def create_app(settings: Settings | str | os.PathLike[str] | None = None) -> Fla
     app.register_blueprint(apps_bp)  # the sample SMART apps, under /apps/
     _register_error_handlers(app)
     _register_cors(app, settings)
+    from .ops import init_ops
+
+    init_ops(app, settings)  # /healthz, /readyz, /metrics, request ids, JSON logs, rate limit
     return app
 
 
