@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import secrets
 import shutil
@@ -71,7 +72,10 @@ def serve(config: str, host: str, port: int, workers: int, threads: int) -> int:
 
             return create_app(load_settings(config))
 
-    print(f"FHIR base URL: {settings.base_url}", flush=True)
+    from .logs import configure_logging
+
+    configure_logging("INFO")  # the same JSON lines as gunicorn's and the workers'
+    logging.getLogger("app").info("FHIR base URL: %s", settings.base_url)
     try:
         FacadeServer().run()
     finally:

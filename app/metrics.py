@@ -24,7 +24,8 @@ from prometheus_client import multiprocess as _multiprocess
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CIRCUIT_STATES = {"closed": 0, "half-open": 1, "open": 2}
-disable_created_metrics()  # no *_created series: one process or several, the same exposition
+# No *_created series: one process or several, the same exposition.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 HTTP_REQUESTS = Counter(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -169,6 +170,6 @@ def init_ops(app: Flask, settings: Settings) -> Ops:
         _record_circuits()
     logging.getLogger("app").info(
         "facade ready: %d trust archives, metrics %s, rate limit %s", len(settings.trusts),
-        "multiprocess" if metrics.multiprocess_mode() else "single-process",
+        f"multiprocess in {os.environ[metrics.MULTIPROC_ENV]}" if metrics.multiprocess_mode() else "single-process",
         settings.ops.rate_limit.store if settings.ops.rate_limit else "off")
     return found
