@@ -126,11 +126,19 @@ def _finish(response: Response) -> Response:
         try:
             _take(limiter, f"address:{request.remote_addr}")
         except FhirError as error:
-            response = current_app.make_response(current_app.handle_user_exception(error))
+            refused = current_app.make_response(current_app.handle_user_exception(error))
+            for name, value in response.headers.items():  # the CORS answer already given stands
+                if name.lower().startswith("access-control-") or name.lower() == "vary":
+                    refused.headers[name] = value
+            response = refused
     request_id, _token, started = state
     elapsed = time.perf_counter() - started
     route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
     response.headers[logs.REQUEST_ID_HEADER] = request_id
+    if "Access-Control-Allow-Origin" in response.headers:  # a browser app may read the id too
+        exposed = response.headers.get("Access-Control-Expose-Headers")
+        response.headers["Access-Control-Expose-Headers"] = \
+            f"{exposed}, {logs.REQUEST_ID_HEADER}" if exposed else logs.REQUEST_ID_HEADER
     metrics.HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
     metrics.HTTP_DURATION.labels(request.method, route).observe(elapsed)
     _record_circuits()

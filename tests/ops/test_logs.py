@@ -76,6 +76,18 @@ def test_request_id_on_error_responses(build_app):
     assert response.headers["X-Request-ID"] == "denied-1"
 
 
+def test_request_id_readable_by_browser_apps(build_app, ops_document):
+    ops_document["auth"]["cors_origins"] = ["https://epr.example"]
+    app = build_app()
+    client = app.test_client()
+    for path, headers in (("/fhir/metadata", {}), ("/fhir/Organization", bearer(app))):
+        response = client.get(path, headers={"Origin": "https://epr.example", **headers})
+        assert response.status_code == 200
+        exposed = [h.strip() for h in response.headers["Access-Control-Expose-Headers"].split(",")]
+        assert "X-Request-ID" in exposed, path
+    assert "Access-Control-Expose-Headers" not in client.get("/fhir/metadata").headers  # no Origin: no CORS
+
+
 def test_request_id_sent_to_the_archive_from_fan_out_threads(build_app, proxy: FaultProxy, bolton_patient):
     app = build_app(bolton=dicomweb(proxy))
     response = _search(app, bolton_patient["nhs_number"], **{"X-Request-ID": "trace-0042"})

@@ -88,6 +88,18 @@ def test_rate_limit_refused_tokens_count_against_their_address(build_app):
     assert client.get("/fhir/Organization", headers=bearer(app), environ_base=here).status_code == 200
 
 
+def test_rate_limit_refusal_of_a_refused_token_keeps_cors(build_app, ops_document):
+    ops_document["auth"]["cors_origins"] = ["https://epr.example"]
+    app = build_app(ops={"rate_limit": SLOW})
+    client = app.test_client()
+    headers = {"Authorization": "Bearer not.a.token", "Origin": "https://epr.example"}
+    for _ in range(2):
+        assert client.get("/fhir/ImagingStudy", headers=headers).status_code == 401
+    response = client.get("/fhir/ImagingStudy", headers=headers)
+    _refused(response)
+    assert response.headers["Access-Control-Allow-Origin"] == "https://epr.example"
+
+
 def test_rate_limit_never_applies_to_operations_endpoints(build_app):
     app = build_app(ops={"rate_limit": SLOW})
     client = app.test_client()
