@@ -17,5 +17,8 @@ COPY wsgi.py .
 
 USER facade
 EXPOSE 8080
-CMD ["gunicorn", "--bind", "0.0.0.0:8080", "--worker-class", "gthread", "--workers", "2", "--threads", "8", \
-     "--access-logfile", "-", "wsgi:app"]
+# Two workers: Prometheus multiprocess mode (README, Operations); app.ops.gunicorn_conf empties the
+# folder at start, logs JSON, and leaves out gunicorn's access log (its lines carry query strings).
+ENV PROMETHEUS_MULTIPROC_DIR=/tmp/facade-metrics
+CMD ["gunicorn", "-c", "python:app.ops.gunicorn_conf", "--bind", "0.0.0.0:8080", "--worker-class", "gthread", \
+     "--workers", "2", "--threads", "8", "wsgi:app"]

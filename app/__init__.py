@@ -93,6 +93,9 @@ def create_app(settings: Settings | str | os.PathLike[str] | None = None) -> Fla
     init_gateway(app, settings.gateway_owner_cache_s)  # the image gateway, under /dicomweb/
     _register_error_handlers(app)
     _register_cors(app, settings)
+    from .ops import init_ops
+
+    init_ops(app, settings)  # /healthz, /readyz, /metrics, request ids, JSON logs, rate limit
     return app
 
 

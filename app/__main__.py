@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import secrets
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,8 @@ from .config import BASE_URL_ENV, CURSOR_SECRET_ENV, ConfigError, check_document
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = ROOT / "config" / "demo.yaml"
 DEMO_DATA = ROOT / "demo-data"
+# prometheus_client reads it when first imported (app.metrics): this module must not import that first.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def check_config(path: str) -> int:
@@ -43,6 +48,13 @@ def serve(config: str, host: str, port: int, workers: int, threads: int) -> int:
         return 1
     # Every worker must sign paging cursors with the same key, or a `next` link breaks.
     os.environ.setdefault(CURSOR_SECRET_ENV, secrets.token_urlsafe(32))
+    # Several workers answer /metrics alike only in prometheus_client's multiprocess mode, which must
+    # be chosen before any worker imports it: a fresh folder per start, removed at the end.
+    metrics_dir = None
+    if workers > 1 and not os.environ.get(MULTIPROC_ENV):
+        metrics_dir = tempfile.mkdtemp(prefix="facade-metrics-")
+        os.environ[MULTIPROC_ENV] = metrics_dir
+    from .ops import gunicorn_conf
 
     class FacadeServer(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -51,15 +63,24 @@ def serve(config: str, host: str, port: int, workers: int, threads: int) -> int:
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("threads", threads)
             self.cfg.set("timeout", 60)
-            self.cfg.set("accesslog", "-")
+            self.cfg.set("logconfig_dict", gunicorn_conf.logconfig_dict)  # JSON; no access log with queries
+            self.cfg.set("on_starting", gunicorn_conf.on_starting)
+            self.cfg.set("child_exit", gunicorn_conf.child_exit)
 
         def load(self) -> Any:
             from . import create_app
 
             return create_app(load_settings(config))
 
-    print(f"FHIR base URL: {settings.base_url}", flush=True)
-    FacadeServer().run()
+    from .logs import configure_logging
+
+    configure_logging("INFO")  # the same JSON lines as gunicorn's and the workers'
+    logging.getLogger("app").info("FHIR base URL: %s", settings.base_url)
+    try:
+        FacadeServer().run()
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

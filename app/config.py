@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,28 @@ class TrustSettings:
 
 
 @dataclass(frozen=True)
+class RateLimitSettings:
+    """A token bucket per client: `burst` requests at once, refilled at `requests_per_minute`."""
+
+    requests_per_minute: int
+    burst: int
+    store: str = "memory"  # or a Redis URL shared by every facade process
+
+
+@dataclass(frozen=True)
+class OpsSettings:
+    """The `ops` section: probes, metrics, logs and rate limiting (README, Operations)."""
+
+    metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    log_level: str = "INFO"
+    log_patient_data: bool = False
+    probe_timeout_s: float = 2.0
+    readiness_cache_s: float = 5.0
+    archives_required: str = "any"
+    rate_limit: RateLimitSettings | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     base_url: str
     timezone: str
@@ -83,7 +106,7 @@ class Settings:
     gateway_chunk_bytes: int = 1 << 20
     gateway_thumbnail_px: int = 128
     source: str = "<dict>"
-
+    ops: OpsSettings = field(default_factory=OpsSettings)
 
     @property
     def base_path(self) -> str:
@@ -199,6 +222,11 @@ def semantic_problems(doc: dict[str, Any], base_dir: Path) -> list[str]:
     search = doc.get("search", {})
     if search.get("default_count", 50) > search.get("max_count", 200):
         problems.append("search.default_count: larger than search.max_count")
+    for i, network in enumerate(doc.get("ops", {}).get("metrics_allow", ())):
+        try:
+            ipaddress.ip_network(network)
+        except ValueError as exc:
+            problems.append(f"ops.metrics_allow[{i}]: {exc}")
     return problems
 
 
@@ -256,6 +284,28 @@ def settings_from_document(doc: Any, base_dir: Path, source: str = "<dict>") -> 
         auth=_auth(doc["auth"], base_dir),
         patient_index=doc.get("patient_index"),
         audit_path=_resolve(base_dir, doc["audit"]["path"]),
+        ops=_ops(doc.get("ops", {}), doc["auth"]),
+    )
+
+
+def _ops(doc: dict[str, Any], auth: dict[str, Any]) -> OpsSettings:
+    readiness = doc.get("readiness", {})
+    limit = doc.get("rate_limit")
+    rate_limit = None
+    if limit is not None:
+        per_minute = limit["requests_per_minute"]
+        # Without a store of its own, the limiter shares the authorization state's Redis when there is one.
+        shared = auth.get("store", "") if str(auth.get("store", "")).startswith(("redis", "unix://")) else "memory"
+        rate_limit = RateLimitSettings(per_minute, limit.get("burst", max(1, per_minute // 6)),
+                                       limit.get("store", shared))
+    return OpsSettings(
+        metrics_allow=tuple(doc.get("metrics_allow", OpsSettings.metrics_allow)),
+        log_level=doc.get("log_level", "INFO"),
+        log_patient_data=doc.get("log_patient_data", False),
+        probe_timeout_s=float(readiness.get("probe_timeout_s", 2)),
+        readiness_cache_s=float(readiness.get("cache_s", 5)),
+        archives_required=readiness.get("archives_required", "any"),
+        rate_limit=rate_limit,
     )
 
 

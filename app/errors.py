@@ -3,10 +3,12 @@
     FhirError                      500 exception (the base; never shows a stack trace)
     ├── InvalidRequest             400 invalid (a bad parameter value, a malformed id)
     │   └── TooCostly              400 too-costly (a search no archive could answer sensibly)
+    ├── AddressRefused             403 forbidden (an operations endpoint closed to the client's address)
     ├── NotFound                   404 not-found
     ├── Conflict                   409 conflict (archives disagree about whose study it is)
     ├── MethodNotAllowed           405 not-supported
-    └── NotAcceptable              406 not-supported (a format other than FHIR JSON)
+    ├── NotAcceptable              406 not-supported (a format other than FHIR JSON)
+    └── TooManyRequests            429 throttled (the client's rate limit; Retry-After says when to come back)
 """
 
 from __future__ import annotations
@@ -85,3 +87,22 @@ class NotAcceptable(FhirError):
 
     status_code = 406
     issue_code = "not-supported"
+
+
+class AddressRefused(FhirError):
+    """An operations endpoint (/metrics) that the configuration closes to the client's address."""
+
+    status_code = 403
+    issue_code = "forbidden"
+
+
+class TooManyRequests(FhirError):
+    """RFC 6585 section 4: the client sent more requests than its rate limit allows."""
+
+    status_code = 429
+    issue_code = "throttled"
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"rate limit exceeded: retry after {retry_after_s} s",
+                         headers={"Retry-After": str(retry_after_s)})
+        self.retry_after_s = retry_after_s

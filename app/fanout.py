@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from collections import defaultdict
@@ -178,6 +179,12 @@ class _Pending:
         return answer
 
 
+def _submit(pool: ThreadPoolExecutor, job: Callable[..., Any], *args: Any) -> Future[Any]:
+    """Run the job in a copy of the caller's context: its log lines and upstream requests carry the
+    request's id (app.logs). One copy per job: a context cannot be entered by two threads at once."""
+    return pool.submit(contextvars.copy_context().run, job, *args)
+
+
 def fan_out(trusts: list[TrustArchive], plans: dict[str, list[StudyQuery]], with_instances: bool,
             deadline_s: float, issues: list[dict[str, Any]], on_answer: Callable[[TrustAnswer], None],
             studies_only: bool = False) -> None:
@@ -198,12 +205,12 @@ def fan_out(trusts: list[TrustArchive], plans: dict[str, list[StudyQuery]], with
             continue
         deadline = started + min(trust.timeout_s, deadline_s)
         if studies_only:
-            jobs = {"studies": trust.pool.submit(_studies, trust, queries, deadline)}
+            jobs = {"studies": _submit(trust.pool, _studies, trust, queries, deadline)}
         elif _parallel_series(trust, queries, with_instances):
-            jobs = {"studies": trust.pool.submit(_studies, trust, queries, deadline),
-                    "series": trust.pool.submit(_series, trust, queries, deadline)}
+            jobs = {"studies": _submit(trust.pool, _studies, trust, queries, deadline),
+                    "series": _submit(trust.pool, _series, trust, queries, deadline)}
         else:
-            jobs = {"all": trust.pool.submit(_sequential, trust, queries, with_instances, deadline)}
+            jobs = {"all": _submit(trust.pool, _sequential, trust, queries, with_instances, deadline)}
         pending.append(_Pending(trust, queries, deadline, jobs))
     while pending:
         # Wait only on jobs still running: a finished one would wake the loop at once, and keep it

@@ -29,6 +29,7 @@ from .archives.wado import RENDER_PARAMETERS, BadTarget, Retrieval, RetrievalErr
 from .auth.audit import AuditRecord, build_events
 from .auth.protect import Access, Forbidden
 from .errors import FhirError, InvalidRequest, NotFound
+from .logs import request_id
 from .service import Facade
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ def retrieve(rest: str) -> Response:
             # Another patient's study and no study at all look the same: nothing about it is revealed.
             raise NotFound(f"study {study} is not held by trust {trust_id}")
         patients = tuple(sorted({o for o in owners if o}))
-        retrieval = source.retrieve(target, accept, accept_encoding, params, request.headers.get("X-Request-ID"))
+        retrieval = source.retrieve(target, accept, accept_encoding, params, request_id())
     except RetrievalError as exc:
         if exc.status >= 500:
             log.warning("gateway: trust %s answered no image (%s): %s", exc.archive, exc.status, exc.reason)

@@ -18,6 +18,7 @@ from .archives.cache import CachedArchive
 from .archives.dicomweb import DicomWebArchive, UpstreamAuth
 from .archives.folder import FolderArchive
 from .archives.folder_wado import FolderWado
+from .archives.metered import MeteredArchive
 from .archives.protocol import Archive, ArchiveError, StudyQuery
 from .archives.wado import HttpWado, ImageSource, RetrievalError
 from .auth.scopes import Decision
@@ -245,10 +246,11 @@ def build_facade(settings: Settings) -> Facade:
         issuers[trust.ods_code] = (trust.accession_system, mapping.organization_reference)
         timeout = float(trust.archive.get("timeout_s", settings.archive_timeout_s))
         breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s)
-        archive = build_archive(trust, timeout)
-        source = image_source(trust, archive, timeout, settings)
+        raw = build_archive(trust, timeout)
+        source = image_source(trust, raw, timeout, settings)
         if source is not None:
             sources[trust.id] = source
+        archive: Archive = MeteredArchive(raw)  # inside the cache: hits are not upstream calls
         if settings.cache_ttl_s > 0:
             archive = CachedArchive(archive, settings.cache_ttl_s)
         pool = ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix=f"archive-{trust.id}")

@@ -19,6 +19,7 @@ from pathlib import Path
 import requests
 
 from .archives.protocol import PatientKey, is_plain_key
+from .logs import upstream_headers
 from .mapping.patient import NHS_NUMBER_SYSTEM, nhs_number_problem
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,8 @@ class PixmXref:
         try:
             response = self.session.get(f"{self.url}/Patient/$ihe-pix", timeout=self.timeout_s,
                                         params={"sourceIdentifier": f"{system}|{value}"},
-                                        headers={"Accept": "application/fhir+json", **self.headers()})
+                                        headers={"Accept": "application/fhir+json", **self.headers(),
+                                                 **upstream_headers()})
         except requests.RequestException:
             log.warning("PIXm service %s could not be reached", self.url)
             return []

@@ -1,4 +1,6 @@
-"""A short-lived cache of upstream answers, keyed on the full upstream query (off when ttl is 0)."""
+"""A short-lived cache of upstream answers, keyed on the full upstream query (off when ttl is 0).
+
+Hits and misses are counted per archive (app.metrics)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from .. import metrics
 from .protocol import Archive, Found, StudyQuery
 
 
@@ -33,7 +36,9 @@ class CachedArchive:
             if entry and entry[0] > now:
                 self.hits += 1
                 self._entries.move_to_end(key)
+                metrics.CACHE_HITS.labels(self.name).inc()
                 return entry[1]
+        metrics.CACHE_MISSES.labels(self.name).inc()
         found = fetch()
         if found.incomplete is None:
             with self._lock:

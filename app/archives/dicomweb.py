@@ -22,6 +22,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from ..config import config_secret
+from ..logs import upstream_headers
 from . import attributes, budget
 from .protocol import ArchiveError, Dataset, Found, NameQuery, StudyQuery
 
@@ -152,7 +153,8 @@ class DicomWebArchive:
         self.requests_made += 1
         try:
             response = self.session.get(f"{self.url}/{path}?{query}", timeout=left,
-                                        headers={"Accept": "application/dicom+json", **self.auth.headers()},
+                                        headers={"Accept": "application/dicom+json", **self.auth.headers(),
+                                                 **upstream_headers()},
                                         auth=self.auth.basic())
         except requests.exceptions.SSLError:
             raise ArchiveError(self.name, "TLS failure") from None

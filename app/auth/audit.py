@@ -182,9 +182,11 @@ class AuditStore:
             return int(self._db.execute(f"SELECT COUNT(*) FROM audit_event {where}", args).fetchone()[0])
 
     def writable(self) -> bool:
+        """True when an event could be committed now: the write lock is taken, then let go unused."""
         try:
             with self._lock:
-                self._db.execute("SELECT 1").fetchone()
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("ROLLBACK")
             return True
         except sqlite3.Error:
             return False

@@ -1,0 +1,53 @@
+"""An Archive wrapper that times every adapter call and counts its failures (app.metrics)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from .. import metrics
+from .dicomweb import ArchiveRetryLater
+from .protocol import Archive, ArchiveError, Found, StudyQuery
+
+
+class MeteredArchive:
+    """Wraps an adapter: latency per call, errors by kind, partial answers; behaviour unchanged."""
+
+    def __init__(self, inner: Archive) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.series_by_patient = getattr(inner, "series_by_patient", False)
+
+    def _timed(self, operation: str, call: Callable[[], Found]) -> Found:
+        started = time.perf_counter()
+        kind = None
+        try:
+            found = call()
+            if found.incomplete is not None:
+                kind = "incomplete"
+            return found
+        except ArchiveRetryLater:
+            kind = "retry_later"
+            raise
+        except ArchiveError:
+            kind = "error"
+            raise
+        except Exception:
+            kind = "internal"
+            raise
+        finally:
+            metrics.ARCHIVE_DURATION.labels(self.name, operation).observe(time.perf_counter() - started)
+            if kind is not None:
+                metrics.ARCHIVE_ERRORS.labels(self.name, operation, kind).inc()
+
+    def find_studies(self, query: StudyQuery) -> Found:
+        return self._timed("find_studies", lambda: self.inner.find_studies(query))
+
+    def find_series(self, query: StudyQuery, study_uids: tuple[str, ...] = ()) -> Found:
+        return self._timed("find_series", lambda: self.inner.find_series(query, study_uids))
+
+    def find_instances(self, study_uid: str, series_uid: str | None = None) -> Found:
+        return self._timed("find_instances", lambda: self.inner.find_instances(study_uid, series_uid))
+
+    def close(self) -> None:
+        self.inner.close()
