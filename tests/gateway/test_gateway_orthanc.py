@@ -282,3 +282,12 @@ def test_a_reset_mid_stream_cuts_the_response_short_and_is_audited(
     events = requests.get(f"{server}/fhir/AuditEvent?_count=50&_sort=-date", headers=audit, timeout=10).json()
     aborted = [e["resource"] for e in events["entry"] if "transfer aborted" in e["resource"].get("outcomeDesc", "")]
     assert aborted and aborted[0]["outcome"] == "8"
+
+
+def test_the_request_id_reaches_the_archive(server: str, system: dict[str, str], fresh_proxy: FaultProxy,
+                                            patients: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    study = mft_study(patients[0])
+    response = requests.get(f"{server}/dicomweb/{TRUST}/studies/{study}/metadata",
+                            headers={**system, "X-Request-ID": "gateway-trace-42"}, timeout=10)
+    assert response.status_code == 200 and response.headers["X-Request-ID"] == "gateway-trace-42"
+    assert [h.get("X-Request-ID") for h in fresh_proxy.request_headers] == ["gateway-trace-42"] * 2  # owner + WADO
