@@ -23,13 +23,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 
 from .archives.wado import RENDER_PARAMETERS, BadTarget, Retrieval, RetrievalError, StreamAborted, parse_target
 from .auth.audit import AuditRecord, build_events
 from .auth.protect import Access, Forbidden
 from .errors import FhirError, InvalidRequest, NotFound
 from .logs import request_id
+from .ops import limit_authenticated
 from .service import Facade
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,8 @@ def retrieve(rest: str) -> Response:
     detail = f"WADO-RS {request.path}"
     try:
         access = current_app.extensions["protector"].authenticate(request.headers.get("Authorization"))
+        g.access = access
+        limit_authenticated()  # the client's rate limit (app.ops), as for the FHIR API
         decision = access.require("ImagingStudy", "r")
         if decision.filters:
             raise Forbidden(access.realm, "a filtered ImagingStudy scope does not grant image retrieval: "

@@ -89,14 +89,15 @@ def _begin() -> None:
     limiter = ops().limiter
     if limiter is None or request.blueprint == "ops":
         return
-    if request.blueprint == "fhir" and request.headers.get("Authorization"):
-        g.ops_deferred = True  # limited by client_id once the FHIR blueprint has checked the token
+    if request.blueprint in ("fhir", "dicomweb") and request.headers.get("Authorization"):
+        g.ops_deferred = True  # limited by client_id once the FHIR API or the gateway has checked the token
         return
     _take(limiter, f"address:{request.remote_addr}")
 
 
-def _limit_authenticated() -> None:
-    """After the FHIR blueprint's authentication: the token's client, or the address on public paths."""
+def limit_authenticated() -> None:
+    """After authentication (FHIR blueprint hook, or the gateway's view): the token's client, or the
+    address on public paths."""
     limiter = ops().limiter
     if limiter is None or not g.get("ops_deferred"):
         return
@@ -171,7 +172,7 @@ def init_ops(app: Flask, settings: Settings) -> Ops:
     app.extensions["ops"] = found
     app.register_blueprint(bp)
     app.before_request_funcs.setdefault(None, []).insert(0, _begin)        # before every other hook
-    app.before_request_funcs.setdefault("fhir", []).append(_limit_authenticated)  # after authenticate
+    app.before_request_funcs.setdefault("fhir", []).append(limit_authenticated)  # after authenticate
     app.after_request_funcs.setdefault(None, []).insert(0, _finish)        # after hooks run in reverse: last
     app.teardown_request(_end)
     with app.app_context():

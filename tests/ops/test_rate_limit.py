@@ -163,3 +163,15 @@ def test_rate_limit_lets_requests_through_when_redis_is_down(build_app):
         app = build_app(ops={"rate_limit": {**SLOW, "store": server.url}})
     client, auth = app.test_client(), bearer(app)  # the Redis server has stopped
     assert [client.get("/fhir/Organization", headers=auth).status_code for _ in range(4)] == [200] * 4
+
+
+def test_gateway_requests_draw_from_the_clients_bucket(build_app, small_folders):
+    """Image retrievals count against the same per-client bucket as the FHIR API (keyed by client_id)."""
+    app = build_app(ops={"rate_limit": SLOW})
+    client, portal = app.test_client(), bearer(app)
+    other = bearer(app, client="imaging-timeline", scope="user/*.rs")
+    study = sorted(p.name for p in small_folders["mft"].iterdir())[0]  # folders are named by study UID
+    assert client.get("/fhir/Organization", headers=portal).status_code == 200
+    assert client.get(f"/dicomweb/mft/studies/{study}/metadata", headers=portal).status_code == 200
+    _refused(client.get(f"/dicomweb/mft/studies/{study}/metadata", headers=portal))
+    assert client.get(f"/dicomweb/mft/studies/{study}/metadata", headers=other).status_code == 200  # its own bucket
