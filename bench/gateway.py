@@ -37,8 +37,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--megabytes", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--chunk-bytes", type=int, default=None, help="gateway.chunk_bytes (default: the app's)")
     args = parser.parse_args()
-    with GatewayRig(megabytes=args.megabytes) as rig:
+    with GatewayRig(megabytes=args.megabytes, chunk_bytes=args.chunk_bytes) as rig:
         direct_headers = {"Accept-Encoding": "identity"}
         retrieve(rig.direct_url(), direct_headers)  # warm the archive's disk cache
         retrieve(rig.gateway_url(), rig.headers)    # and the worker

@@ -59,8 +59,10 @@ def write_large_study(folder: Path, megabytes: int, seed: int = 7) -> tuple[str,
 
 
 class GatewayRig:
-    def __init__(self, megabytes: int = 300, workers: int = 1, threads: int = 4) -> None:
+    def __init__(self, megabytes: int = 300, workers: int = 1, threads: int = 4,
+                 chunk_bytes: int | None = None) -> None:
         self.megabytes = megabytes
+        self.chunk_bytes = chunk_bytes
         self.workers = workers
         self.threads = threads
         self.workdir = Path(tempfile.mkdtemp(prefix="gateway-rig-"))
@@ -119,6 +121,7 @@ class GatewayRig:
                         "archive": {"type": "dicomweb", "url": self.orthanc.dicomweb_url, "timeout_s": 30},
                         "nhs_number": {"match": "patient_id", "issuer": "NHS"}}],
             "audit": {"path": str(self.workdir / "audit.sqlite")},
+            **({"gateway": {"chunk_bytes": self.chunk_bytes}} if self.chunk_bytes else {}),
             "auth": {"mode": "embedded", "signing_keys": str(self.workdir / "keys.json"),
                      "store": f"sqlite:{self.workdir / 'auth.sqlite'}",
                      "clients": [{"client_id": "bench", "name": "bench", "grant_types": ["client_credentials"],
