@@ -98,7 +98,8 @@ def create_app(settings: Settings | str | os.PathLike[str] | None = None) -> Fla
 
 def _register_cors(app: Flask, settings: Settings) -> None:
     """Discovery and metadata answer any origin; the API only the configured ones."""
-    public = {f"{settings.base_path}/metadata", f"{settings.base_path}/.well-known/smart-configuration"}
+    public = {f"{settings.base_path}/metadata", f"{settings.base_path}/.well-known/smart-configuration",
+              f"{settings.base_path}/openapi.json"}
     allowed = set(settings.auth.get("cors_origins", ()))
 
     @app.after_request
