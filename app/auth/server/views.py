@@ -182,21 +182,32 @@ def token() -> Response:
 
 @bp.post("/revoke")
 def revoke() -> Response:
-    """RFC 7009: 200 whatever the token was; the client must own it."""
+    """RFC 7009: 200 whatever the token was; the client must own it. Without a token: 400 invalid_request."""
+    if not request.form.get("token"):
+        return _invalid_request("token is required")
     server().revoke(request.form.get("token", ""), request.form.get("token_type_hint"), _calling_client())
     return Response(b"", 200, headers={"Cache-Control": "no-store"})
 
 
 @bp.post("/introspect")
 def introspect() -> Response:
-    """RFC 7662: 200 with active true/false; the caller must be a registered client or hold a token."""
+    """RFC 7662: 200 with active true/false; the caller must be a registered client or hold a token.
+    Without a token to introspect: 400 invalid_request."""
     smart = server()
     caller = _calling_client(public_allowed=False)
     if caller is None and not smart.bearer_is_active(request.headers.get("Authorization")):
         return Response(orjson.dumps({"error": "invalid_client"}), 401, content_type="application/json",
                         headers={"WWW-Authenticate": 'Basic realm="introspection"'})
+    if not request.form.get("token"):
+        return _invalid_request("token is required")
     body = smart.introspect(request.form.get("token", ""))
     return Response(orjson.dumps(body), 200, content_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+def _invalid_request(description: str) -> Response:
+    """RFC 6749 5.2: a required parameter is missing or malformed."""
+    return Response(orjson.dumps({"error": "invalid_request", "error_description": description}), 400,
+                    content_type="application/json", headers={"Cache-Control": "no-store"})
 
 
 def _calling_client(public_allowed: bool = True) -> Any:
@@ -231,6 +242,8 @@ def issue_launch() -> Response:
     """The EHR launch API: an EPR's backend client asks for a launch id for a patient (and study)."""
     smart = server()
     body = request.get_json(silent=True) if request.is_json else request.form.to_dict()
+    if body is not None and not isinstance(body, dict):
+        return _invalid_request("the body must be a JSON object or a form")
     result = smart.issue_launch(request.headers.get("Authorization"), body or {})
     status = 201 if "launch" in result else result.pop("status", 400)
     return Response(orjson.dumps(result), status, content_type="application/json",
