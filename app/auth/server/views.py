@@ -83,7 +83,7 @@ def _csrf() -> str:
 
 def _csrf_ok() -> bool:
     sent = request.form.get("csrf", "")
-    return bool(sent) and hmac.compare_digest(sent, session.get("csrf", ""))
+    return bool(sent) and hmac.compare_digest(sent.encode(), str(session.get("csrf", "")).encode())
 
 
 @bp.route("/authorize", methods=["GET", "POST"])
