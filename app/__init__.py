@@ -25,8 +25,20 @@ def _outcome_response(status: int, body: dict[str, Any], headers: dict[str, str]
                     headers=headers)
 
 
+def _oauth_error_response(status: int, description: str, headers: dict[str, str] | None = None) -> Response:
+    """The authorization server's errors are OAuth 2.0 JSON errors (RFC 6749 5.2), not FHIR resources."""
+    body = {"error": "invalid_request" if status < 500 else "server_error", "error_description": description}
+    return Response(orjson.dumps(body), status=status, content_type="application/json",
+                    headers={"Cache-Control": "no-store", **(headers or {})})
+
+
 def _register_error_handlers(app: Flask) -> None:
-    """One error path: every failure leaves as an OperationOutcome with its status."""
+    """One error path: every failure leaves as an OperationOutcome with its status (an OAuth error under /auth)."""
+
+    def under_auth_server() -> bool:
+        from flask import request
+
+        return "smart_server" in app.extensions and request.path.startswith("/auth/")
 
     @app.errorhandler(FhirError)
     def fhir_error(error: FhirError) -> Response:
@@ -35,6 +47,11 @@ def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
         code = error.code or 500
+        # RFC 9110 15.5.6: a 405 says which methods the resource supports.
+        allow = getattr(error, "valid_methods", None) if code == 405 else None
+        headers = {"Allow": ", ".join(sorted(allow))} if allow else None
+        if under_auth_server():
+            return _oauth_error_response(code, error.description or error.name, headers)
         if code == 404:
             found: FhirError = NotFound("no such resource type or endpoint on this server")
         elif code == 405:
@@ -43,11 +60,13 @@ def _register_error_handlers(app: Flask) -> None:
             body = operation_outcome([issue("error", "invalid" if code < 500 else "exception",
                                             error.description or error.name)])
             return _outcome_response(code, body)
-        return _outcome_response(found.status_code, found.to_dict())
+        return _outcome_response(found.status_code, found.to_dict(), headers)
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> Response:
         log.exception("unhandled error")
+        if under_auth_server():
+            return _oauth_error_response(500, "internal server error; it has been logged")
         body = operation_outcome([issue("fatal", "exception", "internal server error; it has been logged")])
         return _outcome_response(500, body)
 
@@ -101,7 +120,8 @@ def create_app(settings: Settings | str | os.PathLike[str] | None = None) -> Fla
 
 def _register_cors(app: Flask, settings: Settings) -> None:
     """Discovery and metadata answer any origin; the API only the configured ones."""
-    public = {f"{settings.base_path}/metadata", f"{settings.base_path}/.well-known/smart-configuration"}
+    public = {f"{settings.base_path}/metadata", f"{settings.base_path}/.well-known/smart-configuration",
+              f"{settings.base_path}/openapi.json"}
     allowed = set(settings.auth.get("cors_origins", ()))
 
     @app.after_request

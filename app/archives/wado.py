@@ -24,12 +24,13 @@ from .dicomweb import UpstreamAuth, _retry_after
 log = logging.getLogger(__name__)
 
 RESOURCES = ("metadata", "rendered", "thumbnail")
-_FRAMES = re.compile(r"^[1-9][0-9]{0,5}(,[1-9][0-9]{0,5}){0,99}$")
-# Query parameters of rendered resources (PS3.18 8.3.5.1), each with the only values passed on.
+_FRAMES = re.compile(r"^[1-9][0-9]{0,5}(,[1-9][0-9]{0,5}){0,99}\Z")
+# Query parameters of rendered resources (PS3.18 8.3.5.1), each with the only values passed on. They are
+# relayed unescaped, so \Z (not $, which also matches before a final newline) ends each pattern.
 RENDER_PARAMETERS = {
-    "viewport": re.compile(r"^[1-9][0-9]{0,3},[1-9][0-9]{0,3}$"),
-    "quality": re.compile(r"^([1-9][0-9]?|100)$"),
-    "window": re.compile(r"^-?[0-9]{1,6}(\.[0-9]{1,4})?,[0-9]{1,6}(\.[0-9]{1,4})?,(linear|linear-exact|sigmoid)$"),
+    "viewport": re.compile(r"^[1-9][0-9]{0,3},[1-9][0-9]{0,3}\Z"),
+    "quality": re.compile(r"^([1-9][0-9]?|100)\Z"),
+    "window": re.compile(r"^-?[0-9]{1,6}(\.[0-9]{1,4})?,[0-9]{1,6}(\.[0-9]{1,4})?,(linear|linear-exact|sigmoid)\Z"),
 }
 _RELAYED_HEADERS = ("Content-Type", "Content-Length", "Content-Encoding")
 

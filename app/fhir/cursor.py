@@ -34,7 +34,8 @@ def decode_cursor(secret: bytes, resource_type: str, token: str) -> tuple[list[t
     """The query pairs and offset of a cursor this server signed; 400 for anything else."""
     body, _, signature = token.partition(".")
     expected = _b64(hmac.new(secret, body.encode(), hashlib.sha256).digest())
-    if not signature or not hmac.compare_digest(signature, expected):
+    # Bytes: compare_digest refuses str with non-ASCII characters (a TypeError, not a refusal).
+    if not signature or not hmac.compare_digest(signature.encode(), expected.encode()):
         raise InvalidRequest("_cursor is not a paging cursor issued by this server (or it has been altered)", "_cursor")
     try:
         payload: Any = orjson.loads(_unb64(body))

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
-_VALUE = re.compile(
-    r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?"
-    r"(Z|[+-]\d{2}:\d{2})?)?)?)?$"
+_VALUE = re.compile(  # ASCII digits only ("\d" is any Unicode digit), \Z (not $: no final newline)
+    r"^([0-9]{4})(?:-([0-9]{2})(?:-([0-9]{2})(?:T([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:\.([0-9]{1,9}))?)?"
+    r"(Z|[+-][0-9]{2}:[0-9]{2})?)?)?)?\Z"
 )
 
 
@@ -65,26 +65,34 @@ def parse_range(value: str, zone: tzinfo) -> DateRange:
         raise DateValueError(f"{value!r} is not a FHIR date or dateTime (YYYY, YYYY-MM, YYYY-MM-DD, or with a time)")
     year, month, day, hh, mm, ss, frac, tz = match.groups()
     zone_used: tzinfo = zone
-    if tz:
-        zone_used = timezone.utc if tz == "Z" else timezone(
-            (1 if tz[0] == "+" else -1) * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])))
     try:
+        if tz:  # timezone() refuses offsets of 24 hours or more
+            zone_used = timezone.utc if tz == "Z" else timezone(
+                (1 if tz[0] == "+" else -1) * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])))
         start = datetime(int(year), int(month or 1), int(day or 1), int(hh or 0), int(mm or 0), int(ss or 0),
                          int((frac or "0")[:6].ljust(6, "0")), tzinfo=zone_used)
     except ValueError:
         raise DateValueError(f"{value!r} is not a valid calendar date or time") from None
-    if frac:
-        end = start + timedelta(microseconds=1)
-    elif ss:
-        end = start + timedelta(seconds=1)
-    elif hh:
-        end = start + timedelta(minutes=1)
-    elif day:
-        end = start + timedelta(days=1)
-    elif month:
-        end = _add_months(start, 1)
-    else:
-        end = start.replace(year=start.year + 1)
+    try:
+        if frac:
+            end = start + timedelta(microseconds=1)
+        elif ss:
+            end = start + timedelta(seconds=1)
+        elif hh:
+            end = start + timedelta(minutes=1)
+        elif day:
+            end = start + timedelta(days=1)
+        elif month:
+            end = _add_months(start, 1)
+        else:
+            end = start.replace(year=start.year + 1)
+        # One day inside the calendar's edges, so that any zone (and dicom_bounds' day of margin) stays in it.
+        if not datetime(1, 1, 3, tzinfo=timezone.utc) <= start.astimezone(timezone.utc) \
+                or not end.astimezone(timezone.utc) <= datetime(9999, 12, 30, tzinfo=timezone.utc):
+            raise OverflowError
+    except (ValueError, OverflowError):  # year 10000, or before year 1 in UTC
+        raise DateValueError(f"{value!r} is outside the dates this server compares "
+                             "(0001-01-03 to 9999-12-30 UTC)") from None
     return DateRange(start.astimezone(timezone.utc), end.astimezone(timezone.utc))
 
 
@@ -107,5 +115,10 @@ def dicom_bounds(filters: tuple[DateFilter, ...], zone: tzinfo) -> tuple[str | N
         if f.prefix in ("eq", "le", "lt", "eb"):
             high = min(high, f.range.end) if high else f.range.end
     day = timedelta(days=1)
-    return ((low.astimezone(zone) - day).strftime("%Y%m%d") if low else None,
-            (high.astimezone(zone) + day).strftime("%Y%m%d") if high else None)
+    return (_dicom_date(low.astimezone(zone) - day) if low else None,
+            _dicom_date(high.astimezone(zone) + day) if high else None)
+
+
+def _dicom_date(moment: datetime) -> str:
+    """YYYYMMDD, the year always four digits (strftime's %Y does not pad years before 1000 on glibc)."""
+    return f"{moment.year:04d}{moment.month:02d}{moment.day:02d}"

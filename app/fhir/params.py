@@ -25,9 +25,9 @@ RFC3986 = "urn:ietf:rfc:3986"
 SNOMED = "http://snomed.info/sct"
 ACSN_TYPE = ("http://terminology.hl7.org/CodeSystem/v2-0203", "ACSN")
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
-_SNOMED_CODE = re.compile(r"^[0-9]{6,18}$")
-_MODALITY = re.compile(r"^[A-Z0-9]{1,16}$")
-_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_SNOMED_CODE = re.compile(r"^[0-9]{6,18}\Z")  # \Z: $ would also match before a final newline
+_MODALITY = re.compile(r"^[A-Z0-9]{1,16}\Z")
+_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}\Z")
 COMMON = ("_count", "_format", "_pretty", "_summary", "_elements", "_sort", "_include", "_cursor")
 
 Pairs = list[tuple[str, str]]
@@ -262,7 +262,7 @@ def parse_paging(pairs: Pairs, default_count: int, max_count: int, includes: fro
     used: Pairs = []
     for name, value in pairs:
         if name == "_count":
-            if not value.isdigit():
+            if not (value.isascii() and value.isdigit()):  # str.isdigit() alone accepts "²", which int() refuses
                 raise InvalidRequest(f"_count must be a non-negative integer, not {value!r}", name)
             paging.count = min(int(value), max_count)
             paging.summary_count = paging.summary_count or paging.count == 0

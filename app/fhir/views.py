@@ -19,6 +19,7 @@ from . import params as p
 from .bundle import searchset
 from .capability import capability_statement
 from .cursor import decode_cursor
+from .openapi import openapi_document
 from .params_audit import audit_criteria
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
@@ -38,7 +39,8 @@ def fhir_response(resource: dict[str, Any], status: int = 200, headers: dict[str
     return Response(body, status=status, content_type=FHIR_JSON, headers=headers)
 
 
-PUBLIC_ENDPOINTS = frozenset({"fhir.metadata", "fhir.smart_configuration", "fhir.openid_configuration"})
+PUBLIC_ENDPOINTS = frozenset({"fhir.metadata", "fhir.smart_configuration", "fhir.openid_configuration", "fhir.openapi"})
+_PLAIN_JSON_ENDPOINTS = PUBLIC_ENDPOINTS - {"fhir.metadata"}  # not FHIR resources: no format negotiation
 
 
 @bp.before_request
@@ -95,7 +97,7 @@ def audited_patients(numbers: list[str]) -> None:
 @bp.before_request
 def negotiate_format() -> None:
     """406 unless the client accepts FHIR JSON (by `_format` or `Accept`)."""
-    if request.endpoint in ("fhir.smart_configuration", "fhir.openid_configuration"):
+    if request.endpoint in _PLAIN_JSON_ENDPOINTS:
         return
     wanted = request.args.get("_format")
     if wanted is not None and wanted.split(";")[0].strip() not in _FORMATS:
@@ -155,6 +157,16 @@ def openid_configuration() -> Response:
                 if key in smart}
     document.update({"subject_types_supported": ["public"], "claims_supported": ["sub", "fhirUser", "iss", "aud"]})
     return Response(orjson.dumps(document), content_type="application/json")
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3.1 document of this server (app/openapi.yaml, with the configured URLs)."""
+    document = current_app.extensions.get("openapi")
+    if document is None:
+        document = orjson.dumps(openapi_document(facade().settings, current_app.extensions["smart_configuration"]))
+        current_app.extensions["openapi"] = document
+    return Response(document, content_type="application/json")
 
 
 def _allowed_includes(wanted: tuple[str, ...]) -> tuple[str, ...]:

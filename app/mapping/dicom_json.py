@@ -14,7 +14,8 @@ from typing import Any
 
 Dataset = dict[str, Any]
 
-UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+# \Z, not $: Python's $ also matches before a final newline ("1.2\n" is not a UID).
+UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\Z")
 
 # Tags the core reads outside the mapping tables (identity and structure, not content).
 STUDY_INSTANCE_UID = "0020000D"

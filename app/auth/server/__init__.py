@@ -21,6 +21,7 @@ from joserfc.errors import JoseError
 
 from ...archives.protocol import NameQuery
 from ...config import Settings
+from ...mapping.dicom_json import UID_PATTERN
 from ...mapping.patient import nhs_number_problem
 from ..tokens import AccessClaims, InvalidToken, JwksSource, JwtValidator
 from .clients import Client, client_from_config, user_from_config
@@ -179,13 +180,17 @@ class EmbeddedAuthServer:
                 or not any(s.startswith("system/") for s in claims.scope.split()):
             return {"status": 401, "error": "invalid_token",
                     "error_description": "a system-level token of a client registered as launch_issuer is required"}
-        client_id, patient = str(body.get("client_id", "")), str(body.get("patient", ""))
-        if client_id not in self.clients:
+        client_id, patient, study = body.get("client_id"), body.get("patient"), body.get("imaging_study")
+        if not isinstance(client_id, str) or client_id not in self.clients:
             return {"error": "invalid_request", "error_description": "unknown client_id"}
+        if not isinstance(patient, str):
+            return {"error": "invalid_request", "error_description": "patient must be an NHS number (a string)"}
+        if study is not None and not (isinstance(study, str) and len(study) <= 64 and UID_PATTERN.fullmatch(study)):
+            return {"error": "invalid_request", "error_description": "imaging_study must be a StudyInstanceUID"}
         problem = nhs_number_problem(patient)
         if problem or self.find_patient(patient) is None:
             return {"error": "invalid_request", "error_description": problem or "the patient has no imaging records"}
-        return self.create_launch(client_id, patient, body.get("imaging_study"))
+        return self.create_launch(client_id, patient, study)
 
     def create_launch(self, client_id: str, patient: str, imaging_study: str | None = None) -> dict[str, Any]:
         context = [{"reference": f"ImagingStudy/{imaging_study}"}] if imaging_study else []

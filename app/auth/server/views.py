@@ -83,7 +83,7 @@ def _csrf() -> str:
 
 def _csrf_ok() -> bool:
     sent = request.form.get("csrf", "")
-    return bool(sent) and hmac.compare_digest(sent, session.get("csrf", ""))
+    return bool(sent) and hmac.compare_digest(sent.encode(), str(session.get("csrf", "")).encode())
 
 
 @bp.route("/authorize", methods=["GET", "POST"])
@@ -182,7 +182,9 @@ def token() -> Response:
 
 @bp.post("/revoke")
 def revoke() -> Response:
-    """RFC 7009: 200 whatever the token was; the client must own it."""
+    """RFC 7009: 200 whatever the token was; the client must own it. Without a token: 400 invalid_request."""
+    if not request.form.get("token"):
+        return _invalid_request("token is required")
     server().revoke(request.form.get("token", ""), request.form.get("token_type_hint"), _calling_client())
     return Response(b"", 200, headers={"Cache-Control": "no-store"})
 
@@ -197,6 +199,12 @@ def introspect() -> Response:
                         headers={"WWW-Authenticate": 'Basic realm="introspection"'})
     body = smart.introspect(request.form.get("token", ""))
     return Response(orjson.dumps(body), 200, content_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+def _invalid_request(description: str) -> Response:
+    """RFC 6749 5.2: a required parameter is missing or malformed."""
+    return Response(orjson.dumps({"error": "invalid_request", "error_description": description}), 400,
+                    content_type="application/json", headers={"Cache-Control": "no-store"})
 
 
 def _calling_client(public_allowed: bool = True) -> Any:
@@ -231,6 +239,8 @@ def issue_launch() -> Response:
     """The EHR launch API: an EPR's backend client asks for a launch id for a patient (and study)."""
     smart = server()
     body = request.get_json(silent=True) if request.is_json else request.form.to_dict()
+    if body is not None and not isinstance(body, dict):
+        return _invalid_request("the body must be a JSON object or a form")
     result = smart.issue_launch(request.headers.get("Authorization"), body or {})
     status = 201 if "launch" in result else result.pop("status", 400)
     return Response(orjson.dumps(result), status, content_type="application/json",
