@@ -106,3 +106,14 @@ class TooManyRequests(FhirError):
         super().__init__(f"rate limit exceeded: retry after {retry_after_s} s",
                          headers={"Retry-After": str(retry_after_s)})
         self.retry_after_s = retry_after_s
+
+
+class UpstreamFailure(FhirError):
+    """A trust archive could not serve what was asked of it (the image gateway): the status says how."""
+
+    CODES = {501: "not-supported", 502: "exception", 503: "transient", 504: "timeout"}
+
+    def __init__(self, status: int, diagnostics: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(diagnostics, headers=headers)
+        self.status_code = status if status in self.CODES else 502
+        self.issue_code = self.CODES[self.status_code]

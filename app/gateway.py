@@ -28,7 +28,7 @@ from flask import Blueprint, Response, current_app, g, request
 from .archives.wado import RENDER_PARAMETERS, BadTarget, Retrieval, RetrievalError, StreamAborted, parse_target
 from .auth.audit import AuditRecord, build_events
 from .auth.protect import Access, Forbidden
-from .errors import FhirError, InvalidRequest, NotFound
+from .errors import FhirError, InvalidRequest, NotAcceptable, NotFound, UpstreamFailure
 from .logs import request_id
 from .ops import limit_authenticated
 from .service import Facade
@@ -36,37 +36,8 @@ from .service import Facade
 log = logging.getLogger(__name__)
 bp = Blueprint("dicomweb", __name__)
 
-_HEADER_VALUE = re.compile(r"^[\x20-\x7e]{1,1024}$")
+_HEADER_VALUE = re.compile(r"\A[\x20-\x7e]{1,1024}\Z")
 _TRICKS = ("%2f", "%5c", "%2e", "%00", "\\", "/./", "/../", "//")
-
-
-class Unavailable(FhirError):
-    status_code = 503
-    issue_code = "transient"
-
-
-class BadGateway(FhirError):
-    status_code = 502
-    issue_code = "exception"
-
-
-class GatewayTimeout(FhirError):
-    status_code = 504
-    issue_code = "timeout"
-
-
-class NotAcceptableImage(FhirError):
-    status_code = 406
-    issue_code = "not-supported"
-
-
-class NotOffered(FhirError):
-    status_code = 501
-    issue_code = "not-supported"
-
-
-_BY_STATUS: dict[int, type[FhirError]] = {404: NotFound, 406: NotAcceptableImage, 501: NotOffered,
-                                          502: BadGateway, 503: Unavailable, 504: GatewayTimeout}
 
 
 class OwnerCache:
@@ -177,7 +148,7 @@ def retrieve(rest: str) -> Response:
         params = _params(target.resource)
         accept, accept_encoding = _header("Accept"), _header("Accept-Encoding")
         if source is None:
-            raise NotOffered(f"trust {trust_id} offers no image retrieval through this gateway")
+            raise UpstreamFailure(501, f"trust {trust_id} offers no image retrieval through this gateway")
         study = target.study
         owners = facade.study_owners(trust_id, study, current_app.extensions["owner_cache"])
         patient = decision.compartment_patient
@@ -189,9 +160,10 @@ def retrieve(rest: str) -> Response:
     except RetrievalError as exc:
         if exc.status >= 500:
             log.warning("gateway: trust %s answered no image (%s): %s", exc.archive, exc.status, exc.reason)
-        error = _BY_STATUS.get(exc.status, BadGateway)(
-            f"trust {exc.archive}: {exc.reason}",
-            headers={"Retry-After": str(int(exc.retry_after_s))} if exc.retry_after_s is not None else None)
+        diagnostics = f"trust {exc.archive}: {exc.reason}"
+        retry = {"Retry-After": str(int(exc.retry_after_s))} if exc.retry_after_s is not None else None
+        error: FhirError = (NotFound(diagnostics) if exc.status == 404 else NotAcceptable(diagnostics)
+                            if exc.status == 406 else UpstreamFailure(exc.status, diagnostics, retry))
         _audit(access, error.status_code, study, patients, detail, exc.reason)
         raise error from None
     except FhirError as exc:
