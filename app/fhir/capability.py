@@ -58,10 +58,11 @@ def security(smart: dict[str, Any] | None) -> dict[str, Any]:
 
 def capability_statement(base_url: str, software_version: str, smart: dict[str, Any] | None) -> dict[str, Any]:
     """The server's CapabilityStatement (read-only: read and search-type on four resources)."""
-    def resource(kind: str, params: list[dict[str, str]], **extra: Any) -> dict[str, Any]:
+    def resource(kind: str, params: list[dict[str, str]], elements: bool = True, **extra: Any) -> dict[str, Any]:
+        common = [c for c in _COMMON if elements or c["name"] != "_elements"]
         return {"type": kind, "interaction": [{"code": "read"}, {"code": "search-type"}],
                 "versioning": "no-version", "readHistory": False, "updateCreate": False,
-                "searchParam": params + _COMMON, **extra}
+                "searchParam": params + common, **extra}
 
     return {
         "resourceType": "CapabilityStatement",
@@ -94,12 +95,12 @@ def capability_statement(base_url: str, software_version: str, smart: dict[str, 
                                "documentation": "IHE PIXm: the trusts' local patient numbers for an NHS number, "
                                                 "and back (sourceIdentifier, targetSystem)."}]),
                 resource("Endpoint", [
-                    _param("_id", "token", "Endpoint id (<trust>-wado-rs)."),
+                    _param("_id", "token", "Endpoint id: <trust>-wado-rs, or <trust>-ihe-iid for a trust viewer."),
                     _param("organization", "reference", "Organization/<ODS code>."),
-                    _param("connection-type", "token", "dicom-wado-rs."),
-                    _param("status", "token", "active."),
+                    _param("connection-type", "token", "dicom-wado-rs (the image gateway) or ihe-iid (a viewer)."),
+                    _param("status", "token", "active, or off for a trust that offers no image retrieval."),
                     _param("name", "string", "Starts-with match on the name, case-insensitive."),
-                ]),
+                ], elements=False),
                 {"type": "AuditEvent", "interaction": [{"code": "search-type"}], "searchParam": [
                     _param("patient", "reference", "Patient/<NHS number>."),
                     _param("date", "date", "ge/gt/le/lt/eq on the recorded time."),
@@ -109,7 +110,7 @@ def capability_statement(base_url: str, software_version: str, smart: dict[str, 
                     _param("_id", "token", "The ODS code."),
                     _param("identifier", "token", "https://fhir.nhs.uk/Id/ods-organization-code|<ODS code>."),
                     _param("name", "string", "Starts-with match on the name, case-insensitive."),
-                ]),
+                ], elements=False),
             ],
         }],
     }

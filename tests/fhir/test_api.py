@@ -884,3 +884,13 @@ def test_api_accepts_json_media_types(client, accept):
 def test_api_format_json_accepted(client, demo, value):
     bundle = search(client, "ImagingStudy", [("patient", demo.multi), ("_format", value)])
     assert sorted(match_ids(bundle)) == sorted(demo.uids(demo.multi))
+
+
+def test_capability_statement_lists_elements_only_where_it_works(client):
+    """_elements works on ImagingStudy and Patient searches; the directory searches refuse it, and say so."""
+    statement = client.get("/fhir/metadata").get_json()
+    params = {r["type"]: {p["name"] for p in r.get("searchParam", ())} for r in statement["rest"][0]["resource"]}
+    assert "_elements" in params["ImagingStudy"] and "_elements" in params["Patient"]
+    for directory in ("Endpoint", "Organization"):
+        assert "_elements" not in params[directory]
+        assert client.get(f"/fhir/{directory}?_elements=name").status_code == 400
