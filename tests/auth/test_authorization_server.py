@@ -917,6 +917,8 @@ def test_launch_api_needs_a_launch_issuer_backend_token(server_app: Any, http: A
     assert response.status_code == 401
     assert response.get_json()["error"] == "invalid_token"
     assert "launch" not in response.get_json()
+    assert response.headers["WWW-Authenticate"].startswith('Bearer realm="') and 'error="invalid_token"' in \
+        response.headers["WWW-Authenticate"]
 
 
 @pytest.mark.parametrize("bad", ["123", "9434765918", "94347659x9", "", "unknown"],

@@ -243,5 +243,7 @@ def issue_launch() -> Response:
         return _invalid_request("the body must be a JSON object or a form")
     result = smart.issue_launch(request.headers.get("Authorization"), body or {})
     status = 201 if "launch" in result else result.pop("status", 400)
-    return Response(orjson.dumps(result), status, content_type="application/json",
-                    headers={"Cache-Control": "no-store"})
+    headers = {"Cache-Control": "no-store"}
+    if status == 401:  # RFC 6750 3: a refused bearer token is answered with a challenge
+        headers["WWW-Authenticate"] = f'Bearer realm="{smart.fhir_base}", error="invalid_token"'
+    return Response(orjson.dumps(result), status, content_type="application/json", headers=headers)
