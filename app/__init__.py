@@ -115,6 +115,12 @@ def create_app(settings: Settings | str | os.PathLike[str] | None = None) -> Fla
     from .ops import init_ops
 
     init_ops(app, settings)  # /healthz, /readyz, /metrics, request ids, JSON logs, rate limit
+    if settings.ops.trusted_proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        # Behind load balancers: the client's address is the one they put in X-Forwarded-For, that
+        # many hops back (anything further left was written by the client and is not believed).
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.ops.trusted_proxies)  # type: ignore[method-assign]
     return app
 
 

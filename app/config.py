@@ -76,6 +76,7 @@ class OpsSettings:
     """The `ops` section: probes, metrics, logs and rate limiting (README, Operations)."""
 
     metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    trusted_proxies: int = 0
     log_level: str = "INFO"
     log_patient_data: bool = False
     probe_timeout_s: float = 2.0
@@ -300,6 +301,7 @@ def _ops(doc: dict[str, Any], auth: dict[str, Any]) -> OpsSettings:
                                        limit.get("store", shared))
     return OpsSettings(
         metrics_allow=tuple(doc.get("metrics_allow", OpsSettings.metrics_allow)),
+        trusted_proxies=int(doc.get("trusted_proxies", 0)),
         log_level=doc.get("log_level", "INFO"),
         log_patient_data=doc.get("log_patient_data", False),
         probe_timeout_s=float(readiness.get("probe_timeout_s", 2)),
