@@ -101,6 +101,9 @@ def capability_statement(base_url: str, software_version: str, smart: dict[str, 
                     _param("status", "token", "active, or off for a trust that offers no image retrieval."),
                     _param("name", "string", "Starts-with match on the name, case-insensitive."),
                 ], elements=False),
+                {"type": "Practitioner", "interaction": [{"code": "read"}],
+                 "documentation": "The signed-in users of the embedded authorization server, as the fhirUser "
+                                  "claim of their tokens names them."},
                 {"type": "AuditEvent", "interaction": [{"code": "search-type"}], "searchParam": [
                     _param("patient", "reference", "Patient/<NHS number>."),
                     _param("date", "date", "ge/gt/le/lt/eq on the recorded time."),

@@ -82,7 +82,8 @@ def _audited_query() -> str:
     return request.query_string.decode("latin-1")
 
 
-AUDITED_TYPES = frozenset({"ImagingStudy", "Patient", "Endpoint", "Organization", "AuditEvent", "?"})
+AUDITED_TYPES = frozenset({"ImagingStudy", "Patient", "Endpoint", "Organization", "AuditEvent", "Practitioner",
+                           "?"})
 
 
 def access() -> Access:
@@ -343,6 +344,22 @@ def search_organizations() -> Response:
 def read_organization(organization_id: str) -> Response:
     access().require("Organization", "r")
     return fhir_response(facade().directory_read("Organization", organization_id))
+
+
+@bp.get("/Practitioner/<practitioner_id>")
+def read_practitioner(practitioner_id: str) -> Response:
+    """The embedded server's users, as the `fhirUser` of their tokens names them (Practitioner/<id>)."""
+    access().require("Practitioner", "r")
+    server = current_app.extensions.get("smart_server")
+    users = server.users.values() if server is not None else ()
+    found = next((u for u in users if u.fhir_user == f"Practitioner/{practitioner_id}"), None)
+    if found is None:
+        raise NotFound(f"Practitioner/{practitioner_id} does not exist")
+    return fhir_response(practitioner_resource(practitioner_id, found.name))
+
+
+def practitioner_resource(practitioner_id: str, name: str) -> dict[str, Any]:
+    return {"resourceType": "Practitioner", "id": practitioner_id, "active": True, "name": [{"text": name}]}
 
 
 @bp.get("/AuditEvent")

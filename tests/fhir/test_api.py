@@ -894,3 +894,18 @@ def test_capability_statement_lists_elements_only_where_it_works(client):
     for directory in ("Endpoint", "Organization"):
         assert "_elements" not in params[directory]
         assert client.get(f"/fhir/{directory}?_elements=name").status_code == 400
+
+
+def test_fhir_user_of_a_token_can_be_read(app, client):
+    """The id_token's fhirUser (Practitioner/dr-khan) is a resource a SMART app can read."""
+    from smart_tokens import patient_token
+
+    user_token = {"Authorization": f"Bearer {patient_token(app, '9992975962', 'launch/patient patient/*.rs')}"}
+    practitioner = client.get("/fhir/Practitioner/dr-khan", headers=user_token).get_json()
+    assert practitioner["resourceType"] == "Practitioner" and practitioner["name"] == [{"text": "Dr Aisha Khan"}]
+    assert client.get("/fhir/Practitioner/dr-khan").status_code == 200  # a system token too
+    assert client.get("/fhir/Practitioner/nobody").status_code == 404
+    assert client.get("/fhir/Practitioner/dr-khan", headers={"Authorization": ""}).status_code == 401
+    statement = client.get("/fhir/metadata").get_json()
+    assert {"type": "Practitioner", "interaction": [{"code": "read"}]}.items() <= next(
+        r for r in statement["rest"][0]["resource"] if r["type"] == "Practitioner").items()
