@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import copy
 import csv
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from smart_tokens import system_token
-from werkzeug.serving import make_server
+from smart_tokens import patient_token, system_token
 
 from app import create_app
 from app.config import settings_from_document
 from app.xref import local_system
+from tests.infra import serve_wsgi
 
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
 ODS = {"christie": "RBV", "stockport": "RWJ", "tameside": "RMP"}
@@ -71,11 +70,7 @@ def test_pix_needs_a_token_and_keeps_to_the_compartment(app: Any, xref_rows: lis
     nhs = xref_rows[0]["nhs_number"]
     assert raw.get(f"/fhir/Patient/$ihe-pix?sourceIdentifier={NHS}|{nhs}").status_code == 401
     other = next(r["nhs_number"] for r in xref_rows if r["nhs_number"] != nhs)
-    server = app.extensions["smart_server"]
-    from app.auth.server.grants import Grantee
-
-    token = server.issuer("authorization_code", server.clients["imaging-timeline"], Grantee("dr.khan", patient=other),
-                          "patient/*.rs")["access_token"]
+    token = patient_token(app, other, "patient/*.rs")
     response = raw.get(f"/fhir/Patient/$ihe-pix?sourceIdentifier={NHS}|{nhs}",
                        headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 404
@@ -84,11 +79,8 @@ def test_pix_needs_a_token_and_keeps_to_the_compartment(app: Any, xref_rows: lis
 @pytest.fixture(scope="module")
 def served_index(app: Any) -> Iterator[str]:
     """The session app served for real on loopback: the PIXm service of a second facade."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/fhir"
-    server.shutdown()
+    with serve_wsgi(app) as origin:
+        yield f"{origin}/fhir"
 
 
 def test_facade_resolves_local_numbers_through_a_pixm_service(

@@ -27,7 +27,7 @@ import pytest
 import requests
 import yaml
 
-from tests.infra import free_port
+from tests.infra import free_port, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -99,20 +99,6 @@ def write_config(folder: Path, document: dict[str, Any], port: int, *, store: st
     return path
 
 
-def stop_process(process: subprocess.Popen[Any]) -> None:
-    """Stop a process started with start_new_session=True, and its children, by its group id."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-
-
 @pytest.fixture(scope="session")
 def start_facade(tmp_path_factory: pytest.TempPathFactory, config_document: dict[str, Any]) -> Iterator[Any]:
     """start_facade(name, port=None, public_port=None, store=None, signing_keys=None, workers=2, env=None).
@@ -153,7 +139,7 @@ def start_facade(tmp_path_factory: pytest.TempPathFactory, config_document: dict
 
     yield start
     for facade in started:
-        stop_process(facade.process)
+        stop_process_group(facade.process)
 
 
 # -- SMART Backend Services ---------------------------------------------------------------------

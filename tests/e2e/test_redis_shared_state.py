@@ -17,9 +17,6 @@ import base64
 import hashlib
 import re
 import secrets
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,52 +29,20 @@ from conftest import (
     HTTP_TIMEOUT_S,
     client_assertion,
     request_backend_token,
-    stop_process,
     timeline_url,
 )
 
-from tests.infra import free_port
+from tests.infra.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
 CURSOR_SECRET = "e2e-shared-cursor-secret-0123456789abcdef"
-REDIS_START_TIMEOUT_S = 20
 
 
 @pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed (bash scripts/install-system-deps.sh)")
-    import redis
-
-    folder = tmp_path_factory.mktemp("redis")
-    port = free_port()
-    log = (folder / "redis.log").open("wb")
-    process = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder), "--save", "",
-         "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url, socket_timeout=2)
-    deadline = time.monotonic() + REDIS_START_TIMEOUT_S
-    try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"redis-server exited: {(folder / 'redis.log').read_text(errors='replace')}")
-            try:
-                if client.ping():
-                    break
-            except redis.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"redis-server not answering within {REDIS_START_TIMEOUT_S} s")
-            time.sleep(0.1)
-        yield url
-    finally:
-        client.close()
-        stop_process(process)
-        log.close()
+def redis_url() -> Iterator[str]:
+    with RedisServer() as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import http.client
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,11 @@ import pydicom
 import pytest
 import requests
 from smart_tokens import patient_token, system_token
-from werkzeug.serving import make_server
 
 from app import create_app
 from app.config import settings_from_document
 from tests.gateway.multipart import parts
+from tests.infra import serve_wsgi
 from tests.infra.faultproxy import FaultProxy
 from tests.infra.orthanc import OrthancServer
 
@@ -82,11 +81,8 @@ def gateway_app(config_document: dict[str, Any], demo_data: Path, proxy: FaultPr
 @pytest.fixture(scope="module")
 def server(gateway_app: Any) -> Iterator[str]:
     """The facade on a real loopback HTTP server (a short body must reach a real socket)."""
-    http_server = make_server("127.0.0.1", 0, gateway_app, threaded=True)
-    thread = threading.Thread(target=http_server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{http_server.server_port}"
-    http_server.shutdown()
+    with serve_wsgi(gateway_app) as origin:
+        yield origin
 
 
 @pytest.fixture(scope="module")

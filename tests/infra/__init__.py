@@ -5,9 +5,16 @@ Shared helpers live here; see orthanc.py, dcmqrscp.py and faultproxy.py.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 INSTALL_HINT = (
     "run scripts/install-system-deps.sh (as root) to install the test archives"
@@ -48,3 +55,32 @@ def log_tail(path: Path, lines: int = 40) -> str:
     except OSError:
         return f"(no log at {path})"
     return "\n".join(text.splitlines()[-lines:])
+
+
+def stop_process_group(process: subprocess.Popen[Any], timeout: float = 30.0) -> None:
+    """Stop a process started with start_new_session=True, and its children: SIGTERM to its group,
+    SIGKILL when it has not ended within ``timeout`` seconds."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=timeout)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+@contextmanager
+def serve_wsgi(app: Any) -> Iterator[str]:
+    """A WSGI app on a real threaded loopback HTTP server (werkzeug); yields ``http://127.0.0.1:PORT``."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()

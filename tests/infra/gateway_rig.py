@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import yaml
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from . import InfraError, free_port
+from . import InfraError, free_port, stop_process_group
 from .orthanc import OrthancServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -164,12 +163,8 @@ class GatewayRig:
         return max(peaks)
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            os.killpg(self._process.pid, signal.SIGTERM)
-            try:
-                self._process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._process.pid, signal.SIGKILL)
+        if self._process is not None:
+            stop_process_group(self._process)
         self.orthanc.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -12,7 +10,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from . import InfraError, free_port, log_tail, require_binary
+from . import InfraError, free_port, log_tail, require_binary, stop_process_group
 
 
 class RedisServer:
@@ -64,15 +62,8 @@ class RedisServer:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=10)
-            except ProcessLookupError:
-                pass
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        if proc is not None:
+            stop_process_group(proc, timeout=10)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
