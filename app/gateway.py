@@ -21,6 +21,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
@@ -112,23 +113,35 @@ def _params(resource: str) -> list[tuple[str, str]]:
     return params
 
 
-def _audit(access: Access | None, status: int, study: str | None, patients: tuple[str, ...], detail: str,
-           description: str | None = None) -> None:
-    record = AuditRecord(interaction="read", resource_type="ImagingStudy", status=status,
-                         client_id=access.claims.client_id if access else None,
-                         user=access.user if access else None, address=request.remote_addr, query=None,
-                         resource_id=study, patients=patients, description=description, detail=detail)
-    current_app.extensions["audit"].write(build_events(record, _facade().settings.base_url), record.client_id)
+@dataclass
+class RetrievalAudit:
+    """The AuditEvents of one retrieval: who asks (once the token is known), for which study and
+    patients (once checked). Captured from the request, so the streamed body can write one too."""
+
+    store: Any
+    observer: str
+    address: str | None
+    detail: str
+    access: Access | None = None
+    study: str | None = None
+    patients: tuple[str, ...] = ()
+
+    def write(self, status: int, description: str | None = None, with_patients: bool = True) -> None:
+        client = self.access.claims.client_id if self.access else None
+        record = AuditRecord(interaction="read", resource_type="ImagingStudy", status=status, client_id=client,
+                             user=self.access.user if self.access else None, address=self.address, query=None,
+                             resource_id=self.study, patients=self.patients if with_patients else (),
+                             description=description, detail=self.detail)
+        self.store.write(build_events(record, self.observer), client)
 
 
 @bp.route("/dicomweb/<path:rest>", methods=["GET"], merge_slashes=False)
 def retrieve(rest: str) -> Response:
-    access: Access | None = None
-    study: str | None = None
-    patients: tuple[str, ...] = ()
-    detail = f"WADO-RS {request.path}"
+    facade = _facade()
+    audit = RetrievalAudit(current_app.extensions["audit"], facade.settings.base_url, request.remote_addr,
+                           f"WADO-RS {request.path}")
     try:
-        access = current_app.extensions["protector"].authenticate(request.headers.get("Authorization"))
+        access = audit.access = current_app.extensions["protector"].authenticate(request.headers.get("Authorization"))
         g.access = access
         limit_authenticated()  # the client's rate limit (app.ops), as for the FHIR API
         decision = access.require("ImagingStudy", "r")
@@ -137,8 +150,6 @@ def retrieve(rest: str) -> Response:
                                           "ask for an unfiltered ImagingStudy read scope", "patient/ImagingStudy.r")
         _check_raw_path()
         trust_id, _, path = rest.partition("/")
-        facade = _facade()
-        source = facade.image_sources.get(trust_id) if facade.settings.trust(trust_id) else None
         if facade.settings.trust(trust_id) is None:
             raise NotFound(f"there is no trust {trust_id[:40]!r} on this gateway")
         try:
@@ -147,15 +158,16 @@ def retrieve(rest: str) -> Response:
             raise InvalidRequest(str(exc)) from None
         params = _params(target.resource)
         accept, accept_encoding = _header("Accept"), _header("Accept-Encoding")
+        source = facade.image_sources.get(trust_id)
         if source is None:
             raise UpstreamFailure(501, f"trust {trust_id} offers no image retrieval through this gateway")
-        study = target.study
-        owners = facade.study_owners(trust_id, study, current_app.extensions["owner_cache"])
+        audit.study = target.study
+        owners = facade.study_owners(trust_id, target.study, current_app.extensions["owner_cache"])
         patient = decision.compartment_patient
         if not owners or (patient is not None and any(o != patient for o in owners)):
             # Another patient's study and no study at all look the same: nothing about it is revealed.
-            raise NotFound(f"study {study} is not held by trust {trust_id}")
-        patients = tuple(sorted({o for o in owners if o}))
+            raise NotFound(f"study {target.study} is not held by trust {trust_id}")
+        audit.patients = tuple(sorted({o for o in owners if o}))
         retrieval = source.retrieve(target, accept, accept_encoding, params, request_id())
     except RetrievalError as exc:
         if exc.status >= 500:
@@ -164,17 +176,16 @@ def retrieve(rest: str) -> Response:
         retry = {"Retry-After": str(int(exc.retry_after_s))} if exc.retry_after_s is not None else None
         error: FhirError = (NotFound(diagnostics) if exc.status == 404 else NotAcceptable(diagnostics)
                             if exc.status == 406 else UpstreamFailure(exc.status, diagnostics, retry))
-        _audit(access, error.status_code, study, patients, detail, exc.reason)
+        audit.write(error.status_code, exc.reason)
         raise error from None
     except FhirError as exc:
-        _audit(access, exc.status_code, study, patients if exc.status_code != 404 else (), detail, str(exc))
+        audit.write(exc.status_code, str(exc), with_patients=exc.status_code != 404)
         raise
-    _audit(access, retrieval.status, study, patients, detail)
-    return _relay(retrieval, access, study, patients, detail)
+    audit.write(retrieval.status)
+    return _relay(retrieval, audit)
 
 
-def _relay(retrieval: Retrieval, access: Access | None, study: str | None, patients: tuple[str, ...],
-           detail: str) -> Response:
+def _relay(retrieval: Retrieval, audit: RetrievalAudit) -> Response:
     headers = dict(retrieval.headers)
     # Images of patients never stay in a shared workstation's cache.
     headers.update({"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
@@ -182,21 +193,13 @@ def _relay(retrieval: Retrieval, access: Access | None, study: str | None, patie
     if request.method == "HEAD":
         retrieval.close()
         return Response(status=retrieval.status, headers=headers)
-    audit_store = current_app.extensions["audit"]
-    observer = _facade().settings.base_url
-    address = request.remote_addr
 
     def body() -> Iterator[bytes]:
         try:
             yield from retrieval.chunks
         except StreamAborted as exc:
             log.warning("gateway: %s; the response to the client was cut short", exc)
-            record = AuditRecord(interaction="read", resource_type="ImagingStudy", status=502,
-                                 client_id=access.claims.client_id if access else None,
-                                 user=access.user if access else None, address=address, query=None,
-                                 resource_id=study, patients=patients, description=f"transfer aborted: {exc}",
-                                 detail=detail)
-            audit_store.write(build_events(record, observer), record.client_id)
+            audit.write(502, f"transfer aborted: {exc}")
             raise
         finally:
             retrieval.close()

@@ -44,7 +44,8 @@ def pn_pattern(name: NameQuery) -> str:
     return f"{name.family}^{name.given}*" if name.given else f"{name.family}*"
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header given in seconds (None when absent or an HTTP date)."""
     if value and value.strip().isdigit():
         return float(value.strip())
     return None
@@ -172,8 +173,8 @@ class DicomWebArchive:
         status = response.status_code
         if status == 204:
             return [], None
-        if status in (429, 503) and _retry_after(response.headers.get("Retry-After")) is not None:
-            wait = _retry_after(response.headers.get("Retry-After")) or 0.0
+        wait = retry_after_seconds(response.headers.get("Retry-After")) if status in (429, 503) else None
+        if wait is not None:
             raise ArchiveRetryLater(self.name, f"HTTP {status}, retry after {wait:g} s", wait)
         if status == 413:
             raise ArchiveError(self.name, "HTTP 413: the archive found the query too broad")

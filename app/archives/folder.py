@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pydicom
 from pydicom.datadict import tag_for_keyword
@@ -50,6 +50,14 @@ def _first(ds: Dataset, tag: str) -> str | None:
     return str(values[0]) if values and values[0] is not None else None
 
 
+class StoredFile(NamedTuple):
+    """One Part 10 file of the folder, as image retrieval needs it (folder_wado.py)."""
+
+    sop_instance_uid: str
+    path: Path
+    transfer_syntax: str
+
+
 class FolderArchive:
     """An Archive over `path/**/*.dcm`; the index is read once and is immutable afterwards."""
 
@@ -61,8 +69,8 @@ class FolderArchive:
         self._studies: dict[str, Dataset] = {}
         self._series: dict[str, Dataset] = {}
         self._instances: dict[str, list[Dataset]] = defaultdict(list)
-        # study UID -> series UID -> [(SOP Instance UID, file)], for image retrieval (folder_wado.py)
-        self.files: dict[str, dict[str, list[tuple[str, Path]]]] = defaultdict(lambda: defaultdict(list))
+        # study UID -> series UID -> its files, for image retrieval (folder_wado.py)
+        self.files: dict[str, dict[str, list[StoredFile]]] = defaultdict(lambda: defaultdict(list))
         self._index()
 
     def _index(self) -> None:
@@ -82,7 +90,9 @@ class FolderArchive:
             self._studies.setdefault(str(study_uid), _select(ds, "study"))
             self._series.setdefault(str(series_uid), _select(ds, "series"))
             self._instances[str(series_uid)].append(_select(ds, "instance"))
-            self.files[str(study_uid)][str(series_uid)].append((str(ds.get("SOPInstanceUID", "")), file))
+            syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+            self.files[str(study_uid)][str(series_uid)].append(
+                StoredFile(str(ds.get("SOPInstanceUID", "")), file, syntax))
             series_of_study[str(study_uid)].add(str(series_uid))
         for study_uid, series_uids in series_of_study.items():
             self._add_counts(self._studies[study_uid], sorted(series_uids))

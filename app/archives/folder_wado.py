@@ -16,7 +16,7 @@ import orjson
 import pydicom
 from pydicom.uid import UID
 
-from .folder import FolderArchive
+from .folder import FolderArchive, StoredFile
 from .render import MEDIA_TYPES, NotRenderable, render
 from .wado import Retrieval, RetrievalError, WadoTarget
 
@@ -48,7 +48,7 @@ class FolderWado:
         self.thumbnail_px = thumbnail_px
 
     # -- selection --------------------------------------------------------------------------
-    def _files(self, target: WadoTarget) -> list[tuple[str, Path]]:
+    def _files(self, target: WadoTarget) -> list[StoredFile]:
         series = self.archive.files.get(target.study)
         if not series:
             raise RetrievalError(self.name, 404, "the archive does not hold this study")
@@ -59,7 +59,7 @@ class FolderWado:
             raise RetrievalError(self.name, 404, "the archive does not hold this series in this study")
         if target.instance is None:
             return list(files)
-        found = [f for f in files if f[0] == target.instance]
+        found = [f for f in files if f.sop_instance_uid == target.instance]
         if not found:
             raise RetrievalError(self.name, 404, "the archive does not hold this instance in this series")
         return found
@@ -70,14 +70,13 @@ class FolderWado:
         if target.resource == "metadata":
             return self._metadata(files, accept)
         if target.resource in ("rendered", "thumbnail"):
-            return self._rendered(target, files[0][1], accept, dict(params))
+            return self._rendered(target, files[0].path, accept, dict(params))
         if target.frames:
-            return self._frames(target, files[0][1], accept)
+            return self._frames(target, files[0].path, accept)
         return self._objects(files, accept)
 
     # -- resources --------------------------------------------------------------------------
-    def _objects(self, files: list[tuple[str, Path]], accept: str | None) -> Retrieval:
-        syntaxes = [pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID for _, path in files]
+    def _objects(self, files: list[StoredFile], accept: str | None) -> Retrieval:
         wanted = None
         for media, params in _ranges(accept):
             if media in ("*/*", "multipart/*") or (media == "multipart/related" and
@@ -86,20 +85,20 @@ class FolderWado:
                 break
         if wanted is None:
             raise RetrievalError(self.name, 406, 'this archive sends multipart/related; type="application/dicom"')
-        if wanted != "*" and any(ts != wanted for ts in syntaxes):
+        if wanted != "*" and any(f.transfer_syntax != wanted for f in files):
             raise RetrievalError(self.name, 406, "the archive holds these objects in another transfer syntax "
                                                  "and does not transcode")
         boundary = uuid.uuid4().hex
-        sizes = [path.stat().st_size for _, path in files]
-        heads = [f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={ts}\r\n"
-                 f"Content-Length: {size}\r\n\r\n".encode() for ts, size in zip(syntaxes, sizes, strict=True)]
+        sizes = [f.path.stat().st_size for f in files]
+        heads = [f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={f.transfer_syntax}\r\n"
+                 f"Content-Length: {size}\r\n\r\n".encode() for f, size in zip(files, sizes, strict=True)]
         tail = f"--{boundary}--\r\n".encode()
         length = sum(len(h) + size + 2 for h, size in zip(heads, sizes, strict=True)) + len(tail)
 
         def body() -> Iterator[bytes]:
-            for head, (_, path) in zip(heads, files, strict=True):
+            for head, stored in zip(heads, files, strict=True):
                 yield head
-                with path.open("rb") as handle:
+                with stored.path.open("rb") as handle:
                     while chunk := handle.read(self.chunk_bytes):
                         yield chunk
                 yield b"\r\n"
@@ -108,12 +107,12 @@ class FolderWado:
         return Retrieval(200, {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
                                "Content-Length": str(length)}, body())
 
-    def _metadata(self, files: list[tuple[str, Path]], accept: str | None) -> Retrieval:
+    def _metadata(self, files: list[StoredFile], accept: str | None) -> Retrieval:
         if not any(m in ("*/*", "application/*", "application/dicom+json", "application/json")
                    for m, _ in _ranges(accept)):
             raise RetrievalError(self.name, 406, "metadata is sent as application/dicom+json")
-        datasets = [pydicom.dcmread(path, stop_before_pixels=True).to_json_dict(bulk_data_threshold=1 << 20)
-                    for _, path in files]
+        datasets = [pydicom.dcmread(f.path, stop_before_pixels=True).to_json_dict(bulk_data_threshold=1 << 20)
+                    for f in files]
         body = orjson.dumps(datasets)
         return Retrieval(200, {"Content-Type": "application/dicom+json", "Content-Length": str(len(body))},
                          iter((body,)))

@@ -19,7 +19,7 @@ import requests
 import urllib3
 
 from ..mapping.dicom_json import UID_PATTERN
-from .dicomweb import UpstreamAuth, _retry_after
+from .dicomweb import UpstreamAuth, retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def _status_error(name: str, status: int, headers: Any, accept: str | None) -> R
     if status == 406 or (status == 400 and accept):
         return RetrievalError(name, 406, "the archive cannot provide the requested media type or transfer syntax")
     if status in (429, 503):
-        wait = _retry_after(headers.get("Retry-After"))
+        wait = retry_after_seconds(headers.get("Retry-After"))
         return RetrievalError(name, 503, f"the archive is busy (HTTP {status})", wait if wait is not None else 5.0)
     if status in (401, 403):
         return RetrievalError(name, 502, f"HTTP {status}: the archive refused the facade's credentials")
