@@ -94,7 +94,7 @@ def _check_raw_path() -> None:
     if path.startswith(("http://", "https://")):  # an absolute-form request target: keep its path
         path = "/" + path.split("//", 1)[1].partition("/")[2]
     path += "/"
-    if any(trick in path for trick in _TRICKS) or path.endswith("/./") or path.endswith("/../"):
+    if any(trick in path for trick in _TRICKS):  # the path ends in "/": a final dot segment is caught too
         raise InvalidRequest("the path may not contain encoded slashes, backslashes, dot segments or empty segments")
 
 
