@@ -2,7 +2,8 @@
 # Install the Debian packages that the integration tests need (idempotent).
 #   orthanc, orthanc-dicomweb : DICOMweb archive (tests start their own Orthanc)
 #   dcmtk                     : dcmqrscp legacy DIMSE archive, storescu, echoscu
-#   redis-server              : reserved for later tests
+#   redis-server              : shared authorization state and rate limits across processes (tests start their own)
+#   chromium                  : the browser the e2e tests drive with playwright-core
 # Only missing packages are installed; `apt-get update` runs at most once and only
 # when something must be installed. A system Orthanc daemon started by the
 # package is stopped and disabled so that it does not hold ports 8042/4242.
