@@ -12,8 +12,8 @@ import orjson
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from .config import Settings, load_settings
-from .errors import FhirError, MethodNotAllowed, NotFound, issue, operation_outcome
+from app.core.errors import FhirError, MethodNotAllowed, NotFound, issue, operation_outcome
+from app.settings import Settings, load_settings
 
 __version__ = "0.1.0"
 CONFIG_ENV = "FACADE_CONFIG"
@@ -81,12 +81,12 @@ def create_app(settings: Settings | str | os.PathLike[str] | None = None) -> Fla
     if not isinstance(settings, Settings):
         settings = load_settings(settings)
 
-    from .apps import bp as apps_bp
-    from .auth import build_protector, smart_configuration
-    from .auth.audit import AuditStore
-    from .fhir.views import bp as fhir_bp
-    from .gateway import init_gateway
-    from .service import build_facade
+    from app.audit.events import AuditStore
+    from app.auth import build_protector, smart_configuration
+    from app.services import build_facade
+    from app.web.apps import bp as apps_bp
+    from app.web.fhir.views import bp as fhir_bp
+    from app.web.gateway import init_gateway
 
     app = Flask(__name__, static_folder=None)
     app.config["VERSION"] = __version__
@@ -97,7 +97,7 @@ def create_app(settings: Settings | str | os.PathLike[str] | None = None) -> Fla
     app.extensions["facade"] = facade
     embedded = None
     if settings.auth["mode"] == "embedded":
-        from .auth.server import EmbeddedAuthServer
+        from app.auth.server import EmbeddedAuthServer
 
         embedded = EmbeddedAuthServer(settings, facade)
         embedded.init_app(app)
@@ -112,7 +112,7 @@ def create_app(settings: Settings | str | os.PathLike[str] | None = None) -> Fla
     init_gateway(app, settings.gateway_owner_cache_s)  # the image gateway, under /dicomweb/
     _register_error_handlers(app)
     _register_cors(app, settings)
-    from .ops import init_ops
+    from app.ops import init_ops
 
     init_ops(app, settings)  # /healthz, /readyz, /metrics, request ids, JSON logs, rate limit
     if settings.ops.trusted_proxies:

@@ -12,12 +12,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .config import BASE_URL_ENV, CURSOR_SECRET_ENV, ConfigError, check_document, load_settings, read_document
+from app.settings import BASE_URL_ENV, CURSOR_SECRET_ENV, ConfigError, check_document, load_settings, read_document
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = ROOT / "config" / "demo.yaml"
 DEMO_DATA = ROOT / "demo-data"
-# prometheus_client reads it when first imported (app.metrics): this module must not import that first.
+# prometheus_client reads it when first imported (app.telemetry.metrics): this module must not import that first.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -54,7 +54,7 @@ def serve(config: str, host: str, port: int, workers: int, threads: int) -> int:
     if workers > 1 and not os.environ.get(MULTIPROC_ENV):
         metrics_dir = tempfile.mkdtemp(prefix="facade-metrics-")
         os.environ[MULTIPROC_ENV] = metrics_dir
-    from .ops import gunicorn_conf
+    from app.ops import gunicorn_conf
 
     class FacadeServer(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -68,11 +68,11 @@ def serve(config: str, host: str, port: int, workers: int, threads: int) -> int:
             self.cfg.set("child_exit", gunicorn_conf.child_exit)
 
         def load(self) -> Any:
-            from . import create_app
+            from app import create_app
 
             return create_app(load_settings(config))
 
-    from .logs import configure_logging
+    from app.telemetry.logs import configure_logging
 
     configure_logging("INFO")  # the same JSON lines as gunicorn's and the workers'
     logging.getLogger("app").info("FHIR base URL: %s", settings.base_url)
@@ -85,7 +85,7 @@ def serve(config: str, host: str, port: int, workers: int, threads: int) -> int:
 
 
 def demo(host: str, port: int) -> int:
-    from .demo.generate import ensure_demo_data
+    from tools.demo.generate import ensure_demo_data
 
     if ensure_demo_data(DEMO_DATA):
         print(f"generated the demo dataset in {DEMO_DATA}")
@@ -141,14 +141,14 @@ def token(base: str, client: str, key_file: str, scope: str) -> int:
 
 def launch(config: str, client: str, patient: str, study: str | None) -> int:
     """An EHR launch id for a client and patient, written straight into the server's store."""
-    from . import create_app
+    from app import create_app
 
     app = create_app(load_settings(config))
     server = app.extensions.get("smart_server")
     if server is None:
         print("launch needs auth.mode: embedded", file=sys.stderr)
         return 1
-    from .mapping.patient import nhs_number_problem
+    from app.core.mapping.patient import nhs_number_problem
 
     problem = nhs_number_problem(patient)
     if problem or client not in server.clients:
@@ -160,7 +160,7 @@ def launch(config: str, client: str, patient: str, study: str | None) -> int:
 
 
 def rotate_keys(config: str) -> int:
-    from .auth.server.keys import SigningKeys
+    from app.auth.server.keys import SigningKeys
 
     settings = load_settings(config)
     if settings.auth["mode"] != "embedded":
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "rotate-keys":
         return rotate_keys(args.config)
     if args.command == "hash-password":
-        from .auth.server.clients import hash_secret
+        from app.auth.server.clients import hash_secret
 
         print(hash_secret(args.secret))
         return 0

@@ -25,11 +25,10 @@ from typing import Any
 import requests
 import yaml
 
-from app.config import settings_from_document
-from app.demo.generate import ensure_demo_data
+from app.settings import settings_from_document
+from bench.results import write_section
 from tests.infra import free_port
-
-from .results import write_section
+from tools.demo.generate import ensure_demo_data
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).parent / "gunicorn"

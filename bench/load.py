@@ -60,10 +60,7 @@ from urllib.parse import urlsplit
 import orjson
 import requests
 
-from app.demo.generate import TRUSTS
-from tests.infra.orthanc import OrthancServer
-
-from .federation import (
+from bench.federation import (
     ARCHIVES,
     DELAY_S,
     NHS_SYSTEM,
@@ -84,7 +81,9 @@ from .federation import (
     trust_doc,
     verdict,
 )
-from .results import write_section
+from bench.results import write_section
+from tests.infra.orthanc import OrthancServer
+from tools.demo.generate import TRUSTS
 
 RATE = 25.0  # searches per second, offered
 DURATION_S = 60.0

@@ -19,14 +19,13 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from app.archives.folder import FolderArchive
+from app.archives.folder.archive import FolderArchive
 from app.archives.protocol import StudyQuery
-from app.demo.generate import TRUSTS, ensure_demo_data
-from app.mapping.context import TrustMapping
-from app.mapping.patient import subject_reference
-from app.mapping_tables import load_mapper
-
-from .results import write_section
+from app.core.mapping.context import TrustMapping
+from app.core.mapping.patient import subject_reference
+from app.core.mapping.tables import load_mapper
+from bench.results import write_section
+from tools.demo.generate import TRUSTS, ensure_demo_data
 
 TARGET_US = 20.0
 PASSES = 15

@@ -26,7 +26,7 @@ from demo_dataset import demo_dataset  # noqa: E402
 from smart_tokens import system_token  # noqa: E402
 
 from app import create_app  # noqa: E402
-from app.config import BASE_URL_ENV, CURSOR_SECRET_ENV, Settings, settings_from_document  # noqa: E402
+from app.settings import BASE_URL_ENV, CURSOR_SECRET_ENV, Settings, settings_from_document  # noqa: E402
 
 try:  # pytest "prepend" import mode puts tests/ on sys.path (no __init__.py)
     from fhir_validation import validate_resource

@@ -13,7 +13,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from app.demo.generate import generate
+from tools.demo.generate import generate
 
 
 @lru_cache(maxsize=1)

@@ -1,4 +1,4 @@
-"""Configuration validation (app.config) and `python -m app check-config`.
+"""Configuration validation (app.settings) and `python -m app check-config`.
 
 Each case starts from the demo configuration pointed at the generated data (valid), breaks one
 thing, and checks that the problem is reported with the key that holds it.
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from app.config import ConfigError, check_document, load_settings, settings_from_document
+from app.settings import ConfigError, check_document, load_settings, settings_from_document
 
 ROOT = Path(__file__).resolve().parent.parent
 

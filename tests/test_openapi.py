@@ -21,11 +21,11 @@ from smart_tokens import system_token
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Rule
 
-from app.archives.wado import _FRAMES, RENDER_PARAMETERS, BadTarget, parse_target
-from app.fhir import params as p
-from app.fhir.capability import capability_statement
-from app.fhir.openapi import openapi_document, stored_document
-from app.mapping.dicom_json import UID_PATTERN
+from app.archives.dicomweb.wado import _FRAMES, RENDER_PARAMETERS, BadTarget, parse_target
+from app.core.dicom_json import UID_PATTERN
+from app.core.search import params as p
+from app.web.fhir.capability import capability_statement
+from app.web.fhir.openapi import openapi_document, stored_document
 
 BLUEPRINTS = ("fhir", "smart_auth", "dicomweb")
 # Operations endpoints (health, readiness, metrics) are not part of the API the document describes.

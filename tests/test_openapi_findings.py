@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from smart_tokens import system_token
 
-from app.fhir.dates import DateValueError, dicom_bounds, parse_filter
+from app.core.search.dates import DateValueError, dicom_bounds, parse_filter
 
 NHS = "9992975962"
 STUDY = "2.25.7492698656716832304557205269405902835"

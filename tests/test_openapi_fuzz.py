@@ -40,7 +40,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from smart_tokens import system_token
 
-from app.fhir.openapi import stored_document
+from app.web.fhir.openapi import stored_document
 
 SEED = int(os.environ.get("FUZZ_SEED", "7"))
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "10"))

@@ -13,8 +13,8 @@ import pytest
 from smart_tokens import patient_token, system_token
 
 from app import create_app
-from app.config import settings_from_document
-from app.xref import local_system
+from app.federation.xref import local_system
+from app.settings import settings_from_document
 from tests.infra import serve_wsgi
 
 NHS = "https://fhir.nhs.uk/Id/nhs-number"

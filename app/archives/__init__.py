@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..config import TrustSettings
-from .dicomweb import DicomWebArchive
-from .folder import FolderArchive
-from .protocol import Archive, ArchiveError, PatientKey, StudyQuery
+from app.archives.dicomweb.qido import DicomWebArchive
+from app.archives.folder.archive import FolderArchive
+from app.archives.protocol import Archive, ArchiveError, PatientKey, StudyQuery
+from app.settings import TrustSettings
 
 __all__ = ["Archive", "ArchiveError", "PatientKey", "StudyQuery", "build_archive"]
 
@@ -20,7 +20,7 @@ def build_archive(trust: TrustSettings, timeout_s: float) -> Archive:
         return DicomWebArchive(trust.id, config["url"], timeout_s, config.get("page_size", 500),
                                config.get("auth"), config.get("tls"))
     if kind == "dimse":
-        from .dimse import DimseArchive
+        from app.archives.dimse import DimseArchive
 
         return DimseArchive(trust.id, config["host"], config["port"], config["called_aet"],
                             config.get("calling_aet", "GMFACADE"), timeout_s)

@@ -1,6 +1,6 @@
 """A short-lived cache of upstream answers, keyed on the full upstream query (off when ttl is 0).
 
-Hits and misses are counted per archive (app.metrics)."""
+Hits and misses are counted per archive (app.telemetry.metrics)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from .. import metrics
-from .protocol import Archive, Found, StudyQuery
+from app.archives.protocol import Archive, Found, StudyQuery
+from app.telemetry import metrics
 
 
 class CachedArchive:

@@ -25,9 +25,9 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
-from . import attributes
-from .dicomweb import pn_pattern
-from .protocol import ArchiveError, Dataset, Found, StudyQuery, is_plain_key
+from app.archives import attributes
+from app.archives.dicomweb.qido import pn_pattern
+from app.archives.protocol import ArchiveError, Dataset, Found, StudyQuery, is_plain_key
 
 FIND = StudyRootQueryRetrieveInformationModelFind
 _config.LOG_REQUEST_IDENTIFIERS = False

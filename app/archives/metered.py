@@ -1,13 +1,13 @@
-"""An Archive wrapper that times every adapter call and counts its failures (app.metrics)."""
+"""An Archive wrapper that times every adapter call and counts its failures (app.telemetry.metrics)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 
-from .. import metrics
-from .dicomweb import ArchiveRetryLater
-from .protocol import Archive, ArchiveError, Found, StudyQuery
+from app.archives.dicomweb.qido import ArchiveRetryLater
+from app.archives.protocol import Archive, ArchiveError, Found, StudyQuery
+from app.telemetry import metrics
 
 
 class MeteredArchive:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import Settings, config_secret
-from .protect import Protector, TokenValidator
-from .tokens import IntrospectionValidator, JwksSource, JwtValidator
+from app.auth.protect import Protector, TokenValidator
+from app.auth.tokens import IntrospectionValidator, JwksSource, JwtValidator
+from app.settings import Settings, config_secret
 
 
 def build_protector(settings: Settings, embedded: Any = None) -> Protector:

@@ -16,9 +16,9 @@ from typing import Any, Protocol
 import orjson
 from joserfc.util import urlsafe_b64decode
 
-from ..errors import FhirError
-from .scopes import Decision, Scopes, decide, parse_scopes
-from .tokens import AccessClaims, InvalidToken
+from app.auth.tokens import AccessClaims, InvalidToken
+from app.core.errors import FhirError
+from app.core.scopes import Decision, Scopes, decide, parse_scopes
 
 log = logging.getLogger(__name__)
 

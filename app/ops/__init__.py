@@ -20,11 +20,11 @@ import orjson
 from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .. import logs, metrics
-from ..config import Settings
-from ..errors import AddressRefused, FhirError, TooManyRequests
-from .ratelimit import RateLimiter
-from .readiness import Readiness
+from app.core.errors import AddressRefused, FhirError, TooManyRequests
+from app.ops.ratelimit import RateLimiter
+from app.ops.readiness import Readiness
+from app.settings import Settings
+from app.telemetry import logs, metrics
 
 access_log = logging.getLogger("app.access")
 bp = Blueprint("ops", __name__)

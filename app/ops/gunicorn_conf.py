@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..logs import GUNICORN_LOGCONFIG
-from ..metrics import prepare_multiprocess_dir, worker_exited
+from app.telemetry.logs import GUNICORN_LOGCONFIG
+from app.telemetry.metrics import prepare_multiprocess_dir, worker_exited
 
 logconfig_dict = GUNICORN_LOGCONFIG
 accesslog = None  # the facade writes its own access lines (JSON, no query string)

@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Protocol
 
-from ..config import RateLimitSettings
+from app.settings import RateLimitSettings
 
 log = logging.getLogger(__name__)
 KEY_PREFIX = "gm-facade:rate:"

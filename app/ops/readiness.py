@@ -19,11 +19,11 @@ from typing import Any
 
 import requests
 
-from ..archives.dicomweb import DicomWebArchive
-from ..archives.protocol import Archive
-from ..auth.audit import AuditStore
-from ..config import OpsSettings, TrustSettings
-from ..fanout import TrustArchive
+from app.archives.dicomweb.qido import DicomWebArchive
+from app.archives.protocol import Archive
+from app.audit.events import AuditStore
+from app.federation.fanout import TrustArchive
+from app.settings import OpsSettings, TrustSettings
 
 PROBE_STUDY_UID = "2.25.0"  # a syntactically valid UID under the UUID root that no study has
 

@@ -20,8 +20,8 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 import requests
 
-from app.archives.dicomweb import ArchiveRetryLater, DicomWebArchive
-from app.archives.folder import FolderArchive
+from app.archives.dicomweb.qido import ArchiveRetryLater, DicomWebArchive
+from app.archives.folder.archive import FolderArchive
 from app.archives.protocol import ArchiveError, Dataset, Found, NameQuery, PatientKey, StudyQuery
 from tests.infra import free_port
 from tests.infra.faultproxy import FAULT_KINDS, FaultProxy

@@ -24,10 +24,10 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
 from app.archives.dimse import DimseArchive
-from app.archives.folder import FolderArchive
+from app.archives.folder.archive import FolderArchive
 from app.archives.protocol import Archive, ArchiveError, Found, PatientKey, StudyQuery
-from app.mapping.context import TrustMapping
-from app.mapping_tables import load_mapper
+from app.core.mapping.context import TrustMapping
+from app.core.mapping.tables import load_mapper
 from tests.infra import free_port
 from tests.infra.dcmqrscp import DcmqrscpServer
 from tests.infra.test_infra import Spec, write_instance

@@ -53,7 +53,7 @@ except ImportError:  # pragma: no cover
 
 import app.auth.tokens as tokens_module
 from app import create_app
-from app.config import BASE_URL_ENV, CURSOR_SECRET_ENV, Settings, settings_from_document
+from app.settings import BASE_URL_ENV, CURSOR_SECRET_ENV, Settings, settings_from_document
 
 # ----------------------------------------------------------------------------- keys and servers
 

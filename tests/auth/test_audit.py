@@ -33,7 +33,7 @@ from smart_support import (
     query_entity,
 )
 
-from app.auth.audit import AuditRecord, build_events
+from app.audit.events import AuditRecord, build_events
 
 try:
     from fhir_validation import validate_resource

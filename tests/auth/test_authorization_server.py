@@ -54,8 +54,8 @@ import app.auth.server.store as store_module
 from app import create_app
 from app.auth.server.clients import hash_secret
 from app.auth.server.grants import BACKEND_TOKEN_TTL_S, CODE_TTL_S
-from app.config import BASE_URL_ENV, CURSOR_SECRET_ENV, settings_from_document
-from app.mapping.patient import nhs_number_problem
+from app.core.mapping.patient import nhs_number_problem
+from app.settings import BASE_URL_ENV, CURSOR_SECRET_ENV, settings_from_document
 
 ROOT = Path(__file__).resolve().parents[2]
 PORTAL_KEY_FILE = ROOT / "config" / "demo-keys" / "portal.private.jwk.json"

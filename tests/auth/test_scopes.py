@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from app.auth.protect import COMPARTMENT_TYPES, FILTERABLE
-from app.auth.scopes import Grant, Scopes, decide, parse_scope, parse_scopes
+from app.core.scopes import Grant, Scopes, decide, parse_scope, parse_scopes
 
 A = "9998785642"
 FILTERS = {"ImagingStudy": frozenset({"modality", "status", "endpoint", "bodysite", "dicom-class"})}

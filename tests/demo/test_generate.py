@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # `import app` wherever pytest is started from
     sys.path.insert(0, str(ROOT))
 
-from app.demo import generate as generator  # noqa: E402
-from app.demo.generate import TRUSTS, ensure_demo_data, generate, is_valid_nhs_number  # noqa: E402
+from tools.demo import generate as generator  # noqa: E402
+from tools.demo.generate import TRUSTS, ensure_demo_data, generate, is_valid_nhs_number  # noqa: E402
 
 # Written out in full rather than taken from pydicom, so a wrong constant name is caught.
 EXPECTED_SOP_CLASS = {

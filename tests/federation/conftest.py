@@ -20,12 +20,11 @@ import requests
 import yaml
 
 from app import create_app
-from app.config import BASE_URL_ENV, CURSOR_SECRET_ENV, settings_from_document
-from app.demo.generate import TRUSTS
+from app.settings import BASE_URL_ENV, CURSOR_SECRET_ENV, settings_from_document
+from tests.federation.support import Federated, FhirClient, TrustServer
 from tests.infra.faultproxy import FaultProxy
 from tests.infra.orthanc import OrthancServer
-
-from .support import Federated, FhirClient, TrustServer
+from tools.demo.generate import TRUSTS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = ROOT / "config" / "demo.yaml"

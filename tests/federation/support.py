@@ -17,7 +17,7 @@ except ImportError:  # pragma: no cover - tests/ turned into a package
     from tests.fhir_validation import validate_resource
     from tests.smart_tokens import system_token
 
-from app.service import Facade
+from app.services import Facade
 from tests.infra.faultproxy import FaultProxy
 from tests.infra.orthanc import OrthancServer
 

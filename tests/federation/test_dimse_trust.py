@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from app import create_app
-from app.config import settings_from_document
+from app.settings import settings_from_document
 from tests.infra.dcmqrscp import DcmqrscpServer
 
 try:

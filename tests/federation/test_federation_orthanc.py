@@ -19,13 +19,10 @@ import orjson
 import pydicom
 import pytest
 
-from app.archives.dicomweb import DicomWebArchive
+from app.archives.dicomweb.qido import DicomWebArchive
 from app.archives.protocol import PatientKey, StudyQuery
-from app.demo.generate import TRUSTS_BY_ID
-from tests.infra import free_port
-
-from .conftest import ARCHIVE_TIMEOUT_S, FEDERATION, BuildFacade
-from .support import (
+from tests.federation.conftest import ARCHIVE_TIMEOUT_S, FEDERATION, BuildFacade
+from tests.federation.support import (
     Federated,
     TrustServer,
     delete_study,
@@ -37,6 +34,8 @@ from .support import (
     matches,
     series_uids,
 )
+from tests.infra import free_port
+from tools.demo.generate import TRUSTS_BY_ID
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,8 @@ from zoneinfo import ZoneInfo
 import pydicom
 import pytest
 
-from app.demo.generate import SPECIALTY_MODALITIES, is_valid_nhs_number
 from tests.federation.support import endpoint_trusts
+from tools.demo.generate import SPECIALTY_MODALITIES, is_valid_nhs_number
 
 BASE_URL = "http://127.0.0.1:8080/fhir"
 NHS = "https://fhir.nhs.uk/Id/nhs-number"

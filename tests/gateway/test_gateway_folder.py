@@ -334,7 +334,7 @@ def test_a_dimse_trust_without_wado_offers_no_images(config_document: dict[str, 
     import copy
 
     from app import create_app
-    from app.config import settings_from_document
+    from app.settings import settings_from_document
 
     doc = copy.deepcopy(config_document)
     for trust in doc["trusts"]:

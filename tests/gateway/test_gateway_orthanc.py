@@ -17,7 +17,7 @@ import requests
 from smart_tokens import patient_token, system_token
 
 from app import create_app
-from app.config import settings_from_document
+from app.settings import settings_from_document
 from tests.gateway.multipart import parts
 from tests.infra import serve_wsgi
 from tests.infra.faultproxy import FaultProxy

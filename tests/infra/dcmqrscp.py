@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from . import INSTALL_HINT, InfraError, free_port, log_tail, require_binary
+from tests.infra import INSTALL_HINT, InfraError, free_port, log_tail, require_binary
 
 CONFIG_TEMPLATE = """\
 # generated for integration tests

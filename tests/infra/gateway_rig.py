@@ -23,8 +23,8 @@ import yaml
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from . import InfraError, free_port, stop_process_group
-from .orthanc import OrthancServer
+from tests.infra import InfraError, free_port, stop_process_group
+from tests.infra.orthanc import OrthancServer
 
 ROOT = Path(__file__).resolve().parents[2]
 NHS_NUMBER = "9990000026"  # check digit valid; no demo patient has it

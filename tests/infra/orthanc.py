@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import requests
 
-from . import INSTALL_HINT, InfraError, free_port, log_tail, require_binary
+from tests.infra import INSTALL_HINT, InfraError, free_port, log_tail, require_binary
 
 PLUGIN_ENV = "ORTHANC_DICOMWEB_PLUGIN"
 PLUGIN_CANDIDATES = (

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from . import InfraError, free_port, log_tail, require_binary, stop_process_group
+from tests.infra import InfraError, free_port, log_tail, require_binary, stop_process_group
 
 
 class RedisServer:

@@ -28,10 +28,10 @@ from pydicom.uid import (
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
-from . import InfraError, require_binary
-from .dcmqrscp import DcmqrscpServer
-from .faultproxy import FAULT_KINDS, FaultProxy
-from .orthanc import OrthancServer, find_dicomweb_plugin
+from tests.infra import InfraError, require_binary
+from tests.infra.dcmqrscp import DcmqrscpServer
+from tests.infra.faultproxy import FAULT_KINDS, FaultProxy
+from tests.infra.orthanc import OrthancServer, find_dicomweb_plugin
 
 pytestmark = pytest.mark.integration
 

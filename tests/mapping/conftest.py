@@ -6,9 +6,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from app.mapping.context import TrustMapping
-from app.mapping.engine import StudyMapper
-from app.mapping_tables import load_mapper
+from app.core.mapping.context import TrustMapping
+from app.core.mapping.engine import StudyMapper
+from app.core.mapping.tables import load_mapper
 
 
 @pytest.fixture(scope="session")

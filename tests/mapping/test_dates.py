@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from app.mapping.dates import DateProblem, fhir_date, fhir_datetime
+from app.core.mapping.dates import DateProblem, fhir_date, fhir_datetime
 
 LONDON = ZoneInfo("Europe/London")
 NEW_YORK = ZoneInfo("America/New_York")

@@ -18,11 +18,10 @@ from pydicom.dataset import Dataset as PydicomDataset
 from pydicom.sr.codedict import codes
 from pydicom.tag import Tag
 
-from app.mapping.context import TrustMapping
-from app.mapping.engine import StudyMapper
-from app.mapping.patient import NHS_NUMBER_SYSTEM, subject_reference
-
-from .dicom_builders import (
+from app.core.mapping.context import TrustMapping
+from app.core.mapping.engine import StudyMapper
+from app.core.mapping.patient import NHS_NUMBER_SYSTEM, subject_reference
+from tests.mapping.dicom_builders import (
     EMPTY,
     INSTANCE_UID,
     NHS_NUMBER,
@@ -35,7 +34,7 @@ from .dicom_builders import (
     series,
     study,
 )
-from .fhir import validate_resource
+from tests.mapping.fhir import validate_resource
 
 Dataset = dict[str, Any]
 

@@ -10,7 +10,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset as PydicomDataset
 from pydicom.tag import Tag
 
-from app.mapping.patient import (
+from app.core.mapping.patient import (
     NHS_NUMBER_SYSTEM,
     is_nhs_number,
     local_patient_key,
@@ -19,9 +19,8 @@ from app.mapping.patient import (
     patient_resource,
     subject_reference,
 )
-
-from .dicom_builders import EMPTY, dataset
-from .fhir import validate_resource
+from tests.mapping.dicom_builders import EMPTY, dataset
+from tests.mapping.fhir import validate_resource
 
 NHS = "9434765919"
 OTHER_NHS = "4010232137"

@@ -16,9 +16,9 @@ from fhir.resources.R4B.imagingstudy import ImagingStudy, ImagingStudySeries, Im
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID
 
-from app.mapping.engine import MappingTableError, compile_rows
-from app.mapping.transforms import TRANSFORMS
-from app.mapping_tables import MAPPINGS_DIR, load_mapper, load_terminology
+from app.core.mapping.engine import MappingTableError, compile_rows
+from app.core.mapping.tables import MAPPINGS_DIR, load_mapper, load_terminology
+from app.core.mapping.transforms import TRANSFORMS
 
 SPECIALTY_MODALITIES = ["CT", "MR", "CR", "DX", "MG", "NM", "PT", "US", "XA", "RF", "ES", "XC", "GM", "SM", "OP",
                         "OPT", "ECG", "HD", "SR", "DOC", "KO", "PR", "SEG"]

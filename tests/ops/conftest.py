@@ -19,11 +19,10 @@ import requests
 from flask import Flask
 
 from app import create_app
-from app.config import BASE_URL_ENV, CURSOR_SECRET_ENV, settings_from_document
+from app.settings import BASE_URL_ENV, CURSOR_SECRET_ENV, settings_from_document
 from tests.infra.faultproxy import FaultProxy
 from tests.infra.orthanc import OrthancServer
-
-from .support import TRUSTS, BuildApp
+from tests.ops.support import TRUSTS, BuildApp
 
 
 @pytest.fixture(scope="session")

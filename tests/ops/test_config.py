@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from app.config import ConfigError, OpsSettings, settings_from_document
+from app.settings import ConfigError, OpsSettings, settings_from_document
 
 ROOT = Path(__file__).resolve().parents[2]
 

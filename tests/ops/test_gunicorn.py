@@ -21,10 +21,9 @@ import requests
 import yaml
 
 from app import create_app
-from app.config import BASE_URL_ENV, CURSOR_SECRET_ENV, settings_from_document
+from app.settings import BASE_URL_ENV, CURSOR_SECRET_ENV, settings_from_document
 from tests.infra import free_port
-
-from .support import NHS, bearer, sample, scrape
+from tests.ops.support import NHS, bearer, sample, scrape
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,8 +12,7 @@ import pytest
 
 from tests.infra.dcmqrscp import DcmqrscpServer
 from tests.infra.faultproxy import FaultProxy
-
-from .support import NHS, bearer, dicomweb
+from tests.ops.support import NHS, bearer, dicomweb
 
 pytestmark = pytest.mark.integration
 

@@ -18,11 +18,10 @@ import pytest
 from werkzeug.serving import make_server
 
 from app import create_app
-from app.config import settings_from_document
-from app.logs import JsonFormatter, redact
+from app.settings import settings_from_document
+from app.telemetry.logs import JsonFormatter, redact
 from tests.infra.faultproxy import FaultProxy
-
-from .support import NHS, bearer, dicomweb, system_token
+from tests.ops.support import NHS, bearer, dicomweb, system_token
 
 pytestmark = pytest.mark.integration
 

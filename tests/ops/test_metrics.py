@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from tests.infra.faultproxy import FaultProxy
-
-from .support import NHS, Samples, bearer, dicomweb, sample, scrape
+from tests.ops.support import NHS, Samples, bearer, dicomweb, sample, scrape
 
 pytestmark = pytest.mark.integration
 

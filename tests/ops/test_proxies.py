@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from .support import bearer
+from tests.ops.support import bearer
 
 pytestmark = pytest.mark.integration
 BALANCER = {"REMOTE_ADDR": "127.0.0.1"}  # the load balancer, on loopback with the facade

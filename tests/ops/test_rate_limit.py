@@ -11,10 +11,9 @@ from typing import Any
 
 import pytest
 
-from app.config import settings_from_document
+from app.settings import settings_from_document
 from tests.infra.redis_server import RedisServer
-
-from .support import bearer, sample, scrape
+from tests.ops.support import bearer, sample, scrape
 
 pytestmark = pytest.mark.integration
 SLOW = {"requests_per_minute": 1, "burst": 2}

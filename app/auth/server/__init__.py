@@ -19,13 +19,9 @@ from flask import Flask
 from joserfc import jwt
 from joserfc.errors import JoseError
 
-from ...archives.protocol import NameQuery
-from ...config import Settings
-from ...mapping.dicom_json import UID_PATTERN
-from ...mapping.patient import nhs_number_problem
-from ..tokens import AccessClaims, InvalidToken, JwksSource, JwtValidator
-from .clients import Client, client_from_config, user_from_config
-from .grants import (
+from app.archives.protocol import NameQuery
+from app.auth.server.clients import Client, client_from_config, user_from_config
+from app.auth.server.grants import (
     AuthorizationCodeGrant,
     ClientCredentialsGrant,
     RefreshTokenGrant,
@@ -34,8 +30,12 @@ from .grants import (
     TokenIssuer,
     _hash,
 )
-from .keys import SigningKeys
-from .store import open_store
+from app.auth.server.keys import SigningKeys
+from app.auth.server.store import open_store
+from app.auth.tokens import AccessClaims, InvalidToken, JwksSource, JwtValidator
+from app.core.dicom_json import UID_PATTERN
+from app.core.mapping.patient import nhs_number_problem
+from app.settings import Settings
 
 CAPABILITIES = [
     "launch-ehr", "launch-standalone", "authorize-post", "client-public", "client-confidential-symmetric",
@@ -67,7 +67,7 @@ class EmbeddedAuthServer:
         self.authorization = AuthorizationServer()
 
     def init_app(self, app: Flask) -> None:
-        from .views import bp
+        from app.auth.server.views import bp
 
         server = self.authorization
         server.init_app(app, query_client=self.query_client, save_token=lambda token, request: None)

@@ -14,10 +14,10 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...config import config_secret
-from ..protect import FILTERABLE
-from ..scopes import Grant, parse_scope
-from ..tokens import JwksSource
+from app.auth.protect import FILTERABLE
+from app.auth.tokens import JwksSource
+from app.core.scopes import Grant, parse_scope
+from app.settings import config_secret
 
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 

@@ -29,9 +29,9 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from .clients import Client
-from .keys import SigningKeys
-from .store import AuthStore
+from app.auth.server.clients import Client
+from app.auth.server.keys import SigningKeys
+from app.auth.server.store import AuthStore
 
 CODE_TTL_S = 60
 ASSERTION_ALGORITHMS = ("RS384", "ES384")

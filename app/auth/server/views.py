@@ -18,9 +18,9 @@ import orjson
 from authlib.oauth2 import OAuth2Error
 from flask import Blueprint, Response, current_app, redirect, render_template, request, session
 
-from ...mapping.patient import nhs_number_problem
-from .clients import check_secret
-from .grants import Grantee
+from app.auth.server.clients import check_secret
+from app.auth.server.grants import Grantee
+from app.core.mapping.patient import nhs_number_problem
 
 bp = Blueprint("smart_auth", __name__, template_folder="templates")
 

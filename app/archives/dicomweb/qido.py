@@ -1,0 +1,246 @@
+"""The DICOMweb adapter: QIDO-RS over one pooled requests Session per archive.
+
+Every answer an archive may give is turned into data, an `incomplete` note, or an ArchiveError
+with a short, patient-free reason: 200 (also with an empty body), 204, 206, 4xx/5xx, 429 with
+Retry-After, malformed JSON, a wrong content type, a Warning 299 header, results cut at `limit`
+(paged with `offset` until complete), refused connections, TLS failures and hangs.
+
+Query strings are built here, not by requests: values are already validated plain keys, and some
+archives (Orthanc 1.10's plugin) do not decode percent-encoding, so only characters that must be
+escaped are.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+import requests
+from requests.adapters import HTTPAdapter
+
+from app.archives import attributes, budget
+from app.archives.protocol import ArchiveError, Dataset, Found, NameQuery, StudyQuery
+from app.settings import config_secret
+from app.telemetry.logs import upstream_headers
+
+_SAFE = "-._~:^,"  # left unescaped in values (RFC 3986 unreserved plus what QIDO needs verbatim)
+_JSON_TYPES = ("application/dicom+json", "application/json")
+MAX_PAGES = 20
+
+
+class ArchiveRetryLater(ArchiveError):
+    """The archive asked us to come back later (429/503 with Retry-After)."""
+
+    def __init__(self, archive: str, reason: str, retry_after_s: float) -> None:
+        super().__init__(archive, reason)
+        self.retry_after_s = retry_after_s
+
+
+def pn_pattern(name: NameQuery) -> str:
+    """`FAMILY*` or `FAMILY^GIVEN*`: the name's start, the one wildcard added by us, never by the user."""
+    return f"{name.family}^{name.given}*" if name.given else f"{name.family}*"
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header given in seconds (None when absent or an HTTP date)."""
+    if value and value.strip().isdigit():
+        return float(value.strip())
+    return None
+
+
+class UpstreamAuth:
+    """Upstream credentials: none, basic, bearer, or OAuth 2.0 client credentials (token cached)."""
+
+    def __init__(self, config: dict[str, Any], session: requests.Session, name: str, timeout_s: float) -> None:
+        self.kind = config.get("type", "none")
+        self.config = config
+        self.session = session
+        self.name = name
+        self.timeout_s = timeout_s
+        self._token: str | None = None
+        self._expires = 0.0
+        self._lock = threading.Lock()
+
+    def headers(self) -> dict[str, str]:
+        if self.kind == "bearer":
+            return {"Authorization": f"Bearer {config_secret(self.config, 'token')}"}
+        if self.kind == "oauth2":
+            return {"Authorization": f"Bearer {self._client_credentials_token()}"}
+        return {}
+
+    def basic(self) -> tuple[str, str] | None:
+        if self.kind == "basic":
+            return (self.config["username"], config_secret(self.config, "password"))
+        return None
+
+    def _client_credentials_token(self) -> str:
+        with self._lock:
+            if self._token and time.monotonic() < self._expires - 30:
+                return self._token
+            data = {"grant_type": "client_credentials", "scope": self.config.get("scope", "")}
+            try:
+                response = self.session.post(
+                    self.config["token_url"], data=data, timeout=self.timeout_s,
+                    auth=(self.config["client_id"], config_secret(self.config, "client_secret")))
+                response.raise_for_status()
+                body = response.json()
+                self._token = str(body["access_token"])
+                self._expires = time.monotonic() + float(body.get("expires_in", 300))
+            except (requests.RequestException, ValueError, KeyError):
+                raise ArchiveError(self.name, "could not obtain an upstream access token") from None
+            return self._token
+
+
+class DicomWebArchive:
+    """An Archive over QIDO-RS. `url` is the DICOMweb base (…/dicom-web)."""
+
+    series_by_patient = True  # /series?PatientID= needs no study UIDs: it can go out with /studies
+
+    def __init__(self, name: str, url: str, timeout_s: float = 3.0, page_size: int = 500,
+                 auth: dict[str, Any] | None = None, tls: dict[str, Any] | None = None) -> None:
+        self.name = name
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.page_size = page_size
+        self.session = requests.Session()
+        self.session.mount("http://", HTTPAdapter(pool_connections=4, pool_maxsize=16))
+        self.session.mount("https://", HTTPAdapter(pool_connections=4, pool_maxsize=16))
+        tls = tls or {}
+        if tls.get("ca_bundle"):
+            self.session.verify = tls["ca_bundle"]
+        elif tls.get("verify") is False:
+            self.session.verify = False
+        if tls.get("client_cert"):
+            self.session.cert = (tls["client_cert"], tls["client_key"]) if tls.get("client_key") else tls["client_cert"]
+        self.auth = UpstreamAuth(auth or {}, self.session, name, timeout_s)
+        self.requests_made = 0  # upstream requests, for P7 and the metrics
+
+    # -- query building --------------------------------------------------------------------
+    @staticmethod
+    def _study_keys(query: StudyQuery) -> list[tuple[str, str]]:
+        keys: list[tuple[str, str]] = []
+        if query.patient is not None:
+            keys.append(("PatientID", query.patient.patient_id))
+            if query.patient.issuer:
+                keys.append(("IssuerOfPatientID", query.patient.issuer))
+        if query.study_uids:
+            keys.append(("StudyInstanceUID", ",".join(query.study_uids)))
+        if query.accession_number is not None:
+            keys.append(("AccessionNumber", query.accession_number))
+        if query.modalities:
+            keys.append(("ModalitiesInStudy", ",".join(query.modalities)))
+        if query.date_from or query.date_to:
+            keys.append(("StudyDate", f"{query.date_from or ''}-{query.date_to or ''}"))
+        if query.patient_name is not None:
+            keys.append(("PatientName", pn_pattern(query.patient_name)))
+        return keys
+
+    @staticmethod
+    def _query_string(keys: list[tuple[str, str]], fields: tuple[str, ...], offset: int, limit: int) -> str:
+        # The only wildcard ever sent is the one pn_pattern() appends to a validated name.
+        parts = [f"{k}={quote(v, safe=_SAFE + ('*' if k == 'PatientName' else ''))}" for k, v in keys]
+        parts += [f"includefield={f}" for f in fields]
+        parts += [f"limit={limit}", f"offset={offset}"]
+        return "&".join(parts)
+
+    # -- HTTP ------------------------------------------------------------------------------
+    def _get_page(self, path: str, query: str) -> tuple[list[Dataset], str | None]:
+        left = budget.remaining(self.timeout_s)
+        if left <= 0:
+            raise ArchiveError(self.name, f"no answer within {self.timeout_s:g} s")
+        self.requests_made += 1
+        try:
+            response = self.session.get(f"{self.url}/{path}?{query}", timeout=left,
+                                        headers={"Accept": "application/dicom+json", **self.auth.headers(),
+                                                 **upstream_headers()},
+                                        auth=self.auth.basic())
+        except requests.exceptions.SSLError:
+            raise ArchiveError(self.name, "TLS failure") from None
+        except requests.exceptions.ConnectTimeout:
+            raise ArchiveError(self.name, f"connection timed out after {self.timeout_s:g} s") from None
+        except requests.exceptions.ReadTimeout:
+            raise ArchiveError(self.name, f"no answer within {self.timeout_s:g} s") from None
+        except requests.exceptions.ConnectionError:
+            raise ArchiveError(self.name, "connection refused or reset") from None
+        except requests.RequestException:
+            raise ArchiveError(self.name, "request failed") from None
+        return self._read(response)
+
+    def _read(self, response: requests.Response) -> tuple[list[Dataset], str | None]:
+        status = response.status_code
+        if status == 204:
+            return [], None
+        wait = retry_after_seconds(response.headers.get("Retry-After")) if status in (429, 503) else None
+        if wait is not None:
+            raise ArchiveRetryLater(self.name, f"HTTP {status}, retry after {wait:g} s", wait)
+        if status == 413:
+            raise ArchiveError(self.name, "HTTP 413: the archive found the query too broad")
+        if status in (401, 403):
+            raise ArchiveError(self.name, f"HTTP {status}: the archive refused the facade's credentials")
+        if status not in (200, 206):
+            raise ArchiveError(self.name, f"HTTP {status}")
+        content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if response.content and content_type not in _JSON_TYPES:
+            raise ArchiveError(self.name, f"wrong content type {content_type or 'none'!r}")
+        try:
+            body = orjson.loads(response.content) if response.content.strip() else []
+        except orjson.JSONDecodeError:
+            raise ArchiveError(self.name, "malformed JSON") from None
+        if not isinstance(body, list) or not all(isinstance(d, dict) for d in body):
+            raise ArchiveError(self.name, "malformed answer: not an array of DICOM JSON datasets")
+        note = None
+        if status == 206:
+            note = "the archive returned partial content (206)"
+        warning = response.headers.get("Warning", "")
+        if warning.startswith("299"):
+            note = "the archive reported that it returned only part of the results (Warning 299)"
+        return body, note
+
+    def _search(self, path: str, keys: list[tuple[str, str]], fields: tuple[str, ...]) -> Found:
+        found: list[Dataset] = []
+        for _page in range(MAX_PAGES):
+            batch, note = self._get_page(path, self._query_string(keys, fields, len(found), self.page_size))
+            found.extend(batch)
+            if note:
+                return Found(found, note)
+            if len(batch) < self.page_size:
+                return Found(found)
+        return Found(found, f"more than {MAX_PAGES * self.page_size} results; the rest were not fetched")
+
+    # -- Archive protocol ------------------------------------------------------------------
+    def find_studies(self, query: StudyQuery) -> Found:
+        keys = self._study_keys(query)
+        if query.series_uid is not None or query.sop_instance_uid is not None:
+            return self._studies_holding(query, keys)
+        return self._search("studies", keys, attributes.STUDY)
+
+    def _studies_holding(self, query: StudyQuery, keys: list[tuple[str, str]]) -> Found:
+        level, key, value = (("series", "SeriesInstanceUID", query.series_uid) if query.series_uid is not None
+                             else ("instances", "SOPInstanceUID", query.sop_instance_uid))
+        holders = self._search(level, [*keys, (key, value or "")], ("StudyInstanceUID",))
+        uids = sorted({str(d["0020000D"]["Value"][0]) for d in holders.datasets
+                       if d.get("0020000D", {}).get("Value")})
+        if not uids:
+            return Found([], holders.incomplete)
+        by_uid = [k for k in keys if k[0] != "StudyInstanceUID"] + [("StudyInstanceUID", ",".join(uids))]
+        studies = self._search("studies", by_uid, attributes.STUDY)
+        return Found(studies.datasets, holders.incomplete or studies.incomplete)
+
+    def find_series(self, query: StudyQuery, study_uids: tuple[str, ...] = ()) -> Found:
+        """All series of the query's studies in one request (by patient, or by the study UIDs)."""
+        keys = self._study_keys(query) if query.patient is not None else []
+        if query.patient is None or query.study_uids:
+            keys = [k for k in keys if k[0] != "StudyInstanceUID"]
+            keys.append(("StudyInstanceUID", ",".join(query.study_uids or study_uids)))
+        keys = [k for k in keys if k[0] not in ("ModalitiesInStudy", "StudyDate", "AccessionNumber")]
+        return self._search("series", keys, attributes.SERIES)
+
+    def find_instances(self, study_uid: str, series_uid: str | None = None) -> Found:
+        keys = [("StudyInstanceUID", study_uid)] + ([("SeriesInstanceUID", series_uid)] if series_uid else [])
+        return self._search("instances", keys, attributes.INSTANCE)
+
+    def close(self) -> None:
+        self.session.close()

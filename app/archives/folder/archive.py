@@ -1,0 +1,167 @@
+"""The embedded archive: a folder of DICOM Part 10 files, indexed with pydicom at start-up.
+
+It answers the same study/series/instance queries, in the same DICOM JSON, as a QIDO-RS archive
+asked for the attributes in attributes.py, with the study-level counts a QIDO-RS archive computes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pydicom
+from pydicom.datadict import tag_for_keyword
+from pydicom.errors import InvalidDicomError
+
+from app.archives import attributes
+from app.archives.protocol import ArchiveError, Dataset, Found, NameQuery, StudyQuery
+
+log = logging.getLogger(__name__)
+
+_TAGS = {level: tuple(tag_for_keyword(k) for k in keywords) for level, keywords in
+         (("study", attributes.STUDY), ("series", attributes.SERIES), ("instance", attributes.INSTANCE))}
+
+
+def _select(ds: pydicom.Dataset, level: str) -> Dataset:
+    """The DICOM JSON of the attributes wanted at `level` (bulk data never included)."""
+    out: Dataset = {}
+    for tag in _TAGS[level]:
+        if tag in ds:
+            element = ds[tag]
+            out[f"{tag:08X}"] = element.to_json_dict(bulk_data_element_handler=None, bulk_data_threshold=1 << 20)
+    return out
+
+
+def _name_matches(study: Dataset, wanted: NameQuery) -> bool:
+    """DICOM PN wildcard matching of `Family*` / `Family^Given*`, case-insensitive as QIDO archives do."""
+    value = (study.get("00100010", {}).get("Value") or [{}])[0]
+    alphabetic = value.get("Alphabetic", "") if isinstance(value, dict) else str(value)
+    family, _, rest = alphabetic.partition("^")
+    given = rest.split("^", 1)[0]
+    if wanted.given is None:
+        return family.casefold().startswith(wanted.family.casefold())
+    return family.casefold() == wanted.family.casefold() and given.casefold().startswith(wanted.given.casefold())
+
+
+def _first(ds: Dataset, tag: str) -> str | None:
+    values = ds.get(tag, {}).get("Value") or []
+    return str(values[0]) if values and values[0] is not None else None
+
+
+class StoredFile(NamedTuple):
+    """One Part 10 file of the folder, as image retrieval needs it (folder_wado.py)."""
+
+    sop_instance_uid: str
+    path: Path
+    transfer_syntax: str
+
+
+class FolderArchive:
+    """An Archive over `path/**/*.dcm`; the index is read once and is immutable afterwards."""
+
+    series_by_patient = True
+
+    def __init__(self, name: str, path: Path) -> None:
+        self.name = name
+        self.path = path
+        self._studies: dict[str, Dataset] = {}
+        self._series: dict[str, Dataset] = {}
+        self._instances: dict[str, list[Dataset]] = defaultdict(list)
+        # study UID -> series UID -> its files, for image retrieval (folder_wado.py)
+        self.files: dict[str, dict[str, list[StoredFile]]] = defaultdict(lambda: defaultdict(list))
+        self._index()
+
+    def _index(self) -> None:
+        if not self.path.is_dir():
+            raise ArchiveError(self.name, f"folder {self.path} does not exist")
+        series_of_study: dict[str, set[str]] = defaultdict(set)
+        for file in sorted(self.path.rglob("*.dcm")):
+            try:
+                ds = pydicom.dcmread(file, stop_before_pixels=True)
+            except (InvalidDicomError, OSError, ValueError) as exc:
+                log.warning("folder archive %s: skipped unreadable file %s (%s)", self.name, file, exc)
+                continue
+            study_uid, series_uid = ds.get("StudyInstanceUID"), ds.get("SeriesInstanceUID")
+            if not study_uid or not series_uid:
+                log.warning("folder archive %s: skipped %s without study or series UID", self.name, file)
+                continue
+            self._studies.setdefault(str(study_uid), _select(ds, "study"))
+            self._series.setdefault(str(series_uid), _select(ds, "series"))
+            self._instances[str(series_uid)].append(_select(ds, "instance"))
+            syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+            self.files[str(study_uid)][str(series_uid)].append(
+                StoredFile(str(ds.get("SOPInstanceUID", "")), file, syntax))
+            series_of_study[str(study_uid)].add(str(series_uid))
+        for study_uid, series_uids in series_of_study.items():
+            self._add_counts(self._studies[study_uid], sorted(series_uids))
+
+    def _add_counts(self, study: Dataset, series_uids: list[str]) -> None:
+        modalities: list[str] = []
+        total = 0
+        for uid in series_uids:
+            count = len(self._instances[uid])
+            self._series[uid]["00201209"] = {"vr": "IS", "Value": [count]}
+            total += count
+            modality = _first(self._series[uid], "00080060")
+            if modality and modality not in modalities:
+                modalities.append(modality)
+        study["00080061"] = {"vr": "CS", "Value": modalities}
+        study["00201206"] = {"vr": "IS", "Value": [len(series_uids)]}
+        study["00201208"] = {"vr": "IS", "Value": [total]}
+
+    # -- matching -------------------------------------------------------------------------
+    def _matches(self, study: Dataset, query: StudyQuery, study_uid: str) -> bool:
+        if query.patient is not None:
+            if _first(study, "00100020") != query.patient.patient_id:
+                return False
+            if query.patient.issuer is not None and _first(study, "00100021") != query.patient.issuer:
+                return False
+        if query.study_uids and study_uid not in query.study_uids:
+            return False
+        if query.accession_number is not None and _first(study, "00080050") != query.accession_number:
+            return False
+        if query.patient_name is not None and not _name_matches(study, query.patient_name):
+            return False
+        if query.modalities:
+            held = set(study.get("00080061", {}).get("Value") or [])
+            if not held.intersection(query.modalities):
+                return False
+        if query.date_from or query.date_to:
+            date = _first(study, "00080020") or ""
+            if not (len(date) == 8 and date.isdigit()):
+                return False
+            if (query.date_from and date < query.date_from) or (query.date_to and date > query.date_to):
+                return False
+        return True
+
+    def _study_uids_for(self, query: StudyQuery) -> list[str]:
+        candidates: list[str] | Any = self._studies
+        if query.series_uid is not None:
+            series = self._series.get(query.series_uid)
+            candidates = [_first(series, "0020000D")] if series else []
+        if query.sop_instance_uid is not None:
+            candidates = [uid for uid in candidates if self._holds_instance(uid, query.sop_instance_uid)]
+        return [uid for uid in candidates if uid in self._studies and self._matches(self._studies[uid], query, uid)]
+
+    def _holds_instance(self, study_uid: str, sop_uid: str) -> bool:
+        return any(_first(i, "00080018") == sop_uid
+                   for series_uid, series in self._series.items() if _first(series, "0020000D") == study_uid
+                   for i in self._instances[series_uid])
+
+    # -- Archive protocol -----------------------------------------------------------------
+    def find_studies(self, query: StudyQuery) -> Found:
+        return Found([self._studies[uid] for uid in self._study_uids_for(query)])
+
+    def find_series(self, query: StudyQuery, study_uids: tuple[str, ...] = ()) -> Found:
+        wanted = set(self._study_uids_for(query))
+        return Found([s for s in self._series.values() if _first(s, "0020000D") in wanted])
+
+    def find_instances(self, study_uid: str, series_uid: str | None = None) -> Found:
+        return Found([i for uid, series in self._series.items()
+                      if _first(series, "0020000D") == study_uid and (series_uid is None or uid == series_uid)
+                      for i in self._instances[uid]])
+
+    def close(self) -> None:
+        """Nothing to release: the index is in memory."""

@@ -1,0 +1,263 @@
+"""Fan-out: one search's archive queries, in parallel, each trust within its own time budget.
+
+- Bulkheads: every trust has its own small thread pool, so a hanging archive can only tie up its
+  own threads, never the healthy trusts' ones.
+- Where the archive can find a patient's series without the study UIDs (QIDO-RS, the folder),
+  the studies and series requests go out together: one round trip of latency, still two requests.
+- A job carries its deadline down to the adapter (archives.budget), so an abandoned request stops
+  when its budget does.
+- The circuit breaker hears each trust's outcome once per search: success, failure or timeout,
+  decided here; a late answer after the deadline is ignored, so it can neither hide a slow
+  archive nor count a timeout twice.
+- Each trust's answer is handed to `on_answer` as soon as it is complete, so mapping overlaps the
+  wait for slower archives.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.archives import budget
+from app.archives.dicomweb.qido import ArchiveRetryLater
+from app.archives.protocol import Archive, ArchiveError, Dataset, Found, StudyQuery
+from app.core import dicom_json as dj
+from app.core.mapping.context import TrustMapping
+from app.federation.circuit import CircuitBreaker, CircuitOpen
+from app.settings import TrustSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrustArchive:
+    """A configured trust with its archive adapter, circuit, threads and the facts its resources carry."""
+
+    settings: TrustSettings
+    archive: Archive
+    mapping: TrustMapping
+    timeout_s: float
+    breaker: CircuitBreaker
+    pool: ThreadPoolExecutor
+
+
+@dataclass
+class TrustAnswer:
+    trust: TrustArchive
+    studies: list[Dataset] = field(default_factory=list)
+    series: list[Dataset] = field(default_factory=list)
+    instances: dict[str, dict[str, list[Dataset]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def note(self, incomplete: str | None) -> None:
+        if incomplete and incomplete not in self.notes:
+            self.notes.append(incomplete)
+
+
+def failure_issue(trust: TrustArchive, reason: str) -> dict[str, Any]:
+    return {"severity": "warning", "code": "incomplete",
+            "diagnostics": f"{trust.settings.name} ({trust.settings.ods_code}, archive '{trust.settings.id}') "
+                           f"did not answer: {reason}; results may be incomplete"}
+
+
+def _unfiltered(query: StudyQuery) -> bool:
+    return not query.modalities and query.date_from is None and query.date_to is None \
+        and query.accession_number is None
+
+
+def _parallel_series(trust: TrustArchive, queries: list[StudyQuery], with_instances: bool) -> bool:
+    return (not with_instances and getattr(trust.archive, "series_by_patient", False)
+            and all(q.patient is not None and q.series_uid is None and q.sop_instance_uid is None for q in queries))
+
+
+# -- the jobs that run on a trust's threads ---------------------------------------------------
+def _studies(trust: TrustArchive, queries: list[StudyQuery], deadline: float) -> list[Found]:
+    with budget.until(deadline):
+        return [trust.archive.find_studies(q) for q in queries]
+
+
+def _series(trust: TrustArchive, queries: list[StudyQuery], deadline: float) -> list[Found]:
+    with budget.until(deadline):
+        return [trust.archive.find_series(q, ()) for q in queries]
+
+
+def _sequential(trust: TrustArchive, queries: list[StudyQuery], with_instances: bool,
+                deadline: float) -> TrustAnswer:
+    """Studies, then the series of the studies found (DIMSE needs their UIDs), then instances."""
+    answer = TrustAnswer(trust)
+    with budget.until(deadline):
+        for query in queries:
+            new = _add_studies(answer, trust.archive.find_studies(query))
+            if new:
+                _add_series(answer, trust.archive.find_series(query, tuple(sorted(new))), query)
+        if with_instances:
+            for study in answer.studies:
+                uid = dj.first_text(study, dj.STUDY_INSTANCE_UID) or ""
+                instances = trust.archive.find_instances(uid)
+                answer.note(instances.incomplete)
+                by_series: dict[str, list[Dataset]] = defaultdict(list)
+                for instance in instances.datasets:
+                    by_series[dj.first_text(instance, dj.SERIES_INSTANCE_UID) or ""].append(instance)
+                answer.instances[uid] = by_series
+    return answer
+
+
+# -- assembling answers -----------------------------------------------------------------------
+def _add_studies(answer: TrustAnswer, found: Found) -> list[str]:
+    answer.note(found.incomplete)
+    known = {dj.first_text(s, dj.STUDY_INSTANCE_UID) for s in answer.studies}
+    new = []
+    for study in found.datasets:
+        uid = dj.first_text(study, dj.STUDY_INSTANCE_UID)
+        if uid and uid not in known:
+            known.add(uid)
+            new.append(uid)
+            answer.studies.append(study)
+    return new
+
+
+def _add_series(answer: TrustAnswer, found: Found, query: StudyQuery) -> None:
+    answer.note(found.incomplete)
+    studies = {dj.first_text(s, dj.STUDY_INSTANCE_UID) for s in answer.studies}
+    known = {dj.first_text(s, dj.SERIES_INSTANCE_UID) for s in answer.series}
+    for item in found.datasets:
+        uid = dj.first_text(item, dj.SERIES_INSTANCE_UID)
+        if not uid or uid in known:
+            continue
+        if dj.first_text(item, dj.STUDY_INSTANCE_UID) in studies:
+            known.add(uid)
+            answer.series.append(item)
+        elif query.patient is not None and _unfiltered(query):
+            # A series of the patient's whose study the archive did not list: it cut its answer.
+            answer.note("it returned series of studies missing from its study list")
+
+
+def _series_shortfall(answer: TrustAnswer) -> str | None:
+    """An archive that counts more series for a study than it returned has cut its answer silently."""
+    received: dict[str, int] = defaultdict(int)
+    for series in answer.series:
+        received[dj.first_text(series, dj.STUDY_INSTANCE_UID) or ""] += 1
+    for study in answer.studies:
+        counted = dj.values(study, "00201206")
+        number = dj.unsigned(counted[0]) if counted else None
+        if number is not None and received[dj.first_text(study, dj.STUDY_INSTANCE_UID) or ""] < number:
+            return "it returned fewer series than it counts for a study (a silently truncated answer)"
+    return None
+
+
+@dataclass
+class _Pending:
+    """One trust's outstanding jobs in one search."""
+
+    trust: TrustArchive
+    queries: list[StudyQuery]
+    deadline: float
+    jobs: dict[str, Future[Any]]
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def finished(self) -> bool:
+        return set(self.results) == set(self.jobs)
+
+    def answer(self) -> TrustAnswer:
+        if "all" in self.results:
+            answer: TrustAnswer = self.results["all"]
+        else:
+            answer = TrustAnswer(self.trust)
+            for found in self.results["studies"]:
+                _add_studies(answer, found)
+            if "series" not in self.jobs:
+                return answer
+            for query, found in zip(self.queries, self.results["series"], strict=True):
+                _add_series(answer, found, query)
+        answer.note(_series_shortfall(answer))
+        return answer
+
+
+def _submit(pool: ThreadPoolExecutor, job: Callable[..., Any], *args: Any) -> Future[Any]:
+    """Run the job in a copy of the caller's context: its log lines and upstream requests carry the
+    request's id (app.telemetry.logs). One copy per job: a context cannot be entered by two threads at once."""
+    return pool.submit(contextvars.copy_context().run, job, *args)
+
+
+def fan_out(trusts: list[TrustArchive], plans: dict[str, list[StudyQuery]], with_instances: bool,
+            deadline_s: float, issues: list[dict[str, Any]], on_answer: Callable[[TrustAnswer], None],
+            studies_only: bool = False) -> None:
+    """Ask every planned trust in parallel; `on_answer` gets each complete answer, in arrival order.
+
+    A trust whose circuit is open is not asked; one that fails, or does not answer within
+    min(its timeout, the deadline), becomes an `incomplete` issue naming it.
+    """
+    started = time.monotonic()
+    by_id = {t.settings.id: t for t in trusts}
+    pending: list[_Pending] = []
+    for trust_id, queries in plans.items():
+        trust = by_id[trust_id]
+        try:
+            trust.breaker.before_call()
+        except CircuitOpen as exc:
+            issues.append(failure_issue(trust, str(exc)))
+            continue
+        deadline = started + min(trust.timeout_s, deadline_s)
+        if studies_only:
+            jobs = {"studies": _submit(trust.pool, _studies, trust, queries, deadline)}
+        elif _parallel_series(trust, queries, with_instances):
+            jobs = {"studies": _submit(trust.pool, _studies, trust, queries, deadline),
+                    "series": _submit(trust.pool, _series, trust, queries, deadline)}
+        else:
+            jobs = {"all": _submit(trust.pool, _sequential, trust, queries, with_instances, deadline)}
+        pending.append(_Pending(trust, queries, deadline, jobs))
+    while pending:
+        # Wait only on jobs still running: a finished one would wake the loop at once, and keep it
+        # spinning while the same trust's other job is still out.
+        running = [job for item in pending for job in item.jobs.values() if not job.done()]
+        if running:
+            nearest = min(p.deadline for p in pending)
+            wait(running, timeout=max(nearest - time.monotonic(), 0.0), return_when=FIRST_COMPLETED)
+        for item in list(pending):
+            outcome = _settle(item)
+            if outcome is None and time.monotonic() < item.deadline:
+                continue
+            pending.remove(item)
+            if outcome is None:
+                for job in item.jobs.values():
+                    job.cancel()
+                item.trust.breaker.failure()
+                issues.append(failure_issue(item.trust, f"no answer within {item.deadline - started:.3g} s"))
+            elif isinstance(outcome, TrustAnswer):
+                item.trust.breaker.success()
+                issues.extend(_notes(item.trust, outcome))
+                on_answer(outcome)
+            else:
+                issues.append(failure_issue(item.trust, outcome))
+
+
+def _settle(item: _Pending) -> TrustAnswer | str | None:
+    """The trust's answer, or the reason it failed (breaker told), or None while it is still running."""
+    for name, job in item.jobs.items():
+        if name in item.results or not job.done():
+            continue
+        try:
+            item.results[name] = job.result()
+        except ArchiveRetryLater as exc:
+            item.trust.breaker.failure(exc.retry_after_s)
+            return exc.reason
+        except ArchiveError as exc:
+            item.trust.breaker.failure()
+            return exc.reason
+        except Exception:  # an adapter bug must not take the other trusts' answers down
+            log.exception("archive %s failed unexpectedly", item.trust.settings.id)
+            item.trust.breaker.failure()
+            return "internal error in its adapter"
+    return item.answer() if item.finished() else None
+
+
+def _notes(trust: TrustArchive, answer: TrustAnswer) -> list[dict[str, Any]]:
+    return [{"severity": "warning", "code": "incomplete", "diagnostics":
+             f"{trust.settings.name} ({trust.settings.ods_code}): {note}; results may be incomplete"}
+            for note in answer.notes]

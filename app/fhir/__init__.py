@@ -1,1 +1,0 @@
-"""The FHIR REST layer: search parameter parsing (pure), Bundles, cursors, views."""

@@ -1,0 +1,219 @@
+"""The token-protected DICOMweb gateway: /dicomweb/{trust}/studies/{uid}[/series/..[/instances/..[/frames/..]]]
+[/metadata|/rendered|/thumbnail], relayed to the trust's archive (WADO-RS).
+
+Each trust's Endpoint names this gateway, so EPR apps never reach an archive directly: the SMART
+token that found a study also opens its images, within the same patient compartment. Every request
+is checked in this order, and nothing reaches an archive before the first four pass:
+
+  1. the token (401), 2. an ImagingStudy read scope (403), 3. the path: a known trust (404) and
+  DICOM UIDs only, no path tricks, known parameters only (400), 4. the study's owner: asked of the
+  trust's archive, it must be the token's patient under patient/ scopes (else 404), 5. the relay.
+
+Every retrieval, refusal included, is written to the audit log before the first byte leaves. The
+body is relayed chunk by chunk; when the archive breaks off mid-stream the response ends short (the
+client sees an incomplete body), the failure is logged and audited, and the worker goes on serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, request
+
+from app.archives.dicomweb.wado import (
+    RENDER_PARAMETERS,
+    BadTarget,
+    Retrieval,
+    RetrievalError,
+    StreamAborted,
+    parse_target,
+)
+from app.audit.events import AuditRecord, build_events
+from app.auth.protect import Access, Forbidden
+from app.core.errors import FhirError, InvalidRequest, NotAcceptable, NotFound, UpstreamFailure
+from app.ops import limit_authenticated
+from app.services import Facade
+from app.telemetry.logs import request_id
+
+log = logging.getLogger(__name__)
+bp = Blueprint("dicomweb", __name__)
+
+_HEADER_VALUE = re.compile(r"\A[\x20-\x7e]{1,1024}\Z")
+_TRICKS = ("%2f", "%5c", "%2e", "%00", "\\", "/./", "/../", "//")
+
+
+class OwnerCache:
+    """(trust, study UID) -> the NHS numbers its archive files it under, for `ttl_s` seconds.
+
+    A viewer asks for one study's frames many times a second: the owner is asked of the archive once,
+    then reused briefly. Only successful answers are kept; the size is bounded.
+    """
+
+    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._entries: dict[tuple[str, str], tuple[float, tuple[str | None, ...]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> tuple[str | None, ...] | None:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is None or found[0] < time.monotonic():
+                self._entries.pop(key, None)
+                return None
+            return found[1]
+
+    def put(self, key: tuple[str, str], owners: tuple[str | None, ...]) -> None:
+        if self.ttl_s <= 0:
+            return
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                now = time.monotonic()
+                self._entries = {k: v for k, v in self._entries.items() if v[0] >= now}
+                if len(self._entries) >= self.max_entries:
+                    self._entries.clear()
+            self._entries[key] = (time.monotonic() + self.ttl_s, owners)
+
+
+def _facade() -> Facade:
+    return current_app.extensions["facade"]  # type: ignore[no-any-return]
+
+
+def _header(name: str) -> str | None:
+    value = request.headers.get(name)
+    if value is None:
+        return None
+    if not _HEADER_VALUE.match(value):
+        raise InvalidRequest(f"the {name} header is not a printable value of at most 1024 characters")
+    return value
+
+
+def _check_raw_path() -> None:
+    """Refuse encoded slashes, dot segments and the like before the path is even parsed."""
+    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or request.path
+    path = raw.split("?", 1)[0].lower()
+    if path.startswith(("http://", "https://")):  # an absolute-form request target: keep its path
+        path = "/" + path.split("//", 1)[1].partition("/")[2]
+    path += "/"
+    if any(trick in path for trick in _TRICKS):  # the path ends in "/": a final dot segment is caught too
+        raise InvalidRequest("the path may not contain encoded slashes, backslashes, dot segments or empty segments")
+
+
+def _params(resource: str) -> list[tuple[str, str]]:
+    params = list(request.args.items(multi=True))
+    allowed = RENDER_PARAMETERS if resource in ("rendered", "thumbnail") else {}
+    for name, value in params:
+        pattern = allowed.get(name)
+        if pattern is None:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise InvalidRequest(f"unknown parameter {name[:40]!r} for this resource (known: {known})")
+        if not pattern.match(value):
+            raise InvalidRequest(f"parameter {name} has an invalid value")
+    if len({name for name, _ in params}) != len(params):
+        raise InvalidRequest("a parameter is repeated")
+    return params
+
+
+@dataclass
+class RetrievalAudit:
+    """The AuditEvents of one retrieval: who asks (once the token is known), for which study and
+    patients (once checked). Captured from the request, so the streamed body can write one too."""
+
+    store: Any
+    observer: str
+    address: str | None
+    detail: str
+    access: Access | None = None
+    study: str | None = None
+    patients: tuple[str, ...] = ()
+
+    def write(self, status: int, description: str | None = None, with_patients: bool = True) -> None:
+        client = self.access.claims.client_id if self.access else None
+        record = AuditRecord(interaction="read", resource_type="ImagingStudy", status=status, client_id=client,
+                             user=self.access.user if self.access else None, address=self.address, query=None,
+                             resource_id=self.study, patients=self.patients if with_patients else (),
+                             description=description, detail=self.detail)
+        self.store.write(build_events(record, self.observer), client)
+
+
+@bp.route("/dicomweb/<path:rest>", methods=["GET"], merge_slashes=False)
+def retrieve(rest: str) -> Response:
+    facade = _facade()
+    audit = RetrievalAudit(current_app.extensions["audit"], facade.settings.base_url, request.remote_addr,
+                           f"WADO-RS {request.path}")
+    try:
+        access = audit.access = current_app.extensions["protector"].authenticate(request.headers.get("Authorization"))
+        g.access = access
+        limit_authenticated()  # the client's rate limit (app.ops), as for the FHIR API
+        decision = access.require("ImagingStudy", "r")
+        if decision.filters:
+            raise Forbidden(access.realm, "a filtered ImagingStudy scope does not grant image retrieval: "
+                                          "ask for an unfiltered ImagingStudy read scope", "patient/ImagingStudy.r")
+        _check_raw_path()
+        trust_id, _, path = rest.partition("/")
+        if facade.settings.trust(trust_id) is None:
+            raise NotFound(f"there is no trust {trust_id[:40]!r} on this gateway")
+        try:
+            target = parse_target(path.split("/"))
+        except BadTarget as exc:
+            raise InvalidRequest(str(exc)) from None
+        params = _params(target.resource)
+        accept, accept_encoding = _header("Accept"), _header("Accept-Encoding")
+        source = facade.image_sources.get(trust_id)
+        if source is None:
+            raise UpstreamFailure(501, f"trust {trust_id} offers no image retrieval through this gateway")
+        audit.study = target.study
+        owners = facade.study_owners(trust_id, target.study, current_app.extensions["owner_cache"])
+        patient = decision.compartment_patient
+        if not owners or (patient is not None and any(o != patient for o in owners)):
+            # Another patient's study and no study at all look the same: nothing about it is revealed.
+            raise NotFound(f"study {target.study} is not held by trust {trust_id}")
+        audit.patients = tuple(sorted({o for o in owners if o}))
+        retrieval = source.retrieve(target, accept, accept_encoding, params, request_id())
+    except RetrievalError as exc:
+        if exc.status >= 500:
+            log.warning("gateway: trust %s answered no image (%s): %s", exc.archive, exc.status, exc.reason)
+        diagnostics = f"trust {exc.archive}: {exc.reason}"
+        retry = {"Retry-After": str(int(exc.retry_after_s))} if exc.retry_after_s is not None else None
+        error: FhirError = (NotFound(diagnostics) if exc.status == 404 else NotAcceptable(diagnostics)
+                            if exc.status == 406 else UpstreamFailure(exc.status, diagnostics, retry))
+        audit.write(error.status_code, exc.reason)
+        raise error from None
+    except FhirError as exc:
+        audit.write(exc.status_code, str(exc), with_patients=exc.status_code != 404)
+        raise
+    audit.write(retrieval.status)
+    return _relay(retrieval, audit)
+
+
+def _relay(retrieval: Retrieval, audit: RetrievalAudit) -> Response:
+    headers = dict(retrieval.headers)
+    # Images of patients never stay in a shared workstation's cache.
+    headers.update({"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+                    "Vary": "Accept, Accept-Encoding"})
+    if request.method == "HEAD":
+        retrieval.close()
+        return Response(status=retrieval.status, headers=headers)
+
+    def body() -> Iterator[bytes]:
+        try:
+            yield from retrieval.chunks
+        except StreamAborted as exc:
+            log.warning("gateway: %s; the response to the client was cut short", exc)
+            audit.write(502, f"transfer aborted: {exc}")
+            raise
+        finally:
+            retrieval.close()
+
+    return Response(body(), status=retrieval.status, headers=headers, direct_passthrough=True)
+
+
+def init_gateway(app: Any, ttl_s: float) -> None:
+    app.extensions["owner_cache"] = OwnerCache(ttl_s)
+    app.register_blueprint(bp)
