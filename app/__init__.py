@@ -21,15 +21,20 @@ log = logging.getLogger(__name__)
 
 
 def _outcome_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status=status, content_type="application/fhir+json; charset=utf-8",
-                    headers=headers)
+    return Response(
+        orjson.dumps(body), status=status, content_type="application/fhir+json; charset=utf-8", headers=headers
+    )
 
 
 def _oauth_error_response(status: int, description: str, headers: dict[str, str] | None = None) -> Response:
     """The authorization server's errors are OAuth 2.0 JSON errors (RFC 6749 5.2), not FHIR resources."""
     body = {"error": "invalid_request" if status < 500 else "server_error", "error_description": description}
-    return Response(orjson.dumps(body), status=status, content_type="application/json",
-                    headers={"Cache-Control": "no-store", **(headers or {})})
+    return Response(
+        orjson.dumps(body),
+        status=status,
+        content_type="application/json",
+        headers={"Cache-Control": "no-store", **(headers or {})},
+    )
 
 
 def _register_error_handlers(app: Flask) -> None:
@@ -57,8 +62,9 @@ def _register_error_handlers(app: Flask) -> None:
         elif code == 405:
             found = MethodNotAllowed("this server is read-only: the interaction is not supported here")
         else:
-            body = operation_outcome([issue("error", "invalid" if code < 500 else "exception",
-                                            error.description or error.name)])
+            body = operation_outcome(
+                [issue("error", "invalid" if code < 500 else "exception", error.description or error.name)]
+            )
             return _outcome_response(code, body)
         return _outcome_response(found.status_code, found.to_dict(), headers)
 
@@ -91,8 +97,11 @@ def create_app(settings: Settings | str | os.PathLike[str] | None = None) -> Fla
     app = Flask(__name__, static_folder=None)
     app.config["VERSION"] = __version__
     app.secret_key = hmac.new(settings.cursor_secret, b"session", hashlib.sha256).digest()
-    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
-                      SESSION_COOKIE_SECURE=settings.base_url.startswith("https://"))
+    app.config.update(
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.base_url.startswith("https://"),
+    )
     facade = build_facade(settings)
     app.extensions["facade"] = facade
     embedded = None
@@ -126,8 +135,11 @@ def create_app(settings: Settings | str | os.PathLike[str] | None = None) -> Fla
 
 def _register_cors(app: Flask, settings: Settings) -> None:
     """Discovery and metadata answer any origin; the API only the configured ones."""
-    public = {f"{settings.base_path}/metadata", f"{settings.base_path}/.well-known/smart-configuration",
-              f"{settings.base_path}/openapi.json"}
+    public = {
+        f"{settings.base_path}/metadata",
+        f"{settings.base_path}/.well-known/smart-configuration",
+        f"{settings.base_path}/openapi.json",
+    }
     allowed = set(settings.auth.get("cors_origins", ()))
 
     @app.after_request

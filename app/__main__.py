@@ -91,14 +91,17 @@ def demo(host: str, port: int) -> int:
         print(f"generated the demo dataset in {DEMO_DATA}")
     base = f"http://{host}:{port}/fhir"
     key = DEMO_CONFIG.parent / "demo-keys" / "portal.private.jwk.json"
-    print(f"\nGM imaging FHIR facade (demo) at {base}\n"
-          f"Every call needs a SMART token. Get one as the shared care record portal, then search:\n"
-          f"  TOKEN=$(.venv/bin/python -m app token --base {base} --client portal --key {key.relative_to(ROOT)} "
-          f"--scope 'system/ImagingStudy.rs system/Endpoint.rs system/Patient.rs')\n"
-          f"  curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/ImagingStudy?patient.identifier="
-          f"https://fhir.nhs.uk/Id/nhs-number|{_first_demo_patient()}&_include=ImagingStudy:endpoint'\n"
-          f"The sample SMART app (standalone launch; user dr.khan, password imaging-demo):\n"
-          f"  http://{host}:{port}/apps/imaging-timeline/\n", flush=True)
+    print(
+        f"\nGM imaging FHIR facade (demo) at {base}\n"
+        f"Every call needs a SMART token. Get one as the shared care record portal, then search:\n"
+        f"  TOKEN=$(.venv/bin/python -m app token --base {base} --client portal --key {key.relative_to(ROOT)} "
+        f"--scope 'system/ImagingStudy.rs system/Endpoint.rs system/Patient.rs')\n"
+        f'  curl -s -H "Authorization: Bearer $TOKEN" \'{base}/ImagingStudy?patient.identifier='
+        f"https://fhir.nhs.uk/Id/nhs-number|{_first_demo_patient()}&_include=ImagingStudy:endpoint'\n"
+        f"The sample SMART app (standalone launch; user dr.khan, password imaging-demo):\n"
+        f"  http://{host}:{port}/apps/imaging-timeline/\n",
+        flush=True,
+    )
     os.environ.setdefault(BASE_URL_ENV, base)
     return serve(str(DEMO_CONFIG), host, port, workers=2, threads=8)
 
@@ -126,12 +129,22 @@ def token(base: str, client: str, key_file: str, scope: str) -> int:
     key = import_key(json.loads(Path(key_file).read_text()))
     alg = "ES384" if key.key_type == "EC" else "RS384"
     now = int(time.time())
-    assertion = jwt.encode({"alg": alg, "kid": key.kid, "typ": "JWT"},
-                           {"iss": client, "sub": client, "aud": token_url, "exp": now + 240, "iat": now,
-                            "jti": str(uuid.uuid4())}, key, algorithms=[alg])
-    response = requests.post(token_url, timeout=10, data={
-        "grant_type": "client_credentials", "scope": scope, "client_assertion": assertion,
-        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"})
+    assertion = jwt.encode(
+        {"alg": alg, "kid": key.kid, "typ": "JWT"},
+        {"iss": client, "sub": client, "aud": token_url, "exp": now + 240, "iat": now, "jti": str(uuid.uuid4())},
+        key,
+        algorithms=[alg],
+    )
+    response = requests.post(
+        token_url,
+        timeout=10,
+        data={
+            "grant_type": "client_credentials",
+            "scope": scope,
+            "client_assertion": assertion,
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        },
+    )
     if response.status_code != 200:
         print(f"token request refused ({response.status_code}): {response.text}", file=sys.stderr)
         return 1

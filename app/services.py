@@ -44,8 +44,12 @@ class ScopeRefused(FhirError):
     issue_code = "forbidden"
 
     def __init__(self, realm: str, reason: str) -> None:
-        super().__init__(reason, headers={"WWW-Authenticate": f'Bearer realm="{realm}", error="insufficient_scope", '
-                                                              f'error_description="{reason}"'})
+        super().__init__(
+            reason,
+            headers={
+                "WWW-Authenticate": f'Bearer realm="{realm}", error="insufficient_scope", error_description="{reason}"'
+            },
+        )
 
 
 @dataclass
@@ -62,8 +66,13 @@ class Facade:
         return ZoneInfo(self.settings.timezone)
 
     def parse_study_search(self, pairs: list[tuple[str, str]]) -> p.ParsedQuery:
-        return p.parse_study_search(pairs, self.zone, frozenset(self.mapper.terminology.modalities),
-                                    self.settings.default_count, self.settings.max_count)
+        return p.parse_study_search(
+            pairs,
+            self.zone,
+            frozenset(self.mapper.terminology.modalities),
+            self.settings.default_count,
+            self.settings.max_count,
+        )
 
     def narrow(self, search: p.StudySearch, decision: Decision) -> p.StudySearch:
         """Apply the token's patient compartment and v2 scope filters to a search (before any I/O).
@@ -76,29 +85,39 @@ class Facade:
             if search.nhs_numbers is None:
                 search.nhs_numbers = frozenset({patient})
             elif search.nhs_numbers - {patient}:
-                raise ScopeRefused(self.settings.base_url,
-                                   "the search names a patient outside the token's patient context")
+                raise ScopeRefused(
+                    self.settings.base_url, "the search names a patient outside the token's patient context"
+                )
         if len(decision.filters) > 1:
-            raise ScopeRefused(self.settings.base_url,
-                               "several filtered scopes for one type cannot be combined; ask for one")
+            raise ScopeRefused(
+                self.settings.base_url, "several filtered scopes for one type cannot be combined; ask for one"
+            )
         if decision.filters:
             extra = self.parse_study_search(list(decision.filters[0])).search
             for name in ("modalities", "statuses", "body_sites", "dicom_classes"):
                 if getattr(extra, name):
                     setattr(search, name, getattr(extra, name))
             if extra.endpoint_ids is not None:
-                search.endpoint_ids = extra.endpoint_ids if search.endpoint_ids is None \
-                    else search.endpoint_ids & extra.endpoint_ids
+                search.endpoint_ids = (
+                    extra.endpoint_ids if search.endpoint_ids is None else search.endpoint_ids & extra.endpoint_ids
+                )
         return search
 
     def search_studies(self, search: p.StudySearch, decision: Decision) -> FederatedResult:
         search = self.narrow(search, decision)
-        bounded = (search.nhs_numbers is not None or search.study_uids is not None or search.accessions
-                   or search.series_uids or search.instance_uids)
+        bounded = (
+            search.nhs_numbers is not None
+            or search.study_uids is not None
+            or search.accessions
+            or search.series_uids
+            or search.instance_uids
+        )
         if not bounded:
-            raise TooCostly("an ImagingStudy search must name a patient (patient, subject, patient.identifier), "
-                            "a study (_id, identifier), a series or an instance: a search of whole archives "
-                            "is not offered")
+            raise TooCostly(
+                "an ImagingStudy search must name a patient (patient, subject, patient.identifier), "
+                "a study (_id, identifier), a series or an instance: a search of whole archives "
+                "is not offered"
+            )
         result = self.federation.search(search)
         if decision.compartment_patient is not None:  # defence in depth: never another patient's study
             own = f"Patient/{decision.compartment_patient}"
@@ -108,8 +127,11 @@ class Facade:
     @staticmethod
     def subjects(studies: list[dict[str, Any]]) -> list[str]:
         """NHS numbers of the patients these studies belong to (for the audit)."""
-        return [s["subject"]["reference"].split("/", 1)[1] for s in studies
-                if s["subject"].get("reference", "").startswith("Patient/")]
+        return [
+            s["subject"]["reference"].split("/", 1)[1]
+            for s in studies
+            if s["subject"].get("reference", "").startswith("Patient/")
+        ]
 
     def read_study(self, study_id: str, decision: Decision) -> dict[str, Any]:
         if len(study_id) > 64 or not UID_PATTERN.match(study_id):
@@ -123,8 +145,10 @@ class Facade:
             own = f"Patient/{decision.compartment_patient}"
             result.studies = [s for s in result.studies if s["subject"].get("reference") == own]
         if study_id in result.conflicts:
-            raise Conflict(f"ImagingStudy/{study_id} is held by several archives under different patients; "
-                           "it is withheld until the archives agree")
+            raise Conflict(
+                f"ImagingStudy/{study_id} is held by several archives under different patients; "
+                "it is withheld until the archives agree"
+            )
         if not result.studies:
             unavailable = [i for i in result.issues if i["code"] == "incomplete"]
             detail = f" ({len(unavailable)} archive(s) did not answer)" if unavailable else ""
@@ -140,8 +164,9 @@ class Facade:
     def patients(self, numbers: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         return self.federation.patients(numbers)
 
-    def includes(self, result: FederatedResult, wanted: tuple[str, ...],
-                 page: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def includes(
+        self, result: FederatedResult, wanted: tuple[str, ...], page: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
         """The resources `_include` asks for, referenced by the studies of this page only."""
         out: list[dict[str, Any]] = []
         if "ImagingStudy:endpoint" in wanted:
@@ -149,10 +174,18 @@ class Facade:
             refs |= {r["reference"] for s in page for series in s.get("series", ()) for r in series.get("endpoint", ())}
             out += [e for e in self.endpoints if f"Endpoint/{e['id']}" in refs]
         if {"ImagingStudy:patient", "ImagingStudy:subject"} & set(wanted):
-            numbers = sorted({s["subject"]["reference"].split("/")[1] for s in page
-                              if s["subject"].get("reference", "").startswith("Patient/")})
-            out += [patient_resource(n, [s for _, s in result.patient_records[n]]) for n in numbers
-                    if result.patient_records.get(n)]
+            numbers = sorted(
+                {
+                    s["subject"]["reference"].split("/")[1]
+                    for s in page
+                    if s["subject"].get("reference", "").startswith("Patient/")
+                }
+            )
+            out += [
+                patient_resource(n, [s for _, s in result.patient_records[n]])
+                for n in numbers
+                if result.patient_records.get(n)
+            ]
         return out
 
     def pix(self, system: str, value: str, target_systems: set[str]) -> dict[str, Any]:
@@ -169,15 +202,22 @@ class Facade:
         if system == NHS_NUMBER_SYSTEM:
             nhs: str | None = value if xref.forward and any(k[0] == value for k in xref.forward) else None
         else:
-            nhs = next((n for (trust, local, _issuer), n in xref.reverse.items()
-                        if trust == trusts[system] and local == value), None)
+            nhs = next(
+                (
+                    n
+                    for (trust, local, _issuer), n in xref.reverse.items()
+                    if trust == trusts[system] and local == value
+                ),
+                None,
+            )
         if nhs is None:
             raise NotFound(f"no patient with identifier {system}|{value} in the cross-reference")
         identifiers = [(NHS_NUMBER_SYSTEM, nhs)]
         for trust in self.settings.trusts:
             identifiers += [(local_system(trust.ods_code), key.patient_id) for key in xref.local_keys(nhs, trust.id)]
-        wanted = [(s, v) for s, v in identifiers if (s, v) != (system, value)
-                  and (not target_systems or s in target_systems)]
+        wanted = [
+            (s, v) for s, v in identifiers if (s, v) != (system, value) and (not target_systems or s in target_systems)
+        ]
         parameters = [{"name": "targetIdentifier", "valueIdentifier": {"system": s, "value": v}} for s, v in wanted]
         parameters.append({"name": "targetId", "valueReference": {"reference": f"Patient/{nhs}"}})
         return {"resourceType": "Parameters", "parameter": parameters}
@@ -205,8 +245,9 @@ class Facade:
             raise RetrievalError(trust_id, 502, exc.reason) from None
         trust.breaker.success()
         rule = trust.settings.nhs_number
-        owners = tuple(nhs_number_of(d, rule.match, rule.issuer, trust_id, self.federation.xref.reverse)
-                       for d in found.datasets)
+        owners = tuple(
+            nhs_number_of(d, rule.match, rule.issuer, trust_id, self.federation.xref.reverse) for d in found.datasets
+        )
         cache.put(key, owners)
         return owners
 
@@ -225,10 +266,14 @@ def build_xref(settings: Settings) -> PatientXref | PixmXref:
         return load_xref(settings.patient_xref, {t.id for t in settings.trusts})
     auth = index.get("auth", {"type": "none"})
     session_auth = UpstreamAuth(auth, requests.Session(), "patient index", float(index.get("timeout_s", 5)))
-    return PixmXref(index["url"], {t.id: t.ods_code for t in settings.trusts},
-                    {t.id: t.nhs_number.issuer for t in settings.trusts
-                     if t.nhs_number.match == "xref" and t.nhs_number.issuer},
-                    session_auth.headers, float(index.get("timeout_s", 5)), float(index.get("cache_ttl_s", 300)))
+    return PixmXref(
+        index["url"],
+        {t.id: t.ods_code for t in settings.trusts},
+        {t.id: t.nhs_number.issuer for t in settings.trusts if t.nhs_number.match == "xref" and t.nhs_number.issuer},
+        session_auth.headers,
+        float(index.get("timeout_s", 5)),
+        float(index.get("cache_ttl_s", 300)),
+    )
 
 
 def build_facade(settings: Settings) -> Facade:
@@ -240,9 +285,16 @@ def build_facade(settings: Settings) -> Facade:
     sources: dict[str, ImageSource] = {}
     issuers: dict[str, tuple[str, dict[str, Any]]] = {}
     for trust in settings.trusts:
-        mapping = TrustMapping(trust.id, trust.ods_code, trust.name, trust.accession_system, zone,
-                               f"{trust.id}-wado-rs", issuers,
-                               f"{trust.id}-ihe-iid" if trust.viewer else None)
+        mapping = TrustMapping(
+            trust.id,
+            trust.ods_code,
+            trust.name,
+            trust.accession_system,
+            zone,
+            f"{trust.id}-wado-rs",
+            issuers,
+            f"{trust.id}-ihe-iid" if trust.viewer else None,
+        )
         issuers[trust.ods_code] = (trust.accession_system, mapping.organization_reference)
         timeout = float(trust.archive.get("timeout_s", settings.archive_timeout_s))
         breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s)
@@ -261,8 +313,14 @@ def build_facade(settings: Settings) -> Facade:
         # The gateway, unless the trust publishes its own WADO-RS (which then protects itself).
         direct = t.settings.wado_url
         gateway = f"{settings.public_root}/dicomweb/{t.settings.id}"
-        endpoints.append(endpoint_resource(t.mapping, direct or gateway, requires_token=direct is None,
-                                           available=direct is not None or t.settings.id in sources))
+        endpoints.append(
+            endpoint_resource(
+                t.mapping,
+                direct or gateway,
+                requires_token=direct is None,
+                available=direct is not None or t.settings.id in sources,
+            )
+        )
         if t.settings.viewer:
             endpoints.append(viewer_endpoint_resource(t.mapping, t.settings.viewer))
     organizations = [organization_resource(t.mapping) for t in trusts]
@@ -276,10 +334,18 @@ def image_source(trust: TrustSettings, archive: Archive, timeout_s: float, setti
     if isinstance(archive, FolderArchive):
         return FolderWado(archive, chunk, thumb)
     if isinstance(archive, DicomWebArchive):
-        return HttpWado(trust.id, config.get("wado_url") or config["url"], archive.session, archive.auth,
-                        timeout_s, chunk, thumb)
+        return HttpWado(
+            trust.id, config.get("wado_url") or config["url"], archive.session, archive.auth, timeout_s, chunk, thumb
+        )
     if config.get("wado_url"):
         session = requests.Session()
-        return HttpWado(trust.id, config["wado_url"], session, UpstreamAuth({}, session, trust.id, timeout_s),
-                        timeout_s, chunk, thumb)
+        return HttpWado(
+            trust.id,
+            config["wado_url"],
+            session,
+            UpstreamAuth({}, session, trust.id, timeout_s),
+            timeout_s,
+            chunk,
+            thumb,
+        )
     return None

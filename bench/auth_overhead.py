@@ -58,9 +58,25 @@ def start(path: Path, port: int, work: Path, label: str) -> subprocess.Popen[byt
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACADE_")}
     env.update(FACADE_CONFIG=str(path), FACADE_CURSOR_SECRET="bench-auth-0123456789abcdef")
     log = (work / f"{label}.log").open("wb")
-    process = subprocess.Popen([str(GUNICORN), "--bind", f"127.0.0.1:{port}", "--workers", "1", "--worker-class",
-                                "gthread", "--threads", "4", "wsgi:app"], cwd=ROOT, env=env, stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [
+            str(GUNICORN),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+            "--worker-class",
+            "gthread",
+            "--threads",
+            "4",
+            "wsgi:app",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
@@ -72,10 +88,27 @@ def start(path: Path, port: int, work: Path, label: str) -> subprocess.Popen[byt
 
 
 def token(base: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "app", "token", "--base", base, "--client", "portal",
-                           "--key", str(ROOT / "config" / "demo-keys" / "portal.private.jwk.json"),
-                           "--scope", "system/ImagingStudy.rs"], cwd=ROOT, capture_output=True, text=True,
-                          check=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "token",
+            "--base",
+            base,
+            "--client",
+            "portal",
+            "--key",
+            str(ROOT / "config" / "demo-keys" / "portal.private.jwk.json"),
+            "--scope",
+            "system/ImagingStudy.rs",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     return done.stdout.strip()
 
 
@@ -112,8 +145,10 @@ def main() -> None:
         for label, port in ports.items():
             processes.append(start(paths[label], port, work, label))
         bases = {label: f"http://127.0.0.1:{port}/fhir" for label, port in ports.items()}
-        headers: dict[str, dict[str, str]] = {"secured": {"Authorization": f"Bearer {token(bases['secured'])}"},
-                                              "open": {}}
+        headers: dict[str, dict[str, str]] = {
+            "secured": {"Authorization": f"Bearer {token(bases['secured'])}"},
+            "open": {},
+        }
         session = requests.Session()
         times: dict[str, list[float]] = {"secured": [], "open": []}
         errors = 0
@@ -124,8 +159,7 @@ def main() -> None:
             order = ("secured", "open") if i % 2 == 0 else ("open", "secured")
             for label in order:
                 began = time.perf_counter()
-                reply = session.get(f"{bases[label]}/ImagingStudy?patient={nhs}", headers=headers[label],
-                                    timeout=30)
+                reply = session.get(f"{bases[label]}/ImagingStudy?patient={nhs}", headers=headers[label], timeout=30)
                 times[label].append(time.perf_counter() - began)
                 errors += reply.status_code != 200
         validation_us = in_process_validation_us(paths["secured"])
@@ -133,8 +167,9 @@ def main() -> None:
         for process in processes:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=15)
-    stats: dict[str, Any] = {label: (statistics.median(v) * 1e3, percentile(v, 0.95) * 1e3)
-                             for label, v in times.items()}
+    stats: dict[str, Any] = {
+        label: (statistics.median(v) * 1e3, percentile(v, 0.95) * 1e3) for label, v in times.items()
+    }
     ratio50 = stats["secured"][0] / stats["open"][0]
     ratio95 = stats["secured"][1] / stats["open"][1]
     table = (

@@ -132,8 +132,18 @@ class PatientFacts:
     sex: str
 
 
-def write_instance(path: Path, patient: PatientFacts, study_uid: str, series_uid: str, *, modality: str,
-                   series_number: int, study_date: str, accession: str, description: str) -> None:
+def write_instance(
+    path: Path,
+    patient: PatientFacts,
+    study_uid: str,
+    series_uid: str,
+    *,
+    modality: str,
+    series_number: int,
+    study_date: str,
+    accession: str,
+    description: str,
+) -> None:
     """A tiny Part 10 image (2x2 pixels): one instance of one series of one study."""
     sop_class = CTImageStorage if modality == "CT" else MRImageStorage
     sop_uid = generate_uid()
@@ -200,9 +210,17 @@ def make_corpus(folder: Path, background: int = BACKGROUND_PATIENTS) -> Corpus:
                 date = f"{2005 + (archive + k) % 20}{1 + k % 12:02d}{1 + (archive * 3 + k) % 28:02d}"
                 for s in range(1 + k % 2):  # 1 or 2 series, one instance each
                     path = folder / f"a{archive}-{person.nhs}-{k}-{s}.dcm"
-                    write_instance(path, person, study, generate_uid(), modality=("CT", "MR")[(k + s) % 2],
-                                   series_number=s + 1, study_date=date,
-                                   accession=f"ACC{archive}{person.nhs[-4:]}{k:04d}", description=f"Study {k}")
+                    write_instance(
+                        path,
+                        person,
+                        study,
+                        generate_uid(),
+                        modality=("CT", "MR")[(k + s) % 2],
+                        series_number=s + 1,
+                        study_date=date,
+                        accession=f"ACC{archive}{person.nhs[-4:]}{k:04d}",
+                        description=f"Study {k}",
+                    )
                     corpus.files[archive].append(path)
     return corpus
 
@@ -239,8 +257,9 @@ class TimedProxy(FaultProxy):
         server = self.server_class(("127.0.0.1", 0), _TimedHandler)
         server.proxy = self
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="faultproxy", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="faultproxy", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -273,20 +292,46 @@ def _portal_client() -> dict[str, Any]:
 
 def _backend_token(base: str) -> str:
     """SMART Backend Services against the running facade (python -m app token)."""
-    done = subprocess.run([sys.executable, "-m", "app", "token", "--base", base, "--client", "portal",
-                           "--key", str(ROOT / "config" / "demo-keys" / "portal.private.jwk.json"),
-                           "--scope", "system/ImagingStudy.rs"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60, check=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "token",
+            "--base",
+            base,
+            "--client",
+            "portal",
+            "--key",
+            str(ROOT / "config" / "demo-keys" / "portal.private.jwk.json"),
+            "--scope",
+            "system/ImagingStudy.rs",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return done.stdout.strip()
-
 
 
 class Facade:
     """`gunicorn wsgi:app` (gthread) with FACADE_CONFIG pointing to a temp YAML, on a free loopback port."""
 
-    def __init__(self, label: str, trusts: list[dict[str, Any]], threshold: int, cooldown_s: float,
-                 workdir: Path, max_workers: int = 32, *, workers: int = WORKERS, threads: int = THREADS,
-                 gunicorn_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        label: str,
+        trusts: list[dict[str, Any]],
+        threshold: int,
+        cooldown_s: float,
+        workdir: Path,
+        max_workers: int = 32,
+        *,
+        workers: int = WORKERS,
+        threads: int = THREADS,
+        gunicorn_args: tuple[str, ...] = (),
+    ) -> None:
         self.label = label
         self.workers, self.threads, self.gunicorn_args = workers, threads, gunicorn_args
         self.port = free_port()
@@ -294,14 +339,22 @@ class Facade:
         doc = {
             "base_url": self.base,
             "search": {"default_count": 50, "max_count": 200},
-            "federation": {"max_workers": max_workers, "archive_timeout_s": TIMEOUT_S, "deadline_s": 10,
-                           "circuit_breaker": {"threshold": threshold, "cooldown_s": cooldown_s},
-                           "cache_ttl_s": 0},
+            "federation": {
+                "max_workers": max_workers,
+                "archive_timeout_s": TIMEOUT_S,
+                "deadline_s": 10,
+                "circuit_breaker": {"threshold": threshold, "cooldown_s": cooldown_s},
+                "cache_ttl_s": 0,
+            },
             "trusts": trusts,
             # Secured as in production: every search carries a token the facade validates.
             "audit": {"path": str(workdir / f"audit-{label}.sqlite")},
-            "auth": {"mode": "embedded", "signing_keys": str(workdir / f"keys-{label}.json"),
-                     "store": f"sqlite:{workdir / f'auth-{label}.sqlite'}", "clients": [_portal_client()]},
+            "auth": {
+                "mode": "embedded",
+                "signing_keys": str(workdir / f"keys-{label}.json"),
+                "store": f"sqlite:{workdir / f'auth-{label}.sqlite'}",
+                "clients": [_portal_client()],
+            },
         }
         self.token = ""
         self.settings = settings_from_document(doc, workdir, f"<bench {label}>")  # validates the document
@@ -312,14 +365,34 @@ class Facade:
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FACADE_")}
-        env.update(FACADE_CONFIG=str(self.config), FACADE_BASE_URL=self.base,
-                   FACADE_CURSOR_SECRET="bench-cursor-secret-0123456789")
+        env.update(
+            FACADE_CONFIG=str(self.config),
+            FACADE_BASE_URL=self.base,
+            FACADE_CURSOR_SECRET="bench-cursor-secret-0123456789",
+        )
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [str(GUNICORN), "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
-                 "--worker-class", "gthread", "--threads", str(self.threads), "--timeout", "60",
-                 *self.gunicorn_args, "wsgi:app"],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    str(GUNICORN),
+                    "--bind",
+                    f"127.0.0.1:{self.port}",
+                    "--workers",
+                    str(self.workers),
+                    "--worker-class",
+                    "gthread",
+                    "--threads",
+                    str(self.threads),
+                    "--timeout",
+                    "60",
+                    *self.gunicorn_args,
+                    "wsgi:app",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def cpu_s(self) -> float:
         """CPU seconds used so far by the gunicorn master and its workers."""
@@ -330,8 +403,10 @@ class Facade:
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise RuntimeError(f"facade {self.label} exited with {self.process.returncode}:\n"
-                                   + self.log_path.read_text(errors="replace")[-3000:])
+                raise RuntimeError(
+                    f"facade {self.label} exited with {self.process.returncode}:\n"
+                    + self.log_path.read_text(errors="replace")[-3000:]
+                )
             try:
                 if session.get(f"{self.base}/metadata", timeout=2).status_code == 200:
                     self.token = _backend_token(self.base)
@@ -358,9 +433,13 @@ class Facade:
 
 def trust_doc(index: int, url: str) -> dict[str, Any]:
     trust = TRUSTS[index]
-    return {"id": trust.id, "name": trust.name, "ods_code": trust.ods_code,
-            "archive": {"type": "dicomweb", "url": url, "timeout_s": TIMEOUT_S},
-            "nhs_number": {"match": "patient_id", "issuer": "NHS"}}
+    return {
+        "id": trust.id,
+        "name": trust.name,
+        "ods_code": trust.ods_code,
+        "archive": {"type": "dicomweb", "url": url, "timeout_s": TIMEOUT_S},
+        "nhs_number": {"match": "patient_id", "issuer": "NHS"},
+    }
 
 
 # ----------------------------------------------------------------------------- requests
@@ -373,13 +452,20 @@ class Answer:
 
     @property
     def studies(self) -> list[str]:
-        return [e["resource"]["id"] for e in (self.body or {}).get("entry", ())
-                if e["resource"]["resourceType"] == "ImagingStudy"]
+        return [
+            e["resource"]["id"]
+            for e in (self.body or {}).get("entry", ())
+            if e["resource"]["resourceType"] == "ImagingStudy"
+        ]
 
     @property
     def issues(self) -> list[str]:
-        return [i.get("diagnostics", "") for e in (self.body or {}).get("entry", ())
-                if e["resource"]["resourceType"] == "OperationOutcome" for i in e["resource"]["issue"]]
+        return [
+            i.get("diagnostics", "")
+            for e in (self.body or {}).get("entry", ())
+            if e["resource"]["resourceType"] == "OperationOutcome"
+            for i in e["resource"]["issue"]
+        ]
 
 
 class Client:
@@ -391,8 +477,9 @@ class Client:
     def search(self, facade: Facade, nhs: str) -> Answer:
         url = f"{facade.base}/ImagingStudy?patient.identifier={NHS_SYSTEM}|{nhs}&_count=200"
         began = time.perf_counter()
-        reply = self.session.get(url, timeout=30, headers={"Accept": "application/fhir+json",
-                                                           "Authorization": f"Bearer {facade.token}"})
+        reply = self.session.get(
+            url, timeout=30, headers={"Accept": "application/fhir+json", "Authorization": f"Bearer {facade.token}"}
+        )
         seconds = time.perf_counter() - began  # the body is read; decoding it is not the facade's time
         body = reply.json() if reply.content else None
         return Answer(began, seconds, reply.status_code, body)
@@ -406,6 +493,7 @@ class Client:
 
 def fan_out(pool: concurrent.futures.ThreadPoolExecutor, pairs: list[tuple[str, str]]) -> tuple[float, bool]:
     """The facade's upstream work done by the bench itself: every archive's /studies then /series at once."""
+
     def one(pair: tuple[str, str]) -> bool:
         ok = True
         for url in pair:
@@ -473,16 +561,22 @@ def start_rig(stack: list[Any], workdir: Path, starvation: bool) -> Rig:
     began = time.monotonic()
     corpus = make_corpus(workdir / "dicom")
     orthancs = start_archives(stack, corpus)
-    *proxies, spare, slow = start_proxies(stack, [o.dicomweb_url for o in orthancs]
-                                          + [orthancs[HUNG].dicomweb_url] * 2)
+    *proxies, spare, slow = start_proxies(stack, [o.dicomweb_url for o in orthancs] + [orthancs[HUNG].dicomweb_url] * 2)
     a = Facade("A-8", [trust_doc(i, p.url) for i, p in enumerate(proxies)], 1_000_000, 0, workdir)
     b = Facade("B-1", [trust_doc(0, proxies[0].url)], 1_000_000, 0, workdir)
-    c = Facade("C-8-breaker", [trust_doc(i, p.url) for i, p in enumerate([*proxies[:HUNG], spare])],
-               2, R2_COOLDOWN_S, workdir)
-    d = Facade("D-8-breaker", [trust_doc(i, p.url) for i, p in enumerate([*proxies[:HUNG], slow])],
-               2, R2_COOLDOWN_S, workdir)
-    e = Facade("E-8-pool128", [trust_doc(i, p.url) for i, p in enumerate(proxies)], 1_000_000, 0, workdir,
-               max_workers=128) if starvation else None
+    c = Facade(
+        "C-8-breaker", [trust_doc(i, p.url) for i, p in enumerate([*proxies[:HUNG], spare])], 2, R2_COOLDOWN_S, workdir
+    )
+    d = Facade(
+        "D-8-breaker", [trust_doc(i, p.url) for i, p in enumerate([*proxies[:HUNG], slow])], 2, R2_COOLDOWN_S, workdir
+    )
+    e = (
+        Facade(
+            "E-8-pool128", [trust_doc(i, p.url) for i, p in enumerate(proxies)], 1_000_000, 0, workdir, max_workers=128
+        )
+        if starvation
+        else None
+    )
     facades = [f for f in (a, b, c, d, e) if f is not None]
     for facade in facades:
         stack.append(facade)
@@ -491,9 +585,12 @@ def start_rig(stack: list[Any], workdir: Path, starvation: bool) -> Rig:
     for facade in facades:
         facade.wait_ready(probe)
     probe.close()
-    print(f"setup: {ARCHIVES} Orthanc archives, {sum(len(f) for f in corpus.files)} instances, "
-          f"{len(corpus.study_archive)} studies for the patient, {len(facades)} gunicorn facades, "
-          f"{time.monotonic() - began:.1f} s", flush=True)
+    print(
+        f"setup: {ARCHIVES} Orthanc archives, {sum(len(f) for f in corpus.files)} instances, "
+        f"{len(corpus.study_archive)} studies for the patient, {len(facades)} gunicorn facades, "
+        f"{time.monotonic() - began:.1f} s",
+        flush=True,
+    )
     return Rig(workdir, corpus, orthancs, proxies, spare, slow, a, b, c, d, e)
 
 
@@ -507,15 +604,18 @@ def captured(proxy: FaultProxy, level: str) -> str:
 
 def check_full(answer: Answer, expected: int, what: str) -> None:
     if answer.status != 200 or len(answer.studies) != expected:
-        raise RuntimeError(f"{what}: HTTP {answer.status}, {len(answer.studies)} studies (expected {expected}); "
-                           f"issues: {answer.issues}")
+        raise RuntimeError(
+            f"{what}: HTTP {answer.status}, {len(answer.studies)} studies (expected {expected}); "
+            f"issues: {answer.issues}"
+        )
 
 
 def breakdown(answer: Answer, proxies: list[TimedProxy]) -> dict[str, float] | None:
     """Where one facade search spent its time, from the proxies' timestamps (same clock as the client)."""
     end = answer.began + answer.seconds
-    seen = [(i, a, b, level) for i, p in enumerate(proxies) for a, b, level in list(p.timeline)
-            if answer.began <= a <= end]
+    seen = [
+        (i, a, b, level) for i, p in enumerate(proxies) for a, b, level in list(p.timeline) if answer.began <= a <= end
+    ]
     studies = {i: (a, b) for i, a, b, level in seen if level == "studies"}
     series = {i: (a, b) for i, a, b, level in seen if level == "series"}
     if not studies or set(studies) != set(series):
@@ -553,8 +653,12 @@ def run_p1_p2(rig: Rig, client: Client) -> dict[str, Any]:
         for round_no in range(ROUNDS):
             if time.monotonic() - began > P12_BUDGET_S:
                 break
-            tasks: list[tuple[str, int]] = [("A", 0), ("B", 0), ("direct", 2 * round_no % ARCHIVES),
-                                            ("direct", (2 * round_no + 1) % ARCHIVES)]
+            tasks: list[tuple[str, int]] = [
+                ("A", 0),
+                ("B", 0),
+                ("direct", 2 * round_no % ARCHIVES),
+                ("direct", (2 * round_no + 1) % ARCHIVES),
+            ]
             tasks.append(("fan", 0) if round_no % 2 else ("pair", round_no // 2 % ARCHIVES))
             rng.shuffle(tasks)
             searched: list[tuple[str, Answer]] = []
@@ -592,16 +696,26 @@ def run_p1_p2(rig: Rig, client: Client) -> dict[str, Any]:
     cpu_a, cpu_b = rig.a.cpu_s() - cpu_a, rig.b.cpu_s() - cpu_b
     cpu_o = rig.orthanc_cpu_s() - cpu_o
     slowest = max(range(ARCHIVES), key=lambda i: pct(direct[i], 95))
-    return {"times": times, "direct": direct, "slowest": slowest, "errors": errors, "parts": parts,
-            "seconds": time.monotonic() - began, "rounds": len(times["A"]),
-            "cpu_a_per_search": cpu_a / max(len(times["A"]), 1), "cpu_b_per_search": cpu_b / max(len(times["B"]), 1),
-            "orthanc_cpu_per_request": cpu_o / max(upstream_requests, 1)}
+    return {
+        "times": times,
+        "direct": direct,
+        "slowest": slowest,
+        "errors": errors,
+        "parts": parts,
+        "seconds": time.monotonic() - began,
+        "rounds": len(times["A"]),
+        "cpu_a_per_search": cpu_a / max(len(times["A"]), 1),
+        "cpu_b_per_search": cpu_b / max(len(times["B"]), 1),
+        "orthanc_cpu_per_request": cpu_o / max(upstream_requests, 1),
+    }
 
 
 def run_p7(rig: Rig, client: Client) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for label, person, expected in (("patient", rig.corpus.patient.nhs, len(rig.corpus.study_archive)),
-                                    ("background", rig.corpus.background[0].nhs, 2 * ARCHIVES)):
+    for label, person, expected in (
+        ("patient", rig.corpus.patient.nhs, len(rig.corpus.study_archive)),
+        ("background", rig.corpus.background[0].nhs, 2 * ARCHIVES),
+    ):
         for proxy in rig.proxies:
             proxy.clear()
         cpu = rig.a.cpu_s()
@@ -642,8 +756,7 @@ def run_r1(rig: Rig, client: Client) -> dict[str, Any]:
         rig.proxies[HUNG].set_fault("delay", seconds=DELAY_S)
     time.sleep(TIMEOUT_S + 0.5)  # let the facade's hung upstream calls time out before the next phase
     example = next((i for a in answers for i in a.issues if hung.id in i), "")
-    return {"seconds": [a.seconds for a in answers], "problems": problems, "example": example,
-            "expected": expected}
+    return {"seconds": [a.seconds for a in answers], "problems": problems, "example": example, "expected": expected}
 
 
 def run_r2(rig: Rig, client: Client) -> dict[str, Any]:
@@ -682,12 +795,21 @@ def run_r2(rig: Rig, client: Client) -> dict[str, Any]:
                     problems.append(f"A: HTTP {answer.status}, {len(answer.studies)} studies")
                 healthy.append(answer.seconds)
             else:
-                if answer.status != 200 or len(answer.studies) != expected or not any(
-                        "circuit open" in i for i in answer.issues):
+                if (
+                    answer.status != 200
+                    or len(answer.studies) != expected
+                    or not any("circuit open" in i for i in answer.issues)
+                ):
                     problems.append(f"C: HTTP {answer.status}, {len(answer.studies)} studies, {answer.issues}")
                 opened.append(answer.seconds)
-    return {"opening": opening, "healthy": healthy, "opened": opened, "problems": problems,
-            "dead_requests": len(rig.spare.requests), "window": time.monotonic() - opened_at}
+    return {
+        "opening": opening,
+        "healthy": healthy,
+        "opened": opened,
+        "problems": problems,
+        "dead_requests": len(rig.spare.requests),
+        "window": time.monotonic() - opened_at,
+    }
 
 
 def run_slow(rig: Rig, client: Client) -> list[tuple[float, str]]:
@@ -740,12 +862,16 @@ def run_starvation(rig: Rig) -> str:
                 proxy.set_fault("delay", seconds=DELAY_S)
         time.sleep(TIMEOUT_S + 0.5)
         missed = sum(n for _, n in results)
-        lines.append(f"max_workers {workers}: {missed}/{len(healthy) * STARVE_CLIENTS} reported as not answering "
-                     f"(in {sum(1 for _, n in results if n)} of {STARVE_CLIENTS} searches)")
+        lines.append(
+            f"max_workers {workers}: {missed}/{len(healthy) * STARVE_CLIENTS} reported as not answering "
+            f"(in {sum(1 for _, n in results if n)} of {STARVE_CLIENTS} searches)"
+        )
     ok = lines[0].split(":")[1].strip().startswith("0/")
-    return (f"| pool starvation check: {STARVE_CLIENTS} concurrent searches (gunicorn threads {THREADS}), "
-            f"{STARVE_HUNG} of {ARCHIVES} archives hang, {len(healthy)} answer at once: healthy archives reported "
-            f"as not answering | " + "; ".join(lines) + f" | 0 with the default pool | {verdict(ok)} |")
+    return (
+        f"| pool starvation check: {STARVE_CLIENTS} concurrent searches (gunicorn threads {THREADS}), "
+        f"{STARVE_HUNG} of {ARCHIVES} archives hang, {len(healthy)} answer at once: healthy archives reported "
+        f"as not answering | " + "; ".join(lines) + f" | 0 with the default pool | {verdict(ok)} |"
+    )
 
 
 # ----------------------------------------------------------------------------- report
@@ -754,8 +880,15 @@ def row_parts(parts: list[dict[str, float]], key: str) -> str:
     return f"{pct(values, 50) * 1000:.1f} / {pct(values, 95) * 1000:.1f}" if values else "n/a"
 
 
-def table(p12: dict[str, Any], p7: dict[str, Any], r1: dict[str, Any], r2: dict[str, Any],
-          slow: list[tuple[float, str]], extra_rows: list[str], load: tuple[float, float]) -> str:
+def table(
+    p12: dict[str, Any],
+    p7: dict[str, Any],
+    r1: dict[str, Any],
+    r2: dict[str, Any],
+    slow: list[tuple[float, str]],
+    extra_rows: list[str],
+    load: tuple[float, float],
+) -> str:
     t = p12["times"]
     a50, a95, b50, b95 = pct(t["A"], 50), pct(t["A"], 95), pct(t["B"], 50), pct(t["B"], 95)
     slowest = p12["direct"][p12["slowest"]]
@@ -767,97 +900,175 @@ def table(p12: dict[str, Any], p7: dict[str, Any], r1: dict[str, Any], r2: dict[
     rows = [
         ("P1 8 archives: p50 / p95", f"{ms(a50)} / {ms(a95)}", "", ""),
         ("P1 1 archive: p50 / p95", f"{ms(b50)} / {ms(b95)}", "", ""),
-        (f"**P1 ratio 8/1, p95** (p50: {p1_50:.2f}x)", f"**{p1:.2f}x**", f"<= {TARGETS['P1']}x",
-         verdict(p1 <= TARGETS["P1"])),
-        ("P1 context, no facade: the bench's own 8-way parallel /studies+/series vs one archive's pair, "
-         "p50 / p95", f"{ms(fan50)} / {ms(fan95)} vs {ms(pair50)} / {ms(pair95)} = {fan50 / pair50:.2f}x / "
-         f"{fan95 / pair95:.2f}x", "", ""),
-        ("P1 context: facade 8/1 ratio divided by the no-facade 8/1 ratio (what the facade adds), p50 / p95",
-         f"{p1_50 / (fan50 / pair50):.2f} / {p1 / (fan95 / pair95):.2f}", "", ""),
-        (f"P2 slowest archive ({TRUSTS[p12['slowest']].id}) direct QIDO-RS /studies: p50 / p95",
-         f"{ms(d50)} / {ms(d95)}", "", ""),
-        ("P2 direct /studies p95 of each archive; all archives pooled p50 / p95",
-         ", ".join(f"{pct(d, 95) * 1000:.0f}" for d in p12["direct"])
-         + f" ms; {ms(pct(pooled, 50))} / {ms(pct(pooled, 95))}", "", ""),
-        ("**P2 facade p95 / slowest archive p95**", f"**{p2:.2f}x**", f"<= {TARGETS['P2']}x",
-         verdict(p2 <= TARGETS["P2"])),
-        ("**P2 p50 overhead (facade p50 - slowest archive p50)**", f"**{overhead * 1000:.1f} ms**",
-         f"<= {TARGETS['P2_ms']:g} ms", verdict(overhead * 1000 <= TARGETS["P2_ms"])),
-        ("P2 context: facade p50 - the bench's own 8-way /studies+/series p50", f"{(a50 - fan50) * 1000:.1f} ms",
-         "", ""),
+        (
+            f"**P1 ratio 8/1, p95** (p50: {p1_50:.2f}x)",
+            f"**{p1:.2f}x**",
+            f"<= {TARGETS['P1']}x",
+            verdict(p1 <= TARGETS["P1"]),
+        ),
+        (
+            "P1 context, no facade: the bench's own 8-way parallel /studies+/series vs one archive's pair, p50 / p95",
+            f"{ms(fan50)} / {ms(fan95)} vs {ms(pair50)} / {ms(pair95)} = {fan50 / pair50:.2f}x / {fan95 / pair95:.2f}x",
+            "",
+            "",
+        ),
+        (
+            "P1 context: facade 8/1 ratio divided by the no-facade 8/1 ratio (what the facade adds), p50 / p95",
+            f"{p1_50 / (fan50 / pair50):.2f} / {p1 / (fan95 / pair95):.2f}",
+            "",
+            "",
+        ),
+        (
+            f"P2 slowest archive ({TRUSTS[p12['slowest']].id}) direct QIDO-RS /studies: p50 / p95",
+            f"{ms(d50)} / {ms(d95)}",
+            "",
+            "",
+        ),
+        (
+            "P2 direct /studies p95 of each archive; all archives pooled p50 / p95",
+            ", ".join(f"{pct(d, 95) * 1000:.0f}" for d in p12["direct"])
+            + f" ms; {ms(pct(pooled, 50))} / {ms(pct(pooled, 95))}",
+            "",
+            "",
+        ),
+        (
+            "**P2 facade p95 / slowest archive p95**",
+            f"**{p2:.2f}x**",
+            f"<= {TARGETS['P2']}x",
+            verdict(p2 <= TARGETS["P2"]),
+        ),
+        (
+            "**P2 p50 overhead (facade p50 - slowest archive p50)**",
+            f"**{overhead * 1000:.1f} ms**",
+            f"<= {TARGETS['P2_ms']:g} ms",
+            verdict(overhead * 1000 <= TARGETS["P2_ms"]),
+        ),
+        (
+            "P2 context: facade p50 - the bench's own 8-way /studies+/series p50",
+            f"{(a50 - fan50) * 1000:.1f} ms",
+            "",
+            "",
+        ),
     ]
     for kind, label in (("A", "8 archives"), ("B", "1 archive")):
         parts = p12["parts"][kind]
-        rows.append((f"where a search's time goes, {label} (p50 / p95 ms over {len(parts)}): intake -> first "
-                     "upstream request; spread of the /studies requests; /studies answered -> /series sent; "
-                     "upstream; last upstream answer -> response received",
-                     "; ".join(row_parts(parts, k) for k in ("intake", "spread", "gap", "upstream", "tail")), "", ""))
-    rows.append(("facade CPU per search (gunicorn master + worker): 8 archives / 104 studies; 8 archives / "
-                 f"{p7['background']['studies']} studies; 1 archive / {STUDIES_PER_ARCHIVE} studies. "
-                 "Orthanc CPU per QIDO-RS request",
-                 f"{p12['cpu_a_per_search'] * 1000:.0f} ms; {p7['background']['cpu'] * 1000:.0f} ms; "
-                 f"{p12['cpu_b_per_search'] * 1000:.0f} ms. {p12['orthanc_cpu_per_request'] * 1000:.0f} ms",
-                 "", ""))
+        rows.append(
+            (
+                f"where a search's time goes, {label} (p50 / p95 ms over {len(parts)}): intake -> first "
+                "upstream request; spread of the /studies requests; /studies answered -> /series sent; "
+                "upstream; last upstream answer -> response received",
+                "; ".join(row_parts(parts, k) for k in ("intake", "spread", "gap", "upstream", "tail")),
+                "",
+                "",
+            )
+        )
+    rows.append(
+        (
+            "facade CPU per search (gunicorn master + worker): 8 archives / 104 studies; 8 archives / "
+            f"{p7['background']['studies']} studies; 1 archive / {STUDIES_PER_ARCHIVE} studies. "
+            "Orthanc CPU per QIDO-RS request",
+            f"{p12['cpu_a_per_search'] * 1000:.0f} ms; {p7['background']['cpu'] * 1000:.0f} ms; "
+            f"{p12['cpu_b_per_search'] * 1000:.0f} ms. {p12['orthanc_cpu_per_request'] * 1000:.0f} ms",
+            "",
+            "",
+        )
+    )
     for label, facts in p7.items():
         per = facts["per_archive"]
         totals = [sum(d.values()) for d in per]
         detail = ", ".join(f"{k} {v:g}" for k, v in per[0].items())
-        rows.append((f"**P7 upstream requests per search, {label} ({facts['studies']} studies)**",
-                     f"**{max(totals):g} per archive** ({detail}); total {sum(totals):g} for {len(per)} archives",
-                     f"<= {TARGETS['P7']:g} per archive", verdict(max(totals) <= TARGETS["P7"])))
+        rows.append(
+            (
+                f"**P7 upstream requests per search, {label} ({facts['studies']} studies)**",
+                f"**{max(totals):g} per archive** ({detail}); total {sum(totals):g} for {len(per)} archives",
+                f"<= {TARGETS['P7']:g} per archive",
+                verdict(max(totals) <= TARGETS["P7"]),
+            )
+        )
     s = r1["seconds"]
     rows += [
-        (f"**R1 one archive hangs ({TRUSTS[HUNG].id}): p50 / max answer time** ({len(s)} searches)",
-         f"**{ms(pct(s, 50))} / {ms(max(s))}** = {pct(s, 50) / TIMEOUT_S:.2f}x / {max(s) / TIMEOUT_S:.2f}x T "
-         f"(T = {TIMEOUT_S:g} s)", f"<= {TARGETS['R1']}x T", verdict(max(s) <= TARGETS["R1"] * TIMEOUT_S)),
-        ("**R1 status 200, the other 7 archives' studies, an issue naming the hung archive**",
-         f"**{len(s) - len(r1['problems'])}/{len(s)}** searches ({r1['expected']} studies each)"
-         + (f"; problems: {'; '.join(r1['problems'][:3])}" if r1["problems"] else ""),
-         "all", verdict(not r1["problems"])),
+        (
+            f"**R1 one archive hangs ({TRUSTS[HUNG].id}): p50 / max answer time** ({len(s)} searches)",
+            f"**{ms(pct(s, 50))} / {ms(max(s))}** = {pct(s, 50) / TIMEOUT_S:.2f}x / {max(s) / TIMEOUT_S:.2f}x T "
+            f"(T = {TIMEOUT_S:g} s)",
+            f"<= {TARGETS['R1']}x T",
+            verdict(max(s) <= TARGETS["R1"] * TIMEOUT_S),
+        ),
+        (
+            "**R1 status 200, the other 7 archives' studies, an issue naming the hung archive**",
+            f"**{len(s) - len(r1['problems'])}/{len(s)}** searches ({r1['expected']} studies each)"
+            + (f"; problems: {'; '.join(r1['problems'][:3])}" if r1["problems"] else ""),
+            "all",
+            verdict(not r1["problems"]),
+        ),
     ]
     timed_out = sum(1 for _, issue in r2["opening"] if "no answer within" in issue)
     found = re.search(r"circuit open after (\d+) failure", r2["opening"][-1][1])
     counted = int(found.group(1)) if found else -1
     h95, o95 = pct(r2["healthy"], 95), pct(r2["opened"], 95)
     rows += [
-        ("R2 timed-out searches before the circuit opened (threshold 2); failures the breaker counted for them",
-         f"{timed_out} (searches took " + ", ".join(ms(x) for x, _ in r2["opening"]) + f"); {counted} failures",
-         "one failure per timed-out search", verdict(counted == timed_out)),
-        ("R2 healthy (A) p50 / p95 vs circuit open (C) p50 / p95",
-         f"{ms(pct(r2['healthy'], 50))} / {ms(h95)} vs {ms(pct(r2['opened'], 50))} / {ms(o95)}", "", ""),
-        (f"**R2 p95 with the circuit open / healthy p95** ({len(r2['opened'])} each, interleaved)",
-         f"**{o95 / h95:.2f}x**", f"<= {TARGETS['R2']}x", verdict(o95 / h95 <= TARGETS["R2"] and not r2["problems"])),
+        (
+            "R2 timed-out searches before the circuit opened (threshold 2); failures the breaker counted for them",
+            f"{timed_out} (searches took " + ", ".join(ms(x) for x, _ in r2["opening"]) + f"); {counted} failures",
+            "one failure per timed-out search",
+            verdict(counted == timed_out),
+        ),
+        (
+            "R2 healthy (A) p50 / p95 vs circuit open (C) p50 / p95",
+            f"{ms(pct(r2['healthy'], 50))} / {ms(h95)} vs {ms(pct(r2['opened'], 50))} / {ms(o95)}",
+            "",
+            "",
+        ),
+        (
+            f"**R2 p95 with the circuit open / healthy p95** ({len(r2['opened'])} each, interleaved)",
+            f"**{o95 / h95:.2f}x**",
+            f"<= {TARGETS['R2']}x",
+            verdict(o95 / h95 <= TARGETS["R2"] and not r2["problems"]),
+        ),
     ]
     slow_timed_out = sum(1 for _, issue in slow if "no answer within" in issue)
     slow_opened = any("circuit open" in issue for _, issue in slow)
     # The breaker must follow what really happened: open once two searches timed out, closed otherwise
     # (the facade sends /studies and /series together, so a slow archive may well answer within T).
     expected_open = slow_timed_out >= 2
-    rows.append((f"R2 slow archive (every request {SLOW_S:g} s, within T): searches timed out at T of "
-                  f"{len(slow)}; circuit state consistent with the timeouts (threshold 2)?",
-                  f"{slow_timed_out} of {len(slow)} (" + ", ".join(ms(x) for x, _ in slow) + "); "
-                  + ("opened" if slow_opened else "never opened"),
-                  "opens after 2 timeouts, never without", verdict(slow_opened == expected_open)))
+    rows.append(
+        (
+            f"R2 slow archive (every request {SLOW_S:g} s, within T): searches timed out at T of "
+            f"{len(slow)}; circuit state consistent with the timeouts (threshold 2)?",
+            f"{slow_timed_out} of {len(slow)} ("
+            + ", ".join(ms(x) for x, _ in slow)
+            + "); "
+            + ("opened" if slow_opened else "never opened"),
+            "opens after 2 timeouts, never without",
+            verdict(slow_opened == expected_open),
+        )
+    )
     lines = ["| measure | value | target | met? |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     lines += [r.strip() for r in extra_rows]
-    setup = (f"Setup: {ARCHIVES} Orthanc 1.10 + DICOMweb archives on loopback, each behind a FaultProxy adding "
-             f"{DELAY_S * 1000:g} ms to every request; one patient with {STUDIES_PER_ARCHIVE * ARCHIVES} studies "
-             f"({STUDIES_PER_ARCHIVE} per archive, 1-2 series each) plus {BACKGROUND_PATIENTS} background patients; "
-             f"facades served by gunicorn (gthread, {WORKERS} worker x {THREADS} threads); per-archive timeout "
-             f"T = {TIMEOUT_S:g} s; one requests.Session, sequential requests; {p12['rounds']} rounds, each "
-             "(8-archive search, 1-archive search, the bench's own 8-way fan-out, one direct /studies+/series "
-             "pair, 2 direct /studies) in shuffled order. "
-             f"Load average at start / end: {load[0]:.1f} / {load[1]:.1f} (other processes share the machine).")
+    setup = (
+        f"Setup: {ARCHIVES} Orthanc 1.10 + DICOMweb archives on loopback, each behind a FaultProxy adding "
+        f"{DELAY_S * 1000:g} ms to every request; one patient with {STUDIES_PER_ARCHIVE * ARCHIVES} studies "
+        f"({STUDIES_PER_ARCHIVE} per archive, 1-2 series each) plus {BACKGROUND_PATIENTS} background patients; "
+        f"facades served by gunicorn (gthread, {WORKERS} worker x {THREADS} threads); per-archive timeout "
+        f"T = {TIMEOUT_S:g} s; one requests.Session, sequential requests; {p12['rounds']} rounds, each "
+        "(8-archive search, 1-archive search, the bench's own 8-way fan-out, one direct /studies+/series "
+        "pair, 2 direct /studies) in shuffled order. "
+        f"Load average at start / end: {load[0]:.1f} / {load[1]:.1f} (other processes share the machine)."
+    )
     notes = []
     if p12["rounds"] < ROUNDS:
         notes.append(f"P1/P2: the {P12_BUDGET_S:g} s time budget ran out after {p12['rounds']} of {ROUNDS} rounds")
-    notes.append(f"P1/P2 errors (non-200, wrong study count, unexpected issues): {len(p12['errors'])}"
-                 + (f" (first: {p12['errors'][0]})" if p12["errors"] else ""))
+    notes.append(
+        f"P1/P2 errors (non-200, wrong study count, unexpected issues): {len(p12['errors'])}"
+        + (f" (first: {p12['errors'][0]})" if p12["errors"] else "")
+    )
     if r2["problems"]:
         notes.append(f"R2 problems: {'; '.join(r2['problems'][:3])}")
-    notes.append(f"R2: requests reaching the dead archive while its circuit was open: {r2['dead_requests']} "
-                 f"(window {r2['window']:.0f} s, cooldown {R2_COOLDOWN_S:g} s)")
+    notes.append(
+        f"R2: requests reaching the dead archive while its circuit was open: {r2['dead_requests']} "
+        f"(window {r2['window']:.0f} s, cooldown {R2_COOLDOWN_S:g} s)"
+    )
     notes += [f"R2 opening search {n + 1}: {issue}" for n, (_, issue) in enumerate(r2["opening"])]
     notes.append(f"R1 issue: {r1['example']}")
     return setup + "\n\n" + "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
@@ -888,15 +1099,20 @@ def profile(rig: Rig) -> str:
     stats.sort_stats("cumulative").print_stats(30)
     stats.sort_stats("tottime").print_stats(20)
     app.extensions["facade"].federation.close()
-    return (f"in-process search (profiled): {wall * 1000:.1f} ms wall, {cpu * 1000:.1f} ms CPU of the request "
-            f"thread per search\n" + out.getvalue())
+    return (
+        f"in-process search (profiled): {wall * 1000:.1f} ms wall, {cpu * 1000:.1f} ms CPU of the request "
+        f"thread per search\n" + out.getvalue()
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", action="store_true", help="also cProfile in-process searches")
-    parser.add_argument("--no-starvation", action="store_true",
-                        help="skip the archive-pool check under concurrent searches with hung archives")
+    parser.add_argument(
+        "--no-starvation",
+        action="store_true",
+        help="skip the archive-pool check under concurrent searches with hung archives",
+    )
     args = parser.parse_args()
     began = time.monotonic()
     load_start = os.getloadavg()[0]

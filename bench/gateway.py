@@ -42,12 +42,14 @@ def main() -> None:
     with GatewayRig(megabytes=args.megabytes, chunk_bytes=args.chunk_bytes) as rig:
         direct_headers = {"Accept-Encoding": "identity"}
         retrieve(rig.direct_url(), direct_headers)  # warm the archive's disk cache
-        retrieve(rig.gateway_url(), rig.headers)    # and the worker
+        retrieve(rig.gateway_url(), rig.headers)  # and the worker
         rss_before = rig.worker_peak_rss_kib()
         direct: list[float] = []
         via: list[float] = []
-        cpu = {"direct": {"archive": 0.0, "gateway": 0.0, "client": 0.0},
-               "gateway": {"archive": 0.0, "gateway": 0.0, "client": 0.0}}
+        cpu = {
+            "direct": {"archive": 0.0, "gateway": 0.0, "client": 0.0},
+            "gateway": {"archive": 0.0, "gateway": 0.0, "client": 0.0},
+        }
         size = 0
         for round_ in range(args.rounds):
             order = [("direct", rig.direct_url(), direct_headers), ("gateway", rig.gateway_url(), rig.headers)]
@@ -66,6 +68,7 @@ def main() -> None:
 
     def per_gb(kind: str, process: str) -> str:
         return f"{cpu[kind][process] / (size * args.rounds / 1e9):.2f}"
+
     body = f"""A {size / 1e6:.0f} MB study (WADO-RS, multipart/related, {size // (2 * 1024 * 1024)} instances of
 incompressible 16-bit pixel data) from one Orthanc on loopback, directly and through the gateway under
 gunicorn (1 worker, gthread), {args.rounds} rounds alternating the order; MB/s per retrieval, medians.

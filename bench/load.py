@@ -125,8 +125,14 @@ class LoadProxy(TimedProxy):
         try:
             return super().forward(method, target, headers, body)
         finally:
-            self.forwarded.append((began, time.perf_counter(), target.split("?")[0].rsplit("/", 1)[-1],
-                                   headers.get("User-Agent") == PROBE_AGENT))
+            self.forwarded.append(
+                (
+                    began,
+                    time.perf_counter(),
+                    target.split("?")[0].rsplit("/", 1)[-1],
+                    headers.get("User-Agent") == PROBE_AGENT,
+                )
+            )
 
     def clear(self) -> None:
         super().clear()
@@ -150,21 +156,38 @@ def start_load_rig(stack: list[Any], workdir: Path, patients: int) -> LoadRig:
     corpus = make_corpus(workdir / "dicom", background=patients)
     orthancs = start_archives(stack, corpus)
     proxies = start_proxies(stack, [o.dicomweb_url for o in orthancs], LoadProxy)
-    facade = Facade("load-8", [trust_doc(i, p.url) for i, p in enumerate(proxies)], 1_000_000, 0, workdir,
-                    workers=WORKERS, threads=THREADS, gunicorn_args=("--keep-alive", str(KEEPALIVE_S)))
+    facade = Facade(
+        "load-8",
+        [trust_doc(i, p.url) for i, p in enumerate(proxies)],
+        1_000_000,
+        0,
+        workdir,
+        workers=WORKERS,
+        threads=THREADS,
+        gunicorn_args=("--keep-alive", str(KEEPALIVE_S)),
+    )
     stack.append(facade)
     facade.start()
     with requests.Session() as probe:
         facade.wait_ready(probe)
-    print(f"setup: {ARCHIVES} Orthanc archives, {sum(len(f) for f in corpus.files)} instances, gunicorn "
-          f"{WORKERS} workers x {THREADS} threads, {time.monotonic() - began:.1f} s", flush=True)
-    return LoadRig(orthancs, [p for p in proxies if isinstance(p, LoadProxy)], facade,
-                   [p.nhs for p in corpus.background], STUDIES_PER_ARCHIVE * ARCHIVES)
+    print(
+        f"setup: {ARCHIVES} Orthanc archives, {sum(len(f) for f in corpus.files)} instances, gunicorn "
+        f"{WORKERS} workers x {THREADS} threads, {time.monotonic() - began:.1f} s",
+        flush=True,
+    )
+    return LoadRig(
+        orthancs,
+        [p for p in proxies if isinstance(p, LoadProxy)],
+        facade,
+        [p.nhs for p in corpus.background],
+        STUDIES_PER_ARCHIVE * ARCHIVES,
+    )
 
 
 def warm_up(rig: LoadRig) -> list[str]:
     """Every patient searched twice, four at a time (both gunicorn workers get some); incomplete answers
     are returned (a busy machine may delay one past the archive timeout), a non-200 stops the bench."""
+
     def one(nhs: str) -> list[str]:
         client = Client()
         problems = []
@@ -190,15 +213,24 @@ def direct_requests(rig: LoadRig) -> list[dict[str, Any]]:
         sent = list(zip(proxy.requests, proxy.request_headers, strict=True))
         paths, accept = [], {}
         for nhs in rig.patients:
-            hits = [(target, headers) for (method, target), headers in sent if method == "GET"
-                    and target.split("?")[0].endswith("/studies") and f"PatientID={nhs}" in target]
+            hits = [
+                (target, headers)
+                for (method, target), headers in sent
+                if method == "GET" and target.split("?")[0].endswith("/studies") and f"PatientID={nhs}" in target
+            ]
             if not hits:
                 raise RuntimeError(f"the facade sent no /studies request for {nhs} to {proxy.url}")
             target, headers = hits[-1]
             paths.append(target)
             accept = {k: v for k, v in headers.items() if k.lower() in ("accept", "accept-encoding")}
-        out.append({"base": proxy.base_url, "paths": paths, "headers": {**accept, "User-Agent": PROBE_AGENT},
-                    "studies": [STUDIES_PER_ARCHIVE] * len(paths)})
+        out.append(
+            {
+                "base": proxy.base_url,
+                "paths": paths,
+                "headers": {**accept, "User-Agent": PROBE_AGENT},
+                "studies": [STUDIES_PER_ARCHIVE] * len(paths),
+            }
+        )
     return out
 
 
@@ -240,9 +272,15 @@ def machine_jiffies() -> tuple[int, int]:
 
 def cpu_snapshot(rig: LoadRig, generator: int) -> dict[str, float]:
     busy, total = machine_jiffies()
-    return {"wall": time.perf_counter(), "facade": rig.facade.cpu_s(), "orthanc": rig.orthanc_cpu_s(),
-            "bench": process_cpu_s(os.getpid()), "generator": process_cpu_s(generator),
-            "machine_busy": busy / os.sysconf("SC_CLK_TCK"), "machine_total": total / os.sysconf("SC_CLK_TCK")}
+    return {
+        "wall": time.perf_counter(),
+        "facade": rig.facade.cpu_s(),
+        "orthanc": rig.orthanc_cpu_s(),
+        "bench": process_cpu_s(os.getpid()),
+        "generator": process_cpu_s(generator),
+        "machine_busy": busy / os.sysconf("SC_CLK_TCK"),
+        "machine_total": total / os.sysconf("SC_CLK_TCK"),
+    }
 
 
 def _expect(child: subprocess.Popen[bytes], word: str, log: Path) -> None:
@@ -250,16 +288,24 @@ def _expect(child: subprocess.Popen[bytes], word: str, log: Path) -> None:
     line = child.stdout.readline().decode(errors="replace").strip()
     if line != word:
         child.wait(timeout=30)
-        raise RuntimeError(f"load generator said {line!r}, expected {word!r} (exit {child.returncode}):\n"
-                           + log.read_text(errors="replace")[-3000:])
+        raise RuntimeError(
+            f"load generator said {line!r}, expected {word!r} (exit {child.returncode}):\n"
+            + log.read_text(errors="replace")[-3000:]
+        )
 
 
 def run_load(rig: LoadRig, spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     spec_path, out_path, log_path = workdir / "load-spec.json", workdir / "load-out.json", workdir / "loadgen.log"
     spec_path.write_text(json.dumps(spec), encoding="utf-8")
     with open(log_path, "wb") as log:
-        child = subprocess.Popen([sys.executable, "-m", "bench.loadgen", str(spec_path), str(out_path)], cwd=ROOT,
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "bench.loadgen", str(spec_path), str(out_path)],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            start_new_session=True,
+        )
     limit = spec["duration"] + 2 * spec["timeout"] + 120
 
     def kill() -> None:
@@ -283,8 +329,9 @@ def run_load(rig: LoadRig, spec: dict[str, Any], workdir: Path) -> dict[str, Any
             kill()
             child.wait()
     if child.returncode != 0:
-        raise RuntimeError(f"load generator exited with {child.returncode}:\n"
-                           + log_path.read_text(errors="replace")[-3000:])
+        raise RuntimeError(
+            f"load generator exited with {child.returncode}:\n" + log_path.read_text(errors="replace")[-3000:]
+        )
     out: dict[str, Any] = orjson.loads(out_path.read_bytes())
     out["cpu"] = {k: after[k] - before[k] for k in before}
     out["generator_log"] = log_path.read_text(errors="replace")
@@ -319,8 +366,14 @@ def pq(values: list[float], q: float) -> float:
     return pct(values, q) if values else math.nan
 
 
-def report(rig: LoadRig, spec: dict[str, Any], run: dict[str, Any], baseline: dict[str, Any] | None,
-           load: tuple[float, float], warm_problems: list[str]) -> str:
+def report(
+    rig: LoadRig,
+    spec: dict[str, Any],
+    run: dict[str, Any],
+    baseline: dict[str, Any] | None,
+    load: tuple[float, float],
+    warm_problems: list[str],
+) -> str:
     t0, t1 = run["t0"], run["t1"]
     window = t1 - t0
     searches = [r for r in run["records"] if r[0] == "search"]
@@ -331,8 +384,9 @@ def report(rig: LoadRig, spec: dict[str, Any], run: dict[str, Any], baseline: di
         by_kind[k] = by_kind.get(k, 0) + 1
     seconds = [r[3] for r in searches]
     buckets = int(window // BUCKET_S)
-    per_bucket = [sum(1 for r in searches if b * BUCKET_S <= r[2] - t0 < (b + 1) * BUCKET_S) / BUCKET_S
-                  for b in range(buckets)]
+    per_bucket = [
+        sum(1 for r in searches if b * BUCKET_S <= r[2] - t0 < (b + 1) * BUCKET_S) / BUCKET_S for b in range(buckets)
+    ]
     achieved = len(searches) / window
     direct: list[list[float]] = [[] for _ in range(ARCHIVES)]
     probe_errors: list[str] = []
@@ -373,65 +427,121 @@ def report(rig: LoadRig, spec: dict[str, Any], run: dict[str, Any], baseline: di
     need = {k: v * spec["rate"] for k, v in per_search.items()}
 
     rows = [
-        ("offered load", f"{spec['rate']:g} searches/s for {window:.0f} s: {spec['users']} locust users x "
-         f"constant_throughput({spec['rate'] / spec['users']:g}); {len(rig.patients)} patients in turn, "
-         f"{rig.expected} studies each", "", ""),
-        ("**searches started in the window; achieved rate** (per 10 s: min / max)",
-         f"{len(searches)}; **{achieved:.2f} req/s** ("
-         + (f"{min(per_bucket):.1f} / {max(per_bucket):.1f}" if per_bucket else "n/a") + ")",
-         f">= {SUSTAINED * spec['rate']:g} req/s ({SUSTAINED:.0%} of {spec['rate']:g})", verdict(rate_ok)),
-        ("**errors** (no answer, non-200, any OperationOutcome issue, wrong study count)",
-         f"**{len(errors)}** of {len(searches)}"
-         + (" (" + "; ".join(f"{k}: {v}" for k, v in sorted(by_kind.items())) + ")" if errors else ""),
-         "0", verdict(not errors)),
-        ("facade search latency under load p50 / p95 / p99 / max",
-         f"{ms(f50)} / {ms(f95)} / {ms(f99)} / {ms(max(seconds, default=math.nan))}", "", ""),
-        (f"direct QIDO-RS /studies under load, p95 per archive ({min(len(d) for d in direct)}-"
-         f"{max(len(d) for d in direct)} each); slowest ({TRUSTS[slowest].id}) p50 / p95",
-         ", ".join(f"{pq(d, 95) * 1000:.0f}" for d in direct) + f" ms; {ms(d50)} / {ms(d95)}", "", ""),
-        ("**P2 under load: facade p95 / slowest archive p95**", f"**{ratio:.2f}x**", f"<= {TARGETS['P2']}x",
-         verdict(ratio <= TARGETS["P2"]) + moot),
-        ("**P2 under load: p50 overhead (facade p50 - slowest archive p50)**", f"**{overhead * 1000:.1f} ms**",
-         f"<= {TARGETS['P2_ms']:g} ms", verdict(overhead * 1000 <= TARGETS["P2_ms"]) + moot),
+        (
+            "offered load",
+            f"{spec['rate']:g} searches/s for {window:.0f} s: {spec['users']} locust users x "
+            f"constant_throughput({spec['rate'] / spec['users']:g}); {len(rig.patients)} patients in turn, "
+            f"{rig.expected} studies each",
+            "",
+            "",
+        ),
+        (
+            "**searches started in the window; achieved rate** (per 10 s: min / max)",
+            f"{len(searches)}; **{achieved:.2f} req/s** ("
+            + (f"{min(per_bucket):.1f} / {max(per_bucket):.1f}" if per_bucket else "n/a")
+            + ")",
+            f">= {SUSTAINED * spec['rate']:g} req/s ({SUSTAINED:.0%} of {spec['rate']:g})",
+            verdict(rate_ok),
+        ),
+        (
+            "**errors** (no answer, non-200, any OperationOutcome issue, wrong study count)",
+            f"**{len(errors)}** of {len(searches)}"
+            + (" (" + "; ".join(f"{k}: {v}" for k, v in sorted(by_kind.items())) + ")" if errors else ""),
+            "0",
+            verdict(not errors),
+        ),
+        (
+            "facade search latency under load p50 / p95 / p99 / max",
+            f"{ms(f50)} / {ms(f95)} / {ms(f99)} / {ms(max(seconds, default=math.nan))}",
+            "",
+            "",
+        ),
+        (
+            f"direct QIDO-RS /studies under load, p95 per archive ({min(len(d) for d in direct)}-"
+            f"{max(len(d) for d in direct)} each); slowest ({TRUSTS[slowest].id}) p50 / p95",
+            ", ".join(f"{pq(d, 95) * 1000:.0f}" for d in direct) + f" ms; {ms(d50)} / {ms(d95)}",
+            "",
+            "",
+        ),
+        (
+            "**P2 under load: facade p95 / slowest archive p95**",
+            f"**{ratio:.2f}x**",
+            f"<= {TARGETS['P2']}x",
+            verdict(ratio <= TARGETS["P2"]) + moot,
+        ),
+        (
+            "**P2 under load: p50 overhead (facade p50 - slowest archive p50)**",
+            f"**{overhead * 1000:.1f} ms**",
+            f"<= {TARGETS['P2_ms']:g} ms",
+            verdict(overhead * 1000 <= TARGETS["P2_ms"]) + moot,
+        ),
     ]
     if baseline is not None:
         b_arch = baseline["archives"]
         b_slow = max(range(ARCHIVES), key=lambda i: pq(b_arch[i], 95) if b_arch[i] else -1.0)
         b50, b95 = pq(baseline["searches"], 50), pq(baseline["searches"], 95)
         s50, s95 = pq(b_arch[b_slow], 50), pq(b_arch[b_slow], 95)
-        rows.append((f"context, at rest (sequential, {len(baseline['searches'])} searches, {len(b_arch[0])} direct "
-                     "per archive): facade p50 / p95; slowest archive p50 / p95; P2 ratio; p50 overhead",
-                     f"{ms(b50)} / {ms(b95)}; {ms(s50)} / {ms(s95)}; {b95 / s95:.2f}x; {(b50 - s50) * 1000:.1f} ms"
-                     + (f"; {len(baseline['errors'])} errors" if baseline["errors"] else ""), "", ""))
+        rows.append(
+            (
+                f"context, at rest (sequential, {len(baseline['searches'])} searches, {len(b_arch[0])} direct "
+                "per archive): facade p50 / p95; slowest archive p50 / p95; P2 ratio; p50 overhead",
+                f"{ms(b50)} / {ms(b95)}; {ms(s50)} / {ms(s95)}; {b95 / s95:.2f}x; {(b50 - s50) * 1000:.1f} ms"
+                + (f"; {len(baseline['errors'])} errors" if baseline["errors"] else ""),
+                "",
+                "",
+            )
+        )
     rows += [
-        ("where the time goes: upstream requests per search in the window; the archives' own answer time "
-         f"(proxy -> Orthanc, after the {DELAY_S * 1000:g} ms delay) for the facade's /studies, its /series, "
-         "the direct probes, p50 / p95",
-         f"{len(facade_calls) / max(len(searches), 1):.1f}; {levels['studies']}; {levels['series']}; "
-         + (f"{ms(pq(probe_times, 50))} / {ms(pq(probe_times, 95))}" if probe_times else "n/a"), "", ""),
-        (f"CPU over the window, cores busy on average (of {ncpu}): facade (gunicorn master + workers); "
-         "8 Orthancs; bench process (8 proxies); load generator; the rest of the machine (other processes)",
-         f"{cores['facade']:.2f}; {cores['orthanc']:.2f}; {cores['bench']:.2f}; {cores['generator']:.2f}; "
-         f"{max(rest, 0.0):.2f} (machine busy {machine_busy:.2f} = {machine_busy / ncpu:.0%})", "", ""),
-        ("CPU over the window per search answered in it: facade; Orthanc per upstream request answered",
-         f"{per_search['facade'] * 1000:.0f} ms; {per_request * 1000:.1f} ms", "", ""),
-        (f"CPU the offered {spec['rate']:g} req/s would take at this run's cost per search: facade + 8 Orthancs + "
-         "proxies (the direct probes' small share included)",
-         " + ".join(f"{need[k]:.2f}" for k in ("facade", "orthanc", "bench"))
-         + f" = **{sum(need.values()):.2f} cores** (the machine has {ncpu})", "", ""),
-        ("**P5: sustained rate, 0 errors, P2 holds under load**", "", "all three",
-         verdict(rate_ok and not errors and p2_ok)),
+        (
+            "where the time goes: upstream requests per search in the window; the archives' own answer time "
+            f"(proxy -> Orthanc, after the {DELAY_S * 1000:g} ms delay) for the facade's /studies, its /series, "
+            "the direct probes, p50 / p95",
+            f"{len(facade_calls) / max(len(searches), 1):.1f}; {levels['studies']}; {levels['series']}; "
+            + (f"{ms(pq(probe_times, 50))} / {ms(pq(probe_times, 95))}" if probe_times else "n/a"),
+            "",
+            "",
+        ),
+        (
+            f"CPU over the window, cores busy on average (of {ncpu}): facade (gunicorn master + workers); "
+            "8 Orthancs; bench process (8 proxies); load generator; the rest of the machine (other processes)",
+            f"{cores['facade']:.2f}; {cores['orthanc']:.2f}; {cores['bench']:.2f}; {cores['generator']:.2f}; "
+            f"{max(rest, 0.0):.2f} (machine busy {machine_busy:.2f} = {machine_busy / ncpu:.0%})",
+            "",
+            "",
+        ),
+        (
+            "CPU over the window per search answered in it: facade; Orthanc per upstream request answered",
+            f"{per_search['facade'] * 1000:.0f} ms; {per_request * 1000:.1f} ms",
+            "",
+            "",
+        ),
+        (
+            f"CPU the offered {spec['rate']:g} req/s would take at this run's cost per search: facade + 8 Orthancs + "
+            "proxies (the direct probes' small share included)",
+            " + ".join(f"{need[k]:.2f}" for k in ("facade", "orthanc", "bench"))
+            + f" = **{sum(need.values()):.2f} cores** (the machine has {ncpu})",
+            "",
+            "",
+        ),
+        (
+            "**P5: sustained rate, 0 errors, P2 holds under load**",
+            "",
+            "all three",
+            verdict(rate_ok and not errors and p2_ok),
+        ),
     ]
     lines = ["| measure | value | target | met? |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-    setup = (f"Setup: {ARCHIVES} Orthanc 1.10 + DICOMweb archives on loopback, each behind a FaultProxy adding "
-             f"{DELAY_S * 1000:g} ms to every request; searches of {len(rig.patients)} patients in turn "
-             f"({STUDIES_PER_ARCHIVE} studies in every archive, 1-2 series each); facade served by gunicorn "
-             f"(gthread, {WORKERS} workers x {THREADS} threads, keep-alive {KEEPALIVE_S} s), per-archive timeout "
-             f"{TIMEOUT_S:g} s, upstream cache off, SMART token on every search; load generator: locust "
-             f"(FastHttpUser) in its own process, plus one user per archive sending its direct /studies "
-             f"{spec['direct_rate']:g}/s through the same proxy. Load average at start / end: "
-             f"{load[0]:.1f} / {load[1]:.1f} (other processes share the machine).")
+    setup = (
+        f"Setup: {ARCHIVES} Orthanc 1.10 + DICOMweb archives on loopback, each behind a FaultProxy adding "
+        f"{DELAY_S * 1000:g} ms to every request; searches of {len(rig.patients)} patients in turn "
+        f"({STUDIES_PER_ARCHIVE} studies in every archive, 1-2 series each); facade served by gunicorn "
+        f"(gthread, {WORKERS} workers x {THREADS} threads, keep-alive {KEEPALIVE_S} s), per-archive timeout "
+        f"{TIMEOUT_S:g} s, upstream cache off, SMART token on every search; load generator: locust "
+        f"(FastHttpUser) in its own process, plus one user per archive sending its direct /studies "
+        f"{spec['direct_rate']:g}/s through the same proxy. Load average at start / end: "
+        f"{load[0]:.1f} / {load[1]:.1f} (other processes share the machine)."
+    )
     notes = []
     seen: set[str] = set()
     for kind, r in errors:
@@ -441,14 +551,18 @@ def report(rig: LoadRig, spec: dict[str, Any], run: dict[str, Any], baseline: di
             notes.append(f"error example: {text}")
     notes.append(f"direct probe errors: {len(probe_errors)}" + (f" (first: {probe_errors[0]})" if probe_errors else ""))
     loc = run["locust"]
-    notes.append(f"locust's own count: {loc['requests']} requests, {loc['failures']} failures (searches and "
-                 "probes); " + ("it warned that its CPU was above 90%" if loc["cpu_warning"] else
-                                "no CPU warning from locust"))
+    notes.append(
+        f"locust's own count: {loc['requests']} requests, {loc['failures']} failures (searches and "
+        "probes); " + ("it warned that its CPU was above 90%" if loc["cpu_warning"] else "no CPU warning from locust")
+    )
     if warm_problems:
-        notes.append(f"warm-up: {len(warm_problems)} of {2 * len(rig.patients)} searches incomplete "
-                     f"(first: {warm_problems[0]})")
-    notes.append(f"in-flight searches drained {run['drained'] - t1:.1f} s after the window; facade log problems: "
-                 f"{facade_log_problems(rig.facade)}")
+        notes.append(
+            f"warm-up: {len(warm_problems)} of {2 * len(rig.patients)} searches incomplete (first: {warm_problems[0]})"
+        )
+    notes.append(
+        f"in-flight searches drained {run['drained'] - t1:.1f} s after the window; facade log problems: "
+        f"{facade_log_problems(rig.facade)}"
+    )
     return setup + "\n\n" + "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
@@ -458,8 +572,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=RATE, help="searches per second offered (default 25)")
     parser.add_argument("--users", type=int, default=USERS, help="locust users sharing the rate (default 50)")
     parser.add_argument("--patients", type=int, default=PATIENTS, help="patients searched in turn (default 12)")
-    parser.add_argument("--baseline-rounds", type=int, default=BASELINE_ROUNDS,
-                        help="sequential rounds at rest before the load, for context (0: none)")
+    parser.add_argument(
+        "--baseline-rounds",
+        type=int,
+        default=BASELINE_ROUNDS,
+        help="sequential rounds at rest before the load, for context (0: none)",
+    )
     parser.add_argument("--no-results", action="store_true", help="print the table, leave bench/RESULTS.md alone")
     args = parser.parse_args()
     began = time.monotonic()
@@ -475,18 +593,30 @@ def main() -> None:
             proxy.clear()
         base_path = urlsplit(rig.facade.base).path
         spec = {
-            "origin": f"http://127.0.0.1:{rig.facade.port}", "rate": args.rate, "users": args.users,
-            "duration": args.duration, "timeout": REQUEST_TIMEOUT_S, "direct_rate": DIRECT_RATE,
+            "origin": f"http://127.0.0.1:{rig.facade.port}",
+            "rate": args.rate,
+            "users": args.users,
+            "duration": args.duration,
+            "timeout": REQUEST_TIMEOUT_S,
+            "direct_rate": DIRECT_RATE,
             "search_headers": {"Accept": "application/fhir+json", "Authorization": f"Bearer {rig.facade.token}"},
-            "searches": [{"path": f"{base_path}/ImagingStudy?patient.identifier={NHS_SYSTEM}%7C{nhs}&_count=200",
-                          "studies": rig.expected} for nhs in rig.patients],
+            "searches": [
+                {
+                    "path": f"{base_path}/ImagingStudy?patient.identifier={NHS_SYSTEM}%7C{nhs}&_count=200",
+                    "studies": rig.expected,
+                }
+                for nhs in rig.patients
+            ],
             "direct": direct,
         }
         print(f"load: {args.rate:g} searches/s for {args.duration:g} s", flush=True)
         run = run_load(rig, spec, workdir)
         body = report(rig, spec, run, baseline, (load_start, os.getloadavg()[0]), warm_problems)
-        body += (f"\nTotal run time {time.monotonic() - began:.0f} s. Run: `python -m bench.load"
-                 + (f" --duration {args.duration:g}" if args.duration != DURATION_S else "") + "`.\n")
+        body += (
+            f"\nTotal run time {time.monotonic() - began:.0f} s. Run: `python -m bench.load"
+            + (f" --duration {args.duration:g}" if args.duration != DURATION_S else "")
+            + "`.\n"
+        )
         print(body if args.no_results else write_section("Load (P5)", body))
     finally:
         stop_all(stack)

@@ -78,8 +78,9 @@ class Search(FastHttpUser):
         target = SPEC["searches"][patient]
         status, studies, issues, error = 0, -1, [], ""
         began = time.perf_counter()
-        with self.client.get(target["path"], headers=SPEC["search_headers"], name="facade search",
-                             catch_response=True) as reply:
+        with self.client.get(
+            target["path"], headers=SPEC["search_headers"], name="facade search", catch_response=True
+        ) as reply:
             seconds = time.perf_counter() - began
             status = reply.status_code or 0
             try:
@@ -105,9 +106,13 @@ class Direct(FastHttpUser):
         self.archive = Direct.started
         Direct.started += 1
         archive = SPEC["direct"][self.archive]
-        self.client = FastHttpSession(base_url=archive["base"], request_event=self.environment.events.request,
-                                      user=self, network_timeout=SPEC["timeout"],
-                                      connection_timeout=SPEC["timeout"])
+        self.client = FastHttpSession(
+            base_url=archive["base"],
+            request_event=self.environment.events.request,
+            user=self,
+            network_timeout=SPEC["timeout"],
+            connection_timeout=SPEC["timeout"],
+        )
         self.turn = itertools.count()
         gevent.sleep(self.archive / (len(SPEC["direct"]) * SPEC["direct_rate"]))
 
@@ -117,8 +122,9 @@ class Direct(FastHttpUser):
         patient = next(self.turn) % len(archive["paths"])
         status, count, error = 0, -1, ""
         began = time.perf_counter()
-        with self.client.get(archive["paths"][patient], headers=archive["headers"], name=f"direct {self.archive}",
-                             catch_response=True) as reply:
+        with self.client.get(
+            archive["paths"][patient], headers=archive["headers"], name=f"direct {self.archive}", catch_response=True
+        ) as reply:
             seconds = time.perf_counter() - began
             status = reply.status_code or 0
             try:
@@ -162,9 +168,17 @@ def main() -> None:
     drained = time.perf_counter()
     runner.quit()
     total = env.stats.total
-    out = {"t0": t0, "t1": t1, "drained": drained, "records": RECORDS,
-           "locust": {"requests": total.num_requests, "failures": total.num_failures,
-                      "cpu_warning": bool(getattr(runner, "cpu_warning_emitted", False))}}
+    out = {
+        "t0": t0,
+        "t1": t1,
+        "drained": drained,
+        "records": RECORDS,
+        "locust": {
+            "requests": total.num_requests,
+            "failures": total.num_failures,
+            "cpu_warning": bool(getattr(runner, "cpu_warning_emitted", False)),
+        },
+    }
     with open(out_path, "wb") as handle:
         handle.write(orjson.dumps(out))
 

@@ -36,8 +36,14 @@ def load_inputs(data: Path) -> list[tuple[dict, list[dict], TrustMapping, dict]]
     inputs = []
     for trust in TRUSTS:
         archive = FolderArchive(trust.id, data / trust.id)
-        mapping = TrustMapping(trust.id, trust.ods_code, trust.name,
-                               f"https://fhir.nhs.uk/{trust.ods_code}/Id/accession-number", zone, f"{trust.id}-wado-rs")
+        mapping = TrustMapping(
+            trust.id,
+            trust.ods_code,
+            trust.name,
+            f"https://fhir.nhs.uk/{trust.ods_code}/Id/accession-number",
+            zone,
+            f"{trust.id}-wado-rs",
+        )
         everything = StudyQuery()
         series_by_study = defaultdict(list)
         for series in archive.find_series(everything).datasets:

@@ -162,9 +162,7 @@ def _prepared_schema() -> dict[str, Any]:
             enum = holder.get("enum")
             if enum and "4.0.0" in enum and "4.0.1" not in enum:
                 patched_holder = {**holder, "enum": [*enum, "4.0.1"]}
-                patched_prop = (
-                    {**prop_schema, "items": patched_holder} if "items" in prop_schema else patched_holder
-                )
+                patched_prop = {**prop_schema, "items": patched_holder} if "items" in prop_schema else patched_holder
                 definitions[name] = definition = {
                     **definition,
                     "properties": {**definition["properties"], prop: patched_prop},
@@ -190,7 +188,7 @@ def _fast_ref(validator, ref, instance, schema) -> Iterator[SchemaValidationErro
     roughly halves validation time. Anything else goes to the stock keyword.
     """
     if ref.startswith(_DEFINITIONS_PREFIX):
-        target = _definitions().get(ref[len(_DEFINITIONS_PREFIX):])
+        target = _definitions().get(ref[len(_DEFINITIONS_PREFIX) :])
         if target is not None:
             yield from validator.descend(instance, target)
             return
@@ -200,9 +198,7 @@ def _fast_ref(validator, ref, instance, schema) -> Iterator[SchemaValidationErro
 def _dispatch_on_resource_type(validator, _value, instance, _schema) -> Iterator[SchemaValidationError]:
     """Custom keyword replacing ``oneOf`` over all resources (ResourceList)."""
     if not validator.is_type(instance, "object"):
-        yield SchemaValidationError(
-            f"{_short(instance)} is not of type 'object' (a FHIR resource is expected)"
-        )
+        yield SchemaValidationError(f"{_short(instance)} is not of type 'object' (a FHIR resource is expected)")
         return
     resource_type = instance.get("resourceType")
     if not isinstance(resource_type, str) or resource_type not in _resource_types():
@@ -221,9 +217,7 @@ def _schema_validator() -> jsonschema.protocols.Validator:
     base_cls = jsonschema.validators.validator_for(_load_schema())
     if base_cls is not jsonschema.Draft6Validator:  # fhir.schema.json declares draft-06
         raise RuntimeError(f"unexpected $schema in {FHIR_SCHEMA_PATH}: {base_cls.__name__}")
-    cls = jsonschema.validators.extend(
-        base_cls, {_DISPATCH_KEYWORD: _dispatch_on_resource_type, "$ref": _fast_ref}
-    )
+    cls = jsonschema.validators.extend(base_cls, {_DISPATCH_KEYWORD: _dispatch_on_resource_type, "$ref": _fast_ref})
     # No format_checker: the FHIR schema contains no "format" keyword.
     return cls(_prepared_schema())
 
@@ -268,8 +262,7 @@ def _model_problems(resource: dict, prefix: tuple = ()) -> list[tuple[tuple, str
         # R4-only entry type does not hide problems in the other entries.
         shell = dict(resource)
         shell["entry"] = [
-            {k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
-            for e in entries
+            {k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e for e in entries
         ]
         problems = _run_model(model, shell, prefix)
         for i, entry in enumerate(entries):
@@ -365,9 +358,7 @@ def validate_resource(resource: dict) -> None:
     lines += [f"[json] {_fhir_path(resource, loc)}: {msg}" for loc, msg in _json_problems(resource)]
     if lines:
         ident = f"{root}/{resource['id']}" if isinstance(resource.get("id"), str) else root
-        raise AssertionError(
-            f"{ident} is not valid FHIR R4 ({len(lines)} problem(s)):\n  " + "\n  ".join(lines)
-        )
+        raise AssertionError(f"{ident} is not valid FHIR R4 ({len(lines)} problem(s)):\n  " + "\n  ".join(lines))
 
 
 # --------------------------------------------------------------------------

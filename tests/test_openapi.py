@@ -54,8 +54,12 @@ def deref(document: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
 
 
 def operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
-    return [(path, method, item[method]) for path, item in document["paths"].items()
-            for method in HTTP_METHODS if method in item]
+    return [
+        (path, method, item[method])
+        for path, item in document["paths"].items()
+        for method in HTTP_METHODS
+        if method in item
+    ]
 
 
 def parameters(document: dict[str, Any], path: str, operation: dict[str, Any]) -> list[dict[str, Any]]:
@@ -84,8 +88,9 @@ def match(app, path: str, method: str) -> tuple[Rule, dict[str, Any]]:
 
 
 def api_rules(app) -> list[Rule]:
-    return [r for r in app.url_map.iter_rules()
-            if r.endpoint.split(".")[0] in BLUEPRINTS and not OPERATIONS.search(r.rule)]
+    return [
+        r for r in app.url_map.iter_rules() if r.endpoint.split(".")[0] in BLUEPRINTS and not OPERATIONS.search(r.rule)
+    ]
 
 
 # ------------------------------------------------------------------------------ validity
@@ -118,10 +123,15 @@ def test_every_operation_has_an_id_and_every_error_status_an_outcome_or_oauth_er
 
 
 def test_every_route_of_the_api_is_in_the_document(app, served: dict[str, Any]) -> None:
-    described = {(route(app, concrete(served, path, op), method).rule, method.upper())
-                 for path, method, op in operations(served)}
-    missing = [f"{m} {r.rule} ({r.endpoint})" for r in api_rules(app) for m in sorted(r.methods - AUTOMATIC)
-               if (r.rule, m) not in described]
+    described = {
+        (route(app, concrete(served, path, op), method).rule, method.upper()) for path, method, op in operations(served)
+    }
+    missing = [
+        f"{m} {r.rule} ({r.endpoint})"
+        for r in api_rules(app)
+        for m in sorted(r.methods - AUTOMATIC)
+        if (r.rule, m) not in described
+    ]
     assert not missing, f"routes missing from app/openapi.yaml: {missing}"
     assert {r.endpoint.split(".")[0] for r in api_rules(app)} == set(BLUEPRINTS)
 
@@ -143,8 +153,12 @@ def test_every_path_of_the_document_is_a_route_with_the_same_variables(app, serv
 
 def test_the_gateway_paths_are_exactly_the_wado_rs_resources_the_gateway_accepts(served: dict[str, Any]) -> None:
     uid = "1.2.3"
-    levels = [["studies", uid], ["studies", uid, "series", uid], ["studies", uid, "series", uid, "instances", uid],
-              ["studies", uid, "series", uid, "instances", uid, "frames", "1"]]
+    levels = [
+        ["studies", uid],
+        ["studies", uid, "series", uid],
+        ["studies", uid, "series", uid, "instances", uid],
+        ["studies", uid, "series", uid, "instances", uid, "frames", "1"],
+    ]
     names = {"studies": "{study}", "series": "{series}", "instances": "{instance}", "frames": "{frames}"}
     accepted = set()
     for level, resource in product(levels, ("", "metadata", "rendered", "thumbnail")):
@@ -203,8 +217,9 @@ def test_the_search_parameters_are_the_ones_the_views_read(served: dict[str, Any
 
 
 def test_the_document_is_public_and_open_to_any_origin(app) -> None:
-    response = app.test_client().get("/fhir/openapi.json", headers={"Origin": "https://epr.example.nhs.uk",
-                                                                      "Accept": "text/html"})
+    response = app.test_client().get(
+        "/fhir/openapi.json", headers={"Origin": "https://epr.example.nhs.uk", "Accept": "text/html"}
+    )
     assert response.status_code == 200
     assert response.headers["Access-Control-Allow-Origin"] == "*"
 
@@ -221,10 +236,15 @@ def test_the_served_document_names_the_configured_base_and_authorization_server(
 
 
 def test_another_mount_point_and_an_external_authorization_server(settings) -> None:
-    external = {"issuer": "https://idp.example.nhs.uk", "authorization_endpoint": "https://idp.example.nhs.uk/authorize",
-                "token_endpoint": "https://idp.example.nhs.uk/token", "grant_types_supported": ["authorization_code"]}
-    elsewhere = dataclasses.replace(settings, base_url="https://imaging.example.nhs.uk/gm/fhir",
-                                    auth={**settings.auth, "mode": "external"})
+    external = {
+        "issuer": "https://idp.example.nhs.uk",
+        "authorization_endpoint": "https://idp.example.nhs.uk/authorize",
+        "token_endpoint": "https://idp.example.nhs.uk/token",
+        "grant_types_supported": ["authorization_code"],
+    }
+    elsewhere = dataclasses.replace(
+        settings, base_url="https://imaging.example.nhs.uk/gm/fhir", auth={**settings.auth, "mode": "external"}
+    )
     document = openapi_document(elsewhere, external)
     validate(document)
     assert document["servers"][0]["url"] == "https://imaging.example.nhs.uk"
@@ -232,7 +252,10 @@ def test_another_mount_point_and_an_external_authorization_server(settings) -> N
     assert not [x for x in document["paths"] if x.startswith(("/fhir/", "/auth/"))]
     assert "/dicomweb/{trust}/studies/{study}" in document["paths"]
     schemes = document["components"]["securitySchemes"]
-    assert schemes["smartAppLaunch"]["flows"]["authorizationCode"]["authorizationUrl"] == external["authorization_endpoint"]
+    assert (
+        schemes["smartAppLaunch"]["flows"]["authorizationCode"]["authorizationUrl"]
+        == external["authorization_endpoint"]
+    )
     assert "smartBackendServices" not in schemes  # the IdP does not offer client credentials
     assert all("smartBackendServices" not in r for _, _, op in operations(document) for r in op.get("security", []))
 
@@ -248,8 +271,9 @@ def test_without_authorization_the_document_has_no_security(settings) -> None:
 # --------------------------------------------------------------------------- real examples
 
 
-def _example_request(document: dict[str, Any], path: str, op: dict[str, Any]) -> tuple[str, list[tuple[str, str]],
-                                                                                          dict[str, str]]:
+def _example_request(
+    document: dict[str, Any], path: str, op: dict[str, Any]
+) -> tuple[str, list[tuple[str, str]], dict[str, str]]:
     query: list[tuple[str, str]] = []
     headers: dict[str, str] = {}
     for x in parameters(document, path, op):
@@ -286,7 +310,9 @@ def test_the_examples_are_real_demo_data(app, served: dict[str, Any], manifest: 
             assert [e["resource"]["id"] for e in body["entry"] if e["search"]["mode"] == "match"] == [example_study]
     assert checked >= 25
     for path in ("/fhir/ImagingStudy/_search", "/fhir/Patient/_search"):
-        form = deref(served, served["paths"][path]["post"]["requestBody"]["content"]
-                     ["application/x-www-form-urlencoded"]["schema"])["example"]
+        form = deref(
+            served,
+            served["paths"][path]["post"]["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"],
+        )["example"]
         response = client.post(path, data=form, headers=token)
         assert response.status_code == 200 and response.get_json()["total"] >= 1, path

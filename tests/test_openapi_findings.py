@@ -18,9 +18,16 @@ NHS = "9992975962"
 STUDY = "2.25.7492698656716832304557205269405902835"
 SERIES = "2.25.109947854258270594202602255132433494957"
 INSTANCE = "2.25.234405553998416918436261809104547925191"
-TIMELINE = {"response_type": "code", "client_id": "imaging-timeline", "scope": "launch/patient patient/*.rs",
-            "redirect_uri": "http://127.0.0.1:8080/apps/imaging-timeline/", "aud": "http://127.0.0.1:8080/fhir",
-            "state": "s", "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", "code_challenge_method": "S256"}
+TIMELINE = {
+    "response_type": "code",
+    "client_id": "imaging-timeline",
+    "scope": "launch/patient patient/*.rs",
+    "redirect_uri": "http://127.0.0.1:8080/apps/imaging-timeline/",
+    "aud": "http://127.0.0.1:8080/fhir",
+    "state": "s",
+    "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+    "code_challenge_method": "S256",
+}
 
 
 def outcome(response, status: int) -> dict:
@@ -41,8 +48,9 @@ def oauth_error(response, status: int, error: str) -> dict:
 # ------------------------------------------------------------------------------ FHIR search values
 
 
-@pytest.mark.parametrize("path", ["/fhir/ImagingStudy?patient=" + NHS, "/fhir/Patient?_id=" + NHS,
-                                  "/fhir/Endpoint?", "/fhir/AuditEvent?"])
+@pytest.mark.parametrize(
+    "path", ["/fhir/ImagingStudy?patient=" + NHS, "/fhir/Patient?_id=" + NHS, "/fhir/Endpoint?", "/fhir/AuditEvent?"]
+)
 def test_a_count_of_non_ascii_digits_is_400(client, path: str) -> None:
     # "²".isdigit() is True, int("²") raises: it was a 500.
     body = outcome(client.get(f"{path}&_count={quote('²')}"), 400)
@@ -56,8 +64,20 @@ def test_a_cursor_with_non_ascii_characters_is_400(client) -> None:
         outcome(client.get("/fhir/ImagingStudy", query_string={"_cursor": cursor}), 400)
 
 
-@pytest.mark.parametrize("value", ["9999", "9999-12", "9999-12-31", "le9999-12-31T23:59:59Z", "0001",
-                                   "0001-01-01T00:00+14:00", "2020-01-01T00:00+24:00", "２０２０", "2020\n"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "9999",
+        "9999-12",
+        "9999-12-31",
+        "le9999-12-31T23:59:59Z",
+        "0001",
+        "0001-01-01T00:00+14:00",
+        "2020-01-01T00:00+24:00",
+        "２０２０",
+        "2020\n",
+    ],
+)
 def test_dates_outside_the_calendar_or_not_ascii_are_400(client, value: str) -> None:
     # Year 10000 and year 0 (after the zone) overflowed datetime: they were 500s.
     outcome(client.get("/fhir/ImagingStudy", query_string={"patient": NHS, "started": value}), 400)
@@ -115,11 +135,19 @@ def test_revoke_needs_a_token(app) -> None:
     assert http.post("/auth/revoke", data={"token": "x", "client_id": "imaging-timeline"}).status_code == 200
 
 
-@pytest.mark.parametrize("body", [[None, None], [], "text", 42,
-                                  {"client_id": "imaging-timeline", "patient": NHS, "imaging_study": {}},
-                                  {"client_id": "imaging-timeline", "patient": NHS, "imaging_study": "../Patient/x"},
-                                  {"client_id": "imaging-timeline", "patient": int(NHS)},
-                                  {"client_id": ["imaging-timeline"], "patient": NHS}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        [None, None],
+        [],
+        "text",
+        42,
+        {"client_id": "imaging-timeline", "patient": NHS, "imaging_study": {}},
+        {"client_id": "imaging-timeline", "patient": NHS, "imaging_study": "../Patient/x"},
+        {"client_id": "imaging-timeline", "patient": int(NHS)},
+        {"client_id": ["imaging-timeline"], "patient": NHS},
+    ],
+)
 def test_a_launch_request_that_is_not_an_object_of_strings_is_400(app, body) -> None:
     # A JSON array was a 500; a study that is not a UID went into the launch context as ImagingStudy/<anything>.
     bearer = {"Authorization": f"Bearer {system_token(app, 'system/ImagingStudy.rs')}"}
@@ -129,14 +157,19 @@ def test_a_launch_request_that_is_not_an_object_of_strings_is_400(app, body) -> 
 def test_a_launch_request_with_a_study_or_with_none(app) -> None:
     bearer = {"Authorization": f"Bearer {system_token(app, 'system/ImagingStudy.rs')}"}
     for study in (STUDY, None):
-        response = app.test_client().post("/auth/launch", headers=bearer,
-                                          json={"client_id": "imaging-timeline", "patient": NHS, "imaging_study": study})
+        response = app.test_client().post(
+            "/auth/launch",
+            headers=bearer,
+            json={"client_id": "imaging-timeline", "patient": NHS, "imaging_study": study},
+        )
         assert response.status_code == 201, response.get_data(as_text=True)
 
 
 def test_a_non_ascii_csrf_token_is_a_failed_login_not_a_500(app) -> None:
     http = app.test_client()
     assert http.get("/auth/authorize", query_string=TIMELINE).status_code == 200  # the login page, a session
-    response = http.post("/auth/authorize", data={**TIMELINE, "step": "login", "csrf": "é", "username": "dr.khan",
-                                                  "password": "imaging-demo"})
+    response = http.post(
+        "/auth/authorize",
+        data={**TIMELINE, "step": "login", "csrf": "é", "username": "dr.khan", "password": "imaging-demo"},
+    )
     assert response.status_code == 401 and response.mimetype == "text/html"

@@ -71,12 +71,17 @@ class SystemToken:
 # The document as written (app/openapi.yaml). Served for this configuration (the demo's), it differs
 # only in its server URL and OAuth URLs (test_openapi.py and test_the_served_document_has_these_paths).
 # It is loaded at collection time: schemathesis's fixture-based loader does not work with pytest 9.
-schema = schemathesis.openapi.from_dict(stored_document(), config=schemathesis.Config.from_dict({
-    "seed": SEED,
-    "base-url": "http://127.0.0.1:8080",  # the demo's origin; requests go to the app in-process (WSGI)
-    "generation": {"mode": "all", "max-examples": MAX_EXAMPLES, "database": "none"},
-    "phases": {"stateful": {"enabled": False}},
-}))
+schema = schemathesis.openapi.from_dict(
+    stored_document(),
+    config=schemathesis.Config.from_dict(
+        {
+            "seed": SEED,
+            "base-url": "http://127.0.0.1:8080",  # the demo's origin; requests go to the app in-process (WSGI)
+            "generation": {"mode": "all", "max-examples": MAX_EXAMPLES, "database": "none"},
+            "phases": {"stateful": {"enabled": False}},
+        }
+    ),
+)
 
 
 @pytest.fixture(scope="module")
@@ -104,14 +109,24 @@ def error_bodies(ctx: CheckContext, response: Response, case: Case) -> bool | No
         return True
     assert media == FHIR_JSON, f"{response.status_code} from {path} is {media!r}, not an OperationOutcome"
     body = response.json()
-    assert isinstance(body, dict) and body.get("resourceType") == "OperationOutcome", f"not an OperationOutcome: {body!r}"
+    assert isinstance(body, dict) and body.get("resourceType") == "OperationOutcome", (
+        f"not an OperationOutcome: {body!r}"
+    )
     assert body.get("issue") and all(i.get("severity") and i.get("code") for i in body["issue"])
     return True
 
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
-          response_schema_conformance, ignored_auth, unsupported_method, allow_header_conformance,
-          negative_data_rejection]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    ignored_auth,
+    unsupported_method,
+    allow_header_conformance,
+    negative_data_rejection,
+]
 
 
 @schema.parametrize()
@@ -122,4 +137,3 @@ def test_the_app_conforms_to_its_openapi_document_under_fuzzing(case: Case, app,
     # The schema was loaded before the session's app existed: requests (probes included) go to it in-process.
     case.operation.schema.app = app
     case.call_and_validate(headers=headers, checks=CHECKS, additional_checks=[error_bodies], app=app)
-

@@ -36,8 +36,11 @@ def test_pix_from_nhs_number_lists_every_local_number(client: Any, xref_rows: li
     response = _pix(client, f"{NHS}|{nhs}")
     assert response.status_code == 200
     body = response.get_json()
-    found = {(p["valueIdentifier"]["system"], p["valueIdentifier"]["value"])
-             for p in body["parameter"] if p["name"] == "targetIdentifier"}
+    found = {
+        (p["valueIdentifier"]["system"], p["valueIdentifier"]["value"])
+        for p in body["parameter"]
+        if p["name"] == "targetIdentifier"
+    }
     expected = {(local_system(ODS[r["trust"]]), r["local_patient_id"]) for r in xref_rows if r["nhs_number"] == nhs}
     assert found == expected
     assert {"name": "targetId", "valueReference": {"reference": f"Patient/{nhs}"}} in body["parameter"]
@@ -51,15 +54,20 @@ def test_pix_from_local_number_gives_the_nhs_number(client: Any, xref_rows: list
     assert targets == [{"system": NHS, "value": row["nhs_number"]}]
 
 
-@pytest.mark.parametrize(("source", "extra", "status"), [
-    ("urn:unknown:system|123", {}, 400),
-    (f"{NHS}|9999999999", {}, 404),
-    ("no-bar", {}, 400),
-    (f"{NHS}|943476591*", {}, 400),
-    (None, {"targetSystem": "urn:unknown"}, 403),
-], ids=["unknown-authority", "unknown-patient", "malformed", "wildcard", "unknown-target"])
-def test_pix_errors(client: Any, xref_rows: list[dict[str, str]], source: str | None, extra: dict[str, str],
-                    status: int) -> None:
+@pytest.mark.parametrize(
+    ("source", "extra", "status"),
+    [
+        ("urn:unknown:system|123", {}, 400),
+        (f"{NHS}|9999999999", {}, 404),
+        ("no-bar", {}, 400),
+        (f"{NHS}|943476591*", {}, 400),
+        (None, {"targetSystem": "urn:unknown"}, 403),
+    ],
+    ids=["unknown-authority", "unknown-patient", "malformed", "wildcard", "unknown-target"],
+)
+def test_pix_errors(
+    client: Any, xref_rows: list[dict[str, str]], source: str | None, extra: dict[str, str], status: int
+) -> None:
     response = _pix(client, source or f"{NHS}|{xref_rows[0]['nhs_number']}", **extra)
     assert response.status_code == status
     assert response.get_json()["resourceType"] == "OperationOutcome"
@@ -71,8 +79,9 @@ def test_pix_needs_a_token_and_keeps_to_the_compartment(app: Any, xref_rows: lis
     assert raw.get(f"/fhir/Patient/$ihe-pix?sourceIdentifier={NHS}|{nhs}").status_code == 401
     other = next(r["nhs_number"] for r in xref_rows if r["nhs_number"] != nhs)
     token = patient_token(app, other, "patient/*.rs")
-    response = raw.get(f"/fhir/Patient/$ihe-pix?sourceIdentifier={NHS}|{nhs}",
-                       headers={"Authorization": f"Bearer {token}"})
+    response = raw.get(
+        f"/fhir/Patient/$ihe-pix?sourceIdentifier={NHS}|{nhs}", headers={"Authorization": f"Bearer {token}"}
+    )
     assert response.status_code == 404
 
 
@@ -84,8 +93,14 @@ def served_index(app: Any) -> Iterator[str]:
 
 
 def test_facade_resolves_local_numbers_through_a_pixm_service(
-        app: Any, config_document: dict[str, Any], demo_data: Path, served_index: str, manifest: dict[str, Any],
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    app: Any,
+    config_document: dict[str, Any],
+    demo_data: Path,
+    served_index: str,
+    manifest: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("PIX_TOKEN", system_token(app, "system/Patient.r"))
     doc = copy.deepcopy(config_document)
     del doc["patient_xref"]
@@ -98,8 +113,10 @@ def test_facade_resolves_local_numbers_through_a_pixm_service(
     query = f"/fhir/ImagingStudy?patient={nhs}&_count=200"
     via_pix = with_index.test_client().get(query, headers={"Authorization": f"Bearer {system_token(with_index)}"})
     via_csv = app.test_client().get(query, headers={"Authorization": f"Bearer {system_token(app)}"})
-    ids = [{e["resource"]["id"] for e in r.get_json()["entry"] if e["search"]["mode"] == "match"}
-           for r in (via_pix, via_csv)]
+    ids = [
+        {e["resource"]["id"] for e in r.get_json()["entry"] if e["search"]["mode"] == "match"}
+        for r in (via_pix, via_csv)
+    ]
     assert via_pix.status_code == 200
     assert ids[0] == ids[1]
     expected = {s["study_uid"] for p in manifest["patients"] if p["nhs_number"] == nhs for s in p["studies"]}

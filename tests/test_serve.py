@@ -52,8 +52,9 @@ def start_server(tmp_path: Path) -> Iterator[Any]:
 
     def start(command: list[str], port: int, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
         log = (tmp_path / f"server-{port}.log").open("wb")
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         started.append(process)
         base = f"http://127.0.0.1:{port}/fhir"
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -84,10 +85,27 @@ def _log(tmp_path: Path, port: int) -> str:
 
 def backend_token(base: str) -> dict[str, str]:
     """A real SMART Backend Services token from the running server, through `python -m app token`."""
-    done = subprocess.run([sys.executable, "-m", "app", "token", "--base", base, "--client", "portal",
-                           "--key", str(ROOT / "config" / "demo-keys" / "portal.private.jwk.json"),
-                           "--scope", "system/ImagingStudy.rs"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "token",
+            "--base",
+            base,
+            "--client",
+            "portal",
+            "--key",
+            str(ROOT / "config" / "demo-keys" / "portal.private.jwk.json"),
+            "--scope",
+            "system/ImagingStudy.rs",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return {"Authorization": f"Bearer {done.stdout.strip()}"}
 
@@ -97,8 +115,12 @@ def _check_patient_search(base: str, manifest: dict[str, Any]) -> requests.Respo
     nhs = manifest["facts"]["multi_trust_patient"]["nhs_number"]
     expected = sorted(s["study_uid"] for p in manifest["patients"] if p["nhs_number"] == nhs for s in p["studies"])
     headers = backend_token(base)
-    response = requests.get(f"{base}/ImagingStudy", params={"patient.identifier": f"{NHS}|{nhs}", "_count": "2"},
-                            timeout=30, headers=headers)
+    response = requests.get(
+        f"{base}/ImagingStudy",
+        params={"patient.identifier": f"{NHS}|{nhs}", "_count": "2"},
+        timeout=30,
+        headers=headers,
+    )
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"].startswith("application/fhir+json")
     found: list[str] = []
@@ -106,8 +128,9 @@ def _check_patient_search(base: str, manifest: dict[str, Any]) -> requests.Respo
     while True:
         assert bundle["total"] == len(expected)
         found += [e["resource"]["id"] for e in bundle.get("entry", ()) if e["search"]["mode"] == "match"]
-        assert all(e["fullUrl"].startswith(f"{base}/")
-                   for e in bundle.get("entry", ()) if e["search"]["mode"] != "outcome")
+        assert all(
+            e["fullUrl"].startswith(f"{base}/") for e in bundle.get("entry", ()) if e["search"]["mode"] != "outcome"
+        )
         next_url = next((x["url"] for x in bundle["link"] if x["relation"] == "next"), None)
         if next_url is None:
             break
@@ -128,23 +151,30 @@ def _assert_gunicorn(response: requests.Response, process: subprocess.Popen[byte
 
 def test_serve_cli_runs_gunicorn(start_server, config_file, manifest):
     port = free_port()
-    process, base = start_server([sys.executable, "-m", "app", "serve", "--config", str(config_file),
-                                  "--port", str(port)], port, _server_env(port))
+    process, base = start_server(
+        [sys.executable, "-m", "app", "serve", "--config", str(config_file), "--port", str(port)],
+        port,
+        _server_env(port),
+    )
     response = _check_patient_search(base, manifest)
     _assert_gunicorn(response, process)
 
 
 def test_serve_wsgi_under_gunicorn(start_server, config_file, manifest):
     port = free_port()
-    process, base = start_server([str(GUNICORN), "--bind", f"127.0.0.1:{port}", "wsgi:app"], port,
-                                 _server_env(port, FACADE_CONFIG=str(config_file)))
+    process, base = start_server(
+        [str(GUNICORN), "--bind", f"127.0.0.1:{port}", "wsgi:app"],
+        port,
+        _server_env(port, FACADE_CONFIG=str(config_file)),
+    )
     response = _check_patient_search(base, manifest)
     _assert_gunicorn(response, process)
     assert "gunicorn" in Path(f"/proc/{process.pid}/cmdline").read_bytes().decode(errors="replace")
 
 
-def test_wsgi_processes_share_paging_cursors_without_configured_secret(tmp_path, config_document, manifest,
-                                                                      monkeypatch):
+def test_wsgi_processes_share_paging_cursors_without_configured_secret(
+    tmp_path, config_document, manifest, monkeypatch
+):
     # The Dockerfile runs `gunicorn --workers 2 wsgi:app`, and config/demo.yaml sets no cursor_secret:
     # each worker process builds its own app from FACADE_CONFIG, and a `next` link one of them signed
     # may be followed on the other. Two apps built the way wsgi.py builds them stand for the two workers.

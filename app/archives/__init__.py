@@ -17,11 +17,18 @@ def build_archive(trust: TrustSettings, timeout_s: float) -> Archive:
     if kind == "folder":
         return FolderArchive(trust.id, config["path"])
     if kind == "dicomweb":
-        return DicomWebArchive(trust.id, config["url"], timeout_s, config.get("page_size", 500),
-                               config.get("auth"), config.get("tls"))
+        return DicomWebArchive(
+            trust.id, config["url"], timeout_s, config.get("page_size", 500), config.get("auth"), config.get("tls")
+        )
     if kind == "dimse":
         from app.archives.dimse import DimseArchive
 
-        return DimseArchive(trust.id, config["host"], config["port"], config["called_aet"],
-                            config.get("calling_aet", "GMFACADE"), timeout_s)
+        return DimseArchive(
+            trust.id,
+            config["host"],
+            config["port"],
+            config["called_aet"],
+            config.get("calling_aet", "GMFACADE"),
+            timeout_s,
+        )
     raise ValueError(f"trusts[{trust.id}].archive.type: unknown archive type {kind!r}")

@@ -17,8 +17,9 @@ from app.telemetry import metrics
 class CachedArchive:
     """Wraps an Archive; complete answers are kept for `ttl_s` seconds, partial ones never."""
 
-    def __init__(self, inner: Archive, ttl_s: float, max_entries: int = 2048,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, inner: Archive, ttl_s: float, max_entries: int = 2048, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.inner = inner
         self.name = inner.name
         self.ttl_s = ttl_s
@@ -54,8 +55,9 @@ class CachedArchive:
         return self._cached(("series", query, study_uids), lambda: self.inner.find_series(query, study_uids))
 
     def find_instances(self, study_uid: str, series_uid: str | None = None) -> Found:
-        return self._cached(("instances", study_uid, series_uid),
-                            lambda: self.inner.find_instances(study_uid, series_uid))
+        return self._cached(
+            ("instances", study_uid, series_uid), lambda: self.inner.find_instances(study_uid, series_uid)
+        )
 
     def close(self) -> None:
         self.inner.close()

@@ -44,8 +44,11 @@ def identifier(level: str, keys: Keys, return_keys: tuple[str, ...]) -> DicomDat
     """A C-FIND identifier: empty return keys, then exact keys (a list only for UIDs)."""
     values = [v for value in keys.values() for v in (value if isinstance(value, list) else [value])]
     # The one wildcard allowed: the trailing `*` pn_pattern() puts after a validated name.
-    plain = [v[:-1] if k == "PatientName" and isinstance(v, str) and v.endswith("*") else v
-             for k, value in keys.items() for v in (value if isinstance(value, list) else [value])]
+    plain = [
+        v[:-1] if k == "PatientName" and isinstance(v, str) and v.endswith("*") else v
+        for k, value in keys.items()
+        for v in (value if isinstance(value, list) else [value])
+    ]
     if not all(isinstance(v, str) and is_plain_key(v) for v in plain):
         raise ValueError("a C-FIND key may not be empty or hold DICOM wildcard or list characters")
     ds = DicomDataset()
@@ -121,8 +124,12 @@ class DimseArchive:
         connected: list[bool] = []
         began = time.monotonic()
         try:
-            assoc = self._ae.associate(self.host, self.port, ae_title=self.called_aet,
-                                       evt_handlers=[(evt.EVT_CONN_OPEN, lambda _event: connected.append(True))])
+            assoc = self._ae.associate(
+                self.host,
+                self.port,
+                ae_title=self.called_aet,
+                evt_handlers=[(evt.EVT_CONN_OPEN, lambda _event: connected.append(True))],
+            )
         except Exception as exc:  # e.g. a malformed address
             raise ArchiveError(self.name, "could not open a connection") from exc
         if not assoc.is_established:
@@ -130,10 +137,13 @@ class DimseArchive:
             if assoc.is_rejected:
                 raise ArchiveError(self.name, "association rejected (check the AE titles)")
             if not connected:
-                raise ArchiveError(self.name, f"no connection within {self.timeout_s:g} s" if slow
-                                   else "connection refused or unreachable")
-            raise ArchiveError(self.name, f"no association response within {self.timeout_s:g} s" if slow
-                               else "association aborted")
+                raise ArchiveError(
+                    self.name,
+                    f"no connection within {self.timeout_s:g} s" if slow else "connection refused or unreachable",
+                )
+            raise ArchiveError(
+                self.name, f"no association response within {self.timeout_s:g} s" if slow else "association aborted"
+            )
         try:
             if not assoc.accepted_contexts:
                 raise ArchiveError(self.name, "Study Root C-FIND not accepted by the archive")
@@ -145,8 +155,9 @@ class DimseArchive:
             except Exception:
                 assoc.abort()
 
-    def _find(self, assoc: Association, level: str, keys: Keys,
-              return_keys: tuple[str, ...] | None = None) -> tuple[list[DicomDataset], str | None]:
+    def _find(
+        self, assoc: Association, level: str, keys: Keys, return_keys: tuple[str, ...] | None = None
+    ) -> tuple[list[DicomDataset], str | None]:
         """One C-FIND, all of it within timeout_s: the matches and why they may be incomplete."""
         query = identifier(level, keys, RETURN_KEYS[level] if return_keys is None else return_keys)
         deadline = time.monotonic() + self.timeout_s
@@ -157,8 +168,9 @@ class DimseArchive:
             for status, ident in assoc.send_c_find(query, FIND):
                 code = status.get("Status")
                 if code is None:  # pynetdicom aborted on its DIMSE timeout, or the peer aborted
-                    raise ArchiveError(self.name, late if time.monotonic() >= deadline - 0.05
-                                       else "association aborted during C-FIND")
+                    raise ArchiveError(
+                        self.name, late if time.monotonic() >= deadline - 0.05 else "association aborted during C-FIND"
+                    )
                 if code == 0x0000:
                     return found, None
                 if code == 0xFE00:
@@ -181,12 +193,18 @@ class DimseArchive:
     def _locate(self, assoc: Association, query: StudyQuery) -> list[str]:
         """The studies holding the query's series or instance, by UID keys alone."""
         level = "IMAGE" if query.sop_instance_uid else "SERIES"
-        keys = {k: v for k, v in (("SeriesInstanceUID", query.series_uid),
-                                  ("SOPInstanceUID", query.sop_instance_uid)) if v is not None}
+        keys = {
+            k: v
+            for k, v in (("SeriesInstanceUID", query.series_uid), ("SOPInstanceUID", query.sop_instance_uid))
+            if v is not None
+        }
         found, _ = self._find(assoc, level, keys, ("StudyInstanceUID", "SeriesInstanceUID"))
         held = {ds.get("StudyInstanceUID") for ds in found}
-        return sorted(u for u in held if isinstance(u, str) and is_plain_key(u)
-                      and (not query.study_uids or u in query.study_uids))
+        return sorted(
+            u
+            for u in held
+            if isinstance(u, str) and is_plain_key(u) and (not query.study_uids or u in query.study_uids)
+        )
 
     # -- Archive protocol -----------------------------------------------------------------
     def find_studies(self, query: StudyQuery) -> Found:

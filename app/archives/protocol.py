@@ -70,16 +70,25 @@ class StudyQuery:
 
     def __post_init__(self) -> None:
         keys = [*self.study_uids, *self.modalities]
-        keys += [k for k in (self.series_uid, self.sop_instance_uid, self.accession_number,
-                             self.date_from, self.date_to) if k is not None]
+        keys += [
+            k
+            for k in (self.series_uid, self.sop_instance_uid, self.accession_number, self.date_from, self.date_to)
+            if k is not None
+        ]
         if not all(is_plain_key(k) for k in keys):
             raise ValueError("a study query may not contain DICOM wildcard or list characters")
 
     @property
     def is_bounded(self) -> bool:
         """True when the query names a patient or an object: never a scan of a whole archive."""
-        return bool(self.patient or self.study_uids or self.series_uid or self.sop_instance_uid
-                    or self.accession_number or self.patient_name)
+        return bool(
+            self.patient
+            or self.study_uids
+            or self.series_uid
+            or self.sop_instance_uid
+            or self.accession_number
+            or self.patient_name
+        )
 
 
 @dataclass

@@ -27,17 +27,17 @@ BALP = "https://profiles.ihe.net/ITI/BALP/StructureDefinition"
 class AuditRecord:
     """What happened, in terms the event is built from."""
 
-    interaction: str            # read | search-type
+    interaction: str  # read | search-type
     resource_type: str
     status: int
     client_id: str | None
-    user: str | None            # fhirUser or sub
+    user: str | None  # fhirUser or sub
     address: str | None
-    query: str | None           # the raw query string of a search
+    query: str | None  # the raw query string of a search
     resource_id: str | None = None
     patients: tuple[str, ...] = ()
     description: str | None = None
-    detail: str | None = None   # what exactly was read, e.g. the WADO-RS path of an image retrieval
+    detail: str | None = None  # what exactly was read, e.g. the WADO-RS path of an image retrieval
 
 
 def _now() -> str:
@@ -54,64 +54,117 @@ def build_events(record: AuditRecord, observer: str) -> list[dict[str, Any]]:
     generic_shape = "Query" if record.interaction == "search-type" else "RESTread"
     recorded = _now()
     agents: list[dict[str, Any]] = [
-        {"type": {"coding": [{"system": DCM, "code": "110153", "display": "Source Role ID"}]},
-         "who": {"identifier": {"system": "urn:ietf:rfc:3986", "value": f"client:{record.client_id or 'anonymous'}"},
-                 "display": record.client_id or "anonymous"},
-         "requestor": False,
-         **({"network": {"address": record.address, "type": "2"}} if record.address else {})},
-        {"type": {"coding": [{"system": DCM, "code": "110152", "display": "Destination Role ID"}]},
-         "who": {"display": observer}, "requestor": False},
+        {
+            "type": {"coding": [{"system": DCM, "code": "110153", "display": "Source Role ID"}]},
+            "who": {
+                "identifier": {"system": "urn:ietf:rfc:3986", "value": f"client:{record.client_id or 'anonymous'}"},
+                "display": record.client_id or "anonymous",
+            },
+            "requestor": False,
+            **({"network": {"address": record.address, "type": "2"}} if record.address else {}),
+        },
+        {
+            "type": {"coding": [{"system": DCM, "code": "110152", "display": "Destination Role ID"}]},
+            "who": {"display": observer},
+            "requestor": False,
+        },
     ]
     if record.user:
-        agents.append({"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                                            "code": "IRCP", "display": "information recipient"}]},
-                       "who": ({"reference": record.user} if "/" in record.user else {"display": record.user}),
-                       "requestor": True})
+        agents.append(
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                            "code": "IRCP",
+                            "display": "information recipient",
+                        }
+                    ]
+                },
+                "who": ({"reference": record.user} if "/" in record.user else {"display": record.user}),
+                "requestor": True,
+            }
+        )
     else:
         agents[0]["requestor"] = True
     query_entity: list[dict[str, Any]] = []
     if record.interaction == "search-type":
-        query_entity.append({
-            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2",
-                     "display": "System Object"},
-            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24", "display": "Query"},
-            "query": base64.b64encode((record.query or "").encode()).decode(),
-        })
+        query_entity.append(
+            {
+                "type": {
+                    "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                    "code": "2",
+                    "display": "System Object",
+                },
+                "role": {
+                    "system": "http://terminology.hl7.org/CodeSystem/object-role",
+                    "code": "24",
+                    "display": "Query",
+                },
+                "query": base64.b64encode((record.query or "").encode()).decode(),
+            }
+        )
     elif record.resource_id:
-        query_entity.append({
-            "what": {"reference": f"{record.resource_type}/{record.resource_id}"},
-            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2",
-                     "display": "System Object"},
-            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "4",
-                     "display": "Domain Resource"},
-            **({"description": record.detail} if record.detail else {}),
-        })
+        query_entity.append(
+            {
+                "what": {"reference": f"{record.resource_type}/{record.resource_id}"},
+                "type": {
+                    "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                    "code": "2",
+                    "display": "System Object",
+                },
+                "role": {
+                    "system": "http://terminology.hl7.org/CodeSystem/object-role",
+                    "code": "4",
+                    "display": "Domain Resource",
+                },
+                **({"description": record.detail} if record.detail else {}),
+            }
+        )
 
     def event(patient: str | None) -> dict[str, Any]:
         entities = list(query_entity)
         if patient:
-            entities.append({
-                "what": {"reference": f"Patient/{patient}"},
-                "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1",
-                         "display": "Person"},
-                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1",
-                         "display": "Patient"},
-            })
+            entities.append(
+                {
+                    "what": {"reference": f"Patient/{patient}"},
+                    "type": {
+                        "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                        "code": "1",
+                        "display": "Person",
+                    },
+                    "role": {
+                        "system": "http://terminology.hl7.org/CodeSystem/object-role",
+                        "code": "1",
+                        "display": "Patient",
+                    },
+                }
+            )
         shape = patient_shape if patient else generic_shape
         out: dict[str, Any] = {
             "resourceType": "AuditEvent",
             "id": str(uuid.uuid4()),
             "meta": {"profile": [f"{BALP}/IHE.BasicAudit.{shape}"]},
-            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
-                     "display": "RESTful Operation"},
+            "type": {
+                "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+                "code": "rest",
+                "display": "RESTful Operation",
+            },
             "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": record.interaction}],
             "action": "E" if record.interaction == "search-type" else "R",
             "recorded": recorded,
             "outcome": _outcome(record.status),
             "agent": agents,
-            "source": {"observer": {"display": observer},
-                       "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                                 "code": "4", "display": "Application Server"}]},
+            "source": {
+                "observer": {"display": observer},
+                "type": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                        "code": "4",
+                        "display": "Application Server",
+                    }
+                ],
+            },
         }
         if record.status >= 400:
             out["outcomeDesc"] = record.description or f"HTTP {record.status}"
@@ -142,8 +195,14 @@ class AuditStore:
         """Commit the events (one transaction) before returning: the caller then answers."""
         rows = []
         for event in events:
-            patient = next((e["what"]["reference"].split("/", 1)[1] for e in event.get("entity", ())
-                            if e.get("role", {}).get("code") == "1"), None)
+            patient = next(
+                (
+                    e["what"]["reference"].split("/", 1)[1]
+                    for e in event.get("entity", ())
+                    if e.get("role", {}).get("code") == "1"
+                ),
+                None,
+            )
             rows.append((event["id"], event["recorded"], patient, client_id, event["outcome"], orjson.dumps(event)))
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -155,28 +214,46 @@ class AuditStore:
                 raise
 
     @staticmethod
-    def _where(patient: str | None, since: str | None, until: str | None,
-               client_id: str | None) -> tuple[str, list[str]]:
+    def _where(
+        patient: str | None, since: str | None, until: str | None, client_id: str | None
+    ) -> tuple[str, list[str]]:
         clauses, args = [], []
-        for clause, value in (("patient = ?", patient), ("recorded >= ?", since), ("recorded < ?", until),
-                              ("client_id = ?", client_id)):
+        for clause, value in (
+            ("patient = ?", patient),
+            ("recorded >= ?", since),
+            ("recorded < ?", until),
+            ("client_id = ?", client_id),
+        ):
             if value is not None:
                 clauses.append(clause)
                 args.append(value)
         return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), args
 
-    def search(self, patient: str | None = None, since: str | None = None, until: str | None = None,
-               client_id: str | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+    def search(
+        self,
+        patient: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        client_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
         """One page of events, newest first (a stable order: recorded time, then id)."""
         where, args = self._where(patient, since, until, client_id)
         with self._lock:
             rows = self._db.execute(
                 f"SELECT body FROM audit_event {where} ORDER BY recorded DESC, id LIMIT ? OFFSET ?",
-                (*args, limit, offset)).fetchall()
+                (*args, limit, offset),
+            ).fetchall()
         return [orjson.loads(r[0]) for r in rows]
 
-    def count(self, patient: str | None = None, since: str | None = None, until: str | None = None,
-              client_id: str | None = None) -> int:
+    def count(
+        self,
+        patient: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        client_id: str | None = None,
+    ) -> int:
         where, args = self._where(patient, since, until, client_id)
         with self._lock:
             return int(self._db.execute(f"SELECT COUNT(*) FROM audit_event {where}", args).fetchone()[0])

@@ -20,12 +20,17 @@ def build_protector(settings: Settings, embedded: Any = None) -> Protector:
     opaque: TokenValidator | None = None
     for issuer in auth.get("issuers", ()):
         if "jwks_uri" in issuer:
-            validators[issuer["issuer"]] = JwtValidator(issuer["issuer"], settings.base_url,
-                                                        JwksSource(url=issuer["jwks_uri"]))
+            validators[issuer["issuer"]] = JwtValidator(
+                issuer["issuer"], settings.base_url, JwksSource(url=issuer["jwks_uri"])
+            )
         else:
             introspection: dict[str, Any] = issuer["introspection"]
-            opaque = IntrospectionValidator(introspection["url"], introspection["client_id"],
-                                            config_secret(introspection, "client_secret"), settings.base_url)
+            opaque = IntrospectionValidator(
+                introspection["url"],
+                introspection["client_id"],
+                config_secret(introspection, "client_secret"),
+                settings.base_url,
+            )
     return Protector(settings.base_url, validators, opaque)
 
 
@@ -38,8 +43,9 @@ def smart_configuration(settings: Settings, embedded: Any = None) -> dict[str, A
         document = dict(auth["smart_configuration"])
         # The gateway accepts the same tokens as the FHIR API: SMART Imaging Access holds whatever the issuer.
         capabilities = list(document.get("capabilities", ()))
-        document["capabilities"] = capabilities + (["smart-imaging-access"] if "smart-imaging-access"
-                                                   not in capabilities else [])
+        document["capabilities"] = capabilities + (
+            ["smart-imaging-access"] if "smart-imaging-access" not in capabilities else []
+        )
         document.setdefault("code_challenge_methods_supported", ["S256"])
         document.setdefault("response_types_supported", ["code"])
         return document

@@ -25,8 +25,10 @@ log = logging.getLogger(__name__)
 # Types in the Patient compartment here; Endpoint and Organization are directory data.
 COMPARTMENT_TYPES = frozenset({"ImagingStudy", "Patient", "AuditEvent"})
 # Search parameters a v2 scope may filter on, per type (anything else grants nothing).
-FILTERABLE = {"ImagingStudy": frozenset({"modality", "status", "endpoint", "bodysite", "dicom-class"}),
-              "*": frozenset()}
+FILTERABLE = {
+    "ImagingStudy": frozenset({"modality", "status", "endpoint", "bodysite", "dicom-class"}),
+    "*": frozenset(),
+}
 
 
 class Unauthorized(FhirError):
@@ -39,9 +41,12 @@ class Unauthorized(FhirError):
         challenge = f'Bearer realm="{realm}"'
         if reason is not None:
             challenge += f', error="invalid_token", error_description="{reason}"'
-        super().__init__(f"authentication required: {reason}" if reason else "authentication required: "
-                         "send a SMART access token as 'Authorization: Bearer <token>'",
-                         headers={"WWW-Authenticate": challenge})
+        super().__init__(
+            f"authentication required: {reason}"
+            if reason
+            else "authentication required: send a SMART access token as 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": challenge},
+        )
 
 
 class Forbidden(FhirError):
@@ -81,8 +86,9 @@ class Access:
         decision = decide(self.scopes, resource_type, interaction, self.claims.patient, COMPARTMENT_TYPES)
         if not decision.allowed:
             raise Forbidden(self.realm, decision.reason, f"system/{resource_type}.{interaction}")
-        if context == "system" and not any(g.context == "system" for g in
-                                           self.scopes.matching(resource_type, interaction)):
+        if context == "system" and not any(
+            g.context == "system" for g in self.scopes.matching(resource_type, interaction)
+        ):
             raise Forbidden(self.realm, f"{resource_type} needs a system/ scope", f"system/{resource_type}.rs")
         return decision
 
@@ -102,20 +108,31 @@ def _unverified_issuer(token: str) -> str | None:
 class Protector:
     """Authenticates the bearer of a request against the configured issuers."""
 
-    def __init__(self, realm: str, validators: dict[str, TokenValidator], opaque: TokenValidator | None = None,
-                 insecure: bool = False) -> None:
+    def __init__(
+        self,
+        realm: str,
+        validators: dict[str, TokenValidator],
+        opaque: TokenValidator | None = None,
+        insecure: bool = False,
+    ) -> None:
         self.realm = realm
         self.validators = validators
         self.opaque = opaque
         self.insecure = insecure
         if insecure:
-            log.warning("AUTHORIZATION IS OFF (auth.mode: none): every caller can read every patient's data. "
-                        "Never run this way with real data.")
+            log.warning(
+                "AUTHORIZATION IS OFF (auth.mode: none): every caller can read every patient's data. "
+                "Never run this way with real data."
+            )
 
     def authenticate(self, authorization: str | None) -> Access:
         if self.insecure:
-            return Access(AccessClaims("insecure-no-auth", None, "system/*.rs"), parse_scopes("system/*.rs"),
-                          self.realm, insecure=True)
+            return Access(
+                AccessClaims("insecure-no-auth", None, "system/*.rs"),
+                parse_scopes("system/*.rs"),
+                self.realm,
+                insecure=True,
+            )
         if not authorization:
             raise Unauthorized(self.realm, None)
         scheme, _, token = authorization.partition(" ")

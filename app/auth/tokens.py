@@ -78,8 +78,14 @@ def claims_from_payload(payload: dict[str, Any]) -> AccessClaims:
 class JwksSource:
     """An issuer's signing keys: inline, or from a URL cached per Cache-Control max-age."""
 
-    def __init__(self, url: str | None = None, keys: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
-                 default_ttl_s: float = 300.0, min_refresh_s: float = 10.0, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        keys: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
+        default_ttl_s: float = 300.0,
+        min_refresh_s: float = 10.0,
+        timeout_s: float = 5.0,
+    ) -> None:
         self.url = url
         self._inline = keys
         self.default_ttl_s = default_ttl_s
@@ -108,7 +114,8 @@ class JwksSource:
         match = _MAX_AGE.search(response.headers.get("Cache-Control", ""))
         ttl = float(match.group(1)) if match else self.default_ttl_s
         if "no-store" in response.headers.get("Cache-Control", "") or "no-cache" in response.headers.get(
-                "Cache-Control", ""):
+            "Cache-Control", ""
+        ):
             ttl = 0.0
         self._keys, self._expires = keys, time.monotonic() + ttl
 
@@ -119,8 +126,12 @@ class JwksSource:
                 self._load()
             assert self._keys is not None
             known = {k.kid for k in self._keys.keys}
-            if kid is not None and kid not in known and self._inline is None \
-                    and time.monotonic() - self._fetched >= self.min_refresh_s:
+            if (
+                kid is not None
+                and kid not in known
+                and self._inline is None
+                and time.monotonic() - self._fetched >= self.min_refresh_s
+            ):
                 self._load()
             return self._keys
 
@@ -133,8 +144,9 @@ class JwksSource:
 class JwtValidator:
     """Validates signed JWT access tokens of one issuer for one audience."""
 
-    def __init__(self, issuer: str, audience: str, jwks: JwksSource,
-                 is_revoked: Callable[[str], bool] | None = None) -> None:
+    def __init__(
+        self, issuer: str, audience: str, jwks: JwksSource, is_revoked: Callable[[str], bool] | None = None
+    ) -> None:
         self.issuer = issuer
         self.audience = audience
         self.jwks = jwks

@@ -12,10 +12,17 @@ from app.core.errors import operation_outcome
 from app.core.search.cursor import encode_cursor
 from app.core.search.params import Paging
 
-SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED",
-             "display": "subsetted"}
-MANDATORY = {"ImagingStudy": ("status", "subject"), "Patient": (), "Endpoint": (
-    "status", "connectionType", "payloadType", "address"), "Organization": ()}
+SUBSETTED = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+    "code": "SUBSETTED",
+    "display": "subsetted",
+}
+MANDATORY = {
+    "ImagingStudy": ("status", "subject"),
+    "Patient": (),
+    "Endpoint": ("status", "connectionType", "payloadType", "address"),
+    "Organization": (),
+}
 
 
 def now_instant() -> str:
@@ -59,18 +66,26 @@ def searchset(
     when `total` is given, `matches` is already the page (a store that pages itself)."""
     if total is None:
         total = len(matches)
-        page = [] if paging.summary_count else matches[paging.offset:paging.offset + paging.count]
+        page = [] if paging.summary_count else matches[paging.offset : paging.offset + paging.count]
     else:
         page = [] if paging.summary_count else matches
     link_base = f"{base_url}/{resource_type}"
     pairs = [(n, v) for n, v in used if n != "_cursor"]
 
     def cursor_link(relation: str, offset: int) -> dict[str, str]:
-        return {"relation": relation,
-                "url": f"{link_base}?{urlencode({'_cursor': encode_cursor(secret, resource_type, pairs, offset)})}"}
+        return {
+            "relation": relation,
+            "url": f"{link_base}?{urlencode({'_cursor': encode_cursor(secret, resource_type, pairs, offset)})}",
+        }
 
-    links = [{"relation": "self", "url": f"{link_base}?{urlencode(pairs)}" if paging.offset == 0
-              else cursor_link("self", paging.offset)["url"]}]
+    links = [
+        {
+            "relation": "self",
+            "url": f"{link_base}?{urlencode(pairs)}"
+            if paging.offset == 0
+            else cursor_link("self", paging.offset)["url"],
+        }
+    ]
     if not paging.summary_count and paging.count:
         if paging.offset > 0:
             links.append(cursor_link("first", 0))
@@ -80,17 +95,34 @@ def searchset(
     entries: list[dict[str, Any]] = []
     for resource in page:
         shown = subset(resource, paging.elements) if paging.elements else resource
-        entries.append({"fullUrl": f"{base_url}/{resource_type}/{resource['id']}", "resource": shown,
-                        "search": {"mode": "match"}})
+        entries.append(
+            {"fullUrl": f"{base_url}/{resource_type}/{resource['id']}", "resource": shown, "search": {"mode": "match"}}
+        )
     for resource in includes or ():
-        entries.append({"fullUrl": f"{base_url}/{resource['resourceType']}/{resource['id']}", "resource": resource,
-                        "search": {"mode": "include"}})
+        entries.append(
+            {
+                "fullUrl": f"{base_url}/{resource['resourceType']}/{resource['id']}",
+                "resource": resource,
+                "search": {"mode": "include"},
+            }
+        )
     found_issues = _dedupe(issues or ())
     if found_issues:
-        entries.append({"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": operation_outcome(found_issues),
-                        "search": {"mode": "outcome"}})
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "id": str(uuid.uuid4()), "meta": {"lastUpdated": now_instant()},
-                              "type": "searchset", "total": total, "link": links}
+        entries.append(
+            {
+                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "resource": operation_outcome(found_issues),
+                "search": {"mode": "outcome"},
+            }
+        )
+    bundle: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "id": str(uuid.uuid4()),
+        "meta": {"lastUpdated": now_instant()},
+        "type": "searchset",
+        "total": total,
+        "link": links,
+    }
     if entries:
         bundle["entry"] = entries
     return bundle

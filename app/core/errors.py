@@ -1,14 +1,14 @@
 """The FHIR error family: every failure the API reports becomes one OperationOutcome here.
 
-    FhirError                      500 exception (the base; never shows a stack trace)
-    ├── InvalidRequest             400 invalid (a bad parameter value, a malformed id)
-    │   └── TooCostly              400 too-costly (a search no archive could answer sensibly)
-    ├── AddressRefused             403 forbidden (an operations endpoint closed to the client's address)
-    ├── NotFound                   404 not-found
-    ├── Conflict                   409 conflict (archives disagree about whose study it is)
-    ├── MethodNotAllowed           405 not-supported
-    ├── NotAcceptable              406 not-supported (a format other than FHIR JSON)
-    └── TooManyRequests            429 throttled (the client's rate limit; Retry-After says when to come back)
+FhirError                      500 exception (the base; never shows a stack trace)
+├── InvalidRequest             400 invalid (a bad parameter value, a malformed id)
+│   └── TooCostly              400 too-costly (a search no archive could answer sensibly)
+├── AddressRefused             403 forbidden (an operations endpoint closed to the client's address)
+├── NotFound                   404 not-found
+├── Conflict                   409 conflict (archives disagree about whose study it is)
+├── MethodNotAllowed           405 not-supported
+├── NotAcceptable              406 not-supported (a format other than FHIR JSON)
+└── TooManyRequests            429 throttled (the client's rate limit; Retry-After says when to come back)
 """
 
 from __future__ import annotations
@@ -37,8 +37,7 @@ class FhirError(Exception):
     status_code = 500
     issue_code = "exception"
 
-    def __init__(self, diagnostics: str, expression: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(self, diagnostics: str, expression: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(diagnostics)
         self.diagnostics = diagnostics
         self.expression = expression
@@ -103,8 +102,9 @@ class TooManyRequests(FhirError):
     issue_code = "throttled"
 
     def __init__(self, retry_after_s: int) -> None:
-        super().__init__(f"rate limit exceeded: retry after {retry_after_s} s",
-                         headers={"Retry-After": str(retry_after_s)})
+        super().__init__(
+            f"rate limit exceeded: retry after {retry_after_s} s", headers={"Retry-After": str(retry_after_s)}
+        )
         self.retry_after_s = retry_after_s
 
 

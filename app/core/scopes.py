@@ -81,13 +81,14 @@ class Decision:
     """Whether a request may proceed, and under which narrowing."""
 
     allowed: bool
-    compartment_patient: str | None = None        # set: only this patient's data
+    compartment_patient: str | None = None  # set: only this patient's data
     filters: tuple[tuple[tuple[str, str], ...], ...] = ()  # OR of AND-filters; empty: unfiltered
     reason: str = ""
 
 
-def decide(scopes: Scopes, resource_type: str, interaction: str, patient: str | None,
-           compartment_types: frozenset[str]) -> Decision:
+def decide(
+    scopes: Scopes, resource_type: str, interaction: str, patient: str | None, compartment_types: frozenset[str]
+) -> Decision:
     """Decide from the token's scopes, before any data is touched.
 
     System and user grants are not narrowed to a patient; a patient grant needs the token's patient

@@ -61,19 +61,24 @@ class TrustAnswer:
 
 
 def failure_issue(trust: TrustArchive, reason: str) -> dict[str, Any]:
-    return {"severity": "warning", "code": "incomplete",
-            "diagnostics": f"{trust.settings.name} ({trust.settings.ods_code}, archive '{trust.settings.id}') "
-                           f"did not answer: {reason}; results may be incomplete"}
+    return {
+        "severity": "warning",
+        "code": "incomplete",
+        "diagnostics": f"{trust.settings.name} ({trust.settings.ods_code}, archive '{trust.settings.id}') "
+        f"did not answer: {reason}; results may be incomplete",
+    }
 
 
 def _unfiltered(query: StudyQuery) -> bool:
-    return not query.modalities and query.date_from is None and query.date_to is None \
-        and query.accession_number is None
+    return not query.modalities and query.date_from is None and query.date_to is None and query.accession_number is None
 
 
 def _parallel_series(trust: TrustArchive, queries: list[StudyQuery], with_instances: bool) -> bool:
-    return (not with_instances and getattr(trust.archive, "series_by_patient", False)
-            and all(q.patient is not None and q.series_uid is None and q.sop_instance_uid is None for q in queries))
+    return (
+        not with_instances
+        and getattr(trust.archive, "series_by_patient", False)
+        and all(q.patient is not None and q.series_uid is None and q.sop_instance_uid is None for q in queries)
+    )
 
 
 # -- the jobs that run on a trust's threads ---------------------------------------------------
@@ -87,8 +92,7 @@ def _series(trust: TrustArchive, queries: list[StudyQuery], deadline: float) -> 
         return [trust.archive.find_series(q, ()) for q in queries]
 
 
-def _sequential(trust: TrustArchive, queries: list[StudyQuery], with_instances: bool,
-                deadline: float) -> TrustAnswer:
+def _sequential(trust: TrustArchive, queries: list[StudyQuery], with_instances: bool, deadline: float) -> TrustAnswer:
     """Studies, then the series of the studies found (DIMSE needs their UIDs), then instances."""
     answer = TrustAnswer(trust)
     with budget.until(deadline):
@@ -185,9 +189,15 @@ def _submit(pool: ThreadPoolExecutor, job: Callable[..., Any], *args: Any) -> Fu
     return pool.submit(contextvars.copy_context().run, job, *args)
 
 
-def fan_out(trusts: list[TrustArchive], plans: dict[str, list[StudyQuery]], with_instances: bool,
-            deadline_s: float, issues: list[dict[str, Any]], on_answer: Callable[[TrustAnswer], None],
-            studies_only: bool = False) -> None:
+def fan_out(
+    trusts: list[TrustArchive],
+    plans: dict[str, list[StudyQuery]],
+    with_instances: bool,
+    deadline_s: float,
+    issues: list[dict[str, Any]],
+    on_answer: Callable[[TrustAnswer], None],
+    studies_only: bool = False,
+) -> None:
     """Ask every planned trust in parallel; `on_answer` gets each complete answer, in arrival order.
 
     A trust whose circuit is open is not asked; one that fails, or does not answer within
@@ -207,8 +217,10 @@ def fan_out(trusts: list[TrustArchive], plans: dict[str, list[StudyQuery]], with
         if studies_only:
             jobs = {"studies": _submit(trust.pool, _studies, trust, queries, deadline)}
         elif _parallel_series(trust, queries, with_instances):
-            jobs = {"studies": _submit(trust.pool, _studies, trust, queries, deadline),
-                    "series": _submit(trust.pool, _series, trust, queries, deadline)}
+            jobs = {
+                "studies": _submit(trust.pool, _studies, trust, queries, deadline),
+                "series": _submit(trust.pool, _series, trust, queries, deadline),
+            }
         else:
             jobs = {"all": _submit(trust.pool, _sequential, trust, queries, with_instances, deadline)}
         pending.append(_Pending(trust, queries, deadline, jobs))
@@ -258,6 +270,11 @@ def _settle(item: _Pending) -> TrustAnswer | str | None:
 
 
 def _notes(trust: TrustArchive, answer: TrustAnswer) -> list[dict[str, Any]]:
-    return [{"severity": "warning", "code": "incomplete", "diagnostics":
-             f"{trust.settings.name} ({trust.settings.ods_code}): {note}; results may be incomplete"}
-            for note in answer.notes]
+    return [
+        {
+            "severity": "warning",
+            "code": "incomplete",
+            "diagnostics": f"{trust.settings.name} ({trust.settings.ods_code}): {note}; results may be incomplete",
+        }
+        for note in answer.notes
+    ]

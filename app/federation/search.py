@@ -41,8 +41,9 @@ class FederatedResult:
 class Federation:
     """Queries the trust archives for a search, in parallel, and merges what they answer."""
 
-    def __init__(self, trusts: list[TrustArchive], mapper: StudyMapper, xref: PatientXref,
-                 zone: tzinfo, deadline_s: float) -> None:
+    def __init__(
+        self, trusts: list[TrustArchive], mapper: StudyMapper, xref: PatientXref, zone: tzinfo, deadline_s: float
+    ) -> None:
         self.trusts = trusts
         self.mapper = mapper
         self.xref = xref
@@ -75,9 +76,19 @@ class Federation:
             accessions: list[str | None] = sorted({a.code for a in search.accessions}) or [None]
             series: list[str | None] = list(search.series_uids) or [None]
             sops: list[str | None] = list(search.instance_uids) or [None]
-            queries = [StudyQuery(patient=p, study_uids=uids, accession_number=a, series_uid=s, sop_instance_uid=i,
-                                  modalities=search.modalities, date_from=date_from, date_to=date_to)
-                       for p, a, s, i in itertools.product(patients, accessions, series, sops)]
+            queries = [
+                StudyQuery(
+                    patient=p,
+                    study_uids=uids,
+                    accession_number=a,
+                    series_uid=s,
+                    sop_instance_uid=i,
+                    modalities=search.modalities,
+                    date_from=date_from,
+                    date_to=date_to,
+                )
+                for p, a, s, i in itertools.product(patients, accessions, series, sops)
+            ]
             if queries:
                 plans[trust.settings.id] = queries
         return plans
@@ -87,8 +98,14 @@ class Federation:
         result = FederatedResult()
         needs_instances = with_instances or bool(search.dicom_classes) or bool(search.instance_uids)
         copies: dict[str, list[tuple[str | None, dict[str, Any], TrustArchive]]] = defaultdict(list)
-        fan_out(self.trusts, self.plan(search), needs_instances, self.deadline_s, result.issues,
-                lambda answer: self._map_answer(answer, search, copies, result))
+        fan_out(
+            self.trusts,
+            self.plan(search),
+            needs_instances,
+            self.deadline_s,
+            result.issues,
+            lambda answer: self._map_answer(answer, search, copies, result),
+        )
         order = {t.settings.id: i for i, t in enumerate(self.trusts)}
         for found in copies.values():  # answers arrive in any order; the merge must not depend on it
             found.sort(key=lambda copy: order[copy[2].settings.id])
@@ -99,9 +116,13 @@ class Federation:
         result.issues.sort(key=lambda i: (i["code"], i.get("diagnostics", "")))  # arrival order must not show
         return result
 
-    def _map_answer(self, answer: TrustAnswer, search: StudySearch,
-                    copies: dict[str, list[tuple[str | None, dict[str, Any], TrustArchive]]],
-                    result: FederatedResult) -> None:
+    def _map_answer(
+        self,
+        answer: TrustAnswer,
+        search: StudySearch,
+        copies: dict[str, list[tuple[str | None, dict[str, Any], TrustArchive]]],
+        result: FederatedResult,
+    ) -> None:
         trust = answer.trust
         rule = trust.settings.nhs_number
         series_by_study: dict[str, list[Dataset]] = defaultdict(list)
@@ -113,20 +134,32 @@ class Federation:
             nhs = nhs_number_of(study, rule.match, rule.issuer, trust.settings.id, self.xref.reverse)
             if search.nhs_numbers is not None and nhs not in search.nhs_numbers:
                 # The archive matched on its key but the record resolves to someone else: never show it.
-                result.issues.append({"severity": "warning", "code": "conflict", "diagnostics":
-                                      f"{trust.settings.name}: a study whose patient identity does not resolve to "
-                                      "the requested NHS number was withheld"})
+                result.issues.append(
+                    {
+                        "severity": "warning",
+                        "code": "conflict",
+                        "diagnostics": f"{trust.settings.name}: a study whose patient identity does not resolve to "
+                        "the requested NHS number was withheld",
+                    }
+                )
                 continue
-            mapped = self.mapper.map_study(study, series_by_study.get(uid, []), answer.instances.get(uid),
-                                           trust.mapping, subject_reference(nhs, study, local_system), result.issues)
+            mapped = self.mapper.map_study(
+                study,
+                series_by_study.get(uid, []),
+                answer.instances.get(uid),
+                trust.mapping,
+                subject_reference(nhs, study, local_system),
+                result.issues,
+            )
             if mapped is None:
                 continue
             if nhs:
                 result.patient_records[nhs].append((trust.settings.id, study))
             copies[uid].append((nhs, mapped, trust))
 
-    def _resolve(self, uid: str, found: list[tuple[str | None, dict[str, Any], TrustArchive]],
-                 result: FederatedResult) -> dict[str, Any] | None:
+    def _resolve(
+        self, uid: str, found: list[tuple[str | None, dict[str, Any], TrustArchive]], result: FederatedResult
+    ) -> dict[str, Any] | None:
         """One StudyInstanceUID from one or more archives -> one ImagingStudy, or none.
 
         Copies of one patient are merged. Copies held under different patients are never merged
@@ -137,9 +170,14 @@ class Federation:
         if len(patients) > 1 or (None in patients and len(found) > 1):
             names = ", ".join(sorted({t.settings.name for _, _, t in found}))
             result.conflicts.add(uid)
-            result.issues.append({"severity": "warning", "code": "conflict", "diagnostics":
-                                  f"study {uid} is held by {names} under different patient identities; it is "
-                                  "withheld until the archives agree (see docs/clinical-safety.md)"})
+            result.issues.append(
+                {
+                    "severity": "warning",
+                    "code": "conflict",
+                    "diagnostics": f"study {uid} is held by {names} under different patient identities; it is "
+                    "withheld until the archives agree (see docs/clinical-safety.md)",
+                }
+            )
             return None
         study = found[0][1]
         for _, other, trust in found[1:]:
@@ -170,8 +208,11 @@ class Federation:
         """Patients for NHS numbers, from the imaging records of every trust, in one fan-out; a number
         with no records is left out. In the order given."""
         result = self.search(StudySearch(nhs_numbers=frozenset(numbers)))
-        found = [patient_resource(n, [s for _, s in result.patient_records[n]])
-                 for n in dict.fromkeys(numbers) if result.patient_records.get(n)]
+        found = [
+            patient_resource(n, [s for _, s in result.patient_records[n]])
+            for n in dict.fromkeys(numbers)
+            if result.patient_records.get(n)
+        ]
         return found, result.issues
 
     def patient(self, nhs_number: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
@@ -185,8 +226,9 @@ class Federation:
             trust.archive.close()
 
 
-def demographic_conflicts(records: dict[str, list[tuple[str, Dataset]]],
-                          trusts: list[TrustArchive]) -> list[dict[str, Any]]:
+def demographic_conflicts(
+    records: dict[str, list[tuple[str, Dataset]]], trusts: list[TrustArchive]
+) -> list[dict[str, Any]]:
     """Warnings for NHS numbers whose birth date or sex differ between archives (values not shown)."""
     names = {t.settings.id: t.settings.name for t in trusts}
     issues = []
@@ -199,9 +241,14 @@ def demographic_conflicts(records: dict[str, list[tuple[str, Dataset]]],
                     values[value.upper()].add(names[trust_id])
             if len(values) > 1:
                 where = "; ".join(sorted(", ".join(sorted(v)) for v in values.values()))
-                issues.append({"severity": "warning", "code": "conflict", "diagnostics":
-                               f"Patient/{nhs}: the {label} recorded differs between archives ({where}); "
-                               "check the patient's identity before relying on these images"})
+                issues.append(
+                    {
+                        "severity": "warning",
+                        "code": "conflict",
+                        "diagnostics": f"Patient/{nhs}: the {label} recorded differs between archives ({where}); "
+                        "check the patient's identity before relying on these images",
+                    }
+                )
     return issues
 
 
@@ -267,10 +314,15 @@ def _matches(study: dict[str, Any], search: StudySearch, zone: tzinfo) -> bool:
         if not classes & set(search.dicom_classes):
             return False
     if search.accessions:
-        held = {(i.get("system"), i["value"]) for i in study.get("identifier", ())
-                if i.get("type", {}).get("coding", [{}])[0].get("code") == "ACSN"}
-        if not any((a.system is None and any(v == a.code for _, v in held)) or (a.system, a.code) in held
-                   for a in search.accessions):
+        held = {
+            (i.get("system"), i["value"])
+            for i in study.get("identifier", ())
+            if i.get("type", {}).get("coding", [{}])[0].get("code") == "ACSN"
+        }
+        if not any(
+            (a.system is None and any(v == a.code for _, v in held)) or (a.system, a.code) in held
+            for a in search.accessions
+        ):
             return False
     return True
 

@@ -96,11 +96,18 @@ class PixmXref:
     whose identity cannot be resolved is withheld, never guessed.
     """
 
-    def __init__(self, url: str, trusts: dict[str, str], issuers: dict[str, str], headers: Callable[[], dict[str, str]],
-                 timeout_s: float = 5.0, ttl_s: float = 300.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        trusts: dict[str, str],
+        issuers: dict[str, str],
+        headers: Callable[[], dict[str, str]],
+        timeout_s: float = 5.0,
+        ttl_s: float = 300.0,
+    ) -> None:
         self.url = url.rstrip("/")
-        self.trusts = trusts                      # trust id -> ODS code
-        self.issuers = issuers                    # trust id -> IssuerOfPatientID the archive uses (if any)
+        self.trusts = trusts  # trust id -> ODS code
+        self.issuers = issuers  # trust id -> IssuerOfPatientID the archive uses (if any)
         self.headers = headers
         self.timeout_s = timeout_s
         self.ttl_s = ttl_s
@@ -117,10 +124,12 @@ class PixmXref:
             if cached and cached[0] > time.monotonic():
                 return cached[1]
         try:
-            response = self.session.get(f"{self.url}/Patient/$ihe-pix", timeout=self.timeout_s,
-                                        params={"sourceIdentifier": f"{system}|{value}"},
-                                        headers={"Accept": "application/fhir+json", **self.headers(),
-                                                 **upstream_headers()})
+            response = self.session.get(
+                f"{self.url}/Patient/$ihe-pix",
+                timeout=self.timeout_s,
+                params={"sourceIdentifier": f"{system}|{value}"},
+                headers={"Accept": "application/fhir+json", **self.headers(), **upstream_headers()},
+            )
         except requests.RequestException:
             log.warning("PIXm service %s could not be reached", self.url)
             return []
@@ -128,8 +137,11 @@ class PixmXref:
         if response.status_code == 200:
             try:
                 body = response.json()
-                found = [(p["valueIdentifier"]["system"], p["valueIdentifier"]["value"])
-                         for p in body.get("parameter", ()) if p.get("name") == "targetIdentifier"]
+                found = [
+                    (p["valueIdentifier"]["system"], p["valueIdentifier"]["value"])
+                    for p in body.get("parameter", ())
+                    if p.get("name") == "targetIdentifier"
+                ]
             except (ValueError, KeyError, TypeError):
                 log.warning("PIXm service %s answered something that is not a Parameters resource", self.url)
         elif response.status_code != 404:
@@ -141,8 +153,11 @@ class PixmXref:
 
     def local_keys(self, nhs_number: str, trust_id: str) -> tuple[PatientKey, ...]:
         wanted = local_system(self.trusts[trust_id])
-        return tuple(PatientKey(value, self.issuers.get(trust_id)) for system, value in
-                     self._ask(NHS_NUMBER_SYSTEM, nhs_number) if system == wanted and is_plain_key(value))
+        return tuple(
+            PatientKey(value, self.issuers.get(trust_id))
+            for system, value in self._ask(NHS_NUMBER_SYSTEM, nhs_number)
+            if system == wanted and is_plain_key(value)
+        )
 
     def nhs_number_for(self, trust_id: str, local_id: str) -> str | None:
         numbers = {v for s, v in self._ask(local_system(self.trusts[trust_id]), local_id) if s == NHS_NUMBER_SYSTEM}

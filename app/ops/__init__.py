@@ -55,8 +55,9 @@ def ops() -> Ops:
 
 
 def _json(body: dict[str, Any], status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status=status, content_type="application/json",
-                    headers={"Cache-Control": "no-store"})
+    return Response(
+        orjson.dumps(body), status=status, content_type="application/json", headers={"Cache-Control": "no-store"}
+    )
 
 
 @bp.route("/healthz", methods=["GET"])
@@ -138,13 +139,18 @@ def _finish(response: Response) -> Response:
     response.headers[logs.REQUEST_ID_HEADER] = request_id
     if "Access-Control-Allow-Origin" in response.headers:  # a browser app may read the id too
         exposed = response.headers.get("Access-Control-Expose-Headers")
-        response.headers["Access-Control-Expose-Headers"] = \
+        response.headers["Access-Control-Expose-Headers"] = (
             f"{exposed}, {logs.REQUEST_ID_HEADER}" if exposed else logs.REQUEST_ID_HEADER
+        )
     metrics.HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
     metrics.HTTP_DURATION.labels(request.method, route).observe(elapsed)
     _record_circuits()
-    extra: dict[str, Any] = {"method": request.method, "route": route, "status": response.status_code,
-                             "duration_ms": round(elapsed * 1000, 1)}
+    extra: dict[str, Any] = {
+        "method": request.method,
+        "route": route,
+        "status": response.status_code,
+        "duration_ms": round(elapsed * 1000, 1),
+    }
     if ops().settings.ops.log_patient_data:  # debugging only: the path and query name patients
         extra.update(path=request.path, query=request.query_string.decode("latin-1"))
     access_log.info("%s %s %s", request.method, route, response.status_code, extra=extra)
@@ -166,19 +172,24 @@ def _record_circuits() -> None:
 def init_ops(app: Flask, settings: Settings) -> Ops:
     """JSON logs, the operations endpoints and the request hooks; call after the blueprints are registered."""
     logs.configure_logging(settings.ops.log_level)
-    found = Ops(settings, Readiness(app.extensions["facade"].federation.trusts, app.extensions["audit"], settings.ops),
-                RateLimiter(settings.ops.rate_limit) if settings.ops.rate_limit else None,
-                tuple(ipaddress.ip_network(n) for n in settings.ops.metrics_allow))
+    found = Ops(
+        settings,
+        Readiness(app.extensions["facade"].federation.trusts, app.extensions["audit"], settings.ops),
+        RateLimiter(settings.ops.rate_limit) if settings.ops.rate_limit else None,
+        tuple(ipaddress.ip_network(n) for n in settings.ops.metrics_allow),
+    )
     app.extensions["ops"] = found
     app.register_blueprint(bp)
-    app.before_request_funcs.setdefault(None, []).insert(0, _begin)        # before every other hook
+    app.before_request_funcs.setdefault(None, []).insert(0, _begin)  # before every other hook
     app.before_request_funcs.setdefault("fhir", []).append(limit_authenticated)  # after authenticate
-    app.after_request_funcs.setdefault(None, []).insert(0, _finish)        # after hooks run in reverse: last
+    app.after_request_funcs.setdefault(None, []).insert(0, _finish)  # after hooks run in reverse: last
     app.teardown_request(_end)
     with app.app_context():
         _record_circuits()
     logging.getLogger("app").info(
-        "facade ready: %d trust archives, metrics %s, rate limit %s", len(settings.trusts),
+        "facade ready: %d trust archives, metrics %s, rate limit %s",
+        len(settings.trusts),
         f"multiprocess in {os.environ[metrics.MULTIPROC_ENV]}" if metrics.multiprocess_mode() else "single-process",
-        settings.ops.rate_limit.store if settings.ops.rate_limit else "off")
+        settings.ops.rate_limit.store if settings.ops.rate_limit else "off",
+    )
     return found

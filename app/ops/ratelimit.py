@@ -106,8 +106,11 @@ class RateLimiter:
 
     def __init__(self, settings: RateLimitSettings) -> None:
         rate = settings.requests_per_minute / 60.0
-        self.buckets: Buckets = (MemoryBuckets(rate, settings.burst) if settings.store == "memory"
-                                 else RedisBuckets(settings.store, rate, settings.burst))
+        self.buckets: Buckets = (
+            MemoryBuckets(rate, settings.burst)
+            if settings.store == "memory"
+            else RedisBuckets(settings.store, rate, settings.burst)
+        )
 
     def take(self, key: str) -> int | None:
         """None when the request may go, else the Retry-After in whole seconds (at least 1)."""

@@ -48,8 +48,12 @@ def probe_folder(path: Path) -> Probe:
 def probe_dicomweb(archive: DicomWebArchive, timeout_s: float) -> Probe:
     url = f"{archive.url}/studies?StudyInstanceUID={PROBE_STUDY_UID}&limit=1"
     try:
-        response = archive.session.get(url, timeout=timeout_s, auth=archive.auth.basic(),
-                                       headers={"Accept": "application/dicom+json", **archive.auth.headers()})
+        response = archive.session.get(
+            url,
+            timeout=timeout_s,
+            auth=archive.auth.basic(),
+            headers={"Accept": "application/dicom+json", **archive.auth.headers()},
+        )
     except requests.exceptions.SSLError:
         return Probe(False, "TLS failure")
     except requests.exceptions.Timeout:
@@ -112,8 +116,10 @@ class Readiness:
     def _probes(self) -> dict[str, Probe]:
         with self._lock:  # concurrent callers wait for the round in progress, then share it
             if time.monotonic() - self._probed_at >= self.ops.readiness_cache_s:
-                jobs = {t.settings.id: self._pool.submit(probe_archive, t.settings, t.archive,
-                                                         self.ops.probe_timeout_s) for t in self.trusts}
+                jobs = {
+                    t.settings.id: self._pool.submit(probe_archive, t.settings, t.archive, self.ops.probe_timeout_s)
+                    for t in self.trusts
+                }
                 self._probed = {trust_id: job.result() for trust_id, job in jobs.items()}
                 self._probed_at = time.monotonic()
             return self._probed
@@ -125,8 +131,11 @@ class Readiness:
         available = 0
         for trust in self.trusts:
             probe, circuit = probes[trust.settings.id], trust.breaker.state
-            entry: dict[str, Any] = {"type": trust.settings.archive["type"], "reachable": probe.reachable,
-                                     "circuit": circuit}
+            entry: dict[str, Any] = {
+                "type": trust.settings.archive["type"],
+                "reachable": probe.reachable,
+                "circuit": circuit,
+            }
             if probe.reason:
                 entry["reason"] = probe.reason
             entry["available"] = probe.reachable and circuit != "open"
@@ -134,8 +143,11 @@ class Readiness:
             archives[trust.settings.id] = entry
         audit_ok = self.audit.writable()
         required = self.ops.archives_required
-        archives_ok = (required == "none" or (required == "any" and available > 0)
-                       or (required == "all" and available == len(self.trusts)))
+        archives_ok = (
+            required == "none"
+            or (required == "any" and available > 0)
+            or (required == "all" and available == len(self.trusts))
+        )
         ready = audit_ok and archives_ok
         return ready, {
             "status": "ready" if ready else "not ready",

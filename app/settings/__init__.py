@@ -204,9 +204,11 @@ def semantic_problems(doc: dict[str, Any], base_dir: Path) -> list[str]:
         if isinstance(template, str):
             unknown = sorted(set(_TEMPLATE_VARIABLE.findall(template)) - VIEWER_VARIABLES)
             if unknown or template.count("{") != template.count("}"):
-                problems.append(f"trusts[{i}].viewer.url_template: only the variables "
-                                f"{', '.join('{' + v + '}' for v in sorted(VIEWER_VARIABLES))} may be used"
-                                + (f" (found {', '.join(unknown)})" if unknown else ""))
+                problems.append(
+                    f"trusts[{i}].viewer.url_template: only the variables "
+                    f"{', '.join('{' + v + '}' for v in sorted(VIEWER_VARIABLES))} may be used"
+                    + (f" (found {', '.join(unknown)})" if unknown else "")
+                )
     uses_xref = any(t.get("nhs_number", {}).get("match") == "xref" for t in trusts)
     xref = doc.get("patient_xref")
     if uses_xref and not xref and not doc.get("patient_index"):
@@ -297,8 +299,9 @@ def _ops(doc: dict[str, Any], auth: dict[str, Any]) -> OpsSettings:
         per_minute = limit["requests_per_minute"]
         # Without a store of its own, the limiter shares the authorization state's Redis when there is one.
         shared = auth.get("store", "") if str(auth.get("store", "")).startswith(("redis", "unix://")) else "memory"
-        rate_limit = RateLimitSettings(per_minute, limit.get("burst", max(1, per_minute // 6)),
-                                       limit.get("store", shared))
+        rate_limit = RateLimitSettings(
+            per_minute, limit.get("burst", max(1, per_minute // 6)), limit.get("store", shared)
+        )
     return OpsSettings(
         metrics_allow=tuple(doc.get("metrics_allow", OpsSettings.metrics_allow)),
         trusted_proxies=int(doc.get("trusted_proxies", 0)),
@@ -340,8 +343,7 @@ def _trust(doc: dict[str, Any], base_dir: Path) -> TrustSettings:
         id=doc["id"],
         name=doc["name"],
         ods_code=doc["ods_code"],
-        accession_system=doc.get("accession_system")
-        or f"https://fhir.nhs.uk/{doc['ods_code']}/Id/accession-number",
+        accession_system=doc.get("accession_system") or f"https://fhir.nhs.uk/{doc['ods_code']}/Id/accession-number",
         wado_url=doc.get("wado_url"),
         archive=archive,
         nhs_number=NhsNumberRule(rule["match"], rule.get("issuer", "NHS" if rule["match"] == "patient_id" else None)),

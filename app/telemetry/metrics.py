@@ -29,28 +29,38 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 HTTP_REQUESTS = Counter(
-    "facade_http_requests", "HTTP requests answered, by Flask URL rule, method and status.",
-    ["method", "route", "status"])
+    "facade_http_requests",
+    "HTTP requests answered, by Flask URL rule, method and status.",
+    ["method", "route", "status"],
+)
 HTTP_DURATION = Histogram(
-    "facade_http_request_duration_seconds", "Time to answer an HTTP request, by Flask URL rule and method.",
-    ["method", "route"], buckets=_LATENCY_BUCKETS)
+    "facade_http_request_duration_seconds",
+    "Time to answer an HTTP request, by Flask URL rule and method.",
+    ["method", "route"],
+    buckets=_LATENCY_BUCKETS,
+)
 ARCHIVE_DURATION = Histogram(
     "facade_archive_request_duration_seconds",
     "Time an archive took to answer one adapter call (find_studies, find_series, find_instances).",
-    ["archive", "operation"], buckets=_LATENCY_BUCKETS)
+    ["archive", "operation"],
+    buckets=_LATENCY_BUCKETS,
+)
 ARCHIVE_ERRORS = Counter(
     "facade_archive_errors",
     "Archive calls that failed (error, retry_later, internal) or returned partial results (incomplete).",
-    ["archive", "operation", "kind"])
+    ["archive", "operation", "kind"],
+)
 CIRCUIT_STATE = Gauge(
     "facade_archive_circuit_state",
     "Circuit breaker per archive: 0 closed, 1 half-open, 2 open (the worst state among live workers).",
-    ["archive"], multiprocess_mode="livemax")
+    ["archive"],
+    multiprocess_mode="livemax",
+)
 CACHE_HITS = Counter("facade_archive_cache_hits", "Archive answers served from the cache.", ["archive"])
 CACHE_MISSES = Counter("facade_archive_cache_misses", "Archive calls the cache could not answer.", ["archive"])
 RATE_LIMITED = Counter(
-    "facade_rate_limited", "Requests refused with 429, by what the limit was keyed on (client or address).",
-    ["key"])
+    "facade_rate_limited", "Requests refused with 429, by what the limit was keyed on (client or address).", ["key"]
+)
 
 
 def multiprocess_mode() -> bool:

@@ -135,26 +135,40 @@ class RetrievalAudit:
 
     def write(self, status: int, description: str | None = None, with_patients: bool = True) -> None:
         client = self.access.claims.client_id if self.access else None
-        record = AuditRecord(interaction="read", resource_type="ImagingStudy", status=status, client_id=client,
-                             user=self.access.user if self.access else None, address=self.address, query=None,
-                             resource_id=self.study, patients=self.patients if with_patients else (),
-                             description=description, detail=self.detail)
+        record = AuditRecord(
+            interaction="read",
+            resource_type="ImagingStudy",
+            status=status,
+            client_id=client,
+            user=self.access.user if self.access else None,
+            address=self.address,
+            query=None,
+            resource_id=self.study,
+            patients=self.patients if with_patients else (),
+            description=description,
+            detail=self.detail,
+        )
         self.store.write(build_events(record, self.observer), client)
 
 
 @bp.route("/dicomweb/<path:rest>", methods=["GET"], merge_slashes=False)
 def retrieve(rest: str) -> Response:
     facade = _facade()
-    audit = RetrievalAudit(current_app.extensions["audit"], facade.settings.base_url, request.remote_addr,
-                           f"WADO-RS {request.path}")
+    audit = RetrievalAudit(
+        current_app.extensions["audit"], facade.settings.base_url, request.remote_addr, f"WADO-RS {request.path}"
+    )
     try:
         access = audit.access = current_app.extensions["protector"].authenticate(request.headers.get("Authorization"))
         g.access = access
         limit_authenticated()  # the client's rate limit (app.ops), as for the FHIR API
         decision = access.require("ImagingStudy", "r")
         if decision.filters:
-            raise Forbidden(access.realm, "a filtered ImagingStudy scope does not grant image retrieval: "
-                                          "ask for an unfiltered ImagingStudy read scope", "patient/ImagingStudy.r")
+            raise Forbidden(
+                access.realm,
+                "a filtered ImagingStudy scope does not grant image retrieval: "
+                "ask for an unfiltered ImagingStudy read scope",
+                "patient/ImagingStudy.r",
+            )
         _check_raw_path()
         trust_id, _, path = rest.partition("/")
         if facade.settings.trust(trust_id) is None:
@@ -181,8 +195,13 @@ def retrieve(rest: str) -> Response:
             log.warning("gateway: trust %s answered no image (%s): %s", exc.archive, exc.status, exc.reason)
         diagnostics = f"trust {exc.archive}: {exc.reason}"
         retry = {"Retry-After": str(int(exc.retry_after_s))} if exc.retry_after_s is not None else None
-        error: FhirError = (NotFound(diagnostics) if exc.status == 404 else NotAcceptable(diagnostics)
-                            if exc.status == 406 else UpstreamFailure(exc.status, diagnostics, retry))
+        error: FhirError = (
+            NotFound(diagnostics)
+            if exc.status == 404
+            else NotAcceptable(diagnostics)
+            if exc.status == 406
+            else UpstreamFailure(exc.status, diagnostics, retry)
+        )
         audit.write(error.status_code, exc.reason)
         raise error from None
     except FhirError as exc:
@@ -195,8 +214,9 @@ def retrieve(rest: str) -> Response:
 def _relay(retrieval: Retrieval, audit: RetrievalAudit) -> Response:
     headers = dict(retrieval.headers)
     # Images of patients never stay in a shared workstation's cache.
-    headers.update({"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
-                    "Vary": "Accept, Accept-Encoding"})
+    headers.update(
+        {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Vary": "Accept, Accept-Encoding"}
+    )
     if request.method == "HEAD":
         retrieval.close()
         return Response(status=retrieval.status, headers=headers)

@@ -44,8 +44,12 @@ def upload_parallel(server: OrthancServer, paths: list[Path], workers: int = 4) 
     def send(chunk: list[Path]) -> None:
         with requests.Session() as session:
             for path in chunk:
-                reply = session.post(f"{server.url}/instances", data=path.read_bytes(),
-                                     headers={"Content-Type": "application/dicom"}, timeout=60)
+                reply = session.post(
+                    f"{server.url}/instances",
+                    data=path.read_bytes(),
+                    headers={"Content-Type": "application/dicom"},
+                    timeout=60,
+                )
                 assert reply.status_code == 200, f"upload of {path}: HTTP {reply.status_code} {reply.text[:200]}"
 
     with ThreadPoolExecutor(workers) as pool:
@@ -135,7 +139,8 @@ def assert_same(web: Found, folder: Found, tag: str = STUDY_UID) -> None:
                 continue  # Orthanc 1.10 returns no sequences from QIDO-RS
             assert attribute in got, f"{uid_of(expected, tag)}: {attribute} missing from the QIDO answer"
             assert comparable(got[attribute], attribute) == comparable(value, attribute), (
-                f"{uid_of(expected, tag)} {attribute}: {got[attribute]} != {value}")
+                f"{uid_of(expected, tag)} {attribute}: {got[attribute]} != {value}"
+            )
 
 
 def query_values(target: str) -> dict[str, list[str]]:
@@ -148,9 +153,9 @@ def query_values(target: str) -> dict[str, list[str]]:
 # --------------------------------------------------------------------------- studies
 
 
-def test_find_studies_by_patient_matches_folder(web: DicomWebArchive, folder: FolderArchive,
-                                                 patients: dict[str, list[dict[str, Any]]],
-                                                 proxy: FaultProxy) -> None:
+def test_find_studies_by_patient_matches_folder(
+    web: DicomWebArchive, folder: FolderArchive, patients: dict[str, list[dict[str, Any]]], proxy: FaultProxy
+) -> None:
     for nhs, held in sorted(patients.items()):
         found = web.find_studies(key(nhs))
         assert uids(found) == {s["study_uid"] for s in held}
@@ -160,16 +165,18 @@ def test_find_studies_by_patient_matches_folder(web: DicomWebArchive, folder: Fo
     assert proxy.request_headers[0]["Accept"] == "application/dicom+json"
 
 
-def test_find_studies_issuer_is_a_matching_key(web: DicomWebArchive, busy_patient: str,
-                                               patients: dict[str, list[dict[str, Any]]]) -> None:
+def test_find_studies_issuer_is_a_matching_key(
+    web: DicomWebArchive, busy_patient: str, patients: dict[str, list[dict[str, Any]]]
+) -> None:
     assert web.find_studies(StudyQuery(patient=PatientKey(busy_patient, "RRF"))).datasets == []
     assert web.find_studies(StudyQuery(patient=PatientKey("9999999999", ISSUER))).datasets == []
     no_issuer = web.find_studies(StudyQuery(patient=PatientKey(busy_patient)))
     assert uids(no_issuer) == {s["study_uid"] for s in patients[busy_patient]}
 
 
-def test_find_studies_by_uid_list(web: DicomWebArchive, folder: FolderArchive,
-                                  patients: dict[str, list[dict[str, Any]]], proxy: FaultProxy) -> None:
+def test_find_studies_by_uid_list(
+    web: DicomWebArchive, folder: FolderArchive, patients: dict[str, list[dict[str, Any]]], proxy: FaultProxy
+) -> None:
     wanted = tuple(sorted(studies[0]["study_uid"] for studies in list(patients.values())[:4]))
     query = StudyQuery(study_uids=wanted)
     found = web.find_studies(query)
@@ -192,12 +199,23 @@ def test_find_studies_by_accession(web: DicomWebArchive, folder: FolderArchive) 
         assert_same(found, folder.find_studies(query))
 
 
-@pytest.mark.parametrize(("date_from", "date_to"), [
-    ("20150101", "20201231"), ("20200101", None), (None, "20191231"), ("first", "first"),
-])
-def test_find_studies_by_date_range(web: DicomWebArchive, folder: FolderArchive, sample: list[str],
-                                    patients: dict[str, list[dict[str, Any]]],
-                                    date_from: str | None, date_to: str | None) -> None:
+@pytest.mark.parametrize(
+    ("date_from", "date_to"),
+    [
+        ("20150101", "20201231"),
+        ("20200101", None),
+        (None, "20191231"),
+        ("first", "first"),
+    ],
+)
+def test_find_studies_by_date_range(
+    web: DicomWebArchive,
+    folder: FolderArchive,
+    sample: list[str],
+    patients: dict[str, list[dict[str, Any]]],
+    date_from: str | None,
+    date_to: str | None,
+) -> None:
     day = min(s["study_date"] for nhs in sample for s in patients[nhs] if s["study_date"].startswith("20"))
     date_from, date_to = (day if d == "first" else d for d in (date_from, date_to))
     matched = 0
@@ -210,8 +228,9 @@ def test_find_studies_by_date_range(web: DicomWebArchive, folder: FolderArchive,
 
 
 @pytest.mark.parametrize("modalities", [("MR",), ("CR",), ("MR", "CR"), ("KO",), ("NM",)])
-def test_find_studies_by_modality(web: DicomWebArchive, folder: FolderArchive, sample: list[str],
-                                  modalities: tuple[str, ...]) -> None:
+def test_find_studies_by_modality(
+    web: DicomWebArchive, folder: FolderArchive, sample: list[str], modalities: tuple[str, ...]
+) -> None:
     for nhs in sample:
         query = StudyQuery(patient=PatientKey(nhs, ISSUER), modalities=modalities)
         assert_same(web.find_studies(query), folder.find_studies(query))
@@ -220,8 +239,13 @@ def test_find_studies_by_modality(web: DicomWebArchive, folder: FolderArchive, s
 # --------------------------------------------------------------------------- series and instances
 
 
-def test_find_series_for_a_patient_in_one_request(web: DicomWebArchive, folder: FolderArchive, proxy: FaultProxy,
-                                                  sample: list[str], patients: dict[str, list[dict[str, Any]]]) -> None:
+def test_find_series_for_a_patient_in_one_request(
+    web: DicomWebArchive,
+    folder: FolderArchive,
+    proxy: FaultProxy,
+    sample: list[str],
+    patients: dict[str, list[dict[str, Any]]],
+) -> None:
     for nhs in sample:
         studies = tuple(sorted(s["study_uid"] for s in patients[nhs]))
         proxy.clear()
@@ -233,8 +257,9 @@ def test_find_series_for_a_patient_in_one_request(web: DicomWebArchive, folder: 
         assert sent["PatientID"] == [nhs] and "StudyInstanceUID" not in sent
 
 
-def test_find_series_by_study_uids(web: DicomWebArchive, folder: FolderArchive, proxy: FaultProxy,
-                                   patients: dict[str, list[dict[str, Any]]]) -> None:
+def test_find_series_by_study_uids(
+    web: DicomWebArchive, folder: FolderArchive, proxy: FaultProxy, patients: dict[str, list[dict[str, Any]]]
+) -> None:
     studies = tuple(sorted(s["study_uid"] for held in list(patients.values())[:3] for s in held))
     query = StudyQuery(study_uids=studies)
     found = web.find_series(query, studies)
@@ -242,8 +267,7 @@ def test_find_series_by_study_uids(web: DicomWebArchive, folder: FolderArchive, 
     assert_same(found, folder.find_series(query, studies), SERIES_UID)
 
 
-def test_find_instances(web: DicomWebArchive, folder: FolderArchive,
-                        patients: dict[str, list[dict[str, Any]]]) -> None:
+def test_find_instances(web: DicomWebArchive, folder: FolderArchive, patients: dict[str, list[dict[str, Any]]]) -> None:
     for held in list(patients.values())[:6]:
         for study in held:
             uid = study["study_uid"]
@@ -255,14 +279,18 @@ def test_find_instances(web: DicomWebArchive, folder: FolderArchive,
             assert {uid_of(d, SERIES_UID) for d in one.datasets} == {series}
 
 
-def test_series_and_instance_uid_lookups(web: DicomWebArchive, folder: FolderArchive,
-                                         patients: dict[str, list[dict[str, Any]]], proxy: FaultProxy) -> None:
+def test_series_and_instance_uid_lookups(
+    web: DicomWebArchive, folder: FolderArchive, patients: dict[str, list[dict[str, Any]]], proxy: FaultProxy
+) -> None:
     nhs, other = sorted(patients)[:2]
     study = patients[nhs][0]["study_uid"]
     instance = folder.find_instances(study).datasets[0]
     series, sop = uid_of(instance, SERIES_UID), uid_of(instance, SOP_UID)
-    for query in (StudyQuery(series_uid=series), StudyQuery(sop_instance_uid=sop),
-                  StudyQuery(patient=PatientKey(nhs, ISSUER), series_uid=series)):
+    for query in (
+        StudyQuery(series_uid=series),
+        StudyQuery(sop_instance_uid=sop),
+        StudyQuery(patient=PatientKey(nhs, ISSUER), series_uid=series),
+    ):
         found = web.find_studies(query)
         assert uids(found) == {study}
         assert_same(found, folder.find_studies(query))
@@ -276,8 +304,9 @@ def test_series_and_instance_uid_lookups(web: DicomWebArchive, folder: FolderArc
 # --------------------------------------------------------------------------- paging
 
 
-def test_paging_fetches_everything_with_limit_and_offset(proxy: FaultProxy, folder: FolderArchive, busy_patient: str,
-                                                         patients: dict[str, list[dict[str, Any]]]) -> None:
+def test_paging_fetches_everything_with_limit_and_offset(
+    proxy: FaultProxy, folder: FolderArchive, busy_patient: str, patients: dict[str, list[dict[str, Any]]]
+) -> None:
     studies = patients[busy_patient]
     assert len(studies) >= 3
     archive = DicomWebArchive(TRUST, proxy.url, timeout_s=10, page_size=2)
@@ -299,8 +328,9 @@ def test_paging_fetches_everything_with_limit_and_offset(proxy: FaultProxy, fold
         archive.close()
 
 
-def test_paging_survives_an_archive_cutting_at_limit(proxy: FaultProxy, folder: FolderArchive,
-                                                     busy_patient: str) -> None:
+def test_paging_survives_an_archive_cutting_at_limit(
+    proxy: FaultProxy, folder: FolderArchive, busy_patient: str
+) -> None:
     """An archive that answers at most `limit` results per request: paging with offset gets the rest."""
     archive = DicomWebArchive(TRUST, proxy.url, timeout_s=10, page_size=2)
     proxy.set_fault("truncate", count=2)
@@ -329,6 +359,7 @@ def incomplete(words: str) -> Check:
     def check(found: Found, direct: list[Dataset]) -> None:
         assert found.datasets == direct
         assert found.incomplete is not None and words in found.incomplete, found.incomplete
+
     return check
 
 
@@ -357,8 +388,12 @@ FAULTS: list[tuple[str, str, dict[str, Any], Any]] = [
     ("503-retry-after", "status", {"code": 503, "headers": {"Retry-After": "3"}}, (RETRY, 3.0)),
     ("503", "status", {"code": 503}, "HTTP 503"),
     ("500", "status", {"code": 500, "body": '{"error": "boom"}'}, "HTTP 500"),
-    ("502-html", "status", {"code": 502, "body": "<html>bad gateway</html>",
-                            "headers": {"Content-Type": "text/html"}}, "HTTP 502"),
+    (
+        "502-html",
+        "status",
+        {"code": 502, "body": "<html>bad gateway</html>", "headers": {"Content-Type": "text/html"}},
+        "HTTP 502",
+    ),
     ("bad-json", "bad-json", {}, "malformed JSON"),
     ("json-not-an-array", "bad-json", {"body": '{"error": "not a list"}'}, "malformed answer"),
     ("json-array-of-scalars", "bad-json", {"body": "[1, 2]"}, "malformed answer"),
@@ -375,8 +410,9 @@ def test_every_fault_kind_is_covered() -> None:
 
 
 @pytest.mark.parametrize(("kind", "params", "expect"), [f[1:] for f in FAULTS], ids=[f[0] for f in FAULTS])
-def test_fault_table(proxy: FaultProxy, orthanc: OrthancServer, busy_patient: str,
-                     kind: str, params: dict[str, Any], expect: Any) -> None:
+def test_fault_table(
+    proxy: FaultProxy, orthanc: OrthancServer, busy_patient: str, kind: str, params: dict[str, Any], expect: Any
+) -> None:
     direct_archive = DicomWebArchive(TRUST, orthanc.dicomweb_url, timeout_s=10)
     direct = direct_archive.find_studies(key(busy_patient)).datasets
     direct_archive.close()
@@ -438,17 +474,30 @@ def test_tls_failure(proxy: FaultProxy, busy_patient: str) -> None:
     assert raised.value.reason == "TLS failure"
 
 
-@pytest.mark.parametrize(("auth", "expected"), [
-    ({"type": "basic", "username": "facade", "password": "s3cret"},
-     "Basic " + base64.b64encode(b"facade:s3cret").decode()),
-    ({"type": "basic", "username": "facade", "password_env": "TEST_DICOMWEB_PASSWORD"},
-     "Basic " + base64.b64encode(b"facade:from-env").decode()),
-    ({"type": "bearer", "token": "tok-123"}, "Bearer tok-123"),
-    ({"type": "bearer", "token_env": "TEST_DICOMWEB_TOKEN"}, "Bearer tok-from-env"),
-], ids=["basic", "basic-env", "bearer", "bearer-env"])
-def test_auth_headers_reach_the_upstream(proxy: FaultProxy, folder: FolderArchive, busy_patient: str,
-                                         monkeypatch: pytest.MonkeyPatch,
-                                         auth: dict[str, Any], expected: str) -> None:
+@pytest.mark.parametrize(
+    ("auth", "expected"),
+    [
+        (
+            {"type": "basic", "username": "facade", "password": "s3cret"},
+            "Basic " + base64.b64encode(b"facade:s3cret").decode(),
+        ),
+        (
+            {"type": "basic", "username": "facade", "password_env": "TEST_DICOMWEB_PASSWORD"},
+            "Basic " + base64.b64encode(b"facade:from-env").decode(),
+        ),
+        ({"type": "bearer", "token": "tok-123"}, "Bearer tok-123"),
+        ({"type": "bearer", "token_env": "TEST_DICOMWEB_TOKEN"}, "Bearer tok-from-env"),
+    ],
+    ids=["basic", "basic-env", "bearer", "bearer-env"],
+)
+def test_auth_headers_reach_the_upstream(
+    proxy: FaultProxy,
+    folder: FolderArchive,
+    busy_patient: str,
+    monkeypatch: pytest.MonkeyPatch,
+    auth: dict[str, Any],
+    expected: str,
+) -> None:
     monkeypatch.setenv("TEST_DICOMWEB_PASSWORD", "from-env")
     monkeypatch.setenv("TEST_DICOMWEB_TOKEN", "tok-from-env")
     archive = DicomWebArchive(TRUST, proxy.url, timeout_s=10, auth=auth)
@@ -470,8 +519,12 @@ def test_no_auth_header_without_auth(web: DicomWebArchive, proxy: FaultProxy, bu
 # -- patient picker name search ---------------------------------------------------------------
 def _ascii_family(folder: FolderArchive) -> str:
     """An ASCII family name held at this trust (Orthanc 1.10 cannot match non-ASCII QIDO values)."""
-    names = sorted({s["00100010"]["Value"][0]["Alphabetic"]
-                    for s in folder.find_studies(StudyQuery(date_from="19000101")).datasets})
+    names = sorted(
+        {
+            s["00100010"]["Value"][0]["Alphabetic"]
+            for s in folder.find_studies(StudyQuery(date_from="19000101")).datasets
+        }
+    )
     return next(n.split("^")[0] for n in names if n.split("^")[0].isascii() and n.split("^")[0].isalpha())
 
 
@@ -490,8 +543,9 @@ def test_name_search_sends_one_trailing_wildcard_and_matches_folder(folder: Fold
     assert all(target.count("*") == 1 for target in flagged)
 
 
-@pytest.mark.parametrize("family", ["*", "Sm*", "S", "Sm?th", "Smith,Jones", "Smith\\Jones", "Sm%", "O''Brien",
-                                    "Smith1", " "])
+@pytest.mark.parametrize(
+    "family", ["*", "Sm*", "S", "Sm?th", "Smith,Jones", "Smith\\Jones", "Sm%", "O''Brien", "Smith1", " "]
+)
 def test_name_query_refuses_anything_but_letters(family: str) -> None:
     with pytest.raises(ValueError):
         NameQuery(family)

@@ -96,15 +96,20 @@ def test_studies_by_patient(archive: DimseArchive, corpus: Corpus) -> None:
     study = next(ds for ds in found.datasets if first(ds, "0020000D") == corpus.study_a)
     assert study["00100020"] == {"vr": "LO", "Value": ["P1"]}
     assert study["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Test^Patient"}]}
-    assert (first(study, "00100021"), first(study, "00080020"), first(study, "00080050")) == ("TRUST-A", "20200115",
-                                                                                              "ACC1")
+    assert (first(study, "00100021"), first(study, "00080020"), first(study, "00080050")) == (
+        "TRUST-A",
+        "20200115",
+        "ACC1",
+    )
     # neither the Q/R bookkeeping nor the empty return keys nor what dcmqrscp cannot give
     for absent in ("00080052", "00080054", "00081060", "00080061", "00201206", "00201208"):
         assert absent not in study
     assert all(len(tag) == 8 and "Value" in element for tag, element in study.items())
 
-    assert study_uids(archive.find_studies(StudyQuery(patient=PatientKey("P1", "TRUST-A")))) == {corpus.study_a,
-                                                                                                 corpus.study_b}
+    assert study_uids(archive.find_studies(StudyQuery(patient=PatientKey("P1", "TRUST-A")))) == {
+        corpus.study_a,
+        corpus.study_b,
+    }
     assert archive.find_studies(StudyQuery(patient=PatientKey("P1", "TRUST-Z"))).datasets == []
     p2 = archive.find_studies(StudyQuery(patient=PatientKey("P2")))
     assert study_uids(p2) == {corpus.study_c} and "00100021" not in p2.datasets[0]
@@ -130,8 +135,9 @@ def test_empty_result(archive: DimseArchive) -> None:
     assert archive.find_instances(generate_uid()) == Found([])
 
 
-def test_patient_search_costs_one_c_find_per_study_plus_one(archive: DimseArchive, corpus: Corpus,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_patient_search_costs_one_c_find_per_study_plus_one(
+    archive: DimseArchive, corpus: Corpus, monkeypatch: pytest.MonkeyPatch
+) -> None:
     levels: list[str] = []
     original = DimseArchive._find
 
@@ -171,8 +177,14 @@ def test_series_and_instance_lookups(archive: DimseArchive, corpus: Corpus) -> N
 
 def test_adapter_json_maps_like_the_folder_archive(archive: DimseArchive, corpus: Corpus) -> None:
     mapper = load_mapper()
-    trust = TrustMapping(id="legacy", ods_code="R0A", name="Legacy Trust", zone=ZoneInfo("Europe/London"),
-                         accession_system="https://example.org/accession", endpoint_id="R0A-wado-rs")
+    trust = TrustMapping(
+        id="legacy",
+        ods_code="R0A",
+        name="Legacy Trust",
+        zone=ZoneInfo("Europe/London"),
+        accession_system="https://example.org/accession",
+        endpoint_id="R0A-wado-rs",
+    )
     query = StudyQuery(study_uids=(corpus.study_a,))
     subject = {"identifier": {"system": "https://example.org/local", "value": "P1"}}
 
@@ -194,7 +206,8 @@ def test_adapter_json_maps_like_the_folder_archive(archive: DimseArchive, corpus
         if key in legacy:
             assert legacy[key] == reference[key], key
     assert [(s["uid"], s["number"], s["modality"]) for s in legacy["series"]] == [
-        (s["uid"], s["number"], s["modality"]) for s in reference["series"]]
+        (s["uid"], s["number"], s["modality"]) for s in reference["series"]
+    ]
 
 
 # ------------------------------------------------------------------------------ failures
@@ -300,7 +313,12 @@ def test_identifier_allows_only_the_name_searchs_trailing_wildcard() -> None:
     from app.archives.dimse import identifier
 
     assert identifier("STUDY", {"PatientName": "Smi*"}, ()).PatientName == "Smi*"
-    for keys in ({"PatientName": "*"}, {"PatientName": "S*m*"}, {"PatientID": "943*"},
-                 {"AccessionNumber": "A?"}, {"PatientName": "Smith\\Jones*"}):
+    for keys in (
+        {"PatientName": "*"},
+        {"PatientName": "S*m*"},
+        {"PatientID": "943*"},
+        {"AccessionNumber": "A?"},
+        {"PatientName": "Smith\\Jones*"},
+    ):
         with pytest.raises(ValueError):
             identifier("STUDY", keys, ())

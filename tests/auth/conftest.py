@@ -148,19 +148,34 @@ def smart_configuration(jwks_server: JwksServer, introspection: IntrospectionSer
         "token_endpoint": f"{ISSUER}/protocol/openid-connect/token",
         "introspection_endpoint": introspection.url,
         "revocation_endpoint": f"{ISSUER}/protocol/openid-connect/revoke",
-        "capabilities": ["launch-ehr", "launch-standalone", "client-confidential-asymmetric",
-                         "context-ehr-patient", "permission-patient", "permission-user", "permission-v1",
-                         "permission-v2"],
-        "scopes_supported": ["openid", "fhirUser", "launch", "launch/patient", "patient/*.rs", "user/*.rs",
-                             "system/*.rs"],
+        "capabilities": [
+            "launch-ehr",
+            "launch-standalone",
+            "client-confidential-asymmetric",
+            "context-ehr-patient",
+            "permission-patient",
+            "permission-user",
+            "permission-v1",
+            "permission-v2",
+        ],
+        "scopes_supported": [
+            "openid",
+            "fhirUser",
+            "launch",
+            "launch/patient",
+            "patient/*.rs",
+            "user/*.rs",
+            "system/*.rs",
+        ],
         "grant_types_supported": ["authorization_code", "client_credentials"],
         "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
     }
 
 
 @pytest.fixture(scope="session")
-def smart_document(jwks_server: JwksServer, introspection: IntrospectionServer, audit_path: Path,
-                   smart_configuration: dict[str, Any]) -> dict[str, Any]:
+def smart_document(
+    jwks_server: JwksServer, introspection: IntrospectionServer, audit_path: Path, smart_configuration: dict[str, Any]
+) -> dict[str, Any]:
     """config/demo.yaml pointed at /work/authwt/demo-data, protected by two external issuers."""
     doc = yaml.safe_load(DEMO_CONFIG.read_text(encoding="utf-8"))
     doc["patient_xref"] = str(DEMO_DATA / "xref.csv")
@@ -171,8 +186,14 @@ def smart_document(jwks_server: JwksServer, introspection: IntrospectionServer, 
         "mode": "external",
         "issuers": [
             {"issuer": ISSUER, "jwks_uri": jwks_server.url},
-            {"issuer": OPAQUE_ISSUER, "introspection": {"url": introspection.url, "client_id": INTROSPECTION_CLIENT_ID,
-                                                        "client_secret": INTROSPECTION_SECRET}},
+            {
+                "issuer": OPAQUE_ISSUER,
+                "introspection": {
+                    "url": introspection.url,
+                    "client_id": INTROSPECTION_CLIENT_ID,
+                    "client_secret": INTROSPECTION_SECRET,
+                },
+            },
         ],
         "smart_configuration": smart_configuration,
         "cors_origins": [PORTAL_ORIGIN],
@@ -202,8 +223,16 @@ class Api:
     def __init__(self, app: Any) -> None:
         self._client = app.test_client()
 
-    def open(self, path: str, token: str | None = None, *, method: str = "GET", headers: dict[str, str] | None = None,
-             data: Any = None, authorization: str | None = None):
+    def open(
+        self,
+        path: str,
+        token: str | None = None,
+        *,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        data: Any = None,
+        authorization: str | None = None,
+    ):
         sent = {"Accept": FHIR_JSON}
         if token is not None:
             sent["Authorization"] = f"Bearer {token}"

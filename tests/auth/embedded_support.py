@@ -53,14 +53,19 @@ def jwt_parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
 def assertion_claims(client_id: str, **override: Any) -> dict[str, Any]:
     """iss = sub = client, aud = the token URL, exp in 4 minutes, a fresh jti; None removes a claim."""
     now = int(time.time())
-    claims = {"iss": client_id, "sub": client_id, "aud": TOKEN_URL, "iat": now, "exp": now + 240,
-              "jti": str(uuid.uuid4())}
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": TOKEN_URL,
+        "iat": now,
+        "exp": now + 240,
+        "jti": str(uuid.uuid4()),
+    }
     claims.update(override)
     return {k: v for k, v in claims.items() if v is not None}
 
 
-def client_assertion(key: Any, client_id: str, *, alg: str = "RS384", kid: str | None = None,
-                     **override: Any) -> str:
+def client_assertion(key: Any, client_id: str, *, alg: str = "RS384", kid: str | None = None, **override: Any) -> str:
     header = {"alg": alg, "kid": kid if kid is not None else key.kid, "typ": "JWT"}
     return jwt.encode(header, assertion_claims(client_id, **override), key, algorithms=[alg])
 
@@ -83,7 +88,7 @@ def hs256_assertion(secret: bytes, header: dict[str, Any], claims: dict[str, Any
 class Form:
     action: str
     method: str
-    fields: dict[str, str] = field(default_factory=dict)       # hidden and text inputs (name -> value)
+    fields: dict[str, str] = field(default_factory=dict)  # hidden and text inputs (name -> value)
     buttons: list[dict[str, str]] = field(default_factory=list)  # submit buttons (id, name, value)
 
     def button(self, **match: str) -> dict[str, str]:
@@ -106,8 +111,9 @@ class _FormParser(HTMLParser):
         elif self._current is not None and tag == "input" and a.get("name"):
             self._current.fields[a["name"]] = a.get("value", "")
         elif self._current is not None and tag == "button":
-            self._current.buttons.append({"id": a.get("id", ""), "name": a.get("name", ""),
-                                          "value": a.get("value", "")})
+            self._current.buttons.append(
+                {"id": a.get("id", ""), "name": a.get("name", ""), "value": a.get("value", "")}
+            )
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "form":
@@ -189,8 +195,15 @@ class Browser:
         button = form.button(value=decision)
         return self.submit(response, form, {button["name"]: button["value"]})
 
-    def run(self, params: dict[str, str], *, method: str = "GET", username: str = "dr.khan",
-            patient: str | None = None, decision: str = "allow") -> Any:
+    def run(
+        self,
+        params: dict[str, str],
+        *,
+        method: str = "GET",
+        username: str = "dr.khan",
+        patient: str | None = None,
+        decision: str = "allow",
+    ) -> Any:
         """The whole user journey: login (if needed), picker (if shown), consent. The final response."""
         response = self.authorize(params, method)
         if page_kind(response) == "login":

@@ -37,9 +37,9 @@ MANIFEST: dict[str, Any] = json.loads((DEMO_DATA / "manifest.json").read_text(en
 
 BASE_URL = "http://127.0.0.1:8080/fhir"
 BASE_PATH = "/fhir"
-ISSUER = "https://idp.gm-imaging.test/realms/gm"          # trusted, JWT + JWKS
-OPAQUE_ISSUER = "https://opaque-idp.gm-imaging.test"       # trusted, opaque tokens + introspection
-FOREIGN_ISSUER = "https://rogue-idp.example"               # NOT trusted (own keys, own JWKS server)
+ISSUER = "https://idp.gm-imaging.test/realms/gm"  # trusted, JWT + JWKS
+OPAQUE_ISSUER = "https://opaque-idp.gm-imaging.test"  # trusted, opaque tokens + introspection
+FOREIGN_ISSUER = "https://rogue-idp.example"  # NOT trusted (own keys, own JWKS server)
 PORTAL_ORIGIN = "https://portal.gm.nhs.uk"
 INTROSPECTION_CLIENT_ID = "gm-imaging-facade"
 INTROSPECTION_SECRET = "introspection-secret-4d1f"
@@ -60,9 +60,13 @@ def _patient(nhs: str) -> dict[str, Any]:
 
 PATIENT_A = MANIFEST["facts"]["multi_trust_patient"]["nhs_number"]
 # B: another patient with several studies, none shared with A.
-PATIENT_B = next(p["nhs_number"] for p in MANIFEST["patients"]
-                 if p["nhs_number"] != PATIENT_A and len(p["studies"]) >= 4
-                 and p["nhs_number"] != MANIFEST["facts"]["demographic_conflict"]["nhs_number"])
+PATIENT_B = next(
+    p["nhs_number"]
+    for p in MANIFEST["patients"]
+    if p["nhs_number"] != PATIENT_A
+    and len(p["studies"]) >= 4
+    and p["nhs_number"] != MANIFEST["facts"]["demographic_conflict"]["nhs_number"]
+)
 STUDIES_A = frozenset(s["study_uid"] for s in _patient(PATIENT_A)["studies"])
 STUDIES_B = frozenset(s["study_uid"] for s in _patient(PATIENT_B)["studies"])
 assert not STUDIES_A & STUDIES_B, "the suite needs two patients without a shared study"
@@ -71,14 +75,18 @@ ACCESSION_OF = {s["study_uid"]: s["accession"] for p in MANIFEST["patients"] for
 
 def studies_of(nhs: str, modality: str | None = None) -> frozenset[str]:
     """The manifest's study UIDs of a patient (optionally those with a series of `modality`)."""
-    return frozenset(s["study_uid"] for s in _patient(nhs)["studies"]
-                     if modality is None or modality in s["modalities"])
+    return frozenset(
+        s["study_uid"] for s in _patient(nhs)["studies"] if modality is None or modality in s["modalities"]
+    )
 
 
 # For the v2 filter tests: a patient with a CT study and a study with MR but no CT.
-FILTER_PATIENT = next(p["nhs_number"] for p in MANIFEST["patients"]
-                      if any("CT" in s["modalities"] for s in p["studies"])
-                      and any("MR" in s["modalities"] and "CT" not in s["modalities"] for s in p["studies"]))
+FILTER_PATIENT = next(
+    p["nhs_number"]
+    for p in MANIFEST["patients"]
+    if any("CT" in s["modalities"] for s in p["studies"])
+    and any("MR" in s["modalities"] and "CT" not in s["modalities"] for s in p["studies"])
+)
 # Paging: a page size that gives A's studies at least two pages.
 PAGE_SIZE = 2 if len(STUDIES_A) > 2 else 1
 assert len(STUDIES_A) > PAGE_SIZE, "patient A needs at least two studies"
@@ -195,8 +203,13 @@ class IntrospectionServer(_Server):
                 expected = "Basic " + base64.b64encode(f"{server.client_id}:{server.secret}".encode()).decode()
                 authenticated = hmac.compare_digest(self.headers.get("Authorization", ""), expected)
                 with server._lock:
-                    server.calls.append({"authenticated": authenticated, "form": form,
-                                         "content_type": self.headers.get("Content-Type", "")})
+                    server.calls.append(
+                        {
+                            "authenticated": authenticated,
+                            "form": form,
+                            "content_type": self.headers.get("Content-Type", ""),
+                        }
+                    )
                     answer = dict(server.tokens.get(form.get("token", ""), {"active": False}))
                 if not authenticated:
                     status, answer = 401, {"error": "invalid_client"}
@@ -217,8 +230,17 @@ class IntrospectionServer(_Server):
         """A new opaque token the IdP considers active, with these claims."""
         token = secrets.token_urlsafe(32)
         now = int(time.time())
-        answer = {"active": True, "scope": scope, "client_id": "opaque-client", "sub": "opaque-user",
-                  "iss": OPAQUE_ISSUER, "aud": BASE_URL, "exp": now + 300, "iat": now, "token_type": "Bearer"}
+        answer = {
+            "active": True,
+            "scope": scope,
+            "client_id": "opaque-client",
+            "sub": "opaque-user",
+            "iss": OPAQUE_ISSUER,
+            "aud": BASE_URL,
+            "exp": now + 300,
+            "iat": now,
+            "token_type": "Bearer",
+        }
         answer.update(claims)
         with self._lock:
             self.tokens[token] = {k: v for k, v in answer.items() if v is not None}
@@ -243,14 +265,25 @@ def b64url(data: bytes | str | dict[str, Any]) -> str:
 def split_token(token: str) -> tuple[dict[str, Any], dict[str, Any], str]:
     header, payload, signature = token.split(".")
     pad = lambda s: s + "=" * (-len(s) % 4)  # noqa: E731
-    return (json.loads(base64.urlsafe_b64decode(pad(header))), json.loads(base64.urlsafe_b64decode(pad(payload))),
-            signature)
+    return (
+        json.loads(base64.urlsafe_b64decode(pad(header))),
+        json.loads(base64.urlsafe_b64decode(pad(payload))),
+        signature,
+    )
 
 
 def default_claims(scope: str | None) -> dict[str, Any]:
     now = int(time.time())
-    return {"iss": ISSUER, "aud": BASE_URL, "exp": now + 300, "iat": now, "sub": "clinician-42",
-            "client_id": "gm-portal", "jti": str(uuid.uuid4()), "scope": scope}
+    return {
+        "iss": ISSUER,
+        "aud": BASE_URL,
+        "exp": now + 300,
+        "iat": now,
+        "sub": "clinician-42",
+        "client_id": "gm-portal",
+        "jti": str(uuid.uuid4()),
+        "scope": scope,
+    }
 
 
 def make_minter(keys: dict[str, SigningKey]) -> Callable[..., str]:
@@ -260,8 +293,14 @@ def make_minter(keys: dict[str, SigningKey]) -> Callable[..., str]:
     `alg`. A claim passed as None is left out of the token.
     """
 
-    def mint(scope: str | None = "system/*.rs", *, alg: str = "RS384", key: SigningKey | None = None,
-             header: dict[str, Any] | None = None, **claims: Any) -> str:
+    def mint(
+        scope: str | None = "system/*.rs",
+        *,
+        alg: str = "RS384",
+        key: SigningKey | None = None,
+        header: dict[str, Any] | None = None,
+        **claims: Any,
+    ) -> str:
         signer = key or keys[alg]
         payload = default_claims(scope)
         payload.update(claims)
@@ -306,11 +345,15 @@ def parse_challenge(header: str | None) -> tuple[str, dict[str, str]]:
     return scheme, params
 
 
-def entries(bundle: dict[str, Any], mode: str | None = "match",
-            resource_type: str | None = None) -> list[dict[str, Any]]:
-    return [e["resource"] for e in bundle.get("entry", ())
-            if (mode is None or e["search"]["mode"] == mode)
-            and (resource_type is None or e["resource"]["resourceType"] == resource_type)]
+def entries(
+    bundle: dict[str, Any], mode: str | None = "match", resource_type: str | None = None
+) -> list[dict[str, Any]]:
+    return [
+        e["resource"]
+        for e in bundle.get("entry", ())
+        if (mode is None or e["search"]["mode"] == mode)
+        and (resource_type is None or e["resource"]["resourceType"] == resource_type)
+    ]
 
 
 def subject_of(study: dict[str, Any]) -> str:
@@ -328,8 +371,9 @@ def audit_rows(path: Path, client_id: str) -> list[dict[str, Any]]:
     """AuditEvents of one client, read with a NEW connection (proves they were committed)."""
     connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        rows = connection.execute("SELECT body FROM audit_event WHERE client_id = ? ORDER BY recorded, id",
-                                  (client_id,)).fetchall()
+        rows = connection.execute(
+            "SELECT body FROM audit_event WHERE client_id = ? ORDER BY recorded, id", (client_id,)
+        ).fetchall()
     finally:
         connection.close()
     return [json.loads(r[0]) for r in rows]

@@ -78,8 +78,9 @@ def events_with_query(audit_path: Path, marker: str) -> list[dict[str, Any]]:
     return out
 
 
-def assert_client_and_user(event: dict[str, Any], client_id: str, *, reference: str | None = None,
-                           display: str | None = None) -> None:
+def assert_client_and_user(
+    event: dict[str, Any], client_id: str, *, reference: str | None = None, display: str | None = None
+) -> None:
     client = agent_with(event, SOURCE)
     assert client["who"]["display"] == client_id
     assert client["who"]["identifier"]["value"].endswith(client_id)
@@ -149,11 +150,14 @@ def test_audit_one_event_per_patient_returned(api: Any, mint: Callable[..., str]
     client = new_client()
     query = f"patient={PATIENT_A},{PATIENT_B}"
     response = api.get(f"/fhir/ImagingStudy?{query}", mint("system/ImagingStudy.rs", client_id=client))
-    assert {s["subject"]["reference"] for s in entries(response.get_json())} == {f"Patient/{PATIENT_A}",
-                                                                                 f"Patient/{PATIENT_B}"}
+    assert {s["subject"]["reference"] for s in entries(response.get_json())} == {
+        f"Patient/{PATIENT_A}",
+        f"Patient/{PATIENT_B}",
+    }
     found = events_of(audit_path, client, 2)
     assert sorted(p for e in found for p in patient_entities(e)) == sorted(
-        [f"Patient/{PATIENT_A}", f"Patient/{PATIENT_B}"])
+        [f"Patient/{PATIENT_A}", f"Patient/{PATIENT_B}"]
+    )
     for event in found:
         assert len(patient_entities(event)) == 1
         assert profile_of(event) == "PatientQuery"
@@ -161,8 +165,9 @@ def test_audit_one_event_per_patient_returned(api: Any, mint: Callable[..., str]
     assert found[0]["id"] != found[1]["id"]
 
 
-def test_audit_search_without_patient_data_is_one_query_event(api: Any, mint: Callable[..., str],
-                                                              audit_path: Path) -> None:
+def test_audit_search_without_patient_data_is_one_query_event(
+    api: Any, mint: Callable[..., str], audit_path: Path
+) -> None:
     client = new_client()
     response = api.get("/fhir/ImagingStudy?_id=2.25.123456789", mint("system/ImagingStudy.rs", client_id=client))
     assert response.status_code == 200 and entries(response.get_json()) == []
@@ -187,8 +192,7 @@ def test_audit_directory_reads_are_recorded(api: Any, mint: Callable[..., str], 
 @pytest.mark.parametrize("authorization", [None, "Bearer not-a-token"], ids=["no-token", "bad-token"])
 def test_audit_401_is_recorded(api: Any, audit_path: Path, authorization: str | None) -> None:
     marker = uuid.uuid4().hex
-    response = api.get(f"/fhir/ImagingStudy?patient={PATIENT_A}&_count=3&marker={marker}",
-                       authorization=authorization)
+    response = api.get(f"/fhir/ImagingStudy?patient={PATIENT_A}&_count=3&marker={marker}", authorization=authorization)
     assert response.status_code == 401
     [event] = events_with_query(audit_path, marker)
     assert event["outcome"] == "4"
@@ -229,14 +233,14 @@ def test_audit_compartment_denials_are_recorded(api: Any, mint: Callable[..., st
 
 
 def test_audit_committed_before_the_response(api: Any, mint: Callable[..., str], audit_path: Path) -> None:
-    reader = sqlite3.connect(f"file:{audit_path}?mode=ro", uri=True)   # opened before the request
+    reader = sqlite3.connect(f"file:{audit_path}?mode=ro", uri=True)  # opened before the request
     try:
         assert reader.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         client = new_client()
         assert api.get(f"/fhir/Patient/{PATIENT_A}", mint("system/Patient.rs", client_id=client)).status_code == 200
         count = reader.execute("SELECT count(*) FROM audit_event WHERE client_id = ?", (client,)).fetchone()[0]
         assert count == 1
-        events_of(audit_path, client, 1)                                # and a brand-new connection too
+        events_of(audit_path, client, 1)  # and a brand-new connection too
     finally:
         reader.close()
 
@@ -244,21 +248,25 @@ def test_audit_committed_before_the_response(api: Any, mint: Callable[..., str],
 # ----------------------------------------------------------------------------- GET /fhir/AuditEvent
 
 
-@pytest.mark.parametrize(("scope", "patient", "status"), [
-    ("system/AuditEvent.rs", None, 200),
-    ("system/AuditEvent.s", None, 200),
-    ("system/*.rs", None, 200),
-    ("system/AuditEvent.read", None, 200),
-    ("system/AuditEvent.r", None, 403),
-    ("user/AuditEvent.rs", None, 403),
-    ("user/*.rs", None, 403),
-    ("patient/AuditEvent.rs", PATIENT_A, 403),
-    ("patient/*.rs", PATIENT_A, 403),
-    ("system/ImagingStudy.rs system/Patient.rs", None, 403),
-    ("user/AuditEvent.rs patient/AuditEvent.rs", PATIENT_A, 403),
-])
-def test_audit_search_needs_system_scope(api: Any, mint: Callable[..., str], scope: str, patient: str | None,
-                                         status: int) -> None:
+@pytest.mark.parametrize(
+    ("scope", "patient", "status"),
+    [
+        ("system/AuditEvent.rs", None, 200),
+        ("system/AuditEvent.s", None, 200),
+        ("system/*.rs", None, 200),
+        ("system/AuditEvent.read", None, 200),
+        ("system/AuditEvent.r", None, 403),
+        ("user/AuditEvent.rs", None, 403),
+        ("user/*.rs", None, 403),
+        ("patient/AuditEvent.rs", PATIENT_A, 403),
+        ("patient/*.rs", PATIENT_A, 403),
+        ("system/ImagingStudy.rs system/Patient.rs", None, 403),
+        ("user/AuditEvent.rs patient/AuditEvent.rs", PATIENT_A, 403),
+    ],
+)
+def test_audit_search_needs_system_scope(
+    api: Any, mint: Callable[..., str], scope: str, patient: str | None, status: int
+) -> None:
     response = api.get(f"/fhir/AuditEvent?patient={PATIENT_A}", mint(scope, patient=patient))
     assert response.status_code == status
     if status == 403:
@@ -326,7 +334,8 @@ def test_audit_search_by_date(api: Any, mint: Callable[..., str], auditor: str, 
     assert search_audit(api, auditor, agent=client, date=f"lt{_instant(start)}") == []
     assert search_audit(api, auditor, agent=client, date=f"ge{_instant(end)}") == []
     assert [e["id"] for e in search_audit(api, auditor, agent=client, date=f"ge{start.date().isoformat()}")] == [
-        event["id"]]
+        event["id"]
+    ]
 
 
 def test_audit_search_date_malformed_is_400(api: Any, auditor: str) -> None:
@@ -339,8 +348,17 @@ def test_audit_search_total_counts_every_match(api: Any, smart_app: Any, auditor
     """More than 1,000 events for one client: total and paging must still cover all of them."""
     client = new_client()
     store = smart_app.extensions["audit"]
-    record = AuditRecord(interaction="read", resource_type="Patient", status=200, client_id=client, user="u",
-                         address="127.0.0.1", query=None, resource_id=PATIENT_A, patients=(PATIENT_A,))
+    record = AuditRecord(
+        interaction="read",
+        resource_type="Patient",
+        status=200,
+        client_id=client,
+        user="u",
+        address="127.0.0.1",
+        query=None,
+        resource_id=PATIENT_A,
+        patients=(PATIENT_A,),
+    )
     events = [event for _ in range(1005) for event in build_events(record, BASE_URL)]
     store.write(events, client)
     response = api.get(f"/fhir/AuditEvent?agent={client}&_count=5", auditor)

@@ -88,8 +88,9 @@ def reader_key() -> ECKey:
 
 
 @pytest.fixture(scope="module")
-def server_app(config_document: dict[str, Any], demo_data: Path, reader_key: ECKey,
-               tmp_path_factory: pytest.TempPathFactory) -> Any:
+def server_app(
+    config_document: dict[str, Any], demo_data: Path, reader_key: ECKey, tmp_path_factory: pytest.TempPathFactory
+) -> Any:
     """The demo configuration (embedded SMART server) with its own keys and state, plus three clients."""
     state = tmp_path_factory.mktemp("embedded-as")
     doc = copy.deepcopy(config_document)
@@ -97,13 +98,29 @@ def server_app(config_document: dict[str, Any], demo_data: Path, reader_key: ECK
     doc["auth"]["signing_keys"] = str(state / "signing-keys.json")
     doc["auth"]["store"] = f"sqlite:{state / 'auth-state.sqlite'}"
     doc["auth"]["clients"] += [
-        {"client_id": OTHER, "name": "Other app", "grant_types": ["authorization_code", "refresh_token"],
-         "public": True, "redirect_uris": [OTHER_REDIRECT], "scope": APP_SCOPE},
-        {"client_id": READER, "name": "Reader", "grant_types": ["client_credentials"],
-         "jwks": {"keys": [reader_key.as_dict(private=False)]}, "scope": READER_SCOPE},
-        {"client_id": SYMMETRIC, "name": "Symmetric app", "grant_types": ["authorization_code", "refresh_token"],
-         "client_secret_hash": hash_secret(SYMMETRIC_SECRET), "redirect_uris": [SYMMETRIC_REDIRECT],
-         "scope": APP_SCOPE},
+        {
+            "client_id": OTHER,
+            "name": "Other app",
+            "grant_types": ["authorization_code", "refresh_token"],
+            "public": True,
+            "redirect_uris": [OTHER_REDIRECT],
+            "scope": APP_SCOPE,
+        },
+        {
+            "client_id": READER,
+            "name": "Reader",
+            "grant_types": ["client_credentials"],
+            "jwks": {"keys": [reader_key.as_dict(private=False)]},
+            "scope": READER_SCOPE,
+        },
+        {
+            "client_id": SYMMETRIC,
+            "name": "Symmetric app",
+            "grant_types": ["authorization_code", "refresh_token"],
+            "client_secret_hash": hash_secret(SYMMETRIC_SECRET),
+            "redirect_uris": [SYMMETRIC_REDIRECT],
+            "scope": APP_SCOPE,
+        },
     ]
     with pytest.MonkeyPatch.context() as env:
         env.delenv(BASE_URL_ENV, raising=False)
@@ -133,8 +150,12 @@ def patient_study(manifest: dict[str, Any], patient: str) -> str:
 def unknown_nhs_number(manifest: dict[str, Any]) -> str:
     """A well-formed NHS number (check digit right) that no archive holds."""
     known = {p["nhs_number"] for p in manifest["patients"]}
-    return next(c for n in range(999_000_000, 999_100_000) for c in (f"{n}{d}" for d in range(10))
-                if nhs_number_problem(c) is None and c not in known)
+    return next(
+        c
+        for n in range(999_000_000, 999_100_000)
+        for c in (f"{n}{d}" for d in range(10))
+        if nhs_number_problem(c) is None and c not in known
+    )
 
 
 class StoreClock:
@@ -157,26 +178,51 @@ def store_clock(monkeypatch: pytest.MonkeyPatch) -> StoreClock:
 # ----------------------------------------------------------------------------- flows
 
 
-def auth_params(client_id: str = TIMELINE, redirect_uri: str = TIMELINE_REDIRECT, scope: str = STANDALONE_SCOPE,
-                **override: str | None) -> tuple[dict[str, str], str]:
+def auth_params(
+    client_id: str = TIMELINE,
+    redirect_uri: str = TIMELINE_REDIRECT,
+    scope: str = STANDALONE_SCOPE,
+    **override: str | None,
+) -> tuple[dict[str, str], str]:
     """Authorization request parameters (None removes one) and the PKCE verifier."""
     verifier, challenge = pkce()
     params: dict[str, str | None] = {
-        "response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri, "scope": scope,
-        "state": "st-123", "aud": FHIR_BASE, "code_challenge": challenge, "code_challenge_method": "S256"}
+        "response_type": "code",
+        "client_id": client_id,
+        "redirect_uri": redirect_uri,
+        "scope": scope,
+        "state": "st-123",
+        "aud": FHIR_BASE,
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
     params.update(override)
     return {k: v for k, v in params.items() if v is not None}, verifier
 
 
-def exchange(http: Any, code: str, verifier: str | None, client_id: str | None = TIMELINE,
-             redirect_uri: str | None = TIMELINE_REDIRECT, headers: dict[str, str] | None = None,
-             **extra: str) -> Any:
-    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
-            "client_id": client_id, "code_verifier": verifier, **extra}
+def exchange(
+    http: Any,
+    code: str,
+    verifier: str | None,
+    client_id: str | None = TIMELINE,
+    redirect_uri: str | None = TIMELINE_REDIRECT,
+    headers: dict[str, str] | None = None,
+    **extra: str,
+) -> Any:
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": redirect_uri,
+        "client_id": client_id,
+        "code_verifier": verifier,
+        **extra,
+    }
     return http.post("/auth/token", data={k: v for k, v in form.items() if v is not None}, headers=headers or {})
 
 
-def obtain_code(app: Any, patient: str | None, *, method: str = "GET", **override: str | None) -> tuple[str, str, dict[str, str]]:
+def obtain_code(
+    app: Any, patient: str | None, *, method: str = "GET", **override: str | None
+) -> tuple[str, str, dict[str, str]]:
     """(code, verifier, params) after login, picker (standalone) and consent."""
     params, verifier = auth_params(**override)
     final = Browser(app).run(params, method=method, patient=patient)
@@ -188,16 +234,22 @@ def obtain_code(app: Any, patient: str | None, *, method: str = "GET", **overrid
 
 def user_tokens(app: Any, patient: str | None, scope: str = STANDALONE_SCOPE, **override: str | None) -> dict[str, Any]:
     code, verifier, params = obtain_code(app, patient, scope=scope, **override)
-    response = exchange(app.test_client(), code, verifier, client_id=params["client_id"],
-                        redirect_uri=params["redirect_uri"])
+    response = exchange(
+        app.test_client(), code, verifier, client_id=params["client_id"], redirect_uri=params["redirect_uri"]
+    )
     assert response.status_code == 200, response.get_json()
     return dict(response.get_json())
 
 
-def backend_request(http: Any, assertion: str, scope: str | None = READER_SCOPE,
-                    assertion_type: str = ASSERTION_TYPE) -> Any:
-    form = {"grant_type": "client_credentials", "scope": scope, "client_assertion_type": assertion_type,
-            "client_assertion": assertion}
+def backend_request(
+    http: Any, assertion: str, scope: str | None = READER_SCOPE, assertion_type: str = ASSERTION_TYPE
+) -> Any:
+    form = {
+        "grant_type": "client_credentials",
+        "scope": scope,
+        "client_assertion_type": assertion_type,
+        "client_assertion": assertion,
+    }
     return http.post("/auth/token", data={k: v for k, v in form.items() if v is not None})
 
 
@@ -225,8 +277,11 @@ def fhir_search(http: Any, token: str, query: str = "") -> Any:
 
 
 def subjects(bundle: dict[str, Any]) -> set[str]:
-    return {e["resource"]["subject"]["reference"] for e in bundle.get("entry", ())
-            if e["resource"]["resourceType"] == "ImagingStudy"}
+    return {
+        e["resource"]["subject"]["reference"]
+        for e in bundle.get("entry", ())
+        if e["resource"]["resourceType"] == "ImagingStudy"
+    }
 
 
 def basic(client_id: str, secret: str) -> dict[str, str]:
@@ -271,13 +326,17 @@ def verify_signed(http: Any, token: str, alg: str) -> dict[str, Any]:
 # ============================================================================= authorize
 
 
-@pytest.mark.parametrize("override", [
-    {"aud": "https://evil.example/fhir"},
-    {"aud": "http://127.0.0.1:8080/other"},
-    {"aud": "http://127.0.0.1:8080/fhir/ImagingStudy"},
-    {"aud": None},
-    {"aud": None, "resource": "https://evil.example/fhir"},
-], ids=["foreign-server", "other-path", "longer-path", "missing", "resource-foreign"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"aud": "https://evil.example/fhir"},
+        {"aud": "http://127.0.0.1:8080/other"},
+        {"aud": "http://127.0.0.1:8080/fhir/ImagingStudy"},
+        {"aud": None},
+        {"aud": None, "resource": "https://evil.example/fhir"},
+    ],
+    ids=["foreign-server", "other-path", "longer-path", "missing", "resource-foreign"],
+)
 def test_authorize_invalid_aud_redirects_invalid_request(server_app: Any, override: dict[str, str | None]) -> None:
     params, _ = auth_params(**override)
     response = Browser(server_app).authorize(params)
@@ -292,34 +351,53 @@ def test_authorize_resource_accepted_as_aud(server_app: Any, http: Any, patient:
     assert response.get_json()["patient"] == patient
 
 
-@pytest.mark.parametrize("override", [
-    {"client_id": "no-such-app"},
-    {"client_id": None},
-    {"redirect_uri": "https://evil.example/callback"},
-    {"redirect_uri": OTHER_REDIRECT},
-    {"redirect_uri": TIMELINE_REDIRECT.rstrip("/")},
-    {"redirect_uri": TIMELINE_REDIRECT + "evil"},
-    {"redirect_uri": TIMELINE_REDIRECT + "?next=https://evil.example"},
-    {"redirect_uri": TIMELINE_REDIRECT.replace("127.0.0.1", "localhost")},
-    {"redirect_uri": None},
-    {"redirect_uri": "https://evil.example/cb", "aud": "https://evil.example/fhir"},
-], ids=["unknown-client", "no-client", "foreign-uri", "other-clients-uri", "prefix-of-registered",
-        "registered-is-prefix", "registered-plus-query", "other-host", "no-redirect-uri", "bad-uri-and-bad-aud"])
-def test_authorize_unknown_client_or_unregistered_redirect_is_400_page(server_app: Any,
-                                                                      override: dict[str, str | None]) -> None:
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"client_id": "no-such-app"},
+        {"client_id": None},
+        {"redirect_uri": "https://evil.example/callback"},
+        {"redirect_uri": OTHER_REDIRECT},
+        {"redirect_uri": TIMELINE_REDIRECT.rstrip("/")},
+        {"redirect_uri": TIMELINE_REDIRECT + "evil"},
+        {"redirect_uri": TIMELINE_REDIRECT + "?next=https://evil.example"},
+        {"redirect_uri": TIMELINE_REDIRECT.replace("127.0.0.1", "localhost")},
+        {"redirect_uri": None},
+        {"redirect_uri": "https://evil.example/cb", "aud": "https://evil.example/fhir"},
+    ],
+    ids=[
+        "unknown-client",
+        "no-client",
+        "foreign-uri",
+        "other-clients-uri",
+        "prefix-of-registered",
+        "registered-is-prefix",
+        "registered-plus-query",
+        "other-host",
+        "no-redirect-uri",
+        "bad-uri-and-bad-aud",
+    ],
+)
+def test_authorize_unknown_client_or_unregistered_redirect_is_400_page(
+    server_app: Any, override: dict[str, str | None]
+) -> None:
     params, _ = auth_params(**override)
     for method in ("GET", "POST"):
         assert_error_page(Browser(server_app).authorize(params, method))
 
 
-@pytest.mark.parametrize("override", [
-    {"code_challenge": None, "code_challenge_method": None},
-    {"code_challenge": None},
-    {"code_challenge_method": None},
-    {"code_challenge_method": "plain"},
-    {"code_challenge_method": "s256"},
-    {"code_challenge_method": "S512"},
-], ids=["no-pkce", "no-challenge", "no-method", "plain", "lowercase-s256", "unknown-method"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"code_challenge": None, "code_challenge_method": None},
+        {"code_challenge": None},
+        {"code_challenge_method": None},
+        {"code_challenge_method": "plain"},
+        {"code_challenge_method": "s256"},
+        {"code_challenge_method": "S512"},
+    ],
+    ids=["no-pkce", "no-challenge", "no-method", "plain", "lowercase-s256", "unknown-method"],
+)
 def test_authorize_pkce_not_s256_redirects_invalid_request(server_app: Any, override: dict[str, str | None]) -> None:
     params, _ = auth_params(**override)
     response = Browser(server_app).authorize(params)
@@ -333,7 +411,7 @@ def test_authorize_response_type_not_code_redirects_unsupported(server_app: Any,
     assert_redirect_error(response, TIMELINE_REDIRECT, "unsupported_response_type", "st-123")
 
 
-ODD_STATES = ['a b&c=d%20e+f/g?h#i', 'x"y\'z<tag>&amp;', "päŧîënt-ŝtate-✓", "=&=&", "%", "   padded   "]
+ODD_STATES = ["a b&c=d%20e+f/g?h#i", "x\"y'z<tag>&amp;", "päŧîënt-ŝtate-✓", "=&=&", "%", "   padded   "]
 
 
 @pytest.mark.parametrize("state", ODD_STATES)
@@ -396,8 +474,9 @@ def test_authorize_consent_without_csrf_issues_no_code(server_app: Any, patient:
     browser = Browser(server_app)
     consent = browser.login(browser.authorize(params))
     assert page_kind(consent) == "consent"
-    forged = browser.http.post("/auth/authorize", data={**params, "step": "consent", "decision": "allow",
-                                                        **({"csrf": csrf} if csrf else {})})
+    forged = browser.http.post(
+        "/auth/authorize", data={**params, "step": "consent", "decision": "allow", **({"csrf": csrf} if csrf else {})}
+    )
     assert "Location" not in forged.headers, forged.headers.get("Location")
     assert forged.status_code == 200 and page_kind(forged) == "consent"
     real = browser.consent(consent)  # the launch was not spent by the forged request
@@ -410,8 +489,9 @@ def test_authorize_deny_redirects_access_denied(server_app: Any, patient: str) -
     assert_redirect_error(final, TIMELINE_REDIRECT, "access_denied", "st-123")
 
 
-def test_authorize_ehr_launch_sets_the_launch_context(server_app: Any, http: Any, patient: str,
-                                                      patient_study: str) -> None:
+def test_authorize_ehr_launch_sets_the_launch_context(
+    server_app: Any, http: Any, patient: str, patient_study: str
+) -> None:
     launch = new_launch(server_app, patient, imaging_study=patient_study)
     tokens = user_tokens(server_app, None, EHR_SCOPE, launch=launch)
     assert tokens["patient"] == patient
@@ -422,15 +502,20 @@ def test_authorize_ehr_launch_sets_the_launch_context(server_app: Any, http: Any
 
 @pytest.mark.parametrize("case", ["unknown", "missing", "another-client", "empty"])
 def test_authorize_launch_invalid_redirects_invalid_request(server_app: Any, patient: str, case: str) -> None:
-    launch = {"unknown": "no-such-launch-id", "missing": None, "empty": "",
-              "another-client": new_launch(server_app, patient, client_id=OTHER)}[case]
+    launch = {
+        "unknown": "no-such-launch-id",
+        "missing": None,
+        "empty": "",
+        "another-client": new_launch(server_app, patient, client_id=OTHER),
+    }[case]
     params, _ = auth_params(scope=EHR_SCOPE, launch=launch)
     response = Browser(server_app).authorize(params)
     assert_redirect_error(response, TIMELINE_REDIRECT, "invalid_request", "st-123")
 
 
-def test_authorize_launch_expired_redirects_invalid_request(server_app: Any, patient: str,
-                                                            store_clock: StoreClock) -> None:
+def test_authorize_launch_expired_redirects_invalid_request(
+    server_app: Any, patient: str, store_clock: StoreClock
+) -> None:
     launch = new_launch(server_app, patient)
     store_clock.offset = 301  # launch ids are short-lived: at most 5 minutes
     params, _ = auth_params(scope=EHR_SCOPE, launch=launch)
@@ -484,15 +569,20 @@ def test_authorize_narrower_scope_within_registration_granted(server_app: Any, h
 # ============================================================================= token: authorization_code
 
 
-@pytest.mark.parametrize(("verifier", "error"), [
-    (None, "invalid_request"),
-    ("", "invalid_request"),
-    ("    ", "invalid_request"),
-    ("wrong", "invalid_grant"),
-    ("challenge", "invalid_grant"),
-], ids=["missing", "empty", "blank", "wrong", "equals-challenge"])
-def test_token_pkce_verifier_rejected(server_app: Any, http: Any, patient: str, verifier: str | None,
-                                      error: str) -> None:
+@pytest.mark.parametrize(
+    ("verifier", "error"),
+    [
+        (None, "invalid_request"),
+        ("", "invalid_request"),
+        ("    ", "invalid_request"),
+        ("wrong", "invalid_grant"),
+        ("challenge", "invalid_grant"),
+    ],
+    ids=["missing", "empty", "blank", "wrong", "equals-challenge"],
+)
+def test_token_pkce_verifier_rejected(
+    server_app: Any, http: Any, patient: str, verifier: str | None, error: str
+) -> None:
     code, right, params = obtain_code(server_app, patient)
     sent = {"wrong": pkce()[0], "challenge": params["code_challenge"]}.get(verifier or "", verifier)
     assert_token_error(exchange(http, code, sent), error)
@@ -511,26 +601,32 @@ def test_token_unknown_code_invalid_grant(http: Any) -> None:
 
 
 @pytest.mark.parametrize("redirect_uri", [TIMELINE_REDIRECT, OTHER_REDIRECT], ids=["code-redirect", "own-redirect"])
-def test_token_code_of_another_client_invalid_grant(server_app: Any, http: Any, patient: str,
-                                                    redirect_uri: str) -> None:
+def test_token_code_of_another_client_invalid_grant(
+    server_app: Any, http: Any, patient: str, redirect_uri: str
+) -> None:
     """other-app presents imaging-timeline's code with the right verifier: the code is bound to its client."""
     code, verifier, _ = obtain_code(server_app, patient)
     assert_token_error(exchange(http, code, verifier, client_id=OTHER, redirect_uri=redirect_uri), "invalid_grant")
 
 
-@pytest.mark.parametrize("redirect_uri", [None, OTHER_REDIRECT, TIMELINE_REDIRECT.rstrip("/"),
-                                          TIMELINE_REDIRECT + "x"],
-                         ids=["missing", "another-registered", "prefix", "longer"])
-def test_token_redirect_uri_differs_invalid_grant(server_app: Any, http: Any, patient: str,
-                                                  redirect_uri: str | None) -> None:
+@pytest.mark.parametrize(
+    "redirect_uri",
+    [None, OTHER_REDIRECT, TIMELINE_REDIRECT.rstrip("/"), TIMELINE_REDIRECT + "x"],
+    ids=["missing", "another-registered", "prefix", "longer"],
+)
+def test_token_redirect_uri_differs_invalid_grant(
+    server_app: Any, http: Any, patient: str, redirect_uri: str | None
+) -> None:
     code, verifier, _ = obtain_code(server_app, patient)
     assert_token_error(exchange(http, code, verifier, redirect_uri=redirect_uri), "invalid_grant")
 
 
-@pytest.mark.parametrize(("age_s", "accepted"), [(CODE_TTL_S - 10, True), (CODE_TTL_S + 1, False)],
-                         ids=["50s-old", "61s-old"])
-def test_token_code_expires_after_60s(server_app: Any, http: Any, patient: str, store_clock: StoreClock,
-                                      age_s: int, accepted: bool) -> None:
+@pytest.mark.parametrize(
+    ("age_s", "accepted"), [(CODE_TTL_S - 10, True), (CODE_TTL_S + 1, False)], ids=["50s-old", "61s-old"]
+)
+def test_token_code_expires_after_60s(
+    server_app: Any, http: Any, patient: str, store_clock: StoreClock, age_s: int, accepted: bool
+) -> None:
     assert CODE_TTL_S == 60
     code, verifier, _ = obtain_code(server_app, patient)
     store_clock.offset = age_s
@@ -558,8 +654,17 @@ def test_token_response_headers_no_store(server_app: Any, http: Any, patient: st
 
 def test_token_response_fields(server_app: Any, http: Any, patient: str) -> None:
     tokens = user_tokens(server_app, patient, STANDALONE_SCOPE)
-    assert {"access_token", "token_type", "scope", "expires_in", "patient", "need_patient_banner",
-            "smart_style_url", "id_token", "refresh_token"} <= set(tokens)
+    assert {
+        "access_token",
+        "token_type",
+        "scope",
+        "expires_in",
+        "patient",
+        "need_patient_banner",
+        "smart_style_url",
+        "id_token",
+        "refresh_token",
+    } <= set(tokens)
     assert tokens["token_type"] == "Bearer"
     assert tokens["scope"].split() == STANDALONE_SCOPE.split()
     assert isinstance(tokens["expires_in"], int) and 0 < tokens["expires_in"] <= 3600
@@ -595,24 +700,38 @@ def test_token_no_id_token_without_openid(server_app: Any, patient: str) -> None
     assert "id_token" not in tokens
 
 
-@pytest.mark.parametrize(("scope", "expect_refresh"), [
-    ("launch/patient patient/*.rs offline_access", True),
-    ("launch/patient patient/*.rs online_access", True),
-    ("launch/patient patient/*.rs openid fhirUser", False),
-], ids=["offline_access", "online_access", "neither"])
-def test_token_refresh_token_only_with_offline_or_online_access(server_app: Any, patient: str, scope: str,
-                                                                 expect_refresh: bool) -> None:
+@pytest.mark.parametrize(
+    ("scope", "expect_refresh"),
+    [
+        ("launch/patient patient/*.rs offline_access", True),
+        ("launch/patient patient/*.rs online_access", True),
+        ("launch/patient patient/*.rs openid fhirUser", False),
+    ],
+    ids=["offline_access", "online_access", "neither"],
+)
+def test_token_refresh_token_only_with_offline_or_online_access(
+    server_app: Any, patient: str, scope: str, expect_refresh: bool
+) -> None:
     tokens = user_tokens(server_app, patient, scope)
     assert ("refresh_token" in tokens) is expect_refresh
 
 
 def test_token_confidential_symmetric_client(server_app: Any, http: Any, patient: str) -> None:
-    cases = [(basic(SYMMETRIC, "wrong-secret"), "invalid_client"), ({}, "invalid_client"),
-             (basic(SYMMETRIC, SYMMETRIC_SECRET), None)]
+    cases = [
+        (basic(SYMMETRIC, "wrong-secret"), "invalid_client"),
+        ({}, "invalid_client"),
+        (basic(SYMMETRIC, SYMMETRIC_SECRET), None),
+    ]
     for headers, error in cases:
         code, verifier, _ = obtain_code(server_app, patient, client_id=SYMMETRIC, redirect_uri=SYMMETRIC_REDIRECT)
-        response = exchange(http, code, verifier, client_id=None if headers else SYMMETRIC,
-                            redirect_uri=SYMMETRIC_REDIRECT, headers=headers)
+        response = exchange(
+            http,
+            code,
+            verifier,
+            client_id=None if headers else SYMMETRIC,
+            redirect_uri=SYMMETRIC_REDIRECT,
+            headers=headers,
+        )
         if error:
             assert_token_error(response, error, (400, 401))
         else:
@@ -661,9 +780,11 @@ def test_refresh_narrower_scope_allowed(server_app: Any, http: Any, patient: str
     assert jwt_parts(response.get_json()["access_token"])[1]["scope"] == "patient/*.rs offline_access"
 
 
-@pytest.mark.parametrize("scope", ["launch/patient patient/*.rs user/*.rs offline_access",
-                                   "patient/*.cruds offline_access", "system/*.rs"],
-                         ids=["adds-user-scope", "adds-write", "system"])
+@pytest.mark.parametrize(
+    "scope",
+    ["launch/patient patient/*.rs user/*.rs offline_access", "patient/*.cruds offline_access", "system/*.rs"],
+    ids=["adds-user-scope", "adds-write", "system"],
+)
 def test_refresh_wider_scope_invalid_scope(server_app: Any, http: Any, patient: str, scope: str) -> None:
     token = user_tokens(server_app, patient)["refresh_token"]
     assert_token_error(refresh(http, token, scope=scope), "invalid_scope")
@@ -685,8 +806,7 @@ def test_refresh_keeps_the_patient_context(server_app: Any, http: Any, patient: 
 # ============================================================================= revocation and introspection
 
 
-def test_revoke_access_token_then_api_401_and_introspection_inactive(server_app: Any, http: Any,
-                                                                     patient: str) -> None:
+def test_revoke_access_token_then_api_401_and_introspection_inactive(server_app: Any, http: Any, patient: str) -> None:
     access = user_tokens(server_app, patient)["access_token"]
     assert fhir_search(http, access).status_code == 200
     assert http.post("/auth/revoke", data={"token": access, "client_id": TIMELINE}).status_code == 200
@@ -697,8 +817,12 @@ def test_revoke_access_token_then_api_401_and_introspection_inactive(server_app:
 
 def test_revoke_refresh_token_then_refresh_invalid_grant(server_app: Any, http: Any, patient: str) -> None:
     token = user_tokens(server_app, patient)["refresh_token"]
-    assert http.post("/auth/revoke", data={"token": token, "token_type_hint": "refresh_token",
-                                           "client_id": TIMELINE}).status_code == 200
+    assert (
+        http.post(
+            "/auth/revoke", data={"token": token, "token_type_hint": "refresh_token", "client_id": TIMELINE}
+        ).status_code
+        == 200
+    )
     assert_token_error(refresh(http, token), "invalid_grant")
 
 
@@ -710,11 +834,14 @@ def test_revoke_by_another_client_has_no_effect(server_app: Any, http: Any, pati
     assert refresh(http, tokens["refresh_token"]).status_code == 200
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer not-a-token"},
-                                     basic(SYMMETRIC, "wrong-secret"), basic("no-such-client", "x")],
-                         ids=["none", "bad-bearer", "wrong-secret", "unknown-client"])
-def test_introspect_without_valid_credentials_401(server_app: Any, http: Any, patient: str,
-                                                  headers: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer not-a-token"}, basic(SYMMETRIC, "wrong-secret"), basic("no-such-client", "x")],
+    ids=["none", "bad-bearer", "wrong-secret", "unknown-client"],
+)
+def test_introspect_without_valid_credentials_401(
+    server_app: Any, http: Any, patient: str, headers: dict[str, str]
+) -> None:
     access = user_tokens(server_app, patient, "launch/patient patient/*.rs")["access_token"]
     response = http.post("/auth/introspect", data={"token": access}, headers=headers)
     assert response.status_code == 401
@@ -732,8 +859,11 @@ def test_introspect_public_client_id_alone_is_not_authentication(server_app: Any
 
 def test_introspect_active_token_fields(server_app: Any, http: Any, patient: str) -> None:
     tokens = user_tokens(server_app, patient, STANDALONE_SCOPE)
-    response = http.post("/auth/introspect", data={"token": tokens["access_token"]},
-                         headers={"Authorization": f"Bearer {portal_token(http)}"})
+    response = http.post(
+        "/auth/introspect",
+        data={"token": tokens["access_token"]},
+        headers={"Authorization": f"Bearer {portal_token(http)}"},
+    )
     assert response.status_code == 200
     assert "no-store" in response.headers.get("Cache-Control", "")
     body = response.get_json()
@@ -756,9 +886,19 @@ def test_introspect_bad_token_inactive_200(http: Any, token: str) -> None:
 
 def test_introspect_expired_token_inactive(server_app: Any, http: Any) -> None:
     server = server_app.extensions["smart_server"]
-    token = server.issuer._sign({"iss": FHIR_BASE, "aud": FHIR_BASE, "iat": int(time.time()) - 7200,
-                                 "exp": int(time.time()) - 3600, "jti": "expired-1", "client_id": TIMELINE,
-                                 "scope": "user/*.rs", "sub": "dr.khan"}, "RS384")
+    token = server.issuer._sign(
+        {
+            "iss": FHIR_BASE,
+            "aud": FHIR_BASE,
+            "iat": int(time.time()) - 7200,
+            "exp": int(time.time()) - 3600,
+            "jti": "expired-1",
+            "client_id": TIMELINE,
+            "scope": "user/*.rs",
+            "sub": "dr.khan",
+        },
+        "RS384",
+    )
     response = http.post("/auth/introspect", data={"token": token}, headers=basic(SYMMETRIC, SYMMETRIC_SECRET))
     assert response.get_json() == {"active": False}
 
@@ -787,22 +927,34 @@ def test_backend_es384_assertion_issues_a_token(http: Any, reader_key: ECKey) ->
     assert response.get_json()["scope"] == READER_SCOPE
 
 
-@pytest.mark.parametrize(("client", "asked", "required"), [
-    (PORTAL, "system/*.*", ""),
-    (PORTAL, "system/*.* system/ImagingStudy.rs", "system/ImagingStudy.rs"),
-    (PORTAL, "system/*.rs system/Patient.rs system/ImagingStudy.cruds", "system/Patient.rs"),
-    (READER, "system/Patient.rs", ""),
-    (READER, "system/ImagingStudy.rs system/Patient.rs", READER_SCOPE),
-    (READER, "system/*.rs system/ImagingStudy.rs", READER_SCOPE),
-], ids=["portal-wildcard-only", "portal-wildcard-and-registered", "portal-mixed", "reader-unregistered-only",
-        "reader-extra-type", "reader-wildcard"])
-def test_backend_scopes_cut_to_registration(http: Any, reader_key: ECKey, client: str, asked: str,
-                                            required: str) -> None:
+@pytest.mark.parametrize(
+    ("client", "asked", "required"),
+    [
+        (PORTAL, "system/*.*", ""),
+        (PORTAL, "system/*.* system/ImagingStudy.rs", "system/ImagingStudy.rs"),
+        (PORTAL, "system/*.rs system/Patient.rs system/ImagingStudy.cruds", "system/Patient.rs"),
+        (READER, "system/Patient.rs", ""),
+        (READER, "system/ImagingStudy.rs system/Patient.rs", READER_SCOPE),
+        (READER, "system/*.rs system/ImagingStudy.rs", READER_SCOPE),
+    ],
+    ids=[
+        "portal-wildcard-only",
+        "portal-wildcard-and-registered",
+        "portal-mixed",
+        "reader-unregistered-only",
+        "reader-extra-type",
+        "reader-wildcard",
+    ],
+)
+def test_backend_scopes_cut_to_registration(
+    http: Any, reader_key: ECKey, client: str, asked: str, required: str
+) -> None:
     """Granted scopes are registered ones only; the registered ones asked for (`required`) are granted.
     When none of the registered scopes was asked for, an invalid_scope error is acceptable too."""
     registered = set(PORTAL_SCOPE.split() if client == PORTAL else READER_SCOPE.split())
-    assertion = (client_assertion(PORTAL_KEY, PORTAL) if client == PORTAL
-                 else client_assertion(reader_key, READER, alg="ES384"))
+    assertion = (
+        client_assertion(PORTAL_KEY, PORTAL) if client == PORTAL else client_assertion(reader_key, READER, alg="ES384")
+    )
     response = backend_request(http, assertion, asked)
     if not required and response.status_code != 200:
         assert_token_error(response, "invalid_scope")
@@ -815,11 +967,13 @@ def test_backend_scopes_cut_to_registration(http: Any, reader_key: ECKey, client
     assert jwt_parts(response.get_json()["access_token"])[1]["scope"].split() == granted
 
 
-def test_backend_token_without_registered_scope_cannot_read_patients(http: Any, reader_key: ECKey,
-                                                                     patient: str) -> None:
+def test_backend_token_without_registered_scope_cannot_read_patients(
+    http: Any, reader_key: ECKey, patient: str
+) -> None:
     """What the scope cut protects: `reader` is registered for ImagingStudy only."""
-    response = backend_request(http, client_assertion(reader_key, READER, alg="ES384"),
-                               "system/ImagingStudy.rs system/Patient.rs")
+    response = backend_request(
+        http, client_assertion(reader_key, READER, alg="ES384"), "system/ImagingStudy.rs system/Patient.rs"
+    )
     token = response.get_json().get("access_token")
     if token is None:
         assert_token_error(response, "invalid_scope")
@@ -830,7 +984,8 @@ def test_backend_token_without_registered_scope_cannot_read_patients(http: Any, 
 
 BAD_ASSERTIONS: dict[str, Callable[[], str]] = {
     "bad-signature-same-kid": lambda: client_assertion(
-        RSAKey.generate_key(2048, parameters={"kid": PORTAL_KEY.kid, "alg": "RS384"}), PORTAL),
+        RSAKey.generate_key(2048, parameters={"kid": PORTAL_KEY.kid, "alg": "RS384"}), PORTAL
+    ),
     "aud-fhir-base": lambda: client_assertion(PORTAL_KEY, PORTAL, aud=FHIR_BASE),
     "aud-other-server": lambda: client_assertion(PORTAL_KEY, PORTAL, aud="https://other.example/auth/token"),
     "aud-missing": lambda: client_assertion(PORTAL_KEY, PORTAL, aud=None),
@@ -840,13 +995,17 @@ BAD_ASSERTIONS: dict[str, Callable[[], str]] = {
     "exp-missing": lambda: client_assertion(PORTAL_KEY, PORTAL, exp=None),
     "unknown-kid": lambda: client_assertion(PORTAL_KEY, PORTAL, kid="no-such-kid"),
     "alg-none": lambda: unsigned_assertion({"alg": "none", "typ": "JWT"}, assertion_claims(PORTAL)),
-    "alg-none-with-kid": lambda: unsigned_assertion({"alg": "none", "typ": "JWT", "kid": PORTAL_KEY.kid},
-                                                    assertion_claims(PORTAL)),
-    "hs256-public-key-pem": lambda: hs256_assertion(PORTAL_KEY.as_pem(private=False),
-                                                    {"alg": "HS256", "typ": "JWT", "kid": PORTAL_KEY.kid},
-                                                    assertion_claims(PORTAL)),
-    "rs256": lambda: client_assertion(RSAKey.import_key({**PORTAL_KEY.as_dict(private=True), "alg": "RS256"}),
-                                      PORTAL, alg="RS256"),
+    "alg-none-with-kid": lambda: unsigned_assertion(
+        {"alg": "none", "typ": "JWT", "kid": PORTAL_KEY.kid}, assertion_claims(PORTAL)
+    ),
+    "hs256-public-key-pem": lambda: hs256_assertion(
+        PORTAL_KEY.as_pem(private=False),
+        {"alg": "HS256", "typ": "JWT", "kid": PORTAL_KEY.kid},
+        assertion_claims(PORTAL),
+    ),
+    "rs256": lambda: client_assertion(
+        RSAKey.import_key({**PORTAL_KEY.as_dict(private=True), "alg": "RS256"}), PORTAL, alg="RS256"
+    ),
     "iss-not-sub": lambda: client_assertion(PORTAL_KEY, PORTAL, iss=READER),
     "jti-missing": lambda: client_assertion(PORTAL_KEY, PORTAL, jti=None),
     "sub-unknown-client": lambda: client_assertion(PORTAL_KEY, "no-such-client"),
@@ -876,11 +1035,15 @@ def test_backend_replayed_jti_invalid_client(http: Any) -> None:
     assert_token_error(backend_request(http, again, "system/ImagingStudy.rs"), "invalid_client", (400, 401))
 
 
-@pytest.mark.parametrize("assertion_type", ["urn:ietf:params:oauth:client-assertion-type:saml2-bearer",
-                                            "jwt-bearer", ""], ids=["saml2", "short", "empty"])
+@pytest.mark.parametrize(
+    "assertion_type",
+    ["urn:ietf:params:oauth:client-assertion-type:saml2-bearer", "jwt-bearer", ""],
+    ids=["saml2", "short", "empty"],
+)
 def test_backend_wrong_assertion_type_invalid_client(http: Any, assertion_type: str) -> None:
-    response = backend_request(http, client_assertion(PORTAL_KEY, PORTAL), "system/ImagingStudy.rs",
-                               assertion_type=assertion_type)
+    response = backend_request(
+        http, client_assertion(PORTAL_KEY, PORTAL), "system/ImagingStudy.rs", assertion_type=assertion_type
+    )
     assert_token_error(response, "invalid_client", (400, 401))
 
 
@@ -893,8 +1056,10 @@ def test_backend_confidential_app_trying_client_credentials_refused(http: Any) -
 
 
 def test_backend_public_client_trying_client_credentials_invalid_client(http: Any) -> None:
-    response = http.post("/auth/token", data={"grant_type": "client_credentials", "client_id": TIMELINE,
-                                              "scope": "system/ImagingStudy.rs"})
+    response = http.post(
+        "/auth/token",
+        data={"grant_type": "client_credentials", "client_id": TIMELINE, "scope": "system/ImagingStudy.rs"},
+    )
     assert_token_error(response, "invalid_client", (400, 401))
 
 
@@ -902,14 +1067,16 @@ def test_backend_public_client_trying_client_credentials_invalid_client(http: An
 
 
 @pytest.mark.parametrize("caller", ["no-token", "garbage", "user-token", "backend-not-launch-issuer"])
-def test_launch_api_needs_a_launch_issuer_backend_token(server_app: Any, http: Any, patient: str,
-                                                        reader_key: ECKey, caller: str) -> None:
+def test_launch_api_needs_a_launch_issuer_backend_token(
+    server_app: Any, http: Any, patient: str, reader_key: ECKey, caller: str
+) -> None:
     tokens: dict[str, Callable[[], str | None]] = {
         "no-token": lambda: None,
         "garbage": lambda: "not-a-token",
         "user-token": lambda: user_tokens(server_app, patient, "launch/patient patient/*.rs user/*.rs")["access_token"],
         "backend-not-launch-issuer": lambda: backend_request(
-            http, client_assertion(reader_key, READER, alg="ES384"), READER_SCOPE).get_json()["access_token"],
+            http, client_assertion(reader_key, READER, alg="ES384"), READER_SCOPE
+        ).get_json()["access_token"],
     }
     token = tokens[caller]()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -917,16 +1084,24 @@ def test_launch_api_needs_a_launch_issuer_backend_token(server_app: Any, http: A
     assert response.status_code == 401
     assert response.get_json()["error"] == "invalid_token"
     assert "launch" not in response.get_json()
-    assert response.headers["WWW-Authenticate"].startswith('Bearer realm="') and 'error="invalid_token"' in \
-        response.headers["WWW-Authenticate"]
+    assert (
+        response.headers["WWW-Authenticate"].startswith('Bearer realm="')
+        and 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+    )
 
 
-@pytest.mark.parametrize("bad", ["123", "9434765918", "94347659x9", "", "unknown"],
-                         ids=["short", "bad-check-digit", "letters", "empty", "no-records"])
+@pytest.mark.parametrize(
+    "bad",
+    ["123", "9434765918", "94347659x9", "", "unknown"],
+    ids=["short", "bad-check-digit", "letters", "empty", "no-records"],
+)
 def test_launch_api_bad_nhs_number_400(http: Any, bad: str, unknown_nhs_number: str) -> None:
     nhs = unknown_nhs_number if bad == "unknown" else bad
-    response = http.post("/auth/launch", json={"client_id": TIMELINE, "patient": nhs},
-                         headers={"Authorization": f"Bearer {portal_token(http)}"})
+    response = http.post(
+        "/auth/launch",
+        json={"client_id": TIMELINE, "patient": nhs},
+        headers={"Authorization": f"Bearer {portal_token(http)}"},
+    )
     assert response.status_code == 400
     assert response.get_json()["error"] == "invalid_request"
     assert "launch" not in response.get_json()
@@ -934,8 +1109,11 @@ def test_launch_api_bad_nhs_number_400(http: Any, bad: str, unknown_nhs_number: 
 
 @pytest.mark.parametrize("client_id", ["no-such-app", ""], ids=["unknown", "empty"])
 def test_launch_api_unknown_client_400(http: Any, patient: str, client_id: str) -> None:
-    response = http.post("/auth/launch", json={"client_id": client_id, "patient": patient},
-                         headers={"Authorization": f"Bearer {portal_token(http)}"})
+    response = http.post(
+        "/auth/launch",
+        json={"client_id": client_id, "patient": patient},
+        headers={"Authorization": f"Bearer {portal_token(http)}"},
+    )
     assert response.status_code == 400
     assert response.get_json()["error"] == "invalid_request"
 
@@ -943,9 +1121,11 @@ def test_launch_api_unknown_client_400(http: Any, patient: str, client_id: str) 
 def test_launch_api_launch_id_is_opaque(http: Any, patient: str, patient_study: str) -> None:
     ids = []
     for _ in range(2):
-        response = http.post("/auth/launch", json={"client_id": TIMELINE, "patient": patient,
-                                                   "imaging_study": patient_study},
-                             headers={"Authorization": f"Bearer {portal_token(http)}"})
+        response = http.post(
+            "/auth/launch",
+            json={"client_id": TIMELINE, "patient": patient, "imaging_study": patient_study},
+            headers={"Authorization": f"Bearer {portal_token(http)}"},
+        )
         assert response.status_code == 201
         assert "no-store" in response.headers.get("Cache-Control", "")
         body = response.get_json()
@@ -1001,8 +1181,14 @@ def _prove_client_public(app: Any, http: Any, patient: str) -> None:
 
 def _prove_client_confidential_symmetric(app: Any, http: Any, patient: str) -> None:
     code, verifier, _ = obtain_code(app, patient, client_id=SYMMETRIC, redirect_uri=SYMMETRIC_REDIRECT)
-    response = exchange(http, code, verifier, client_id=None, redirect_uri=SYMMETRIC_REDIRECT,
-                        headers=basic(SYMMETRIC, SYMMETRIC_SECRET))
+    response = exchange(
+        http,
+        code,
+        verifier,
+        client_id=None,
+        redirect_uri=SYMMETRIC_REDIRECT,
+        headers=basic(SYMMETRIC, SYMMETRIC_SECRET),
+    )
     assert response.status_code == 200, response.get_json()
 
 
@@ -1081,12 +1267,17 @@ def _prove_smart_imaging_access(app: Any, http: Any, patient: str) -> None:
     token = user_tokens(app, patient, "launch/patient patient/*.rs")["access_token"]
     bundle = fhir_search(http, token, "?_include=ImagingStudy:endpoint").get_json()
     studies = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "ImagingStudy"]
-    endpoints = {f"Endpoint/{e['resource']['id']}": e["resource"] for e in bundle["entry"]
-                 if e["resource"]["resourceType"] == "Endpoint"}
+    endpoints = {
+        f"Endpoint/{e['resource']['id']}": e["resource"]
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] == "Endpoint"
+    }
     study = studies[0]
     endpoint = endpoints[study["endpoint"][0]["reference"]]
-    assert {"url": "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token",
-            "valueBoolean": True} in endpoint["extension"]
+    assert {
+        "url": "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token",
+        "valueBoolean": True,
+    } in endpoint["extension"]
     uid = next(i["value"] for i in study["identifier"] if i["system"] == "urn:dicom:uid").removeprefix("urn:oid:")
     path = urlsplit(endpoint["address"]).path + f"/studies/{uid}/metadata"
     assert http.get(path).status_code == 401  # the address wants the token

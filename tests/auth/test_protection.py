@@ -55,7 +55,7 @@ class Route:
     method: str
     path: str
     resource_type: str
-    interaction: str          # r or s
+    interaction: str  # r or s
     form: dict[str, str] | None = None
 
     def call(self, api: Any, token: str | None, **kwargs: Any) -> Any:
@@ -119,7 +119,7 @@ def _other_type(resource_type: str) -> str:
 @dataclass(frozen=True)
 class Grant:
     name: str
-    scope: str                # {T}: the route's type, {O}: another type
+    scope: str  # {T}: the route's type, {O}: another type
     patient: str | None
     allows: Callable[[Route], bool]
 
@@ -129,7 +129,7 @@ def everything(route: Route) -> bool:
 
 
 def not_audit(route: Route) -> bool:
-    return route.resource_type != "AuditEvent"   # the audit trail is for system/ clients only
+    return route.resource_type != "AuditEvent"  # the audit trail is for system/ clients only
 
 
 GRANTS = [
@@ -192,18 +192,20 @@ def archive_calls(smart_app: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[l
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=ROUTE_IDS)
-def test_scope_refusal_asks_no_archive(api: Any, mint: Callable[..., str], archive_calls: list[str],
-                                       route: Route) -> None:
+def test_scope_refusal_asks_no_archive(
+    api: Any, mint: Callable[..., str], archive_calls: list[str], route: Route
+) -> None:
     assert_forbidden(route.call(api, mint(f"system/{_other_type(route.resource_type)}.rs")))
-    assert_forbidden(route.call(api, mint(f"patient/{route.resource_type}.rs")))      # no patient claim
+    assert_forbidden(route.call(api, mint(f"patient/{route.resource_type}.rs")))  # no patient claim
     assert archive_calls == []
-    route.call(api, mint("system/*.rs"))                                             # the spy does see calls
+    route.call(api, mint("system/*.rs"))  # the spy does see calls
     if route.resource_type in ("ImagingStudy", "Patient", "AuditEvent"):
         assert archive_calls
 
 
-def test_scope_refusal_for_unknown_study_is_403_not_404(api: Any, mint: Callable[..., str],
-                                                        archive_calls: list[str]) -> None:
+def test_scope_refusal_for_unknown_study_is_403_not_404(
+    api: Any, mint: Callable[..., str], archive_calls: list[str]
+) -> None:
     assert_forbidden(api.get(f"/fhir/ImagingStudy/{UNKNOWN_STUDY}", mint("system/Patient.rs")))
     assert_forbidden(api.get(f"/fhir/ImagingStudy/{UNKNOWN_STUDY}", mint("system/ImagingStudy.s")))
     assert archive_calls == []
@@ -226,8 +228,14 @@ def test_discovery_without_token_is_json_whatever_accept(api: Any, smart_configu
         assert response.status_code == 200, accept
         assert response.mimetype == "application/json"
         document = response.get_json()
-        for key in ("authorization_endpoint", "token_endpoint", "introspection_endpoint",
-                    "revocation_endpoint", "issuer", "jwks_uri"):
+        for key in (
+            "authorization_endpoint",
+            "token_endpoint",
+            "introspection_endpoint",
+            "revocation_endpoint",
+            "issuer",
+            "jwks_uri",
+        ):
             assert document[key] == smart_configuration[key], key
         # The issuer's capabilities, and the facade's own: its gateway takes the same tokens.
         assert document["capabilities"] == [*smart_configuration["capabilities"], "smart-imaging-access"]
@@ -249,14 +257,19 @@ def test_metadata_without_token_advertises_smart(api: Any, smart_configuration: 
     assert security["cors"] is True
     codings = [(c["system"], c["code"]) for s in security["service"] for c in s["coding"]]
     assert ("http://terminology.hl7.org/CodeSystem/restful-security-service", "SMART-on-FHIR") in codings
-    oauth = [e for e in security["extension"]
-             if e["url"] == "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"]
+    oauth = [
+        e
+        for e in security["extension"]
+        if e["url"] == "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+    ]
     assert len(oauth) == 1
     uris = {e["url"]: e["valueUri"] for e in oauth[0]["extension"]}
-    assert uris == {"authorize": smart_configuration["authorization_endpoint"],
-                    "token": smart_configuration["token_endpoint"],
-                    "introspect": smart_configuration["introspection_endpoint"],
-                    "revoke": smart_configuration["revocation_endpoint"]}
+    assert uris == {
+        "authorize": smart_configuration["authorization_endpoint"],
+        "token": smart_configuration["token_endpoint"],
+        "introspect": smart_configuration["introspection_endpoint"],
+        "revoke": smart_configuration["revocation_endpoint"],
+    }
     discovered = api.get("/fhir/.well-known/smart-configuration").get_json()
     assert uris["authorize"] == discovered["authorization_endpoint"]
     assert uris["token"] == discovered["token_endpoint"]
@@ -286,8 +299,7 @@ def test_cors_api_configured_origin_only(api: Any, mint: Callable[..., str]) -> 
     assert allowed.headers.get("Access-Control-Allow-Origin") == PORTAL_ORIGIN
     assert "Origin" in allowed.headers.get("Vary", "")
     assert "WWW-Authenticate" in allowed.headers.get("Access-Control-Expose-Headers", "")
-    for origin in ("https://evil.example", "https://portal.gm.nhs.uk.evil.example", "http://portal.gm.nhs.uk",
-                   "null"):
+    for origin in ("https://evil.example", "https://portal.gm.nhs.uk.evil.example", "http://portal.gm.nhs.uk", "null"):
         refused = api.get(path, token, headers={"Origin": origin})
         assert "Access-Control-Allow-Origin" not in refused.headers, origin
         assert "Access-Control-Allow-Credentials" not in refused.headers, origin
@@ -345,8 +357,10 @@ def assert_no_patient_b(response: Any) -> None:
 
 
 def test_compartment_search_without_patient_returns_only_a(api: Any, token_a: str) -> None:
-    for response in (api.get("/fhir/ImagingStudy", token_a),
-                     api.post("/fhir/ImagingStudy/_search", token_a, data={"_count": "50"})):
+    for response in (
+        api.get("/fhir/ImagingStudy", token_a),
+        api.post("/fhir/ImagingStudy/_search", token_a, data={"_count": "50"}),
+    ):
         assert response.status_code == 200
         studies = entries(response.get_json())
         assert {s["id"] for s in studies} == STUDIES_A
@@ -354,17 +368,20 @@ def test_compartment_search_without_patient_returns_only_a(api: Any, token_a: st
         assert response.get_json()["total"] == len(STUDIES_A)
 
 
-@pytest.mark.parametrize(("name", "value"), [
-    ("patient", PATIENT_B),
-    ("patient", f"Patient/{PATIENT_B}"),
-    ("patient", f"{BASE_URL}/Patient/{PATIENT_B}"),
-    ("subject", f"Patient/{PATIENT_B}"),
-    ("patient.identifier", f"{NHS_SYSTEM}|{PATIENT_B}"),
-    ("patient:identifier", PATIENT_B),
-    ("subject.identifier", f"{NHS_SYSTEM}|{PATIENT_B}"),
-    ("subject:identifier", PATIENT_B),
-    ("patient", f"{PATIENT_A},{PATIENT_B}"),
-])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("patient", PATIENT_B),
+        ("patient", f"Patient/{PATIENT_B}"),
+        ("patient", f"{BASE_URL}/Patient/{PATIENT_B}"),
+        ("subject", f"Patient/{PATIENT_B}"),
+        ("patient.identifier", f"{NHS_SYSTEM}|{PATIENT_B}"),
+        ("patient:identifier", PATIENT_B),
+        ("subject.identifier", f"{NHS_SYSTEM}|{PATIENT_B}"),
+        ("subject:identifier", PATIENT_B),
+        ("patient", f"{PATIENT_A},{PATIENT_B}"),
+    ],
+)
 def test_compartment_search_for_other_patient_is_403(api: Any, token_a: str, name: str, value: str) -> None:
     assert_forbidden(api.get(f"/fhir/ImagingStudy?{urlencode({name: value})}", token_a), challenge=False)
     assert_forbidden(api.post("/fhir/ImagingStudy/_search", token_a, data={name: value}), challenge=False)
@@ -399,8 +416,7 @@ def b_identifier_queries(b_study: dict[str, Any]) -> list[str]:
     ]
 
 
-def test_compartment_search_by_b_identifiers_returns_no_b_data(api: Any, token_a: str,
-                                                               b_study: dict[str, Any]) -> None:
+def test_compartment_search_by_b_identifiers_returns_no_b_data(api: Any, token_a: str, b_study: dict[str, Any]) -> None:
     for query in b_identifier_queries(b_study):
         response = api.get(f"/fhir/ImagingStudy?{query}", token_a)
         assert_no_patient_b(response)
@@ -408,8 +424,9 @@ def test_compartment_search_by_b_identifiers_returns_no_b_data(api: Any, token_a
             assert entries(response.get_json(), mode=None, resource_type="ImagingStudy") == [], query
 
 
-def test_compartment_b_identifiers_do_find_b_with_system_scope(api: Any, mint: Callable[..., str],
-                                                               b_study: dict[str, Any]) -> None:
+def test_compartment_b_identifiers_do_find_b_with_system_scope(
+    api: Any, mint: Callable[..., str], b_study: dict[str, Any]
+) -> None:
     """Control for the test above: the same queries return B's study to a system client."""
     token = mint("system/ImagingStudy.rs")
     for query in b_identifier_queries(b_study):
@@ -420,8 +437,9 @@ def test_compartment_b_identifiers_do_find_b_with_system_scope(api: Any, mint: C
         assert STUDY_B in {s["id"] for s in entries(response.get_json())}, query
 
 
-def test_compartment_b_instance_control_finds_b_with_system_scope(api: Any, mint: Callable[..., str],
-                                                                  b_study: dict[str, Any]) -> None:
+def test_compartment_b_instance_control_finds_b_with_system_scope(
+    api: Any, mint: Callable[..., str], b_study: dict[str, Any]
+) -> None:
     """Control for the `instance=` query above (without it, that compartment check proves nothing)."""
     instance = b_study["series"][0]["instance"][0]["uid"]
     response = api.get(f"/fhir/ImagingStudy?instance={instance}", mint("system/ImagingStudy.rs"))
@@ -459,12 +477,15 @@ def test_compartment_patient_read(api: Any, token_a: str) -> None:
     assert own.status_code == 200 and own.get_json()["id"] == PATIENT_A
 
 
-@pytest.mark.parametrize("query", [
-    f"identifier={PATIENT_B}",
-    f"identifier={NHS_SYSTEM}|{PATIENT_B}",
-    f"_id={PATIENT_B}",
-    f"identifier={PATIENT_A},{PATIENT_B}",
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"identifier={PATIENT_B}",
+        f"identifier={NHS_SYSTEM}|{PATIENT_B}",
+        f"_id={PATIENT_B}",
+        f"identifier={PATIENT_A},{PATIENT_B}",
+    ],
+)
 def test_compartment_patient_search_for_b_is_403(api: Any, token_a: str, query: str) -> None:
     assert_forbidden(api.get(f"/fhir/Patient?{query}", token_a))
     assert_forbidden(api.post("/fhir/Patient/_search", token_a, data=dict(parse_qsl(query))))
@@ -477,8 +498,7 @@ def test_compartment_patient_search_without_parameter_returns_only_a(api: Any, t
 
 
 def test_compartment_include_brings_only_a_and_own_endpoints(api: Any, token_a: str, mint: Callable[..., str]) -> None:
-    response = api.get("/fhir/ImagingStudy?_include=ImagingStudy:patient&_include=ImagingStudy:endpoint",
-                       token_a)
+    response = api.get("/fhir/ImagingStudy?_include=ImagingStudy:patient&_include=ImagingStudy:endpoint", token_a)
     assert response.status_code == 200
     bundle = response.get_json()
     studies = entries(bundle)
@@ -486,26 +506,32 @@ def test_compartment_include_brings_only_a_and_own_endpoints(api: Any, token_a: 
     included = entries(bundle, mode="include")
     assert [p["id"] for p in included if p["resourceType"] == "Patient"] == [PATIENT_A]
     referenced = {r["reference"].split("/")[-1] for s in studies for r in s.get("endpoint", ())}
-    referenced |= {r["reference"].split("/")[-1] for s in studies for se in s.get("series", ())
-                   for r in se.get("endpoint", ())}
+    referenced |= {
+        r["reference"].split("/")[-1] for s in studies for se in s.get("series", ()) for r in se.get("endpoint", ())
+    }
     endpoints = {e["id"] for e in included if e["resourceType"] == "Endpoint"}
     assert endpoints and endpoints <= referenced
     assert {r["resourceType"] for r in included} <= {"Patient", "Endpoint"}
     assert PATIENT_B not in str(bundle.get("entry"))
 
 
-@pytest.mark.parametrize(("scope", "included_types"), [
-    ("patient/ImagingStudy.rs", set()),
-    ("patient/ImagingStudy.rs patient/Endpoint.rs", {"Endpoint"}),
-    ("patient/ImagingStudy.rs patient/Patient.rs", {"Patient"}),
-    ("patient/ImagingStudy.rs patient/Endpoint.s patient/Patient.s", set()),  # search-only grants do not read
-    ("patient/ImagingStudy.rs system/Organization.rs", set()),
-])
-def test_compartment_include_needs_a_read_scope_for_the_included_type(api: Any, mint: Callable[..., str], scope: str,
-                                                                      included_types: set[str]) -> None:
+@pytest.mark.parametrize(
+    ("scope", "included_types"),
+    [
+        ("patient/ImagingStudy.rs", set()),
+        ("patient/ImagingStudy.rs patient/Endpoint.rs", {"Endpoint"}),
+        ("patient/ImagingStudy.rs patient/Patient.rs", {"Patient"}),
+        ("patient/ImagingStudy.rs patient/Endpoint.s patient/Patient.s", set()),  # search-only grants do not read
+        ("patient/ImagingStudy.rs system/Organization.rs", set()),
+    ],
+)
+def test_compartment_include_needs_a_read_scope_for_the_included_type(
+    api: Any, mint: Callable[..., str], scope: str, included_types: set[str]
+) -> None:
     token = mint(scope, patient=PATIENT_A)
-    response = api.get(f"/fhir/ImagingStudy?patient={PATIENT_A}&_include=ImagingStudy:endpoint"
-                       "&_include=ImagingStudy:patient", token)
+    response = api.get(
+        f"/fhir/ImagingStudy?patient={PATIENT_A}&_include=ImagingStudy:endpoint&_include=ImagingStudy:patient", token
+    )
     assert response.status_code == 200
     bundle = response.get_json()
     assert {s["id"] for s in entries(bundle)} == STUDIES_A
@@ -529,10 +555,17 @@ def test_compartment_paging_follows_only_a(api: Any, token_a: str) -> None:
     assert sorted(seen) == sorted(STUDIES_A)
 
 
-@pytest.mark.parametrize("first_query", [f"_count={PAGE_SIZE}", f"patient={PATIENT_A}&_count={PAGE_SIZE}",
-                                         f"_count={PAGE_SIZE}&_include=ImagingStudy:patient"])
-def test_compartment_paging_link_replayed_by_b_never_gives_a(api: Any, token_a: str, token_b: str,
-                                                              first_query: str) -> None:
+@pytest.mark.parametrize(
+    "first_query",
+    [
+        f"_count={PAGE_SIZE}",
+        f"patient={PATIENT_A}&_count={PAGE_SIZE}",
+        f"_count={PAGE_SIZE}&_include=ImagingStudy:patient",
+    ],
+)
+def test_compartment_paging_link_replayed_by_b_never_gives_a(
+    api: Any, token_a: str, token_b: str, first_query: str
+) -> None:
     first = api.get(f"/fhir/ImagingStudy?{first_query}", token_a)
     assert first.status_code == 200
     link = next_link(first.get_json())
@@ -547,8 +580,9 @@ def test_compartment_paging_link_replayed_by_b_never_gives_a(api: Any, token_a: 
         assert {subject_of(s) for s in entries(replay.get_json())} <= {PATIENT_B}
 
 
-def test_compartment_paging_link_replayed_without_patient_claim_is_403(api: Any, token_a: str,
-                                                                      mint: Callable[..., str]) -> None:
+def test_compartment_paging_link_replayed_without_patient_claim_is_403(
+    api: Any, token_a: str, mint: Callable[..., str]
+) -> None:
     link = next_link(api.get(f"/fhir/ImagingStudy?_count={PAGE_SIZE}", token_a).get_json())
     assert link
     assert_forbidden(api.get(link, mint("patient/*.rs")))
@@ -556,30 +590,39 @@ def test_compartment_paging_link_replayed_without_patient_claim_is_403(api: Any,
 
 @pytest.mark.parametrize("route", ROUTES, ids=ROUTE_IDS)
 @pytest.mark.parametrize("patient", [None, ""], ids=["no-claim", "empty-claim"])
-def test_compartment_patient_scope_without_patient_fails_closed(api: Any, mint: Callable[..., str], route: Route,
-                                                                patient: str | None) -> None:
+def test_compartment_patient_scope_without_patient_fails_closed(
+    api: Any, mint: Callable[..., str], route: Route, patient: str | None
+) -> None:
     token = mint("patient/*.rs", **({"patient": patient} if patient is not None else {}))
     assert_forbidden(route.call(api, token))
 
 
-def test_compartment_patient_scope_without_patient_search_without_patient_is_403(api: Any,
-                                                                                mint: Callable[..., str]) -> None:
+def test_compartment_patient_scope_without_patient_search_without_patient_is_403(
+    api: Any, mint: Callable[..., str]
+) -> None:
     assert_forbidden(api.get("/fhir/ImagingStudy", mint("patient/ImagingStudy.rs")))
     assert_forbidden(api.get("/fhir/Patient", mint("patient/Patient.rs")))
 
 
-MALFORMED_CLAIMS = ["*", f"{PATIENT_A},{PATIENT_B}", f"{PATIENT_A}\\{PATIENT_B}", "999?", "not-an-nhs-number",
-                    f"Patient/{PATIENT_A}"]
+MALFORMED_CLAIMS = [
+    "*",
+    f"{PATIENT_A},{PATIENT_B}",
+    f"{PATIENT_A}\\{PATIENT_B}",
+    "999?",
+    "not-an-nhs-number",
+    f"Patient/{PATIENT_A}",
+]
 
 
-@pytest.mark.parametrize("path", ["/fhir/ImagingStudy", f"/fhir/ImagingStudy/{STUDY_A}", "/fhir/Patient",
-                                  f"/fhir/Patient/{PATIENT_A}"], ids=["study-search", "study-read",
-                                                                      "patient-search", "patient-read"])
-def test_compartment_malformed_patient_claim_fails_closed(smart_app: Any, mint: Callable[..., str],
-                                                          path: str) -> None:
+@pytest.mark.parametrize(
+    "path",
+    ["/fhir/ImagingStudy", f"/fhir/ImagingStudy/{STUDY_A}", "/fhir/Patient", f"/fhir/Patient/{PATIENT_A}"],
+    ids=["study-search", "study-read", "patient-search", "patient-read"],
+)
+def test_compartment_malformed_patient_claim_fails_closed(smart_app: Any, mint: Callable[..., str], path: str) -> None:
     """A patient claim that is not an NHS number must narrow to nothing (or be refused), never widen
     or crash: "*", "A,B", "A\\B" and "?" are DICOM wildcard/list syntax if they reach an archive query."""
-    client = smart_app.test_client()       # the raw client: a 500 is recorded here, not raised
+    client = smart_app.test_client()  # the raw client: a 500 is recorded here, not raised
     answers = {}
     for claim in MALFORMED_CLAIMS:
         token = mint("patient/*.rs", patient=claim)
@@ -594,8 +637,9 @@ def test_compartment_malformed_patient_claim_fails_closed(smart_app: Any, mint: 
     assert not bad, f"GET {path}: {bad} (status, data returned) for patient claims that are not NHS numbers"
 
 
-@pytest.mark.parametrize("path", ["/fhir/Endpoint", "/fhir/Endpoint/bolton-wado-rs", "/fhir/Organization",
-                                  "/fhir/Organization/RMC"])
+@pytest.mark.parametrize(
+    "path", ["/fhir/Endpoint", "/fhir/Endpoint/bolton-wado-rs", "/fhir/Organization", "/fhir/Organization/RMC"]
+)
 def test_compartment_directory_is_public_policy_without_patient_data(api: Any, token_a: str, path: str) -> None:
     """Policy (app/auth/protect.py): Endpoint and Organization are directory data outside the
     Patient compartment, readable under patient/ scopes; they carry no patient data."""
@@ -655,8 +699,9 @@ def test_filter_unfiltered_grant_beats_filtered(api: Any, mint: Callable[..., st
     assert {s["id"] for s in entries(response.get_json())} == studies_of(FILTER_PATIENT)
 
 
-@pytest.mark.parametrize("scope", ["patient/ImagingStudy.rs?foo=bar", "patient/ImagingStudy.rs?modality=",
-                                   "patient/*.rs?modality=CT"])
+@pytest.mark.parametrize(
+    "scope", ["patient/ImagingStudy.rs?foo=bar", "patient/ImagingStudy.rs?modality=", "patient/*.rs?modality=CT"]
+)
 def test_filter_unknown_parameter_grants_nothing(api: Any, mint: Callable[..., str], scope: str) -> None:
     assert_forbidden(api.get("/fhir/ImagingStudy", mint(scope, patient=PATIENT_A)))
 

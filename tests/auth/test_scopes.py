@@ -42,34 +42,51 @@ GRANTED = [
     # v2 filters on allowed parameters
     ("patient/ImagingStudy.rs?modality=CT", "patient", "ImagingStudy", "rs", (("modality", "CT"),)),
     ("system/ImagingStudy.s?status=available", "system", "ImagingStudy", "s", (("status", "available"),)),
-    ("user/ImagingStudy.rs?modality=CT&status=available", "user", "ImagingStudy", "rs",
-     (("modality", "CT"), ("status", "available"))),
-    ("patient/ImagingStudy.rs?endpoint=Endpoint/bolton-wado-rs", "patient", "ImagingStudy", "rs",
-     (("endpoint", "Endpoint/bolton-wado-rs"),)),
-    ("patient/ImagingStudy.rs?modality=http://dicom.nema.org/resources/ontology/DCM%7CCT", "patient",
-     "ImagingStudy", "rs", (("modality", "http://dicom.nema.org/resources/ontology/DCM|CT"),)),
+    (
+        "user/ImagingStudy.rs?modality=CT&status=available",
+        "user",
+        "ImagingStudy",
+        "rs",
+        (("modality", "CT"), ("status", "available")),
+    ),
+    (
+        "patient/ImagingStudy.rs?endpoint=Endpoint/bolton-wado-rs",
+        "patient",
+        "ImagingStudy",
+        "rs",
+        (("endpoint", "Endpoint/bolton-wado-rs"),),
+    ),
+    (
+        "patient/ImagingStudy.rs?modality=http://dicom.nema.org/resources/ontology/DCM%7CCT",
+        "patient",
+        "ImagingStudy",
+        "rs",
+        (("modality", "http://dicom.nema.org/resources/ontology/DCM|CT"),),
+    ),
 ]
 
 
-@pytest.mark.parametrize(("scope", "context", "resource_type", "letters", "filters"), GRANTED,
-                         ids=[g[0] for g in GRANTED])
-def test_parse_scope_grants_exactly(scope: str, context: str, resource_type: str, letters: str,
-                                    filters: tuple[tuple[str, str], ...]) -> None:
+@pytest.mark.parametrize(
+    ("scope", "context", "resource_type", "letters", "filters"), GRANTED, ids=[g[0] for g in GRANTED]
+)
+def test_parse_scope_grants_exactly(
+    scope: str, context: str, resource_type: str, letters: str, filters: tuple[tuple[str, str], ...]
+) -> None:
     assert parse_scope(scope, FILTERS) == Grant(context, resource_type, fs(letters), filters)
 
 
 GRANTS_NOTHING = [
     # filters this server cannot enforce
-    "patient/ImagingStudy.rs?foo=bar",                     # unknown filter parameter
-    "patient/ImagingStudy.rs?modality=CT&foo=bar",         # one unknown among known ones
-    "patient/ImagingStudy.rs?modality=",                   # blank value
-    "patient/ImagingStudy.rs?modality",                    # no value at all
-    "patient/ImagingStudy.rs?=CT",                         # no name
-    "patient/*.rs?modality=CT",                            # filter on a wildcard type
-    "user/Patient.rs?gender=female",                       # type without filterable parameters
-    "patient/ImagingStudy.rs?patient=9991750452",          # a filter that would widen the compartment
+    "patient/ImagingStudy.rs?foo=bar",  # unknown filter parameter
+    "patient/ImagingStudy.rs?modality=CT&foo=bar",  # one unknown among known ones
+    "patient/ImagingStudy.rs?modality=",  # blank value
+    "patient/ImagingStudy.rs?modality",  # no value at all
+    "patient/ImagingStudy.rs?=CT",  # no name
+    "patient/*.rs?modality=CT",  # filter on a wildcard type
+    "user/Patient.rs?gender=female",  # type without filterable parameters
+    "patient/ImagingStudy.rs?patient=9991750452",  # a filter that would widen the compartment
     # malformed
-    "patient/ImagingStudy.sr",                             # letters out of order
+    "patient/ImagingStudy.sr",  # letters out of order
     "patient/ImagingStudy.rr",
     "patient/ImagingStudy.",
     "patient/ImagingStudy",
@@ -100,8 +117,19 @@ def test_parse_scope_filter_without_filterable_table_grants_nothing() -> None:
     assert parse_scope("patient/ImagingStudy.rs?modality=CT", FILTERABLE) is not None
 
 
-@pytest.mark.parametrize("scope", ["launch", "launch/patient", "launch/encounter", "openid", "fhirUser", "profile",
-                                   "offline_access", "online_access"])
+@pytest.mark.parametrize(
+    "scope",
+    [
+        "launch",
+        "launch/patient",
+        "launch/encounter",
+        "openid",
+        "fhirUser",
+        "profile",
+        "offline_access",
+        "online_access",
+    ],
+)
 def test_parse_scopes_context_scopes_go_to_other(scope: str) -> None:
     parsed = parse_scopes(f"{scope} patient/ImagingStudy.rs", FILTERS)
     assert scope in parsed.other
@@ -109,10 +137,14 @@ def test_parse_scopes_context_scopes_go_to_other(scope: str) -> None:
 
 
 def test_parse_scopes_whitespace_separated_list() -> None:
-    parsed = parse_scopes("  openid fhirUser\tlaunch/patient\npatient/ImagingStudy.read   patient/Patient.rs"
-                          " user/Endpoint.r ", FILTERS)
-    assert set(parsed.grants) == {Grant("patient", "ImagingStudy", fs("rs")), Grant("patient", "Patient", fs("rs")),
-                                  Grant("user", "Endpoint", fs("r"))}
+    parsed = parse_scopes(
+        "  openid fhirUser\tlaunch/patient\npatient/ImagingStudy.read   patient/Patient.rs user/Endpoint.r ", FILTERS
+    )
+    assert set(parsed.grants) == {
+        Grant("patient", "ImagingStudy", fs("rs")),
+        Grant("patient", "Patient", fs("rs")),
+        Grant("user", "Endpoint", fs("r")),
+    }
     assert parsed.other == frozenset({"openid", "fhirUser", "launch/patient"})
     assert parsed.text() == "fhirUser launch/patient openid"
 
@@ -139,8 +171,9 @@ COVERS = [
 ]
 
 
-@pytest.mark.parametrize(("scope", "resource_type", "interaction", "covered"), COVERS,
-                         ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in COVERS])
+@pytest.mark.parametrize(
+    ("scope", "resource_type", "interaction", "covered"), COVERS, ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in COVERS]
+)
 def test_grant_covers_type_and_interaction(scope: str, resource_type: str, interaction: str, covered: bool) -> None:
     grant = parse_scope(scope, FILTERS)
     assert grant is not None
@@ -165,10 +198,17 @@ DECISIONS = [
     ("patient-on-AuditEvent-narrowed", "patient/AuditEvent.rs", "AuditEvent", "s", A, True, A, ()),
     ("patient-without-patient-denied", "patient/ImagingStudy.rs", "ImagingStudy", "s", None, False, None, ()),
     ("patient-wildcard-without-patient-denied", "patient/*.rs", "Endpoint", "r", None, False, None, ()),
-    ("system-beats-patient-without-patient", "patient/ImagingStudy.rs system/ImagingStudy.rs", "ImagingStudy",
-     "s", None, True, None, ()),
-    ("system-beats-patient", "patient/ImagingStudy.rs system/ImagingStudy.rs", "ImagingStudy", "s", A, True,
-     None, ()),
+    (
+        "system-beats-patient-without-patient",
+        "patient/ImagingStudy.rs system/ImagingStudy.rs",
+        "ImagingStudy",
+        "s",
+        None,
+        True,
+        None,
+        (),
+    ),
+    ("system-beats-patient", "patient/ImagingStudy.rs system/ImagingStudy.rs", "ImagingStudy", "s", A, True, None, ()),
     ("user-beats-patient", "patient/ImagingStudy.rs user/ImagingStudy.rs", "ImagingStudy", "r", A, True, None, ()),
     ("patient-Endpoint-not-compartment", "patient/Endpoint.rs", "Endpoint", "s", A, True, None, ()),
     ("patient-Organization-not-compartment", "patient/Organization.r", "Organization", "r", A, True, None, ()),
@@ -180,26 +220,67 @@ DECISIONS = [
     ("other-type-denied", "system/Patient.rs", "ImagingStudy", "r", None, False, None, ()),
     ("context-scopes-only-denied", "openid fhirUser launch/patient", "ImagingStudy", "s", A, False, None, ()),
     ("no-scopes-denied", "", "ImagingStudy", "s", A, False, None, ()),
-    ("malformed-denied", "patient/ImagingStudy.sr system/ImagingStudy.READ", "ImagingStudy", "s", A, False, None,
-     ()),
+    ("malformed-denied", "patient/ImagingStudy.sr system/ImagingStudy.READ", "ImagingStudy", "s", A, False, None, ()),
     ("unknown-filter-denied", "system/ImagingStudy.rs?foo=bar", "ImagingStudy", "s", None, False, None, ()),
     ("filtered", "system/ImagingStudy.rs?modality=CT", "ImagingStudy", "s", None, True, None, (CT,)),
     ("patient-filtered", "patient/ImagingStudy.rs?modality=CT", "ImagingStudy", "s", A, True, A, (CT,)),
-    ("unfiltered-beats-filtered", "system/ImagingStudy.rs?modality=CT system/ImagingStudy.rs", "ImagingStudy",
-     "s", None, True, None, ()),
-    ("patient-unfiltered-beats-filtered", "patient/ImagingStudy.rs?modality=CT patient/ImagingStudy.rs",
-     "ImagingStudy", "r", A, True, A, ()),
-    ("two-filtered-kept", "user/ImagingStudy.rs?modality=CT user/ImagingStudy.rs?modality=MR", "ImagingStudy", "s",
-     None, True, None, (CT, MR)),
-    ("wide-unfiltered-beats-patient-filtered", "patient/ImagingStudy.rs?modality=CT system/ImagingStudy.rs",
-     "ImagingStudy", "s", A, True, None, ()),
+    (
+        "unfiltered-beats-filtered",
+        "system/ImagingStudy.rs?modality=CT system/ImagingStudy.rs",
+        "ImagingStudy",
+        "s",
+        None,
+        True,
+        None,
+        (),
+    ),
+    (
+        "patient-unfiltered-beats-filtered",
+        "patient/ImagingStudy.rs?modality=CT patient/ImagingStudy.rs",
+        "ImagingStudy",
+        "r",
+        A,
+        True,
+        A,
+        (),
+    ),
+    (
+        "two-filtered-kept",
+        "user/ImagingStudy.rs?modality=CT user/ImagingStudy.rs?modality=MR",
+        "ImagingStudy",
+        "s",
+        None,
+        True,
+        None,
+        (CT, MR),
+    ),
+    (
+        "wide-unfiltered-beats-patient-filtered",
+        "patient/ImagingStudy.rs?modality=CT system/ImagingStudy.rs",
+        "ImagingStudy",
+        "s",
+        A,
+        True,
+        None,
+        (),
+    ),
 ]
 
 
-@pytest.mark.parametrize(("scopes", "resource_type", "interaction", "patient", "allowed", "compartment", "filters"),
-                         [d[1:] for d in DECISIONS], ids=[d[0] for d in DECISIONS])
-def test_decide_table(scopes: str, resource_type: str, interaction: str, patient: str | None, allowed: bool,
-                      compartment: str | None, filters: tuple) -> None:
+@pytest.mark.parametrize(
+    ("scopes", "resource_type", "interaction", "patient", "allowed", "compartment", "filters"),
+    [d[1:] for d in DECISIONS],
+    ids=[d[0] for d in DECISIONS],
+)
+def test_decide_table(
+    scopes: str,
+    resource_type: str,
+    interaction: str,
+    patient: str | None,
+    allowed: bool,
+    compartment: str | None,
+    filters: tuple,
+) -> None:
     decision = decide(parse_scopes(scopes, FILTERABLE), resource_type, interaction, patient, COMPARTMENT_TYPES)
     assert decision.allowed is allowed, decision.reason
     assert decision.compartment_patient == compartment
@@ -209,8 +290,7 @@ def test_decide_table(scopes: str, resource_type: str, interaction: str, patient
 
 
 def test_decide_patient_without_patient_says_so() -> None:
-    decision = decide(parse_scopes("patient/ImagingStudy.rs", FILTERABLE), "ImagingStudy", "s", None,
-                      COMPARTMENT_TYPES)
+    decision = decide(parse_scopes("patient/ImagingStudy.rs", FILTERABLE), "ImagingStudy", "s", None, COMPARTMENT_TYPES)
     assert not decision.allowed and "patient" in decision.reason
 
 

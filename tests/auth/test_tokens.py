@@ -64,8 +64,11 @@ def assert_unauthorized(response: Any, *, error: bool = True) -> dict[str, str]:
 
 
 def assert_ok(response: Any) -> None:
-    assert response.status_code == 200, (response.status_code, response.headers.get("WWW-Authenticate"),
-                                         response.get_data(as_text=True)[:500])
+    assert response.status_code == 200, (
+        response.status_code,
+        response.headers.get("WWW-Authenticate"),
+        response.get_data(as_text=True)[:500],
+    )
     studies = entries(response.get_json())
     assert {s["id"] for s in studies} == STUDIES_A
     assert {subject_of(s) for s in studies} == {PATIENT_A}
@@ -80,13 +83,16 @@ def test_missing_token_is_401_without_error_code(api: Any) -> None:
     assert set(params) == {"realm"}
 
 
-@pytest.mark.parametrize("authorization", [
-    "Basic Z20tcG9ydGFsOnNlY3JldA==",
-    "Bearer",
-    "Bearer ",
-    "Bearer two tokens",
-    "Token abc.def.ghi",
-])
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        "Basic Z20tcG9ydGFsOnNlY3JldA==",
+        "Bearer",
+        "Bearer ",
+        "Bearer two tokens",
+        "Token abc.def.ghi",
+    ],
+)
 def test_authorization_header_not_bearer_is_401(api: Any, authorization: str) -> None:
     assert_unauthorized(api.get(ROUTE, authorization=authorization))
 
@@ -95,8 +101,9 @@ def test_token_in_query_or_form_is_not_accepted(api: Any, mint: Callable[..., st
     """RFC 6750 2.3 URI tokens end up in logs (and in the audit's query entity): not accepted here."""
     token = mint("system/ImagingStudy.rs")
     assert_unauthorized(api.get(f"{ROUTE}&access_token={token}"), error=False)
-    assert_unauthorized(api.post("/fhir/ImagingStudy/_search", data={"patient": PATIENT_A, "access_token": token}),
-                        error=False)
+    assert_unauthorized(
+        api.post("/fhir/ImagingStudy/_search", data={"patient": PATIENT_A, "access_token": token}), error=False
+    )
 
 
 # ----------------------------------------------------------------------------- the hostile table
@@ -105,8 +112,14 @@ def test_token_in_query_or_form_is_not_accepted(api: Any, mint: Callable[..., st
 class Forge:
     """Builds hostile tokens from the real keys and servers."""
 
-    def __init__(self, mint: Callable[..., str], keys: dict[str, SigningKey], foreign_mint: Callable[..., str],
-                 foreign_keys: dict[str, SigningKey], foreign_jwks_server: JwksServer) -> None:
+    def __init__(
+        self,
+        mint: Callable[..., str],
+        keys: dict[str, SigningKey],
+        foreign_mint: Callable[..., str],
+        foreign_keys: dict[str, SigningKey],
+        foreign_jwks_server: JwksServer,
+    ) -> None:
         self.mint = mint
         self.keys = keys
         self.foreign_mint = foreign_mint
@@ -160,27 +173,34 @@ HOSTILE: dict[str, Callable[[Forge], str]] = {
     "alg-None-capitalised": lambda f: unsigned_token(f.header(alg="None"), f.payload),
     "alg-missing": lambda f: unsigned_token({"kid": f.keys["RS384"].kid}, f.payload, f.good().split(".")[2]),
     "hs256-rsa-public-pem-as-secret": lambda f: hs256_token(
-        f.keys["RS384"].key.as_pem(private=False), f.header(alg="HS256"), f.payload),
+        f.keys["RS384"].key.as_pem(private=False), f.header(alg="HS256"), f.payload
+    ),
     "hs256-rsa-public-jwk-as-secret": lambda f: hs256_token(
-        json.dumps(f.keys["RS384"].public_jwk()).encode(), f.header(alg="HS256"), f.payload),
+        json.dumps(f.keys["RS384"].public_jwk()).encode(), f.header(alg="HS256"), f.payload
+    ),
     "hs256-ec-public-pem-as-secret": lambda f: hs256_token(
-        f.keys["ES384"].key.as_pem(private=False), {"alg": "HS256", "kid": f.keys["ES384"].kid}, f.payload),
+        f.keys["ES384"].key.as_pem(private=False), {"alg": "HS256", "kid": f.keys["ES384"].kid}, f.payload
+    ),
     "alg-es384-on-rsa-kid": lambda f: unsigned_token(f.header(alg="ES384"), f.payload, f.good().split(".")[2]),
     "alg-ps384-not-allowed": lambda f: f.mint(alg="PS384", key=_without_alg(f.keys["RS384"])),
     # keys and signatures
     "unknown-kid": lambda f: f.mint(header={"kid": "no-such-key"}),
     "kid-missing-foreign-key": lambda f: f.mint(key=f.foreign_keys["RS384"], header={"kid": None}),
-    "bad-signature-other-key-same-kid": lambda f: f.mint(key=SigningKey("RS384", generate_key(
-        "RS384", f.keys["RS384"].kid).key)),
-    "bad-signature-es384-other-key-same-kid": lambda f: f.mint(alg="ES384", key=SigningKey("ES384", generate_key(
-        "ES384", f.keys["ES384"].kid).key)),
-    "tampered-payload-scope": lambda f: _tamper(f.mint("patient/ImagingStudy.rs", patient="9991750452"),
-                                                scope="system/*.rs", patient=None),
+    "bad-signature-other-key-same-kid": lambda f: f.mint(
+        key=SigningKey("RS384", generate_key("RS384", f.keys["RS384"].kid).key)
+    ),
+    "bad-signature-es384-other-key-same-kid": lambda f: f.mint(
+        alg="ES384", key=SigningKey("ES384", generate_key("ES384", f.keys["ES384"].kid).key)
+    ),
+    "tampered-payload-scope": lambda f: _tamper(
+        f.mint("patient/ImagingStudy.rs", patient="9991750452"), scope="system/*.rs", patient=None
+    ),
     "tampered-payload-exp": lambda f: _tamper(f.mint(exp=now() - 3600), exp=now() + 3600),
     "tampered-header-kid": lambda f: _retarget(f.mint(alg="RS256"), kid=f.keys["RS384"].kid),
     "jku-injection": lambda f: f.mint(key=f.foreign_keys["RS384"], header={"jku": f.foreign_jwks_server.url}),
-    "embedded-jwk": lambda f: f.mint(key=f.foreign_keys["RS384"], header={"jwk": f.foreign_keys["RS384"].public_jwk(),
-                                                                         "kid": None}),
+    "embedded-jwk": lambda f: f.mint(
+        key=f.foreign_keys["RS384"], header={"jwk": f.foreign_keys["RS384"].public_jwk(), "kid": None}
+    ),
     # claims about the bearer
     "no-client-no-sub": lambda f: f.mint(client_id=None, sub=None),
     "scope-less": lambda f: f.mint(scope=None),
@@ -209,14 +229,18 @@ def _retarget(token: str, **changes: Any) -> str:
 
 
 @pytest.fixture(scope="module")
-def forge(mint: Callable[..., str], keys: dict[str, SigningKey], foreign_mint: Callable[..., str],
-          foreign_keys: dict[str, SigningKey], foreign_jwks_server: JwksServer) -> Forge:
+def forge(
+    mint: Callable[..., str],
+    keys: dict[str, SigningKey],
+    foreign_mint: Callable[..., str],
+    foreign_keys: dict[str, SigningKey],
+    foreign_jwks_server: JwksServer,
+) -> Forge:
     return Forge(mint, keys, foreign_mint, foreign_keys, foreign_jwks_server)
 
 
 @pytest.mark.parametrize("case", list(HOSTILE))
-def test_hostile_token_is_401_invalid_token(api: Any, forge: Forge, foreign_jwks_server: JwksServer,
-                                            case: str) -> None:
+def test_hostile_token_is_401_invalid_token(api: Any, forge: Forge, foreign_jwks_server: JwksServer, case: str) -> None:
     token = HOSTILE[case](forge)
     foreign_fetches = foreign_jwks_server.fetches
     assert_unauthorized(api.get(ROUTE, token))
@@ -226,21 +250,24 @@ def test_hostile_token_is_401_invalid_token(api: Any, forge: Forge, foreign_jwks
 def test_hostile_controls_are_accepted(api: Any, forge: Forge) -> None:
     """The forging helpers themselves produce acceptable tokens when nothing is wrong."""
     assert_ok(api.get(ROUTE, forge.good()))
-    assert_ok(api.get(ROUTE, _tamper(forge.good())))             # re-encoding alone changes nothing
+    assert_ok(api.get(ROUTE, _tamper(forge.good())))  # re-encoding alone changes nothing
     assert_ok(api.get(ROUTE, forge.mint(aud=[BASE_URL, "https://other.example/fhir"])))
 
 
-@pytest.mark.parametrize("path", [
-    f"/fhir/ImagingStudy?patient={PATIENT_A}",
-    f"/fhir/ImagingStudy/{sorted(STUDIES_A)[0]}",
-    f"/fhir/Patient?identifier={PATIENT_A}",
-    f"/fhir/Patient/{PATIENT_A}",
-    "/fhir/Endpoint",
-    "/fhir/Endpoint/bolton-wado-rs",
-    "/fhir/Organization",
-    "/fhir/Organization/RMC",
-    "/fhir/AuditEvent",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/fhir/ImagingStudy?patient={PATIENT_A}",
+        f"/fhir/ImagingStudy/{sorted(STUDIES_A)[0]}",
+        f"/fhir/Patient?identifier={PATIENT_A}",
+        f"/fhir/Patient/{PATIENT_A}",
+        "/fhir/Endpoint",
+        "/fhir/Endpoint/bolton-wado-rs",
+        "/fhir/Organization",
+        "/fhir/Organization/RMC",
+        "/fhir/AuditEvent",
+    ],
+)
 def test_expired_token_is_401_on_every_route(api: Any, mint: Callable[..., str], path: str) -> None:
     assert_unauthorized(api.get(path, mint("system/*.rs", exp=now() - 3600)))
     assert_unauthorized(api.get(path), error=False)
@@ -248,8 +275,9 @@ def test_expired_token_is_401_on_every_route(api: Any, mint: Callable[..., str],
 
 
 def test_post_search_with_hostile_token_is_401(api: Any, mint: Callable[..., str]) -> None:
-    response = api.post("/fhir/ImagingStudy/_search", mint(aud="https://other.example/fhir"),
-                        data={"patient": PATIENT_A})
+    response = api.post(
+        "/fhir/ImagingStudy/_search", mint(aud="https://other.example/fhir"), data={"patient": PATIENT_A}
+    )
     assert_unauthorized(response)
 
 
@@ -280,16 +308,27 @@ def test_valid_token_scope_as_list_and_scp(api: Any, mint: Callable[..., str]) -
 # ----------------------------------------------------------------------------- clock skew
 
 
-@pytest.mark.parametrize(("claims", "accepted"), [
-    ({"exp": -10}, True),
-    ({"exp": -(CLOCK_SKEW_S - 5)}, True),
-    ({"exp": -60}, False),
-    ({"exp": -(CLOCK_SKEW_S + 5)}, False),
-    ({"nbf": 10}, True),
-    ({"nbf": 60}, False),
-    ({"iat": 10}, True),
-], ids=["exp-10s-ago", "exp-within-leeway", "exp-60s-ago", "exp-just-beyond-leeway", "nbf-in-10s", "nbf-in-60s",
-        "iat-in-10s"])
+@pytest.mark.parametrize(
+    ("claims", "accepted"),
+    [
+        ({"exp": -10}, True),
+        ({"exp": -(CLOCK_SKEW_S - 5)}, True),
+        ({"exp": -60}, False),
+        ({"exp": -(CLOCK_SKEW_S + 5)}, False),
+        ({"nbf": 10}, True),
+        ({"nbf": 60}, False),
+        ({"iat": 10}, True),
+    ],
+    ids=[
+        "exp-10s-ago",
+        "exp-within-leeway",
+        "exp-60s-ago",
+        "exp-just-beyond-leeway",
+        "nbf-in-10s",
+        "nbf-in-60s",
+        "iat-in-10s",
+    ],
+)
 def test_clock_skew_leeway_is_30s(api: Any, mint: Callable[..., str], claims: dict[str, int], accepted: bool) -> None:
     assert CLOCK_SKEW_S == 30
     token = mint("system/ImagingStudy.rs", **{k: now() + v for k, v in claims.items()})
@@ -320,15 +359,19 @@ def test_introspection_revoked_token_is_401(api: Any, introspection: Any) -> Non
     assert_unauthorized(api.get(ROUTE, token))
 
 
-@pytest.mark.parametrize("claims", [
-    {"aud": "https://other-facade.example/fhir"},
-    {"aud": ["https://other-facade.example/fhir"]},
-    {"exp": int(time.time()) - 3600},
-    {"active": "true"},
-    {"active": 1},
-    {"client_id": None, "sub": None},
-    {"scope": None},
-], ids=["aud-other", "aud-list-other", "expired", "active-string", "active-int", "no-client", "scope-less"])
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"aud": "https://other-facade.example/fhir"},
+        {"aud": ["https://other-facade.example/fhir"]},
+        {"exp": int(time.time()) - 3600},
+        {"active": "true"},
+        {"active": 1},
+        {"client_id": None, "sub": None},
+        {"scope": None},
+    ],
+    ids=["aud-other", "aud-list-other", "expired", "active-string", "active-int", "no-client", "scope-less"],
+)
 def test_introspection_unacceptable_answer_is_401(api: Any, introspection: Any, claims: dict[str, Any]) -> None:
     claims = dict(claims)
     token = introspection.issue(claims.pop("scope", "system/ImagingStudy.rs"), **claims)
@@ -345,9 +388,10 @@ def test_introspection_patient_context_is_enforced(api: Any, introspection: Any)
 # ----------------------------------------------------------------------------- JWKS caching and rotation
 
 
-def test_jwks_many_requests_one_fetch(api: Any, mint: Callable[..., str], jwks_server: JwksServer,
-                                      jwks_clock: Any) -> None:
-    jwks_clock.advance(JWKS_MAX_AGE + 1)       # whatever is cached is now stale
+def test_jwks_many_requests_one_fetch(
+    api: Any, mint: Callable[..., str], jwks_server: JwksServer, jwks_clock: Any
+) -> None:
+    jwks_clock.advance(JWKS_MAX_AGE + 1)  # whatever is cached is now stale
     before = jwks_server.fetches
     for _ in range(3):
         for alg in ALGORITHMS:
@@ -355,29 +399,31 @@ def test_jwks_many_requests_one_fetch(api: Any, mint: Callable[..., str], jwks_s
     assert jwks_server.fetches - before == 1
 
 
-def test_jwks_refetched_once_after_max_age(api: Any, mint: Callable[..., str], jwks_server: JwksServer,
-                                           jwks_clock: Any) -> None:
+def test_jwks_refetched_once_after_max_age(
+    api: Any, mint: Callable[..., str], jwks_server: JwksServer, jwks_clock: Any
+) -> None:
     jwks_clock.advance(JWKS_MAX_AGE + 1)
     assert_ok(api.get(ROUTE, mint("system/ImagingStudy.rs")))
     fetched = jwks_server.fetches
-    jwks_clock.advance(JWKS_MAX_AGE - 30)      # still fresh
+    jwks_clock.advance(JWKS_MAX_AGE - 30)  # still fresh
     for _ in range(3):
         assert_ok(api.get(ROUTE, mint("system/ImagingStudy.rs")))
     assert jwks_server.fetches == fetched
-    jwks_clock.advance(31)                     # now past max-age
+    jwks_clock.advance(31)  # now past max-age
     for _ in range(3):
         assert_ok(api.get(ROUTE, mint("system/ImagingStudy.rs", alg="ES256")))
     assert jwks_server.fetches == fetched + 1
 
 
-def test_jwks_rotation_new_kid_triggers_exactly_one_refresh(api: Any, mint: Callable[..., str],
-                                                            jwks_server: JwksServer, jwks_clock: Any) -> None:
+def test_jwks_rotation_new_kid_triggers_exactly_one_refresh(
+    api: Any, mint: Callable[..., str], jwks_server: JwksServer, jwks_clock: Any
+) -> None:
     jwks_clock.advance(JWKS_MAX_AGE + 1)
-    assert_ok(api.get(ROUTE, mint("system/ImagingStudy.rs")))     # fresh cache without the new key
+    assert_ok(api.get(ROUTE, mint("system/ImagingStudy.rs")))  # fresh cache without the new key
     rotated = generate_key("RS384", "gm-rs384-2026")
     jwks_server.publish(rotated)
     try:
-        jwks_clock.advance(15)                 # the IdP rotates a little later (past the refresh rate limit)
+        jwks_clock.advance(15)  # the IdP rotates a little later (past the refresh rate limit)
         before = jwks_server.fetches
         for _ in range(4):
             assert_ok(api.get(ROUTE, mint("system/ImagingStudy.rs", key=rotated)))
@@ -388,8 +434,9 @@ def test_jwks_rotation_new_kid_triggers_exactly_one_refresh(api: Any, mint: Call
         jwks_server.retire(rotated.kid)
 
 
-def test_jwks_unknown_kids_refresh_exactly_once(api: Any, mint: Callable[..., str], jwks_server: JwksServer,
-                                                jwks_clock: Any) -> None:
+def test_jwks_unknown_kids_refresh_exactly_once(
+    api: Any, mint: Callable[..., str], jwks_server: JwksServer, jwks_clock: Any
+) -> None:
     """A burst of tokens with unknown kids cannot make the server hammer the IdP."""
     assert_ok(api.get(ROUTE, mint("system/ImagingStudy.rs")))
     jwks_clock.advance(15)
@@ -416,15 +463,19 @@ def private_jwks(keys: dict[str, SigningKey]):
         server.close()
 
 
-@pytest.mark.parametrize(("cache_control", "fetches"), [
-    ("no-store", 3),
-    ("no-cache", 3),
-    ("max-age=0", 3),
-    ("public, max-age=600", 1),
-    ("", 1),                                   # no header: the default TTL (300 s) applies
-])
-def test_jwks_source_honours_cache_control(private_jwks: Any, keys: dict[str, SigningKey], cache_control: str,
-                                           fetches: int) -> None:
+@pytest.mark.parametrize(
+    ("cache_control", "fetches"),
+    [
+        ("no-store", 3),
+        ("no-cache", 3),
+        ("max-age=0", 3),
+        ("public, max-age=600", 1),
+        ("", 1),  # no header: the default TTL (300 s) applies
+    ],
+)
+def test_jwks_source_honours_cache_control(
+    private_jwks: Any, keys: dict[str, SigningKey], cache_control: str, fetches: int
+) -> None:
     server = private_jwks(cache_control)
     source = JwksSource(url=server.url)
     for _ in range(3):
@@ -447,8 +498,11 @@ def test_jwt_validator_rejects_token_for_other_audience(private_jwks: Any, keys:
     validator = JwtValidator(ISSUER, BASE_URL, JwksSource(url=server.url))
     minter = make_minter(keys)
     claims = validator.validate(minter("system/ImagingStudy.rs", client_id="portal-x", fhirUser="Practitioner/7"))
-    assert (claims.client_id, claims.scope, claims.fhir_user) == ("portal-x", "system/ImagingStudy.rs",
-                                                                  "Practitioner/7")
+    assert (claims.client_id, claims.scope, claims.fhir_user) == (
+        "portal-x",
+        "system/ImagingStudy.rs",
+        "Practitioner/7",
+    )
     with pytest.raises(InvalidToken):
         validator.validate(minter("system/ImagingStudy.rs", aud="https://other.example/fhir"))
     with pytest.raises(InvalidToken):

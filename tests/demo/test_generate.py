@@ -69,8 +69,23 @@ EXPECTED_TRUSTS = {
 }
 # The PS3.16 Annex L terms the generator may use (all checked against Annex L).
 ANNEX_L_TERMS = {
-    "ABDOMEN", "BACK", "BREAST", "CHEST", "CHESTABDPELVIS", "COLON", "ESOPHAGUS", "EYE", "FOOT",
-    "HEAD", "HEART", "HIP", "KNEE", "LSPINE", "PROSTATE", "STOMACH", "WHOLEBODY",
+    "ABDOMEN",
+    "BACK",
+    "BREAST",
+    "CHEST",
+    "CHESTABDPELVIS",
+    "COLON",
+    "ESOPHAGUS",
+    "EYE",
+    "FOOT",
+    "HEAD",
+    "HEART",
+    "HIP",
+    "KNEE",
+    "LSPINE",
+    "PROSTATE",
+    "STOMACH",
+    "WHOLEBODY",
 }
 IMAGE_MODALITIES = set(EXPECTED_SOP_CLASS) - {"ECG", "HD", "SR", "DOC", "KO", "PR", "SEG"}
 NHS_OID = "2.16.840.1.113883.2.1.4.1"
@@ -594,9 +609,19 @@ def test_people_and_places_are_filled_in(records: list[Record]) -> None:
     for record in records:
         ds = record.ds
         for keyword in (
-            "ReferringPhysicianName", "NameOfPhysiciansReadingStudy", "OperatorsName", "InstitutionName",
-            "InstitutionAddress", "InstitutionalDepartmentName", "StudyID", "SeriesNumber", "InstanceNumber",
-            "SeriesDate", "SeriesTime", "SeriesDescription", "ReasonForTheRequestedProcedure",
+            "ReferringPhysicianName",
+            "NameOfPhysiciansReadingStudy",
+            "OperatorsName",
+            "InstitutionName",
+            "InstitutionAddress",
+            "InstitutionalDepartmentName",
+            "StudyID",
+            "SeriesNumber",
+            "InstanceNumber",
+            "SeriesDate",
+            "SeriesTime",
+            "SeriesDescription",
+            "ReasonForTheRequestedProcedure",
         ):
             assert keyword in ds and str(ds[keyword].value) != "", keyword
     departments = {r.ds.InstitutionalDepartmentName for r in records}

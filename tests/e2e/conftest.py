@@ -81,8 +81,9 @@ class Facade:
         return self.log_path.read_text(errors="replace")[-6000:]
 
 
-def write_config(folder: Path, document: dict[str, Any], port: int, *, store: str | None = None,
-                 signing_keys: Path | None = None) -> Path:
+def write_config(
+    folder: Path, document: dict[str, Any], port: int, *, store: str | None = None, signing_keys: Path | None = None
+) -> Path:
     """A copy of the demo configuration for a server whose public address is on `port`, paths absolute."""
     folder.mkdir(parents=True, exist_ok=True)
     doc = copy.deepcopy(document)
@@ -108,8 +109,16 @@ def start_facade(tmp_path_factory: pytest.TempPathFactory, config_document: dict
     """
     started: list[Facade] = []
 
-    def start(name: str, *, port: int | None = None, public_port: int | None = None, store: str | None = None,
-              signing_keys: Path | None = None, workers: int = 2, env: dict[str, str] | None = None) -> Facade:
+    def start(
+        name: str,
+        *,
+        port: int | None = None,
+        public_port: int | None = None,
+        store: str | None = None,
+        signing_keys: Path | None = None,
+        workers: int = 2,
+        env: dict[str, str] | None = None,
+    ) -> Facade:
         port = port or free_port()
         public_port = public_port or port
         folder = tmp_path_factory.mktemp(f"facade-{name}")
@@ -120,9 +129,26 @@ def start_facade(tmp_path_factory: pytest.TempPathFactory, config_document: dict
         log_path = folder / "server.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "app", "serve", "--config", str(config), "--port", str(port),
-                 "--workers", str(workers), "--threads", "8"],
-                cwd=ROOT, env=process_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "app",
+                    "serve",
+                    "--config",
+                    str(config),
+                    "--port",
+                    str(port),
+                    "--workers",
+                    str(workers),
+                    "--threads",
+                    "8",
+                ],
+                cwd=ROOT,
+                env=process_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         facade = Facade(port, process, log_path, config, process_env, public_port)
         started.append(facade)
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -150,17 +176,31 @@ def client_assertion(token_url: str, *, client_id: str = "portal", jti: str | No
 
     key = import_key(json.loads(PORTAL_KEY.read_text()))
     now = int(time.time())
-    claims = {"iss": client_id, "sub": client_id, "aud": token_url, "exp": now + 240, "iat": now,
-              "jti": jti or str(uuid.uuid4())}
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": token_url,
+        "exp": now + 240,
+        "iat": now,
+        "jti": jti or str(uuid.uuid4()),
+    }
     return jwt.encode({"alg": "RS384", "kid": key.kid, "typ": "JWT"}, claims, key, algorithms=["RS384"])
 
 
-def request_backend_token(post_url: str, *, aud: str | None = None, scope: str = SYSTEM_SCOPE,
-                          assertion: str | None = None) -> requests.Response:
+def request_backend_token(
+    post_url: str, *, aud: str | None = None, scope: str = SYSTEM_SCOPE, assertion: str | None = None
+) -> requests.Response:
     """client_credentials posted to `post_url`, with `assertion` or a new one for `aud` (default post_url)."""
-    return requests.post(post_url, timeout=HTTP_TIMEOUT_S, data={
-        "grant_type": "client_credentials", "scope": scope, "client_assertion_type": ASSERTION_TYPE,
-        "client_assertion": assertion or client_assertion(aud or post_url)})
+    return requests.post(
+        post_url,
+        timeout=HTTP_TIMEOUT_S,
+        data={
+            "grant_type": "client_credentials",
+            "scope": scope,
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": assertion or client_assertion(aud or post_url),
+        },
+    )
 
 
 def backend_token(facade: Facade, scope: str = SYSTEM_SCOPE) -> str:
@@ -216,11 +256,22 @@ def drive(browser_tools: dict[str, str], tmp_path: Path) -> Any:
     def run(url: str, *, timeout_s: float = 90, **args: Any) -> dict[str, Any]:
         profile = tmp_path / f"chromium-profile-{uuid.uuid4().hex[:8]}"
         profile.mkdir()
-        payload = {"url": url, "userDataDir": str(profile), "chromium": browser_tools["chromium"],
-                   "timeoutMs": 20000, "totalTimeoutMs": int(timeout_s * 1000), **args}
-        process = subprocess.Popen([browser_tools["node"], str(ROOT / "tests" / "e2e" / "drive.mjs"),
-                                    json.dumps(payload)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True, start_new_session=True)
+        payload = {
+            "url": url,
+            "userDataDir": str(profile),
+            "chromium": browser_tools["chromium"],
+            "timeoutMs": 20000,
+            "totalTimeoutMs": int(timeout_s * 1000),
+            **args,
+        }
+        process = subprocess.Popen(
+            [browser_tools["node"], str(ROOT / "tests" / "e2e" / "drive.mjs"), json.dumps(payload)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         try:
             stdout, stderr = process.communicate(timeout=timeout_s + 30)
         except subprocess.TimeoutExpired:

@@ -41,8 +41,7 @@ def patient(manifest: dict[str, Any]) -> str:
 def expected(facade: Any, patient: str) -> dict[str, Any]:
     """The patient's studies, their trusts and body parts, by a system-level search."""
     token = backend_token(facade)
-    entries = search_all(facade.base, token, "ImagingStudy",
-                         {"patient": patient, "_include": "ImagingStudy:endpoint"})
+    entries = search_all(facade.base, token, "ImagingStudy", {"patient": patient, "_include": "ImagingStudy:endpoint"})
     studies = {e["resource"]["id"]: e["resource"] for e in entries if e["resource"]["resourceType"] == "ImagingStudy"}
     endpoints = {e["resource"]["id"]: e["resource"] for e in entries if e["resource"]["resourceType"] == "Endpoint"}
     trusts, body_parts = {}, {}
@@ -53,14 +52,14 @@ def expected(facade: Any, patient: str) -> dict[str, Any]:
         assert ids <= set(endpoints), f"_include=ImagingStudy:endpoint left out {ids - set(endpoints)}"
         trusts[uid] = {endpoints[i]["managingOrganization"]["display"] for i in ids}
         body_parts[uid] = {s["bodySite"]["display"] for s in study.get("series", []) if s.get("bodySite")}
-    patient_resource = requests.get(f"{facade.base}/Patient/{patient}", timeout=HTTP_TIMEOUT_S,
-                                    headers={"Authorization": f"Bearer {token}"}).json()
+    patient_resource = requests.get(
+        f"{facade.base}/Patient/{patient}", timeout=HTTP_TIMEOUT_S, headers={"Authorization": f"Bearer {token}"}
+    ).json()
     return {"studies": studies, "trusts": trusts, "body_parts": body_parts, "patient": patient_resource}
 
 
 def _diagnose(result: dict[str, Any]) -> str:
-    keys = ("error", "status", "steps", "console", "pageErrors", "requestsFailed", "httpErrors", "stderr",
-            "finalUrl")
+    keys = ("error", "status", "steps", "console", "pageErrors", "requestsFailed", "httpErrors", "stderr", "finalUrl")
     return "\n".join(f"{k}: {result.get(k)}" for k in keys if result.get(k))
 
 
@@ -96,8 +95,12 @@ def _check_table(result: dict[str, Any], expected: dict[str, Any], manifest: dic
 
 def test_ehr_launch_lists_the_patients_studies(facade, patient, expected, manifest, drive, artifacts):
     token = backend_token(facade)
-    launched = requests.post(f"{facade.origin}/auth/launch", json={"client_id": "imaging-timeline", "patient": patient},
-                             headers={"Authorization": f"Bearer {token}"}, timeout=HTTP_TIMEOUT_S)
+    launched = requests.post(
+        f"{facade.origin}/auth/launch",
+        json={"client_id": "imaging-timeline", "patient": patient},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=HTTP_TIMEOUT_S,
+    )
     assert launched.status_code == 201, launched.text
     launch = launched.json()
     assert launch["iss"] == facade.base
@@ -115,9 +118,15 @@ def test_ehr_launch_lists_the_patients_studies(facade, patient, expected, manife
 
 def test_standalone_launch_with_patient_picker(facade, patient, expected, manifest, drive, artifacts):
     imaged = _study_to_open(expected)
-    result = drive(timeline_url(facade.port), username=USER, password=PASSWORD, patient=patient,
-                   screenshot=str(artifacts / "e2e-standalone-launch.png"), openStudy=imaged["id"],
-                   viewerScreenshot=str(artifacts / "e2e-standalone-viewer.png"))
+    result = drive(
+        timeline_url(facade.port),
+        username=USER,
+        password=PASSWORD,
+        patient=patient,
+        screenshot=str(artifacts / "e2e-standalone-launch.png"),
+        openStudy=imaged["id"],
+        viewerScreenshot=str(artifacts / "e2e-standalone-viewer.png"),
+    )
 
     _check_table(result, expected, manifest, patient)
     assert [s["name"] for s in result["steps"]] == ["login", "picker", "consent", "app", "viewer"]
@@ -136,9 +145,13 @@ NON_IMAGE_MODALITIES = {"SR", "KO", "PR", "DOC"}
 
 def _study_to_open(expected: dict[str, Any]) -> dict[str, Any]:
     """A study at mft (a trust with an ihe-iid viewer) with several series, all of them images."""
-    return next(s for s in expected["studies"].values()
-                if {"reference": "Endpoint/mft-ihe-iid"} in s.get("endpoint", []) and len(s.get("series", [])) > 1
-                and not {x["modality"]["code"] for x in s["series"]} & NON_IMAGE_MODALITIES)
+    return next(
+        s
+        for s in expected["studies"].values()
+        if {"reference": "Endpoint/mft-ihe-iid"} in s.get("endpoint", [])
+        and len(s.get("series", [])) > 1
+        and not {x["modality"]["code"] for x in s["series"]} & NON_IMAGE_MODALITIES
+    )
 
 
 def _check_viewer(result: dict[str, Any], study: dict[str, Any]) -> None:
@@ -170,8 +183,11 @@ def test_app_is_served_with_its_security_headers(facade):
         assert ref in page.text
     script = requests.get(f"{facade.origin}/apps/vendor/fhir-client.pure.min.js", timeout=HTTP_TIMEOUT_S)
     assert script.status_code == 200 and "javascript" in script.headers["Content-Type"]
-    for outside in ("/apps/vendor/..%2F..%2Fapps.py", "/apps/imaging-timeline/..%2F..%2F..%2Fconfig.py",
-                    "/apps/imaging-timeline/missing.js"):
+    for outside in (
+        "/apps/vendor/..%2F..%2Fapps.py",
+        "/apps/imaging-timeline/..%2F..%2F..%2Fconfig.py",
+        "/apps/imaging-timeline/missing.js",
+    ):
         assert requests.get(f"{facade.origin}{outside}", timeout=HTTP_TIMEOUT_S).status_code == 404, outside
 
 
@@ -193,9 +209,16 @@ def test_consent_form_posted_as_a_browser_posts_it_issues_a_code(app, patient):
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
     redirect_uri = "http://127.0.0.1:8080/apps/imaging-timeline/"
-    params = {"response_type": "code", "client_id": "imaging-timeline", "redirect_uri": redirect_uri,
-              "scope": "launch/patient patient/*.rs openid", "state": "s1", "aud": "http://127.0.0.1:8080/fhir",
-              "code_challenge": challenge, "code_challenge_method": "S256"}
+    params = {
+        "response_type": "code",
+        "client_id": "imaging-timeline",
+        "redirect_uri": redirect_uri,
+        "scope": "launch/patient patient/*.rs openid",
+        "state": "s1",
+        "aud": "http://127.0.0.1:8080/fhir",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
 
     def submit(page_url: str, page: Any, fields: dict[str, str], form: int = 0) -> tuple[str, Any]:
         """Post form number `form` of the page as a browser would: its action, its hidden fields."""
@@ -213,7 +236,7 @@ def test_consent_form_posted_as_a_browser_posts_it_issues_a_code(app, patient):
     picker_url = signed_in.headers["Location"]
     picker = client.get(picker_url)
     searched_url, searched = submit(picker_url, picker, {"q": patient})
-    assert b"button class=\"choose\"" in searched.data
+    assert b'button class="choose"' in searched.data
     consent_url, consent = submit(searched_url, searched, {}, form=1)
     assert b'id="allow"' in consent.data, consent.get_data(as_text=True)[:1000]
     _, allowed = submit(consent_url, consent, {"decision": "allow"})

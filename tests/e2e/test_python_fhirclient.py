@@ -95,8 +95,9 @@ def test_backend_services_token_by_client_py_reads_and_searches(facade, patient,
     assert {s.id for s in studies} == patient_studies
     for study in studies:
         assert study.subject.reference == f"Patient/{patient}"
-        refs = [e.reference for e in study.endpoint or []] + [e.reference for s in study.series or []
-                                                              for e in s.endpoint or []]
+        refs = [e.reference for e in study.endpoint or []] + [
+            e.reference for s in study.series or [] for e in s.endpoint or []
+        ]
         assert refs and {r.split("/")[-1] for r in refs} <= set(endpoints)
     assert all(e.managingOrganization.display for e in endpoints.values())
 

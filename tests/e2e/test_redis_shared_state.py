@@ -74,8 +74,9 @@ def _token_on(process: Any, assertion: str) -> requests.Response:
 
 
 def _read_patient(process: Any, token: str, patient: str) -> requests.Response:
-    return requests.get(process.url(f"/fhir/Patient/{patient}"), headers={"Authorization": f"Bearer {token}"},
-                        timeout=HTTP_TIMEOUT_S)
+    return requests.get(
+        process.url(f"/fhir/Patient/{patient}"), headers={"Authorization": f"Bearer {token}"}, timeout=HTTP_TIMEOUT_S
+    )
 
 
 def test_both_processes_answer_for_one_public_address(pair):
@@ -95,8 +96,9 @@ def test_assertion_jti_used_on_one_process_is_refused_on_the_other(pair, redis_c
 
     first = _token_on(one, assertion)
     assert first.status_code == 200, first.text
-    assert any(jti.encode() in key for key in redis_client.scan_iter(match=b"gmfacade:*")), \
+    assert any(jti.encode() in key for key in redis_client.scan_iter(match=b"gmfacade:*")), (
         "the used jti must be kept in Redis"
+    )
 
     replay = _token_on(two, assertion)
     assert replay.status_code == 400, replay.text
@@ -114,9 +116,16 @@ def test_access_token_revoked_on_one_process_is_refused_on_the_other(pair, patie
     token = issued.json()["access_token"]
     assert _read_patient(two, token, patient).status_code == 200, "a token from process 1 works on process 2"
 
-    revoked = requests.post(one.url("/auth/revoke"), timeout=HTTP_TIMEOUT_S, data={
-        "token": token, "token_type_hint": "access_token", "client_assertion_type": ASSERTION_TYPE,
-        "client_assertion": client_assertion(one.token_url)})
+    revoked = requests.post(
+        one.url("/auth/revoke"),
+        timeout=HTTP_TIMEOUT_S,
+        data={
+            "token": token,
+            "token_type_hint": "access_token",
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": client_assertion(one.token_url),
+        },
+    )
     assert revoked.status_code == 200, revoked.text
 
     refused = _read_patient(two, token, patient)
@@ -142,43 +151,78 @@ def _authorize(first: Any, second: Any, patient: str) -> dict[str, Any]:
     """
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-    params = {"response_type": "code", "client_id": "imaging-timeline",
-              "redirect_uri": timeline_url(first.public_port), "aud": first.public_base,
-              "scope": "launch/patient patient/*.rs openid fhirUser offline_access",
-              "state": secrets.token_urlsafe(8), "code_challenge": challenge, "code_challenge_method": "S256"}
+    params = {
+        "response_type": "code",
+        "client_id": "imaging-timeline",
+        "redirect_uri": timeline_url(first.public_port),
+        "aud": first.public_base,
+        "scope": "launch/patient patient/*.rs openid fhirUser offline_access",
+        "state": secrets.token_urlsafe(8),
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
     browser = requests.Session()
     login = browser.get(first.url("/auth/authorize"), params=params, timeout=HTTP_TIMEOUT_S)
     assert login.status_code == 200 and 'id="username"' in login.text
-    picker = browser.post(first.url("/auth/authorize"), timeout=HTTP_TIMEOUT_S, data={
-        **params, "csrf": _csrf(login), "step": "login", "username": "dr.khan", "password": "imaging-demo"})
+    picker = browser.post(
+        first.url("/auth/authorize"),
+        timeout=HTTP_TIMEOUT_S,
+        data={**params, "csrf": _csrf(login), "step": "login", "username": "dr.khan", "password": "imaging-demo"},
+    )
     assert 'id="q"' in picker.text, picker.text[:1000]
     # The session cookie is signed with the shared secret: process 2 knows the user.
-    consent = browser.post(second.url("/auth/authorize"), timeout=HTTP_TIMEOUT_S,
-                           data={**params, "csrf": _csrf(picker), "patient": patient})
+    consent = browser.post(
+        second.url("/auth/authorize"),
+        timeout=HTTP_TIMEOUT_S,
+        data={**params, "csrf": _csrf(picker), "patient": patient},
+    )
     assert 'id="allow"' in consent.text, consent.text[:1000]
-    allowed = browser.post(first.url("/auth/authorize"), allow_redirects=False, timeout=HTTP_TIMEOUT_S, data={
-        **params, "csrf": _csrf(consent), "step": "consent", "decision": "allow", "patient": patient})
+    allowed = browser.post(
+        first.url("/auth/authorize"),
+        allow_redirects=False,
+        timeout=HTTP_TIMEOUT_S,
+        data={**params, "csrf": _csrf(consent), "step": "consent", "decision": "allow", "patient": patient},
+    )
     assert allowed.status_code == 302, allowed.text[:1000]
     query = parse_qs(urlsplit(allowed.headers["Location"]).query)
     assert "code" in query, query
     # The code issued by process 1 is redeemed on process 2.
-    tokens = requests.post(second.url("/auth/token"), timeout=HTTP_TIMEOUT_S, data={
-        "grant_type": "authorization_code", "code": query["code"][0], "redirect_uri": params["redirect_uri"],
-        "client_id": "imaging-timeline", "code_verifier": verifier})
+    tokens = requests.post(
+        second.url("/auth/token"),
+        timeout=HTTP_TIMEOUT_S,
+        data={
+            "grant_type": "authorization_code",
+            "code": query["code"][0],
+            "redirect_uri": params["redirect_uri"],
+            "client_id": "imaging-timeline",
+            "code_verifier": verifier,
+        },
+    )
     assert tokens.status_code == 200, tokens.text
     body: dict[str, Any] = tokens.json()
     assert body["patient"] == patient and body["refresh_token"]
     # ... and cannot be redeemed again on process 1.
-    again = requests.post(first.url("/auth/token"), timeout=HTTP_TIMEOUT_S, data={
-        "grant_type": "authorization_code", "code": query["code"][0], "redirect_uri": params["redirect_uri"],
-        "client_id": "imaging-timeline", "code_verifier": verifier})
+    again = requests.post(
+        first.url("/auth/token"),
+        timeout=HTTP_TIMEOUT_S,
+        data={
+            "grant_type": "authorization_code",
+            "code": query["code"][0],
+            "redirect_uri": params["redirect_uri"],
+            "client_id": "imaging-timeline",
+            "code_verifier": verifier,
+        },
+    )
     assert again.status_code == 400, again.text
     return body
 
 
 def _refresh(process: Any, refresh_token: str) -> requests.Response:
-    return requests.post(process.url("/auth/token"), timeout=HTTP_TIMEOUT_S, data={
-        "grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": "imaging-timeline"})
+    return requests.post(
+        process.url("/auth/token"),
+        timeout=HTTP_TIMEOUT_S,
+        data={"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": "imaging-timeline"},
+    )
 
 
 def test_refresh_token_rotated_on_one_process_and_reused_on_the_other_is_refused(pair, patient):
@@ -211,8 +255,9 @@ def test_refresh_token_rotated_across_processes_keeps_working(pair, patient):
     assert _read_patient(one, access, patient).status_code == 200
 
     # A user's access token revoked on process 2 (public client) is refused on process 1.
-    revoked = requests.post(two.url("/auth/revoke"), data={"token": access, "client_id": "imaging-timeline"},
-                            timeout=HTTP_TIMEOUT_S)
+    revoked = requests.post(
+        two.url("/auth/revoke"), data={"token": access, "client_id": "imaging-timeline"}, timeout=HTTP_TIMEOUT_S
+    )
     assert revoked.status_code == 200
     assert _read_patient(one, access, patient).status_code == 401
 
@@ -231,4 +276,3 @@ def test_processes_with_their_own_sqlite_state_do_not_share_it(start_facade, pai
     assert _token_on(lone_one, assertion).status_code == 200
     assert _token_on(lone_two, assertion).status_code == 200, "separate SQLite stores cannot see each other's jti"
     assert one.port not in (lone_one.port, lone_two.port)
-

@@ -42,8 +42,12 @@ FEDERATION: dict[str, Any] = {
 def _upload(server: OrthancServer, paths: list[Path]) -> int:
     with requests.Session() as session:
         for path in paths:
-            reply = session.post(f"{server.url}/instances", data=path.read_bytes(),
-                                 headers={"Content-Type": "application/dicom"}, timeout=60)
+            reply = session.post(
+                f"{server.url}/instances",
+                data=path.read_bytes(),
+                headers={"Content-Type": "application/dicom"},
+                timeout=60,
+            )
             assert reply.status_code == 200, f"upload of {path}: HTTP {reply.status_code} {reply.text[:200]}"
     return len(paths)
 
@@ -107,8 +111,9 @@ BuildFacade = Callable[..., Federated]
 
 
 @pytest.fixture()
-def build_facade(trust_servers: dict[str, TrustServer], federation_document: dict[str, Any],
-                 demo_data: Path) -> Iterator[BuildFacade]:
+def build_facade(
+    trust_servers: dict[str, TrustServer], federation_document: dict[str, Any], demo_data: Path
+) -> Iterator[BuildFacade]:
     """build_facade(archives={trust: {key: value}}, federation={...}) -> a fresh Federated app.
 
     `archives` overrides keys of a trust's `{type: dicomweb, url: <proxy>/dicom-web, timeout_s: 2}`;
@@ -116,12 +121,15 @@ def build_facade(trust_servers: dict[str, TrustServer], federation_document: dic
     """
     built: list[Federated] = []
 
-    def build(archives: dict[str, dict[str, Any]] | None = None,
-              federation: dict[str, Any] | None = None) -> Federated:
+    def build(archives: dict[str, dict[str, Any]] | None = None, federation: dict[str, Any] | None = None) -> Federated:
         doc = copy.deepcopy(federation_document)
         for trust in doc["trusts"]:
-            trust["archive"] = {"type": "dicomweb", "url": trust_servers[trust["id"]].url,
-                                "timeout_s": ARCHIVE_TIMEOUT_S, **(archives or {}).get(trust["id"], {})}
+            trust["archive"] = {
+                "type": "dicomweb",
+                "url": trust_servers[trust["id"]].url,
+                "timeout_s": ARCHIVE_TIMEOUT_S,
+                **(archives or {}).get(trust["id"], {}),
+            }
         if federation is not None:
             doc["federation"] = federation
         with pytest.MonkeyPatch.context() as env:

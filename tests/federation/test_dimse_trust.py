@@ -35,8 +35,9 @@ def dimse_archive(demo_data: Path) -> Any:
 
 
 @pytest.fixture(scope="module")
-def mixed_app(config_document: dict[str, Any], demo_data: Path, dimse_archive: Any,
-              tmp_path_factory: pytest.TempPathFactory) -> Any:
+def mixed_app(
+    config_document: dict[str, Any], demo_data: Path, dimse_archive: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Any:
     """The demo facade with one trust (wwl) answering by C-FIND instead of from its folder."""
     doc = copy.deepcopy(config_document)
     state = tmp_path_factory.mktemp("dimse-state")
@@ -45,8 +46,14 @@ def mixed_app(config_document: dict[str, Any], demo_data: Path, dimse_archive: A
     doc["auth"]["store"] = f"sqlite:{state / 'auth.sqlite'}"
     for trust in doc["trusts"]:
         if trust["id"] == TRUST:
-            trust["archive"] = {"type": "dimse", "host": dimse_archive.host, "port": dimse_archive.port,
-                                "called_aet": dimse_archive.aet, "calling_aet": "GMFACADE", "timeout_s": 5}
+            trust["archive"] = {
+                "type": "dimse",
+                "host": dimse_archive.host,
+                "port": dimse_archive.port,
+                "called_aet": dimse_archive.aet,
+                "calling_aet": "GMFACADE",
+                "timeout_s": 5,
+            }
     app = create_app(settings_from_document(doc, demo_data, "tests/dimse"))
     yield app
     app.extensions["facade"].federation.close()
@@ -69,8 +76,11 @@ def test_dimse_trust_studies_found_through_the_facade(mixed_app: Any, app: Any, 
     assert set(found) == expected
     at_dimse = [uid for uid, study in found.items() if study["endpoint"][0]["reference"] == f"Endpoint/{TRUST}-wado-rs"]
     assert at_dimse, "no study came from the DIMSE trust"
-    folder = app.test_client().get(f"/fhir/ImagingStudy?patient={nhs}&_count=200",
-                                   headers={"Authorization": f"Bearer {system_token(app)}"}).get_json()
+    folder = (
+        app.test_client()
+        .get(f"/fhir/ImagingStudy?patient={nhs}&_count=200", headers={"Authorization": f"Bearer {system_token(app)}"})
+        .get_json()
+    )
     by_folder = {e["resource"]["id"]: e["resource"] for e in folder["entry"] if e["search"]["mode"] == "match"}
     for uid in at_dimse:
         study, reference = found[uid], by_folder[uid]
@@ -78,8 +88,11 @@ def test_dimse_trust_studies_found_through_the_facade(mixed_app: Any, app: Any, 
         assert {s["uid"] for s in study["series"]} == {s["uid"] for s in reference["series"]}
         assert {c["code"] for c in study["modality"]} == {c["code"] for c in reference["modality"]}
         assert study["started"][:10] == reference["started"][:10]
-    assert not [i for i in bundle["entry"] if i["search"]["mode"] == "outcome"
-                and any(x["code"] == "incomplete" for x in i["resource"]["issue"])]
+    assert not [
+        i
+        for i in bundle["entry"]
+        if i["search"]["mode"] == "outcome" and any(x["code"] == "incomplete" for x in i["resource"]["issue"])
+    ]
 
 
 def test_dimse_trust_refuses_wildcards_before_any_query(mixed_app: Any) -> None:

@@ -105,18 +105,27 @@ def comparable(study: dict[str, Any]) -> dict[str, Any]:
         "modality": sorted(c["code"] for c in study.get("modality", ())),
         "description": study.get("description"),
         "endpoints": sorted(endpoint_trusts(study)),
-        "series": sorted((s["uid"], s.get("number"), s["modality"]["code"], s.get("numberOfInstances"),
-                          s.get("description"), str(s.get("bodySite")), str(s.get("endpoint")))
-                         for s in study.get("series", ())),
+        "series": sorted(
+            (
+                s["uid"],
+                s.get("number"),
+                s["modality"]["code"],
+                s.get("numberOfInstances"),
+                s.get("description"),
+                str(s.get("bodySite")),
+                str(s.get("endpoint")),
+            )
+            for s in study.get("series", ())
+        ),
     }
 
 
 # --------------------------------------------------------------------------- identity and merging
 
 
-def test_patient_search_across_three_archives_two_identity_styles(federated: Federated, client: Any,
-                                                                  multi: dict[str, Any],
-                                                                  studies_by_patient: dict[str, Any]) -> None:
+def test_patient_search_across_three_archives_two_identity_styles(
+    federated: Federated, client: Any, multi: dict[str, Any], studies_by_patient: dict[str, Any]
+) -> None:
     nhs = multi["nhs_number"]
     embedded = client.get("/fhir/ImagingStudy", query_string={"patient": nhs, "_count": "200"}).get_json()
     bundle = federated.patient_search(nhs)
@@ -181,23 +190,32 @@ def _copy_study(source: Path, out: Path, patient_id: str, **changes: Any) -> lis
 
 
 @pytest.fixture()
-def two_patient_study(trust_servers: dict[str, TrustServer], manifest: dict[str, Any], demo_data: Path,
-                      tmp_path: Path) -> Iterator[dict[str, Any]]:
+def two_patient_study(
+    trust_servers: dict[str, TrustServer], manifest: dict[str, Any], demo_data: Path, tmp_path: Path
+) -> Iterator[dict[str, Any]]:
     """One salford study of patient A copied into pennine's archive under patient B (removed afterwards)."""
     facts = manifest["facts"]
-    special = {facts["multi_trust_patient"]["nhs_number"], facts["demographic_conflict"]["nhs_number"],
-               facts["shared_study"]["nhs_number"]}
+    special = {
+        facts["multi_trust_patient"]["nhs_number"],
+        facts["demographic_conflict"]["nhs_number"],
+        facts["shared_study"]["nhs_number"],
+    }
     patients = [p for p in manifest["patients"] if p["nhs_number"] not in special]
     a = next(p for p in patients if any(s["trusts"] == ["salford"] for s in p["studies"]))
     b = next(p for p in patients if p is not a and "pennine" in p["trusts"] and "salford" not in p["trusts"])
     study = next(s for s in a["studies"] if s["trusts"] == ["salford"])
-    files = _copy_study(demo_data / "salford" / study["study_uid"], tmp_path / "copy", b["nhs_number"],
-                        IssuerOfPatientID="NHS")
+    files = _copy_study(
+        demo_data / "salford" / study["study_uid"], tmp_path / "copy", b["nhs_number"], IssuerOfPatientID="NHS"
+    )
     target = trust_servers["pennine"].orthanc
     answers = target.upload(files)
     try:
-        yield {"uid": study["study_uid"], "a": a["nhs_number"], "b": b["nhs_number"],
-               "series": disk_series(demo_data, "salford", study["study_uid"])}
+        yield {
+            "uid": study["study_uid"],
+            "a": a["nhs_number"],
+            "b": b["nhs_number"],
+            "series": disk_series(demo_data, "salford", study["study_uid"]),
+        }
     finally:
         for orthanc_study in sorted({answer["ParentStudy"] for answer in answers}):
             delete_study(target, orthanc_study)
@@ -235,8 +253,13 @@ WRONG_PATIENT_CASES = {
 
 
 @pytest.mark.parametrize("case", list(WRONG_PATIENT_CASES))
-def test_wrong_patient_record_withheld(federated: Federated, trust_servers: dict[str, TrustServer],
-                                       multi: dict[str, Any], manifest: dict[str, Any], case: str) -> None:
+def test_wrong_patient_record_withheld(
+    federated: Federated,
+    trust_servers: dict[str, TrustServer],
+    multi: dict[str, Any],
+    manifest: dict[str, Any],
+    case: str,
+) -> None:
     """An archive that over-matches (ignores IssuerOfPatientID, matches loosely) answers a study
     whose own identity is not the searched patient's: it must not be shown under that patient.
 
@@ -257,25 +280,34 @@ def test_wrong_patient_record_withheld(federated: Federated, trust_servers: dict
     extra["00100020"] = {"vr": "LO", "Value": [other if pid == "other" else facts["patient_id"]]}
     extra["00100021"] = {"vr": "LO", "Value": [issuer.format(ods=TRUSTS_BY_ID[trust].ods_code)]}
     if other_ids:
-        extra["00101002"] = {"vr": "SQ", "Value": [{"00100020": {"vr": "LO", "Value": [other]},
-                                                    "00100021": {"vr": "LO", "Value": ["NHS"]}}]}
+        extra["00101002"] = {
+            "vr": "SQ",
+            "Value": [{"00100020": {"vr": "LO", "Value": [other]}, "00100021": {"vr": "LO", "Value": ["NHS"]}}],
+        }
     # Only the /studies answer is doctored: /studies and /series go out together, in either order.
-    server.proxy.set_fault("status", times=1, only="/studies?", code=200, body=orjson.dumps([*real, extra]),
-                           headers={"Content-Type": DICOM_JSON})
+    server.proxy.set_fault(
+        "status",
+        times=1,
+        only="/studies?",
+        code=200,
+        body=orjson.dumps([*real, extra]),
+        headers={"Content-Type": DICOM_JSON},
+    )
     bundle = federated.patient_search(nhs)
     assert len(server.proxy.requests) == 2  # the doctored studies answer, then the real series
     ids = match_ids(bundle)
-    assert extra_uid not in ids, (f"{case}: {trust} answered a record of PatientID {extra['00100020']['Value'][0]} "
-                                  f"issuer {extra['00100021']['Value'][0]}; it was shown under Patient/{nhs}")
+    assert extra_uid not in ids, (
+        f"{case}: {trust} answered a record of PatientID {extra['00100020']['Value'][0]} "
+        f"issuer {extra['00100021']['Value'][0]}; it was shown under Patient/{nhs}"
+    )
     assert {str(d["0020000D"]["Value"][0]) for d in real} <= set(ids)
     assert issues_naming(bundle, federated.names[trust], "conflict"), issues(bundle)
     assert all(s["subject"]["reference"] == f"Patient/{nhs}" for s in matches(bundle))
 
 
-def test_wrong_issuer_record_in_a_real_archive_is_not_matched(federated: Federated,
-                                                              trust_servers: dict[str, TrustServer],
-                                                              multi: dict[str, Any], demo_data: Path,
-                                                              tmp_path: Path) -> None:
+def test_wrong_issuer_record_in_a_real_archive_is_not_matched(
+    federated: Federated, trust_servers: dict[str, TrustServer], multi: dict[str, Any], demo_data: Path, tmp_path: Path
+) -> None:
     """A study filed under the patient's NHS number but in another issuer's namespace (a local MRN
     that happens to coincide) stays out: the facade sends IssuerOfPatientID and Orthanc matches it."""
     nhs = multi["nhs_number"]
@@ -283,8 +315,9 @@ def test_wrong_issuer_record_in_a_real_archive_is_not_matched(federated: Federat
     server = trust_servers[trust]
     source = next(p for p in sorted((demo_data / trust).iterdir()) if p.is_dir())
     study_uid = f"2.25.{uuid.uuid4().int}"
-    files = _copy_study(source, tmp_path / "copy", nhs, IssuerOfPatientID=TRUSTS_BY_ID[trust].ods_code,
-                        StudyInstanceUID=study_uid)
+    files = _copy_study(
+        source, tmp_path / "copy", nhs, IssuerOfPatientID=TRUSTS_BY_ID[trust].ods_code, StudyInstanceUID=study_uid
+    )
     answers = server.orthanc.upload(files)
     try:
         assert study_uid in {d["0020000D"]["Value"][0] for d in direct_studies(server, PatientKey(nhs))}
@@ -344,11 +377,20 @@ FAULT_MATRIX: list[tuple[str, str, dict[str, Any], Any, str | None]] = [
 ]
 
 
-@pytest.mark.parametrize(("kind", "params", "override", "reason"), [c[1:] for c in FAULT_MATRIX],
-                         ids=[c[0] for c in FAULT_MATRIX])
-def test_upstream_fault_matrix(build_facade: BuildFacade, trust_servers: dict[str, TrustServer], faulty: str,
-                               multi: dict[str, Any], studies_by_patient: dict[str, Any],
-                               kind: str, params: dict[str, Any], override: Any, reason: str | None) -> None:
+@pytest.mark.parametrize(
+    ("kind", "params", "override", "reason"), [c[1:] for c in FAULT_MATRIX], ids=[c[0] for c in FAULT_MATRIX]
+)
+def test_upstream_fault_matrix(
+    build_facade: BuildFacade,
+    trust_servers: dict[str, TrustServer],
+    faulty: str,
+    multi: dict[str, Any],
+    studies_by_patient: dict[str, Any],
+    kind: str,
+    params: dict[str, Any],
+    override: Any,
+    reason: str | None,
+) -> None:
     server = trust_servers[faulty]
     federated = build_facade(archives={faulty: override(server)} if override else None)
     nhs = multi["nhs_number"]
@@ -366,16 +408,22 @@ def test_upstream_fault_matrix(build_facade: BuildFacade, trust_servers: dict[st
         assert not ids & only_at(studies, faulty)
         return
     incomplete = [i for i in named if i["code"] == "incomplete"]
-    assert incomplete, (f"{faulty} answered {len(ids & held_by(studies, faulty))} of its "
-                        f"{len(held_by(studies, faulty))} studies and no incomplete issue names it: {issues(bundle)}")
+    assert incomplete, (
+        f"{faulty} answered {len(ids & held_by(studies, faulty))} of its "
+        f"{len(held_by(studies, faulty))} studies and no incomplete issue names it: {issues(bundle)}"
+    )
     assert any(reason in i["diagnostics"] for i in incomplete), incomplete
     assert all(i["severity"] == "warning" for i in incomplete)
     assert nhs not in " ".join(i["diagnostics"] for i in incomplete)  # outcomes carry no patient data
 
 
-def test_truncated_at_limit_is_paged_to_completion(build_facade: BuildFacade, trust_servers: dict[str, TrustServer],
-                                                   faulty: str, multi: dict[str, Any],
-                                                   studies_by_patient: dict[str, Any]) -> None:
+def test_truncated_at_limit_is_paged_to_completion(
+    build_facade: BuildFacade,
+    trust_servers: dict[str, TrustServer],
+    faulty: str,
+    multi: dict[str, Any],
+    studies_by_patient: dict[str, Any],
+) -> None:
     """An archive that never answers more than `limit` results: the facade pages with offset, loses nothing."""
     server = trust_servers[faulty]
     # Paging costs a request per page: give this trust time for them on a busy machine.
@@ -391,9 +439,13 @@ def test_truncated_at_limit_is_paged_to_completion(build_facade: BuildFacade, tr
     assert all("limit=2&" in t for _m, t in server.proxy.requests)
 
 
-def test_one_down_one_hanging_one_413_at_once(build_facade: BuildFacade, trust_servers: dict[str, TrustServer],
-                                              busiest: list[str], multi: dict[str, Any],
-                                              studies_by_patient: dict[str, Any]) -> None:
+def test_one_down_one_hanging_one_413_at_once(
+    build_facade: BuildFacade,
+    trust_servers: dict[str, TrustServer],
+    busiest: list[str],
+    multi: dict[str, Any],
+    studies_by_patient: dict[str, Any],
+) -> None:
     down, hanging, too_broad = busiest[:3]
     federated = build_facade(archives={down: {"url": _closed_port_url()}})
     trust_servers[hanging].proxy.set_fault("hang")
@@ -414,9 +466,13 @@ def test_one_down_one_hanging_one_413_at_once(build_facade: BuildFacade, trust_s
         assert any(words in i["diagnostics"] for i in named), (trust, issues(bundle))
 
 
-def test_circuit_opens_after_repeated_failures(federated: Federated, trust_servers: dict[str, TrustServer],
-                                               faulty: str, multi: dict[str, Any],
-                                               studies_by_patient: dict[str, Any]) -> None:
+def test_circuit_opens_after_repeated_failures(
+    federated: Federated,
+    trust_servers: dict[str, TrustServer],
+    faulty: str,
+    multi: dict[str, Any],
+    studies_by_patient: dict[str, Any],
+) -> None:
     threshold = FEDERATION["circuit_breaker"]["threshold"]
     cooldown = FEDERATION["circuit_breaker"]["cooldown_s"]
     proxy = trust_servers[faulty].proxy
@@ -513,8 +569,10 @@ def test_patient_search_costs_two_requests_per_archive(federated: Federated, mul
     for trust, sent in asked.items():
         assert len(sent) <= 2, f"{trust}: {sent}"
     for trust in multi["trusts"]:  # studies and series go out together, in either order
-        assert sorted(target.split("?")[0] for _m, target in asked[trust]) == ["/dicom-web/series",
-                                                                                "/dicom-web/studies"]
+        assert sorted(target.split("?")[0] for _m, target in asked[trust]) == [
+            "/dicom-web/series",
+            "/dicom-web/studies",
+        ]
 
 
 def test_cache_ttl_reuses_answers(build_facade: BuildFacade, multi: dict[str, Any], manifest: dict[str, Any]) -> None:
@@ -549,16 +607,20 @@ DELAYS = [(), (0.25, 0.15, 0.05, 0.0), (0.0, 0.05, 0.15, 0.25), (0.15, 0.0, 0.25
 
 
 @pytest.mark.parametrize("delays", DELAYS, ids=["no-delay", "busiest-last", "busiest-first", "mixed"])
-def test_merge_order_is_deterministic(federated: Federated, trust_servers: dict[str, TrustServer],
-                                      busiest: list[str], multi: dict[str, Any], manifest: dict[str, Any],
-                                      delays: tuple[float, ...]) -> None:
+def test_merge_order_is_deterministic(
+    federated: Federated,
+    trust_servers: dict[str, TrustServer],
+    busiest: list[str],
+    multi: dict[str, Any],
+    manifest: dict[str, Any],
+    delays: tuple[float, ...],
+) -> None:
     nhs = multi["nhs_number"]
     shared = manifest["facts"]["shared_study"]["study_uid"]
     baseline = federated.patient_search(nhs)
     for trust, seconds in zip(busiest, delays, strict=False):
         trust_servers[trust].proxy.set_fault("delay", seconds=seconds)
-    for query in ((("patient", nhs),), (("patient", nhs), ("_sort", "started")),
-                  (("_id", shared),)):
+    for query in ((("patient", nhs),), (("patient", nhs), ("_sort", "started")), (("_id", shared),)):
         runs = [federated.search(*query) for _ in range(2)]
         assert match_ids(runs[0]) == match_ids(runs[1]), query
         assert [s["series"] for s in matches(runs[0])] == [s["series"] for s in matches(runs[1])]
@@ -567,16 +629,18 @@ def test_merge_order_is_deterministic(federated: Federated, trust_servers: dict[
             assert len(ids) == len(set(ids)), f"duplicate ids in {query}"
             assert not [i for i in issues(run) if i["code"] == "incomplete"]
     assert match_ids(federated.patient_search(nhs)) == match_ids(baseline)
-    assert sorted(match_ids(baseline)) == sorted({s["study_uid"] for p in manifest["patients"]
-                                                  if p["nhs_number"] == nhs for s in p["studies"]})
+    assert sorted(match_ids(baseline)) == sorted(
+        {s["study_uid"] for p in manifest["patients"] if p["nhs_number"] == nhs for s in p["studies"]}
+    )
 
 
 def _breaker_of(federated: Federated, trust_id: str) -> Any:
     return next(t.breaker for t in federated.facade.federation.trusts if t.settings.id == trust_id)
 
 
-def test_timed_out_search_counts_one_failure(federated: Federated, trust_servers: dict[str, TrustServer],
-                                            multi: dict[str, Any]) -> None:
+def test_timed_out_search_counts_one_failure(
+    federated: Federated, trust_servers: dict[str, TrustServer], multi: dict[str, Any]
+) -> None:
     """A hang cut by the deadline is one failure, even when the abandoned request fails later too."""
     trust = sorted(multi["trusts"])[0]
     trust_servers[trust].proxy.set_fault("delay", seconds=ARCHIVE_TIMEOUT_S + 0.5)
@@ -588,12 +652,19 @@ def test_timed_out_search_counts_one_failure(federated: Federated, trust_servers
     assert breaker.state == "closed"
 
 
-def test_slow_archive_opens_its_circuit(build_facade: BuildFacade, trust_servers: dict[str, TrustServer],
-                                        multi: dict[str, Any]) -> None:
+def test_slow_archive_opens_its_circuit(
+    build_facade: BuildFacade, trust_servers: dict[str, TrustServer], multi: dict[str, Any]
+) -> None:
     """An archive that always answers after the deadline opens its circuit: late answers do not reset it."""
-    federated = build_facade(federation={"archive_timeout_s": 1, "deadline_s": 5,
-                                         "circuit_breaker": {"threshold": 2, "cooldown_s": 60}, "cache_ttl_s": 0},
-                             archives={t: {"timeout_s": 1} for t in trust_servers})
+    federated = build_facade(
+        federation={
+            "archive_timeout_s": 1,
+            "deadline_s": 5,
+            "circuit_breaker": {"threshold": 2, "cooldown_s": 60},
+            "cache_ttl_s": 0,
+        },
+        archives={t: {"timeout_s": 1} for t in trust_servers},
+    )
     trust = sorted(multi["trusts"])[0]
     trust_servers[trust].proxy.set_fault("delay", seconds=1.3)
     for _ in range(2):

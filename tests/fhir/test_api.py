@@ -31,8 +31,11 @@ ACSN = "http://terminology.hl7.org/CodeSystem/v2-0203|ACSN"
 ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
 WADO_RS = "dicom-wado-rs"
 LONDON = ZoneInfo("Europe/London")
-BODY_SITES = json.loads((Path(__file__).resolve().parents[2] / "mappings" / "terminology"
-                         / "bodysite-annex-l.json").read_text(encoding="utf-8"))["terms"]
+BODY_SITES = json.loads(
+    (Path(__file__).resolve().parents[2] / "mappings" / "terminology" / "bodysite-annex-l.json").read_text(
+        encoding="utf-8"
+    )
+)["terms"]
 
 
 # ----------------------------------------------------------------------------- the dataset
@@ -42,8 +45,8 @@ BODY_SITES = json.loads((Path(__file__).resolve().parents[2] / "mappings" / "ter
 class DiskStudy:
     """One study as the DICOM files hold it, over every trust folder that has a copy."""
 
-    series: dict[str, frozenset[str]]      # SeriesInstanceUID -> SOPInstanceUIDs
-    holders: dict[str, frozenset[str]]     # SeriesInstanceUID -> trust ids holding it
+    series: dict[str, frozenset[str]]  # SeriesInstanceUID -> SOPInstanceUIDs
+    holders: dict[str, frozenset[str]]  # SeriesInstanceUID -> trust ids holding it
     sop_classes: frozenset[str]
     body_parts: frozenset[str]
 
@@ -64,8 +67,12 @@ def disk_study(data: Path, uid: str) -> DiskStudy:
                 if ds.get("BodyPartExamined"):
                     parts.add(str(ds.BodyPartExamined))
     assert series, f"study {uid} has no files under {data}"
-    return DiskStudy({k: frozenset(v) for k, v in series.items()}, {k: frozenset(v) for k, v in holders.items()},
-                     frozenset(classes), frozenset(parts))
+    return DiskStudy(
+        {k: frozenset(v) for k, v in series.items()},
+        {k: frozenset(v) for k, v in holders.items()},
+        frozenset(classes),
+        frozenset(parts),
+    )
 
 
 @dataclass(frozen=True)
@@ -178,7 +185,7 @@ def assert_outcome(response, status: int, code: str | None = None, text: str | N
 
 def started_instant(value: str) -> datetime:
     """Start of a FHIR date/dateTime (zone-less values in Europe/London)."""
-    padded = value + "-01-01"[len(value) - 4:] if len(value) < 10 else value
+    padded = value + "-01-01"[len(value) - 4 :] if len(value) < 10 else value
     moment = datetime.fromisoformat(padded)
     return moment if moment.tzinfo else moment.replace(tzinfo=LONDON)
 
@@ -196,14 +203,39 @@ def test_metadata_lists_resource_with_read_and_search(client, resource_type):
     assert {i["code"] for i in resources[resource_type]["interaction"]} == {"read", "search-type"}
 
 
-@pytest.mark.parametrize(("resource_type", "parameter"), [
-    *[("ImagingStudy", name) for name in ("_id", "identifier", "patient", "subject", "started", "modality", "series",
-                                          "instance", "dicom-class", "bodysite", "endpoint", "status", "_count",
-                                          "_summary", "_elements")],
-    ("Patient", "_id"), ("Patient", "identifier"),
-    ("Endpoint", "_id"), ("Endpoint", "organization"), ("Endpoint", "connection-type"),
-    ("Organization", "_id"), ("Organization", "identifier"), ("Organization", "name"),
-])
+@pytest.mark.parametrize(
+    ("resource_type", "parameter"),
+    [
+        *[
+            ("ImagingStudy", name)
+            for name in (
+                "_id",
+                "identifier",
+                "patient",
+                "subject",
+                "started",
+                "modality",
+                "series",
+                "instance",
+                "dicom-class",
+                "bodysite",
+                "endpoint",
+                "status",
+                "_count",
+                "_summary",
+                "_elements",
+            )
+        ],
+        ("Patient", "_id"),
+        ("Patient", "identifier"),
+        ("Endpoint", "_id"),
+        ("Endpoint", "organization"),
+        ("Endpoint", "connection-type"),
+        ("Organization", "_id"),
+        ("Organization", "identifier"),
+        ("Organization", "name"),
+    ],
+)
 def test_metadata_lists_search_parameter(client, resource_type, parameter):
     statement = get(client, "metadata").get_json()
     resource = next(r for r in statement["rest"][0]["resource"] if r["type"] == resource_type)
@@ -294,8 +326,10 @@ IDENTIFIER_CASES: list[tuple[str, Callable[[Demo, dict[str, Any]], list[tuple[st
     ("_id", lambda d, s: [("_id", s["study_uid"])]),
     ("dicom uid system", lambda d, s: [("identifier", f"urn:dicom:uid|urn:oid:{s['study_uid']}")]),
     ("bare urn:oid", lambda d, s: [("identifier", f"urn:oid:{s['study_uid']}")]),
-    ("accession with trust system",
-     lambda d, s: [("identifier", f"{d.accession_system(s['trusts'][0])}|{s['accession']}")]),
+    (
+        "accession with trust system",
+        lambda d, s: [("identifier", f"{d.accession_system(s['trusts'][0])}|{s['accession']}")],
+    ),
     ("bare accession", lambda d, s: [("identifier", s["accession"])]),
     ("accession of-type ACSN", lambda d, s: [("identifier:of-type", f"{ACSN}|{s['accession']}")]),
     ("accession with patient", lambda d, s: [("identifier", s["accession"]), ("patient", d.multi)]),
@@ -311,14 +345,19 @@ def test_imaging_study_search_by_identifier_finds_the_study(client, demo, trust,
     assert bundle["total"] == 1
 
 
-@pytest.mark.parametrize(("case", "build"), [
-    ("accession of another trust's system",
-     lambda d, s: [("identifier", f"{d.accession_system('bolton')}|{s['accession']}")]),
-    ("unknown accession", lambda d, s: [("identifier", f"{d.accession_system('mft')}|R0A999999999")]),
-    ("unknown study uid", lambda d, s: [("_id", "2.25.1")]),
-    ("study of another patient", lambda d, s: [("_id", s["study_uid"]), ("patient", d.unknown_nhs_number())]),
-    ("two study criteria that exclude each other", lambda d, s: [("_id", s["study_uid"]), ("_id", "2.25.1")]),
-])
+@pytest.mark.parametrize(
+    ("case", "build"),
+    [
+        (
+            "accession of another trust's system",
+            lambda d, s: [("identifier", f"{d.accession_system('bolton')}|{s['accession']}")],
+        ),
+        ("unknown accession", lambda d, s: [("identifier", f"{d.accession_system('mft')}|R0A999999999")]),
+        ("unknown study uid", lambda d, s: [("_id", "2.25.1")]),
+        ("study of another patient", lambda d, s: [("_id", s["study_uid"]), ("patient", d.unknown_nhs_number())]),
+        ("two study criteria that exclude each other", lambda d, s: [("_id", s["study_uid"]), ("_id", "2.25.1")]),
+    ],
+)
 def test_imaging_study_search_by_identifier_finds_nothing(client, demo, case, build):
     bundle = search(client, "ImagingStudy", build(demo, _study_of(demo, "mft")))
     assert bundle["total"] == 0 and not entries(bundle)
@@ -336,9 +375,14 @@ def test_imaging_study_search_shared_study_by_source_accession_at_second_trust(c
     # IssuerOfAccessionNumberSequence says so), so it keeps Bolton's accession system.
     shared = demo.facts["shared_study"]
     _, study = demo.study(shared["study_uid"])
-    bundle = search(client, "ImagingStudy", [
-        ("identifier", f"{demo.accession_system(shared['source_trust'])}|{study['accession']}"),
-        ("endpoint", f"Endpoint/{shared['extra_series_trust']}-wado-rs")])
+    bundle = search(
+        client,
+        "ImagingStudy",
+        [
+            ("identifier", f"{demo.accession_system(shared['source_trust'])}|{study['accession']}"),
+            ("endpoint", f"Endpoint/{shared['extra_series_trust']}-wado-rs"),
+        ],
+    )
     assert match_ids(bundle) == [shared["study_uid"]]
 
 
@@ -355,8 +399,16 @@ def _day_matches(prefix: str, value: str, day: date) -> bool:
     else:
         high = low + timedelta(days=1)
     inside = low <= day < high
-    return {"eq": inside, "ne": not inside, "lt": day < low, "le": day < high, "gt": day >= high,
-            "ge": day >= low, "sa": day >= high, "eb": day < low}[prefix]
+    return {
+        "eq": inside,
+        "ne": not inside,
+        "lt": day < low,
+        "le": day < high,
+        "gt": day >= high,
+        "ge": day >= low,
+        "sa": day >= high,
+        "eb": day < low,
+    }[prefix]
 
 
 def _study_day(study: dict[str, Any]) -> date | None:
@@ -377,36 +429,55 @@ def _pivot(demo: Demo, precision: int) -> str:
 def test_imaging_study_search_started_prefix(client, demo, prefix, precision):
     value = _pivot(demo, precision)
     bundle = search(client, "ImagingStudy", [("patient", demo.multi), ("started", f"{prefix}{value}")])
-    expected = {s["study_uid"] for s in demo.patient(demo.multi)["studies"]
-                if (day := _study_day(s)) and _day_matches(prefix or "eq", value, day)}
+    expected = {
+        s["study_uid"]
+        for s in demo.patient(demo.multi)["studies"]
+        if (day := _study_day(s)) and _day_matches(prefix or "eq", value, day)
+    }
     assert set(match_ids(bundle)) == expected
 
 
 def test_imaging_study_search_started_repeated_is_a_range(client, demo):
     studies = sorted(demo.patient(demo.multi)["studies"], key=lambda s: s["study_date"])
     low, high = _study_day(studies[1]), _study_day(studies[-2])
-    bundle = search(client, "ImagingStudy", [("patient", demo.multi), ("started", f"ge{low.isoformat()}"),
-                                             ("started", f"le{high.isoformat()}")])
+    bundle = search(
+        client,
+        "ImagingStudy",
+        [("patient", demo.multi), ("started", f"ge{low.isoformat()}"), ("started", f"le{high.isoformat()}")],
+    )
     assert set(match_ids(bundle)) == {s["study_uid"] for s in studies[1:-1]}
 
 
-@pytest.mark.parametrize(("prefix", "shift", "included"), [
-    ("lt", timedelta(minutes=1), True), ("lt", timedelta(minutes=-1), False),
-    ("gt", timedelta(minutes=-1), True), ("gt", timedelta(minutes=1), False),
-])
+@pytest.mark.parametrize(
+    ("prefix", "shift", "included"),
+    [
+        ("lt", timedelta(minutes=1), True),
+        ("lt", timedelta(minutes=-1), False),
+        ("gt", timedelta(minutes=-1), True),
+        ("gt", timedelta(minutes=1), False),
+    ],
+)
 def test_imaging_study_search_started_instant_in_utc(client, demo, prefix, shift, included):
     # The study time is local (Europe/London) or has its own offset; the search value is UTC.
     _, study = demo.study(demo.facts["shared_study"]["study_uid"])
     local = datetime.strptime(study["study_date"] + study["study_time"][:6], "%Y%m%d%H%M%S")
-    zone = (LONDON if not study["timezone_offset"] else
-            datetime.strptime(study["timezone_offset"], "%z").tzinfo)
+    zone = LONDON if not study["timezone_offset"] else datetime.strptime(study["timezone_offset"], "%z").tzinfo
     when = (local.replace(tzinfo=zone) + shift).astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%dT%H:%M:%SZ")
     bundle = search(client, "ImagingStudy", [("patient", demo.multi), ("started", f"{prefix}{when}")])
     assert (study["study_uid"] in match_ids(bundle)) is included
 
 
-@pytest.mark.parametrize("issue", ["partial_time_hour", "partial_time_minute", "missing_description_and_time",
-                                   "empty_accession", "multi_valued_referrer", "no_body_part"])
+@pytest.mark.parametrize(
+    "issue",
+    [
+        "partial_time_hour",
+        "partial_time_minute",
+        "missing_description_and_time",
+        "empty_accession",
+        "multi_valued_referrer",
+        "no_body_part",
+    ],
+)
 def test_imaging_study_search_started_finds_odd_data_study(client, demo, issue):
     uid = demo.facts["odd_data_by_issue"][issue]
     patient, study = demo.study(uid)
@@ -456,11 +527,15 @@ def test_imaging_study_search_by_extra_series_of_shared_study(client, demo):
 @pytest.mark.parametrize("form", ["bare", "urn:oid", "system"])
 def test_imaging_study_search_by_dicom_class(client, demo, form):
     sop_class = sorted(demo.disk(_study_of(demo, "mft")["study_uid"]).sop_classes)[0]
-    value = {"bare": sop_class, "urn:oid": f"urn:oid:{sop_class}",
-             "system": f"urn:ietf:rfc:3986|urn:oid:{sop_class}"}[form]
+    value = {"bare": sop_class, "urn:oid": f"urn:oid:{sop_class}", "system": f"urn:ietf:rfc:3986|urn:oid:{sop_class}"}[
+        form
+    ]
     bundle = search(client, "ImagingStudy", [("patient", demo.multi), ("dicom-class", value)])
-    expected = {s["study_uid"] for s in demo.patient(demo.multi)["studies"]
-                if sop_class in demo.disk(s["study_uid"]).sop_classes}
+    expected = {
+        s["study_uid"]
+        for s in demo.patient(demo.multi)["studies"]
+        if sop_class in demo.disk(s["study_uid"]).sop_classes
+    }
     assert expected and set(match_ids(bundle)) == expected
 
 
@@ -468,10 +543,14 @@ def test_imaging_study_search_by_dicom_class(client, demo, form):
 def test_imaging_study_search_by_bodysite(client, demo, with_system):
     part = sorted(demo.disk(_study_of(demo, "mft")["study_uid"]).body_parts)[0]
     code = BODY_SITES[part]["code"]
-    bundle = search(client, "ImagingStudy", [("patient", demo.multi),
-                                             ("bodysite", f"{SNOMED}|{code}" if with_system else code)])
-    expected = {s["study_uid"] for s in demo.patient(demo.multi)["studies"]
-                if any(BODY_SITES.get(p, {}).get("code") == code for p in demo.disk(s["study_uid"]).body_parts)}
+    bundle = search(
+        client, "ImagingStudy", [("patient", demo.multi), ("bodysite", f"{SNOMED}|{code}" if with_system else code)]
+    )
+    expected = {
+        s["study_uid"]
+        for s in demo.patient(demo.multi)["studies"]
+        if any(BODY_SITES.get(p, {}).get("code") == code for p in demo.disk(s["study_uid"]).body_parts)
+    }
     assert expected and set(match_ids(bundle)) == expected
 
 
@@ -482,8 +561,10 @@ def test_imaging_study_search_by_endpoint(client, demo, trust):
     assert expected and set(match_ids(bundle)) == expected
 
 
-@pytest.mark.parametrize(("value", "finds"), [("available", True), ("available,cancelled", True),
-                                               ("cancelled", False), ("registered", False)])
+@pytest.mark.parametrize(
+    ("value", "finds"),
+    [("available", True), ("available,cancelled", True), ("cancelled", False), ("registered", False)],
+)
 def test_imaging_study_search_by_status(client, demo, value, finds):
     bundle = search(client, "ImagingStudy", [("patient", demo.multi), ("status", value)])
     assert set(match_ids(bundle)) == (demo.uids(demo.multi) if finds else set())
@@ -491,8 +572,11 @@ def test_imaging_study_search_by_status(client, demo, value, finds):
 
 
 def test_imaging_study_search_post_form_body(client, demo):
-    response = client.post("/fhir/ImagingStudy/_search", data={"patient": demo.multi, "_count": "200"},
-                           content_type="application/x-www-form-urlencoded")
+    response = client.post(
+        "/fhir/ImagingStudy/_search",
+        data={"patient": demo.multi, "_count": "200"},
+        content_type="application/x-www-form-urlencoded",
+    )
     assert response.status_code == 200, response.get_json()
     assert sorted(match_ids(response.get_json())) == sorted(demo.uids(demo.multi))
 
@@ -518,8 +602,9 @@ def test_imaging_study_search_count_capped_at_max(client, demo, settings):
 
 
 def test_imaging_study_search_post_strict_unknown_parameter_is_400(client, demo):
-    response = client.post("/fhir/ImagingStudy/_search", data={"patient": demo.multi, "foo": "bar"},
-                           headers={"Prefer": "handling=strict"})
+    response = client.post(
+        "/fhir/ImagingStudy/_search", data={"patient": demo.multi, "foo": "bar"}, headers={"Prefer": "handling=strict"}
+    )
     assert "foo" in assert_outcome(response, 400, "invalid")["diagnostics"]
 
 
@@ -531,8 +616,9 @@ def test_imaging_study_search_unknown_parameter_ignored(client, demo):
 
 
 def test_imaging_study_search_unknown_parameter_strict_is_400(client, demo):
-    response = get(client, "ImagingStudy", [("patient", demo.multi), ("foo", "bar")],
-                   headers={"Prefer": "handling=strict"})
+    response = get(
+        client, "ImagingStudy", [("patient", demo.multi), ("foo", "bar")], headers={"Prefer": "handling=strict"}
+    )
     assert "foo" in assert_outcome(response, 400)["diagnostics"]
 
 
@@ -570,8 +656,14 @@ def test_imaging_study_search_previous_link_returns_previous_page(client, demo):
 
 
 def test_imaging_study_search_paging_is_stable(client, demo):
-    runs = [[i for p in all_pages(client, search(client, "ImagingStudy", [("patient", demo.multi), ("_count", "2")]))
-             for i in match_ids(p)] for _ in range(3)]
+    runs = [
+        [
+            i
+            for p in all_pages(client, search(client, "ImagingStudy", [("patient", demo.multi), ("_count", "2")]))
+            for i in match_ids(p)
+        ]
+        for _ in range(3)
+    ]
     assert runs[0] == runs[1] == runs[2]
 
 
@@ -582,9 +674,11 @@ def test_imaging_study_search_tampered_cursor_is_400(client, demo, tamper):
     body, signature = cursor.split(".")
     swap = {"A": "B"}.get(body[5], "A")
     path = "ImagingStudy"
-    value = {"body": f"{body[:5]}{swap}{body[6:]}.{signature}",
-             "signature": f"{body}.{signature[:-2]}{'AA' if signature[-2:] != 'AA' else 'BB'}",
-             "garbage": "not-a-cursor"}.get(tamper, cursor)
+    value = {
+        "body": f"{body[:5]}{swap}{body[6:]}.{signature}",
+        "signature": f"{body}.{signature[:-2]}{'AA' if signature[-2:] != 'AA' else 'BB'}",
+        "garbage": "not-a-cursor",
+    }.get(tamper, cursor)
     if tamper == "other type":
         path = "Patient"
     assert_outcome(client.get(f"/fhir/{path}?_cursor={quote(value)}"), 400, "invalid")
@@ -608,13 +702,15 @@ def test_imaging_study_search_include_patient(client, demo, include):
 
 @pytest.mark.parametrize("count", ["1", "200"])
 def test_imaging_study_search_include_endpoint(client, demo, count):
-    bundle = search(client, "ImagingStudy", [("patient", demo.multi), ("_include", "ImagingStudy:endpoint"),
-                                             ("_count", count)])
+    bundle = search(
+        client, "ImagingStudy", [("patient", demo.multi), ("_include", "ImagingStudy:endpoint"), ("_count", count)]
+    )
     included = [e["resource"] for e in entries(bundle, "include")]
     referenced = set().union(*(endpoint_trusts(s) for s in matches(bundle)))
     assert included and all(r["resourceType"] == "Endpoint" for r in included)
     assert sorted(r["id"] for r in included) == sorted(
-        [f"{t}-wado-rs" for t in referenced] + [f"{t}-ihe-iid" for t in referenced if t in VIEWER_TRUSTS])
+        [f"{t}-wado-rs" for t in referenced] + [f"{t}-ihe-iid" for t in referenced if t in VIEWER_TRUSTS]
+    )
     for entry in entries(bundle, "include"):
         assert entry["fullUrl"] == f"{BASE_URL}/Endpoint/{entry['resource']['id']}"
         code = "ihe-iid" if entry["resource"]["id"].endswith("-ihe-iid") else WADO_RS
@@ -622,11 +718,16 @@ def test_imaging_study_search_include_endpoint(client, demo, count):
     assert ("_include", "ImagingStudy:endpoint") in parse_qsl(urlsplit(link(bundle, "self")).query)
 
 
-@pytest.mark.parametrize("pairs", [
-    [("_summary", "count")], [("_count", "0")],
-    [("_summary", "count"), ("_include", "ImagingStudy:endpoint")],
-    [("_count", "0"), ("_include", "ImagingStudy:patient")],
-], ids=["_summary=count", "_count=0", "_summary=count with _include", "_count=0 with _include"])
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        [("_summary", "count")],
+        [("_count", "0")],
+        [("_summary", "count"), ("_include", "ImagingStudy:endpoint")],
+        [("_count", "0"), ("_include", "ImagingStudy:patient")],
+    ],
+    ids=["_summary=count", "_count=0", "_summary=count with _include", "_count=0 with _include"],
+)
 def test_imaging_study_search_summary_count(client, demo, pairs):
     bundle = search(client, "ImagingStudy", [("patient", demo.multi), *pairs])
     assert bundle["total"] == len(demo.uids(demo.multi))
@@ -641,7 +742,8 @@ def test_imaging_study_search_elements_subsets(client, demo):
     for study in studies:
         assert set(study) == {"resourceType", "id", "meta", "modality", "started", "status", "subject"}
         assert {(t["system"], t["code"]) for t in study["meta"]["tag"]} == {
-            ("http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "SUBSETTED")}
+            ("http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "SUBSETTED")
+        }
 
 
 # ----------------------------------------------------------------------------- reads
@@ -703,8 +805,9 @@ def test_patient_search_finds_patient(client, demo, parameter):
 
 
 def test_patient_search_or_and_paging(client, demo):
-    first, second = sorted({demo.multi, demo.facts["shared_study"]["nhs_number"],
-                            demo.facts["demographic_conflict"]["nhs_number"]})[:2]
+    first, second = sorted(
+        {demo.multi, demo.facts["shared_study"]["nhs_number"], demo.facts["demographic_conflict"]["nhs_number"]}
+    )[:2]
     bundle = search(client, "Patient", [("_id", f"{first},{second}"), ("_count", "1")])
     pages = all_pages(client, bundle)
     assert sorted(i for page in pages for i in match_ids(page)) == [first, second]
@@ -744,26 +847,33 @@ def test_organization_read_by_ods_code(client, demo, trust):
     organization = get(client, f"Organization/{demo.ods(trust)}").get_json()
     assert organization["id"] == demo.ods(trust)
     assert {"system": ODS, "value": demo.ods(trust)} in [
-        {k: i[k] for k in ("system", "value")} for i in organization["identifier"]]
+        {k: i[k] for k in ("system", "value")} for i in organization["identifier"]
+    ]
     assert organization["name"] == next(t["name"] for t in demo.manifest["trusts"] if t["id"] == trust)
 
 
-@pytest.mark.parametrize(("resource_type", "pairs", "expected"), [
-    ("Endpoint", [], [f"{t}-wado-rs" for t in TRUST_IDS] + [f"{t}-ihe-iid" for t in VIEWER_TRUSTS]),
-    ("Endpoint", [("connection-type", WADO_RS)], [f"{t}-wado-rs" for t in TRUST_IDS]),
-    ("Endpoint", [("connection-type", f"http://terminology.hl7.org/CodeSystem/endpoint-connection-type|{WADO_RS}")],
-     [f"{t}-wado-rs" for t in TRUST_IDS]),
-    ("Endpoint", [("connection-type", "ihe-iid")], [f"{t}-ihe-iid" for t in VIEWER_TRUSTS]),
-    ("Endpoint", [("connection-type", "dicom-qido-rs")], []),
-    ("Endpoint", [("organization", "Organization/RMC")], ["bolton-wado-rs"]),
-    ("Endpoint", [("_id", "mft-wado-rs")], ["mft-wado-rs"]),
-    ("Organization", [], ["RMC", "RBV", "R0A", "RWJ", "RRF", "RMP", "RM3", "RW6"]),
-    ("Organization", [("identifier", f"{ODS}|RBV")], ["RBV"]),
-    ("Organization", [("identifier", "RWJ")], ["RWJ"]),
-    ("Organization", [("_id", "R0A,RM3")], ["R0A", "RM3"]),
-    ("Organization", [("name", "northern care")], ["RM3", "RW6"]),
-    ("Organization", [("identifier", f"{ODS}|XXX")], []),
-])
+@pytest.mark.parametrize(
+    ("resource_type", "pairs", "expected"),
+    [
+        ("Endpoint", [], [f"{t}-wado-rs" for t in TRUST_IDS] + [f"{t}-ihe-iid" for t in VIEWER_TRUSTS]),
+        ("Endpoint", [("connection-type", WADO_RS)], [f"{t}-wado-rs" for t in TRUST_IDS]),
+        (
+            "Endpoint",
+            [("connection-type", f"http://terminology.hl7.org/CodeSystem/endpoint-connection-type|{WADO_RS}")],
+            [f"{t}-wado-rs" for t in TRUST_IDS],
+        ),
+        ("Endpoint", [("connection-type", "ihe-iid")], [f"{t}-ihe-iid" for t in VIEWER_TRUSTS]),
+        ("Endpoint", [("connection-type", "dicom-qido-rs")], []),
+        ("Endpoint", [("organization", "Organization/RMC")], ["bolton-wado-rs"]),
+        ("Endpoint", [("_id", "mft-wado-rs")], ["mft-wado-rs"]),
+        ("Organization", [], ["RMC", "RBV", "R0A", "RWJ", "RRF", "RMP", "RM3", "RW6"]),
+        ("Organization", [("identifier", f"{ODS}|RBV")], ["RBV"]),
+        ("Organization", [("identifier", "RWJ")], ["RWJ"]),
+        ("Organization", [("_id", "R0A,RM3")], ["R0A", "RM3"]),
+        ("Organization", [("name", "northern care")], ["RM3", "RW6"]),
+        ("Organization", [("identifier", f"{ODS}|XXX")], []),
+    ],
+)
 def test_directory_search(client, resource_type, pairs, expected):
     bundle = search(client, resource_type, pairs)
     assert sorted(match_ids(bundle)) == sorted(expected)
@@ -786,18 +896,39 @@ BAD_NHS = "9434765918"  # 9434765919 is valid: the last digit fails the Modulus 
 ERROR_CASES = [
     # (id, method, path + query, headers, status, issue code, diagnostics contain)
     ("bad nhs number patient", "GET", f"ImagingStudy?patient={BAD_NHS}", {}, 400, "invalid", "Modulus 11"),
-    ("bad nhs number identifier", "GET", f"ImagingStudy?patient.identifier={quote(NHS)}%7C{BAD_NHS}", {}, 400,
-     "invalid", "Modulus 11"),
-    ("bad nhs number subject", "GET", f"ImagingStudy?subject:identifier={quote(NHS)}%7C{BAD_NHS}", {}, 400,
-     "invalid", "Modulus 11"),
+    (
+        "bad nhs number identifier",
+        "GET",
+        f"ImagingStudy?patient.identifier={quote(NHS)}%7C{BAD_NHS}",
+        {},
+        400,
+        "invalid",
+        "Modulus 11",
+    ),
+    (
+        "bad nhs number subject",
+        "GET",
+        f"ImagingStudy?subject:identifier={quote(NHS)}%7C{BAD_NHS}",
+        {},
+        400,
+        "invalid",
+        "Modulus 11",
+    ),
     ("bad nhs number patient search", "GET", f"Patient?identifier={BAD_NHS}", {}, 400, "invalid", "Modulus 11"),
     ("nine digits", "GET", "ImagingStudy?patient=943476591", {}, 400, "invalid", None),
     ("patient wildcard", "GET", "ImagingStudy?patient=943476591*", {}, 400, "invalid", None),
     ("patient encoded wildcard", "GET", "ImagingStudy?patient=943476591%2A", {}, 400, "invalid", None),
     ("patient question mark", "GET", "ImagingStudy?patient=943476591%3F", {}, 400, "invalid", None),
     ("patient only star", "GET", "ImagingStudy?patient=%2A", {}, 400, "invalid", None),
-    ("patient identifier wildcard", "GET", f"ImagingStudy?patient.identifier={quote(NHS)}%7C94347659%2A", {}, 400,
-     "invalid", None),
+    (
+        "patient identifier wildcard",
+        "GET",
+        f"ImagingStudy?patient.identifier={quote(NHS)}%7C94347659%2A",
+        {},
+        400,
+        "invalid",
+        None,
+    ),
     ("patient search wildcard", "GET", "Patient?identifier=943476591%2A", {}, 400, "invalid", None),
     ("accession star", "GET", "ImagingStudy?identifier=RMC*", {}, 400, "invalid", None),
     ("accession encoded star", "GET", "ImagingStudy?identifier=%2A", {}, 400, "invalid", None),
@@ -807,8 +938,15 @@ ERROR_CASES = [
     ("accession newline", "GET", "ImagingStudy?identifier=RMC%0A123", {}, 400, "invalid", None),
     ("accession nul", "GET", "ImagingStudy?identifier=RMC%00123", {}, 400, "invalid", None),
     ("accession tab", "GET", "ImagingStudy?identifier=RMC%09123", {}, 400, "invalid", None),
-    ("accession with system star", "GET", f"ImagingStudy?identifier={quote('https://fhir.nhs.uk/RMC/Id/accession-number')}%7CRMC*",
-     {}, 400, "invalid", None),
+    (
+        "accession with system star",
+        "GET",
+        f"ImagingStudy?identifier={quote('https://fhir.nhs.uk/RMC/Id/accession-number')}%7CRMC*",
+        {},
+        400,
+        "invalid",
+        None,
+    ),
     ("of-type star", "GET", f"ImagingStudy?identifier:of-type={quote(ACSN)}%7CRMC*", {}, 400, "invalid", None),
     ("study uid star", "GET", "ImagingStudy?identifier=urn:dicom:uid%7Curn:oid:1.2.*", {}, 400, "invalid", None),
     ("_id star", "GET", "ImagingStudy?_id=2.25.*", {}, 400, "invalid", None),
@@ -823,8 +961,15 @@ ERROR_CASES = [
     ("bad date dicom form", "GET", "ImagingStudy?patient=9434765919&started=20190101", {}, 400, "invalid", None),
     ("unknown modality", "GET", "ImagingStudy?patient=9434765919&modality=XX", {}, 400, "invalid", "XX"),
     ("lowercase modality", "GET", "ImagingStudy?patient=9434765919&modality=ct", {}, 400, "invalid", None),
-    ("modality wrong system", "GET", f"ImagingStudy?patient=9434765919&modality={quote(SNOMED)}%7CCT", {}, 400,
-     "invalid", None),
+    (
+        "modality wrong system",
+        "GET",
+        f"ImagingStudy?patient=9434765919&modality={quote(SNOMED)}%7CCT",
+        {},
+        400,
+        "invalid",
+        None,
+    ),
     ("bodysite not snomed", "GET", "ImagingStudy?patient=9434765919&bodysite=CHEST", {}, 400, "invalid", None),
     ("bad status", "GET", "ImagingStudy?patient=9434765919&status=done", {}, 400, "invalid", None),
     ("bad endpoint", "GET", "ImagingStudy?patient=9434765919&endpoint=Organization/RMC", {}, 400, "invalid", None),
@@ -838,12 +983,33 @@ ERROR_CASES = [
     ("status only", "GET", "ImagingStudy?status=available", {}, 400, "too-costly", None),
     ("unknown parameter only", "GET", "ImagingStudy?foo=bar", {}, 400, "too-costly", None),
     ("patient search without criterion", "GET", "Patient", {}, 400, "invalid", None),
-    ("strict unknown parameter", "GET", "ImagingStudy?patient=9434765919&foo=bar", {"Prefer": "handling=strict"}, 400,
-     "invalid", "foo"),
-    ("strict unknown patient parameter", "GET", "Patient?_id=9434765919&name=x", {"Prefer": "handling=strict"}, 400,
-     "invalid", "name"),
-    ("strict unknown endpoint parameter", "GET", "Endpoint?foo=bar", {"Prefer": "handling=strict"}, 400, "invalid",
-     "foo"),
+    (
+        "strict unknown parameter",
+        "GET",
+        "ImagingStudy?patient=9434765919&foo=bar",
+        {"Prefer": "handling=strict"},
+        400,
+        "invalid",
+        "foo",
+    ),
+    (
+        "strict unknown patient parameter",
+        "GET",
+        "Patient?_id=9434765919&name=x",
+        {"Prefer": "handling=strict"},
+        400,
+        "invalid",
+        "name",
+    ),
+    (
+        "strict unknown endpoint parameter",
+        "GET",
+        "Endpoint?foo=bar",
+        {"Prefer": "handling=strict"},
+        400,
+        "invalid",
+        "foo",
+    ),
     ("unknown resource type", "GET", "Observation", {}, 404, "not-found", None),
     ("unknown resource type read", "GET", "Observation/1", {}, 404, "not-found", None),
     ("unknown endpoint", "GET", "Endpoint/nowhere-wado-rs", {}, 404, "not-found", None),
@@ -857,25 +1023,42 @@ ERROR_CASES = [
     ("delete endpoint", "DELETE", "Endpoint/bolton-wado-rs", {}, 405, "not-supported", None),
     ("put organization", "PUT", "Organization/RMC", {}, 405, "not-supported", None),
     ("_format xml", "GET", "metadata?_format=xml", {}, 406, "not-supported", None),
-    ("_format fhir xml", "GET", "ImagingStudy?patient=9434765919&_format=application/fhir%2Bxml", {}, 406,
-     "not-supported", None),
+    (
+        "_format fhir xml",
+        "GET",
+        "ImagingStudy?patient=9434765919&_format=application/fhir%2Bxml",
+        {},
+        406,
+        "not-supported",
+        None,
+    ),
     ("accept fhir xml", "GET", "metadata", {"Accept": "application/fhir+xml"}, 406, "not-supported", None),
-    ("accept xml on search", "GET", "ImagingStudy?patient=9434765919", {"Accept": "application/xml"}, 406,
-     "not-supported", None),
-    ("accept xml on read", "GET", "Patient/9434765919", {"Accept": "application/fhir+xml"}, 406, "not-supported",
-     None),
+    (
+        "accept xml on search",
+        "GET",
+        "ImagingStudy?patient=9434765919",
+        {"Accept": "application/xml"},
+        406,
+        "not-supported",
+        None,
+    ),
+    ("accept xml on read", "GET", "Patient/9434765919", {"Accept": "application/fhir+xml"}, 406, "not-supported", None),
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "headers", "status", "code", "text"), [c[1:] for c in ERROR_CASES],
-                         ids=[c[0] for c in ERROR_CASES])
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "status", "code", "text"),
+    [c[1:] for c in ERROR_CASES],
+    ids=[c[0] for c in ERROR_CASES],
+)
 def test_api_error_is_operation_outcome(client, method, path, headers, status, code, text):
     response = client.open(f"/fhir/{path}", method=method, headers=headers)
     assert_outcome(response, status, code, text)
 
 
-@pytest.mark.parametrize("accept", ["application/fhir+json", "application/json", "*/*",
-                                    "application/fhir+xml;q=0.9, application/fhir+json"])
+@pytest.mark.parametrize(
+    "accept", ["application/fhir+json", "application/json", "*/*", "application/fhir+xml;q=0.9, application/fhir+json"]
+)
 def test_api_accepts_json_media_types(client, accept):
     assert get(client, "metadata", headers={"Accept": accept}).status_code == 200
 
@@ -908,4 +1091,5 @@ def test_fhir_user_of_a_token_can_be_read(app, client):
     assert client.get("/fhir/Practitioner/dr-khan", headers={"Authorization": ""}).status_code == 401
     statement = client.get("/fhir/metadata").get_json()
     assert {"type": "Practitioner", "interaction": [{"code": "read"}]}.items() <= next(
-        r for r in statement["rest"][0]["resource"] if r["type"] == "Practitioner").items()
+        r for r in statement["rest"][0]["resource"] if r["type"] == "Practitioner"
+    ).items()

@@ -38,8 +38,11 @@ def patient(manifest: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def other(manifest: dict[str, Any], patient: dict[str, Any]) -> dict[str, Any]:
     """Another patient, with a study at a trust the first patient also uses."""
-    return next(p for p in manifest["patients"] if p["nhs_number"] != patient["nhs_number"]
-                and any(set(s["trusts"]) & {"mft"} for s in p["studies"]))
+    return next(
+        p
+        for p in manifest["patients"]
+        if p["nhs_number"] != patient["nhs_number"] and any(set(s["trusts"]) & {"mft"} for s in p["studies"])
+    )
 
 
 def one_trust_study(record: dict[str, Any], trust: str | None = None) -> tuple[str, str]:
@@ -69,8 +72,9 @@ def outcome(response: Any, status: int) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- what it serves
 
 
-def test_study_retrieval_gives_back_every_file_byte_for_byte(http: Any, system: dict[str, str], demo_data: Path,
-                                                             patient: dict[str, Any]) -> None:
+def test_study_retrieval_gives_back_every_file_byte_for_byte(
+    http: Any, system: dict[str, str], demo_data: Path, patient: dict[str, Any]
+) -> None:
     trust, uid = one_trust_study(patient, "mft")
     response = http.get(f"/dicomweb/{trust}/studies/{uid}", headers=system)
     assert response.status_code == 200
@@ -84,8 +88,9 @@ def test_study_retrieval_gives_back_every_file_byte_for_byte(http: Any, system: 
         assert int(headers["content-length"]) == len(payload)
 
 
-def test_series_and_instance_levels(http: Any, system: dict[str, str], demo_data: Path,
-                                    patient: dict[str, Any]) -> None:
+def test_series_and_instance_levels(
+    http: Any, system: dict[str, str], demo_data: Path, patient: dict[str, Any]
+) -> None:
     trust, uid = one_trust_study(patient, "mft")
     on_disk = files_of(demo_data, trust, uid)
     sop, (path, ds) = next(iter(on_disk.items()))
@@ -97,8 +102,9 @@ def test_series_and_instance_levels(http: Any, system: dict[str, str], demo_data
     assert [b for _, b in parts(instance.headers["Content-Type"], instance.data)] == [path.read_bytes()]
 
 
-def test_metadata_is_the_files_dicom_json(http: Any, system: dict[str, str], demo_data: Path,
-                                          patient: dict[str, Any]) -> None:
+def test_metadata_is_the_files_dicom_json(
+    http: Any, system: dict[str, str], demo_data: Path, patient: dict[str, Any]
+) -> None:
     trust, uid = one_trust_study(patient, "christie")
     response = http.get(f"/dicomweb/{trust}/studies/{uid}/metadata", headers=system)
     assert response.status_code == 200 and response.mimetype == "application/dicom+json"
@@ -111,22 +117,24 @@ def test_metadata_is_the_files_dicom_json(http: Any, system: dict[str, str], dem
         assert "7FE00010" not in dataset  # no pixel data in metadata
 
 
-def test_frames_are_the_pixel_data(http: Any, system: dict[str, str], demo_data: Path,
-                                   patient: dict[str, Any]) -> None:
+def test_frames_are_the_pixel_data(http: Any, system: dict[str, str], demo_data: Path, patient: dict[str, Any]) -> None:
     trust, uid = one_trust_study(patient, "mft")
     sop, (path, ds) = next(iter(files_of(demo_data, trust, uid).items()))
     full = pydicom.dcmread(path)
     base = f"/dicomweb/{trust}/studies/{uid}/series/{ds.SeriesInstanceUID}/instances/{sop}"
     response = http.get(f"{base}/frames/1", headers=system)
     assert response.status_code == 200
-    (headers, payload), = parts(response.headers["Content-Type"], response.data)
+    ((headers, payload),) = parts(response.headers["Content-Type"], response.data)
     assert headers["content-type"].startswith("application/octet-stream")
-    assert payload == full.PixelData[:len(payload)] and len(payload) == full.Rows * full.Columns * full.BitsAllocated // 8
+    assert (
+        payload == full.PixelData[: len(payload)] and len(payload) == full.Rows * full.Columns * full.BitsAllocated // 8
+    )
     outcome(http.get(f"{base}/frames/999", headers=system), 404)
 
 
-def test_rendered_and_thumbnail_are_images(http: Any, system: dict[str, str], patient: dict[str, Any],
-                                           settings: Any) -> None:
+def test_rendered_and_thumbnail_are_images(
+    http: Any, system: dict[str, str], patient: dict[str, Any], settings: Any
+) -> None:
     trust, uid = one_trust_study(patient, "mft")
     base = f"/dicomweb/{trust}/studies/{uid}"
     rendered = http.get(f"{base}/rendered", headers=system)
@@ -197,8 +205,9 @@ def test_patient_token_opens_own_studies_at_every_trust(app: Any, http: Any, pat
     assert opened >= 4
 
 
-def test_patient_token_cannot_open_another_patients_study(app: Any, http: Any, patient: dict[str, Any],
-                                                          other: dict[str, Any]) -> None:
+def test_patient_token_cannot_open_another_patients_study(
+    app: Any, http: Any, patient: dict[str, Any], other: dict[str, Any]
+) -> None:
     """Another patient's study answers exactly like a study that does not exist: 404, nothing revealed."""
     token = {"Authorization": f"Bearer {patient_token(app, patient['nhs_number'])}"}
     trust, uid = one_trust_study(other, "mft")
@@ -212,9 +221,9 @@ def test_patient_token_cannot_open_another_patients_study(app: Any, http: Any, p
     outcome(http.get(f"/dicomweb/{own_trust}/studies/{uid}", headers=token), 404)
 
 
-def test_series_of_another_study_is_not_served_under_an_own_study(app: Any, http: Any, demo_data: Path,
-                                                                  patient: dict[str, Any],
-                                                                  other: dict[str, Any]) -> None:
+def test_series_of_another_study_is_not_served_under_an_own_study(
+    app: Any, http: Any, demo_data: Path, patient: dict[str, Any], other: dict[str, Any]
+) -> None:
     """The owner check is on the study; a foreign series cannot ride on an own study UID."""
     token = {"Authorization": f"Bearer {patient_token(app, patient['nhs_number'])}"}
     _, own = one_trust_study(patient, "mft")
@@ -231,15 +240,23 @@ def test_every_retrieval_is_audited(app: Any, http: Any, patient: dict[str, Any]
     assert http.get(f"/dicomweb/mft/studies/{foreign}", headers=token).status_code == 404
     audit = {"Authorization": f"Bearer {system_token(app, 'system/AuditEvent.rs')}"}
     events = http.get("/fhir/AuditEvent?_count=200&_sort=-date", headers=audit).get_json()["entry"]
-    granted = [e["resource"] for e in events if any(
-        en.get("what", {}).get("reference") == f"ImagingStudy/{uid}" for en in e["resource"].get("entity", ()))]
+    granted = [
+        e["resource"]
+        for e in events
+        if any(en.get("what", {}).get("reference") == f"ImagingStudy/{uid}" for en in e["resource"].get("entity", ()))
+    ]
     assert granted, "no AuditEvent for the retrieval"
     event = granted[0]
     assert event["outcome"] == "0" and event["action"] == "R"
     assert {"reference": f"Patient/{patient['nhs_number']}"} in [en.get("what") for en in event["entity"]]
     assert any(en.get("description", "").endswith(f"studies/{uid}/thumbnail") for en in event["entity"])
-    refused = [e["resource"] for e in events if any(
-        en.get("what", {}).get("reference") == f"ImagingStudy/{foreign}" for en in e["resource"].get("entity", ()))]
+    refused = [
+        e["resource"]
+        for e in events
+        if any(
+            en.get("what", {}).get("reference") == f"ImagingStudy/{foreign}" for en in e["resource"].get("entity", ())
+        )
+    ]
     assert refused and refused[0]["outcome"] == "4"
     assert f"Patient/{other['nhs_number']}" not in str(refused[0])  # a denial names nobody's data
 
@@ -249,8 +266,8 @@ def test_every_retrieval_is_audited(app: Any, http: Any, patient: dict[str, Any]
 
 BAD_PATHS = [
     ("/dicomweb/bolton/studies/1.2.x", 400),
-    ("/dicomweb/bolton/studies/1.02.3", 400),               # a UID component may not start with 0
-    ("/dicomweb/bolton/studies/" + "1." * 32 + "1", 400),   # longer than 64 characters
+    ("/dicomweb/bolton/studies/1.02.3", 400),  # a UID component may not start with 0
+    ("/dicomweb/bolton/studies/" + "1." * 32 + "1", 400),  # longer than 64 characters
     ("/dicomweb/bolton/studies/1.2.3*", 400),
     ("/dicomweb/bolton/studies/1.2.3/series/*", 400),
     ("/dicomweb/bolton/studies/1.2.3/series/1.2/instances/1?3", 400),
@@ -328,8 +345,9 @@ def test_viewer_endpoints_fill_from_the_study(client: Any, manifest: dict[str, A
     assert client.get("/fhir/Endpoint/bolton-ihe-iid").status_code == 404  # bolton has no viewer configured
 
 
-def test_a_dimse_trust_without_wado_offers_no_images(config_document: dict[str, Any], demo_data: Path,
-                                                     patient: dict[str, Any]) -> None:
+def test_a_dimse_trust_without_wado_offers_no_images(
+    config_document: dict[str, Any], demo_data: Path, patient: dict[str, Any]
+) -> None:
     """C-FIND only (no wado_url): its Endpoint says `off`, and the gateway says 501 without asking anything."""
     import copy
 

@@ -30,11 +30,13 @@ TRUST = "mft"
 @pytest.fixture(scope="module")
 def patients(manifest: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Two patients with studies held only by mft."""
+
     def mft_only(p: dict[str, Any]) -> bool:
         return any(s["trusts"] == [TRUST] for s in p["studies"])
 
-    first = next(p for p in manifest["patients"] if p["nhs_number"] == manifest["facts"]["multi_trust_patient"]
-                 ["nhs_number"])
+    first = next(
+        p for p in manifest["patients"] if p["nhs_number"] == manifest["facts"]["multi_trust_patient"]["nhs_number"]
+    )
     second = next(p for p in manifest["patients"] if p is not first and mft_only(p))
     return first, second
 
@@ -46,8 +48,11 @@ def mft_study(record: dict[str, Any]) -> str:
 @pytest.fixture(scope="module")
 def archive(demo_data: Path, patients: tuple[dict[str, Any], dict[str, Any]]) -> Iterator[OrthancServer]:
     wanted = {mft_study(p) for p in patients}
-    files = [f for f in sorted((demo_data / TRUST).rglob("*.dcm"))
-             if pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID in wanted]
+    files = [
+        f
+        for f in sorted((demo_data / TRUST).rglob("*.dcm"))
+        if pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID in wanted
+    ]
     with OrthancServer(aet="MFTGW") as orthanc:
         orthanc.upload(files)
         yield orthanc
@@ -109,62 +114,77 @@ def sop_of(archive: OrthancServer, study: str) -> tuple[str, str]:
 # ----------------------------------------------------------------------------- byte for byte
 
 
-def test_retrievals_equal_direct_ones(server: str, system: dict[str, str], archive: OrthancServer,
-                                      patients: tuple[dict[str, Any], dict[str, Any]]) -> None:
+def test_retrievals_equal_direct_ones(
+    server: str, system: dict[str, str], archive: OrthancServer, patients: tuple[dict[str, Any], dict[str, Any]]
+) -> None:
     study = mft_study(patients[0])
     series, sop = sop_of(archive, study)
-    for path in (f"studies/{study}", f"studies/{study}/series/{series}",
-                 f"studies/{study}/series/{series}/instances/{sop}",
-                 f"studies/{study}/series/{series}/instances/{sop}/frames/1"):
+    for path in (
+        f"studies/{study}",
+        f"studies/{study}/series/{series}",
+        f"studies/{study}/series/{series}/instances/{sop}",
+        f"studies/{study}/series/{series}/instances/{sop}/frames/1",
+    ):
         via = requests.get(f"{server}/dicomweb/{TRUST}/{path}", headers=system, timeout=10)
         assert via.status_code == 200, (path, via.text[:200])
         straight = direct(archive, path)
-        assert [p for _, p in parts(via.headers["Content-Type"], via.content)] == \
-               [p for _, p in parts(straight.headers["Content-Type"], straight.content)], path
+        assert [p for _, p in parts(via.headers["Content-Type"], via.content)] == [
+            p for _, p in parts(straight.headers["Content-Type"], straight.content)
+        ], path
         assert via.headers["Content-Type"].split(";")[:2] == straight.headers["Content-Type"].split(";")[:2]
-    for path in (f"studies/{study}/metadata", f"studies/{study}/series/{series}/metadata",
-                 f"studies/{study}/series/{series}/instances/{sop}/rendered"):
+    for path in (
+        f"studies/{study}/metadata",
+        f"studies/{study}/series/{series}/metadata",
+        f"studies/{study}/series/{series}/instances/{sop}/rendered",
+    ):
         via = requests.get(f"{server}/dicomweb/{TRUST}/{path}", headers=system, timeout=10)
         assert via.status_code == 200
         assert via.content == direct(archive, path).content, path
 
 
-def test_transfer_syntax_accept_is_passed_to_the_archive(server: str, system: dict[str, str],
-                                                         fresh_proxy: FaultProxy,
-                                                         patients: tuple[dict[str, Any], dict[str, Any]]) -> None:
+def test_transfer_syntax_accept_is_passed_to_the_archive(
+    server: str, system: dict[str, str], fresh_proxy: FaultProxy, patients: tuple[dict[str, Any], dict[str, Any]]
+) -> None:
     study = mft_study(patients[0])
     explicit = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'
-    response = requests.get(f"{server}/dicomweb/{TRUST}/studies/{study}", headers={**system, "Accept": explicit},
-                            timeout=10)
+    response = requests.get(
+        f"{server}/dicomweb/{TRUST}/studies/{study}", headers={**system, "Accept": explicit}, timeout=10
+    )
     assert response.status_code == 200
     assert fresh_proxy.request_headers[-1]["Accept"] == explicit
-    refused = requests.get(f"{server}/dicomweb/{TRUST}/studies/{study}",
-                           headers={**system, "Accept": "application/zip"}, timeout=10)
+    refused = requests.get(
+        f"{server}/dicomweb/{TRUST}/studies/{study}", headers={**system, "Accept": "application/zip"}, timeout=10
+    )
     assert refused.status_code == 406 and refused.json()["resourceType"] == "OperationOutcome"
 
 
-def test_thumbnail_falls_back_to_a_small_rendering(server: str, system: dict[str, str], fresh_proxy: FaultProxy,
-                                                   patients: tuple[dict[str, Any], dict[str, Any]]) -> None:
+def test_thumbnail_falls_back_to_a_small_rendering(
+    server: str, system: dict[str, str], fresh_proxy: FaultProxy, patients: tuple[dict[str, Any], dict[str, Any]]
+) -> None:
     """Orthanc 1.10 has no /thumbnail: the gateway asks for /rendered with the thumbnail viewport."""
     study = mft_study(patients[0])
     response = requests.get(f"{server}/dicomweb/{TRUST}/studies/{study}/thumbnail", headers=system, timeout=10)
     assert response.status_code == 200 and response.headers["Content-Type"] == "image/jpeg"
-    assert upstream_paths(fresh_proxy)[-2:] == [f"/dicom-web/studies/{study}/thumbnail",
-                                                f"/dicom-web/studies/{study}/rendered?viewport=128,128"]
+    assert upstream_paths(fresh_proxy)[-2:] == [
+        f"/dicom-web/studies/{study}/thumbnail",
+        f"/dicom-web/studies/{study}/rendered?viewport=128,128",
+    ]
 
 
 # ----------------------------------------------------------------------------- checks before the archive
 
 
 def test_owner_is_checked_at_the_archive_before_any_image_is_asked_for(
-        server: str, gateway_app: Any, fresh_proxy: FaultProxy,
-        patients: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    server: str, gateway_app: Any, fresh_proxy: FaultProxy, patients: tuple[dict[str, Any], dict[str, Any]]
+) -> None:
     mine, theirs = (mft_study(p) for p in patients)
     token = {"Authorization": f"Bearer {patient_token(gateway_app, patients[0]['nhs_number'])}"}
     allowed = requests.get(f"{server}/dicomweb/{TRUST}/studies/{mine}/metadata", headers=token, timeout=10)
     assert allowed.status_code == 200
-    assert [p.split("?")[0] for p in upstream_paths(fresh_proxy)] == ["/dicom-web/studies",
-                                                                      f"/dicom-web/studies/{mine}/metadata"]
+    assert [p.split("?")[0] for p in upstream_paths(fresh_proxy)] == [
+        "/dicom-web/studies",
+        f"/dicom-web/studies/{mine}/metadata",
+    ]
     assert f"StudyInstanceUID={mine}" in upstream_paths(fresh_proxy)[0]
     fresh_proxy.clear()
     denied = requests.get(f"{server}/dicomweb/{TRUST}/studies/{theirs}/metadata", headers=token, timeout=10)
@@ -172,24 +192,36 @@ def test_owner_is_checked_at_the_archive_before_any_image_is_asked_for(
     assert [p.split("?")[0] for p in upstream_paths(fresh_proxy)] == ["/dicom-web/studies"]  # no image asked for
 
 
-@pytest.mark.parametrize("path", [
-    "studies/1.2.3*", "studies/1.2.3%2Fseries", "studies/1.2.3/rendered?viewport=1,1;x",
-    "studies/1.2.3?StudyInstanceUID=*", "studies/%2e%2e/1.2", "studies/1.2.3/series/1.2.3.4/frames/1",
-])
-def test_bad_input_never_reaches_the_archive(server: str, system: dict[str, str], fresh_proxy: FaultProxy,
-                                             path: str) -> None:
+@pytest.mark.parametrize(
+    "path",
+    [
+        "studies/1.2.3*",
+        "studies/1.2.3%2Fseries",
+        "studies/1.2.3/rendered?viewport=1,1;x",
+        "studies/1.2.3?StudyInstanceUID=*",
+        "studies/%2e%2e/1.2",
+        "studies/1.2.3/series/1.2.3.4/frames/1",
+    ],
+)
+def test_bad_input_never_reaches_the_archive(
+    server: str, system: dict[str, str], fresh_proxy: FaultProxy, path: str
+) -> None:
     response = requests.get(f"{server}/dicomweb/{TRUST}/{path}", headers=system, timeout=10)
     assert response.status_code in (400, 404), (path, response.status_code)
     assert response.json()["resourceType"] == "OperationOutcome"
     assert fresh_proxy.requests == []
 
 
-def test_dot_segments_sent_raw_never_reach_the_archive(server: str, system: dict[str, str],
-                                                       fresh_proxy: FaultProxy) -> None:
+def test_dot_segments_sent_raw_never_reach_the_archive(
+    server: str, system: dict[str, str], fresh_proxy: FaultProxy
+) -> None:
     """requests would normalise `..` away: send the request line as an attacker would."""
     host, port = server.removeprefix("http://").split(":")
-    for target in (f"/dicomweb/{TRUST}/studies/1.2.3/../4", f"/dicomweb/{TRUST}/studies/./1.2.3",
-                   f"/dicomweb/{TRUST}/../{TRUST}/studies/1.2.3"):
+    for target in (
+        f"/dicomweb/{TRUST}/studies/1.2.3/../4",
+        f"/dicomweb/{TRUST}/studies/./1.2.3",
+        f"/dicomweb/{TRUST}/../{TRUST}/studies/1.2.3",
+    ):
         connection = http.client.HTTPConnection(host, int(port), timeout=10)
         connection.request("GET", target, headers=system)
         response = connection.getresponse()
@@ -199,8 +231,9 @@ def test_dot_segments_sent_raw_never_reach_the_archive(server: str, system: dict
     assert fresh_proxy.requests == []
 
 
-def test_an_absolute_form_request_target_is_served(server: str, system: dict[str, str], fresh_proxy: FaultProxy,
-                                                   patients: tuple[dict[str, Any], dict[str, Any]]) -> None:
+def test_an_absolute_form_request_target_is_served(
+    server: str, system: dict[str, str], fresh_proxy: FaultProxy, patients: tuple[dict[str, Any], dict[str, Any]]
+) -> None:
     """`GET http://host/dicomweb/...` (RFC 9112 absolute-form, as proxies send it) is a path like any other."""
     host, port = server.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=10)
@@ -215,8 +248,9 @@ def test_an_absolute_form_request_target_is_served(server: str, system: dict[str
     connection.close()
 
 
-def test_no_token_never_reaches_the_archive(server: str, fresh_proxy: FaultProxy,
-                                            patients: tuple[dict[str, Any], dict[str, Any]]) -> None:
+def test_no_token_never_reaches_the_archive(
+    server: str, fresh_proxy: FaultProxy, patients: tuple[dict[str, Any], dict[str, Any]]
+) -> None:
     response = requests.get(f"{server}/dicomweb/{TRUST}/studies/{mft_study(patients[0])}", timeout=10)
     assert response.status_code == 401 and fresh_proxy.requests == []
 
@@ -235,11 +269,18 @@ FAULTS = [
 ]
 
 
-@pytest.mark.parametrize(("kind", "status", "retry_after"), [(f, s, r) for _, f, s, r in FAULTS],
-                         ids=[i for i, *_ in FAULTS])
-def test_archive_faults_before_the_first_byte(server: str, system: dict[str, str], fresh_proxy: FaultProxy,
-                                              patients: tuple[dict[str, Any], dict[str, Any]],
-                                              kind: dict[str, Any], status: int, retry_after: str | None) -> None:
+@pytest.mark.parametrize(
+    ("kind", "status", "retry_after"), [(f, s, r) for _, f, s, r in FAULTS], ids=[i for i, *_ in FAULTS]
+)
+def test_archive_faults_before_the_first_byte(
+    server: str,
+    system: dict[str, str],
+    fresh_proxy: FaultProxy,
+    patients: tuple[dict[str, Any], dict[str, Any]],
+    kind: dict[str, Any],
+    status: int,
+    retry_after: str | None,
+) -> None:
     study = mft_study(patients[0])
     params = dict(kind)
     fresh_proxy.set_fault(params.pop("kind"), only="/metadata", **params)
@@ -248,12 +289,15 @@ def test_archive_faults_before_the_first_byte(server: str, system: dict[str, str
     assert response.json()["resourceType"] == "OperationOutcome"
     assert response.headers.get("Retry-After") == retry_after
     fresh_proxy.set_fault("none")
-    assert requests.get(f"{server}/dicomweb/{TRUST}/studies/{study}/metadata", headers=system,
-                        timeout=10).status_code == 200  # and the facade goes on serving
+    assert (
+        requests.get(f"{server}/dicomweb/{TRUST}/studies/{study}/metadata", headers=system, timeout=10).status_code
+        == 200
+    )  # and the facade goes on serving
 
 
-def test_owner_check_fault_is_a_clean_502(server: str, system: dict[str, str], fresh_proxy: FaultProxy,
-                                          patients: tuple[dict[str, Any], dict[str, Any]]) -> None:
+def test_owner_check_fault_is_a_clean_502(
+    server: str, system: dict[str, str], fresh_proxy: FaultProxy, patients: tuple[dict[str, Any], dict[str, Any]]
+) -> None:
     fresh_proxy.set_fault("bad-json", only="/studies?")
     response = requests.get(f"{server}/dicomweb/{TRUST}/studies/{mft_study(patients[0])}", headers=system, timeout=10)
     assert response.status_code == 502 and response.json()["resourceType"] == "OperationOutcome"
@@ -261,8 +305,12 @@ def test_owner_check_fault_is_a_clean_502(server: str, system: dict[str, str], f
 
 
 def test_a_reset_mid_stream_cuts_the_response_short_and_is_audited(
-        server: str, system: dict[str, str], gateway_app: Any, fresh_proxy: FaultProxy,
-        patients: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    server: str,
+    system: dict[str, str],
+    gateway_app: Any,
+    fresh_proxy: FaultProxy,
+    patients: tuple[dict[str, Any], dict[str, Any]],
+) -> None:
     study = mft_study(patients[0])
     complete = requests.get(f"{server}/dicomweb/{TRUST}/studies/{study}", headers=system, timeout=10)
     fresh_proxy.set_fault("reset-midstream", only=f"studies/{study}", fraction=0.5)
@@ -280,10 +328,14 @@ def test_a_reset_mid_stream_cuts_the_response_short_and_is_audited(
     assert aborted and aborted[0]["outcome"] == "8"
 
 
-def test_the_request_id_reaches_the_archive(server: str, system: dict[str, str], fresh_proxy: FaultProxy,
-                                            patients: tuple[dict[str, Any], dict[str, Any]]) -> None:
+def test_the_request_id_reaches_the_archive(
+    server: str, system: dict[str, str], fresh_proxy: FaultProxy, patients: tuple[dict[str, Any], dict[str, Any]]
+) -> None:
     study = mft_study(patients[0])
-    response = requests.get(f"{server}/dicomweb/{TRUST}/studies/{study}/metadata",
-                            headers={**system, "X-Request-ID": "gateway-trace-42"}, timeout=10)
+    response = requests.get(
+        f"{server}/dicomweb/{TRUST}/studies/{study}/metadata",
+        headers={**system, "X-Request-ID": "gateway-trace-42"},
+        timeout=10,
+    )
     assert response.status_code == 200 and response.headers["X-Request-ID"] == "gateway-trace-42"
     assert [h.get("X-Request-ID") for h in fresh_proxy.request_headers] == ["gateway-trace-42"] * 2  # owner + WADO

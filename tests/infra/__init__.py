@@ -16,9 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-INSTALL_HINT = (
-    "run scripts/install-system-deps.sh (as root) to install the test archives"
-)
+INSTALL_HINT = "run scripts/install-system-deps.sh (as root) to install the test archives"
 
 
 class InfraError(RuntimeError):

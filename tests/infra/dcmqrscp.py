@@ -71,11 +71,7 @@ class DcmqrscpServer:
         self.storage_dir.mkdir()
         self.port = free_port()
         config = self.workdir / "dcmqrscp.cfg"
-        config.write_text(
-            CONFIG_TEMPLATE.format(
-                port=self.port, aet=self.aet, storage=self.storage_dir
-            )
-        )
+        config.write_text(CONFIG_TEMPLATE.format(port=self.port, aet=self.aet, storage=self.storage_dir))
         log = open(self.log_path, "wb")
         self._log_file = log
         began = time.monotonic()
@@ -101,18 +97,12 @@ class DcmqrscpServer:
         last = "no answer yet"
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise InfraError(
-                    self._failure(f"dcmqrscp exited with code {self._proc.returncode}")
-                )
+                raise InfraError(self._failure(f"dcmqrscp exited with code {self._proc.returncode}"))
             ok, last = self.echo()
             if ok:
                 return
             time.sleep(0.05)
-        raise InfraError(
-            self._failure(
-                f"dcmqrscp did not answer C-ECHO within {self.startup_timeout}s ({last})"
-            )
-        )
+        raise InfraError(self._failure(f"dcmqrscp did not answer C-ECHO within {self.startup_timeout}s ({last})"))
 
     def echo(self, calling_aet: str = "ECHOSCU") -> tuple[bool, str]:
         """One C-ECHO with pynetdicom; returns (success, detail)."""
@@ -133,9 +123,7 @@ class DcmqrscpServer:
         finally:
             assoc.release()
 
-    def store(
-        self, paths: Iterable[str | os.PathLike[str]], calling_aet: str = "STORESCU"
-    ) -> None:
+    def store(self, paths: Iterable[str | os.PathLike[str]], calling_aet: str = "STORESCU") -> None:
         """Send Part 10 files with dcmtk's ``storescu``."""
         files = [str(p) for p in paths]
         if not files:
@@ -163,10 +151,7 @@ class DcmqrscpServer:
             )
 
     def _failure(self, reason: str) -> str:
-        return (
-            f"{reason}; {INSTALL_HINT} if dcmtk is missing.\n--- dcmqrscp log tail ---\n"
-            + log_tail(self.log_path)
-        )
+        return f"{reason}; {INSTALL_HINT} if dcmtk is missing.\n--- dcmqrscp log tail ---\n" + log_tail(self.log_path)
 
     def stop(self, timeout: float = 5.0) -> None:
         proc, self._proc = self._proc, None

@@ -42,8 +42,7 @@ FAULT_KINDS = frozenset(
     }
 )
 WARNING_299_TEXT = (
-    "The number of results exceeded the maximum supported by the server. "
-    "Additional results can be requested."
+    "The number of results exceeded the maximum supported by the server. Additional results can be requested."
 )
 HOP_BY_HOP = frozenset(
     {
@@ -130,9 +129,7 @@ class FaultProxy:
         sees a short body; True: TCP RST, which may also surface as a connection error).
         """
         if kind not in FAULT_KINDS:
-            raise ValueError(
-                f"unknown fault kind {kind!r}; known: {sorted(FAULT_KINDS)}"
-            )
+            raise ValueError(f"unknown fault kind {kind!r}; known: {sorted(FAULT_KINDS)}")
         with self._lock:
             self._fault = Fault(kind, dict(params), times)
             self._only = only
@@ -148,9 +145,7 @@ class FaultProxy:
         found = []
         for _method, target in list(self.requests):
             query = urllib.parse.urlsplit(target).query
-            values = [
-                v for _k, v in urllib.parse.parse_qsl(query, keep_blank_values=True)
-            ]
+            values = [v for _k, v in urllib.parse.parse_qsl(query, keep_blank_values=True)]
             if any(ch in value for value in values for ch in WILDCARD_CHARS):
                 found.append(target)
         return found
@@ -206,13 +201,9 @@ class FaultProxy:
         self.stop()
 
     # -- upstream --------------------------------------------------------
-    def forward(
-        self, method: str, target: str, headers: dict[str, str], body: bytes
-    ) -> Upstream:
+    def forward(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Upstream:
         """Send the request to the upstream verbatim and read the whole answer."""
-        conn = http.client.HTTPConnection(
-            self.upstream_host, self.upstream_port, timeout=self.upstream_timeout
-        )
+        conn = http.client.HTTPConnection(self.upstream_host, self.upstream_port, timeout=self.upstream_timeout)
         try:
             conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
             conn.putheader("Host", f"{self.upstream_host}:{self.upstream_port}")
@@ -224,9 +215,7 @@ class FaultProxy:
             conn.endheaders(body or None)
             reply = conn.getresponse()
             data = reply.read()
-            kept = [
-                (k, v) for k, v in reply.getheaders() if k.lower() not in HOP_BY_HOP
-            ]
+            kept = [(k, v) for k, v in reply.getheaders() if k.lower() not in HOP_BY_HOP]
             return Upstream(reply.status, reply.reason, kept, data)
         finally:
             conn.close()
@@ -280,16 +269,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(204, [], b"")
             return
         if kind == "bad-json":
-            payload = _as_bytes(
-                params.get("body", b'[{"0020000D": {"vr": "UI", "Value": [')
-            )
+            payload = _as_bytes(params.get("body", b'[{"0020000D": {"vr": "UI", "Value": ['))
             self._send(200, [("Content-Type", "application/dicom+json")], payload)
             return
 
         if kind == "truncate":
-            headers = {
-                k: v for k, v in headers.items() if k.lower() != "accept-encoding"
-            }
+            headers = {k: v for k, v in headers.items() if k.lower() != "accept-encoding"}
         try:
             up = proxy.forward(self.command, self.path, headers, body)
         except (OSError, http.client.HTTPException) as exc:
@@ -304,28 +289,20 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "partial-206":
             status = 206
         elif kind == "wrong-content-type":
-            out_headers = _replace_header(
-                out_headers, "Content-Type", "text/html; charset=utf-8"
-            )
+            out_headers = _replace_header(out_headers, "Content-Type", "text/html; charset=utf-8")
         elif kind == "warning-299":
             agent = f"{proxy.upstream_host}:{proxy.upstream_port}"
-            out_headers = out_headers + [
-                ("Warning", f'299 {agent}: "{WARNING_299_TEXT}"')
-            ]
+            out_headers = out_headers + [("Warning", f'299 {agent}: "{WARNING_299_TEXT}"')]
         elif kind == "truncate":
             payload = _truncate_json(payload, int(params.get("count", 1)))
         elif kind == "reset-midstream":
             fraction = float(params.get("fraction", 0.5))
-            self._send_partial(
-                status, out_headers, payload, fraction, bool(params.get("rst", False))
-            )
+            self._send_partial(status, out_headers, payload, fraction, bool(params.get("rst", False)))
             return
         self._send(status, out_headers, payload)
 
     # -- writing ---------------------------------------------------------
-    def _send(
-        self, status: int, headers: list[tuple[str, str]], payload: bytes
-    ) -> None:
+    def _send(self, status: int, headers: list[tuple[str, str]], payload: bytes) -> None:
         self.send_response(status)
         for name, value in headers:
             self.send_header(name, value)
@@ -368,9 +345,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Close the TCP connection abruptly (RST) without an HTTP answer."""
         self.close_connection = True
         try:
-            self.connection.setsockopt(
-                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-            )
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.connection.close()
         except OSError:
             pass
@@ -380,9 +355,7 @@ def _as_bytes(value: str | bytes) -> bytes:
     return value.encode() if isinstance(value, str) else bytes(value)
 
 
-def _replace_header(
-    headers: list[tuple[str, str]], name: str, value: str
-) -> list[tuple[str, str]]:
+def _replace_header(headers: list[tuple[str, str]], name: str, value: str) -> list[tuple[str, str]]:
     kept = [(k, v) for k, v in headers if k.lower() != name.lower()]
     return kept + [(name, value)]
 

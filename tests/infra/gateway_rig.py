@@ -58,8 +58,9 @@ def write_large_study(folder: Path, megabytes: int, seed: int = 7) -> tuple[str,
 
 
 class GatewayRig:
-    def __init__(self, megabytes: int = 300, workers: int = 1, threads: int = 4,
-                 chunk_bytes: int | None = None) -> None:
+    def __init__(
+        self, megabytes: int = 300, workers: int = 1, threads: int = 4, chunk_bytes: int | None = None
+    ) -> None:
         self.megabytes = megabytes
         self.chunk_bytes = chunk_bytes
         self.workers = workers
@@ -97,10 +98,26 @@ class GatewayRig:
         env["FACADE_CONFIG"] = str(config)
         log = (self.workdir / "gunicorn.log").open("wb")
         self._process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("gunicorn")), "--bind", f"127.0.0.1:{self.port}",
-             "--workers", str(self.workers), "--worker-class", "gthread", "--threads", str(self.threads),
-             "--timeout", "300", "wsgi:app"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                str(Path(sys.executable).with_name("gunicorn")),
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                str(self.workers),
+                "--worker-class",
+                "gthread",
+                "--threads",
+                str(self.threads),
+                "--timeout",
+                "300",
+                "wsgi:app",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -116,15 +133,31 @@ class GatewayRig:
     def _config(self) -> Path:
         doc: dict[str, Any] = {
             "base_url": f"http://127.0.0.1:{self.port}/fhir",
-            "trusts": [{"id": "big", "name": "Large Study Trust", "ods_code": "RXX",
-                        "archive": {"type": "dicomweb", "url": self.orthanc.dicomweb_url, "timeout_s": 30},
-                        "nhs_number": {"match": "patient_id", "issuer": "NHS"}}],
+            "trusts": [
+                {
+                    "id": "big",
+                    "name": "Large Study Trust",
+                    "ods_code": "RXX",
+                    "archive": {"type": "dicomweb", "url": self.orthanc.dicomweb_url, "timeout_s": 30},
+                    "nhs_number": {"match": "patient_id", "issuer": "NHS"},
+                }
+            ],
             "audit": {"path": str(self.workdir / "audit.sqlite")},
             **({"gateway": {"chunk_bytes": self.chunk_bytes}} if self.chunk_bytes else {}),
-            "auth": {"mode": "embedded", "signing_keys": str(self.workdir / "keys.json"),
-                     "store": f"sqlite:{self.workdir / 'auth.sqlite'}",
-                     "clients": [{"client_id": "bench", "name": "bench", "grant_types": ["client_credentials"],
-                                  "jwks": {"keys": []}, "scope": "system/*.rs"}]},
+            "auth": {
+                "mode": "embedded",
+                "signing_keys": str(self.workdir / "keys.json"),
+                "store": f"sqlite:{self.workdir / 'auth.sqlite'}",
+                "clients": [
+                    {
+                        "client_id": "bench",
+                        "name": "bench",
+                        "grant_types": ["client_credentials"],
+                        "jwks": {"keys": []},
+                        "scope": "system/*.rs",
+                    }
+                ],
+            },
         }
         path = self.workdir / "facade.yaml"
         path.write_text(yaml.safe_dump(doc), encoding="utf-8")
@@ -146,6 +179,7 @@ class GatewayRig:
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time (user + system) used so far by the archive and by the gunicorn workers."""
+
         def of(pid: int) -> float:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -175,6 +209,7 @@ class GatewayRig:
             self.stop()
             raise
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.stop()

@@ -37,9 +37,7 @@ def find_dicomweb_plugin() -> str:
         for match in sorted(glob.glob(pattern)):
             if Path(match).is_file():
                 return match
-    raise InfraError(
-        f"Orthanc DICOMweb plugin (libOrthancDicomWeb.so) not found: {INSTALL_HINT}"
-    )
+    raise InfraError(f"Orthanc DICOMweb plugin (libOrthancDicomWeb.so) not found: {INSTALL_HINT}")
 
 
 class OrthancServer:
@@ -161,9 +159,7 @@ class OrthancServer:
         last_error = "no answer yet"
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise InfraError(
-                    self._failure(f"Orthanc exited with code {self._proc.returncode}")
-                )
+                raise InfraError(self._failure(f"Orthanc exited with code {self._proc.returncode}"))
             try:
                 reply = self._session.get(self.url + "/system", timeout=1.0)
                 if reply.status_code == 200:
@@ -173,24 +169,15 @@ class OrthancServer:
             except requests.RequestException as exc:
                 last_error = repr(exc)
             time.sleep(0.05)
-        raise InfraError(
-            self._failure(
-                f"Orthanc did not answer /system within {self.startup_timeout}s ({last_error})"
-            )
-        )
+        raise InfraError(self._failure(f"Orthanc did not answer /system within {self.startup_timeout}s ({last_error})"))
 
     def _check_plugin(self) -> None:
         plugins = self._session.get(self.url + "/plugins", timeout=5.0).json()
         if "dicom-web" not in plugins:
-            raise InfraError(
-                self._failure(f"DICOMweb plugin not loaded (plugins: {plugins})")
-            )
+            raise InfraError(self._failure(f"DICOMweb plugin not loaded (plugins: {plugins})"))
 
     def _failure(self, reason: str) -> str:
-        return (
-            f"{reason}; {INSTALL_HINT} if Orthanc is missing.\n--- Orthanc log tail ---\n"
-            + log_tail(self.log_path)
-        )
+        return f"{reason}; {INSTALL_HINT} if Orthanc is missing.\n--- Orthanc log tail ---\n" + log_tail(self.log_path)
 
     def stop(self, timeout: float = 10.0, *, graceful: bool = True) -> None:
         """Stop Orthanc: SIGTERM (Orthanc 1.10 needs ~3.5 s to shut down), SIGKILL on timeout.
@@ -239,9 +226,7 @@ class OrthancServer:
                 timeout=30.0,
             )
             if reply.status_code != 200:
-                raise InfraError(
-                    f"upload of {path} failed: HTTP {reply.status_code} {reply.text[:300]}"
-                )
+                raise InfraError(f"upload of {path} failed: HTTP {reply.status_code} {reply.text[:300]}")
             answers.append(reply.json())
         return answers
 

@@ -163,9 +163,7 @@ def values(item: dict[str, Any], tag: str) -> list[Any]:
     return list(item.get(tag, {}).get("Value", []))
 
 
-def raw_get(
-    base_url: str, target: str, timeout: float = 10.0
-) -> tuple[int, dict[str, str], bytes]:
+def raw_get(base_url: str, target: str, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
     """GET with the request target sent byte for byte (no client-side re-quoting)."""
     host_port = base_url.split("//", 1)[1].split("/", 1)[0]
     host, port = host_port.rsplit(":", 1)
@@ -200,12 +198,8 @@ def orthanc(corpus: Corpus) -> Iterator[OrthancServer]:
         yield server
 
 
-def qido(
-    server_url: str, path: str, params: list[tuple[str, str]]
-) -> list[dict[str, Any]]:
-    reply = requests.get(
-        server_url + path, params=params, headers={"Accept": DICOM_JSON}, timeout=10
-    )
+def qido(server_url: str, path: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    reply = requests.get(server_url + path, params=params, headers={"Accept": DICOM_JSON}, timeout=10)
     assert reply.status_code == 200, reply.text
     assert reply.headers["Content-Type"].startswith(DICOM_JSON)
     result = reply.json()
@@ -222,9 +216,7 @@ def test_orthanc_starts_with_dicomweb(orthanc: OrthancServer) -> None:
     assert orthanc.startup_seconds is not None and orthanc.startup_seconds < 20
 
 
-def test_orthanc_qido_studies_by_patient(
-    orthanc: OrthancServer, corpus: Corpus
-) -> None:
+def test_orthanc_qido_studies_by_patient(orthanc: OrthancServer, corpus: Corpus) -> None:
     studies = qido(orthanc.dicomweb_url, "/studies", [("PatientID", "P1")])
     by_uid = {value(s, "0020000D"): s for s in studies}
     assert set(by_uid) == {corpus.study_a, corpus.study_b}
@@ -236,9 +228,7 @@ def test_orthanc_qido_studies_by_patient(
     assert value(study_a, "00080005") == "ISO_IR 192"  # DefaultEncoding Utf8
 
 
-def test_orthanc_qido_series_across_studies_by_patient(
-    orthanc: OrthancServer, corpus: Corpus
-) -> None:
+def test_orthanc_qido_series_across_studies_by_patient(orthanc: OrthancServer, corpus: Corpus) -> None:
     series = qido(orthanc.dicomweb_url, "/series", [("PatientID", "P1")])
     assert len(series) == 3
     assert {value(s, "0020000D") for s in series} == {corpus.study_a, corpus.study_b}
@@ -247,9 +237,7 @@ def test_orthanc_qido_series_across_studies_by_patient(
     assert all(value(s, "00100020") == "P1" and value(s, "00080020") for s in series)
 
 
-def test_orthanc_qido_matching_capabilities(
-    orthanc: OrthancServer, corpus: Corpus
-) -> None:
+def test_orthanc_qido_matching_capabilities(orthanc: OrthancServer, corpus: Corpus) -> None:
     url = orthanc.dicomweb_url
 
     def uids(path: str, params: list[tuple[str, str]]) -> set[str]:
@@ -270,13 +258,8 @@ def test_orthanc_qido_matching_capabilities(
     assert uids("/studies", [("StudyDate", "20210101-")]) == {corpus.study_b}
     assert uids("/studies", [("StudyDate", "-20200131")]) == {corpus.study_a}
     assert uids("/studies", [("AccessionNumber", "ACC2")]) == {corpus.study_b}
-    assert (
-        uids("/studies", [("PatientID", "P1"), ("IssuerOfPatientID", "TRUST-B")])
-        == set()
-    )
-    assert uids("/series", [("PatientID", "P1"), ("StudyDate", "20210101-")]) == {
-        corpus.study_b
-    }
+    assert uids("/studies", [("PatientID", "P1"), ("IssuerOfPatientID", "TRUST-B")]) == set()
+    assert uids("/series", [("PatientID", "P1"), ("StudyDate", "20210101-")]) == {corpus.study_b}
 
     everything = qido(url, "/studies", [])
     assert len(everything) == 3
@@ -295,33 +278,23 @@ def test_orthanc_qido_includefield(orthanc: OrthancServer) -> None:
     ):
         params.append(("includefield", name))
     (study,) = qido(orthanc.dicomweb_url, "/studies", params)
-    assert (
-        value(study, "00100021") == "TRUST-B"
-    )  # non-main tag, read from the stored file
+    assert value(study, "00100021") == "TRUST-B"  # non-main tag, read from the stored file
     assert value(study, "00081030") == "Head study"
     # sequences are silently dropped by Orthanc 1.10.1 + DICOMweb 1.7
-    assert (
-        "00101002" not in study and "00081032" not in study and "00080051" not in study
-    )
+    assert "00101002" not in study and "00081032" not in study and "00080051" not in study
     # comma-separated includefield works only when the comma is sent raw
     status, _headers, body = raw_get(
         orthanc.url,
         "/dicom-web/studies?PatientID=P2&includefield=IssuerOfPatientID,StudyDescription",
     )
     (raw_study,) = json.loads(body)
-    assert (
-        status == 200
-        and value(raw_study, "00100021") == "TRUST-B"
-        and value(raw_study, "00081030")
-    )
+    assert status == 200 and value(raw_study, "00100021") == "TRUST-B" and value(raw_study, "00081030")
     (encoded,) = qido(
         orthanc.dicomweb_url,
         "/studies",
         [("PatientID", "P2"), ("includefield", "00100021,00081030")],
     )
-    assert (
-        "00100021" not in encoded
-    )  # requests sends %2C: not split by this plugin version
+    assert "00100021" not in encoded  # requests sends %2C: not split by this plugin version
 
 
 def test_orthanc_qido_does_not_percent_decode_values(orthanc: OrthancServer) -> None:
@@ -356,9 +329,7 @@ def c_find(server: DcmqrscpServer, query: Dataset) -> tuple[int, list[Dataset]]:
     found: list[Dataset] = []
     final = -1
     try:
-        for status, identifier in assoc.send_c_find(
-            query, StudyRootQueryRetrieveInformationModelFind
-        ):
+        for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
             assert status, "C-FIND got no status (association aborted?)"
             if status.Status in (0xFF00, 0xFF01):
                 assert identifier is not None
@@ -409,9 +380,7 @@ def test_dcmqrscp_find_studies(dcmqrscp: DcmqrscpServer, corpus: Corpus) -> None
     # ModalitiesInStudy is not a matching key either: the MR-only study still matches "CT"
     final, found = c_find(
         dcmqrscp,
-        make_query(
-            "STUDY", PatientID="P1", StudyInstanceUID="", ModalitiesInStudy="CT"
-        ),
+        make_query("STUDY", PatientID="P1", StudyInstanceUID="", ModalitiesInStudy="CT"),
     )
     assert final == 0 and len(found) == 2
 
@@ -500,10 +469,7 @@ def expect_warning(reply: requests.Response, direct: list[dict[str, Any]]) -> No
     expect_forwarded(reply, direct)
     warning = reply.headers["Warning"]
     assert warning.startswith("299 127.0.0.1:")
-    assert (
-        '"The number of results exceeded the maximum supported by the server.'
-        in warning
-    )
+    assert '"The number of results exceeded the maximum supported by the server.' in warning
 
 
 def expect_truncated(reply: requests.Response, direct: list[dict[str, Any]]) -> None:
@@ -565,13 +531,9 @@ def test_fault_kinds(
     assert proxy.wildcard_requests() == []
 
 
-def test_proxy_forwards_post_body_headers_and_raw_query(
-    proxy: FaultProxy, orthanc: OrthancServer
-) -> None:
+def test_proxy_forwards_post_body_headers_and_raw_query(proxy: FaultProxy, orthanc: OrthancServer) -> None:
     # raw target with '^' and '*' reaches Orthanc unchanged (it would not match if re-quoted)
-    status, _headers, body = raw_get(
-        proxy.base_url, "/dicom-web/studies?PatientName=Test^Pat*"
-    )
+    status, _headers, body = raw_get(proxy.base_url, "/dicom-web/studies?PatientName=Test^Pat*")
     assert status == 200 and len(json.loads(body)) == 3
     assert proxy.requests[-1] == ("GET", "/dicom-web/studies?PatientName=Test^Pat*")
     assert proxy.wildcard_requests() == ["/dicom-web/studies?PatientName=Test^Pat*"]
@@ -611,9 +573,7 @@ def test_proxy_stop_returns_promptly_with_hanging_request(
 
     def client() -> None:
         try:
-            outcome.append(
-                requests.get(fault_proxy.url + STUDIES_P1, timeout=30).status_code
-            )
+            outcome.append(requests.get(fault_proxy.url + STUDIES_P1, timeout=30).status_code)
         except requests.RequestException as exc:
             outcome.append(exc)
 

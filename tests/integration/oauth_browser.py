@@ -82,15 +82,17 @@ class _Window:
         self.http = requests.Session()
 
     def submit(self, page: requests.Response, form: Form, extra: dict[str, str]) -> requests.Response:
-        answer = self.http.post(urljoin(page.url, form.action), data={**form.fields, **extra},
-                                allow_redirects=False, timeout=60)
+        answer = self.http.post(
+            urljoin(page.url, form.action), data={**form.fields, **extra}, allow_redirects=False, timeout=60
+        )
         if answer.status_code == 303:  # after sign-in: back to the authorize endpoint
             answer = self.http.get(urljoin(page.url, answer.headers["Location"]), allow_redirects=False, timeout=60)
         return answer
 
 
-def authorization_code_token(settings: dict[str, Any], variables: dict[str, str], username: str, password: str,
-                             patient: str | None = None) -> dict[str, Any]:
+def authorization_code_token(
+    settings: dict[str, Any], variables: dict[str, str], username: str, password: str, patient: str | None = None
+) -> dict[str, Any]:
     """The token response Postman would get with these OAuth 2.0 settings (code + PKCE, client id in the body)."""
     assert settings["grant_type"] == "authorization_code_with_pkce" and settings["challengeAlgorithm"] == "S256"
     assert settings["client_authentication"] == "body" and not settings.get("useBrowser")
@@ -98,16 +100,28 @@ def authorization_code_token(settings: dict[str, Any], variables: dict[str, str]
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
     redirect_uri = resolve(settings["redirect_uri"], variables)
     state = resolve(settings["state"], variables)
-    params = {"response_type": "code", "client_id": resolve(settings["clientId"], variables), "state": state,
-              "scope": resolve(settings["scope"], variables), "redirect_uri": redirect_uri,
-              "code_challenge": challenge, "code_challenge_method": "S256"}
-    params.update({p["key"]: resolve(p["value"], variables) for p in settings.get("authRequestParams", ())
-                   if p.get("enabled", True) and p.get("send_as") == "request_url"})
+    params = {
+        "response_type": "code",
+        "client_id": resolve(settings["clientId"], variables),
+        "state": state,
+        "scope": resolve(settings["scope"], variables),
+        "redirect_uri": redirect_uri,
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
+    params.update(
+        {
+            p["key"]: resolve(p["value"], variables)
+            for p in settings.get("authRequestParams", ())
+            if p.get("enabled", True) and p.get("send_as") == "request_url"
+        }
+    )
     window = _Window()
     page = window.http.get(resolve(settings["authUrl"], variables), params=params, allow_redirects=False, timeout=60)
     assert page.status_code == 200, (page.status_code, page.text[:1000])
-    page = window.submit(page, _one(_forms(page), "sign-in", step="login"),
-                         {"username": username, "password": password})
+    page = window.submit(
+        page, _one(_forms(page), "sign-in", step="login"), {"username": username, "password": password}
+    )
     if any("q" in f.fields for f in _forms(page)):
         assert patient is not None, "the patient picker was shown but no patient was given"
         found = window.submit(page, _one(_forms(page), "picker search", q=""), {"q": patient})
@@ -119,9 +133,17 @@ def authorization_code_token(settings: dict[str, Any], variables: dict[str, str]
     query = {k: v[0] for k, v in parse_qs(location.query).items()}
     assert f"{location.scheme}://{location.netloc}{location.path}" == redirect_uri, callback.headers["Location"]
     assert query.get("state") == state and "code" in query, query
-    answer = requests.post(resolve(settings["accessTokenUrl"], variables), timeout=60, data={
-        "grant_type": "authorization_code", "code": query["code"], "redirect_uri": redirect_uri,
-        "code_verifier": verifier, "client_id": params["client_id"],
-        "client_secret": resolve(settings.get("clientSecret", ""), variables)})
+    answer = requests.post(
+        resolve(settings["accessTokenUrl"], variables),
+        timeout=60,
+        data={
+            "grant_type": "authorization_code",
+            "code": query["code"],
+            "redirect_uri": redirect_uri,
+            "code_verifier": verifier,
+            "client_id": params["client_id"],
+            "client_secret": resolve(settings.get("clientSecret", ""), variables),
+        },
+    )
     assert answer.status_code == 200, answer.text
     return dict(answer.json())

@@ -78,9 +78,26 @@ def facade(config_document: dict[str, Any], tmp_path_factory: pytest.TempPathFac
     log_path = folder / "gunicorn.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(GUNICORN), "--bind", f"127.0.0.1:{port}", "--worker-class", "gthread", "--workers", "2",
-             "--threads", "8", "--timeout", "120", "wsgi:app"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                str(GUNICORN),
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--worker-class",
+                "gthread",
+                "--workers",
+                "2",
+                "--threads",
+                "8",
+                "--timeout",
+                "120",
+                "wsgi:app",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         _wait_until_serving(process, f"{origin}/fhir/metadata", log_path)
         yield {"base_url": f"{origin}/fhir", "auth_base": f"{origin}/auth", "dicomweb_base": f"{origin}/dicomweb"}
@@ -108,9 +125,27 @@ def _wait_until_serving(process: subprocess.Popen[bytes], url: str, log_path: Pa
 
 def backend_token(base_url: str, scope: str) -> str:
     """SMART Backend Services for the portal client, as CI does it: `python -m app token`."""
-    done = subprocess.run([sys.executable, "-m", "app", "token", "--base", base_url, "--client", "portal",
-                           "--key", str(PORTAL_KEY), "--scope", scope],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "token",
+            "--base",
+            base_url,
+            "--client",
+            "portal",
+            "--key",
+            str(PORTAL_KEY),
+            "--scope",
+            scope,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
@@ -134,20 +169,35 @@ def folder_auth(collection: dict[str, Any], name: str) -> dict[str, Any]:
     return next(item["auth"] for item in collection["item"] if item["name"] == name)
 
 
-def run_newman(variables: dict[str, str], folders: list[str], out: Path) -> tuple[subprocess.CompletedProcess[str],
-                                                                                      dict[str, Any]]:
+def run_newman(
+    variables: dict[str, str], folders: list[str], out: Path
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     assert NEWMAN.is_file(), f"{NEWMAN} is missing: run `npm ci` (package.json pins newman)"
     report = out / "newman-report.json"
-    command = [str(NEWMAN), "run", str(COLLECTION), "--environment", str(ENVIRONMENT),
-               "--reporters", "cli,json", "--reporter-json-export", str(report),
-               "--timeout-request", "60000", "--color", "off", "--disable-unicode"]
+    command = [
+        str(NEWMAN),
+        "run",
+        str(COLLECTION),
+        "--environment",
+        str(ENVIRONMENT),
+        "--reporters",
+        "cli,json",
+        "--reporter-json-export",
+        str(report),
+        "--timeout-request",
+        "60000",
+        "--color",
+        "off",
+        "--disable-unicode",
+    ]
     for key, value in variables.items():
         command += ["--env-var", f"{key}={value}"]
     for folder in folders:
         command += ["--folder", folder]
     env = {**os.environ, "NO_COLOR": "1", "FORCE_COLOR": "0"}  # a log without terminal escapes
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=NEWMAN_TIMEOUT_S,
-                          check=False)
+    done = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=NEWMAN_TIMEOUT_S, check=False
+    )
     (out / "newman.log").write_text(done.stdout + done.stderr, encoding="utf-8")
     assert report.is_file(), f"newman wrote no report (exit {done.returncode}):\n{done.stdout[-4000:]}{done.stderr}"
     return done, json.loads(report.read_text(encoding="utf-8"))
@@ -156,8 +206,16 @@ def run_newman(variables: dict[str, str], folders: list[str], out: Path) -> tupl
 def test_ci_skips_only_the_image_gateway(collection):
     run, skipped = ci_folders(collection)
     assert skipped == []  # every folder runs in CI, the image gateway included
-    assert {"Discovery", "Token", "ImagingStudy search", "Paging", "Reads and other resources", "Errors",
-            "Patient compartment", "AuditEvent"} <= set(run)
+    assert {
+        "Discovery",
+        "Token",
+        "ImagingStudy search",
+        "Paging",
+        "Reads and other resources",
+        "Errors",
+        "Patient compartment",
+        "AuditEvent",
+    } <= set(run)
 
 
 @pytest.mark.parametrize("access", ["backend services token", "token as the Postman app gets it"])
@@ -170,15 +228,23 @@ def test_postman_collection_passes_under_newman(access, facade, collection, envi
         assert answer["token_type"] == "Bearer" and "user/*.rs" in answer["scope"].split()
         assert "patient" not in answer
         variables["access_token"] = answer["access_token"]
-    patient = authorization_code_token(postman_oauth2(folder_auth(collection, "Patient compartment")), variables,
-                                       USER, PASSWORD, patient=environment["nhs_number"])
+    patient = authorization_code_token(
+        postman_oauth2(folder_auth(collection, "Patient compartment")),
+        variables,
+        USER,
+        PASSWORD,
+        patient=environment["nhs_number"],
+    )
     assert patient["patient"] == environment["nhs_number"] and "patient/*.rs" in patient["scope"].split()
     variables["patient_access_token"] = patient["access_token"]
     variables["audit_access_token"] = backend_token(facade["base_url"], AUDIT_SCOPE)
     folders, skipped = ci_folders(collection)
 
-    done, report = run_newman({k: variables[k] for k in (*facade, "access_token", "patient_access_token",
-                                                         "audit_access_token")}, folders, tmp_path)
+    done, report = run_newman(
+        {k: variables[k] for k in (*facade, "access_token", "patient_access_token", "audit_access_token")},
+        folders,
+        tmp_path,
+    )
 
     stats = report["run"]["stats"]
     failures = [(f["source"]["name"], f["error"]["message"]) for f in report["run"]["failures"]]

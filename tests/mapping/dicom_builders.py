@@ -111,4 +111,3 @@ def instance(**overrides: Any) -> Dataset:
     }
     attributes.update(overrides)
     return dataset(**attributes)
-

@@ -35,8 +35,7 @@ FHIR_DATETIME = re.compile(
         ("2024.03", "2024-03"),
         (" 20240305 ", "2024-03-05"),
     ],
-    ids=["full", "leap-day", "year-1800", "legacy-dotted", "year-only", "year-month", "legacy-year-month",
-         "padded"],
+    ids=["full", "leap-day", "year-1800", "legacy-dotted", "year-only", "year-month", "legacy-year-month", "padded"],
 )
 def test_fhir_date_valid(da: str, expected: str) -> None:
     assert fhir_date(da) == expected
@@ -45,10 +44,34 @@ def test_fhir_date_valid(da: str, expected: str) -> None:
 
 @pytest.mark.parametrize(
     "da",
-    ["20231345", "20230230", "20230229", "20230132", "2023023", "abcd", "", "2024-03-05", "24", "202403051",
-     "17991231", "2024/03/05"],
-    ids=["month-13", "feb-30", "feb-29-not-leap", "jan-32", "seven-digits", "letters", "empty", "iso-dashes",
-         "two-digits", "nine-digits", "before-1800", "slashes"],
+    [
+        "20231345",
+        "20230230",
+        "20230229",
+        "20230132",
+        "2023023",
+        "abcd",
+        "",
+        "2024-03-05",
+        "24",
+        "202403051",
+        "17991231",
+        "2024/03/05",
+    ],
+    ids=[
+        "month-13",
+        "feb-30",
+        "feb-29-not-leap",
+        "jan-32",
+        "seven-digits",
+        "letters",
+        "empty",
+        "iso-dashes",
+        "two-digits",
+        "nine-digits",
+        "before-1800",
+        "slashes",
+    ],
 )
 def test_fhir_date_invalid(da: str) -> None:
     with pytest.raises(DateProblem, match=re.escape(repr(da))):
@@ -102,21 +125,43 @@ def test_fhir_date_invalid(da: str) -> None:
         (None, None, "+0100", LONDON, None),
     ],
     ids=[
-        "winter-default-zone", "summer-default-zone", "midnight",
-        "fraction-6", "fraction-1", "fraction-summer",
-        "time-hh", "time-hhmm", "time-hhmm-summer",
-        "legacy-date", "legacy-time",
-        "year-only", "year-month", "year-month-empty-time",
-        "offset-plus-0100", "offset-minus-0500", "offset-zero-in-summer", "offset-half-hour", "offset-max",
+        "winter-default-zone",
+        "summer-default-zone",
+        "midnight",
+        "fraction-6",
+        "fraction-1",
+        "fraction-summer",
+        "time-hh",
+        "time-hhmm",
+        "time-hhmm-summer",
+        "legacy-date",
+        "legacy-time",
+        "year-only",
+        "year-month",
+        "year-month-empty-time",
+        "offset-plus-0100",
+        "offset-minus-0500",
+        "offset-zero-in-summer",
+        "offset-half-hour",
+        "offset-max",
         "offset-min",
         "offset-without-time",
-        "spring-forward-before", "spring-forward-after", "fall-back-before", "fall-back-after",
-        "new-york-winter", "new-york-summer", "kolkata",
-        "none", "empty-date", "empty-date-empty-time", "offset-only",
+        "spring-forward-before",
+        "spring-forward-after",
+        "fall-back-before",
+        "fall-back-after",
+        "new-york-winter",
+        "new-york-summer",
+        "kolkata",
+        "none",
+        "empty-date",
+        "empty-date-empty-time",
+        "offset-only",
     ],
 )
-def test_fhir_datetime_valid(da: str | None, tm: str | None, offset: str | None, zone: ZoneInfo,
-                             expected: str | None) -> None:
+def test_fhir_datetime_valid(
+    da: str | None, tm: str | None, offset: str | None, zone: ZoneInfo, expected: str | None
+) -> None:
     found = fhir_datetime(da, tm, offset, zone)
     assert found == expected
     if found is not None:
@@ -148,15 +193,29 @@ def test_fhir_datetime_valid(da: str | None, tm: str | None, offset: str | None,
         ("202403", "143015", None, "143015"),
     ],
     ids=[
-        "date-month-13", "date-seven-digits", "date-letters", "date-not-leap",
-        "time-hour-25", "time-minute-60", "time-hour-24", "time-odd-digits", "time-fraction-7", "time-letters",
+        "date-month-13",
+        "date-seven-digits",
+        "date-letters",
+        "date-not-leap",
+        "time-hour-25",
+        "time-minute-60",
+        "time-hour-24",
+        "time-odd-digits",
+        "time-fraction-7",
+        "time-letters",
         "time-trailing-dot",
-        "offset-no-sign", "offset-colon", "offset-hour-15", "offset-minute-60", "offset-name",
-        "time-without-date", "time-with-empty-date", "time-with-year", "time-with-year-month",
+        "offset-no-sign",
+        "offset-colon",
+        "offset-hour-15",
+        "offset-minute-60",
+        "offset-name",
+        "time-without-date",
+        "time-with-empty-date",
+        "time-with-year",
+        "time-with-year-month",
     ],
 )
-def test_fhir_datetime_invalid_names_the_value(da: str | None, tm: str | None, offset: str | None,
-                                               named: str) -> None:
+def test_fhir_datetime_invalid_names_the_value(da: str | None, tm: str | None, offset: str | None, named: str) -> None:
     with pytest.raises(DateProblem, match=re.escape(repr(named))):
         fhir_datetime(da, tm, offset, LONDON)
 

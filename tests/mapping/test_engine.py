@@ -42,8 +42,9 @@ DCM = "http://dicom.nema.org/resources/ontology/DCM"
 SNOMED = "http://snomed.info/sct"
 LOINC = "http://loinc.org"
 RFC3986 = "urn:ietf:rfc:3986"
-ACSN = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN",
-                    "display": "Accession ID"}]}
+ACSN = {
+    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN", "display": "Accession ID"}]
+}
 LOCAL_SYSTEM = "https://fhir.nhs.uk/R0A/Id/local-patient-identifier"
 KEPT_AS_TEXT = ("information", "warning")  # a local code is kept (as text), so not necessarily a warning
 SUBJECT = subject_reference(NHS_NUMBER, study(), LOCAL_SYSTEM)
@@ -63,11 +64,15 @@ Run = Callable[..., Mapped]
 def run(mapper: StudyMapper, trust: TrustMapping) -> Run:
     """Map a study (default: one CT series, instances not fetched); the result must be valid FHIR R4."""
 
-    def run(study_ds: Dataset, series_list: Sequence[Dataset] | None = None,
-            instances: Mapping[str, Sequence[Dataset]] | None = None) -> Mapped:
+    def run(
+        study_ds: Dataset,
+        series_list: Sequence[Dataset] | None = None,
+        instances: Mapping[str, Sequence[Dataset]] | None = None,
+    ) -> Mapped:
         issues: list[dict[str, Any]] = []
-        resource = mapper.map_study(study_ds, [series()] if series_list is None else list(series_list), instances,
-                                    trust, SUBJECT, issues)
+        resource = mapper.map_study(
+            study_ds, [series()] if series_list is None else list(series_list), instances, trust, SUBJECT, issues
+        )
         if resource is not None:
             validate_resource(resource)
         if issues:
@@ -77,8 +82,9 @@ def run(mapper: StudyMapper, trust: TrustMapping) -> Run:
     return run
 
 
-def issue_for(issues: list[dict[str, Any]], expression: str, *words: str,
-              severities: tuple[str, ...] = ("warning",)) -> dict[str, Any]:
+def issue_for(
+    issues: list[dict[str, Any]], expression: str, *words: str, severities: tuple[str, ...] = ("warning",)
+) -> dict[str, Any]:
     """The reported issue on `expression` whose diagnostics name every word (data left out: a warning)."""
     for issue in issues:
         if issue.get("expression") == [expression] and all(w in issue["diagnostics"] for w in words):
@@ -110,14 +116,17 @@ def test_identifier_accession_with_trust_system(run: Run, trust: TrustMapping) -
     assert len(accession) == 1
     assert accession[0]["system"] == trust.accession_system
     assert accession[0]["value"] == "RA12345678"
-    assert accession[0]["assigner"]["identifier"] == {"system": "https://fhir.nhs.uk/Id/ods-organization-code",
-                                                      "value": "R0A"}
+    assert accession[0]["assigner"]["identifier"] == {
+        "system": "https://fhir.nhs.uk/Id/ods-organization-code",
+        "value": "R0A",
+    }
     assert issues == []
 
 
 def test_identifier_accession_with_iso_issuer_oid(run: Run) -> None:
-    issuer = dataset(LocalNamespaceEntityID="MFT-RIS", UniversalEntityID="2.16.840.1.113883.3.1234",
-                     UniversalEntityIDType="ISO")
+    issuer = dataset(
+        LocalNamespaceEntityID="MFT-RIS", UniversalEntityID="2.16.840.1.113883.3.1234", UniversalEntityIDType="ISO"
+    )
     resource, _ = run(study(AccessionNumber="RA1", IssuerOfAccessionNumberSequence=[issuer]))
     assert resource is not None
     accession = [i for i in resource["identifier"] if i.get("type") == ACSN]
@@ -134,8 +143,9 @@ def test_identifier_accession_with_iso_issuer_oid(run: Run) -> None:
     ],
     ids=["local-namespace-only", "dns", "iso-not-an-oid", "oid-without-type"],
 )
-def test_identifier_accession_issuer_without_iso_oid_keeps_trust_system(run: Run, trust: TrustMapping,
-                                                                        issuer: Dataset) -> None:
+def test_identifier_accession_issuer_without_iso_oid_keeps_trust_system(
+    run: Run, trust: TrustMapping, issuer: Dataset
+) -> None:
     resource, _ = run(study(AccessionNumber="RA1", IssuerOfAccessionNumberSequence=[issuer]))
     assert resource is not None
     assert [i["system"] for i in resource["identifier"] if i.get("type") == ACSN] == [trust.accession_system]
@@ -171,18 +181,23 @@ def test_modality_from_modalities_in_study(run: Run) -> None:
 
 
 def test_modality_union_of_series_when_study_has_none(run: Run) -> None:
-    resource, _ = run(study(ModalitiesInStudy=None),
-                      [series(SeriesNumber=1, Modality="CT"),
-                       series(SeriesNumber=2, Modality="MR", SeriesInstanceUID=f"{STUDY_UID}.2"),
-                       series(SeriesNumber=3, Modality="CT", SeriesInstanceUID=f"{STUDY_UID}.3")])
+    resource, _ = run(
+        study(ModalitiesInStudy=None),
+        [
+            series(SeriesNumber=1, Modality="CT"),
+            series(SeriesNumber=2, Modality="MR", SeriesInstanceUID=f"{STUDY_UID}.2"),
+            series(SeriesNumber=3, Modality="CT", SeriesInstanceUID=f"{STUDY_UID}.3"),
+        ],
+    )
     assert resource is not None
     assert resource["modality"] == [dcm("CT"), dcm("MR")]
 
 
 def test_modality_adds_series_modality_missing_from_study(run: Run) -> None:
-    resource, _ = run(study(ModalitiesInStudy=["CT"]),
-                      [series(Modality="CT"), series(Modality="SR", SeriesInstanceUID=f"{STUDY_UID}.2",
-                                                      SeriesNumber=2)])
+    resource, _ = run(
+        study(ModalitiesInStudy=["CT"]),
+        [series(Modality="CT"), series(Modality="SR", SeriesInstanceUID=f"{STUDY_UID}.2", SeriesNumber=2)],
+    )
     assert resource is not None
     assert resource["modality"] == [dcm("CT"), dcm("SR")]
 
@@ -225,11 +240,21 @@ def test_subject_is_the_resolved_patient(run: Run) -> None:
         ("20240305", None, "+0100", "2024-03-05"),
         ("202403", None, None, "2024-03"),
     ],
-    ids=["winter", "summer", "offset-plus", "offset-minus", "partial-time", "legacy-date", "date-only",
-         "date-only-with-offset", "partial-date"],
+    ids=[
+        "winter",
+        "summer",
+        "offset-plus",
+        "offset-minus",
+        "partial-time",
+        "legacy-date",
+        "date-only",
+        "date-only-with-offset",
+        "partial-date",
+    ],
 )
-def test_started_from_date_time_and_offset(run: Run, da: str, tm: str | None, offset: str | None,
-                                           expected: str) -> None:
+def test_started_from_date_time_and_offset(
+    run: Run, da: str, tm: str | None, offset: str | None, expected: str
+) -> None:
     resource, issues = run(study(StudyDate=da, StudyTime=tm, TimezoneOffsetFromUTC=offset))
     assert resource is not None
     assert resource["started"] == expected
@@ -243,14 +268,15 @@ def test_started_absent_without_study_date(run: Run) -> None:
 
 
 def test_series_started_uses_study_offset(run: Run) -> None:
-    resource, _ = run(study(TimezoneOffsetFromUTC="-0500"),
-                      [series(SeriesDate="20240705", SeriesTime="150000")])
+    resource, _ = run(study(TimezoneOffsetFromUTC="-0500"), [series(SeriesDate="20240705", SeriesTime="150000")])
     assert only_series(resource)["started"] == "2024-07-05T15:00:00-05:00"
 
 
 def test_series_started_own_offset_wins(run: Run) -> None:
-    resource, _ = run(study(TimezoneOffsetFromUTC="-0500"),
-                      [series(SeriesDate="20240705", SeriesTime="150000", TimezoneOffsetFromUTC="+0200")])
+    resource, _ = run(
+        study(TimezoneOffsetFromUTC="-0500"),
+        [series(SeriesDate="20240705", SeriesTime="150000", TimezoneOffsetFromUTC="+0200")],
+    )
     assert only_series(resource)["started"] == "2024-07-05T15:00:00+02:00"
 
 
@@ -276,33 +302,44 @@ def test_interpreter_every_reader(run: Run) -> None:
 
 
 def test_counts_from_tags(run: Run) -> None:
-    resource, _ = run(study(NumberOfStudyRelatedSeries=5, NumberOfStudyRelatedInstances=120),
-                      [series(NumberOfSeriesRelatedInstances=30)])
+    resource, _ = run(
+        study(NumberOfStudyRelatedSeries=5, NumberOfStudyRelatedInstances=120),
+        [series(NumberOfSeriesRelatedInstances=30)],
+    )
     assert resource is not None
     assert (resource["numberOfSeries"], resource["numberOfInstances"]) == (5, 120)
     assert only_series(resource)["numberOfInstances"] == 30
 
 
 def test_counts_derived_from_series_when_absent(run: Run) -> None:
-    resource, _ = run(study(NumberOfStudyRelatedSeries=None, NumberOfStudyRelatedInstances=None),
-                      [series(NumberOfSeriesRelatedInstances=3),
-                       series(SeriesInstanceUID=f"{STUDY_UID}.2", SeriesNumber=2, NumberOfSeriesRelatedInstances=4)])
+    resource, _ = run(
+        study(NumberOfStudyRelatedSeries=None, NumberOfStudyRelatedInstances=None),
+        [
+            series(NumberOfSeriesRelatedInstances=3),
+            series(SeriesInstanceUID=f"{STUDY_UID}.2", SeriesNumber=2, NumberOfSeriesRelatedInstances=4),
+        ],
+    )
     assert resource is not None
     assert (resource["numberOfSeries"], resource["numberOfInstances"]) == (2, 7)
 
 
 def test_counts_derived_from_instances_when_absent(run: Run) -> None:
     instances = {SERIES_UID: [instance(SOPInstanceUID=f"{SERIES_UID}.{n}", InstanceNumber=n) for n in (1, 2, 3)]}
-    resource, _ = run(study(NumberOfStudyRelatedSeries=None, NumberOfStudyRelatedInstances=None),
-                      [series(NumberOfSeriesRelatedInstances=None)], instances)
+    resource, _ = run(
+        study(NumberOfStudyRelatedSeries=None, NumberOfStudyRelatedInstances=None),
+        [series(NumberOfSeriesRelatedInstances=None)],
+        instances,
+    )
     assert resource is not None
     assert only_series(resource)["numberOfInstances"] == 3
     assert (resource["numberOfSeries"], resource["numberOfInstances"]) == (1, 3)
 
 
 def test_counts_not_guessed_when_unknown(run: Run) -> None:
-    resource, _ = run(study(NumberOfStudyRelatedSeries=None, NumberOfStudyRelatedInstances=None),
-                      [series(NumberOfSeriesRelatedInstances=None)])
+    resource, _ = run(
+        study(NumberOfStudyRelatedSeries=None, NumberOfStudyRelatedInstances=None),
+        [series(NumberOfSeriesRelatedInstances=None)],
+    )
     assert resource is not None
     assert resource["numberOfSeries"] == 1
     assert "numberOfInstances" not in resource
@@ -311,8 +348,10 @@ def test_counts_not_guessed_when_unknown(run: Run) -> None:
 
 def test_counts_derived_count_series_left_out(run: Run) -> None:
     """FHIR numberOfSeries is the study's count, which "may be larger than the number of series elements"."""
-    resource, issues = run(study(NumberOfStudyRelatedSeries=None, NumberOfStudyRelatedInstances=None),
-                           [series(), series(SeriesInstanceUID=f"{STUDY_UID}.2", SeriesNumber=2, Modality=None)])
+    resource, issues = run(
+        study(NumberOfStudyRelatedSeries=None, NumberOfStudyRelatedInstances=None),
+        [series(), series(SeriesInstanceUID=f"{STUDY_UID}.2", SeriesNumber=2, Modality=None)],
+    )
     assert resource is not None and len(resource["series"]) == 1
     issue_for(issues, "ImagingStudy.series", "Modality")
     assert resource["numberOfSeries"] == 2
@@ -328,22 +367,31 @@ def test_description(run: Run) -> None:
 
 @pytest.mark.parametrize(
     ("scheme", "system", "code", "meaning"),
-    [("SCT", SNOMED, "77477000", "Computerized axial tomography"),
-     ("LN", LOINC, "24627-2", "CT Chest"),
-     ("DCM", DCM, "113014", "Study")],
+    [
+        ("SCT", SNOMED, "77477000", "Computerized axial tomography"),
+        ("LN", LOINC, "24627-2", "CT Chest"),
+        ("DCM", DCM, "113014", "Study"),
+    ],
     ids=["snomed", "loinc", "dcm"],
 )
 def test_procedure_code_standard_scheme(run: Run, scheme: str, system: str, code: str, meaning: str) -> None:
     resource, issues = run(study(ProcedureCodeSequence=[code_item(code, scheme, meaning)]))
     assert resource is not None
-    assert resource["procedureCode"] == [{"coding": [{"system": system, "code": code, "display": meaning}],
-                                          "text": meaning}]
+    assert resource["procedureCode"] == [
+        {"coding": [{"system": system, "code": code, "display": meaning}], "text": meaning}
+    ]
     assert issues == []
 
 
 def test_procedure_code_local_scheme_text_only_and_reported(run: Run) -> None:
-    resource, issues = run(study(ProcedureCodeSequence=[code_item("CCHEC", "99MFT", "CT Chest with contrast"),
-                                                        code_item("77477000", "SCT", "CT")]))
+    resource, issues = run(
+        study(
+            ProcedureCodeSequence=[
+                code_item("CCHEC", "99MFT", "CT Chest with contrast"),
+                code_item("77477000", "SCT", "CT"),
+            ]
+        )
+    )
     assert resource is not None
     assert resource["procedureCode"][0] == {"text": "CT Chest with contrast"}
     assert resource["procedureCode"][1]["coding"][0]["system"] == SNOMED
@@ -360,20 +408,30 @@ def test_procedure_code_local_scheme_without_meaning_reports_truthfully(run: Run
 
 
 def test_reason_code_text_and_coded(run: Run) -> None:
-    resource, _ = run(study(ReasonForTheRequestedProcedure="Suspected PE",
-                            ReasonForRequestedProcedureCodeSequence=[code_item("59282003", "SCT",
-                                                                               "Pulmonary embolism")]))
+    resource, _ = run(
+        study(
+            ReasonForTheRequestedProcedure="Suspected PE",
+            ReasonForRequestedProcedureCodeSequence=[code_item("59282003", "SCT", "Pulmonary embolism")],
+        )
+    )
     assert resource is not None
     assert resource["reasonCode"] == [
-        {"coding": [{"system": SNOMED, "code": "59282003", "display": "Pulmonary embolism"}],
-         "text": "Pulmonary embolism"},
+        {
+            "coding": [{"system": SNOMED, "code": "59282003", "display": "Pulmonary embolism"}],
+            "text": "Pulmonary embolism",
+        },
         {"text": "Suspected PE"},
     ]
 
 
 def test_location_display(run: Run) -> None:
-    resource, _ = run(study(InstitutionName="Manchester Royal Infirmary", InstitutionalDepartmentName="Radiology",
-                            InstitutionAddress="Oxford Road, Manchester M13 9WL"))
+    resource, _ = run(
+        study(
+            InstitutionName="Manchester Royal Infirmary",
+            InstitutionalDepartmentName="Radiology",
+            InstitutionAddress="Oxford Road, Manchester M13 9WL",
+        )
+    )
     assert resource is not None
     assert resource["location"] == {"display": "Manchester Royal Infirmary, Radiology, Oxford Road, Manchester M13 9WL"}
 
@@ -393,17 +451,36 @@ def test_endpoint_is_the_trust_wado_endpoint(run: Run, trust: TrustMapping) -> N
 
 
 def test_series_core_elements(run: Run) -> None:
-    resource, issues = run(study(), [series(SeriesInstanceUID=SERIES_UID, SeriesNumber=3, Modality="CT",
-                                            SeriesDescription="Axial 1mm", NumberOfSeriesRelatedInstances=250)])
-    assert only_series(resource) == {"uid": SERIES_UID, "number": 3, "modality": dcm("CT"),
-                                     "description": "Axial 1mm", "numberOfInstances": 250}
+    resource, issues = run(
+        study(),
+        [
+            series(
+                SeriesInstanceUID=SERIES_UID,
+                SeriesNumber=3,
+                Modality="CT",
+                SeriesDescription="Axial 1mm",
+                NumberOfSeriesRelatedInstances=250,
+            )
+        ],
+    )
+    assert only_series(resource) == {
+        "uid": SERIES_UID,
+        "number": 3,
+        "modality": dcm("CT"),
+        "description": "Axial 1mm",
+        "numberOfInstances": 250,
+    }
     assert issues == []
 
 
 @pytest.mark.parametrize(
     ("term", "code", "display"),
-    [("CHEST", "816094009", "Chest"), ("chest", "816094009", "Chest"), ("ABDOMEN", "818981001", "Abdomen"),
-     ("ABDOMENPELVIS", "818982008", "Abdomen and Pelvis")],
+    [
+        ("CHEST", "816094009", "Chest"),
+        ("chest", "816094009", "Chest"),
+        ("ABDOMEN", "818981001", "Abdomen"),
+        ("ABDOMENPELVIS", "818982008", "Abdomen and Pelvis"),
+    ],
     ids=["chest-2026a", "lower-case", "abdomen", "abdomen-pelvis"],
 )
 def test_series_body_site_annex_l(run: Run, term: str, code: str, display: str) -> None:
@@ -420,10 +497,26 @@ def test_series_body_site_unknown_term_left_out_and_reported(run: Run) -> None:
 
 @pytest.mark.parametrize(
     ("laterality", "image_laterality", "code"),
-    [("L", None, "7771000"), ("R", None, "24028007"), ("B", None, "51440002"), ("U", None, None),
-     (None, "R", "24028007"), (None, "L", "7771000"), ("l", None, "7771000"), (None, None, None)],
-    ids=["left", "right", "bilateral", "unpaired", "image-laterality-right", "image-laterality-left", "lower-case",
-         "absent"],
+    [
+        ("L", None, "7771000"),
+        ("R", None, "24028007"),
+        ("B", None, "51440002"),
+        ("U", None, None),
+        (None, "R", "24028007"),
+        (None, "L", "7771000"),
+        ("l", None, "7771000"),
+        (None, None, None),
+    ],
+    ids=[
+        "left",
+        "right",
+        "bilateral",
+        "unpaired",
+        "image-laterality-right",
+        "image-laterality-left",
+        "lower-case",
+        "absent",
+    ],
 )
 def test_series_laterality(run: Run, laterality: str | None, image_laterality: str | None, code: str | None) -> None:
     resource, issues = run(study(), [series(Laterality=laterality, ImageLaterality=image_laterality)])
@@ -441,13 +534,19 @@ def test_series_laterality_invalid_left_out_and_reported(run: Run) -> None:
 
 
 def test_series_performer_roles(run: Run) -> None:
-    resource, _ = run(study(), [series(PerformingPhysicianName="House^Greg^^Dr",
-                                       OperatorsName=["Tech^Ann", "Tech^Bob"])])
+    resource, _ = run(
+        study(), [series(PerformingPhysicianName="House^Greg^^Dr", OperatorsName=["Tech^Ann", "Tech^Bob"])]
+    )
     performers = only_series(resource)["performer"]
     assert [(p["function"]["coding"][0]["code"], p["actor"]["display"]) for p in performers] == [
-        ("PPRF", "Dr Greg House"), ("SPRF", "Ann Tech"), ("SPRF", "Bob Tech")]
-    assert all(p["function"]["coding"][0]["system"] == "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
-               for p in performers)
+        ("PPRF", "Dr Greg House"),
+        ("SPRF", "Ann Tech"),
+        ("SPRF", "Bob Tech"),
+    ]
+    assert all(
+        p["function"]["coding"][0]["system"] == "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+        for p in performers
+    )
 
 
 def test_series_performer_absent(run: Run) -> None:
@@ -456,11 +555,16 @@ def test_series_performer_absent(run: Run) -> None:
 
 
 def test_series_ordered_by_number_then_uid(run: Run) -> None:
-    resource, _ = run(study(), [series(SeriesInstanceUID=f"{STUDY_UID}.9", SeriesNumber=None),
-                                series(SeriesInstanceUID=f"{STUDY_UID}.2", SeriesNumber=2),
-                                series(SeriesInstanceUID=f"{STUDY_UID}.8", SeriesNumber=None),
-                                series(SeriesInstanceUID=f"{STUDY_UID}.1", SeriesNumber="10"),
-                                series(SeriesInstanceUID=f"{STUDY_UID}.3", SeriesNumber=1)])
+    resource, _ = run(
+        study(),
+        [
+            series(SeriesInstanceUID=f"{STUDY_UID}.9", SeriesNumber=None),
+            series(SeriesInstanceUID=f"{STUDY_UID}.2", SeriesNumber=2),
+            series(SeriesInstanceUID=f"{STUDY_UID}.8", SeriesNumber=None),
+            series(SeriesInstanceUID=f"{STUDY_UID}.1", SeriesNumber="10"),
+            series(SeriesInstanceUID=f"{STUDY_UID}.3", SeriesNumber=1),
+        ],
+    )
     assert resource is not None
     assert [s["uid"].rsplit(".", 1)[1] for s in resource["series"]] == ["3", "2", "1", "8", "9"]
 
@@ -469,13 +573,16 @@ def test_series_ordered_by_number_then_uid(run: Run) -> None:
 
 
 def test_instance_core_elements(run: Run) -> None:
-    resource, issues = run(study(), [series()],
-                           {SERIES_UID: [instance(SOPClassUID=str(sop.CTImageStorage), InstanceNumber=7)]})
-    assert only_series(resource)["instance"] == [{
-        "uid": INSTANCE_UID,
-        "sopClass": {"system": RFC3986, "code": f"urn:oid:{sop.CTImageStorage}", "display": "CT Image Storage"},
-        "number": 7,
-    }]
+    resource, issues = run(
+        study(), [series()], {SERIES_UID: [instance(SOPClassUID=str(sop.CTImageStorage), InstanceNumber=7)]}
+    )
+    assert only_series(resource)["instance"] == [
+        {
+            "uid": INSTANCE_UID,
+            "sopClass": {"system": RFC3986, "code": f"urn:oid:{sop.CTImageStorage}", "display": "CT Image Storage"},
+            "number": 7,
+        }
+    ]
     assert issues == []
 
 
@@ -496,8 +603,9 @@ def test_instance_private_sop_class_without_display(run: Run) -> None:
     ],
     ids=["content-label-first", "concept-name-second", "concept-without-meaning", "document-title-last", "none"],
 )
-def test_instance_title(run: Run, label: str | None, concept: list[Dataset] | None, title: str | None,
-                        expected: str | None) -> None:
+def test_instance_title(
+    run: Run, label: str | None, concept: list[Dataset] | None, title: str | None, expected: str | None
+) -> None:
     inst = instance(ContentLabel=label, ConceptNameCodeSequence=concept, DocumentTitle=title)
     resource, _ = run(study(), [series()], {SERIES_UID: [inst]})
     assert only_series(resource)["instance"][0].get("title") == expected
@@ -505,8 +613,11 @@ def test_instance_title(run: Run, label: str | None, concept: list[Dataset] | No
 
 def test_instances_ordered_by_number(run: Run) -> None:
     numbers = [3, 1, None, 2]
-    instances = {SERIES_UID: [instance(SOPInstanceUID=f"{SERIES_UID}.{i}", InstanceNumber=n)
-                              for i, n in enumerate(numbers, start=1)]}
+    instances = {
+        SERIES_UID: [
+            instance(SOPInstanceUID=f"{SERIES_UID}.{i}", InstanceNumber=n) for i, n in enumerate(numbers, start=1)
+        ]
+    }
     resource, _ = run(study(), [series()], instances)
     assert [i.get("number") for i in only_series(resource)["instance"]] == [1, 2, 3, None]
 
@@ -542,13 +653,19 @@ SPECIALTIES = [
 
 @pytest.mark.parametrize(("modality", "sop_class"), SPECIALTIES, ids=[m for m, _ in SPECIALTIES])
 def test_specialty_modality_and_sop_class(run: Run, modality: str, sop_class: sop.UID) -> None:
-    resource, issues = run(study(ModalitiesInStudy=[modality]), [series(Modality=modality)],
-                           {SERIES_UID: [instance(SOPClassUID=str(sop_class))]})
+    resource, issues = run(
+        study(ModalitiesInStudy=[modality]),
+        [series(Modality=modality)],
+        {SERIES_UID: [instance(SOPClassUID=str(sop_class))]},
+    )
     assert resource is not None
     assert resource["modality"] == [dcm(modality)]
     assert only_series(resource)["modality"] == dcm(modality)
     assert only_series(resource)["instance"][0]["sopClass"] == {
-        "system": RFC3986, "code": f"urn:oid:{sop_class}", "display": sop_class.name}
+        "system": RFC3986,
+        "code": f"urn:oid:{sop_class}",
+        "display": sop_class.name,
+    }
     assert issues == []
 
 
@@ -583,109 +700,269 @@ def _series0(r: dict[str, Any] | None) -> dict[str, Any]:
 
 
 ODD = [
-    Odd("invalid-study-date", study(StudyDate="20231345"), lambda r: r is not None and "started" not in r,
-        ("ImagingStudy.started", ("StudyDate", "20231345"))),
-    Odd("study-date-seven-digits", study(StudyDate="2023023"), lambda r: r is not None and "started" not in r,
-        ("ImagingStudy.started", ("StudyDate", "2023023"))),
-    Odd("study-date-letters", study(StudyDate="abcd"), lambda r: r is not None and "started" not in r,
-        ("ImagingStudy.started", ("StudyDate", "abcd"))),
-    Odd("invalid-study-time", study(StudyTime="2561"), lambda r: r is not None and "started" not in r,
-        ("ImagingStudy.started", ("StudyTime", "2561"))),
-    Odd("time-without-date", study(StudyDate=None, StudyTime="1430"), lambda r: r is not None and "started" not in r,
-        ("ImagingStudy.started", ("1430",))),
-    Odd("time-with-partial-date", study(StudyDate="202403", StudyTime="1430"),
-        lambda r: r is not None and r.get("started") in (None, "2024-03"), ("ImagingStudy.started", ("202403",))),
-    Odd("offset-without-sign", study(TimezoneOffsetFromUTC="0100"), lambda r: r is not None and "started" not in r,
-        ("ImagingStudy.started", ("'0100'",))),
-    Odd("offset-beyond-fhir-range", study(TimezoneOffsetFromUTC="+1430"),
-        lambda r: r is not None and "started" not in r, ("ImagingStudy.started", ("'+1430'",))),
-    Odd("invalid-series-time", study(), lambda r: "started" not in _series0(r),
+    Odd(
+        "invalid-study-date",
+        study(StudyDate="20231345"),
+        lambda r: r is not None and "started" not in r,
+        ("ImagingStudy.started", ("StudyDate", "20231345")),
+    ),
+    Odd(
+        "study-date-seven-digits",
+        study(StudyDate="2023023"),
+        lambda r: r is not None and "started" not in r,
+        ("ImagingStudy.started", ("StudyDate", "2023023")),
+    ),
+    Odd(
+        "study-date-letters",
+        study(StudyDate="abcd"),
+        lambda r: r is not None and "started" not in r,
+        ("ImagingStudy.started", ("StudyDate", "abcd")),
+    ),
+    Odd(
+        "invalid-study-time",
+        study(StudyTime="2561"),
+        lambda r: r is not None and "started" not in r,
+        ("ImagingStudy.started", ("StudyTime", "2561")),
+    ),
+    Odd(
+        "time-without-date",
+        study(StudyDate=None, StudyTime="1430"),
+        lambda r: r is not None and "started" not in r,
+        ("ImagingStudy.started", ("1430",)),
+    ),
+    Odd(
+        "time-with-partial-date",
+        study(StudyDate="202403", StudyTime="1430"),
+        lambda r: r is not None and r.get("started") in (None, "2024-03"),
+        ("ImagingStudy.started", ("202403",)),
+    ),
+    Odd(
+        "offset-without-sign",
+        study(TimezoneOffsetFromUTC="0100"),
+        lambda r: r is not None and "started" not in r,
+        ("ImagingStudy.started", ("'0100'",)),
+    ),
+    Odd(
+        "offset-beyond-fhir-range",
+        study(TimezoneOffsetFromUTC="+1430"),
+        lambda r: r is not None and "started" not in r,
+        ("ImagingStudy.started", ("'+1430'",)),
+    ),
+    Odd(
+        "invalid-series-time",
+        study(),
+        lambda r: "started" not in _series0(r),
         ("ImagingStudy.series.started", ("SeriesTime", "2561")),
-        [series(SeriesDate="20240305", SeriesTime="2561")]),
+        [series(SeriesDate="20240305", SeriesTime="2561")],
+    ),
     Odd("missing-study-time", study(StudyTime=None), lambda r: r is not None and r["started"] == "2024-03-05"),
     Odd("missing-description", study(StudyDescription=None), lambda r: r is not None and "description" not in r),
-    Odd("multi-valued-referrer", study(ReferringPhysicianName=["Smith^Jane^^Dr", "Jones^Bob"]),
+    Odd(
+        "multi-valued-referrer",
+        study(ReferringPhysicianName=["Smith^Jane^^Dr", "Jones^Bob"]),
         lambda r: r is not None and r["referrer"] == {"display": "Dr Jane Smith"},
-        ("ImagingStudy.referrer", ("ReferringPhysicianName",))),
-    Odd("multi-valued-description", study(StudyDescription=["CT Chest", "CT Abdomen"]),
+        ("ImagingStudy.referrer", ("ReferringPhysicianName",)),
+    ),
+    Odd(
+        "multi-valued-description",
+        study(StudyDescription=["CT Chest", "CT Abdomen"]),
         lambda r: r is not None and r["description"] == "CT Chest",
-        ("ImagingStudy.description", ("StudyDescription",))),
-    Odd("utf-8-name", pydicom_study("ISO_IR 192", 0x00080090, b"\xc3\x93'Brien^Zo\xc3\xab"),
-        lambda r: r is not None and r["referrer"] == {"display": "Zoë Ó'Brien"}, None, []),
-    Odd("latin-1-name", pydicom_study("ISO_IR 100", 0x00080090, b"M\xfcller^Ren\xe9e"),
-        lambda r: r is not None and r["referrer"] == {"display": "Renée Müller"}, None, []),
-    Odd("latin-1-reader", pydicom_study("ISO_IR 100", 0x00081060, b"Fran\xe7ois^Ana\xefs"),
-        lambda r: r is not None and r["interpreter"] == [{"display": "Anaïs François"}], None, []),
-    Odd("pn-as-plain-string", study(ReferringPhysicianName=element("PN", "Smith^Jane")),
-        lambda r: r is not None and r["referrer"] == {"display": "Jane Smith"}),
-    Odd("pn-without-alphabetic", study(ReferringPhysicianName=element("PN", {"Ideographic": "山田^太郎"})),
-        lambda r: r is not None and r["referrer"] == {"display": "太郎 山田"}),
+        ("ImagingStudy.description", ("StudyDescription",)),
+    ),
+    Odd(
+        "utf-8-name",
+        pydicom_study("ISO_IR 192", 0x00080090, b"\xc3\x93'Brien^Zo\xc3\xab"),
+        lambda r: r is not None and r["referrer"] == {"display": "Zoë Ó'Brien"},
+        None,
+        [],
+    ),
+    Odd(
+        "latin-1-name",
+        pydicom_study("ISO_IR 100", 0x00080090, b"M\xfcller^Ren\xe9e"),
+        lambda r: r is not None and r["referrer"] == {"display": "Renée Müller"},
+        None,
+        [],
+    ),
+    Odd(
+        "latin-1-reader",
+        pydicom_study("ISO_IR 100", 0x00081060, b"Fran\xe7ois^Ana\xefs"),
+        lambda r: r is not None and r["interpreter"] == [{"display": "Anaïs François"}],
+        None,
+        [],
+    ),
+    Odd(
+        "pn-as-plain-string",
+        study(ReferringPhysicianName=element("PN", "Smith^Jane")),
+        lambda r: r is not None and r["referrer"] == {"display": "Jane Smith"},
+    ),
+    Odd(
+        "pn-without-alphabetic",
+        study(ReferringPhysicianName=element("PN", {"Ideographic": "山田^太郎"})),
+        lambda r: r is not None and r["referrer"] == {"display": "太郎 山田"},
+    ),
     Odd("empty-pn", study(ReferringPhysicianName=EMPTY), lambda r: r is not None and "referrer" not in r),
     Odd("empty-pn-components", study(ReferringPhysicianName="^^^^"), lambda r: r is not None and "referrer" not in r),
     Odd("lo-without-value", study(StudyDescription=element("LO")), lambda r: r is not None and "description" not in r),
-    Odd("lo-empty-string", study(StudyDescription=element("LO", "")),
-        lambda r: r is not None and "description" not in r),
-    Odd("lo-blank-string", study(StudyDescription=element("LO", "   ")),
-        lambda r: r is not None and "description" not in r),
-    Odd("lo-null-value", study(StudyDescription=element("LO", None)),
-        lambda r: r is not None and "description" not in r),
-    Odd("sh-accession-empty-string", study(AccessionNumber=element("SH", "")),
-        lambda r: r is not None and all(i.get("type") != ACSN for i in r["identifier"])),
-    Odd("is-as-string", study(NumberOfStudyRelatedSeries=element("IS", "3")),
-        lambda r: r is not None and r["numberOfSeries"] == 3),
-    Odd("is-as-padded-string", study(NumberOfStudyRelatedSeries=element("IS", " 3 ")),
-        lambda r: r is not None and r["numberOfSeries"] == 3),
-    Odd("is-as-number", study(NumberOfStudyRelatedSeries=element("IS", 3)),
-        lambda r: r is not None and r["numberOfSeries"] == 3),
-    Odd("is-as-float", study(NumberOfStudyRelatedSeries=element("IS", 3.0)),
-        lambda r: r is not None and r["numberOfSeries"] == 3),
-    Odd("is-garbage", study(NumberOfStudyRelatedSeries=element("IS", "x")),
+    Odd(
+        "lo-empty-string", study(StudyDescription=element("LO", "")), lambda r: r is not None and "description" not in r
+    ),
+    Odd(
+        "lo-blank-string",
+        study(StudyDescription=element("LO", "   ")),
+        lambda r: r is not None and "description" not in r,
+    ),
+    Odd(
+        "lo-null-value", study(StudyDescription=element("LO", None)), lambda r: r is not None and "description" not in r
+    ),
+    Odd(
+        "sh-accession-empty-string",
+        study(AccessionNumber=element("SH", "")),
+        lambda r: r is not None and all(i.get("type") != ACSN for i in r["identifier"]),
+    ),
+    Odd(
+        "is-as-string",
+        study(NumberOfStudyRelatedSeries=element("IS", "3")),
+        lambda r: r is not None and r["numberOfSeries"] == 3,
+    ),
+    Odd(
+        "is-as-padded-string",
+        study(NumberOfStudyRelatedSeries=element("IS", " 3 ")),
+        lambda r: r is not None and r["numberOfSeries"] == 3,
+    ),
+    Odd(
+        "is-as-number",
+        study(NumberOfStudyRelatedSeries=element("IS", 3)),
+        lambda r: r is not None and r["numberOfSeries"] == 3,
+    ),
+    Odd(
+        "is-as-float",
+        study(NumberOfStudyRelatedSeries=element("IS", 3.0)),
+        lambda r: r is not None and r["numberOfSeries"] == 3,
+    ),
+    Odd(
+        "is-garbage",
+        study(NumberOfStudyRelatedSeries=element("IS", "x")),
         lambda r: r is not None and r["numberOfSeries"] == 1,
-        ("ImagingStudy.numberOfSeries", ("NumberOfStudyRelatedSeries", "'x'"))),
-    Odd("is-negative", study(NumberOfStudyRelatedInstances=element("IS", "-1")),
+        ("ImagingStudy.numberOfSeries", ("NumberOfStudyRelatedSeries", "'x'")),
+    ),
+    Odd(
+        "is-negative",
+        study(NumberOfStudyRelatedInstances=element("IS", "-1")),
         lambda r: r is not None and r.get("numberOfInstances") in (None, 1),
-        ("ImagingStudy.numberOfInstances", ("NumberOfStudyRelatedInstances", "-1"))),
-    Odd("is-beyond-unsigned-int", study(NumberOfStudyRelatedInstances=element("IS", "999999999999")),
+        ("ImagingStudy.numberOfInstances", ("NumberOfStudyRelatedInstances", "-1")),
+    ),
+    Odd(
+        "is-beyond-unsigned-int",
+        study(NumberOfStudyRelatedInstances=element("IS", "999999999999")),
         lambda r: r is not None and r.get("numberOfInstances", 0) <= 2**31 - 1,
-        ("ImagingStudy.numberOfInstances", ("NumberOfStudyRelatedInstances", "999999999999"))),
-    Odd("series-number-as-string", study(), lambda r: _series0(r)["number"] == 4, None,
-        [series(SeriesNumber=element("IS", "4"))]),
-    Odd("series-number-garbage", study(), lambda r: "number" not in _series0(r),
-        ("ImagingStudy.series.number", ("SeriesNumber", "'four'")), [series(SeriesNumber=element("IS", "four"))]),
-    Odd("no-study-uid", study(StudyInstanceUID=None), lambda r: r is None,
-        ("ImagingStudy.identifier", ("StudyInstanceUID",))),
-    Odd("empty-study-uid", study(StudyInstanceUID=EMPTY), lambda r: r is None,
-        ("ImagingStudy.identifier", ("StudyInstanceUID",))),
-    Odd("invalid-study-uid", study(StudyInstanceUID="1.2.abc"), lambda r: r is None,
-        ("ImagingStudy.identifier", ("StudyInstanceUID",))),
-    Odd("study-uid-leading-zero", study(StudyInstanceUID="1.02.3"), lambda r: r is None,
-        ("ImagingStudy.identifier", ("StudyInstanceUID",))),
-    Odd("study-uid-too-long", study(StudyInstanceUID="1." + "2" * 70), lambda r: r is None,
-        ("ImagingStudy.identifier", ("StudyInstanceUID",))),
-    Odd("invalid-series-uid", study(), lambda r: r is not None and "series" not in r,
-        ("ImagingStudy.series.uid", ("SeriesInstanceUID",)), [series(SeriesInstanceUID="1.2.3.x")]),
-    Odd("series-without-modality", study(), lambda r: r is not None and "series" not in r
-        and r["modality"] == [dcm("CT")], ("ImagingStudy.series", ("Modality",)), [series(Modality=None)]),
-    Odd("series-unknown-modality", study(), lambda r: r is not None and "series" not in r,
-        ("ImagingStudy.series.modality", ("'QQ'",)), [series(Modality="QQ")]),
-    Odd("one-good-one-bad-series", study(NumberOfStudyRelatedSeries=None),
+        ("ImagingStudy.numberOfInstances", ("NumberOfStudyRelatedInstances", "999999999999")),
+    ),
+    Odd(
+        "series-number-as-string",
+        study(),
+        lambda r: _series0(r)["number"] == 4,
+        None,
+        [series(SeriesNumber=element("IS", "4"))],
+    ),
+    Odd(
+        "series-number-garbage",
+        study(),
+        lambda r: "number" not in _series0(r),
+        ("ImagingStudy.series.number", ("SeriesNumber", "'four'")),
+        [series(SeriesNumber=element("IS", "four"))],
+    ),
+    Odd(
+        "no-study-uid",
+        study(StudyInstanceUID=None),
+        lambda r: r is None,
+        ("ImagingStudy.identifier", ("StudyInstanceUID",)),
+    ),
+    Odd(
+        "empty-study-uid",
+        study(StudyInstanceUID=EMPTY),
+        lambda r: r is None,
+        ("ImagingStudy.identifier", ("StudyInstanceUID",)),
+    ),
+    Odd(
+        "invalid-study-uid",
+        study(StudyInstanceUID="1.2.abc"),
+        lambda r: r is None,
+        ("ImagingStudy.identifier", ("StudyInstanceUID",)),
+    ),
+    Odd(
+        "study-uid-leading-zero",
+        study(StudyInstanceUID="1.02.3"),
+        lambda r: r is None,
+        ("ImagingStudy.identifier", ("StudyInstanceUID",)),
+    ),
+    Odd(
+        "study-uid-too-long",
+        study(StudyInstanceUID="1." + "2" * 70),
+        lambda r: r is None,
+        ("ImagingStudy.identifier", ("StudyInstanceUID",)),
+    ),
+    Odd(
+        "invalid-series-uid",
+        study(),
+        lambda r: r is not None and "series" not in r,
+        ("ImagingStudy.series.uid", ("SeriesInstanceUID",)),
+        [series(SeriesInstanceUID="1.2.3.x")],
+    ),
+    Odd(
+        "series-without-modality",
+        study(),
+        lambda r: r is not None and "series" not in r and r["modality"] == [dcm("CT")],
+        ("ImagingStudy.series", ("Modality",)),
+        [series(Modality=None)],
+    ),
+    Odd(
+        "series-unknown-modality",
+        study(),
+        lambda r: r is not None and "series" not in r,
+        ("ImagingStudy.series.modality", ("'QQ'",)),
+        [series(Modality="QQ")],
+    ),
+    Odd(
+        "one-good-one-bad-series",
+        study(NumberOfStudyRelatedSeries=None),
         lambda r: r is not None and [s["uid"] for s in r["series"]] == [SERIES_UID],
         ("ImagingStudy.series", ("Modality",)),
-        [series(), series(SeriesInstanceUID=f"{STUDY_UID}.2", SeriesNumber=2, Modality=EMPTY)]),
-    Odd("instance-without-sop-class", study(),
+        [series(), series(SeriesInstanceUID=f"{STUDY_UID}.2", SeriesNumber=2, Modality=EMPTY)],
+    ),
+    Odd(
+        "instance-without-sop-class",
+        study(),
         lambda r: "instance" not in _series0(r) and _series0(r)["numberOfInstances"] == 1,
-        ("ImagingStudy.series.instance", ("SOPClassUID",)), [series()], {SERIES_UID: [instance(SOPClassUID=None)]}),
-    Odd("instance-invalid-sop-class", study(), lambda r: "instance" not in _series0(r),
-        ("ImagingStudy.series.instance", ("SOPClassUID",)), [series()],
-        {SERIES_UID: [instance(SOPClassUID="1.2.840.10008.5.1.4.1.1.2.x")]}),
-    Odd("instance-without-sop-instance-uid", study(),
+        ("ImagingStudy.series.instance", ("SOPClassUID",)),
+        [series()],
+        {SERIES_UID: [instance(SOPClassUID=None)]},
+    ),
+    Odd(
+        "instance-invalid-sop-class",
+        study(),
+        lambda r: "instance" not in _series0(r),
+        ("ImagingStudy.series.instance", ("SOPClassUID",)),
+        [series()],
+        {SERIES_UID: [instance(SOPClassUID="1.2.840.10008.5.1.4.1.1.2.x")]},
+    ),
+    Odd(
+        "instance-without-sop-instance-uid",
+        study(),
         lambda r: [i["uid"] for i in _series0(r)["instance"]] == [INSTANCE_UID],
-        ("ImagingStudy.series.instance", ("SOPInstanceUID",)), [series(NumberOfSeriesRelatedInstances=None)],
-        {SERIES_UID: [instance(), instance(SOPInstanceUID=None, InstanceNumber=2)]}),
-    Odd("sequence-with-non-item", study(ProcedureCodeSequence=element("SQ", "garbage", None)),
-        lambda r: r is not None and "procedureCode" not in r),
-    Odd("code-item-without-code", study(ProcedureCodeSequence=[dataset(CodeMeaning="CT Chest")]),
-        lambda r: r is not None and r["procedureCode"] == [{"text": "CT Chest"}]),
+        ("ImagingStudy.series.instance", ("SOPInstanceUID",)),
+        [series(NumberOfSeriesRelatedInstances=None)],
+        {SERIES_UID: [instance(), instance(SOPInstanceUID=None, InstanceNumber=2)]},
+    ),
+    Odd(
+        "sequence-with-non-item",
+        study(ProcedureCodeSequence=element("SQ", "garbage", None)),
+        lambda r: r is not None and "procedureCode" not in r,
+    ),
+    Odd(
+        "code-item-without-code",
+        study(ProcedureCodeSequence=[dataset(CodeMeaning="CT Chest")]),
+        lambda r: r is not None and r["procedureCode"] == [{"text": "CT Chest"}],
+    ),
 ]
 
 
@@ -763,11 +1040,17 @@ def realistic_study_with_pydicom() -> tuple[Dataset, list[Dataset], dict[str, li
         image.InstanceNumber = number
         images.append(image)
     report = PydicomDataset()
-    report.SOPClassUID, report.SOPInstanceUID, report.InstanceNumber = sop.ComprehensiveSRStorage, \
-        f"{SR_SERIES_UID}.1", 1
+    report.SOPClassUID, report.SOPInstanceUID, report.InstanceNumber = (
+        sop.ComprehensiveSRStorage,
+        f"{SR_SERIES_UID}.1",
+        1,
+    )
     report.ConceptNameCodeSequence = [_code("18748-4", "LN", "Diagnostic imaging report")]
-    return (ds.to_json_dict(), [ct.to_json_dict(), sr.to_json_dict()],
-            {CT_SERIES_UID: [i.to_json_dict() for i in images], SR_SERIES_UID: [report.to_json_dict()]})
+    return (
+        ds.to_json_dict(),
+        [ct.to_json_dict(), sr.to_json_dict()],
+        {CT_SERIES_UID: [i.to_json_dict() for i in images], SR_SERIES_UID: [report.to_json_dict()]},
+    )
 
 
 def realistic_study_by_hand(number: Callable[[int], Any]) -> tuple[Dataset, list[Dataset], dict[str, list[Dataset]]]:
@@ -779,10 +1062,16 @@ def realistic_study_by_hand(number: Callable[[int], Any]) -> tuple[Dataset, list
         "00080030": {"vr": "TM", "Value": ["101500.25"]},
         "00080201": {"vr": "SH", "Value": ["+0100"]},
         "00080050": {"vr": "SH", "Value": ["RA87654321"]},
-        "00080051": {"vr": "SQ", "Value": [{
-            "00400031": {"vr": "UT", "Value": ["RIS"]},
-            "00400032": {"vr": "UT", "Value": [ISSUER_OID]},
-            "00400033": {"vr": "CS", "Value": ["ISO"]}}]},
+        "00080051": {
+            "vr": "SQ",
+            "Value": [
+                {
+                    "00400031": {"vr": "UT", "Value": ["RIS"]},
+                    "00400032": {"vr": "UT", "Value": [ISSUER_OID]},
+                    "00400033": {"vr": "CS", "Value": ["ISO"]},
+                }
+            ],
+        },
         "00200010": {"vr": "SH", "Value": ["77"]},
         "00080061": {"vr": "CS", "Value": ["CT", "SR"]},
         "00080090": {"vr": "PN", "Value": [{"Alphabetic": "O'Brien^Zoë^^Dr"}]},
@@ -790,11 +1079,21 @@ def realistic_study_by_hand(number: Callable[[int], Any]) -> tuple[Dataset, list
         "00201206": {"vr": "IS", "Value": [number(2)]},
         "00201208": {"vr": "IS", "Value": [number(3)]},
         "00081030": {"vr": "LO", "Value": ["CT Chest with contrast"]},
-        "00081032": {"vr": "SQ", "Value": [
-            {"00080100": {"vr": "SH", "Value": ["77477000"]}, "00080102": {"vr": "SH", "Value": ["SCT"]},
-             "00080104": {"vr": "LO", "Value": ["CT"]}},
-            {"00080100": {"vr": "SH", "Value": ["CCHEC"]}, "00080102": {"vr": "SH", "Value": ["99MFT"]},
-             "00080104": {"vr": "LO", "Value": ["CT chest local"]}}]},
+        "00081032": {
+            "vr": "SQ",
+            "Value": [
+                {
+                    "00080100": {"vr": "SH", "Value": ["77477000"]},
+                    "00080102": {"vr": "SH", "Value": ["SCT"]},
+                    "00080104": {"vr": "LO", "Value": ["CT"]},
+                },
+                {
+                    "00080100": {"vr": "SH", "Value": ["CCHEC"]},
+                    "00080102": {"vr": "SH", "Value": ["99MFT"]},
+                    "00080104": {"vr": "LO", "Value": ["CT chest local"]},
+                },
+            ],
+        },
         "00401002": {"vr": "LO", "Value": ["Cough"]},
         "00080080": {"vr": "LO", "Value": ["Manchester Royal Infirmary"]},
         "00100020": {"vr": "LO", "Value": [NHS_NUMBER]},
@@ -822,15 +1121,29 @@ def realistic_study_by_hand(number: Callable[[int], Any]) -> tuple[Dataset, list
         "00080060": {"vr": "CS", "Value": ["SR"]},
         "00201209": {"vr": "IS", "Value": [number(1)]},
     }
-    images = [{"00080016": {"vr": "UI", "Value": [str(sop.CTImageStorage)]},
-               "00080018": {"vr": "UI", "Value": [f"{CT_SERIES_UID}.{n}"]},
-               "00200013": {"vr": "IS", "Value": [number(n)]}} for n in (2, 1)]
-    report = {"00080016": {"vr": "UI", "Value": [str(sop.ComprehensiveSRStorage)]},
-              "00080018": {"vr": "UI", "Value": [f"{SR_SERIES_UID}.1"]},
-              "00200013": {"vr": "IS", "Value": [number(1)]},
-              "0040A043": {"vr": "SQ", "Value": [{
-                  "00080100": {"vr": "SH", "Value": ["18748-4"]}, "00080102": {"vr": "SH", "Value": ["LN"]},
-                  "00080104": {"vr": "LO", "Value": ["Diagnostic imaging report"]}}]}}
+    images = [
+        {
+            "00080016": {"vr": "UI", "Value": [str(sop.CTImageStorage)]},
+            "00080018": {"vr": "UI", "Value": [f"{CT_SERIES_UID}.{n}"]},
+            "00200013": {"vr": "IS", "Value": [number(n)]},
+        }
+        for n in (2, 1)
+    ]
+    report = {
+        "00080016": {"vr": "UI", "Value": [str(sop.ComprehensiveSRStorage)]},
+        "00080018": {"vr": "UI", "Value": [f"{SR_SERIES_UID}.1"]},
+        "00200013": {"vr": "IS", "Value": [number(1)]},
+        "0040A043": {
+            "vr": "SQ",
+            "Value": [
+                {
+                    "00080100": {"vr": "SH", "Value": ["18748-4"]},
+                    "00080102": {"vr": "SH", "Value": ["LN"]},
+                    "00080104": {"vr": "LO", "Value": ["Diagnostic imaging report"]},
+                }
+            ],
+        },
+    }
     return study_ds, [ct, sr], {CT_SERIES_UID: images, SR_SERIES_UID: [report]}
 
 

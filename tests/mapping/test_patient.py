@@ -69,10 +69,26 @@ def test_nhs_number_problem_valid(value: str) -> None:
         ("９４３４７６５９１９", "10 digits"),  # fullwidth digits
         ("943476591¹", "10 digits"),  # superscript one: isdigit() but not a decimal digit
     ],
-    ids=["wrong-check-digit", "wrong-check-digit-0", "wrong-check-digit-other", "check-digit-10-a",
-         "check-digit-10-b", "check-digit-0-wrong", "nine-digits", "eleven-digits", "trailing-letter",
-         "letters", "empty", "spaces", "leading-space", "wildcard", "sign", "arabic-indic-digits",
-         "fullwidth-digits", "superscript-digit"],
+    ids=[
+        "wrong-check-digit",
+        "wrong-check-digit-0",
+        "wrong-check-digit-other",
+        "check-digit-10-a",
+        "check-digit-10-b",
+        "check-digit-0-wrong",
+        "nine-digits",
+        "eleven-digits",
+        "trailing-letter",
+        "letters",
+        "empty",
+        "spaces",
+        "leading-space",
+        "wildcard",
+        "sign",
+        "arabic-indic-digits",
+        "fullwidth-digits",
+        "superscript-digit",
+    ],
 )
 def test_nhs_number_problem_invalid(value: str, why: str) -> None:
     problem = nhs_number_problem(value)
@@ -122,18 +138,38 @@ XREF = {("mft", "MRN001", ""): NHS, ("srft", "MRN002", ""): OTHER_NHS, ("mft", "
         (dataset(PatientID="*"), "patient_id", "NHS", None),
         (dataset(PatientName="Jones^Robert"), "patient_id", "NHS", None),
         # OtherPatientIDsSequence fallback
-        (dataset(PatientID="MRN001", IssuerOfPatientID="RM2", OtherPatientIDsSequence=other_ids((NHS, "NHS"))),
-         "patient_id", "NHS", NHS),
-        (dataset(PatientID=NHS, IssuerOfPatientID="RM2", OtherPatientIDsSequence=other_ids((OTHER_NHS, "NHS"))),
-         "patient_id", "NHS", OTHER_NHS),
-        (dataset(PatientID="9434765918", OtherPatientIDsSequence=other_ids((OTHER_NHS, "NHS"))),
-         "patient_id", "NHS", OTHER_NHS),
-        (dataset(PatientID="MRN001", OtherPatientIDsSequence=other_ids(("X1", "RM2"), (NHS, "NHS"))),
-         "patient_id", "NHS", NHS),
+        (
+            dataset(PatientID="MRN001", IssuerOfPatientID="RM2", OtherPatientIDsSequence=other_ids((NHS, "NHS"))),
+            "patient_id",
+            "NHS",
+            NHS,
+        ),
+        (
+            dataset(PatientID=NHS, IssuerOfPatientID="RM2", OtherPatientIDsSequence=other_ids((OTHER_NHS, "NHS"))),
+            "patient_id",
+            "NHS",
+            OTHER_NHS,
+        ),
+        (
+            dataset(PatientID="9434765918", OtherPatientIDsSequence=other_ids((OTHER_NHS, "NHS"))),
+            "patient_id",
+            "NHS",
+            OTHER_NHS,
+        ),
+        (
+            dataset(PatientID="MRN001", OtherPatientIDsSequence=other_ids(("X1", "RM2"), (NHS, "NHS"))),
+            "patient_id",
+            "NHS",
+            NHS,
+        ),
         (dataset(PatientID="MRN001", OtherPatientIDsSequence=other_ids((NHS, "RM2"))), "patient_id", "NHS", None),
         (dataset(PatientID="MRN001", OtherPatientIDsSequence=other_ids((NHS, None))), "patient_id", "NHS", None),
-        (dataset(PatientID="MRN001", OtherPatientIDsSequence=other_ids(("9434765918", "NHS"))),
-         "patient_id", "NHS", None),
+        (
+            dataset(PatientID="MRN001", OtherPatientIDsSequence=other_ids(("9434765918", "NHS"))),
+            "patient_id",
+            "NHS",
+            None,
+        ),
         (dataset(PatientID="MRN001", OtherPatientIDsSequence=EMPTY), "patient_id", "NHS", None),
         # the cross-reference (local PatientID -> NHS number, per trust)
         (dataset(PatientID="MRN001", IssuerOfPatientID="RM2"), "xref", None, NHS),
@@ -141,37 +177,67 @@ XREF = {("mft", "MRN001", ""): NHS, ("srft", "MRN002", ""): OTHER_NHS, ("mft", "
         (dataset(PatientID="MRN002"), "xref", None, None),  # mapped, but at another trust
         (dataset(PatientID="MRN999"), "xref", None, None),
         (dataset(PatientID=NHS, IssuerOfPatientID="NHS"), "xref", None, None),  # PatientID is local here
-        (dataset(PatientID="MRN999", OtherPatientIDsSequence=other_ids((OTHER_NHS, "NHS"))), "xref", None,
-         OTHER_NHS),
+        (dataset(PatientID="MRN999", OtherPatientIDsSequence=other_ids((OTHER_NHS, "NHS"))), "xref", None, OTHER_NHS),
         # the record names two patients: it belongs to nobody (never shown for either)
         (dataset(PatientID="MRN001", OtherPatientIDsSequence=other_ids((OTHER_NHS, "NHS"))), "xref", None, None),
         (dataset(PatientID="MRN001", OtherPatientIDsSequence=other_ids((NHS, "NHS"))), "xref", None, NHS),
-        (dataset(PatientID=NHS, IssuerOfPatientID="NHS", OtherPatientIDsSequence=other_ids((OTHER_NHS, "NHS"))),
-         "patient_id", "NHS", None),
+        (
+            dataset(PatientID=NHS, IssuerOfPatientID="NHS", OtherPatientIDsSequence=other_ids((OTHER_NHS, "NHS"))),
+            "patient_id",
+            "NHS",
+            None,
+        ),
         (dataset(OtherPatientIDsSequence=other_ids((OTHER_NHS, "NHS"))), "xref", None, OTHER_NHS),
         (dataset(PatientID="MRN003", IssuerOfPatientID="R0A"), "xref", None, OTHER_NHS),
         (dataset(PatientID="MRN003", IssuerOfPatientID="RM2"), "xref", None, None),
         (dataset(PatientID="MRN003"), "xref", None, None),
     ],
     ids=[
-        "pid-issuer-nhs", "pid-no-issuer", "pid-empty-issuer", "pid-padded", "pid-other-issuer",
-        "pid-configured-issuer", "pid-issuer-not-the-configured-one", "pid-wrong-check-digit",
-        "pid-check-digit-10", "pid-nine-digits", "pid-unicode-digits", "pid-wildcard", "no-pid",
-        "other-ids-fallback", "other-ids-when-pid-issuer-differs", "other-ids-when-pid-invalid",
-        "other-ids-second-item", "other-ids-other-issuer", "other-ids-no-issuer", "other-ids-invalid",
+        "pid-issuer-nhs",
+        "pid-no-issuer",
+        "pid-empty-issuer",
+        "pid-padded",
+        "pid-other-issuer",
+        "pid-configured-issuer",
+        "pid-issuer-not-the-configured-one",
+        "pid-wrong-check-digit",
+        "pid-check-digit-10",
+        "pid-nine-digits",
+        "pid-unicode-digits",
+        "pid-wildcard",
+        "no-pid",
+        "other-ids-fallback",
+        "other-ids-when-pid-issuer-differs",
+        "other-ids-when-pid-invalid",
+        "other-ids-second-item",
+        "other-ids-other-issuer",
+        "other-ids-no-issuer",
+        "other-ids-invalid",
         "other-ids-empty-sequence",
-        "xref-hit", "xref-padded", "xref-other-trust", "xref-miss", "xref-ignores-nhs-like-pid",
-        "xref-miss-other-ids", "xref-conflicts-with-other-ids", "xref-agrees-with-other-ids",
-        "pid-conflicts-with-other-ids", "xref-no-pid-other-ids",
-        "xref-issuer-match", "xref-issuer-mismatch", "xref-issuer-missing",
+        "xref-hit",
+        "xref-padded",
+        "xref-other-trust",
+        "xref-miss",
+        "xref-ignores-nhs-like-pid",
+        "xref-miss-other-ids",
+        "xref-conflicts-with-other-ids",
+        "xref-agrees-with-other-ids",
+        "pid-conflicts-with-other-ids",
+        "xref-no-pid-other-ids",
+        "xref-issuer-match",
+        "xref-issuer-mismatch",
+        "xref-issuer-missing",
     ],
 )
 def test_nhs_number_of_by_rule(study: dict[str, Any], match: str, issuer: str | None, expected: str | None) -> None:
     assert nhs_number_of(study, match, issuer, "mft", XREF) == expected
 
 
-@pytest.mark.parametrize("bad", ["9434765918", "1000000015", "943476591", "94347659190", "9434765919*"],
-                         ids=["wrong-check-digit", "check-digit-10", "nine-digits", "eleven-digits", "wildcard"])
+@pytest.mark.parametrize(
+    "bad",
+    ["9434765918", "1000000015", "943476591", "94347659190", "9434765919*"],
+    ids=["wrong-check-digit", "check-digit-10", "nine-digits", "eleven-digits", "wildcard"],
+)
 def test_nhs_number_of_never_accepts_invalid_patient_id(bad: str) -> None:
     for held_issuer in ("NHS", None):
         study = dataset(PatientID=bad, IssuerOfPatientID=held_issuer)
@@ -201,16 +267,14 @@ def test_subject_reference_by_nhs_number() -> None:
 
 def test_subject_reference_local_identifier_without_nhs_number() -> None:
     study = dataset(PatientID="MRN001")
-    assert subject_reference(None, study, LOCAL_SYSTEM) == {
-        "identifier": {"system": LOCAL_SYSTEM, "value": "MRN001"}}
+    assert subject_reference(None, study, LOCAL_SYSTEM) == {"identifier": {"system": LOCAL_SYSTEM, "value": "MRN001"}}
 
 
 # -- patient_resource -----------------------------------------------------------------------------
 
 
 def test_patient_resource_identity() -> None:
-    patient = patient_resource(NHS, [dataset(PatientName="Jones^Robert", PatientSex="M",
-                                             PatientBirthDate="19700101")])
+    patient = patient_resource(NHS, [dataset(PatientName="Jones^Robert", PatientSex="M", PatientBirthDate="19700101")])
     assert patient["resourceType"] == "Patient"
     assert patient["id"] == NHS
     assert patient["identifier"] == [{"system": NHS_NUMBER_SYSTEM, "value": NHS}]
@@ -221,8 +285,16 @@ def test_patient_resource_identity() -> None:
     ("pn", "expected"),
     [
         ("Smith^Jane", {"family": "Smith", "given": ["Jane"], "text": "Jane Smith"}),
-        ("Smith^Jane^Anne^Dr^PhD", {"family": "Smith", "given": ["Jane", "Anne"], "prefix": ["Dr"],
-                                    "suffix": ["PhD"], "text": "Dr Jane Anne Smith PhD"}),
+        (
+            "Smith^Jane^Anne^Dr^PhD",
+            {
+                "family": "Smith",
+                "given": ["Jane", "Anne"],
+                "prefix": ["Dr"],
+                "suffix": ["PhD"],
+                "text": "Dr Jane Anne Smith PhD",
+            },
+        ),
         ("Smith", {"family": "Smith", "text": "Smith"}),
         ("Smith^^^Mrs", {"family": "Smith", "prefix": ["Mrs"], "text": "Mrs Smith"}),
         ("^Jane", {"given": ["Jane"], "text": "Jane"}),
@@ -245,8 +317,17 @@ def test_patient_resource_ideographic_only_name() -> None:
 
 @pytest.mark.parametrize(
     ("sex", "gender"),
-    [("M", "male"), ("F", "female"), ("O", "other"), ("m", "male"), ("f", "female"), ("X", "unknown"),
-     (EMPTY, "unknown"), (None, "unknown"), ("", "unknown")],
+    [
+        ("M", "male"),
+        ("F", "female"),
+        ("O", "other"),
+        ("m", "male"),
+        ("f", "female"),
+        ("X", "unknown"),
+        (EMPTY, "unknown"),
+        (None, "unknown"),
+        ("", "unknown"),
+    ],
     ids=["M", "F", "O", "lower-m", "lower-f", "not-a-dicom-sex", "empty-element", "absent", "empty-string"],
 )
 def test_patient_resource_gender_mapping(sex: Any, gender: str) -> None:
@@ -260,8 +341,9 @@ def test_patient_resource_most_common_birth_date_wins() -> None:
     assert patient_resource(NHS, studies)["birthDate"] == "1970-01-01"
 
 
-@pytest.mark.parametrize("order", [("19810202", "19700101"), ("19700101", "19810202")], ids=["later-first",
-                                                                                            "earlier-first"])
+@pytest.mark.parametrize(
+    "order", [("19810202", "19700101"), ("19700101", "19810202")], ids=["later-first", "earlier-first"]
+)
 def test_patient_resource_birth_date_tie_is_deterministic(order: tuple[str, str]) -> None:
     studies = [dataset(PatientBirthDate=d) for d in order]
     assert patient_resource(NHS, studies)["birthDate"] == "1970-01-01"

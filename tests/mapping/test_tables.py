@@ -20,8 +20,31 @@ from app.core.mapping.engine import MappingTableError, compile_rows
 from app.core.mapping.tables import MAPPINGS_DIR, load_mapper, load_terminology
 from app.core.mapping.transforms import TRANSFORMS
 
-SPECIALTY_MODALITIES = ["CT", "MR", "CR", "DX", "MG", "NM", "PT", "US", "XA", "RF", "ES", "XC", "GM", "SM", "OP",
-                        "OPT", "ECG", "HD", "SR", "DOC", "KO", "PR", "SEG"]
+SPECIALTY_MODALITIES = [
+    "CT",
+    "MR",
+    "CR",
+    "DX",
+    "MG",
+    "NM",
+    "PT",
+    "US",
+    "XA",
+    "RF",
+    "ES",
+    "XC",
+    "GM",
+    "SM",
+    "OP",
+    "OPT",
+    "ECG",
+    "HD",
+    "SR",
+    "DOC",
+    "KO",
+    "PR",
+    "SEG",
+]
 
 
 def read_json(name: str) -> Any:
@@ -67,8 +90,9 @@ def test_mapping_table_validates_against_schema(table: dict[str, Any], schema: d
     ],
     ids=["unknown-key", "no-transform", "not-imagingstudy", "transform-case", "tag-not-keyword", "list-not-bool"],
 )
-def test_mapping_schema_rejects_malformed_row(table: dict[str, Any], schema: dict[str, Any], section: str,
-                                              row: dict[str, Any]) -> None:
+def test_mapping_schema_rejects_malformed_row(
+    table: dict[str, Any], schema: dict[str, Any], section: str, row: dict[str, Any]
+) -> None:
     broken = copy.deepcopy(table)
     broken[section].append(row)
     with pytest.raises(jsonschema.ValidationError):
@@ -88,8 +112,11 @@ def test_mapping_table_names_only_known_transforms(table: dict[str, Any]) -> Non
 
 def test_mapping_table_elements_exist_in_r4_imagingstudy(table: dict[str, Any]) -> None:
     """Every element path is an element of ImagingStudy, its series or its instances."""
-    owners = {"ImagingStudy": ImagingStudy, "ImagingStudy.series": ImagingStudySeries,
-              "ImagingStudy.series.instance": ImagingStudySeriesInstance}
+    owners = {
+        "ImagingStudy": ImagingStudy,
+        "ImagingStudy.series": ImagingStudySeries,
+        "ImagingStudy.series.instance": ImagingStudySeriesInstance,
+    }
     for section in ("study", "series", "instance"):
         for row in table[section]:
             owner, name = row["element"].rsplit(".", 1)
@@ -101,15 +128,33 @@ def test_mapping_table_covers_every_reference_row(table: dict[str, Any]) -> None
     """The rows of docs/mapping-reference.md that the table (rather than the merge) fills."""
     elements = {row["element"] for section in ("study", "series", "instance") for row in table[section]}
     expected = {
-        "ImagingStudy.identifier", "ImagingStudy.status", "ImagingStudy.modality", "ImagingStudy.subject",
-        "ImagingStudy.started", "ImagingStudy.referrer", "ImagingStudy.numberOfSeries",
-        "ImagingStudy.numberOfInstances", "ImagingStudy.description", "ImagingStudy.procedureCode",
-        "ImagingStudy.reasonCode", "ImagingStudy.interpreter", "ImagingStudy.location", "ImagingStudy.endpoint",
-        "ImagingStudy.series.uid", "ImagingStudy.series.number", "ImagingStudy.series.modality",
-        "ImagingStudy.series.description", "ImagingStudy.series.numberOfInstances", "ImagingStudy.series.bodySite",
-        "ImagingStudy.series.laterality", "ImagingStudy.series.started", "ImagingStudy.series.performer",
-        "ImagingStudy.series.instance.uid", "ImagingStudy.series.instance.sopClass",
-        "ImagingStudy.series.instance.number", "ImagingStudy.series.instance.title",
+        "ImagingStudy.identifier",
+        "ImagingStudy.status",
+        "ImagingStudy.modality",
+        "ImagingStudy.subject",
+        "ImagingStudy.started",
+        "ImagingStudy.referrer",
+        "ImagingStudy.numberOfSeries",
+        "ImagingStudy.numberOfInstances",
+        "ImagingStudy.description",
+        "ImagingStudy.procedureCode",
+        "ImagingStudy.reasonCode",
+        "ImagingStudy.interpreter",
+        "ImagingStudy.location",
+        "ImagingStudy.endpoint",
+        "ImagingStudy.series.uid",
+        "ImagingStudy.series.number",
+        "ImagingStudy.series.modality",
+        "ImagingStudy.series.description",
+        "ImagingStudy.series.numberOfInstances",
+        "ImagingStudy.series.bodySite",
+        "ImagingStudy.series.laterality",
+        "ImagingStudy.series.started",
+        "ImagingStudy.series.performer",
+        "ImagingStudy.series.instance.uid",
+        "ImagingStudy.series.instance.sopClass",
+        "ImagingStudy.series.instance.number",
+        "ImagingStudy.series.instance.title",
     }
     assert expected <= elements, expected - elements
 
@@ -118,10 +163,21 @@ def test_mapping_table_covers_every_reference_row(table: dict[str, Any]) -> None
 
 
 def test_compile_rows_resolves_keywords_and_transforms() -> None:
-    rows = compile_rows([{"element": "ImagingStudy.started", "transform": "date_time",
-                          "tags": ["StudyDate", "StudyTime", "TimezoneOffsetFromUTC"]},
-                         {"element": "ImagingStudy.identifier", "list": True, "transform": "study_uid_identifier",
-                          "tags": ["StudyInstanceUID"]}])
+    rows = compile_rows(
+        [
+            {
+                "element": "ImagingStudy.started",
+                "transform": "date_time",
+                "tags": ["StudyDate", "StudyTime", "TimezoneOffsetFromUTC"],
+            },
+            {
+                "element": "ImagingStudy.identifier",
+                "list": True,
+                "transform": "study_uid_identifier",
+                "tags": ["StudyInstanceUID"],
+            },
+        ]
+    )
     first, second = rows
     # (element key, append?, transform, tags, args, ...) as the engine's Row documents it
     assert first[:4] == ("started", False, TRANSFORMS["date_time"], ("00080020", "00080030", "00080201"))
@@ -129,15 +185,19 @@ def test_compile_rows_resolves_keywords_and_transforms() -> None:
     assert second[:4] == ("identifier", True, TRANSFORMS["study_uid_identifier"], ("0020000D",))
 
 
-@pytest.mark.parametrize("keyword", ["StudyDat", "studydate", "00080020", "NotADicomKeyword"],
-                         ids=["misspelt", "lower-case", "tag-number", "invented"])
+@pytest.mark.parametrize(
+    "keyword",
+    ["StudyDat", "studydate", "00080020", "NotADicomKeyword"],
+    ids=["misspelt", "lower-case", "tag-number", "invented"],
+)
 def test_compile_rows_unknown_keyword(keyword: str) -> None:
     with pytest.raises(MappingTableError, match=keyword):
         compile_rows([{"element": "ImagingStudy.started", "transform": "date_time", "tags": [keyword]}])
 
 
-@pytest.mark.parametrize("name", ["no_such_transform", "String", "transform", ""],
-                         ids=["invented", "wrong-case", "the-decorator", "empty"])
+@pytest.mark.parametrize(
+    "name", ["no_such_transform", "String", "transform", ""], ids=["invented", "wrong-case", "the-decorator", "empty"]
+)
 def test_compile_rows_unknown_transform(name: str) -> None:
     with pytest.raises(MappingTableError, match=re.escape("ImagingStudy.description")):
         compile_rows([{"element": "ImagingStudy.description", "transform": name, "tags": ["StudyDescription"]}])
@@ -170,8 +230,9 @@ def test_load_mapper_rejects_table_failing_schema(tmp_path: Path, table: dict[st
 def test_load_mapper_rejects_unknown_keyword(tmp_path: Path, table: dict[str, Any]) -> None:
     root = copy_mappings(tmp_path)
     broken = copy.deepcopy(table)
-    broken["series"].append({"element": "ImagingStudy.series.description", "transform": "string",
-                             "tags": ["SeriesDescriptionn"]})
+    broken["series"].append(
+        {"element": "ImagingStudy.series.description", "transform": "string", "tags": ["SeriesDescriptionn"]}
+    )
     (root / "imagingstudy.yaml").write_text(yaml.safe_dump(broken), encoding="utf-8")
     with pytest.raises(MappingTableError, match="SeriesDescriptionn"):
         load_mapper(root)
@@ -200,8 +261,14 @@ def test_annex_l_table_size_and_edition() -> None:
 
 @pytest.mark.parametrize(
     ("term", "code"),
-    [("CHEST", "816094009"), ("ABDOMEN", "818981001"), ("HEAD", "69536005"), ("KNEE", "72696002"),
-     ("BREAST", "76752008"), ("ABDOMENPELVIS", "818982008")],
+    [
+        ("CHEST", "816094009"),
+        ("ABDOMEN", "818981001"),
+        ("HEAD", "69536005"),
+        ("KNEE", "72696002"),
+        ("BREAST", "76752008"),
+        ("ABDOMENPELVIS", "818982008"),
+    ],
 )
 def test_annex_l_table_pinned_codes(term: str, code: str) -> None:
     assert load_terminology().body_sites[term]["code"] == code
@@ -219,8 +286,10 @@ def test_cid33_table_has_specialty_modality(modality: str) -> None:
     cid33 = read_json("terminology/modality-cid33.json")
     assert modality in cid33["codes"]
     assert load_terminology().modalities[modality] == {
-        "system": "http://dicom.nema.org/resources/ontology/DCM", "code": modality,
-        "display": cid33["codes"][modality]}
+        "system": "http://dicom.nema.org/resources/ontology/DCM",
+        "code": modality,
+        "display": cid33["codes"][modality],
+    }
 
 
 def test_cid33_table_matches_pydicom() -> None:
@@ -242,8 +311,14 @@ def test_laterality_table_codes() -> None:
     assert all(c["system"] == "http://snomed.info/sct" for c in laterality.values())
 
 
-@pytest.mark.parametrize(("scheme", "system"), [("SCT", "http://snomed.info/sct"), ("LN", "http://loinc.org"),
-                                                ("DCM", "http://dicom.nema.org/resources/ontology/DCM")])
+@pytest.mark.parametrize(
+    ("scheme", "system"),
+    [
+        ("SCT", "http://snomed.info/sct"),
+        ("LN", "http://loinc.org"),
+        ("DCM", "http://dicom.nema.org/resources/ontology/DCM"),
+    ],
+)
 def test_coding_scheme_table(scheme: str, system: str) -> None:
     assert load_terminology().coding_schemes[scheme] == system
 

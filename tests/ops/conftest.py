@@ -28,8 +28,11 @@ from tests.ops.support import TRUSTS, BuildApp
 @pytest.fixture(scope="session")
 def bolton_patient(manifest: dict[str, Any]) -> dict[str, Any]:
     """A patient with studies at Bolton (and a family name to look for in logs)."""
-    return next(p for p in manifest["patients"]
-                if sum("bolton" in s["trusts"] for s in p["studies"]) >= 2 and p["name"].isascii())
+    return next(
+        p
+        for p in manifest["patients"]
+        if sum("bolton" in s["trusts"] for s in p["studies"]) >= 2 and p["name"].isascii()
+    )
 
 
 @pytest.fixture(scope="session")
@@ -38,8 +41,12 @@ def bolton_archive(demo_data: Path) -> Iterator[FaultProxy]:
     with OrthancServer(aet="BOLTON") as orthanc:
         with requests.Session() as session:
             for path in sorted((demo_data / "bolton").rglob("*.dcm")):
-                reply = session.post(f"{orthanc.url}/instances", data=path.read_bytes(),
-                                     headers={"Content-Type": "application/dicom"}, timeout=60)
+                reply = session.post(
+                    f"{orthanc.url}/instances",
+                    data=path.read_bytes(),
+                    headers={"Content-Type": "application/dicom"},
+                    timeout=60,
+                )
                 assert reply.status_code == 200, reply.text[:200]
         with FaultProxy(orthanc.dicomweb_url) as proxy:
             yield proxy
@@ -55,12 +62,15 @@ def proxy(bolton_archive: FaultProxy) -> Iterator[FaultProxy]:
 
 
 @pytest.fixture(scope="session")
-def small_folders(demo_data: Path, manifest: dict[str, Any], bolton_patient: dict[str, Any],
-                  tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def small_folders(
+    demo_data: Path, manifest: dict[str, Any], bolton_patient: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
     """Folder archives small enough to index in no time: Bolton with the patient's studies, MFT with two."""
     root = tmp_path_factory.mktemp("small-folders")
-    wanted = {"bolton": [s["study_uid"] for s in bolton_patient["studies"] if "bolton" in s["trusts"]],
-              "mft": sorted(p.name for p in (demo_data / "mft").iterdir() if p.is_dir())[:2]}
+    wanted = {
+        "bolton": [s["study_uid"] for s in bolton_patient["studies"] if "bolton" in s["trusts"]],
+        "mft": sorted(p.name for p in (demo_data / "mft").iterdir() if p.is_dir())[:2],
+    }
     for trust, studies in wanted.items():
         for study in studies:
             shutil.copytree(demo_data / trust / study, root / trust / study)
@@ -85,8 +95,9 @@ def build_app(ops_document: dict[str, Any], demo_data: Path) -> Iterator[BuildAp
     """build_app(ops={...}, federation={...}, bolton={archive settings}, mft={...}) -> a new facade app."""
     built: list[Flask] = []
 
-    def build(ops: dict[str, Any] | None = None, federation: dict[str, Any] | None = None,
-              **archives: dict[str, Any]) -> Flask:
+    def build(
+        ops: dict[str, Any] | None = None, federation: dict[str, Any] | None = None, **archives: dict[str, Any]
+    ) -> Flask:
         doc = copy.deepcopy(ops_document)
         doc["ops"] = ops or {}
         for trust in doc["trusts"]:

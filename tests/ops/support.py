@@ -35,8 +35,11 @@ def bearer(app: Flask, scope: str = "system/*.rs", client: str = "portal") -> di
 
 def scrape(text: str) -> Samples:
     """Every sample of a Prometheus text exposition, keyed by name and labels."""
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def sample(samples: Samples, name: str, **labels: str) -> float:

@@ -42,9 +42,27 @@ def server(ops_document: dict[str, Any], demo_data: Path, tmp_path: Path) -> Ite
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FACADE_", "PROMETHEUS_"))}
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "app", "serve", "--config", str(config), "--port", str(port),
-                                    "--workers", "2", "--threads", "4"],
-                                   cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "app",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+                "--threads",
+                "4",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv(BASE_URL_ENV, raising=False)
         patch.delenv(CURSOR_SECRET_ENV, raising=False)
@@ -80,8 +98,12 @@ def _ready_workers(log_path: Path) -> set[int]:
 
 def _multiprocess_dirs(log_path: Path) -> set[str]:
     """The folder each worker said it writes its metrics to."""
-    return {m.group(1) for m in re.finditer(r'"message":"facade ready[^"]*metrics multiprocess in ([^ ,"]+)',
-                                             log_path.read_text(errors="replace"))}
+    return {
+        m.group(1)
+        for m in re.finditer(
+            r'"message":"facade ready[^"]*metrics multiprocess in ([^ ,"]+)', log_path.read_text(errors="replace")
+        )
+    }
 
 
 def test_serve_two_workers_metrics_add_up(server):
@@ -116,9 +138,12 @@ def test_serve_two_workers_metrics_add_up(server):
 def test_serve_logs_json_lines_without_patient_data(server, bolton_patient):
     base, log = server["base"], server["log"]
     nhs = bolton_patient["nhs_number"]
-    response = requests.get(f"{base}/fhir/ImagingStudy", timeout=60,
-                            params={"patient.identifier": f"{NHS}|{nhs}", "_include": "ImagingStudy:patient"},
-                            headers={**server["auth"], "X-Request-ID": "gunicorn-search-1"})
+    response = requests.get(
+        f"{base}/fhir/ImagingStudy",
+        timeout=60,
+        params={"patient.identifier": f"{NHS}|{nhs}", "_include": "ImagingStudy:patient"},
+        headers={**server["auth"], "X-Request-ID": "gunicorn-search-1"},
+    )
     assert response.status_code == 200
     assert response.headers["X-Request-ID"] == "gunicorn-search-1"
     assert nhs in response.text

@@ -66,16 +66,22 @@ def test_readyz_folder_removed_reports_archive_down(build_app, small_folders, tm
     shutil.rmtree(folder)
     status, report = _readyz(app)
     assert status == 200  # archives_required: any; mft still answers
-    assert report["archives"]["bolton"] == {"type": "folder", "reachable": False, "circuit": "closed",
-                                            "reason": "folder missing", "available": False}
+    assert report["archives"]["bolton"] == {
+        "type": "folder",
+        "reachable": False,
+        "circuit": "closed",
+        "reason": "folder missing",
+        "available": False,
+    }
     assert report["archives"]["mft"]["available"] is True
 
 
 def test_readyz_all_required_and_one_folder_removed_is_503(build_app, small_folders, tmp_path):
     folder = tmp_path / "bolton"
     shutil.copytree(small_folders["bolton"], folder)
-    app = build_app(bolton={"type": "folder", "path": str(folder)},
-                    ops={"readiness": {"cache_s": 0, "archives_required": "all"}})
+    app = build_app(
+        bolton={"type": "folder", "path": str(folder)}, ops={"readiness": {"cache_s": 0, "archives_required": "all"}}
+    )
     assert _readyz(app)[0] == 200
     shutil.rmtree(folder)
     status, report = _readyz(app)
@@ -89,8 +95,13 @@ def test_readyz_dicomweb_archive_reset_reports_it_unreachable(build_app, proxy: 
     proxy.set_fault("reset")
     status, report = _readyz(app)
     assert status == 200
-    assert report["archives"]["bolton"] == {"type": "dicomweb", "reachable": False, "circuit": "closed",
-                                            "reason": "connection refused or reset", "available": False}
+    assert report["archives"]["bolton"] == {
+        "type": "dicomweb",
+        "reachable": False,
+        "circuit": "closed",
+        "reason": "connection refused or reset",
+        "available": False,
+    }
     proxy.set_fault("none")
     assert _readyz(app)[1]["archives"]["bolton"]["reachable"] is True
 
@@ -98,8 +109,9 @@ def test_readyz_dicomweb_archive_reset_reports_it_unreachable(build_app, proxy: 
 def test_readyz_no_archive_available_is_503(build_app, proxy: FaultProxy, small_folders, tmp_path):
     folder = tmp_path / "mft"
     shutil.copytree(small_folders["mft"], folder)
-    app = build_app(bolton=dicomweb(proxy), mft={"type": "folder", "path": str(folder)},
-                    ops={"readiness": {"cache_s": 0}})
+    app = build_app(
+        bolton=dicomweb(proxy), mft={"type": "folder", "path": str(folder)}, ops={"readiness": {"cache_s": 0}}
+    )
     shutil.rmtree(folder)
     proxy.set_fault("reset")
     status, report = _readyz(app)
@@ -111,14 +123,25 @@ def test_readyz_reports_open_circuit(build_app, proxy: FaultProxy, bolton_patien
     app = build_app(bolton=dicomweb(proxy), ops={"readiness": {"cache_s": 0, "archives_required": "all"}})
     # One 503 with Retry-After opens the circuit for that long; the probe afterwards goes through.
     proxy.set_fault("status", code=503, headers={"Retry-After": "600"}, times=1, only="/studies")
-    search = app.test_client().get("/fhir/ImagingStudy", headers=bearer(app),
-                                   query_string={"patient.identifier": f"{NHS}|{bolton_patient['nhs_number']}"})
+    search = app.test_client().get(
+        "/fhir/ImagingStudy",
+        headers=bearer(app),
+        query_string={"patient.identifier": f"{NHS}|{bolton_patient['nhs_number']}"},
+    )
     assert search.status_code == 200
-    assert any(i["code"] == "incomplete" for e in search.get_json()["entry"] if e["search"]["mode"] == "outcome"
-               for i in e["resource"]["issue"])
+    assert any(
+        i["code"] == "incomplete"
+        for e in search.get_json()["entry"]
+        if e["search"]["mode"] == "outcome"
+        for i in e["resource"]["issue"]
+    )
     status, report = _readyz(app)
-    assert report["archives"]["bolton"] == {"type": "dicomweb", "reachable": True, "circuit": "open",
-                                            "available": False}
+    assert report["archives"]["bolton"] == {
+        "type": "dicomweb",
+        "reachable": True,
+        "circuit": "open",
+        "available": False,
+    }
     assert status == 503  # archives_required: all
 
 
@@ -143,11 +166,23 @@ def test_readyz_audit_store_not_writable_is_503(build_app):
 
 def test_readyz_dimse_archive_c_echo(build_app):
     with DcmqrscpServer(aet="LEGACYPACS") as server:
-        app = build_app(bolton={"type": "dimse", "host": server.host, "port": server.port,
-                                "called_aet": server.aet, "calling_aet": "GMFACADE", "timeout_s": 3},
-                        ops={"readiness": {"cache_s": 0}})
-        assert _readyz(app)[1]["archives"]["bolton"] == {"type": "dimse", "reachable": True, "circuit": "closed",
-                                                         "available": True}
+        app = build_app(
+            bolton={
+                "type": "dimse",
+                "host": server.host,
+                "port": server.port,
+                "called_aet": server.aet,
+                "calling_aet": "GMFACADE",
+                "timeout_s": 3,
+            },
+            ops={"readiness": {"cache_s": 0}},
+        )
+        assert _readyz(app)[1]["archives"]["bolton"] == {
+            "type": "dimse",
+            "reachable": True,
+            "circuit": "closed",
+            "available": True,
+        }
     report = _readyz(app)[1]  # the archive has stopped
     assert report["archives"]["bolton"]["reachable"] is False
     assert report["archives"]["bolton"]["reason"] == "connection refused or unreachable"
@@ -155,8 +190,11 @@ def test_readyz_dimse_archive_c_echo(build_app):
 
 def test_readyz_reveals_no_patient_data_or_archive_address(build_app, proxy: FaultProxy, bolton_patient):
     app = build_app(bolton=dicomweb(proxy))
-    app.test_client().get("/fhir/ImagingStudy", headers=bearer(app),
-                          query_string={"patient.identifier": f"{NHS}|{bolton_patient['nhs_number']}"})
+    app.test_client().get(
+        "/fhir/ImagingStudy",
+        headers=bearer(app),
+        query_string={"patient.identifier": f"{NHS}|{bolton_patient['nhs_number']}"},
+    )
     text = app.test_client().get("/readyz").get_data(as_text=True)
     assert bolton_patient["nhs_number"] not in text
     assert str(proxy.port) not in text and "127.0.0.1" not in text

@@ -32,8 +32,11 @@ def _lines(text: str) -> list[dict[str, Any]]:
 
 
 def _search(app: Any, nhs_number: str, **headers: str) -> Any:
-    return app.test_client().get("/fhir/ImagingStudy", headers={**bearer(app), **headers},
-                                 query_string={"patient.identifier": f"{NHS}|{nhs_number}"})
+    return app.test_client().get(
+        "/fhir/ImagingStudy",
+        headers={**bearer(app), **headers},
+        query_string={"patient.identifier": f"{NHS}|{nhs_number}"},
+    )
 
 
 @pytest.fixture
@@ -92,8 +95,10 @@ def test_request_id_sent_to_the_archive_from_fan_out_threads(build_app, proxy: F
     response = _search(app, bolton_patient["nhs_number"], **{"X-Request-ID": "trace-0042"})
     assert response.status_code == 200
     assert response.headers["X-Request-ID"] == "trace-0042"
-    sent = [(target, headers.get("X-Request-ID")) for (_m, target), headers
-            in zip(proxy.requests, proxy.request_headers, strict=True)]
+    sent = [
+        (target, headers.get("X-Request-ID"))
+        for (_m, target), headers in zip(proxy.requests, proxy.request_headers, strict=True)
+    ]
     assert {t.split("?")[0] for t, _ in sent} == {"/dicom-web/studies", "/dicom-web/series"}
     assert all(value == "trace-0042" for _t, value in sent), sent
 
@@ -166,14 +171,17 @@ def test_access_log_line_is_json_with_the_request_fields(build_app, capsys, bolt
     line = access[0]
     assert set(line) >= {"time", "level", "logger", "message", "request_id", "method", "route", "status", "duration_ms"}
     assert line["request_id"] == response.headers["X-Request-ID"]
-    assert (line["method"], line["route"], line["status"], line["level"]) == \
-        ("GET", "/fhir/Patient/<patient_id>", 200, "INFO")
+    assert (line["method"], line["route"], line["status"], line["level"]) == (
+        "GET",
+        "/fhir/Patient/<patient_id>",
+        200,
+        "INFO",
+    )
     assert line["time"].endswith("Z") and isinstance(line["duration_ms"], float)
     assert "path" not in line and "query" not in line
 
 
-def test_patient_search_logs_no_nhs_number_or_name(build_app, proxy: FaultProxy, capsys, raw_records,
-                                                   bolton_patient):
+def test_patient_search_logs_no_nhs_number_or_name(build_app, proxy: FaultProxy, capsys, raw_records, bolton_patient):
     nhs = bolton_patient["nhs_number"]
     family = bolton_patient["name"].split("^")[0]
     app = build_app(bolton=dicomweb(proxy), ops={"log_level": "DEBUG"})
@@ -185,7 +193,7 @@ def test_patient_search_logs_no_nhs_number_or_name(build_app, proxy: FaultProxy,
     logged = capsys.readouterr().err
     assert len([line for line in _lines(logged) if line["logger"] == "app.access"]) == 2
     assert nhs in raw_records.getvalue()  # the upstream request lines named the patient...
-    assert nhs not in logged              # ...and none of them reached the log
+    assert nhs not in logged  # ...and none of them reached the log
     assert family.casefold() not in logged.casefold()
 
 
@@ -216,13 +224,19 @@ def test_exceptions_logged_with_traceback_and_request_id(build_app, capsys):
     assert "943 476 5919" not in errors[0]["exception"]
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("patient 9434765919 found", "patient [nhs-number] found"),
-    ("patient 943 476 5919 found", "patient [nhs-number] found"),
-    ("patient=https://fhir.nhs.uk/Id/nhs-number|9434765919", "patient=https://fhir.nhs.uk/Id/nhs-number|[nhs-number]"),
-    ("9434765918 fails its check digit", "9434765918 fails its check digit"),
-    ("study 1.2.826.0.1.9434765919.5", "study 1.2.826.0.1.9434765919.5"),
-    ("12345678901 has eleven digits", "12345678901 has eleven digits"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("patient 9434765919 found", "patient [nhs-number] found"),
+        ("patient 943 476 5919 found", "patient [nhs-number] found"),
+        (
+            "patient=https://fhir.nhs.uk/Id/nhs-number|9434765919",
+            "patient=https://fhir.nhs.uk/Id/nhs-number|[nhs-number]",
+        ),
+        ("9434765918 fails its check digit", "9434765918 fails its check digit"),
+        ("study 1.2.826.0.1.9434765919.5", "study 1.2.826.0.1.9434765919.5"),
+        ("12345678901 has eleven digits", "12345678901 has eleven digits"),
+    ],
+)
 def test_redact_masks_valid_nhs_numbers_only(text, expected):
     assert redact(text) == expected

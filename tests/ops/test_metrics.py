@@ -24,8 +24,9 @@ def _metrics(app: Any) -> Samples:
 
 
 def _search(app: Any, nhs_number: str) -> Any:
-    response = app.test_client().get("/fhir/ImagingStudy", headers=bearer(app),
-                                     query_string={"patient.identifier": f"{NHS}|{nhs_number}"})
+    response = app.test_client().get(
+        "/fhir/ImagingStudy", headers=bearer(app), query_string={"patient.identifier": f"{NHS}|{nhs_number}"}
+    )
     assert response.status_code == 200
     return response.get_json()
 
@@ -45,15 +46,18 @@ def test_metrics_refused_to_other_addresses_with_operation_outcome(build_app):
     assert b"facade_" not in response.data
 
 
-@pytest.mark.parametrize(("allow", "address", "status"), [
-    (["10.0.0.0/8"], "10.20.30.40", 200),
-    (["10.0.0.0/8"], "127.0.0.1", 403),
-    (["192.0.2.7"], "192.0.2.7", 200),
-    (["192.0.2.7"], "192.0.2.8", 403),
-    (["2001:db8::/32"], "2001:db8::1", 200),
-    (["127.0.0.0/8"], "::ffff:127.0.0.1", 200),
-    ([], "127.0.0.1", 403),
-])
+@pytest.mark.parametrize(
+    ("allow", "address", "status"),
+    [
+        (["10.0.0.0/8"], "10.20.30.40", 200),
+        (["10.0.0.0/8"], "127.0.0.1", 403),
+        (["192.0.2.7"], "192.0.2.7", 200),
+        (["192.0.2.7"], "192.0.2.8", 403),
+        (["2001:db8::/32"], "2001:db8::1", 200),
+        (["127.0.0.0/8"], "::ffff:127.0.0.1", 200),
+        ([], "127.0.0.1", 403),
+    ],
+)
 def test_metrics_allow_list(build_app, allow, address, status):
     app = build_app(ops={"metrics_allow": allow})
     assert app.test_client().get("/metrics", environ_base={"REMOTE_ADDR": address}).status_code == status
@@ -76,14 +80,20 @@ def test_metrics_count_requests_by_url_rule_not_raw_path(build_app, bolton_patie
     route = "/fhir/Patient/<patient_id>"
     for status in ("200", "404"):
         labels = {"method": "GET", "route": route, "status": status}
-        assert sample(after, "facade_http_requests_total", **labels) \
+        assert (
+            sample(after, "facade_http_requests_total", **labels)
             == sample(before, "facade_http_requests_total", **labels) + 1
+        )
     unmatched = {"method": "GET", "route": "<unmatched>", "status": "404"}
-    assert sample(after, "facade_http_requests_total", **unmatched) \
+    assert (
+        sample(after, "facade_http_requests_total", **unmatched)
         == sample(before, "facade_http_requests_total", **unmatched) + 1
+    )
     latency = {"method": "GET", "route": route}
-    assert sample(after, "facade_http_request_duration_seconds_count", **latency) \
+    assert (
+        sample(after, "facade_http_request_duration_seconds_count", **latency)
         == sample(before, "facade_http_request_duration_seconds_count", **latency) + 2
+    )
     text = app.test_client().get("/metrics").get_data(as_text=True)
     assert nhs not in text and "9434765919" not in text
 
@@ -95,25 +105,36 @@ def test_metrics_archive_latency_and_errors_per_archive(build_app, proxy: FaultP
     _search(app, nhs)
     proxy.set_fault("reset")
     bundle = _search(app, nhs)
-    assert any("bolton" in i["diagnostics"] for e in bundle["entry"] if e["search"]["mode"] == "outcome"
-               for i in e["resource"]["issue"])
+    assert any(
+        "bolton" in i["diagnostics"]
+        for e in bundle["entry"]
+        if e["search"]["mode"] == "outcome"
+        for i in e["resource"]["issue"]
+    )
     # The answer may leave as soon as one of Bolton's two requests fails: wait for the other one.
     for trust in app.extensions["facade"].federation.trusts:
         trust.pool.shutdown(wait=True)
     after = _metrics(app)
     for operation in ("find_studies", "find_series"):
         labels = {"archive": "bolton", "operation": operation}
-        assert sample(after, "facade_archive_request_duration_seconds_count", **labels) \
+        assert (
+            sample(after, "facade_archive_request_duration_seconds_count", **labels)
             == sample(before, "facade_archive_request_duration_seconds_count", **labels) + 2
-    errors = sum(sample(after, "facade_archive_errors_total", archive="bolton", operation=op, kind="error")
-                 - sample(before, "facade_archive_errors_total", archive="bolton", operation=op, kind="error")
-                 for op in ("find_studies", "find_series"))
+        )
+    errors = sum(
+        sample(after, "facade_archive_errors_total", archive="bolton", operation=op, kind="error")
+        - sample(before, "facade_archive_errors_total", archive="bolton", operation=op, kind="error")
+        for op in ("find_studies", "find_series")
+    )
     assert errors == 2  # the reset search: its studies and its series request
     mft = {"archive": "mft", "operation": "find_studies"}
-    assert sample(after, "facade_archive_request_duration_seconds_count", **mft) \
+    assert (
+        sample(after, "facade_archive_request_duration_seconds_count", **mft)
         == sample(before, "facade_archive_request_duration_seconds_count", **mft) + 2
-    assert sample(after, "facade_archive_errors_total", archive="mft", operation="find_studies", kind="error") \
-        == sample(before, "facade_archive_errors_total", archive="mft", operation="find_studies", kind="error")
+    )
+    assert sample(
+        after, "facade_archive_errors_total", archive="mft", operation="find_studies", kind="error"
+    ) == sample(before, "facade_archive_errors_total", archive="mft", operation="find_studies", kind="error")
 
 
 def test_metrics_archive_retry_later_counted_and_circuit_open(build_app, proxy: FaultProxy, bolton_patient):
@@ -124,8 +145,10 @@ def test_metrics_archive_retry_later_counted_and_circuit_open(build_app, proxy: 
     _search(app, bolton_patient["nhs_number"])
     after = _metrics(app)
     labels = {"archive": "bolton", "operation": "find_studies", "kind": "retry_later"}
-    assert sample(after, "facade_archive_errors_total", **labels) \
+    assert (
+        sample(after, "facade_archive_errors_total", **labels)
         == sample(before, "facade_archive_errors_total", **labels) + 1
+    )
     assert sample(after, "facade_archive_circuit_state", archive="bolton") == 2  # open
     assert sample(after, "facade_archive_circuit_state", archive="mft") == 0
 
@@ -140,10 +163,16 @@ def test_metrics_cache_hits_and_misses(build_app, proxy: FaultProxy, bolton_pati
     assert [e["resource"]["id"] for e in first["entry"]] == [e["resource"]["id"] for e in second["entry"]]
     after = _metrics(app)
     for archive in ("bolton", "mft"):
-        assert sample(after, "facade_archive_cache_misses_total", archive=archive) \
-            == sample(before, "facade_archive_cache_misses_total", archive=archive) + 2  # studies, series
-        assert sample(after, "facade_archive_cache_hits_total", archive=archive) \
+        assert (
+            sample(after, "facade_archive_cache_misses_total", archive=archive)
+            == sample(before, "facade_archive_cache_misses_total", archive=archive) + 2
+        )  # studies, series
+        assert (
+            sample(after, "facade_archive_cache_hits_total", archive=archive)
             == sample(before, "facade_archive_cache_hits_total", archive=archive) + 2
+        )
     calls = {"archive": "bolton", "operation": "find_studies"}
-    assert sample(after, "facade_archive_request_duration_seconds_count", **calls) \
-        == sample(before, "facade_archive_request_duration_seconds_count", **calls) + 1  # hits are not upstream calls
+    assert (
+        sample(after, "facade_archive_request_duration_seconds_count", **calls)
+        == sample(before, "facade_archive_request_duration_seconds_count", **calls) + 1
+    )  # hits are not upstream calls

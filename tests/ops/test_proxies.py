@@ -31,18 +31,28 @@ def test_one_trusted_proxy_the_client_address_comes_from_it(build_app):
 def test_rate_limit_by_forwarded_address(build_app):
     client = build_app(ops={"trusted_proxies": 1, "rate_limit": {"requests_per_minute": 1, "burst": 2}}).test_client()
     first = {"X-Forwarded-For": "192.0.2.10"}
-    assert [client.get("/fhir/metadata", headers=first, environ_base=BALANCER).status_code
-            for _ in range(3)] == [200, 200, 429]
-    assert client.get("/fhir/metadata", headers={"X-Forwarded-For": "192.0.2.11"},
-                      environ_base=BALANCER).status_code == 200  # another client behind the same balancer
+    assert [client.get("/fhir/metadata", headers=first, environ_base=BALANCER).status_code for _ in range(3)] == [
+        200,
+        200,
+        429,
+    ]
+    assert (
+        client.get("/fhir/metadata", headers={"X-Forwarded-For": "192.0.2.11"}, environ_base=BALANCER).status_code
+        == 200
+    )  # another client behind the same balancer
 
 
 def test_audit_records_the_forwarded_address(build_app):
     app = build_app(ops={"trusted_proxies": 1})
     client = app.test_client()
-    assert client.get("/fhir/Organization", headers={**bearer(app), "X-Forwarded-For": "198.51.100.7"},
-                      environ_base=BALANCER).status_code == 200
-    events = client.get("/fhir/AuditEvent?_sort=-date&_count=5",
-                        headers=bearer(app, "system/AuditEvent.rs")).get_json()["entry"]
+    assert (
+        client.get(
+            "/fhir/Organization", headers={**bearer(app), "X-Forwarded-For": "198.51.100.7"}, environ_base=BALANCER
+        ).status_code
+        == 200
+    )
+    events = client.get(
+        "/fhir/AuditEvent?_sort=-date&_count=5", headers=bearer(app, "system/AuditEvent.rs")
+    ).get_json()["entry"]
     addresses = [a.get("network", {}).get("address") for e in events for a in e["resource"]["agent"]]
     assert "198.51.100.7" in addresses

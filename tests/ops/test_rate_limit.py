@@ -80,8 +80,10 @@ def test_rate_limit_refused_tokens_count_against_their_address(build_app):
     app = build_app(ops={"rate_limit": SLOW})
     client, bad = app.test_client(), {"Authorization": "Bearer not.a.token"}
     here = {"REMOTE_ADDR": "192.0.2.20"}
-    assert [client.get("/fhir/ImagingStudy", headers=bad, environ_base=here).status_code
-            for _ in range(2)] == [401, 401]
+    assert [client.get("/fhir/ImagingStudy", headers=bad, environ_base=here).status_code for _ in range(2)] == [
+        401,
+        401,
+    ]
     _refused(client.get("/fhir/ImagingStudy", headers=bad, environ_base=here))
     # A valid token from the same address is the client's own bucket, untouched.
     assert client.get("/fhir/Organization", headers=bearer(app), environ_base=here).status_code == 200
@@ -116,11 +118,15 @@ def test_rate_limit_refusals_counted_in_metrics(build_app):
     for _ in range(4):
         client.get("/fhir/Organization", headers=auth)
     after = scrape(client.get("/metrics").get_data(as_text=True))
-    assert sample(after, "facade_rate_limited_total", key="client") \
+    assert (
+        sample(after, "facade_rate_limited_total", key="client")
         == sample(before, "facade_rate_limited_total", key="client") + 2
+    )
     labels = {"method": "GET", "route": "/fhir/Organization", "status": "429"}
-    assert sample(after, "facade_http_requests_total", **labels) \
+    assert (
+        sample(after, "facade_http_requests_total", **labels)
         == sample(before, "facade_http_requests_total", **labels) + 2
+    )
 
 
 def test_rate_limit_default_burst_is_ten_seconds_of_requests(ops_document, demo_data):

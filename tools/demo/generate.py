@@ -81,9 +81,7 @@ TRUSTS: tuple[Trust, ...] = (
     Trust("mft", "R0A", "Manchester University NHS Foundation Trust", "nhs"),
     Trust("stockport", "RWJ", "Stockport NHS Foundation Trust", "xref"),
     Trust("wwl", "RRF", "Wrightington, Wigan and Leigh NHS Foundation Trust", "nhs"),
-    Trust(
-        "tameside", "RMP", "Tameside and Glossop Integrated Care NHS Foundation Trust", "xref"
-    ),
+    Trust("tameside", "RMP", "Tameside and Glossop Integrated Care NHS Foundation Trust", "xref"),
     Trust("salford", "RM3", "Northern Care Alliance NHS Foundation Trust (Salford Royal)", "nhs"),
     Trust("pennine", "RW6", "Northern Care Alliance NHS Foundation Trust (Pennine Acute)", "nhs"),
 )
@@ -131,26 +129,16 @@ _SITES: dict[str, _Site] = {
     "mft": _Site("Manchester Royal Infirmary", "Oxford Road, Manchester, M13 9WL"),
     "stockport": _Site("Stepping Hill Hospital", "Poplar Grove, Hazel Grove, Stockport, SK2 7JE"),
     "wwl": _Site("Royal Albert Edward Infirmary", "Wigan Lane, Wigan, WN1 2NN"),
-    "tameside": _Site(
-        "Tameside General Hospital", "Fountain Street, Ashton-under-Lyne, OL6 9RW"
-    ),
+    "tameside": _Site("Tameside General Hospital", "Fountain Street, Ashton-under-Lyne, OL6 9RW"),
     "salford": _Site("Salford Royal Hospital", "Stott Lane, Salford, M6 8HD"),
     "pennine": _Site("The Royal Oldham Hospital", "Rochdale Road, Oldham, OL1 2JH"),
 }
 # Specialist work happens at a different hospital of the same trust.
 _SITE_OVERRIDES: dict[tuple[str, str], _Site] = {
-    ("mft", "Ophthalmology"): _Site(
-        "Manchester Royal Eye Hospital", "Oxford Road, Manchester, M13 9WL"
-    ),
-    ("mft", "Cardiology"): _Site(
-        "Wythenshawe Hospital", "Southmoor Road, Wythenshawe, Manchester, M23 9LT"
-    ),
-    ("wwl", "Orthopaedic Imaging"): _Site(
-        "Wrightington Hospital", "Hall Lane, Appley Bridge, Wigan, WN6 9EP"
-    ),
-    ("pennine", "Endoscopy Unit"): _Site(
-        "Fairfield General Hospital", "Rochdale Old Road, Bury, BL9 7TD"
-    ),
+    ("mft", "Ophthalmology"): _Site("Manchester Royal Eye Hospital", "Oxford Road, Manchester, M13 9WL"),
+    ("mft", "Cardiology"): _Site("Wythenshawe Hospital", "Southmoor Road, Wythenshawe, Manchester, M23 9LT"),
+    ("wwl", "Orthopaedic Imaging"): _Site("Wrightington Hospital", "Hall Lane, Appley Bridge, Wigan, WN6 9EP"),
+    ("pennine", "Endoscopy Unit"): _Site("Fairfield General Hospital", "Rochdale Old Road, Bury, BL9 7TD"),
 }
 
 
@@ -219,171 +207,315 @@ _S = _SeriesSpec
 # trusts do with NICIP-style codes.
 _TEMPLATES: tuple[_Template, ...] = (
     _Template(
-        "ct_cap", "CT Chest Abdomen Pelvis with contrast", "Radiology",
-        (_S("CT", "Topogram", 1), _S("CT", "Axial 5mm portal venous", 3),
-         _S("CT", "Coronal 3mm", 1)),
-        ("Staging colorectal carcinoma", "Unexplained weight loss ? malignancy",
-         "Follow-up lymphoma post chemotherapy", "Raised CA-125"),
-        "CCAPC", ("CHESTABDPELVIS",), weight=3,
+        "ct_cap",
+        "CT Chest Abdomen Pelvis with contrast",
+        "Radiology",
+        (_S("CT", "Topogram", 1), _S("CT", "Axial 5mm portal venous", 3), _S("CT", "Coronal 3mm", 1)),
+        (
+            "Staging colorectal carcinoma",
+            "Unexplained weight loss ? malignancy",
+            "Follow-up lymphoma post chemotherapy",
+            "Raised CA-125",
+        ),
+        "CCAPC",
+        ("CHESTABDPELVIS",),
+        weight=3,
     ),
     _Template(
-        "ct_head", "CT Head without contrast", "Radiology",
+        "ct_head",
+        "CT Head without contrast",
+        "Radiology",
         (_S("CT", "Head axial 5mm", 2), _S("CT", "Head bone window", 1)),
-        ("Fall on anticoagulants", "Sudden onset headache", "Acute confusion",
-         "Suspected stroke"),
-        "CHEAD", ("HEAD",), ("LN", "24725-4", "CT Head"), _ACUTE, weight=3,
+        ("Fall on anticoagulants", "Sudden onset headache", "Acute confusion", "Suspected stroke"),
+        "CHEAD",
+        ("HEAD",),
+        ("LN", "24725-4", "CT Head"),
+        _ACUTE,
+        weight=3,
     ),
     _Template(
-        "ct_chest", "CT Chest", "Radiology",
+        "ct_chest",
+        "CT Chest",
+        "Radiology",
         (_S("CT", "Axial lung 1mm", 2), _S("CT", "Axial mediastinum 3mm", 1)),
         ("Lung nodule surveillance", "Haemoptysis", "Interstitial lung disease"),
-        "CCHES", ("CHEST",), ("LN", "24627-2", "CT Chest"), weight=2,
-    ),
-    _Template(
-        "mr_knee", "MRI Knee {side}", "Radiology",
-        (_S("MR", "PD FS sagittal", 2, "study"), _S("MR", "T1 coronal", 1, "study"),
-         _S("MR", "PD FS axial", 1, "study"), _S("KO", "Key images")),
-        ("Locking and giving way ? meniscal tear", "Sports injury ? ACL rupture",
-         "Persistent knee pain"),
-        "MKNEE", ("KNEE",), None, _ACUTE, sided=True, weight=2,
-    ),
-    _Template(
-        "mr_brain", "MRI Head", "Radiology",
-        (_S("MR", "T2 axial", 2), _S("MR", "FLAIR axial", 1), _S("MR", "DWI", 1)),
-        ("Multiple sclerosis follow-up", "Headache with red flags",
-         "Seizure ? structural cause"),
-        "MHEAD", ("HEAD",), weight=2,
-    ),
-    _Template(
-        "mr_lspine", "MRI Lumbar Spine", "Radiology",
-        (_S("MR", "T2 sagittal", 2), _S("MR", "T1 sagittal", 1), _S("MR", "T2 axial", 1)),
-        ("Sciatica ? disc prolapse", "Back pain with red flags", "Cauda equina symptoms"),
-        "MSPIL", ("LSPINE",), None, _ACUTE, weight=2,
-    ),
-    _Template(
-        "mr_prostate", "MRI Prostate multiparametric", "Radiology",
-        (_S("MR", "T2 axial", 1), _S("MR", "DWI b1400", 1), _S("MR", "DCE", 1)),
-        ("Raised PSA",), "MPROS", ("PROSTATE",), None,
-        ("mft", "salford", "stockport", "christie", "bolton"), sex="M", ages=(45, 90),
-    ),
-    _Template(
-        "cr_chest", "XR Chest PA", "Radiology", (_S("CR", "PA", 1, views=("PA",)),),
-        ("Cough more than 3 weeks", "Pre-operative assessment", "Shortness of breath",
-         "Suspected pneumonia"),
-        "XCHES", ("CHEST",), weight=4,
-    ),
-    _Template(
-        "dx_hip", "XR Hip {side}", "Orthopaedic Imaging",
-        (_S("DX", "AP pelvis and lateral hip", 2, "study", ("AP", "LL")),
-         _S("PR", "Orthopaedic templating")),
-        ("Hip pain ? osteoarthritis", "Post-operative total hip replacement check",
-         "Fall ? neck of femur fracture"),
-        "XHIP", ("HIP",), None, _ACUTE, sided=True, weight=2,
-    ),
-    _Template(
-        "dx_knees", "XR Knees bilateral standing", "Radiology",
-        (_S("DX", "AP standing both knees", 1, "B", ("AP",)),),
-        ("Bilateral knee pain ? osteoarthritis",), "XKNEB", ("KNEE",), None, _ACUTE,
-    ),
-    _Template(
-        "mg_screen", "Mammogram bilateral screening", "Breast Screening",
-        (_S("MG", "R CC and MLO", 2, "R", ("CC", "MLO")),
-         _S("MG", "L CC and MLO", 2, "L", ("CC", "MLO"))),
-        ("NHS Breast Screening Programme routine recall",), "XMAMB", ("BREAST",),
-        ("SCT", "24623002", "Screening mammography"), _ACUTE, sex="F", ages=(50, 71),
+        "CCHES",
+        ("CHEST",),
+        ("LN", "24627-2", "CT Chest"),
         weight=2,
     ),
     _Template(
-        "nm_bone", "NM Bone Scan Whole Body", "Nuclear Medicine",
-        (_S("NM", "Whole body anterior and posterior", 2),),
-        ("Prostate cancer staging", "Breast cancer ? bone metastases",
-         "Bone pain ? metastatic disease"),
-        "NBONW", ("WHOLEBODY",), None, ("christie", "mft", "salford", "bolton", "pennine"),
+        "mr_knee",
+        "MRI Knee {side}",
+        "Radiology",
+        (
+            _S("MR", "PD FS sagittal", 2, "study"),
+            _S("MR", "T1 coronal", 1, "study"),
+            _S("MR", "PD FS axial", 1, "study"),
+            _S("KO", "Key images"),
+        ),
+        ("Locking and giving way ? meniscal tear", "Sports injury ? ACL rupture", "Persistent knee pain"),
+        "MKNEE",
+        ("KNEE",),
+        None,
+        _ACUTE,
+        sided=True,
+        weight=2,
     ),
     _Template(
-        "pet_fdg", "PET-CT FDG Half Body", "Nuclear Medicine",
-        (_S("CT", "CT attenuation correction", 1), _S("PT", "PET AC", 2),
-         _S("SEG", "Tumour segmentation")),
-        ("Lymphoma staging", "Lung cancer staging", "Response assessment post chemotherapy"),
-        "NPETH", ("WHOLEBODY",), None, ("christie",), weight=3,
+        "mr_brain",
+        "MRI Head",
+        "Radiology",
+        (_S("MR", "T2 axial", 2), _S("MR", "FLAIR axial", 1), _S("MR", "DWI", 1)),
+        ("Multiple sclerosis follow-up", "Headache with red flags", "Seizure ? structural cause"),
+        "MHEAD",
+        ("HEAD",),
+        weight=2,
     ),
     _Template(
-        "us_abdo", "US Abdomen", "Radiology", (_S("US", "Abdomen", 2),),
-        ("Right upper quadrant pain ? gallstones", "Deranged liver function tests",
-         "Abdominal mass"),
-        "UABDO", ("ABDOMEN",), None, _ACUTE, weight=3,
+        "mr_lspine",
+        "MRI Lumbar Spine",
+        "Radiology",
+        (_S("MR", "T2 sagittal", 2), _S("MR", "T1 sagittal", 1), _S("MR", "T2 axial", 1)),
+        ("Sciatica ? disc prolapse", "Back pain with red flags", "Cauda equina symptoms"),
+        "MSPIL",
+        ("LSPINE",),
+        None,
+        _ACUTE,
+        weight=2,
     ),
     _Template(
-        "echo", "Echocardiogram", "Cardiology",
-        (_S("US", "Transthoracic echo", 2), _S("SR", "Echo measurements report")),
-        ("Breathlessness ? heart failure", "New murmur", "Atrial fibrillation"),
-        "UECHO", ("HEART",), ("SCT", "40701008", "Echocardiography"), _ACUTE, weight=2,
+        "mr_prostate",
+        "MRI Prostate multiparametric",
+        "Radiology",
+        (_S("MR", "T2 axial", 1), _S("MR", "DWI b1400", 1), _S("MR", "DCE", 1)),
+        ("Raised PSA",),
+        "MPROS",
+        ("PROSTATE",),
+        None,
+        ("mft", "salford", "stockport", "christie", "bolton"),
+        sex="M",
+        ages=(45, 90),
     ),
     _Template(
-        "ecg", "12-lead ECG", "Cardiology", (_S("ECG", "Resting 12-lead ECG"),),
-        ("Palpitations", "Chest pain", "Pre-operative assessment", "Syncope"),
-        "ECG12", (), ("SCT", "29303009", "Electrocardiographic procedure"), weight=2,
-        manufacturer="GE Healthcare",
+        "cr_chest",
+        "XR Chest PA",
+        "Radiology",
+        (_S("CR", "PA", 1, views=("PA",)),),
+        ("Cough more than 3 weeks", "Pre-operative assessment", "Shortness of breath", "Suspected pneumonia"),
+        "XCHES",
+        ("CHEST",),
+        weight=4,
     ),
     _Template(
-        "cath", "Coronary angiogram", "Cardiology",
-        (_S("XA", "Left coronary artery", 2), _S("XA", "Right coronary artery", 1),
-         _S("HD", "Haemodynamic recording")),
-        ("Chest pain ? coronary artery disease", "NSTEMI", "Pre-valve surgery assessment"),
-        "ACORO", ("HEART",), ("SCT", "33367005", "Angiography of coronary artery"),
-        ("mft", "stockport", "bolton"),
+        "dx_hip",
+        "XR Hip {side}",
+        "Orthopaedic Imaging",
+        (_S("DX", "AP pelvis and lateral hip", 2, "study", ("AP", "LL")), _S("PR", "Orthopaedic templating")),
+        ("Hip pain ? osteoarthritis", "Post-operative total hip replacement check", "Fall ? neck of femur fracture"),
+        "XHIP",
+        ("HIP",),
+        None,
+        _ACUTE,
+        sided=True,
+        weight=2,
     ),
     _Template(
-        "rf_swallow", "Barium swallow", "Radiology", (_S("RF", "Swallow fluoroscopy", 2),),
-        ("Dysphagia", "Suspected oesophageal stricture"), "FBASW", ("ESOPHAGUS",), None,
+        "dx_knees",
+        "XR Knees bilateral standing",
+        "Radiology",
+        (_S("DX", "AP standing both knees", 1, "B", ("AP",)),),
+        ("Bilateral knee pain ? osteoarthritis",),
+        "XKNEB",
+        ("KNEE",),
+        None,
         _ACUTE,
     ),
     _Template(
-        "colonoscopy", "Colonoscopy", "Endoscopy Unit",
+        "mg_screen",
+        "Mammogram bilateral screening",
+        "Breast Screening",
+        (_S("MG", "R CC and MLO", 2, "R", ("CC", "MLO")), _S("MG", "L CC and MLO", 2, "L", ("CC", "MLO"))),
+        ("NHS Breast Screening Programme routine recall",),
+        "XMAMB",
+        ("BREAST",),
+        ("SCT", "24623002", "Screening mammography"),
+        _ACUTE,
+        sex="F",
+        ages=(50, 71),
+        weight=2,
+    ),
+    _Template(
+        "nm_bone",
+        "NM Bone Scan Whole Body",
+        "Nuclear Medicine",
+        (_S("NM", "Whole body anterior and posterior", 2),),
+        ("Prostate cancer staging", "Breast cancer ? bone metastases", "Bone pain ? metastatic disease"),
+        "NBONW",
+        ("WHOLEBODY",),
+        None,
+        ("christie", "mft", "salford", "bolton", "pennine"),
+    ),
+    _Template(
+        "pet_fdg",
+        "PET-CT FDG Half Body",
+        "Nuclear Medicine",
+        (_S("CT", "CT attenuation correction", 1), _S("PT", "PET AC", 2), _S("SEG", "Tumour segmentation")),
+        ("Lymphoma staging", "Lung cancer staging", "Response assessment post chemotherapy"),
+        "NPETH",
+        ("WHOLEBODY",),
+        None,
+        ("christie",),
+        weight=3,
+    ),
+    _Template(
+        "us_abdo",
+        "US Abdomen",
+        "Radiology",
+        (_S("US", "Abdomen", 2),),
+        ("Right upper quadrant pain ? gallstones", "Deranged liver function tests", "Abdominal mass"),
+        "UABDO",
+        ("ABDOMEN",),
+        None,
+        _ACUTE,
+        weight=3,
+    ),
+    _Template(
+        "echo",
+        "Echocardiogram",
+        "Cardiology",
+        (_S("US", "Transthoracic echo", 2), _S("SR", "Echo measurements report")),
+        ("Breathlessness ? heart failure", "New murmur", "Atrial fibrillation"),
+        "UECHO",
+        ("HEART",),
+        ("SCT", "40701008", "Echocardiography"),
+        _ACUTE,
+        weight=2,
+    ),
+    _Template(
+        "ecg",
+        "12-lead ECG",
+        "Cardiology",
+        (_S("ECG", "Resting 12-lead ECG"),),
+        ("Palpitations", "Chest pain", "Pre-operative assessment", "Syncope"),
+        "ECG12",
+        (),
+        ("SCT", "29303009", "Electrocardiographic procedure"),
+        weight=2,
+        manufacturer="GE Healthcare",
+    ),
+    _Template(
+        "cath",
+        "Coronary angiogram",
+        "Cardiology",
+        (_S("XA", "Left coronary artery", 2), _S("XA", "Right coronary artery", 1), _S("HD", "Haemodynamic recording")),
+        ("Chest pain ? coronary artery disease", "NSTEMI", "Pre-valve surgery assessment"),
+        "ACORO",
+        ("HEART",),
+        ("SCT", "33367005", "Angiography of coronary artery"),
+        ("mft", "stockport", "bolton"),
+    ),
+    _Template(
+        "rf_swallow",
+        "Barium swallow",
+        "Radiology",
+        (_S("RF", "Swallow fluoroscopy", 2),),
+        ("Dysphagia", "Suspected oesophageal stricture"),
+        "FBASW",
+        ("ESOPHAGUS",),
+        None,
+        _ACUTE,
+    ),
+    _Template(
+        "colonoscopy",
+        "Colonoscopy",
+        "Endoscopy Unit",
         (_S("ES", "Colonoscopy images", 2), _S("DOC", "Endoscopy report")),
-        ("Bowel cancer screening positive FIT", "Change in bowel habit",
-         "Iron deficiency anaemia"),
-        "ECOLO", ("COLON",), ("SCT", "73761001", "Colonoscopy"), _ACUTE,
+        ("Bowel cancer screening positive FIT", "Change in bowel habit", "Iron deficiency anaemia"),
+        "ECOLO",
+        ("COLON",),
+        ("SCT", "73761001", "Colonoscopy"),
+        _ACUTE,
         manufacturer="OLYMPUS",
     ),
     _Template(
-        "gastroscopy", "Gastroscopy", "Endoscopy Unit", (_S("ES", "OGD images", 2),),
-        ("Dyspepsia", "Barrett's oesophagus surveillance"), "EOGD", ("STOMACH",), None,
-        _ACUTE, manufacturer="OLYMPUS",
+        "gastroscopy",
+        "Gastroscopy",
+        "Endoscopy Unit",
+        (_S("ES", "OGD images", 2),),
+        ("Dyspepsia", "Barrett's oesophagus surveillance"),
+        "EOGD",
+        ("STOMACH",),
+        None,
+        _ACUTE,
+        manufacturer="OLYMPUS",
     ),
     _Template(
-        "wound_photo", "Wound photography left foot", "Medical Illustration",
+        "wound_photo",
+        "Wound photography left foot",
+        "Medical Illustration",
         (_S("XC", "Clinical photographs", 2, "L"),),
-        ("Diabetic foot ulcer monitoring",), "PWOUN", ("FOOT",), None, _ACUTE,
+        ("Diabetic foot ulcer monitoring",),
+        "PWOUN",
+        ("FOOT",),
+        None,
+        _ACUTE,
         manufacturer="Canon",
     ),
     _Template(
-        "skin_micro", "Skin lesion microscopy", "Medical Illustration",
+        "skin_micro",
+        "Skin lesion microscopy",
+        "Medical Illustration",
         (_S("GM", "Lesion microscopy", 1),),
-        ("Pigmented lesion ? melanoma", "Changing naevus"), "PSKIN", ("BACK",), None,
-        ("salford", "mft", "stockport"), manufacturer="Olympus",
+        ("Pigmented lesion ? melanoma", "Changing naevus"),
+        "PSKIN",
+        ("BACK",),
+        None,
+        ("salford", "mft", "stockport"),
+        manufacturer="Olympus",
     ),
     _Template(
-        "wsi", "Histopathology whole slide", "Cellular Pathology",
+        "wsi",
+        "Histopathology whole slide",
+        "Cellular Pathology",
         (_S("SM", "H&E 20x", 1), _S("SM", "Immunohistochemistry", 1)),
-        ("Biopsy for histological diagnosis",), "HWSIS", ("BREAST", "COLON", "PROSTATE"),
-        None, ("mft", "salford", "christie"), manufacturer="Leica Biosystems",
+        ("Biopsy for histological diagnosis",),
+        "HWSIS",
+        ("BREAST", "COLON", "PROSTATE"),
+        None,
+        ("mft", "salford", "christie"),
+        manufacturer="Leica Biosystems",
     ),
     _Template(
-        "fundus", "Fundus photography", "Ophthalmology",
+        "fundus",
+        "Fundus photography",
+        "Ophthalmology",
         (_S("OP", "Fundus right eye", 1, "R"), _S("OP", "Fundus left eye", 1, "L")),
-        ("Diabetic eye screening", "Glaucoma monitoring"), "OFUND", ("EYE",), None,
-        ("mft", "bolton", "stockport", "pennine"), manufacturer="Topcon",
+        ("Diabetic eye screening", "Glaucoma monitoring"),
+        "OFUND",
+        ("EYE",),
+        None,
+        ("mft", "bolton", "stockport", "pennine"),
+        manufacturer="Topcon",
     ),
     _Template(
-        "oct", "OCT macula", "Ophthalmology", (_S("OPT", "Macular cube", 1, "study"),),
-        ("Wet AMD monitoring", "Diabetic macular oedema"), "OOCTM", ("EYE",), None,
-        ("mft", "bolton", "stockport"), sided=True, manufacturer="Heidelberg Engineering",
+        "oct",
+        "OCT macula",
+        "Ophthalmology",
+        (_S("OPT", "Macular cube", 1, "study"),),
+        ("Wet AMD monitoring", "Diabetic macular oedema"),
+        "OOCTM",
+        ("EYE",),
+        None,
+        ("mft", "bolton", "stockport"),
+        sided=True,
+        manufacturer="Heidelberg Engineering",
     ),
 )
 _TEMPLATES_BY_KEY: dict[str, _Template] = {t.key: t for t in _TEMPLATES}
 
 # --------------------------------------------------------------------------- people
+
 
 @dataclass(frozen=True)
 class _NameGroup:
@@ -400,17 +532,83 @@ class _NameGroup:
 _NAME_GROUPS: tuple[_NameGroup, ...] = (
     _NameGroup(
         30,
-        ("Smith", "Jones", "Taylor", "Brown", "Williams", "Wilson", "Johnson", "Davies",
-         "Robinson", "Wright", "Thompson", "Evans", "Walker", "Roberts", "Green", "Hall",
-         "Wood", "Jackson", "Clarke", "Campbell", "Stewart", "Butterworth", "Heywood",
-         "Greenhalgh", "Ashton", "Entwistle", "Ramsbottom", "Hardcastle", "Openshaw",
-         "Lomax", "Crompton", "Haworth", "Kershaw"),
-        ("John", "David", "Michael", "Peter", "Paul", "James", "Robert", "Mark", "Stephen",
-         "Andrew", "Harry", "George", "Oliver", "Jack", "Alan", "Keith", "Brian", "Derek",
-         "Gary"),
-        ("Margaret", "Susan", "Patricia", "Elizabeth", "Sarah", "Emma", "Claire", "Joanne",
-         "Karen", "Lisa", "Grace", "Olivia", "Amelia", "Chloe", "Joan", "Doreen", "Brenda",
-         "Hannah", "Rebecca"),
+        (
+            "Smith",
+            "Jones",
+            "Taylor",
+            "Brown",
+            "Williams",
+            "Wilson",
+            "Johnson",
+            "Davies",
+            "Robinson",
+            "Wright",
+            "Thompson",
+            "Evans",
+            "Walker",
+            "Roberts",
+            "Green",
+            "Hall",
+            "Wood",
+            "Jackson",
+            "Clarke",
+            "Campbell",
+            "Stewart",
+            "Butterworth",
+            "Heywood",
+            "Greenhalgh",
+            "Ashton",
+            "Entwistle",
+            "Ramsbottom",
+            "Hardcastle",
+            "Openshaw",
+            "Lomax",
+            "Crompton",
+            "Haworth",
+            "Kershaw",
+        ),
+        (
+            "John",
+            "David",
+            "Michael",
+            "Peter",
+            "Paul",
+            "James",
+            "Robert",
+            "Mark",
+            "Stephen",
+            "Andrew",
+            "Harry",
+            "George",
+            "Oliver",
+            "Jack",
+            "Alan",
+            "Keith",
+            "Brian",
+            "Derek",
+            "Gary",
+        ),
+        (
+            "Margaret",
+            "Susan",
+            "Patricia",
+            "Elizabeth",
+            "Sarah",
+            "Emma",
+            "Claire",
+            "Joanne",
+            "Karen",
+            "Lisa",
+            "Grace",
+            "Olivia",
+            "Amelia",
+            "Chloe",
+            "Joan",
+            "Doreen",
+            "Brenda",
+            "Hannah",
+            "Rebecca",
+        ),
         ("James", "John", "Edward", "Thomas", "William"),
         ("Anne", "Louise", "Marie", "Rose", "Jane"),
     ),
@@ -433,8 +631,9 @@ _NAME_GROUPS: tuple[_NameGroup, ...] = (
         ("Joseph", "Patrick"),
         ("Mary", "Bernadette"),
     ),
-    _NameGroup(2, ("Nowak", "Mazur", "Krawczyk"), ("Tomasz", "Piotr", "Marek"),
-               ("Agnieszka", "Katarzyna", "Magdalena")),
+    _NameGroup(
+        2, ("Nowak", "Mazur", "Krawczyk"), ("Tomasz", "Piotr", "Marek"), ("Agnieszka", "Katarzyna", "Magdalena")
+    ),
     _NameGroup(
         3,
         ("Okonkwo", "Mensah", "Adeyemi", "Okafor", "Asante"),
@@ -452,26 +651,59 @@ _NON_ASCII = (
 )
 
 _REFERRERS = (
-    "Ahmed^Farhana^^Dr", "Brennan^Patrick^^Dr", "Chowdhury^Rahul^^Dr", "Davies^Eleri^^Dr",
-    "Fletcher^Simon^^Dr", "Greenwood^Alison^^Dr", "Hussain^Tariq^^Dr", "Jones^Bethan^^Dr",
-    "Kaur^Manpreet^^Dr", "Lloyd^Gareth^^Dr", "McAllister^Fiona^^Dr", "Okafor^Chinedu^^Dr",
-    "Pearson^Helen^^Dr", "Rahman^Ayesha^^Dr", "Taylor^Mark^^Dr", "Wong^Mei^^Dr",
+    "Ahmed^Farhana^^Dr",
+    "Brennan^Patrick^^Dr",
+    "Chowdhury^Rahul^^Dr",
+    "Davies^Eleri^^Dr",
+    "Fletcher^Simon^^Dr",
+    "Greenwood^Alison^^Dr",
+    "Hussain^Tariq^^Dr",
+    "Jones^Bethan^^Dr",
+    "Kaur^Manpreet^^Dr",
+    "Lloyd^Gareth^^Dr",
+    "McAllister^Fiona^^Dr",
+    "Okafor^Chinedu^^Dr",
+    "Pearson^Helen^^Dr",
+    "Rahman^Ayesha^^Dr",
+    "Taylor^Mark^^Dr",
+    "Wong^Mei^^Dr",
 )
 _READERS = (
-    "Ashworth^Claire^^Dr", "Bhatt^Nikhil^^Dr", "Crossley^Jonathan^^Dr",
-    "Dempsey^Aoife^^Dr", "Eccles^Richard^^Dr", "Iqbal^Sana^^Dr", "Morris^Catherine^^Dr",
-    "Nwosu^Adaeze^^Dr", "Sutcliffe^James^^Dr", "Zhang^Wei^^Dr",
+    "Ashworth^Claire^^Dr",
+    "Bhatt^Nikhil^^Dr",
+    "Crossley^Jonathan^^Dr",
+    "Dempsey^Aoife^^Dr",
+    "Eccles^Richard^^Dr",
+    "Iqbal^Sana^^Dr",
+    "Morris^Catherine^^Dr",
+    "Nwosu^Adaeze^^Dr",
+    "Sutcliffe^James^^Dr",
+    "Zhang^Wei^^Dr",
 )
 _OPERATORS = (
-    "Barlow^Kirsty", "Collins^Dean", "Doherty^Niamh", "Holt^Gemma", "Kowalski^Piotr",
-    "Mistry^Priya", "Riley^Jordan", "Schofield^Amy", "Thornton^Luke", "Yusuf^Amina",
+    "Barlow^Kirsty",
+    "Collins^Dean",
+    "Doherty^Niamh",
+    "Holt^Gemma",
+    "Kowalski^Piotr",
+    "Mistry^Priya",
+    "Riley^Jordan",
+    "Schofield^Amy",
+    "Thornton^Luke",
+    "Yusuf^Amina",
 )
 # Departments where a clinician (not a radiographer) performs the procedure.
 _PERFORMED_BY_CLINICIAN = frozenset({"Cardiology", "Endoscopy Unit", "Ophthalmology"})
 
 _TRUST_WEIGHTS = {
-    "bolton": 3, "christie": 2, "mft": 4, "stockport": 3, "wwl": 3, "tameside": 2,
-    "salford": 3, "pennine": 3,
+    "bolton": 3,
+    "christie": 2,
+    "mft": 4,
+    "stockport": 3,
+    "wwl": 3,
+    "tameside": 2,
+    "salford": 3,
+    "pennine": 3,
 }
 _N_PATIENTS = 66
 _FIRST_DATE = dt.date(2015, 1, 5)
@@ -657,9 +889,7 @@ def _weighted_sample(rng: random.Random, weights: dict[str, int], k: int) -> lis
     return chosen
 
 
-def _random_name(
-    rng: random.Random, sex: str, used: set[tuple[str, str]]
-) -> tuple[str, str, str]:
+def _random_name(rng: random.Random, sex: str, used: set[tuple[str, str]]) -> tuple[str, str, str]:
     """(family, given, middle), unique on family + given."""
     groups = [g for g in _NAME_GROUPS if sex not in "MF" or (g.male if sex == "M" else g.female)]
     while True:
@@ -689,10 +919,7 @@ def _make_patients(rng: random.Random) -> list[_Patient]:
             charset = None
             family, given, middle = _random_name(rng, sex, used_names)
         birth = _random_date(rng, dt.date(1938, 1, 1), dt.date(2001, 12, 31))
-        patients.append(
-            _Patient(index, _new_nhs_number(rng, used_nhs), family, given, middle, sex,
-                     birth, charset)
-        )
+        patients.append(_Patient(index, _new_nhs_number(rng, used_nhs), family, given, middle, sex, birth, charset))
     return patients
 
 
@@ -736,8 +963,13 @@ def _pick_template(rng: random.Random, trust: str, patient: _Patient, day: dt.da
 
 
 def _new_study(
-    rng: random.Random, seed: int, patient: _Patient, number: int, template: _Template,
-    trust: str, day: dt.date,
+    rng: random.Random,
+    seed: int,
+    patient: _Patient,
+    number: int,
+    template: _Template,
+    trust: str,
+    day: dt.date,
 ) -> _Study:
     key = f"p{patient.index}/s{number}"
     hour, minute, second = rng.randrange(8, 20), rng.randrange(60), rng.randrange(60)
@@ -773,9 +1005,7 @@ def _anchors(patients: Sequence[_Patient]) -> dict[int, _Template]:
     return anchors
 
 
-def _plan_patient(
-    rng: random.Random, seed: int, patient: _Patient, forced: list[tuple[str, str]]
-) -> list[_Study]:
+def _plan_patient(rng: random.Random, seed: int, patient: _Patient, forced: list[tuple[str, str]]) -> list[_Study]:
     n_studies = 6 if forced and patient.index == _P_MULTI_TRUST else rng.randint(4, 6)
     for _key, trust in forced:
         if trust not in patient.trusts:
@@ -801,12 +1031,9 @@ def _plan_patient(
     return studies
 
 
-def _forced_studies(
-    rng: random.Random, patient: _Patient, anchors: dict[int, _Template]
-) -> list[tuple[str, str]]:
+def _forced_studies(rng: random.Random, patient: _Patient, anchors: dict[int, _Template]) -> list[tuple[str, str]]:
     if patient.index == _P_MULTI_TRUST:
-        return [("ct_cap", "bolton"), ("pet_fdg", "christie"), ("mr_brain", "mft"),
-                ("cr_chest", "stockport")]
+        return [("ct_cap", "bolton"), ("pet_fdg", "christie"), ("mr_brain", "mft"), ("cr_chest", "stockport")]
     template = anchors.get(patient.index)
     if template is None:
         return []
@@ -836,10 +1063,7 @@ def _assign_quirks(patients: Sequence[_Patient], studies: dict[int, list[_Study]
     """One odd-data case per patient, on an ordinary radiology study."""
     pending = [issue for issue, _, _ in _QUIRKS]
     for patient in patients[_FIRST_QUIRK_PATIENT:]:
-        candidates = [
-            s for s in studies[patient.index]
-            if s.template.modalities() & _QUIRK_MODALITIES and s.body_part
-        ]
+        candidates = [s for s in studies[patient.index] if s.template.modalities() & _QUIRK_MODALITIES and s.body_part]
         if candidates and pending:
             candidates[0].quirk = pending.pop(0)
     if pending:
@@ -890,9 +1114,7 @@ def _build_series(seed: int, study: _Study) -> None:
         )
 
 
-def _assign_local_ids(
-    rng: random.Random, patients: Sequence[_Patient], studies: dict[int, list[_Study]]
-) -> None:
+def _assign_local_ids(rng: random.Random, patients: Sequence[_Patient], studies: dict[int, list[_Study]]) -> None:
     used: set[str] = set()
     for patient in patients:
         held = {t for s in studies[patient.index] for t in s.trusts}
@@ -1117,9 +1339,7 @@ def _radial(rows: int, cols: int) -> list[int]:
 def _mono_pixels(rows: int, cols: int, frames: int, bits: int, variant: int) -> bytes:
     top = (1 << bits) - 1
     base = _radial(rows, cols)
-    values = [
-        min(top, (v * top) // 98 // 2 + variant * 5 + f * 3) for f in range(frames) for v in base
-    ]
+    values = [min(top, (v * top) // 98 // 2 + variant * 5 + f * 3) for f in range(frames) for v in base]
     if bits > 8:
         return struct.pack(f"<{len(values)}H", *values)
     return bytes(values)
@@ -1137,15 +1357,13 @@ def _binary_mask(rows: int, cols: int) -> bytes:
     packed = bytearray()
     for i in range(0, len(bits), 8):
         # DICOM packs 1-bit pixels little end first: pixel 0 in bit 0.
-        packed.append(sum(bit << n for n, bit in enumerate(bits[i:i + 8])))
+        packed.append(sum(bit << n for n, bit in enumerate(bits[i : i + 8])))
     if len(packed) % 2:
         packed.append(0)
     return bytes(packed)
 
 
-def _set_pixels(
-    ds: Dataset, modality: str, *, rgb: bool, bits: int, frames: int, variant: int
-) -> None:
+def _set_pixels(ds: Dataset, modality: str, *, rgb: bool, bits: int, frames: int, variant: int) -> None:
     rows = cols = 8
     ds.Rows, ds.Columns = rows, cols
     ds.SamplesPerPixel = 3 if rgb else 1
@@ -1157,9 +1375,7 @@ def _set_pixels(
     ds.PixelRepresentation = 0
     if frames > 1 or modality in ("NM", "SM", "OPT"):
         ds.NumberOfFrames = frames
-    data = _rgb_pixels(rows, cols, variant) * frames if rgb else _mono_pixels(
-        rows, cols, frames, bits, variant
-    )
+    data = _rgb_pixels(rows, cols, variant) * frames if rgb else _mono_pixels(rows, cols, frames, bits, variant)
     ds.add_new(0x7FE00010, "OW" if allocated > 8 else "OB", data)
 
 
@@ -1305,8 +1521,7 @@ def _sr_document(ds: Dataset, study: _Study, trust: str, *, key_objects: bool) -
     if key_objects:
         template.TemplateIdentifier = "2010"
         ds.ConceptNameCodeSequence = [_code("113000", "DCM", "Of Interest")]
-        description = _text_item("113012", "DCM", "Key Object Description",
-                                 "Key images for the orthopaedic clinic")
+        description = _text_item("113012", "DCM", "Key Object Description", "Key images for the orthopaedic clinic")
         images = [_image_item(series, uid) for series, uid in refs[:2]]
         ds.ContentSequence = [description, *images]
     else:
@@ -1316,9 +1531,13 @@ def _sr_document(ds: Dataset, study: _Study, trust: str, *, key_objects: bool) -
         ds.VerificationFlag = "UNVERIFIED"
         ds.PerformedProcedureCodeSequence = []
         ds.ContentSequence = [
-            _text_item("121071", "DCM", "Finding",
-                       "Left ventricle normal in size with good systolic function. "
-                       "Estimated LVEF 58%. No significant valve disease."),
+            _text_item(
+                "121071",
+                "DCM",
+                "Finding",
+                "Left ventricle normal in size with good systolic function. "
+                "Estimated LVEF 58%. No significant valve disease.",
+            ),
             _text_item("121073", "DCM", "Impression", "Structurally normal heart."),
         ]
     ds.ContentTemplateSequence = [template]
@@ -1389,9 +1608,7 @@ def _segmentation(ds: Dataset, study: _Study, trust: str) -> None:
     segment.SegmentNumber = 1
     segment.SegmentLabel = "Tumour"
     segment.SegmentAlgorithmType = "MANUAL"
-    segment.SegmentedPropertyCategoryCodeSequence = [
-        _code("49755003", "SCT", "Morphologically Altered Structure")
-    ]
+    segment.SegmentedPropertyCategoryCodeSequence = [_code("49755003", "SCT", "Morphologically Altered Structure")]
     segment.SegmentedPropertyTypeCodeSequence = [_code("108369006", "SCT", "Tumor")]
     ds.SegmentSequence = [segment]
     referenced = Dataset()
@@ -1417,10 +1634,18 @@ def _segmentation(ds: Dataset, study: _Study, trust: str) -> None:
 
 # SCP-ECG lead codes (MDC-equivalent), in standard 12-lead order.
 _ECG_LEADS = (
-    ("5.6.3-9-1", "Lead I"), ("5.6.3-9-2", "Lead II"), ("5.6.3-9-61", "Lead III"),
-    ("5.6.3-9-62", "aVR"), ("5.6.3-9-63", "aVL"), ("5.6.3-9-64", "aVF"),
-    ("5.6.3-9-3", "Lead V1"), ("5.6.3-9-4", "Lead V2"), ("5.6.3-9-5", "Lead V3"),
-    ("5.6.3-9-6", "Lead V4"), ("5.6.3-9-7", "Lead V5"), ("5.6.3-9-8", "Lead V6"),
+    ("5.6.3-9-1", "Lead I"),
+    ("5.6.3-9-2", "Lead II"),
+    ("5.6.3-9-61", "Lead III"),
+    ("5.6.3-9-62", "aVR"),
+    ("5.6.3-9-63", "aVL"),
+    ("5.6.3-9-64", "aVF"),
+    ("5.6.3-9-3", "Lead V1"),
+    ("5.6.3-9-4", "Lead V2"),
+    ("5.6.3-9-5", "Lead V3"),
+    ("5.6.3-9-6", "Lead V4"),
+    ("5.6.3-9-7", "Lead V5"),
+    ("5.6.3-9-8", "Lead V6"),
 )
 _BEAT = (0, 0, 5, 10, 5, 0, -20, 120, -30, 0, 0, 10, 20, 30, 20, 10, 0, 0, 0, 0)
 _AORTIC = (80, 82, 90, 105, 118, 120, 115, 105, 95, 90, 88, 86, 84, 83, 82, 81, 80, 80, 80, 80)
@@ -1494,21 +1719,24 @@ def _tiny_pdf(lines: Sequence[str]) -> bytes:
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
     out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
     out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1, xref_at,
+        len(objects) + 1,
+        xref_at,
     )
     return bytes(out)
 
 
 def _encapsulated_pdf(ds: Dataset, study: _Study, trust: Trust) -> None:
     title = f"{study.description} report"
-    pdf = _tiny_pdf([
-        f"{trust.name}",
-        title,
-        f"Date: {study.date:%d/%m/%Y}   Accession: {study.accession or '-'}",
-        f"Indication: {study.reason}",
-        "Findings: Procedure completed to caecum. Two small polyps removed.",
-        f"Endoscopist: {study.reader.replace('^^Dr', '').replace('^', ' ')}",
-    ])
+    pdf = _tiny_pdf(
+        [
+            f"{trust.name}",
+            title,
+            f"Date: {study.date:%d/%m/%Y}   Accession: {study.accession or '-'}",
+            f"Indication: {study.reason}",
+            "Findings: Procedure completed to caecum. Two small polyps removed.",
+            f"Endoscopist: {study.reader.replace('^^Dr', '').replace('^', ' ')}",
+        ]
+    )
     ds.ConversionType = "WSD"
     ds.BurnedInAnnotation = "YES"
     ds.DocumentTitle = title
@@ -1651,9 +1879,9 @@ def _specialty_study(studies: Sequence[_Study], shared: _Study, modality: str) -
     """A plain example study for a modality: led by it if possible, no special case."""
     ordinary = [s for s in studies if s is not shared and s.quirk is None]
     led = [
-        s for s in ordinary
-        if s.series[0].spec.modality == modality
-        and s.template.modalities() <= {modality} | _NON_IMAGE
+        s
+        for s in ordinary
+        if s.series[0].spec.modality == modality and s.template.modalities() <= {modality} | _NON_IMAGE
     ]
     holding = [s for s in ordinary if any(x.spec.modality == modality for x in s.series)]
     return (led or holding)[0].uid
@@ -1687,8 +1915,7 @@ def _facts(plan: _Plan) -> dict[str, Any]:
                 t: {
                     "identity": TRUSTS_BY_ID[t].identity,
                     "patient_id": multi.local_ids.get(t, multi.nhs_number),
-                    "issuer": "NHS" if TRUSTS_BY_ID[t].identity == "nhs"
-                    else TRUSTS_BY_ID[t].ods_code,
+                    "issuer": "NHS" if TRUSTS_BY_ID[t].identity == "nhs" else TRUSTS_BY_ID[t].ods_code,
                 }
                 for t in multi_trusts
             },

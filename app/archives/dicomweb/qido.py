@@ -83,8 +83,11 @@ class UpstreamAuth:
             data = {"grant_type": "client_credentials", "scope": self.config.get("scope", "")}
             try:
                 response = self.session.post(
-                    self.config["token_url"], data=data, timeout=self.timeout_s,
-                    auth=(self.config["client_id"], config_secret(self.config, "client_secret")))
+                    self.config["token_url"],
+                    data=data,
+                    timeout=self.timeout_s,
+                    auth=(self.config["client_id"], config_secret(self.config, "client_secret")),
+                )
                 response.raise_for_status()
                 body = response.json()
                 self._token = str(body["access_token"])
@@ -99,8 +102,15 @@ class DicomWebArchive:
 
     series_by_patient = True  # /series?PatientID= needs no study UIDs: it can go out with /studies
 
-    def __init__(self, name: str, url: str, timeout_s: float = 3.0, page_size: int = 500,
-                 auth: dict[str, Any] | None = None, tls: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        timeout_s: float = 3.0,
+        page_size: int = 500,
+        auth: dict[str, Any] | None = None,
+        tls: dict[str, Any] | None = None,
+    ) -> None:
         self.name = name
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
@@ -153,10 +163,12 @@ class DicomWebArchive:
             raise ArchiveError(self.name, f"no answer within {self.timeout_s:g} s")
         self.requests_made += 1
         try:
-            response = self.session.get(f"{self.url}/{path}?{query}", timeout=left,
-                                        headers={"Accept": "application/dicom+json", **self.auth.headers(),
-                                                 **upstream_headers()},
-                                        auth=self.auth.basic())
+            response = self.session.get(
+                f"{self.url}/{path}?{query}",
+                timeout=left,
+                headers={"Accept": "application/dicom+json", **self.auth.headers(), **upstream_headers()},
+                auth=self.auth.basic(),
+            )
         except requests.exceptions.SSLError:
             raise ArchiveError(self.name, "TLS failure") from None
         except requests.exceptions.ConnectTimeout:
@@ -218,11 +230,13 @@ class DicomWebArchive:
         return self._search("studies", keys, attributes.STUDY)
 
     def _studies_holding(self, query: StudyQuery, keys: list[tuple[str, str]]) -> Found:
-        level, key, value = (("series", "SeriesInstanceUID", query.series_uid) if query.series_uid is not None
-                             else ("instances", "SOPInstanceUID", query.sop_instance_uid))
+        level, key, value = (
+            ("series", "SeriesInstanceUID", query.series_uid)
+            if query.series_uid is not None
+            else ("instances", "SOPInstanceUID", query.sop_instance_uid)
+        )
         holders = self._search(level, [*keys, (key, value or "")], ("StudyInstanceUID",))
-        uids = sorted({str(d["0020000D"]["Value"][0]) for d in holders.datasets
-                       if d.get("0020000D", {}).get("Value")})
+        uids = sorted({str(d["0020000D"]["Value"][0]) for d in holders.datasets if d.get("0020000D", {}).get("Value")})
         if not uids:
             return Found([], holders.incomplete)
         by_uid = [k for k in keys if k[0] != "StudyInstanceUID"] + [("StudyInstanceUID", ",".join(uids))]

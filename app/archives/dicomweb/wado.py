@@ -86,8 +86,9 @@ def parse_target(segments: list[str]) -> WadoTarget:
             resource = segment
             break
         if position >= len(names) or segment != names[position]:
-            expected = " or ".join([f"'{n}'" for n in names[position:position + 1]] + (
-                [f"'{r}'" for r in RESOURCES] if values else []))
+            expected = " or ".join(
+                [f"'{n}'" for n in names[position : position + 1]] + ([f"'{r}'" for r in RESOURCES] if values else [])
+            )
             raise BadTarget(f"unexpected path segment {segment[:40]!r}: expected {expected or 'the end of the path'}")
         if i + 1 >= len(segments) or not segments[i + 1]:
             raise BadTarget(f"'{segment}' must be followed by {'frame numbers' if segment == 'frames' else 'a UID'}")
@@ -138,15 +139,29 @@ class ImageSource(Protocol):
 
     name: str
 
-    def retrieve(self, target: WadoTarget, accept: str | None, accept_encoding: str | None,
-                 params: list[tuple[str, str]], request_id: str | None = None) -> Retrieval: ...
+    def retrieve(
+        self,
+        target: WadoTarget,
+        accept: str | None,
+        accept_encoding: str | None,
+        params: list[tuple[str, str]],
+        request_id: str | None = None,
+    ) -> Retrieval: ...
 
 
 class HttpWado:
     """WADO-RS over HTTP: one pooled session (the archive's own, with its credentials and TLS)."""
 
-    def __init__(self, name: str, base_url: str, session: requests.Session, auth: UpstreamAuth,
-                 timeout_s: float, chunk_bytes: int, thumbnail_px: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        session: requests.Session,
+        auth: UpstreamAuth,
+        timeout_s: float,
+        chunk_bytes: int,
+        thumbnail_px: int,
+    ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.session = session
@@ -155,8 +170,14 @@ class HttpWado:
         self.chunk_bytes = chunk_bytes
         self.thumbnail_px = thumbnail_px
 
-    def retrieve(self, target: WadoTarget, accept: str | None, accept_encoding: str | None,
-                 params: list[tuple[str, str]], request_id: str | None = None) -> Retrieval:
+    def retrieve(
+        self,
+        target: WadoTarget,
+        accept: str | None,
+        accept_encoding: str | None,
+        params: list[tuple[str, str]],
+        request_id: str | None = None,
+    ) -> Retrieval:
         if target.resource == "thumbnail":
             try:
                 return self._get(target, accept, accept_encoding, params, request_id)
@@ -169,8 +190,14 @@ class HttpWado:
             return self._get(target.with_resource("rendered"), accept, accept_encoding, rendered, request_id)
         return self._get(target, accept, accept_encoding, params, request_id)
 
-    def _get(self, target: WadoTarget, accept: str | None, accept_encoding: str | None,
-             params: list[tuple[str, str]], request_id: str | None) -> Retrieval:
+    def _get(
+        self,
+        target: WadoTarget,
+        accept: str | None,
+        accept_encoding: str | None,
+        params: list[tuple[str, str]],
+        request_id: str | None,
+    ) -> Retrieval:
         headers = {"Accept-Encoding": accept_encoding or "identity", **self.auth.headers()}
         if accept:
             headers["Accept"] = accept
@@ -179,8 +206,9 @@ class HttpWado:
         query = "&".join(f"{k}={v}" for k, v in params)  # values matched RENDER_PARAMETERS: nothing to escape
         url = f"{self.base_url}/{target.path()}" + (f"?{query}" if query else "")
         try:
-            response = self.session.get(url, headers=headers, auth=self.auth.basic(), stream=True,
-                                        timeout=(self.timeout_s, self.timeout_s))
+            response = self.session.get(
+                url, headers=headers, auth=self.auth.basic(), stream=True, timeout=(self.timeout_s, self.timeout_s)
+            )
         except requests.exceptions.SSLError:
             raise RetrievalError(self.name, 502, "TLS failure") from None
         except requests.exceptions.Timeout:

@@ -20,8 +20,14 @@ from app.archives.protocol import ArchiveError, Dataset, Found, NameQuery, Study
 
 log = logging.getLogger(__name__)
 
-_TAGS = {level: tuple(tag_for_keyword(k) for k in keywords) for level, keywords in
-         (("study", attributes.STUDY), ("series", attributes.SERIES), ("instance", attributes.INSTANCE))}
+_TAGS = {
+    level: tuple(tag_for_keyword(k) for k in keywords)
+    for level, keywords in (
+        ("study", attributes.STUDY),
+        ("series", attributes.SERIES),
+        ("instance", attributes.INSTANCE),
+    )
+}
 
 
 def _select(ds: pydicom.Dataset, level: str) -> Dataset:
@@ -92,7 +98,8 @@ class FolderArchive:
             self._instances[str(series_uid)].append(_select(ds, "instance"))
             syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
             self.files[str(study_uid)][str(series_uid)].append(
-                StoredFile(str(ds.get("SOPInstanceUID", "")), file, syntax))
+                StoredFile(str(ds.get("SOPInstanceUID", "")), file, syntax)
+            )
             series_of_study[str(study_uid)].add(str(series_uid))
         for study_uid, series_uids in series_of_study.items():
             self._add_counts(self._studies[study_uid], sorted(series_uids))
@@ -146,9 +153,12 @@ class FolderArchive:
         return [uid for uid in candidates if uid in self._studies and self._matches(self._studies[uid], query, uid)]
 
     def _holds_instance(self, study_uid: str, sop_uid: str) -> bool:
-        return any(_first(i, "00080018") == sop_uid
-                   for series_uid, series in self._series.items() if _first(series, "0020000D") == study_uid
-                   for i in self._instances[series_uid])
+        return any(
+            _first(i, "00080018") == sop_uid
+            for series_uid, series in self._series.items()
+            if _first(series, "0020000D") == study_uid
+            for i in self._instances[series_uid]
+        )
 
     # -- Archive protocol -----------------------------------------------------------------
     def find_studies(self, query: StudyQuery) -> Found:
@@ -159,9 +169,14 @@ class FolderArchive:
         return Found([s for s in self._series.values() if _first(s, "0020000D") in wanted])
 
     def find_instances(self, study_uid: str, series_uid: str | None = None) -> Found:
-        return Found([i for uid, series in self._series.items()
-                      if _first(series, "0020000D") == study_uid and (series_uid is None or uid == series_uid)
-                      for i in self._instances[uid]])
+        return Found(
+            [
+                i
+                for uid, series in self._series.items()
+                if _first(series, "0020000D") == study_uid and (series_uid is None or uid == series_uid)
+                for i in self._instances[uid]
+            ]
+        )
 
     def close(self) -> None:
         """Nothing to release: the index is in memory."""

@@ -15,8 +15,14 @@ class NotRenderable(ValueError):
     """The object holds no pixel data this renderer can read."""
 
 
-def render(ds: pydicom.Dataset, frame: int, viewport: tuple[int, int] | None,
-           window: tuple[float, float, str] | None, image_format: str, quality: int = 90) -> bytes:
+def render(
+    ds: pydicom.Dataset,
+    frame: int,
+    viewport: tuple[int, int] | None,
+    window: tuple[float, float, str] | None,
+    image_format: str,
+    quality: int = 90,
+) -> bytes:
     """Frame `frame` (0-based) as an 8-bit image, scaled to fit `viewport`, in `image_format`."""
     import numpy as np
     from PIL import Image

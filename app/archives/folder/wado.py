@@ -64,8 +64,14 @@ class FolderWado:
             raise RetrievalError(self.name, 404, "the archive does not hold this instance in this series")
         return found
 
-    def retrieve(self, target: WadoTarget, accept: str | None, accept_encoding: str | None,
-                 params: list[tuple[str, str]], request_id: str | None = None) -> Retrieval:
+    def retrieve(
+        self,
+        target: WadoTarget,
+        accept: str | None,
+        accept_encoding: str | None,
+        params: list[tuple[str, str]],
+        request_id: str | None = None,
+    ) -> Retrieval:
         files = self._files(target)
         if target.resource == "metadata":
             return self._metadata(files, accept)
@@ -79,19 +85,24 @@ class FolderWado:
     def _objects(self, files: list[StoredFile], accept: str | None) -> Retrieval:
         wanted = None
         for media, params in _ranges(accept):
-            if media in ("*/*", "multipart/*") or (media == "multipart/related" and
-                                                  params.get("type", "application/dicom") == "application/dicom"):
+            if media in ("*/*", "multipart/*") or (
+                media == "multipart/related" and params.get("type", "application/dicom") == "application/dicom"
+            ):
                 wanted = params.get("transfer-syntax", "*")
                 break
         if wanted is None:
             raise RetrievalError(self.name, 406, 'this archive sends multipart/related; type="application/dicom"')
         if wanted != "*" and any(f.transfer_syntax != wanted for f in files):
-            raise RetrievalError(self.name, 406, "the archive holds these objects in another transfer syntax "
-                                                 "and does not transcode")
+            raise RetrievalError(
+                self.name, 406, "the archive holds these objects in another transfer syntax and does not transcode"
+            )
         boundary = uuid.uuid4().hex
         sizes = [f.path.stat().st_size for f in files]
-        heads = [f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={f.transfer_syntax}\r\n"
-                 f"Content-Length: {size}\r\n\r\n".encode() for f, size in zip(files, sizes, strict=True)]
+        heads = [
+            f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={f.transfer_syntax}\r\n"
+            f"Content-Length: {size}\r\n\r\n".encode()
+            for f, size in zip(files, sizes, strict=True)
+        ]
         tail = f"--{boundary}--\r\n".encode()
         length = sum(len(h) + size + 2 for h, size in zip(heads, sizes, strict=True)) + len(tail)
 
@@ -104,23 +115,34 @@ class FolderWado:
                 yield b"\r\n"
             yield tail
 
-        return Retrieval(200, {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-                               "Content-Length": str(length)}, body())
+        return Retrieval(
+            200,
+            {
+                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                "Content-Length": str(length),
+            },
+            body(),
+        )
 
     def _metadata(self, files: list[StoredFile], accept: str | None) -> Retrieval:
-        if not any(m in ("*/*", "application/*", "application/dicom+json", "application/json")
-                   for m, _ in _ranges(accept)):
+        if not any(
+            m in ("*/*", "application/*", "application/dicom+json", "application/json") for m, _ in _ranges(accept)
+        ):
             raise RetrievalError(self.name, 406, "metadata is sent as application/dicom+json")
-        datasets = [pydicom.dcmread(f.path, stop_before_pixels=True).to_json_dict(bulk_data_threshold=1 << 20)
-                    for f in files]
+        datasets = [
+            pydicom.dcmread(f.path, stop_before_pixels=True).to_json_dict(bulk_data_threshold=1 << 20) for f in files
+        ]
         body = orjson.dumps(datasets)
-        return Retrieval(200, {"Content-Type": "application/dicom+json", "Content-Length": str(len(body))},
-                         iter((body,)))
+        return Retrieval(
+            200, {"Content-Type": "application/dicom+json", "Content-Length": str(len(body))}, iter((body,))
+        )
 
     def _frames(self, target: WadoTarget, path: Path, accept: str | None) -> Retrieval:
         octets = "application/octet-stream"
-        if not any(m in ("*/*", "multipart/*") or (m == "multipart/related" and p.get("type", octets) == octets)
-                   for m, p in _ranges(accept)):
+        if not any(
+            m in ("*/*", "multipart/*") or (m == "multipart/related" and p.get("type", octets) == octets)
+            for m, p in _ranges(accept)
+        ):
             raise RetrievalError(self.name, 406, f'frames are sent as multipart/related; type="{octets}"')
         ds = pydicom.dcmread(path)
         syntax = str(ds.file_meta.TransferSyntaxUID)
@@ -134,9 +156,15 @@ class FolderWado:
             raise RetrievalError(self.name, 404, f"the instance has {count} frame(s)")
         size = frame_bits // 8
         boundary = uuid.uuid4().hex
-        parts = b"".join(
-            f"--{boundary}\r\nContent-Type: application/octet-stream; transfer-syntax={UID(syntax)}\r\n\r\n".encode()
-            + data[(n - 1) * size:n * size] + b"\r\n" for n in target.frames) + f"--{boundary}--\r\n".encode()
+        parts = (
+            b"".join(
+                f"--{boundary}\r\nContent-Type: application/octet-stream; transfer-syntax={UID(syntax)}\r\n\r\n".encode()
+                + data[(n - 1) * size : n * size]
+                + b"\r\n"
+                for n in target.frames
+            )
+            + f"--{boundary}--\r\n".encode()
+        )
         media = f'multipart/related; type="{octets}"; boundary={boundary}'
         return Retrieval(200, {"Content-Type": media, "Content-Length": str(len(parts))}, iter((parts,)))
 
@@ -163,11 +191,11 @@ class FolderWado:
             window = (float(center), float(width_), function)
         frame = target.frames[0] - 1 if target.frames else 0
         try:
-            image = render(pydicom.dcmread(path), frame, viewport, window, image_format,
-                           int(params.get("quality", 90)))
+            image = render(pydicom.dcmread(path), frame, viewport, window, image_format, int(params.get("quality", 90)))
         except NotRenderable as exc:
             raise RetrievalError(self.name, 406, str(exc)) from None
         except IndexError:
             raise RetrievalError(self.name, 404, "the instance has no such frame") from None
-        return Retrieval(200, {"Content-Type": MEDIA_TYPES[image_format], "Content-Length": str(len(image))},
-                         iter((image,)))
+        return Retrieval(
+            200, {"Content-Type": MEDIA_TYPES[image_format], "Content-Length": str(len(image))}, iter((image,))
+        )

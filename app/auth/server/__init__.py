@@ -38,10 +38,23 @@ from app.core.mapping.patient import nhs_number_problem
 from app.settings import Settings
 
 CAPABILITIES = [
-    "launch-ehr", "launch-standalone", "authorize-post", "client-public", "client-confidential-symmetric",
-    "client-confidential-asymmetric", "context-banner", "context-style", "context-ehr-patient",
-    "context-standalone-patient", "permission-offline", "permission-online", "permission-patient",
-    "permission-user", "permission-v1", "permission-v2", "sso-openid-connect",
+    "launch-ehr",
+    "launch-standalone",
+    "authorize-post",
+    "client-public",
+    "client-confidential-symmetric",
+    "client-confidential-asymmetric",
+    "context-banner",
+    "context-style",
+    "context-ehr-patient",
+    "context-standalone-patient",
+    "permission-offline",
+    "permission-online",
+    "permission-patient",
+    "permission-user",
+    "permission-v1",
+    "permission-v2",
+    "sso-openid-connect",
     "smart-imaging-access",  # Argonaut SMART Imaging Access: the token opens the images (app/gateway.py)
 ]
 LAUNCH_TTL_S = 300
@@ -60,10 +73,20 @@ class EmbeddedAuthServer:
         self.store = open_store(auth.get("store", "sqlite:auth-state.sqlite"), settings.audit_path.parent)
         self.clients = {c["client_id"]: client_from_config(c) for c in auth.get("clients", ())}
         self.users = {u["username"]: user_from_config(u) for u in auth.get("users", ())}
-        self.issuer = TokenIssuer(self.fhir_base, self.fhir_base, self.keys, self.store,
-                                  int(auth.get("access_token_lifetime_s", 3600)), f"{self.root}/smart-style.json")
-        self.validator = JwtValidator(self.fhir_base, self.fhir_base, JwksSource(keys=self.keys.public_jwks),
-                                      is_revoked=lambda jti: self.store.get("revoked", jti) is not None)
+        self.issuer = TokenIssuer(
+            self.fhir_base,
+            self.fhir_base,
+            self.keys,
+            self.store,
+            int(auth.get("access_token_lifetime_s", 3600)),
+            f"{self.root}/smart-style.json",
+        )
+        self.validator = JwtValidator(
+            self.fhir_base,
+            self.fhir_base,
+            JwksSource(keys=self.keys.public_jwks),
+            is_revoked=lambda jti: self.store.get("revoked", jti) is not None,
+        )
         self.authorization = AuthorizationServer()
 
     def init_app(self, app: Flask) -> None:
@@ -147,8 +170,13 @@ class EmbeddedAuthServer:
         refresh = self.store.get("refresh", _hash(token))
         if refresh is not None and self.store.get("family-revoked", refresh["family"]) is None:
             grantee = refresh["grantee"]
-            out = {"active": True, "client_id": refresh["client_id"], "scope": refresh["scope"],
-                   "token_type": "refresh_token", "sub": grantee.get("username")}
+            out = {
+                "active": True,
+                "client_id": refresh["client_id"],
+                "scope": refresh["scope"],
+                "token_type": "refresh_token",
+                "sub": grantee.get("username"),
+            }
             if grantee.get("patient"):
                 out["patient"] = grantee["patient"]
             return out
@@ -176,10 +204,17 @@ class EmbeddedAuthServer:
         except InvalidToken:
             claims = None
         caller = self.clients.get(claims.client_id) if claims else None
-        if claims is None or caller is None or not caller.launch_issuer \
-                or not any(s.startswith("system/") for s in claims.scope.split()):
-            return {"status": 401, "error": "invalid_token",
-                    "error_description": "a system-level token of a client registered as launch_issuer is required"}
+        if (
+            claims is None
+            or caller is None
+            or not caller.launch_issuer
+            or not any(s.startswith("system/") for s in claims.scope.split())
+        ):
+            return {
+                "status": 401,
+                "error": "invalid_token",
+                "error_description": "a system-level token of a client registered as launch_issuer is required",
+            }
         client_id, patient, study = body.get("client_id"), body.get("patient"), body.get("imaging_study")
         if not isinstance(client_id, str) or client_id not in self.clients:
             return {"error": "invalid_request", "error_description": "unknown client_id"}
@@ -195,8 +230,9 @@ class EmbeddedAuthServer:
     def create_launch(self, client_id: str, patient: str, imaging_study: str | None = None) -> dict[str, Any]:
         context = [{"reference": f"ImagingStudy/{imaging_study}"}] if imaging_study else []
         launch = secrets.token_urlsafe(24)  # opaque: encodes nothing about the patient
-        self.store.put("launch", launch, {"client_id": client_id, "patient": patient, "fhirContext": context},
-                       LAUNCH_TTL_S)
+        self.store.put(
+            "launch", launch, {"client_id": client_id, "patient": patient, "fhirContext": context}, LAUNCH_TTL_S
+        )
         return {"launch": launch, "expires_in": LAUNCH_TTL_S, "iss": self.fhir_base}
 
     def smart_configuration(self) -> dict[str, Any]:
@@ -212,8 +248,12 @@ class EmbeddedAuthServer:
             "response_types_supported": ["code"],
             "code_challenge_methods_supported": ["S256"],
             "scopes_supported": scopes,
-            "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic",
-                                                      "client_secret_post", "none"],
+            "token_endpoint_auth_methods_supported": [
+                "private_key_jwt",
+                "client_secret_basic",
+                "client_secret_post",
+                "none",
+            ],
             "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
             "id_token_signing_alg_values_supported": ["RS256"],
             "capabilities": CAPABILITIES,
@@ -221,13 +261,22 @@ class EmbeddedAuthServer:
 
 
 def _summary(patient: dict[str, Any]) -> dict[str, str]:
-    return {"nhs_number": patient["id"], "name": (patient.get("name") or [{}])[0].get("text", ""),
-            "birth_date": patient.get("birthDate", "")}
+    return {
+        "nhs_number": patient["id"],
+        "name": (patient.get("name") or [{}])[0].get("text", ""),
+        "birth_date": patient.get("birthDate", ""),
+    }
 
 
 def _introspection(claims: AccessClaims, raw: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"active": True, "scope": claims.scope, "client_id": claims.client_id,
-                           "exp": claims.expires_at, "iss": claims.issuer, "token_type": "Bearer"}
+    out: dict[str, Any] = {
+        "active": True,
+        "scope": claims.scope,
+        "client_id": claims.client_id,
+        "exp": claims.expires_at,
+        "iss": claims.issuer,
+        "token_type": "Bearer",
+    }
     for key in ("sub", "iat", "aud", "patient", "fhirContext", "fhirUser"):
         if key in raw:
             out[key] = raw[key]

@@ -41,10 +41,12 @@ def check_secret(secret: str, stored: str) -> bool:
 
 
 def _covers(registered: Grant, asked: Grant) -> bool:
-    return (registered.context == asked.context
-            and registered.resource_type in ("*", asked.resource_type)
-            and asked.interactions <= registered.interactions
-            and (not registered.filters or registered.filters == asked.filters))
+    return (
+        registered.context == asked.context
+        and registered.resource_type in ("*", asked.resource_type)
+        and asked.interactions <= registered.interactions
+        and (not registered.filters or registered.filters == asked.filters)
+    )
 
 
 @dataclass(frozen=True)

@@ -112,10 +112,18 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         scope = request.client.get_allowed_scope(request.scope or "")
         if grantee.patient is None:  # patient scopes without a patient context are not granted (fail closed)
             scope = " ".join(s for s in scope.split() if not s.startswith("patient/"))
-        self.store.put("code", _hash(code), {
-            "client_id": request.client.client_id, "redirect_uri": request.payload.redirect_uri,
-            "scope": scope, "code_challenge": request.payload.data.get("code_challenge"),
-            "grantee": asdict(grantee)}, CODE_TTL_S)
+        self.store.put(
+            "code",
+            _hash(code),
+            {
+                "client_id": request.client.client_id,
+                "redirect_uri": request.payload.redirect_uri,
+                "scope": scope,
+                "code_challenge": request.payload.data.get("code_challenge"),
+                "grantee": asdict(grantee),
+            },
+            CODE_TTL_S,
+        )
 
     def query_authorization_code(self, code: str, client: Client) -> StoredCode | None:
         found = self.store.take("code", _hash(code))  # single use, whatever happens next
@@ -194,8 +202,9 @@ class SmartClientAssertion(JWTBearerClientAssertion):
     def __call__(self, query_client: Any, request: Any) -> Any:
         data = request.form
         if data.get("client_assertion") and data.get("client_assertion_type") != self.CLIENT_ASSERTION_TYPE:
-            raise InvalidClientError(description="client_assertion_type must be "
-                                                 "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+            raise InvalidClientError(
+                description="client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+            )
         return super().__call__(query_client, request)
 
     def resolve_client_public_key(self, client: Client) -> KeySet:
@@ -243,8 +252,9 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
 class TokenIssuer:
     """Signs access tokens (JWT) and id_tokens; keeps refresh tokens in the store."""
 
-    def __init__(self, issuer: str, audience: str, keys: SigningKeys, store: AuthStore,
-                 lifetime_s: int, style_url: str) -> None:
+    def __init__(
+        self, issuer: str, audience: str, keys: SigningKeys, store: AuthStore, lifetime_s: int, style_url: str
+    ) -> None:
         self.issuer = issuer
         self.audience = audience
         self.keys = keys
@@ -256,16 +266,30 @@ class TokenIssuer:
         key = self.keys.current
         return jwt.encode({"alg": alg, "kid": key.kid, "typ": "JWT"}, claims, key, algorithms=[alg])
 
-    def __call__(self, grant_type: str, client: Client, user: Grantee | None = None, scope: str | None = None,
-                 expires_in: int | None = None, include_refresh_token: bool = True) -> dict[str, Any]:
+    def __call__(
+        self,
+        grant_type: str,
+        client: Client,
+        user: Grantee | None = None,
+        scope: str | None = None,
+        expires_in: int | None = None,
+        include_refresh_token: bool = True,
+    ) -> dict[str, Any]:
         now = int(time.time())
         scope = scope or ""
         backend = grant_type == "client_credentials"
         lifetime = BACKEND_TOKEN_TTL_S if backend else self.lifetime_s
-        claims: dict[str, Any] = {"iss": self.issuer, "aud": self.audience, "iat": now, "nbf": now,
-                                  "exp": now + lifetime, "jti": secrets.token_urlsafe(16),
-                                  "client_id": client.client_id, "scope": scope,
-                                  "sub": (user.username if user and user.username else client.client_id)}
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "iat": now,
+            "nbf": now,
+            "exp": now + lifetime,
+            "jti": secrets.token_urlsafe(16),
+            "client_id": client.client_id,
+            "scope": scope,
+            "sub": (user.username if user and user.username else client.client_id),
+        }
         token: dict[str, Any] = {"token_type": "Bearer", "expires_in": lifetime, "scope": scope}
         if user is not None and not backend:
             if user.patient:
@@ -287,8 +311,14 @@ class TokenIssuer:
         return token
 
     def _id_token(self, client: Client, user: Grantee, now: int) -> str:
-        claims: dict[str, Any] = {"iss": self.issuer, "aud": client.client_id, "sub": user.username or "",
-                                  "iat": now, "exp": now + self.lifetime_s, "auth_time": user.auth_time or now}
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": client.client_id,
+            "sub": user.username or "",
+            "iat": now,
+            "exp": now + self.lifetime_s,
+            "auth_time": user.auth_time or now,
+        }
         if user.fhir_user:
             claims["fhirUser"] = user.fhir_user
         if user.nonce:
@@ -300,6 +330,10 @@ class TokenIssuer:
 
         token = secrets.token_urlsafe(32)
         family = getattr(g, "refresh_family", None) or secrets.token_urlsafe(12)
-        self.store.put("refresh", _hash(token), {"client_id": client.client_id, "scope": scope, "family": family,
-                                                 "grantee": asdict(user)}, 90 * 86400)
+        self.store.put(
+            "refresh",
+            _hash(token),
+            {"client_id": client.client_id, "scope": scope, "family": family, "grantee": asdict(user)},
+            90 * 86400,
+        )
         return token

@@ -37,21 +37,25 @@ class SqliteAuthStore:
 
     def put(self, kind: str, key: str, value: dict[str, Any], ttl_s: float) -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO auth_state VALUES (?, ?, ?, ?)",
-                             (kind, key, orjson.dumps(value), time.time() + ttl_s))
+            self._db.execute(
+                "INSERT OR REPLACE INTO auth_state VALUES (?, ?, ?, ?)",
+                (kind, key, orjson.dumps(value), time.time() + ttl_s),
+            )
 
     def get(self, kind: str, key: str) -> dict[str, Any] | None:
         with self._lock:
-            row = self._db.execute("SELECT value FROM auth_state WHERE kind = ? AND key = ? AND expires > ?",
-                                   (kind, key, time.time())).fetchone()
+            row = self._db.execute(
+                "SELECT value FROM auth_state WHERE kind = ? AND key = ? AND expires > ?", (kind, key, time.time())
+            ).fetchone()
         return orjson.loads(row[0]) if row else None
 
     def take(self, kind: str, key: str) -> dict[str, Any] | None:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                row = self._db.execute("SELECT value, expires FROM auth_state WHERE kind = ? AND key = ?",
-                                       (kind, key)).fetchone()
+                row = self._db.execute(
+                    "SELECT value, expires FROM auth_state WHERE kind = ? AND key = ?", (kind, key)
+                ).fetchone()
                 self._db.execute("DELETE FROM auth_state WHERE kind = ? AND key = ?", (kind, key))
                 self._db.execute("COMMIT")
             except Exception:
@@ -65,8 +69,9 @@ class SqliteAuthStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute("DELETE FROM auth_state WHERE kind = ? AND key = ? AND expires <= ?", (kind, key, now))
-                cursor = self._db.execute("INSERT OR IGNORE INTO auth_state VALUES (?, ?, ?, ?)",
-                                          (kind, key, b"{}", now + ttl_s))
+                cursor = self._db.execute(
+                    "INSERT OR IGNORE INTO auth_state VALUES (?, ?, ?, ?)", (kind, key, b"{}", now + ttl_s)
+                )
                 self._db.execute("COMMIT")
             except Exception:
                 self._db.execute("ROLLBACK")

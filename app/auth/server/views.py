@@ -24,8 +24,19 @@ from app.core.mapping.patient import nhs_number_problem
 
 bp = Blueprint("smart_auth", __name__, template_folder="templates")
 
-AUTH_PARAMS = ("response_type", "client_id", "redirect_uri", "scope", "state", "aud", "resource", "launch",
-               "code_challenge", "code_challenge_method", "nonce")
+AUTH_PARAMS = (
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "aud",
+    "resource",
+    "launch",
+    "code_challenge",
+    "code_challenge_method",
+    "nonce",
+)
 SCOPE_WORDS = {
     "launch": "use the patient and study your EPR has open",
     "launch/patient": "ask you which patient to work on",
@@ -49,17 +60,25 @@ def describe_scope(scope: str) -> str:
     kind, _, permissions = rest.partition(".")
     permissions = permissions.split("?", 1)[0]
     verbs = ["read", "search"] if permissions in ("read", "*") else [VERBS[c] for c in permissions if c in VERBS]
-    whose = {"patient": "for the selected patient only", "user": "that you can see",
-             "system": "for any patient"}.get(context, "")
+    whose = {"patient": "for the selected patient only", "user": "that you can see", "system": "for any patient"}.get(
+        context, ""
+    )
     thing = "all record types" if kind == "*" else f"{kind} records"
     return f"{' and '.join(verbs)} {thing} {whose}".strip()
 
 
 def _page(template: str, status: int = 200, **values: Any) -> Response:
     body = render_template(template, **values)
-    return Response(body, status=status, content_type="text/html; charset=utf-8",
-                    headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
-                             "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'"})
+    return Response(
+        body,
+        status=status,
+        content_type="text/html; charset=utf-8",
+        headers={
+            "Cache-Control": "no-store",
+            "X-Frame-Options": "DENY",
+            "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'",
+        },
+    )
 
 
 def _error_page(message: str) -> Response:
@@ -102,15 +121,17 @@ def authorize() -> Response:
     if params.get("response_type") != "code":
         return _redirect_error(redirect_uri, "unsupported_response_type", "response_type must be code", state)
     if not params.get("code_challenge") or params.get("code_challenge_method") != "S256":
-        return _redirect_error(redirect_uri, "invalid_request", "PKCE with code_challenge_method=S256 is required",
-                               state)
+        return _redirect_error(
+            redirect_uri, "invalid_request", "PKCE with code_challenge_method=S256 is required", state
+        )
     scopes = params.get("scope", "").split()
     launch = None
     if "launch" in scopes:
         launch = smart.store.get("launch", params.get("launch", "")) if params.get("launch") else None
         if launch is None or launch["client_id"] != client.client_id:
-            return _redirect_error(redirect_uri, "invalid_request", "launch is unknown, used, expired or for "
-                                   "another application", state)
+            return _redirect_error(
+                redirect_uri, "invalid_request", "launch is unknown, used, expired or for another application", state
+            )
     user = smart.users.get(session.get("user", ""))
     if user is None:
         return _login(params, client)
@@ -124,17 +145,29 @@ def authorize() -> Response:
     if request.form.get("step") != "consent" or not _csrf_ok():
         if chosen is None and patient:
             chosen = smart.find_patient(patient)
-        return _page("auth_consent.html", client=client, params=params, user=user, patient=patient,
-                     patient_name=chosen["name"] if chosen else None, csrf=_csrf(),
-                     scopes=[(s, describe_scope(s)) for s in client.get_allowed_scope(params.get("scope", "")).split()])
+        return _page(
+            "auth_consent.html",
+            client=client,
+            params=params,
+            user=user,
+            patient=patient,
+            patient_name=chosen["name"] if chosen else None,
+            csrf=_csrf(),
+            scopes=[(s, describe_scope(s)) for s in client.get_allowed_scope(params.get("scope", "")).split()],
+        )
     if request.form.get("decision") != "allow":
         return _redirect_error(redirect_uri, "access_denied", "the user declined", state)
     if launch is not None and smart.store.take("launch", params["launch"]) is None:
         return _redirect_error(redirect_uri, "invalid_request", "launch was already used", state)
-    grantee = Grantee(username=user.username, fhir_user=user.fhir_user, patient=patient,
-                      fhir_context=launch.get("fhirContext", []) if launch else [],
-                      need_patient_banner=launch is None, nonce=params.get("nonce"),
-                      auth_time=int(session.get("auth_time", time.time())))
+    grantee = Grantee(
+        username=user.username,
+        fhir_user=user.fhir_user,
+        patient=patient,
+        fhir_context=launch.get("fhirContext", []) if launch else [],
+        need_patient_banner=launch is None,
+        nonce=params.get("nonce"),
+        auth_time=int(session.get("auth_time", time.time())),
+    )
     try:
         grant = smart.authorization.get_consent_grant(end_user=grantee)
     except OAuth2Error as error:
@@ -154,8 +187,9 @@ def _login(params: dict[str, str], client: Any) -> Response:
             session["csrf"] = secrets.token_urlsafe(16)
             return _continue(params)
         message = "The user name or password is not right."
-    return _page("auth_login.html", 401 if message else 200, client=client, params=params, message=message,
-                 csrf=_csrf())
+    return _page(
+        "auth_login.html", 401 if message else 200, client=client, params=params, message=message, csrf=_csrf()
+    )
 
 
 def _continue(params: dict[str, str]) -> Response:
@@ -171,8 +205,9 @@ def _picker(params: dict[str, str], client: Any, chosen: str | None) -> Response
         found, message = smart.find_patients(query)
     elif chosen:
         message = "That NHS number has no imaging records; search again."
-    return _page("auth_picker.html", client=client, params=params, query=query, found=found, message=message,
-                 csrf=_csrf())
+    return _page(
+        "auth_picker.html", client=client, params=params, query=query, found=found, message=message, csrf=_csrf()
+    )
 
 
 @bp.post("/token")
@@ -195,16 +230,24 @@ def introspect() -> Response:
     smart = server()
     caller = _calling_client(public_allowed=False)
     if caller is None and not smart.bearer_is_active(request.headers.get("Authorization")):
-        return Response(orjson.dumps({"error": "invalid_client"}), 401, content_type="application/json",
-                        headers={"WWW-Authenticate": 'Basic realm="introspection"'})
+        return Response(
+            orjson.dumps({"error": "invalid_client"}),
+            401,
+            content_type="application/json",
+            headers={"WWW-Authenticate": 'Basic realm="introspection"'},
+        )
     body = smart.introspect(request.form.get("token", ""))
     return Response(orjson.dumps(body), 200, content_type="application/json", headers={"Cache-Control": "no-store"})
 
 
 def _invalid_request(description: str) -> Response:
     """RFC 6749 5.2: a required parameter is missing or malformed."""
-    return Response(orjson.dumps({"error": "invalid_request", "error_description": description}), 400,
-                    content_type="application/json", headers={"Cache-Control": "no-store"})
+    return Response(
+        orjson.dumps({"error": "invalid_request", "error_description": description}),
+        400,
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 def _calling_client(public_allowed: bool = True) -> Any:
@@ -221,16 +264,28 @@ def _calling_client(public_allowed: bool = True) -> Any:
 
 @bp.get("/jwks")
 def jwks() -> Response:
-    return Response(orjson.dumps(server().keys.public_jwks()), content_type="application/json",
-                    headers={"Cache-Control": "public, max-age=300"})
+    return Response(
+        orjson.dumps(server().keys.public_jwks()),
+        content_type="application/json",
+        headers={"Cache-Control": "public, max-age=300"},
+    )
 
 
 @bp.get("/smart-style.json")
 def smart_style() -> Response:
-    style = {"color_background": "#f3f4f6", "color_error": "#d5281b", "color_highlight": "#005eb8",
-             "color_modal_backdrop": "", "color_success": "#007f3b", "color_text": "#212b32",
-             "dim_border_radius": "4px", "dim_font_size": "16px", "dim_spacing_size": "16px",
-             "font_family_body": "Arial, sans-serif", "font_family_heading": "Arial, sans-serif"}
+    style = {
+        "color_background": "#f3f4f6",
+        "color_error": "#d5281b",
+        "color_highlight": "#005eb8",
+        "color_modal_backdrop": "",
+        "color_success": "#007f3b",
+        "color_text": "#212b32",
+        "dim_border_radius": "4px",
+        "dim_font_size": "16px",
+        "dim_spacing_size": "16px",
+        "font_family_body": "Arial, sans-serif",
+        "font_family_heading": "Arial, sans-serif",
+    }
     return Response(orjson.dumps(style), content_type="application/json")
 
 

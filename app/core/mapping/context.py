@@ -30,11 +30,15 @@ class TrustMapping:
         object.__setattr__(self, "endpoint_reference", {"reference": f"Endpoint/{self.endpoint_id}"})
         viewer = [{"reference": f"Endpoint/{self.viewer_endpoint_id}"}] if self.viewer_endpoint_id else []
         object.__setattr__(self, "study_endpoints", [self.endpoint_reference, *viewer])
-        object.__setattr__(self, "organization_reference", {
-            "reference": f"Organization/{self.ods_code}",
-            "identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": self.ods_code},
-            "display": self.name,
-        })
+        object.__setattr__(
+            self,
+            "organization_reference",
+            {
+                "reference": f"Organization/{self.ods_code}",
+                "identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": self.ods_code},
+                "display": self.name,
+            },
+        )
 
 
 @dataclass(frozen=True)
@@ -55,8 +59,14 @@ class MappingContext:
 
     __slots__ = ("issues", "study_offset", "study_uid", "subject", "terminology", "trust")
 
-    def __init__(self, trust: TrustMapping, terminology: Terminology, subject: dict[str, Any],
-                 study_uid: str, issues: list[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        trust: TrustMapping,
+        terminology: Terminology,
+        subject: dict[str, Any],
+        study_uid: str,
+        issues: list[dict[str, Any]],
+    ) -> None:
         self.trust = trust
         self.terminology = terminology
         self.subject = subject
@@ -69,9 +79,11 @@ class MappingContext:
 
     def report(self, element: str, message: str, severity: str = "warning") -> None:
         """Record data that could not be mapped; it becomes an OperationOutcome issue."""
-        self.issues.append({
-            "severity": severity,
-            "code": "value",
-            "diagnostics": f"{self.trust.id} study {self.study_uid}: {message}",
-            "expression": [element],
-        })
+        self.issues.append(
+            {
+                "severity": severity,
+                "code": "value",
+                "diagnostics": f"{self.trust.id} study {self.study_uid}: {message}",
+                "expression": [element],
+            }
+        )

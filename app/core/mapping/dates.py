@@ -99,8 +99,12 @@ def _offset(offset: str) -> str:
 
 def _time(tm: str) -> tuple[str, int, int, int]:
     """The common forms HHMMSS and HHMMSS.FFFFFF without a regular expression; others by _fhir_time."""
-    if len(tm) >= 6 and tm[:6].isdigit() and tm.isascii() and (len(tm) == 6 or (
-            tm[6] == "." and 7 < len(tm) <= 13 and tm[7:].isdigit())):
+    if (
+        len(tm) >= 6
+        and tm[:6].isdigit()
+        and tm.isascii()
+        and (len(tm) == 6 or (tm[6] == "." and 7 < len(tm) <= 13 and tm[7:].isdigit()))
+    ):
         h, m, s = int(tm[:2]), int(tm[2:4]), int(tm[4:6])
         if h <= 23 and m <= 59 and s <= 60:
             frac = tm[7:]

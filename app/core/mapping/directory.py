@@ -18,15 +18,25 @@ def organization_resource(trust: TrustMapping) -> dict[str, Any]:
         "id": trust.ods_code,
         "identifier": [{"use": "official", "system": ODS_SYSTEM, "value": trust.ods_code}],
         "active": True,
-        "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/organization-type",
-                              "code": "prov", "display": "Healthcare Provider"}]}],
+        "type": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/organization-type",
+                        "code": "prov",
+                        "display": "Healthcare Provider",
+                    }
+                ]
+            }
+        ],
         "name": trust.name,
         "endpoint": [trust.endpoint_reference],
     }
 
 
-def endpoint_resource(trust: TrustMapping, address: str, requires_token: bool,
-                      available: bool = True) -> dict[str, Any]:
+def endpoint_resource(
+    trust: TrustMapping, address: str, requires_token: bool, available: bool = True
+) -> dict[str, Any]:
     """The trust's WADO-RS Endpoint: clients append /studies/{StudyInstanceUID} to `address`.
 
     `requires_token`: the address wants the caller's SMART access token (the facade's own gateway),
@@ -43,8 +53,9 @@ def endpoint_resource(trust: TrustMapping, address: str, requires_token: bool,
         "connectionType": {"system": CONNECTION_TYPE, "code": "dicom-wado-rs", "display": "DICOM WADO-RS"},
         "name": f"{trust.name} imaging archive (DICOMweb WADO-RS)",
         "managingOrganization": trust.organization_reference,
-        "payloadType": [{"coding": [{"system": PAYLOAD_TYPE, "code": "any", "display": "Any"}],
-                         "text": "DICOM WADO-RS"}],
+        "payloadType": [
+            {"coding": [{"system": PAYLOAD_TYPE, "code": "any", "display": "Any"}], "text": "DICOM WADO-RS"}
+        ],
         "payloadMimeType": ["application/dicom"],
         "address": address,
     }
@@ -64,8 +75,12 @@ def viewer_endpoint_resource(trust: TrustMapping, viewer: dict[str, Any]) -> dic
         "connectionType": {"system": CONNECTION_TYPE, "code": "ihe-iid", "display": "IHE IID"},
         "name": viewer.get("name") or f"{trust.name} image viewer (IHE Invoke Image Display)",
         "managingOrganization": trust.organization_reference,
-        "payloadType": [{"coding": [{"system": PAYLOAD_TYPE, "code": "none", "display": "None"}],
-                         "text": "IHE Invoke Image Display"}],
+        "payloadType": [
+            {
+                "coding": [{"system": PAYLOAD_TYPE, "code": "none", "display": "None"}],
+                "text": "IHE Invoke Image Display",
+            }
+        ],
         "payloadMimeType": ["text/html"],
         "address": viewer["url_template"],
     }

@@ -66,6 +66,7 @@ def _apply(rows: tuple[Row, ...], ds: dj.Dataset, ctx: MappingContext, out: dict
 
 def _order(number_tag: str, uid_tag: str) -> Callable[[dj.Dataset], tuple[int, str]]:
     """Sort key: the DICOM number (unnumbered last), then the UID, so the output is deterministic."""
+
     def key(ds: dj.Dataset) -> tuple[int, str]:
         item = ds.get(number_tag)
         values = item.get("Value") if item else None
@@ -73,6 +74,7 @@ def _order(number_tag: str, uid_tag: str) -> Callable[[dj.Dataset], tuple[int, s
         uid_item = ds.get(uid_tag)
         uids = uid_item.get("Value") if uid_item else None
         return (number if number is not None else 1 << 31, str(uids[0]) if uids else "")
+
     return key
 
 
@@ -114,8 +116,9 @@ class StudyMapper:
             self._derive_counts(out, mapped, len(series))
         return out
 
-    def _series(self, series: dj.Dataset, instances: Mapping[str, Sequence[dj.Dataset]] | None,
-                ctx: MappingContext) -> dict[str, Any] | None:
+    def _series(
+        self, series: dj.Dataset, instances: Mapping[str, Sequence[dj.Dataset]] | None, ctx: MappingContext
+    ) -> dict[str, Any] | None:
         out = _apply(self.series_rows, series, ctx, {})
         if "uid" not in out or "modality" not in out:
             ctx.report("ImagingStudy.series", "a series without a valid SeriesInstanceUID or Modality was left out")
@@ -131,8 +134,9 @@ class StudyMapper:
     def _instance(self, instance: dj.Dataset, ctx: MappingContext) -> dict[str, Any] | None:
         out = _apply(self.instance_rows, instance, ctx, {})
         if "uid" not in out or "sopClass" not in out:
-            ctx.report("ImagingStudy.series.instance",
-                       "an instance without a valid SOPInstanceUID or SOPClassUID was left out")
+            ctx.report(
+                "ImagingStudy.series.instance", "an instance without a valid SOPInstanceUID or SOPClassUID was left out"
+            )
             return None
         return out
 
@@ -150,6 +154,10 @@ class StudyMapper:
                 out.setdefault("modality", []).append(coding)
                 codes.add(coding["code"])
         out.setdefault("numberOfSeries", received)
-        if "numberOfInstances" not in out and series and len(series) == received \
-                and all("numberOfInstances" in s for s in series):
+        if (
+            "numberOfInstances" not in out
+            and series
+            and len(series) == received
+            and all("numberOfInstances" in s for s in series)
+        ):
             out["numberOfInstances"] = sum(s["numberOfInstances"] for s in series)

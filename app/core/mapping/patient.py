@@ -41,8 +41,9 @@ def local_patient_key(study: dj.Dataset) -> tuple[str, str] | None:
     return (pid, dj.first_text(study, dj.ISSUER_OF_PATIENT_ID) or "") if pid else None
 
 
-def nhs_number_of(study: dj.Dataset, match: str, issuer: str | None, trust_id: str,
-                  xref: Mapping[tuple[str, str, str], str]) -> str | None:
+def nhs_number_of(
+    study: dj.Dataset, match: str, issuer: str | None, trust_id: str, xref: Mapping[tuple[str, str, str], str]
+) -> str | None:
     """The NHS number a study belongs to, by the trust's rule; None when it cannot be told.
 
     `xref` maps (trust id, local PatientID, issuer) to NHS number; a row without an issuer matches
@@ -70,8 +71,10 @@ def subject_reference(nhs_number: str | None, study: dj.Dataset, local_system: s
     """ImagingStudy.subject: the Patient by NHS number, else the trust-local identifier only."""
     name = next((n for n in (dj.person_name_text(v) for v in dj.values(study, dj.PATIENT_NAME)) if n), None)
     if nhs_number:
-        ref: dict[str, Any] = {"reference": f"Patient/{nhs_number}",
-                               "identifier": {"system": NHS_NUMBER_SYSTEM, "value": nhs_number}}
+        ref: dict[str, Any] = {
+            "reference": f"Patient/{nhs_number}",
+            "identifier": {"system": NHS_NUMBER_SYSTEM, "value": nhs_number},
+        }
     else:
         pid = dj.first_text(study, dj.PATIENT_ID) or "unknown"
         ref = {"identifier": {"system": local_system, "value": pid}}

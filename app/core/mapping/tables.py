@@ -30,8 +30,10 @@ def load_terminology(root: Path = MAPPINGS_DIR, keywords: dict[str, str] | None 
     return Terminology(
         body_sites={term: {"system": body["system"], **code} for term, code in body["terms"].items()},
         laterality={term: {"system": laterality["system"], **code} for term, code in laterality["terms"].items()},
-        modalities={code: {"system": modality["system"], "code": code, "display": display}
-                    for code, display in modality["codes"].items()},
+        modalities={
+            code: {"system": modality["system"], "code": code, "display": display}
+            for code, display in modality["codes"].items()
+        },
         sop_classes=sop["classes"],
         coding_schemes=schemes["schemes"],
         keywords=keywords or {},

@@ -130,8 +130,12 @@ def study_id_identifier(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, A
     value = dj.first_text(ds, tags[0])
     if not value:
         return None
-    return {"use": "secondary", "type": {"text": "DICOM Study ID"}, "value": value,
-            "assigner": ctx.trust.organization_reference}
+    return {
+        "use": "secondary",
+        "type": {"text": "DICOM Study ID"},
+        "value": value,
+        "assigner": ctx.trust.organization_reference,
+    }
 
 
 def _modality_coding(code: str, ctx: MappingContext, element: str) -> dict[str, str] | None:
@@ -209,8 +213,10 @@ def person_references(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, Any
 
 
 def _prepare_performers(args: dict[str, Any]) -> dict[str, Any]:
-    functions = [{"coding": [{"system": PARTICIPATION_TYPE, "code": r["code"], "display": r["display"]}],
-                  "text": r["text"]} for r in args["roles"]]
+    functions = [
+        {"coding": [{"system": PARTICIPATION_TYPE, "code": r["code"], "display": r["display"]}], "text": r["text"]}
+        for r in args["roles"]
+    ]
     return {**args, "functions": functions}
 
 
@@ -224,14 +230,14 @@ def performers(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, Any], ctx:
     for tag, function in zip(tags, args["functions"], strict=True):
         item = ds.get(tag)
         if item is not None:
-            out.extend({"function": function, "actor": actor}
-                       for actor in map(_person, item.get("Value") or ()) if actor)
+            out.extend(
+                {"function": function, "actor": actor} for actor in map(_person, item.get("Value") or ()) if actor
+            )
     return out or None
 
 
 def _coding(item: dj.Dataset, ctx: MappingContext, element: str) -> dict[str, str] | None:
-    code = (dj.first_text(item, "00080100") or dj.first_text(item, "00080119")
-            or dj.first_text(item, "00080120"))
+    code = dj.first_text(item, "00080100") or dj.first_text(item, "00080119") or dj.first_text(item, "00080120")
     scheme = dj.first_text(item, "00080102")
     meaning = dj.first_text(item, "00080104")
     system = ctx.terminology.coding_schemes.get(scheme or "")
@@ -242,8 +248,9 @@ def _coding(item: dj.Dataset, ctx: MappingContext, element: str) -> dict[str, st
         return coding
     if code:
         kept = "its meaning is kept as text" if meaning else "it has no meaning to keep, so it is left out"
-        ctx.report(element, f"coding scheme {scheme!r} of code {code!r} has no known FHIR system; {kept}",
-                   "information")
+        ctx.report(
+            element, f"coding scheme {scheme!r} of code {code!r} has no known FHIR system; {kept}", "information"
+        )
     return None
 
 

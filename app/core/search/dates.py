@@ -67,10 +67,21 @@ def parse_range(value: str, zone: tzinfo) -> DateRange:
     zone_used: tzinfo = zone
     try:
         if tz:  # timezone() refuses offsets of 24 hours or more
-            zone_used = timezone.utc if tz == "Z" else timezone(
-                (1 if tz[0] == "+" else -1) * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])))
-        start = datetime(int(year), int(month or 1), int(day or 1), int(hh or 0), int(mm or 0), int(ss or 0),
-                         int((frac or "0")[:6].ljust(6, "0")), tzinfo=zone_used)
+            zone_used = (
+                timezone.utc
+                if tz == "Z"
+                else timezone((1 if tz[0] == "+" else -1) * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])))
+            )
+        start = datetime(
+            int(year),
+            int(month or 1),
+            int(day or 1),
+            int(hh or 0),
+            int(mm or 0),
+            int(ss or 0),
+            int((frac or "0")[:6].ljust(6, "0")),
+            tzinfo=zone_used,
+        )
     except ValueError:
         raise DateValueError(f"{value!r} is not a valid calendar date or time") from None
     try:
@@ -87,12 +98,14 @@ def parse_range(value: str, zone: tzinfo) -> DateRange:
         else:
             end = start.replace(year=start.year + 1)
         # One day inside the calendar's edges, so that any zone (and dicom_bounds' day of margin) stays in it.
-        if not datetime(1, 1, 3, tzinfo=timezone.utc) <= start.astimezone(timezone.utc) \
-                or not end.astimezone(timezone.utc) <= datetime(9999, 12, 30, tzinfo=timezone.utc):
+        if not datetime(1, 1, 3, tzinfo=timezone.utc) <= start.astimezone(timezone.utc) or not end.astimezone(
+            timezone.utc
+        ) <= datetime(9999, 12, 30, tzinfo=timezone.utc):
             raise OverflowError
     except (ValueError, OverflowError):  # year 10000, or before year 1 in UTC
-        raise DateValueError(f"{value!r} is outside the dates this server compares "
-                             "(0001-01-03 to 9999-12-30 UTC)") from None
+        raise DateValueError(
+            f"{value!r} is outside the dates this server compares (0001-01-03 to 9999-12-30 UTC)"
+        ) from None
     return DateRange(start.astimezone(timezone.utc), end.astimezone(timezone.utc))
 
 
@@ -115,8 +128,10 @@ def dicom_bounds(filters: tuple[DateFilter, ...], zone: tzinfo) -> tuple[str | N
         if f.prefix in ("eq", "le", "lt", "eb"):
             high = min(high, f.range.end) if high else f.range.end
     day = timedelta(days=1)
-    return (_dicom_date(low.astimezone(zone) - day) if low else None,
-            _dicom_date(high.astimezone(zone) + day) if high else None)
+    return (
+        _dicom_date(low.astimezone(zone) - day) if low else None,
+        _dicom_date(high.astimezone(zone) + day) if high else None,
+    )
 
 
 def _dicom_date(moment: datetime) -> str:

@@ -43,7 +43,7 @@ class Token:
 class StudySearch:
     """An ImagingStudy search after validation. Empty tuples mean "not constrained"."""
 
-    nhs_numbers: frozenset[str] | None = None       # None: no patient criterion
+    nhs_numbers: frozenset[str] | None = None  # None: no patient criterion
     study_uids: frozenset[str] | None = None
     accessions: tuple[Token, ...] = ()
     started: tuple[DateFilter, ...] = ()
@@ -72,7 +72,7 @@ class Paging:
 @dataclass
 class ParsedQuery:
     search: StudySearch
-    used: Pairs            # the recognised parameters, canonical, for self/next links and cursors
+    used: Pairs  # the recognised parameters, canonical, for self/next links and cursors
 
 
 def _split(value: str) -> list[str]:
@@ -167,8 +167,10 @@ class _StudyParser:
     @staticmethod
     def _accession(code: str, name: str) -> str:
         if len(code) > 16 or not is_plain_key(code):
-            raise InvalidRequest(f"{code!r} is not an accession number (at most 16 characters, "
-                                 "no * ? \\ , % or control characters)", name)
+            raise InvalidRequest(
+                f"{code!r} is not an accession number (at most 16 characters, no * ? \\ , % or control characters)",
+                name,
+            )
         return code
 
     def _id(self, name: str, value: str) -> None:
@@ -183,8 +185,11 @@ class _StudyParser:
     def modality(self, name: str, value: str) -> None:
         codes = []
         for token in map(_token, _split(value)):
-            if token.system not in (None, DCM_SYSTEM) or not _MODALITY.match(token.code) \
-                    or token.code not in self.known_modalities:
+            if (
+                token.system not in (None, DCM_SYSTEM)
+                or not _MODALITY.match(token.code)
+                or token.code not in self.known_modalities
+            ):
                 raise InvalidRequest(f"{token.code!r} is not a DICOM modality code ({DCM_SYSTEM})", name)
             codes.append(token.code)
         self.search.modalities = tuple(codes)
@@ -248,15 +253,35 @@ STUDY_PARAMETERS: dict[str, Callable[[_StudyParser, str, str], None]] = {
     "status": _StudyParser.status,
 }
 
-STUDY_ELEMENTS = frozenset((
-    "identifier", "status", "modality", "subject", "encounter", "started", "basedOn", "referrer",
-    "interpreter", "endpoint", "numberOfSeries", "numberOfInstances", "procedureReference",
-    "procedureCode", "location", "reasonCode", "reasonReference", "note", "description", "series",
-))
+STUDY_ELEMENTS = frozenset(
+    (
+        "identifier",
+        "status",
+        "modality",
+        "subject",
+        "encounter",
+        "started",
+        "basedOn",
+        "referrer",
+        "interpreter",
+        "endpoint",
+        "numberOfSeries",
+        "numberOfInstances",
+        "procedureReference",
+        "procedureCode",
+        "location",
+        "reasonCode",
+        "reasonReference",
+        "note",
+        "description",
+        "series",
+    )
+)
 
 
-def parse_paging(pairs: Pairs, default_count: int, max_count: int, includes: frozenset[str],
-                 elements: frozenset[str], sortable: bool) -> tuple[Paging, Pairs]:
+def parse_paging(
+    pairs: Pairs, default_count: int, max_count: int, includes: frozenset[str], elements: frozenset[str], sortable: bool
+) -> tuple[Paging, Pairs]:
     """The shared result parameters; returns them with their canonical pairs."""
     paging = Paging(count=default_count)
     used: Pairs = []
@@ -296,8 +321,9 @@ def unknown_parameters(pairs: Pairs, known: set[str]) -> list[str]:
     return sorted({n for n, _ in pairs if n not in known and n not in COMMON})
 
 
-def parse_study_search(pairs: Pairs, zone: tzinfo, known_modalities: frozenset[str],
-                       default_count: int, max_count: int) -> ParsedQuery:
+def parse_study_search(
+    pairs: Pairs, zone: tzinfo, known_modalities: frozenset[str], default_count: int, max_count: int
+) -> ParsedQuery:
     """Validate an ImagingStudy search; raises InvalidRequest (400) naming the parameter at fault."""
     parser = _StudyParser(zone, known_modalities)
     used: Pairs = []
@@ -310,8 +336,12 @@ def parse_study_search(pairs: Pairs, zone: tzinfo, known_modalities: frozenset[s
         handler(parser, name, value)
         used.append((name, value))
     paging, paging_used = parse_paging(
-        pairs, default_count, max_count,
+        pairs,
+        default_count,
+        max_count,
         frozenset({"ImagingStudy:endpoint", "ImagingStudy:subject", "ImagingStudy:patient"}),
-        STUDY_ELEMENTS, sortable=True)
+        STUDY_ELEMENTS,
+        sortable=True,
+    )
     parser.search.paging = paging
     return ParsedQuery(parser.search, sorted(used + paging_used))

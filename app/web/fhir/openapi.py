@@ -40,7 +40,7 @@ def openapi_document(settings: Settings, smart: dict[str, Any] | None) -> dict[s
         if path.startswith(_AUTH_PREFIX) and not embedded:
             continue  # another server (or none) issues the tokens
         if path.startswith(WRITTEN_BASE_PATH + "/"):
-            path = settings.base_path + path[len(WRITTEN_BASE_PATH):]
+            path = settings.base_path + path[len(WRITTEN_BASE_PATH) :]
         paths[path] = item
     document["paths"] = paths
     schemes = document["components"]["securitySchemes"]

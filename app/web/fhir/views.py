@@ -49,11 +49,15 @@ def authenticate() -> None:
     g.audit = None
     if request.endpoint in PUBLIC_ENDPOINTS or request.method == "OPTIONS":
         return
-    kind, _, rest = (request.path[len(facade().settings.base_path):].strip("/") + "/").partition("/")
+    kind, _, rest = (request.path[len(facade().settings.base_path) :].strip("/") + "/").partition("/")
     rest = rest.strip("/")
     searching = not rest or rest == "_search"
-    g.audit = {"resource_type": kind or "?", "interaction": "search-type" if searching else "read",
-               "resource_id": None if searching else rest, "patients": ()}
+    g.audit = {
+        "resource_type": kind or "?",
+        "interaction": "search-type" if searching else "read",
+        "resource_id": None if searching else rest,
+        "patients": (),
+    }
     g.access = current_app.extensions["protector"].authenticate(request.headers.get("Authorization"))
 
 
@@ -65,11 +69,17 @@ def audit(response: Response) -> Response:
         return response
     access: Access | None = getattr(g, "access", None)
     record = AuditRecord(
-        interaction=found["interaction"], resource_type=found["resource_type"], status=response.status_code,
-        client_id=access.claims.client_id if access else None, user=access.user if access else None,
-        address=request.remote_addr, query=_audited_query(), resource_id=found["resource_id"],
+        interaction=found["interaction"],
+        resource_type=found["resource_type"],
+        status=response.status_code,
+        client_id=access.claims.client_id if access else None,
+        user=access.user if access else None,
+        address=request.remote_addr,
+        query=_audited_query(),
+        resource_id=found["resource_id"],
         patients=tuple(found["patients"]),
-        description=None if response.status_code < 400 else f"HTTP {response.status_code}")
+        description=None if response.status_code < 400 else f"HTTP {response.status_code}",
+    )
     store = current_app.extensions["audit"]
     store.write(build_events(record, facade().settings.base_url), record.client_id)
     return response
@@ -82,8 +92,7 @@ def _audited_query() -> str:
     return request.query_string.decode("latin-1")
 
 
-AUDITED_TYPES = frozenset({"ImagingStudy", "Patient", "Endpoint", "Organization", "AuditEvent", "Practitioner",
-                           "?"})
+AUDITED_TYPES = frozenset({"ImagingStudy", "Patient", "Endpoint", "Organization", "AuditEvent", "Practitioner", "?"})
 
 
 def access() -> Access:
@@ -133,8 +142,11 @@ def _with_cursor(resource_type: str, pairs: list[tuple[str, str]]) -> tuple[list
 
 @bp.get("/metadata")
 def metadata() -> Response:
-    return fhir_response(capability_statement(facade().settings.base_url, current_app.config["VERSION"],
-                                              current_app.extensions["smart_configuration"]))
+    return fhir_response(
+        capability_statement(
+            facade().settings.base_url, current_app.config["VERSION"], current_app.extensions["smart_configuration"]
+        )
+    )
 
 
 @bp.get("/.well-known/smart-configuration")
@@ -152,10 +164,20 @@ def openid_configuration() -> Response:
     smart = current_app.extensions["smart_configuration"]
     if smart is None or "sso-openid-connect" not in smart.get("capabilities", ()):
         raise NotFound("this server does not issue OpenID Connect id_tokens")
-    document = {key: smart[key] for key in ("issuer", "jwks_uri", "authorization_endpoint", "token_endpoint",
-                                            "response_types_supported", "id_token_signing_alg_values_supported",
-                                            "scopes_supported", "token_endpoint_auth_methods_supported")
-                if key in smart}
+    document = {
+        key: smart[key]
+        for key in (
+            "issuer",
+            "jwks_uri",
+            "authorization_endpoint",
+            "token_endpoint",
+            "response_types_supported",
+            "id_token_signing_alg_values_supported",
+            "scopes_supported",
+            "token_endpoint_auth_methods_supported",
+        )
+        if key in smart
+    }
     document.update({"subject_types_supported": ["public"], "claims_supported": ["sub", "fhirUser", "iss", "aud"]})
     return Response(orjson.dumps(document), content_type="application/json")
 
@@ -193,12 +215,21 @@ def search_imaging_studies() -> Response:
     parsed = service.parse_study_search(pairs)
     parsed.search.paging.offset = offset
     result = service.search_studies(parsed.search, decision)
-    page = [] if parsed.search.paging.summary_count else result.studies[offset:offset + parsed.search.paging.count]
+    page = [] if parsed.search.paging.summary_count else result.studies[offset : offset + parsed.search.paging.count]
     audited_patients(service.subjects(page))
     includes = service.includes(result, _allowed_includes(parsed.search.paging.includes), page)
-    return fhir_response(searchset(base_url=service.settings.base_url, resource_type="ImagingStudy",
-                                   matches=result.studies, paging=parsed.search.paging, used=parsed.used,
-                                   secret=service.settings.cursor_secret, includes=includes, issues=result.issues))
+    return fhir_response(
+        searchset(
+            base_url=service.settings.base_url,
+            resource_type="ImagingStudy",
+            matches=result.studies,
+            paging=parsed.search.paging,
+            used=parsed.used,
+            secret=service.settings.cursor_secret,
+            includes=includes,
+            issues=result.issues,
+        )
+    )
 
 
 @bp.get("/ImagingStudy/<study_id>")
@@ -225,14 +256,28 @@ def search_patients() -> Response:
     numbers = _narrow_patients(numbers, decision)
     if numbers is None:
         raise InvalidRequest("a Patient search needs _id or identifier (NHS number)")
-    paging, paging_used = p.parse_paging(pairs, service.settings.default_count, service.settings.max_count,
-                                         frozenset(), frozenset({"identifier", "name", "gender", "birthDate"}), False)
+    paging, paging_used = p.parse_paging(
+        pairs,
+        service.settings.default_count,
+        service.settings.max_count,
+        frozenset(),
+        frozenset({"identifier", "name", "gender", "birthDate"}),
+        False,
+    )
     paging.offset = offset
     matches, issues = service.patients(sorted(numbers))
-    audited_patients([m["id"] for m in matches[offset:offset + paging.count]])
-    return fhir_response(searchset(base_url=service.settings.base_url, resource_type="Patient", matches=matches,
-                                   paging=paging, used=sorted(used + paging_used),
-                                   secret=service.settings.cursor_secret, issues=issues))
+    audited_patients([m["id"] for m in matches[offset : offset + paging.count]])
+    return fhir_response(
+        searchset(
+            base_url=service.settings.base_url,
+            resource_type="Patient",
+            matches=matches,
+            paging=paging,
+            used=sorted(used + paging_used),
+            secret=service.settings.cursor_secret,
+            issues=issues,
+        )
+    )
 
 
 def _narrow_patients(numbers: set[str] | None, decision: Decision) -> set[str] | None:
@@ -284,8 +329,7 @@ def read_patient(patient_id: str) -> Response:
     return fhir_response(patient)
 
 
-def _directory_search(resource_type: str, resources: list[dict[str, Any]],
-                      filters: dict[str, Any]) -> Response:
+def _directory_search(resource_type: str, resources: list[dict[str, Any]], filters: dict[str, Any]) -> Response:
     service = facade()
     access().require(resource_type, "s")
     pairs, offset = _with_cursor(resource_type, _pairs())
@@ -297,12 +341,20 @@ def _directory_search(resource_type: str, resources: list[dict[str, Any]],
             wanted = p._split(value)
             matches = [r for r in matches if any(filters[name](r, w) for w in wanted)]
             used.append((name, value))
-    paging, paging_used = p.parse_paging(pairs, service.settings.default_count, service.settings.max_count,
-                                         frozenset(), frozenset(), False)
+    paging, paging_used = p.parse_paging(
+        pairs, service.settings.default_count, service.settings.max_count, frozenset(), frozenset(), False
+    )
     paging.offset = offset
-    return fhir_response(searchset(base_url=service.settings.base_url, resource_type=resource_type, matches=matches,
-                                   paging=paging, used=sorted(used + paging_used),
-                                   secret=service.settings.cursor_secret))
+    return fhir_response(
+        searchset(
+            base_url=service.settings.base_url,
+            resource_type=resource_type,
+            matches=matches,
+            paging=paging,
+            used=sorted(used + paging_used),
+            secret=service.settings.cursor_secret,
+        )
+    )
 
 
 def _token_match(value: str, system: str, code: str) -> bool:
@@ -316,13 +368,17 @@ def _name_match(resource: dict[str, Any], value: str) -> bool:
 
 @bp.get("/Endpoint")
 def search_endpoints() -> Response:
-    return _directory_search("Endpoint", facade().endpoints, {
-        "_id": lambda r, v: r["id"] == v,
-        "organization": lambda r, v: r["managingOrganization"]["reference"] in (v, f"Organization/{v}"),
-        "connection-type": lambda r, v: _token_match(v, r["connectionType"]["system"], r["connectionType"]["code"]),
-        "status": lambda r, v: r["status"] == v,
-        "name": _name_match,
-    })
+    return _directory_search(
+        "Endpoint",
+        facade().endpoints,
+        {
+            "_id": lambda r, v: r["id"] == v,
+            "organization": lambda r, v: r["managingOrganization"]["reference"] in (v, f"Organization/{v}"),
+            "connection-type": lambda r, v: _token_match(v, r["connectionType"]["system"], r["connectionType"]["code"]),
+            "status": lambda r, v: r["status"] == v,
+            "name": _name_match,
+        },
+    )
 
 
 @bp.get("/Endpoint/<endpoint_id>")
@@ -333,11 +389,15 @@ def read_endpoint(endpoint_id: str) -> Response:
 
 @bp.get("/Organization")
 def search_organizations() -> Response:
-    return _directory_search("Organization", facade().organizations, {
-        "_id": lambda r, v: r["id"] == v,
-        "identifier": lambda r, v: _token_match(v, r["identifier"][0]["system"], r["identifier"][0]["value"]),
-        "name": _name_match,
-    })
+    return _directory_search(
+        "Organization",
+        facade().organizations,
+        {
+            "_id": lambda r, v: r["id"] == v,
+            "identifier": lambda r, v: _token_match(v, r["identifier"][0]["system"], r["identifier"][0]["value"]),
+            "name": _name_match,
+        },
+    )
 
 
 @bp.get("/Organization/<organization_id>")
@@ -370,12 +430,21 @@ def search_audit_events() -> Response:
     pairs, offset = _with_cursor("AuditEvent", _pairs())
     _check_unknown(pairs, {"patient", "date", "agent"})
     criteria, used = audit_criteria(pairs, service.zone)
-    paging, paging_used = p.parse_paging(pairs, service.settings.default_count, service.settings.max_count,
-                                         frozenset(), frozenset(), False)
+    paging, paging_used = p.parse_paging(
+        pairs, service.settings.default_count, service.settings.max_count, frozenset(), frozenset(), False
+    )
     paging.offset = offset
     store = current_app.extensions["audit"]
     total = store.count(**criteria)
     events = [] if paging.summary_count else store.search(**criteria, limit=paging.count, offset=offset)
-    return fhir_response(searchset(base_url=service.settings.base_url, resource_type="AuditEvent", matches=events,
-                                   paging=paging, used=sorted(used + paging_used),
-                                   secret=service.settings.cursor_secret, total=total))
+    return fhir_response(
+        searchset(
+            base_url=service.settings.base_url,
+            resource_type="AuditEvent",
+            matches=events,
+            paging=paging,
+            used=sorted(used + paging_used),
+            secret=service.settings.cursor_secret,
+            total=total,
+        )
+    )
