@@ -156,13 +156,9 @@ class FolderWado:
             raise RetrievalError(self.name, 404, f"the instance has {count} frame(s)")
         size = frame_bits // 8
         boundary = uuid.uuid4().hex
+        head = f"--{boundary}\r\nContent-Type: application/octet-stream; transfer-syntax={UID(syntax)}\r\n\r\n"
         parts = (
-            b"".join(
-                f"--{boundary}\r\nContent-Type: application/octet-stream; transfer-syntax={UID(syntax)}\r\n\r\n".encode()
-                + data[(n - 1) * size : n * size]
-                + b"\r\n"
-                for n in target.frames
-            )
+            b"".join(head.encode() + data[(n - 1) * size : n * size] + b"\r\n" for n in target.frames)
             + f"--{boundary}--\r\n".encode()
         )
         media = f'multipart/related; type="{octets}"; boundary={boundary}'
