@@ -108,7 +108,7 @@ def create_app(settings: Settings | str | os.PathLike[str] | None = None) -> Fla
     if settings.auth["mode"] == "embedded":
         from app.auth.server import EmbeddedAuthServer
 
-        embedded = EmbeddedAuthServer(settings, facade)
+        embedded = EmbeddedAuthServer(settings, facade.federation)
         embedded.init_app(app)
         # Login sessions are signed with a key derived from the server's private signing keys: secret,
         # and the same in every worker (the cursor key may be derived from the public configuration).

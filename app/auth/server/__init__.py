@@ -12,7 +12,7 @@ import json
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from flask import Flask
@@ -36,6 +36,15 @@ from app.auth.tokens import AccessClaims, InvalidToken, JwksSource, JwtValidator
 from app.core.dicom_json import UID_PATTERN
 from app.core.mapping.patient import nhs_number_problem
 from app.settings import Settings
+
+
+class PatientFinder(Protocol):
+    """What the sign-in's patient picker needs of the facade: patients by NHS number or by name, nothing more."""
+
+    def patient(self, nhs_number: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]: ...
+
+    def patients_by_name(self, name: NameQuery) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]: ...
+
 
 CAPABILITIES = [
     "launch-ehr",
@@ -63,10 +72,10 @@ LAUNCH_TTL_S = 300
 class EmbeddedAuthServer:
     """Clients, users, keys, state store and the authlib server, wired for one facade."""
 
-    def __init__(self, settings: Settings, facade: Any) -> None:
+    def __init__(self, settings: Settings, patients: PatientFinder) -> None:
         auth = settings.auth
         self.settings = settings
-        self.facade = facade
+        self.patients = patients
         self.fhir_base = settings.base_url
         self.root = f"{settings.public_root}/auth"
         self.keys = SigningKeys(Path(auth["signing_keys"]))
@@ -114,7 +123,7 @@ class EmbeddedAuthServer:
 
     def find_patient(self, nhs_number: str) -> dict[str, str] | None:
         """The picker's summary of a patient (NHS number, name, birth date), or None without records."""
-        patient, _ = self.facade.federation.patient(nhs_number)
+        patient, _ = self.patients.patient(nhs_number)
         return _summary(patient) if patient else None
 
     def find_patients(self, query: str) -> tuple[list[dict[str, str]], str | None]:
@@ -135,7 +144,7 @@ class EmbeddedAuthServer:
             name = NameQuery(words[0], words[1] if len(words) > 1 else None)
         except (ValueError, IndexError):
             return [], "Type an NHS number, or a family name (and a given name): letters only, two at least."
-        found, _issues = self.facade.federation.patients_by_name(name)
+        found, _issues = self.patients.patients_by_name(name)
         if not found:
             return [], "No patient with that name has imaging records."
         more = "More than 50 patients match: be more precise." if len(found) > 50 else None

@@ -1,0 +1,119 @@
+"""Settings -> archive adapters, image sources, cross-reference, federation and directory: the one place."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import requests
+
+from app.archives import build_archive
+from app.archives.cache import CachedArchive
+from app.archives.dicomweb.qido import DicomWebArchive, UpstreamAuth
+from app.archives.dicomweb.wado import HttpWado, ImageSource
+from app.archives.folder.archive import FolderArchive
+from app.archives.folder.wado import FolderWado
+from app.archives.metered import MeteredArchive
+from app.archives.protocol import Archive
+from app.core.mapping.context import TrustMapping
+from app.core.mapping.directory import endpoint_resource, organization_resource, viewer_endpoint_resource
+from app.core.mapping.tables import load_mapper
+from app.federation.circuit import CircuitBreaker
+from app.federation.fanout import TrustArchive
+from app.federation.search import Federation
+from app.federation.xref import PatientXref, PixmXref, load_xref
+from app.services.imaging import Facade
+from app.settings import Settings, TrustSettings
+
+
+def build_xref(settings: Settings) -> PatientXref | PixmXref:
+    """The CSV cross-reference, or the PIXm service named by `patient_index`."""
+    index = settings.patient_index
+    if index is None:
+        return load_xref(settings.patient_xref, {t.id for t in settings.trusts})
+    auth = index.get("auth", {"type": "none"})
+    session_auth = UpstreamAuth(auth, requests.Session(), "patient index", float(index.get("timeout_s", 5)))
+    return PixmXref(
+        index["url"],
+        {t.id: t.ods_code for t in settings.trusts},
+        {t.id: t.nhs_number.issuer for t in settings.trusts if t.nhs_number.match == "xref" and t.nhs_number.issuer},
+        session_auth.headers,
+        float(index.get("timeout_s", 5)),
+        float(index.get("cache_ttl_s", 300)),
+    )
+
+
+def build_facade(settings: Settings) -> Facade:
+    """Settings -> archive adapters, mapper, federation and directory: the one place this happens."""
+    mapper = load_mapper()
+    zone = ZoneInfo(settings.timezone)
+    xref = build_xref(settings)
+    trusts = []
+    sources: dict[str, ImageSource] = {}
+    issuers: dict[str, tuple[str, dict[str, Any]]] = {}
+    for trust in settings.trusts:
+        mapping = TrustMapping(
+            trust.id,
+            trust.ods_code,
+            trust.name,
+            trust.accession_system,
+            zone,
+            f"{trust.id}-wado-rs",
+            issuers,
+            f"{trust.id}-ihe-iid" if trust.viewer else None,
+        )
+        issuers[trust.ods_code] = (trust.accession_system, mapping.organization_reference)
+        timeout = float(trust.archive.get("timeout_s", settings.archive_timeout_s))
+        breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s)
+        raw = build_archive(trust, timeout)
+        source = image_source(trust, raw, timeout, settings)
+        if source is not None:
+            sources[trust.id] = source
+        archive: Archive = MeteredArchive(raw)  # inside the cache: hits are not upstream calls
+        if settings.cache_ttl_s > 0:
+            archive = CachedArchive(archive, settings.cache_ttl_s)
+        pool = ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix=f"archive-{trust.id}")
+        trusts.append(TrustArchive(trust, archive, mapping, timeout, breaker, pool))
+    federation = Federation(trusts, mapper, xref, zone, settings.deadline_s)
+    endpoints = []
+    for t in trusts:
+        # The gateway, unless the trust publishes its own WADO-RS (which then protects itself).
+        direct = t.settings.wado_url
+        gateway = f"{settings.public_root}/dicomweb/{t.settings.id}"
+        endpoints.append(
+            endpoint_resource(
+                t.mapping,
+                direct or gateway,
+                requires_token=direct is None,
+                available=direct is not None or t.settings.id in sources,
+            )
+        )
+        if t.settings.viewer:
+            endpoints.append(viewer_endpoint_resource(t.mapping, t.settings.viewer))
+    organizations = [organization_resource(t.mapping) for t in trusts]
+    return Facade(settings, federation, mapper, endpoints, organizations, sources)
+
+
+def image_source(trust: TrustSettings, archive: Archive, timeout_s: float, settings: Settings) -> ImageSource | None:
+    """Where the gateway retrieves a trust's images: its DICOMweb service, its wado_url, or its folder."""
+    config = trust.archive
+    chunk, thumb = settings.gateway_chunk_bytes, settings.gateway_thumbnail_px
+    if isinstance(archive, FolderArchive):
+        return FolderWado(archive, chunk, thumb)
+    if isinstance(archive, DicomWebArchive):
+        return HttpWado(
+            trust.id, config.get("wado_url") or config["url"], archive.session, archive.auth, timeout_s, chunk, thumb
+        )
+    if config.get("wado_url"):
+        session = requests.Session()
+        return HttpWado(
+            trust.id,
+            config["wado_url"],
+            session,
+            UpstreamAuth({}, session, trust.id, timeout_s),
+            timeout_s,
+            chunk,
+            thumb,
+        )
+    return None
