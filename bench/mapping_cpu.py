@@ -20,10 +20,10 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from app.archives.folder.archive import FolderArchive
-from app.archives.protocol import StudyQuery
 from app.core.mapping.context import TrustMapping
 from app.core.mapping.patient import subject_reference
 from app.core.mapping.tables import load_mapper
+from app.core.query import StudyQuery
 from bench.results import write_section
 from tools.demo.generate import TRUSTS, ensure_demo_data
 

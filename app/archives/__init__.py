@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from app.archives.dicomweb.qido import DicomWebArchive
 from app.archives.folder.archive import FolderArchive
-from app.archives.protocol import Archive, ArchiveError, PatientKey, StudyQuery
+from app.archives.protocol import Archive, ArchiveError
+from app.core.query import PatientKey, StudyQuery
 from app.settings import TrustSettings
 
 __all__ = ["Archive", "ArchiveError", "PatientKey", "StudyQuery", "build_archive"]

@@ -10,7 +10,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from app.archives.protocol import Archive, Found, StudyQuery
+from app.archives.protocol import Archive, Found
+from app.core.query import StudyQuery
 from app.telemetry import metrics
 
 

@@ -26,8 +26,9 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
 from app.archives import attributes
-from app.archives.dicomweb.qido import pn_pattern
-from app.archives.protocol import ArchiveError, Dataset, Found, StudyQuery, is_plain_key
+from app.archives.protocol import ArchiveError, Found
+from app.core.dicom_json import Dataset
+from app.core.query import StudyQuery, is_plain_key, pn_pattern
 
 FIND = StudyRootQueryRetrieveInformationModelFind
 _config.LOG_REQUEST_IDENTIFIERS = False

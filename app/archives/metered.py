@@ -6,7 +6,8 @@ import time
 from collections.abc import Callable
 
 from app.archives.dicomweb.qido import ArchiveRetryLater
-from app.archives.protocol import Archive, ArchiveError, Found, StudyQuery
+from app.archives.protocol import Archive, ArchiveError, Found
+from app.core.query import StudyQuery
 from app.telemetry import metrics
 
 

@@ -26,9 +26,11 @@ from typing import Any
 
 from app.archives import budget
 from app.archives.dicomweb.qido import ArchiveRetryLater
-from app.archives.protocol import Archive, ArchiveError, Dataset, Found, StudyQuery
+from app.archives.protocol import Archive, ArchiveError, Found
 from app.core import dicom_json as dj
+from app.core.dicom_json import Dataset
 from app.core.mapping.context import TrustMapping
+from app.core.query import StudyQuery
 from app.federation.circuit import CircuitBreaker, CircuitOpen
 from app.settings import TrustSettings
 

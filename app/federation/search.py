@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any
 
-from app.archives.protocol import Dataset, NameQuery, PatientKey, StudyQuery
 from app.core import dicom_json as dj
+from app.core.dicom_json import Dataset
 from app.core.mapping.context import TrustMapping
 from app.core.mapping.engine import StudyMapper
 from app.core.mapping.patient import nhs_number_of, patient_resource, subject_reference
+from app.core.query import NameQuery, PatientKey, StudyQuery
 from app.core.search.dates import DateRange, DateValueError, dicom_bounds, parse_range
 from app.core.search.params import StudySearch
 from app.federation.fanout import TrustAnswer, TrustArchive, fan_out

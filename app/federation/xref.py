@@ -18,8 +18,8 @@ from pathlib import Path
 
 import requests
 
-from app.archives.protocol import PatientKey, is_plain_key
 from app.core.mapping.patient import NHS_NUMBER_SYSTEM, nhs_number_problem
+from app.core.query import PatientKey, is_plain_key
 from app.telemetry.logs import upstream_headers
 
 log = logging.getLogger(__name__)

@@ -12,11 +12,12 @@ from zoneinfo import ZoneInfo
 
 from app.archives import budget
 from app.archives.dicomweb.wado import ImageSource, RetrievalError
-from app.archives.protocol import ArchiveError, StudyQuery
+from app.archives.protocol import ArchiveError
 from app.core.dicom_json import UID_PATTERN
 from app.core.errors import Conflict, FhirError, InvalidRequest, NotFound, TooCostly
 from app.core.mapping.engine import StudyMapper
 from app.core.mapping.patient import NHS_NUMBER_SYSTEM, nhs_number_of, patient_resource
+from app.core.query import StudyQuery
 from app.core.scopes import Decision
 from app.core.search import params as p
 from app.federation.circuit import CircuitOpen

@@ -22,7 +22,9 @@ import requests
 
 from app.archives.dicomweb.qido import ArchiveRetryLater, DicomWebArchive
 from app.archives.folder.archive import FolderArchive
-from app.archives.protocol import ArchiveError, Dataset, Found, NameQuery, PatientKey, StudyQuery
+from app.archives.protocol import ArchiveError, Found
+from app.core.dicom_json import Dataset
+from app.core.query import NameQuery, PatientKey, StudyQuery
 from tests.infra import free_port
 from tests.infra.faultproxy import FAULT_KINDS, FaultProxy
 from tests.infra.orthanc import OrthancServer

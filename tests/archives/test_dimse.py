@@ -25,9 +25,10 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # t
 
 from app.archives.dimse import DimseArchive
 from app.archives.folder.archive import FolderArchive
-from app.archives.protocol import Archive, ArchiveError, Found, PatientKey, StudyQuery
+from app.archives.protocol import Archive, ArchiveError, Found
 from app.core.mapping.context import TrustMapping
 from app.core.mapping.tables import load_mapper
+from app.core.query import PatientKey, StudyQuery
 from tests.infra import free_port
 from tests.infra.dcmqrscp import DcmqrscpServer
 from tests.infra.test_infra import Spec, write_instance

@@ -20,7 +20,7 @@ import pydicom
 import pytest
 
 from app.archives.dicomweb.qido import DicomWebArchive
-from app.archives.protocol import PatientKey, StudyQuery
+from app.core.query import PatientKey, StudyQuery
 from tests.federation.conftest import ARCHIVE_TIMEOUT_S, FEDERATION, BuildFacade
 from tests.federation.support import (
     Federated,

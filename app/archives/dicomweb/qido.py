@@ -22,7 +22,9 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from app.archives import attributes, budget
-from app.archives.protocol import ArchiveError, Dataset, Found, NameQuery, StudyQuery
+from app.archives.protocol import ArchiveError, Found
+from app.core.dicom_json import Dataset
+from app.core.query import StudyQuery, pn_pattern
 from app.settings import config_secret
 from app.telemetry.logs import upstream_headers
 
@@ -37,11 +39,6 @@ class ArchiveRetryLater(ArchiveError):
     def __init__(self, archive: str, reason: str, retry_after_s: float) -> None:
         super().__init__(archive, reason)
         self.retry_after_s = retry_after_s
-
-
-def pn_pattern(name: NameQuery) -> str:
-    """`FAMILY*` or `FAMILY^GIVEN*`: the name's start, the one wildcard added by us, never by the user."""
-    return f"{name.family}^{name.given}*" if name.given else f"{name.family}*"
 
 
 def retry_after_seconds(value: str | None) -> float | None:

@@ -16,7 +16,9 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 
 from app.archives import attributes
-from app.archives.protocol import ArchiveError, Dataset, Found, NameQuery, StudyQuery
+from app.archives.protocol import ArchiveError, Found
+from app.core.dicom_json import Dataset
+from app.core.query import NameQuery, StudyQuery
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ from flask import Flask
 from joserfc import jwt
 from joserfc.errors import JoseError
 
-from app.archives.protocol import NameQuery
 from app.auth.server.clients import Client, client_from_config, user_from_config
 from app.auth.server.grants import (
     AuthorizationCodeGrant,
@@ -35,6 +34,7 @@ from app.auth.server.store import open_store
 from app.auth.tokens import AccessClaims, InvalidToken, JwksSource, JwtValidator
 from app.core.dicom_json import UID_PATTERN
 from app.core.mapping.patient import nhs_number_problem
+from app.core.query import NameQuery
 from app.settings import Settings
 
 

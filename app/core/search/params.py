@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import tzinfo
 
-from app.archives.protocol import is_plain_key
 from app.core.dicom_json import UID_PATTERN
 from app.core.errors import InvalidRequest
 from app.core.mapping.patient import NHS_NUMBER_SYSTEM, nhs_number_problem
+from app.core.query import is_plain_key
 from app.core.search.dates import DateFilter, DateValueError, parse_filter
 
 DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"

@@ -8,13 +8,13 @@ from urllib.parse import urlencode
 import orjson
 from flask import Blueprint, Response, current_app, g, request
 
-from app.archives.protocol import is_plain_key
 from app.audit.events import AuditRecord, build_events
 from app.audit.search import audit_criteria
 from app.auth.protect import Access, Forbidden
 from app.core.bundle import searchset
 from app.core.errors import InvalidRequest, NotAcceptable, NotFound
 from app.core.mapping.patient import NHS_NUMBER_SYSTEM, nhs_number_problem
+from app.core.query import is_plain_key
 from app.core.scopes import Decision
 from app.core.search import params as p
 from app.core.search.cursor import decode_cursor
