@@ -155,9 +155,10 @@ def token(base: str, client: str, key_file: str, scope: str) -> int:
 def launch(config: str, client: str, patient: str, study: str | None) -> int:
     """An EHR launch id for a client and patient, written straight into the server's store."""
     from app import create_app
+    from app.web.components import components
 
     app = create_app(load_settings(config))
-    server = app.extensions.get("smart_server")
+    server = components(app).auth_server
     if server is None:
         print("launch needs auth.mode: embedded", file=sys.stderr)
         return 1

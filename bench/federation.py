@@ -59,6 +59,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from app.settings import settings_from_document
+from app.web.components import components
 from bench.results import write_section
 from tests.infra import free_port
 from tests.infra.faultproxy import FaultProxy, _Handler, _Server
@@ -1098,7 +1099,7 @@ def profile(rig: Rig) -> str:
     stats = pstats.Stats(profiler, stream=out)
     stats.sort_stats("cumulative").print_stats(30)
     stats.sort_stats("tottime").print_stats(20)
-    app.extensions["facade"].federation.close()
+    components(app).services.close()
     return (
         f"in-process search (profiled): {wall * 1000:.1f} ms wall, {cpu * 1000:.1f} ms CPU of the request "
         f"thread per search\n" + out.getvalue()

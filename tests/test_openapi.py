@@ -24,6 +24,7 @@ from werkzeug.routing import Rule
 from app.archives.dicomweb.wado import _FRAMES, RENDER_PARAMETERS, BadTarget, parse_target
 from app.core.dicom_json import UID_PATTERN
 from app.core.search import params as p
+from app.web.components import components
 from app.web.fhir.capability import capability_statement
 from app.web.fhir.openapi import openapi_document, stored_document
 
@@ -225,7 +226,7 @@ def test_the_document_is_public_and_open_to_any_origin(app) -> None:
 
 
 def test_the_served_document_names_the_configured_base_and_authorization_server(app, served: dict[str, Any]) -> None:
-    smart = app.extensions["smart_configuration"]
+    smart = components(app).smart_configuration
     assert served["servers"] == [{"url": "http://127.0.0.1:8080", "description": served["servers"][0]["description"]}]
     flows = served["components"]["securitySchemes"]
     code = flows["smartAppLaunch"]["flows"]["authorizationCode"]

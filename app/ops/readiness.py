@@ -21,7 +21,7 @@ import requests
 
 from app.archives.dicomweb.qido import DicomWebArchive
 from app.archives.protocol import Archive
-from app.audit.events import AuditStore
+from app.audit.store import AuditStore
 from app.federation.fanout import TrustArchive
 from app.settings import OpsSettings, TrustSettings
 

@@ -83,6 +83,12 @@ def subject_reference(nhs_number: str | None, study: dj.Dataset, local_system: s
     return ref
 
 
+def subject_number(study: dict[str, Any]) -> str | None:
+    """The NHS number an ImagingStudy's subject names (None: a trust-local identifier only)."""
+    reference = str(study.get("subject", {}).get("reference", ""))
+    return reference.removeprefix("Patient/") if reference.startswith("Patient/") else None
+
+
 def _human_name(pn: str) -> dict[str, Any]:
     family, given, prefix, suffix = dj.person_name_parts(pn)
     name: dict[str, Any] = {"use": "official", "text": dj.person_display(pn)}
