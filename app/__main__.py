@@ -162,7 +162,7 @@ def launch(config: str, client: str, patient: str, study: str | None) -> int:
     if server is None:
         print("launch needs auth.mode: embedded", file=sys.stderr)
         return 1
-    from app.core.mapping.patient import nhs_number_problem
+    from app.core.identity import nhs_number_problem
 
     problem = nhs_number_problem(patient)
     if problem or client not in server.clients:

@@ -58,13 +58,14 @@ import yaml
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+from app.core.identity import nhs_check_digit
 from app.settings import settings_from_document
 from app.web.components import components
 from bench.results import write_section
 from tests.infra import free_port
 from tests.infra.faultproxy import FaultProxy, _Handler, _Server
 from tests.infra.orthanc import OrthancServer
-from tools.demo.generate import TRUSTS, nhs_check_digit
+from tools.demo.generate import TRUSTS
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).with_name("gunicorn")

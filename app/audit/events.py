@@ -1,4 +1,4 @@
-"""Audit: an AuditEvent per read, search and denial, shaped per IHE Basic Audit Log Patterns (BALP).
+"""Audit: an AuditEvent per read, search and denial, shaped per IHE Basic Audit Log Patterns (systems.BALP).
 
 Built here (pure), stored by app.audit.store. One event per
 patient whose data was returned (PatientRead / PatientQuery); a request that returned no patient
@@ -10,11 +10,10 @@ from __future__ import annotations
 import base64
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
-DCM = "http://dicom.nema.org/resources/ontology/DCM"
-BALP = "https://profiles.ihe.net/ITI/BALP/StructureDefinition"
+from app.core import systems
+from app.core.instants import utc_instant
 
 
 @dataclass(frozen=True)
@@ -34,31 +33,27 @@ class AuditRecord:
     detail: str | None = None  # what exactly was read, e.g. the WADO-RS path of an image retrieval
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _outcome(status: int) -> str:
     return "0" if status < 400 else ("4" if status < 500 else "8")
 
 
 def build_events(record: AuditRecord, observer: str) -> list[dict[str, Any]]:
-    """The BALP-shaped AuditEvents for one request (pure)."""
+    """The systems.BALP-shaped AuditEvents for one request (pure)."""
     patient_shape = "PatientQuery" if record.interaction == "search-type" else "PatientRead"
     generic_shape = "Query" if record.interaction == "search-type" else "RESTread"
-    recorded = _now()
+    recorded = utc_instant()
     agents: list[dict[str, Any]] = [
         {
-            "type": {"coding": [{"system": DCM, "code": "110153", "display": "Source Role ID"}]},
+            "type": {"coding": [{"system": systems.DCM, "code": "110153", "display": "Source Role ID"}]},
             "who": {
-                "identifier": {"system": "urn:ietf:rfc:3986", "value": f"client:{record.client_id or 'anonymous'}"},
+                "identifier": {"system": systems.URI, "value": f"client:{record.client_id or 'anonymous'}"},
                 "display": record.client_id or "anonymous",
             },
             "requestor": False,
             **({"network": {"address": record.address, "type": "2"}} if record.address else {}),
         },
         {
-            "type": {"coding": [{"system": DCM, "code": "110152", "display": "Destination Role ID"}]},
+            "type": {"coding": [{"system": systems.DCM, "code": "110152", "display": "Destination Role ID"}]},
             "who": {"display": observer},
             "requestor": False,
         },
@@ -69,7 +64,7 @@ def build_events(record: AuditRecord, observer: str) -> list[dict[str, Any]]:
                 "type": {
                     "coding": [
                         {
-                            "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                            "system": systems.PARTICIPATION_TYPE,
                             "code": "IRCP",
                             "display": "information recipient",
                         }
@@ -86,12 +81,12 @@ def build_events(record: AuditRecord, observer: str) -> list[dict[str, Any]]:
         query_entity.append(
             {
                 "type": {
-                    "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                    "system": systems.AUDIT_ENTITY_TYPE,
                     "code": "2",
                     "display": "System Object",
                 },
                 "role": {
-                    "system": "http://terminology.hl7.org/CodeSystem/object-role",
+                    "system": systems.OBJECT_ROLE,
                     "code": "24",
                     "display": "Query",
                 },
@@ -103,12 +98,12 @@ def build_events(record: AuditRecord, observer: str) -> list[dict[str, Any]]:
             {
                 "what": {"reference": f"{record.resource_type}/{record.resource_id}"},
                 "type": {
-                    "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                    "system": systems.AUDIT_ENTITY_TYPE,
                     "code": "2",
                     "display": "System Object",
                 },
                 "role": {
-                    "system": "http://terminology.hl7.org/CodeSystem/object-role",
+                    "system": systems.OBJECT_ROLE,
                     "code": "4",
                     "display": "Domain Resource",
                 },
@@ -123,12 +118,12 @@ def build_events(record: AuditRecord, observer: str) -> list[dict[str, Any]]:
                 {
                     "what": {"reference": f"Patient/{patient}"},
                     "type": {
-                        "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                        "system": systems.AUDIT_ENTITY_TYPE,
                         "code": "1",
                         "display": "Person",
                     },
                     "role": {
-                        "system": "http://terminology.hl7.org/CodeSystem/object-role",
+                        "system": systems.OBJECT_ROLE,
                         "code": "1",
                         "display": "Patient",
                     },
@@ -138,13 +133,13 @@ def build_events(record: AuditRecord, observer: str) -> list[dict[str, Any]]:
         out: dict[str, Any] = {
             "resourceType": "AuditEvent",
             "id": str(uuid.uuid4()),
-            "meta": {"profile": [f"{BALP}/IHE.BasicAudit.{shape}"]},
+            "meta": {"profile": [f"{systems.BALP}/IHE.BasicAudit.{shape}"]},
             "type": {
-                "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+                "system": systems.AUDIT_EVENT_TYPE,
                 "code": "rest",
                 "display": "RESTful Operation",
             },
-            "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": record.interaction}],
+            "subtype": [{"system": systems.RESTFUL_INTERACTION, "code": record.interaction}],
             "action": "E" if record.interaction == "search-type" else "R",
             "recorded": recorded,
             "outcome": _outcome(record.status),
@@ -153,7 +148,7 @@ def build_events(record: AuditRecord, observer: str) -> list[dict[str, Any]]:
                 "observer": {"display": observer},
                 "type": [
                     {
-                        "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                        "system": systems.SECURITY_SOURCE_TYPE,
                         "code": "4",
                         "display": "Application Server",
                     }

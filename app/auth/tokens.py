@@ -21,7 +21,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from app.core.mapping.patient import nhs_number_problem
+from app.core.identity import nhs_number_problem
 
 ALLOWED_ALGORITHMS = ("RS256", "RS384", "ES256", "ES384")
 CLOCK_SKEW_S = 30

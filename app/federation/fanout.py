@@ -150,7 +150,7 @@ def _series_shortfall(answer: TrustAnswer) -> str | None:
     for series in answer.series:
         received[dj.first_text(series, dj.STUDY_INSTANCE_UID) or ""] += 1
     for study in answer.studies:
-        counted = dj.values(study, "00201206")
+        counted = dj.values(study, dj.NUMBER_OF_STUDY_RELATED_SERIES)
         number = dj.unsigned(counted[0]) if counted else None
         if number is not None and received[dj.first_text(study, dj.STUDY_INSTANCE_UID) or ""] < number:
             return "it returned fewer series than it counts for a study (a silently truncated answer)"

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import requests
 
-from app.core.mapping.patient import NHS_NUMBER_SYSTEM, nhs_number_problem
+from app.core.identity import nhs_number_problem
+from app.core.mapping.patient import NHS_NUMBER_SYSTEM
 from app.core.query import PatientKey, is_plain_key
 from app.telemetry.logs import upstream_headers
 

@@ -7,8 +7,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from app.archives.dicomweb.wado import ImageSource
+from app.core import dicom_json as dj
 from app.core.compartment import Compartment, Filters, narrow_studies
-from app.core.dicom_json import UID_PATTERN
 from app.core.errors import Conflict, NotFound, TooCostly
 from app.core.mapping.engine import StudyMapper
 from app.core.mapping.patient import patient_resource, subject_number
@@ -71,7 +71,7 @@ class ImagingService:
 
     def read(self, study_id: str, compartment: Compartment) -> Resource:
         what = f"ImagingStudy/{study_id}"
-        if len(study_id) > 64 or not UID_PATTERN.match(study_id):
+        if not dj.is_uid(study_id):
             raise NotFound(f"{what} does not exist: the id of an ImagingStudy is its StudyInstanceUID")
         search = narrow_studies(p.StudySearch(study_uids=frozenset({study_id})), compartment, self._scope_filter)
         result = self.federation.search(search, with_instances=True)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.core import systems
 from app.core.compartment import NOT_KNOWN, Compartment
 from app.core.errors import Forbidden, InvalidRequest, NotFound
-from app.core.mapping.patient import NHS_NUMBER_SYSTEM
 from app.core.query import NameQuery
 from app.federation.search import Federation
-from app.federation.xref import PatientXref, local_system
+from app.federation.xref import PatientXref
 from app.settings import Settings
 
 Resource = dict[str, Any]
@@ -53,13 +53,13 @@ class PatientService:
         xref = self.federation.xref
         if not isinstance(xref, PatientXref):
             raise NotFound("this facade reads its cross-reference from another PIXm service")
-        trusts = {local_system(t.ods_code): t.id for t in self.settings.trusts}
-        known = {NHS_NUMBER_SYSTEM, *trusts}
+        trusts = {systems.local_patient_identifier(t.ods_code): t.id for t in self.settings.trusts}
+        known = {systems.NHS_NUMBER, *trusts}
         if system not in known:
             raise InvalidRequest(f"sourceIdentifier Assigning Authority {system!r} not found", "sourceIdentifier")
         if target_systems - known:
             raise Forbidden(self.settings.base_url, "targetSystem not found")  # PIXm: 403
-        if system == NHS_NUMBER_SYSTEM:
+        if system == systems.NHS_NUMBER:
             nhs: str | None = value if any(k[0] == value for k in xref.forward) else None
         else:
             nhs = next(
@@ -72,9 +72,12 @@ class PatientService:
             )
         if nhs is None or not compartment.admits(nhs):
             raise NotFound(f"sourceIdentifier {system}|{value} {NOT_KNOWN}")
-        identifiers = [(NHS_NUMBER_SYSTEM, nhs)]
+        identifiers = [(systems.NHS_NUMBER, nhs)]
         for trust in self.settings.trusts:
-            identifiers += [(local_system(trust.ods_code), key.patient_id) for key in xref.local_keys(nhs, trust.id)]
+            identifiers += [
+                (systems.local_patient_identifier(trust.ods_code), key.patient_id)
+                for key in xref.local_keys(nhs, trust.id)
+            ]
         wanted = [
             (s, v) for s, v in identifiers if (s, v) != (system, value) and (not target_systems or s in target_systems)
         ]

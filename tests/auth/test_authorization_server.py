@@ -54,7 +54,7 @@ import app.auth.server.store as store_module
 from app import create_app
 from app.auth.server.clients import hash_secret
 from app.auth.server.grants import BACKEND_TOKEN_TTL_S, CODE_TTL_S
-from app.core.mapping.patient import nhs_number_problem
+from app.core.identity import nhs_number_problem
 from app.settings import BASE_URL_ENV, CURSOR_SECRET_ENV, settings_from_document
 from app.web.components import components
 

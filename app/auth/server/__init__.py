@@ -33,7 +33,7 @@ from app.auth.server.keys import SigningKeys
 from app.auth.server.store import open_store
 from app.auth.tokens import AccessClaims, InvalidToken, JwksSource, JwtValidator
 from app.core.dicom_json import UID_PATTERN
-from app.core.mapping.patient import nhs_number_problem
+from app.core.identity import nhs_number_problem
 from app.core.query import NameQuery
 from app.settings import Settings
 

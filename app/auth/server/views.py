@@ -20,7 +20,7 @@ from flask import Blueprint, Response, current_app, redirect, render_template, r
 
 from app.auth.server.clients import check_secret
 from app.auth.server.grants import Grantee
-from app.core.mapping.patient import nhs_number_problem
+from app.core.identity import nhs_number_problem
 
 bp = Blueprint("smart_auth", __name__, template_folder="templates")
 

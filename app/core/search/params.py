@@ -15,7 +15,8 @@ from datetime import tzinfo
 
 from app.core.dicom_json import UID_PATTERN
 from app.core.errors import InvalidRequest
-from app.core.mapping.patient import NHS_NUMBER_SYSTEM, nhs_number_problem
+from app.core.identity import nhs_number_problem
+from app.core.mapping.patient import NHS_NUMBER_SYSTEM
 from app.core.query import is_plain_key
 from app.core.search.dates import DateFilter, DateValueError, parse_filter
 

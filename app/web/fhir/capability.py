@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.core.bundle import now_instant
+from app.core.instants import utc_instant
 
 FHIR_VERSION = "4.0.1"
 _DOCS = "hl7.org/fhir/R4/imagingstudy.html#search"
@@ -103,7 +103,7 @@ def capability_statement(base_url: str, software_version: str, smart: dict[str, 
         "name": "GMImagingFacade",
         "title": "Greater Manchester imaging FHIR facade",
         "status": "active",
-        "date": now_instant()[:10],
+        "date": utc_instant()[:10],
         "publisher": "Greater Manchester imaging programme",
         "kind": "instance",
         "software": {"name": "gm-imaging-facade", "version": software_version},

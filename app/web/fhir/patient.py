@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from flask import Response, request
 
+from app.core import systems
 from app.core.bundle import searchset
 from app.core.errors import InvalidRequest, NotFound
-from app.core.mapping.patient import NHS_NUMBER_SYSTEM, nhs_number_problem
+from app.core.identity import nhs_number_problem
 from app.core.query import is_plain_key
 from app.core.search import params as p
 from app.web.components import components
@@ -18,8 +19,8 @@ PATIENT_ELEMENTS = frozenset({"identifier", "name", "gender", "birthDate"})
 
 def _patient_number(name: str, raw: str) -> str:
     token = p._token(raw)
-    if name == "identifier" and token.system not in (None, NHS_NUMBER_SYSTEM):
-        raise InvalidRequest(f"patients are identified by NHS number ({NHS_NUMBER_SYSTEM})", name)
+    if name == "identifier" and token.system not in (None, systems.NHS_NUMBER):
+        raise InvalidRequest(f"patients are identified by NHS number ({systems.NHS_NUMBER})", name)
     return p.nhs_number(token.code, name)
 
 
