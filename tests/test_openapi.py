@@ -24,6 +24,7 @@ from werkzeug.routing import Rule
 from app.archives.dicomweb.wado import _FRAMES, RENDER_PARAMETERS, BadTarget, parse_target
 from app.core.dicom_json import UID_PATTERN
 from app.core.search import params as p
+from app.core.search.resources import SEARCHES
 from app.web.fhir.capability import capability_statement
 from app.web.fhir.openapi import openapi_document, stored_document
 
@@ -211,6 +212,31 @@ def test_the_search_parameters_are_the_ones_the_views_read(served: dict[str, Any
     assert _query(served, "/fhir/AuditEvent") == by_type["AuditEvent"] | PAGING
     patient_form = served["components"]["schemas"]["PatientSearchForm"]["properties"]
     assert set(patient_form) == by_type["Patient"] | PAGING - {"_format", "_pretty"}
+
+
+def test_the_capability_statement_declares_the_registry_searches() -> None:
+    resources = {r["type"]: r for r in capability_statement("http://x/fhir", "0", None)["rest"][0]["resource"]}
+    for kind, search in SEARCHES.items():
+        declared = [(x["name"], x["type"]) for x in resources[kind]["searchParam"]]
+        results = [(r.name, r.type) for r in search.result_parameters() if r.in_capability]
+        assert declared == [(x.name, x.type) for x in search.parameters] + results, kind
+        assert resources[kind].get("searchInclude", []) == [i.value for i in search.includes], kind
+        for entry, parameter in zip(resources[kind]["searchParam"], search.parameters, strict=False):
+            assert entry["documentation"].startswith(parameter.documentation)
+            assert all(f"`{alias.name}`" in entry["documentation"] for alias in parameter.aliases), parameter.name
+    assert resources["ImagingStudy"]["searchInclude"] == [
+        "ImagingStudy:endpoint",
+        "ImagingStudy:patient",
+        "ImagingStudy:subject",
+    ]
+    assert [x["name"] for x in resources["AuditEvent"]["searchParam"]] == [
+        "patient",
+        "date",
+        "agent",
+        "_count",
+        "_summary",
+    ]
+    assert "searchParam" not in resources["Practitioner"]
 
 
 # ------------------------------------------------------------------------ serving the document
