@@ -31,7 +31,7 @@ from app.auth.server.grants import (
 )
 from app.auth.server.keys import SigningKeys
 from app.auth.server.store import open_store
-from app.auth.tokens import AccessClaims, InvalidToken, JwksSource, JwtValidator
+from app.auth.tokens import AccessClaims, InvalidToken, JwtValidator
 from app.core.dicom_json import UID_PATTERN
 from app.core.mapping.patient import nhs_number_problem
 from app.core.query import NameQuery
@@ -93,7 +93,7 @@ class EmbeddedAuthServer:
         self.validator = JwtValidator(
             self.fhir_base,
             self.fhir_base,
-            JwksSource(keys=self.keys.public_jwks),
+            self.keys,  # the key file, reloaded when rotate-keys changes it
             is_revoked=lambda jti: self.store.get("revoked", jti) is not None,
         )
         self.authorization = AuthorizationServer()
