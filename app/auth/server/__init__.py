@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from authlib.integrations.flask_oauth2 import AuthorizationServer
 from flask import Flask
 from joserfc import jwt
 from joserfc.errors import JoseError
@@ -24,6 +23,7 @@ from app.auth.server.grants import (
     AuthorizationCodeGrant,
     ClientCredentialsGrant,
     RefreshTokenGrant,
+    SmartAuthorizationServer,
     SmartClientAssertion,
     StrictCodeChallenge,
     TokenIssuer,
@@ -96,7 +96,7 @@ class EmbeddedAuthServer:
             self.keys,  # the key file, reloaded when rotate-keys changes it
             is_revoked=lambda jti: self.store.get("revoked", jti) is not None,
         )
-        self.authorization = AuthorizationServer()
+        self.authorization = SmartAuthorizationServer(self.store, self.issuer)
 
     def init_app(self, app: Flask) -> None:
         from app.auth.server.views import bp
@@ -105,8 +105,6 @@ class EmbeddedAuthServer:
         server.init_app(app, query_client=self.query_client, save_token=lambda token, request: None)
         server.register_token_generator("default", self.issuer)
         server.register_client_auth_method("private_key_jwt", SmartClientAssertion(f"{self.root}/token", self.store))
-        for grant in (AuthorizationCodeGrant, RefreshTokenGrant):
-            grant.store = self.store
         server.register_grant(AuthorizationCodeGrant, [StrictCodeChallenge(required=True)])
         server.register_grant(RefreshTokenGrant)
         server.register_grant(ClientCredentialsGrant)
