@@ -19,6 +19,7 @@ from flask import Flask, has_app_context
 from app import create_app
 from app.auth.server.grants import Grantee
 from app.settings import BASE_URL_ENV, CURSOR_SECRET_ENV, settings_from_document
+from app.web.components import components
 
 CLIENT = "imaging-timeline"
 REDIRECT = "http://127.0.0.1:8080/apps/imaging-timeline/"
@@ -48,8 +49,8 @@ def apps(config_document: dict[str, Any], tmp_path_factory: pytest.TempPathFacto
     second = _build(config_document, tmp_path_factory.mktemp("server-2"))  # built last: must not take over the first
     yield first, second
     for app in (first, second):
-        app.extensions["facade"].federation.close()
-        app.extensions["audit"].close()
+        components(app).services.close()
+        components(app).audit.close()
 
 
 def _code(app: Flask) -> tuple[str, str]:
@@ -124,7 +125,8 @@ def test_a_refresh_token_is_honoured_only_by_the_server_that_issued_it(apps: tup
 
 def test_the_refresh_family_is_an_argument_of_the_issuer(apps: tuple[Flask, Flask]) -> None:
     """Outside any request or app context: the family is passed in, or a new one starts."""
-    server = apps[0].extensions["smart_server"]
+    server = components(apps[0]).auth_server
+    assert server is not None
     client = server.clients[CLIENT]
     user = Grantee("dr.khan", "Practitioner/dr-khan")
     assert not has_app_context()

@@ -22,6 +22,7 @@ import app.auth.server.keys as keys_module
 from app import create_app
 from app.auth.server.keys import CHECK_INTERVAL_S, SigningKeys
 from app.settings import BASE_URL_ENV, CURSOR_SECRET_ENV, settings_from_document
+from app.web.components import components
 
 FHIR_BASE = "http://127.0.0.1:8080/fhir"
 
@@ -67,8 +68,8 @@ def start_worker(config_document: dict[str, Any], tmp_path: Path) -> Iterator[An
 
     yield start
     for app in started:
-        app.extensions["facade"].federation.close()
-        app.extensions["audit"].close()
+        components(app).services.close()
+        components(app).audit.close()
 
 
 def _params() -> dict[str, str]:

@@ -134,7 +134,7 @@ class EmbeddedAuthServer:
         self.authorization = SmartAuthorizationServer(self.store, self.issuer)
 
     def init_app(self, app: Flask) -> None:
-        from app.auth.server.views import bp
+        from app.auth.server.views import SERVER_KEY, bp
 
         server = self.authorization
         server.init_app(app, query_client=self.query_client, save_token=lambda token, request: None)
@@ -143,7 +143,7 @@ class EmbeddedAuthServer:
         server.register_grant(AuthorizationCodeGrant, [StrictCodeChallenge(required=True)])
         server.register_grant(RefreshTokenGrant)
         server.register_grant(ClientCredentialsGrant)
-        app.extensions["smart_server"] = self
+        app.extensions[SERVER_KEY] = self
         app.session_interface = KeyFileSessions(self.keys)
         app.register_blueprint(bp, url_prefix="/auth")
 
