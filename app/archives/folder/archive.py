@@ -22,8 +22,16 @@ from app.core.query import NameQuery, StudyQuery
 
 log = logging.getLogger(__name__)
 
+
+def _tag(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    if tag is None:  # attributes.py names only dictionary keywords: a typo there must not pass silently
+        raise ValueError(f"attributes.py: {keyword!r} is not a DICOM keyword")
+    return tag
+
+
 _TAGS = {
-    level: tuple(tag_for_keyword(k) for k in keywords)
+    level: tuple(_tag(k) for k in keywords)
     for level, keywords in (
         ("study", attributes.STUDY),
         ("series", attributes.SERIES),
