@@ -27,9 +27,13 @@ class CachedArchive:
         self.max_entries = max_entries
         self.clock = clock
         self.hits = 0
-        self.series_by_patient = getattr(inner, "series_by_patient", False)
+        self.capabilities = inner.capabilities
         self._entries: OrderedDict[tuple[Any, ...], tuple[float, Found]] = OrderedDict()
         self._lock = threading.Lock()
+
+    @property
+    def adapter(self) -> Archive:
+        return self.inner.adapter
 
     def _cached(self, key: tuple[Any, ...], fetch: Callable[[], Found]) -> Found:
         now = self.clock()

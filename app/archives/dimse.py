@@ -26,7 +26,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
 from app.archives import attributes
-from app.archives.protocol import ArchiveError, Found
+from app.archives.protocol import Archive, ArchiveError, Capabilities, Found
 from app.core.dicom_json import Dataset
 from app.core.query import StudyQuery, is_plain_key, pn_pattern
 
@@ -113,12 +113,19 @@ def same_patient(study: Dataset, query: StudyQuery) -> bool:
 class DimseArchive:
     """An Archive over Study Root C-FIND; one AE, one association per call, safe to share between threads."""
 
+    # A hierarchical archive refuses a SERIES C-FIND without its study: series wait for the studies.
+    capabilities = Capabilities(series_by_patient=False)
+
     def __init__(self, name: str, host: str, port: int, called_aet: str, calling_aet: str, timeout_s: float) -> None:
         self.name, self.host, self.port, self.called_aet, self.timeout_s = name, host, port, called_aet, timeout_s
         self._ae = AE(ae_title=calling_aet)
         self._ae.add_requested_context(FIND)
         for setting in ("acse_timeout", "dimse_timeout", "network_timeout", "connection_timeout"):
             setattr(self._ae, setting, timeout_s)
+
+    @property
+    def adapter(self) -> Archive:
+        return self
 
     @contextmanager
     def _association(self) -> Iterator[Association]:

@@ -20,9 +20,9 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 import requests
 
-from app.archives.dicomweb.qido import ArchiveRetryLater, DicomWebArchive
+from app.archives.dicomweb.qido import DicomWebArchive
 from app.archives.folder.archive import FolderArchive
-from app.archives.protocol import ArchiveError, Found
+from app.archives.protocol import ArchiveError, ArchiveRetryLater, Found
 from app.core.dicom_json import Dataset
 from app.core.query import NameQuery, PatientKey, StudyQuery
 from tests.infra import free_port

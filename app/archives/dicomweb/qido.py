@@ -22,7 +22,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from app.archives import attributes, budget
-from app.archives.protocol import ArchiveError, Found
+from app.archives.protocol import Archive, ArchiveError, ArchiveRetryLater, Capabilities, Found
 from app.core.dicom_json import Dataset
 from app.core.query import StudyQuery, pn_pattern
 from app.settings import config_secret
@@ -31,14 +31,6 @@ from app.telemetry.logs import upstream_headers
 _SAFE = "-._~:^,"  # left unescaped in values (RFC 3986 unreserved plus what QIDO needs verbatim)
 _JSON_TYPES = ("application/dicom+json", "application/json")
 MAX_PAGES = 20
-
-
-class ArchiveRetryLater(ArchiveError):
-    """The archive asked us to come back later (429/503 with Retry-After)."""
-
-    def __init__(self, archive: str, reason: str, retry_after_s: float) -> None:
-        super().__init__(archive, reason)
-        self.retry_after_s = retry_after_s
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -97,7 +89,7 @@ class UpstreamAuth:
 class DicomWebArchive:
     """An Archive over QIDO-RS. `url` is the DICOMweb base (…/dicom-web)."""
 
-    series_by_patient = True  # /series?PatientID= needs no study UIDs: it can go out with /studies
+    capabilities = Capabilities(series_by_patient=True)  # /series?PatientID= needs no study UIDs
 
     def __init__(
         self,
@@ -124,6 +116,10 @@ class DicomWebArchive:
             self.session.cert = (tls["client_cert"], tls["client_key"]) if tls.get("client_key") else tls["client_cert"]
         self.auth = UpstreamAuth(auth or {}, self.session, name, timeout_s)
         self.requests_made = 0  # upstream requests, for P7 and the metrics
+
+    @property
+    def adapter(self) -> Archive:
+        return self
 
     # -- query building --------------------------------------------------------------------
     @staticmethod

@@ -16,7 +16,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 
 from app.archives import attributes
-from app.archives.protocol import ArchiveError, Found
+from app.archives.protocol import Archive, ArchiveError, Capabilities, Found
 from app.core.dicom_json import Dataset
 from app.core.query import NameQuery, StudyQuery
 
@@ -77,7 +77,7 @@ class StoredFile(NamedTuple):
 class FolderArchive:
     """An Archive over `path/**/*.dcm`; the index is read once and is immutable afterwards."""
 
-    series_by_patient = True
+    capabilities = Capabilities(series_by_patient=True)  # the index answers a patient's series directly
 
     def __init__(self, name: str, path: Path) -> None:
         self.name = name
@@ -88,6 +88,10 @@ class FolderArchive:
         # study UID -> series UID -> its files, for image retrieval (folder_wado.py)
         self.files: dict[str, dict[str, list[StoredFile]]] = defaultdict(lambda: defaultdict(list))
         self._index()
+
+    @property
+    def adapter(self) -> Archive:
+        return self
 
     def _index(self) -> None:
         if not self.path.is_dir():
