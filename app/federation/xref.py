@@ -18,6 +18,7 @@ from pathlib import Path
 
 import requests
 
+from app.archives.http import failure_reason, new_session
 from app.core.mapping.patient import NHS_NUMBER_SYSTEM, nhs_number_problem
 from app.core.query import PatientKey, is_plain_key
 from app.telemetry.logs import upstream_headers
@@ -111,7 +112,7 @@ class PixmXref:
         self.headers = headers
         self.timeout_s = timeout_s
         self.ttl_s = ttl_s
-        self.session = requests.Session()
+        self.session = new_session()
         self._cache: dict[tuple[str, str], tuple[float, list[tuple[str, str]]]] = {}
         self._lock = threading.Lock()
         self.reverse = _PixmReverse(self)
@@ -130,8 +131,8 @@ class PixmXref:
                 params={"sourceIdentifier": f"{system}|{value}"},
                 headers={"Accept": "application/fhir+json", **self.headers(), **upstream_headers()},
             )
-        except requests.RequestException:
-            log.warning("PIXm service %s could not be reached", self.url)
+        except requests.RequestException as exc:
+            log.warning("PIXm service %s could not be reached (%s)", self.url, failure_reason(exc, self.timeout_s))
             return []
         found: list[tuple[str, str]] = []
         if response.status_code == 200:

@@ -20,6 +20,7 @@ from typing import Any
 import requests
 
 from app.archives.dicomweb.qido import DicomWebArchive
+from app.archives.http import failure_reason
 from app.archives.protocol import Archive
 from app.audit.events import AuditStore
 from app.federation.fanout import TrustArchive
@@ -54,12 +55,8 @@ def probe_dicomweb(archive: DicomWebArchive, timeout_s: float) -> Probe:
             auth=archive.auth.basic(),
             headers={"Accept": "application/dicom+json", **archive.auth.headers()},
         )
-    except requests.exceptions.SSLError:
-        return Probe(False, "TLS failure")
-    except requests.exceptions.Timeout:
-        return Probe(False, f"no answer within {timeout_s:g} s")
-    except requests.exceptions.ConnectionError:
-        return Probe(False, "connection refused or reset")
+    except requests.RequestException as exc:
+        return Probe(False, failure_reason(exc, timeout_s))
     except Exception:  # e.g. no upstream access token (ArchiveError), a malformed URL
         return Probe(False, "request failed")
     if response.status_code in (200, 204):

@@ -6,14 +6,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import requests
-
 from app.archives import build_archive
 from app.archives.cache import CachedArchive
-from app.archives.dicomweb.qido import DicomWebArchive, UpstreamAuth
+from app.archives.dicomweb.qido import DicomWebArchive
 from app.archives.dicomweb.wado import HttpWado, ImageSource
 from app.archives.folder.archive import FolderArchive
 from app.archives.folder.wado import FolderWado
+from app.archives.http import UpstreamAuth, new_session
 from app.archives.metered import MeteredArchive
 from app.archives.protocol import Archive
 from app.core.mapping.context import TrustMapping
@@ -33,7 +32,7 @@ def build_xref(settings: Settings) -> PatientXref | PixmXref:
     if index is None:
         return load_xref(settings.patient_xref, {t.id for t in settings.trusts})
     auth = index.get("auth", {"type": "none"})
-    session_auth = UpstreamAuth(auth, requests.Session(), "patient index", float(index.get("timeout_s", 5)))
+    session_auth = UpstreamAuth(auth, new_session(), "patient index", float(index.get("timeout_s", 5)))
     return PixmXref(
         index["url"],
         {t.id: t.ods_code for t in settings.trusts},
@@ -106,7 +105,7 @@ def image_source(trust: TrustSettings, archive: Archive, timeout_s: float, setti
             trust.id, config.get("wado_url") or config["url"], archive.session, archive.auth, timeout_s, chunk, thumb
         )
     if config.get("wado_url"):
-        session = requests.Session()
+        session = new_session()
         return HttpWado(
             trust.id,
             config["wado_url"],

@@ -12,78 +12,22 @@ escaped are.
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 from urllib.parse import quote
 
 import orjson
 import requests
-from requests.adapters import HTTPAdapter
 
 from app.archives import attributes, budget
+from app.archives.http import UpstreamAuth, failure_reason, new_session, retry_after_seconds
 from app.archives.protocol import Archive, ArchiveError, ArchiveRetryLater, Capabilities, Found
 from app.core.dicom_json import Dataset
 from app.core.query import StudyQuery, pn_pattern
-from app.settings import config_secret
 from app.telemetry.logs import upstream_headers
 
 _SAFE = "-._~:^,"  # left unescaped in values (RFC 3986 unreserved plus what QIDO needs verbatim)
 _JSON_TYPES = ("application/dicom+json", "application/json")
 MAX_PAGES = 20
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """A Retry-After header given in seconds (None when absent or an HTTP date)."""
-    if value and value.strip().isdigit():
-        return float(value.strip())
-    return None
-
-
-class UpstreamAuth:
-    """Upstream credentials: none, basic, bearer, or OAuth 2.0 client credentials (token cached)."""
-
-    def __init__(self, config: dict[str, Any], session: requests.Session, name: str, timeout_s: float) -> None:
-        self.kind = config.get("type", "none")
-        self.config = config
-        self.session = session
-        self.name = name
-        self.timeout_s = timeout_s
-        self._token: str | None = None
-        self._expires = 0.0
-        self._lock = threading.Lock()
-
-    def headers(self) -> dict[str, str]:
-        if self.kind == "bearer":
-            return {"Authorization": f"Bearer {config_secret(self.config, 'token')}"}
-        if self.kind == "oauth2":
-            return {"Authorization": f"Bearer {self._client_credentials_token()}"}
-        return {}
-
-    def basic(self) -> tuple[str, str] | None:
-        if self.kind == "basic":
-            return (self.config["username"], config_secret(self.config, "password"))
-        return None
-
-    def _client_credentials_token(self) -> str:
-        with self._lock:
-            if self._token and time.monotonic() < self._expires - 30:
-                return self._token
-            data = {"grant_type": "client_credentials", "scope": self.config.get("scope", "")}
-            try:
-                response = self.session.post(
-                    self.config["token_url"],
-                    data=data,
-                    timeout=self.timeout_s,
-                    auth=(self.config["client_id"], config_secret(self.config, "client_secret")),
-                )
-                response.raise_for_status()
-                body = response.json()
-                self._token = str(body["access_token"])
-                self._expires = time.monotonic() + float(body.get("expires_in", 300))
-            except (requests.RequestException, ValueError, KeyError):
-                raise ArchiveError(self.name, "could not obtain an upstream access token") from None
-            return self._token
 
 
 class DicomWebArchive:
@@ -104,16 +48,7 @@ class DicomWebArchive:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self.page_size = page_size
-        self.session = requests.Session()
-        self.session.mount("http://", HTTPAdapter(pool_connections=4, pool_maxsize=16))
-        self.session.mount("https://", HTTPAdapter(pool_connections=4, pool_maxsize=16))
-        tls = tls or {}
-        if tls.get("ca_bundle"):
-            self.session.verify = tls["ca_bundle"]
-        elif tls.get("verify") is False:
-            self.session.verify = False
-        if tls.get("client_cert"):
-            self.session.cert = (tls["client_cert"], tls["client_key"]) if tls.get("client_key") else tls["client_cert"]
+        self.session = new_session(tls)
         self.auth = UpstreamAuth(auth or {}, self.session, name, timeout_s)
         self.requests_made = 0  # upstream requests, for P7 and the metrics
 
@@ -162,16 +97,8 @@ class DicomWebArchive:
                 headers={"Accept": "application/dicom+json", **self.auth.headers(), **upstream_headers()},
                 auth=self.auth.basic(),
             )
-        except requests.exceptions.SSLError:
-            raise ArchiveError(self.name, "TLS failure") from None
-        except requests.exceptions.ConnectTimeout:
-            raise ArchiveError(self.name, f"connection timed out after {self.timeout_s:g} s") from None
-        except requests.exceptions.ReadTimeout:
-            raise ArchiveError(self.name, f"no answer within {self.timeout_s:g} s") from None
-        except requests.exceptions.ConnectionError:
-            raise ArchiveError(self.name, "connection refused or reset") from None
-        except requests.RequestException:
-            raise ArchiveError(self.name, "request failed") from None
+        except requests.RequestException as exc:
+            raise ArchiveError(self.name, failure_reason(exc, self.timeout_s)) from None
         return self._read(response)
 
     def _read(self, response: requests.Response) -> tuple[list[Dataset], str | None]:

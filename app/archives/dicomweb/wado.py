@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import requests
 import urllib3
 
-from app.archives.dicomweb.qido import UpstreamAuth, retry_after_seconds
+from app.archives.http import UpstreamAuth, failure_reason, retry_after_seconds
 from app.core.dicom_json import UID_PATTERN
 
 log = logging.getLogger(__name__)
@@ -209,12 +209,10 @@ class HttpWado:
             response = self.session.get(
                 url, headers=headers, auth=self.auth.basic(), stream=True, timeout=(self.timeout_s, self.timeout_s)
             )
-        except requests.exceptions.SSLError:
-            raise RetrievalError(self.name, 502, "TLS failure") from None
-        except requests.exceptions.Timeout:
-            raise RetrievalError(self.name, 504, f"no answer within {self.timeout_s:g} s") from None
-        except requests.RequestException:
-            raise RetrievalError(self.name, 502, "connection refused or reset") from None
+        except requests.RequestException as exc:
+            # A timeout is the gateway's 504 (Gateway Timeout); any other failure to reach the archive a 502.
+            status = 504 if isinstance(exc, requests.exceptions.Timeout) else 502
+            raise RetrievalError(self.name, status, failure_reason(exc, self.timeout_s)) from None
         status = response.status_code
         if status not in (200, 206):
             response.close()
