@@ -2,7 +2,7 @@
 
 Adapters are asked with the typed queries of app.core.query and answer DICOM JSON datasets. What an
 adapter can do beyond the four calls is declared in its `capabilities`, never probed with getattr;
-its failures are ArchiveError (or ArchiveRetryLater).
+its failures are ArchiveError (or ArchiveRetryLater); `Probe` is what a readiness probe found.
 """
 
 from __future__ import annotations
@@ -31,6 +31,14 @@ class Capabilities:
     series_by_patient: bool = False
 
 
+@dataclass(frozen=True)
+class Probe:
+    """What a readiness probe found: reachable or not, and a short, patient-free reason when not."""
+
+    reachable: bool
+    reason: str | None = None
+
+
 class ArchiveError(Exception):
     """An archive could not answer; `reason` is a short, patient-free phrase for the outcome."""
 
@@ -57,7 +65,9 @@ class Archive(Protocol):
 
     @property
     def adapter(self) -> Archive:
-        """The adapter itself, beneath any wrappers (metering, caching): an adapter answers itself."""
+        """The adapter itself, beneath any wrappers (metering, caching): an adapter answers itself.
+
+        The registry builds image sources and probes from it (app.archives.registry)."""
         ...
 
     def find_studies(self, query: StudyQuery) -> Found:

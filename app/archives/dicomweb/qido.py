@@ -7,7 +7,7 @@ Retry-After, malformed JSON, a wrong content type, a Warning 299 header, results
 
 Query strings are built here, not by requests: values are already validated plain keys, and some
 archives (Orthanc 1.10's plugin) do not decode percent-encoding, so only characters that must be
-escaped are.
+escaped are. `probe_dicomweb` is the archive's readiness probe (app.archives.registry).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import requests
 
 from app.archives import attributes, budget
 from app.archives.http import UpstreamAuth, failure_reason, new_session, retry_after_seconds
-from app.archives.protocol import Archive, ArchiveError, ArchiveRetryLater, Capabilities, Found
+from app.archives.protocol import Archive, ArchiveError, ArchiveRetryLater, Capabilities, Found, Probe
 from app.core.dicom_json import Dataset
 from app.core.query import StudyQuery, pn_pattern
 from app.telemetry.logs import upstream_headers
@@ -28,6 +28,7 @@ from app.telemetry.logs import upstream_headers
 _SAFE = "-._~:^,"  # left unescaped in values (RFC 3986 unreserved plus what QIDO needs verbatim)
 _JSON_TYPES = ("application/dicom+json", "application/json")
 MAX_PAGES = 20
+PROBE_STUDY_UID = "2.25.0"  # a syntactically valid UID under the UUID root that no study has
 
 
 class DicomWebArchive:
@@ -178,3 +179,23 @@ class DicomWebArchive:
 
     def close(self) -> None:
         self.session.close()
+
+
+def probe_dicomweb(archive: DicomWebArchive, timeout_s: float) -> Probe:
+    """One harmless QIDO-RS request with the archive's own session and credentials: an exact study
+    UID that matches nothing (never a wildcard), at most one result."""
+    url = f"{archive.url}/studies?StudyInstanceUID={PROBE_STUDY_UID}&limit=1"
+    try:
+        response = archive.session.get(
+            url,
+            timeout=timeout_s,
+            auth=archive.auth.basic(),
+            headers={"Accept": "application/dicom+json", **archive.auth.headers()},
+        )
+    except requests.RequestException as exc:
+        return Probe(False, failure_reason(exc, timeout_s))
+    except Exception:  # e.g. no upstream access token (ArchiveError), a malformed URL
+        return Probe(False, "request failed")
+    if response.status_code in (200, 204):
+        return Probe(True)
+    return Probe(False, f"HTTP {response.status_code}")

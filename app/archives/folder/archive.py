@@ -16,7 +16,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 
 from app.archives import attributes
-from app.archives.protocol import Archive, ArchiveError, Capabilities, Found
+from app.archives.protocol import Archive, ArchiveError, Capabilities, Found, Probe
 from app.core.dicom_json import Dataset
 from app.core.query import NameQuery, StudyQuery
 
@@ -194,3 +194,8 @@ class FolderArchive:
 
     def close(self) -> None:
         """Nothing to release: the index is in memory."""
+
+
+def probe_folder(archive: FolderArchive, timeout_s: float) -> Probe:
+    """The folder is still there (the index was read at start-up; `timeout_s` is not needed)."""
+    return Probe(True) if archive.path.is_dir() else Probe(False, "folder missing")
