@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+from cachetools import TTLCache
 
 from app.archives.http import failure_reason, new_session
 from app.core.mapping.patient import NHS_NUMBER_SYSTEM, nhs_number_problem
@@ -93,8 +94,9 @@ class _PixmReverse:
 class PixmXref:
     """The cross-reference held by an IHE PIXm service ($ihe-pix), e.g. the region's master patient index.
 
-    Answers are cached for `ttl_s`; a service that cannot be reached means "not known", so a study
-    whose identity cannot be resolved is withheld, never guessed.
+    Answers (found or not) are cached for `ttl_s`, at most `max_entries` of them, the least recently
+    used going first; a service that cannot be reached, or answers an error, means "not known" and is
+    asked again next time, so a study whose identity cannot be resolved is withheld, never guessed.
     """
 
     def __init__(
@@ -105,6 +107,8 @@ class PixmXref:
         headers: Callable[[], dict[str, str]],
         timeout_s: float = 5.0,
         ttl_s: float = 300.0,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = url.rstrip("/")
         self.trusts = trusts  # trust id -> ODS code
@@ -113,8 +117,8 @@ class PixmXref:
         self.timeout_s = timeout_s
         self.ttl_s = ttl_s
         self.session = new_session()
-        self._cache: dict[tuple[str, str], tuple[float, list[tuple[str, str]]]] = {}
-        self._lock = threading.Lock()
+        self._cache: TTLCache[tuple[str, str], list[tuple[str, str]], float] = TTLCache(max_entries, ttl_s, timer=clock)
+        self._lock = threading.Lock()  # cachetools caches are not thread-safe; searches ask from many threads
         self.reverse = _PixmReverse(self)
 
     def _ask(self, system: str, value: str) -> list[tuple[str, str]]:
@@ -122,8 +126,8 @@ class PixmXref:
         key = (system, value)
         with self._lock:
             cached = self._cache.get(key)
-            if cached and cached[0] > time.monotonic():
-                return cached[1]
+        if cached is not None:
+            return cached
         try:
             response = self.session.get(
                 f"{self.url}/Patient/$ihe-pix",
@@ -149,7 +153,7 @@ class PixmXref:
             log.warning("PIXm service %s answered HTTP %s", self.url, response.status_code)
             return []
         with self._lock:
-            self._cache[key] = (time.monotonic() + self.ttl_s, found)
+            self._cache[key] = found
         return found
 
     def local_keys(self, nhs_number: str, trust_id: str) -> tuple[PatientKey, ...]:
