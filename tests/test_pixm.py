@@ -13,7 +13,7 @@ import pytest
 from smart_tokens import patient_token, system_token
 
 from app import create_app
-from app.federation.xref import local_system
+from app.core.systems import local_patient_identifier as local_system
 from app.settings import settings_from_document
 from app.web.components import components
 from tests.infra import serve_wsgi

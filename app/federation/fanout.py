@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.archives import budget
-from app.archives.dicomweb.qido import ArchiveRetryLater
-from app.archives.protocol import Archive, ArchiveError, Found
+from app.archives.protocol import Archive, ArchiveError, ArchiveRetryLater, Found
 from app.core import dicom_json as dj
 from app.core.dicom_json import Dataset
 from app.core.mapping.context import TrustMapping
@@ -78,7 +77,7 @@ def _unfiltered(query: StudyQuery) -> bool:
 def _parallel_series(trust: TrustArchive, queries: list[StudyQuery], with_instances: bool) -> bool:
     return (
         not with_instances
-        and getattr(trust.archive, "series_by_patient", False)
+        and trust.archive.capabilities.series_by_patient
         and all(q.patient is not None and q.series_uid is None and q.sop_instance_uid is None for q in queries)
     )
 

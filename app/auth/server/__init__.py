@@ -35,7 +35,7 @@ from app.auth.server.grants import (
 from app.auth.server.keys import SigningKeys
 from app.auth.server.store import open_store
 from app.auth.tokens import AccessClaims, InvalidToken, JwtValidator
-from app.core.dicom_json import UID_PATTERN
+from app.core import dicom_json as dj
 from app.core.identity import nhs_number_problem
 from app.core.query import NameQuery
 from app.settings import Settings
@@ -263,7 +263,7 @@ class EmbeddedAuthServer:
             return {"error": "invalid_request", "error_description": "unknown client_id"}
         if not isinstance(patient, str):
             return {"error": "invalid_request", "error_description": "patient must be an NHS number (a string)"}
-        if study is not None and not (isinstance(study, str) and len(study) <= 64 and UID_PATTERN.fullmatch(study)):
+        if study is not None and not (isinstance(study, str) and dj.is_uid(study)):
             return {"error": "invalid_request", "error_description": "imaging_study must be a StudyInstanceUID"}
         problem = nhs_number_problem(patient)
         if problem or self.find_patient(patient) is None:
