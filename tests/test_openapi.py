@@ -24,8 +24,9 @@ from werkzeug.routing import Rule
 
 from app.archives.dicomweb.wado import _FRAMES, RENDER_PARAMETERS, BadTarget, parse_target
 from app.core.dicom_json import UID_PATTERN
-from app.core.search import params as p
+from app.core.search.registry import COMMON
 from app.core.search.resources import SEARCHES
+from app.core.search.study import IMAGING_STUDY
 from app.web.components import components
 from app.web.fhir.capability import capability_statement
 from app.web.fhir.openapi import FORM, SEARCH_EXTENSION, openapi_document, stored_document, written_document
@@ -200,9 +201,9 @@ def _query(document: dict[str, Any], path: str, method: str = "get") -> set[str]
 
 
 def test_the_search_parameters_are_the_ones_the_views_read(served: dict[str, Any]) -> None:
-    assert _query(served, "/fhir/ImagingStudy") == set(p.STUDY_PARAMETERS) | set(p.COMMON)
+    assert _query(served, "/fhir/ImagingStudy") == set(IMAGING_STUDY.known) | set(COMMON)
     form = served["components"]["schemas"]["ImagingStudySearchForm"]["properties"]
-    assert set(form) == set(p.STUDY_PARAMETERS) | set(p.COMMON) - {"_format", "_pretty"}
+    assert set(form) == set(IMAGING_STUDY.known) | set(COMMON) - {"_format", "_pretty"}
     capability = capability_statement("http://x/fhir", "0", None)["rest"][0]["resource"]
     by_type = {r["type"]: {s["name"] for s in r.get("searchParam", ())} for r in capability}
     assert by_type["Practitioner"] == set()  # read only
@@ -233,7 +234,7 @@ def test_the_written_document_leaves_the_search_parameters_to_the_registry() -> 
     }
     assert marked == {(path, method): kind for path, method, kind in _search_operations(written)}
     assert len(marked) == len(SEARCHES) + 2  # a GET search per type, and POST _search for ImagingStudy and Patient
-    searched = {n for search in SEARCHES.values() for n in search.known} | set(p.COMMON)
+    searched = {n for search in SEARCHES.values() for n in search.known} | set(COMMON)
     for path, method in marked:
         op = written["paths"][path][method]
         assert {x["name"] for x in parameters(written, path, op)} == {"_format", "_pretty", "Prefer"}, path

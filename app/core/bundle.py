@@ -11,7 +11,7 @@ from app.core import systems
 from app.core.errors import operation_outcome
 from app.core.instants import utc_instant
 from app.core.search.cursor import encode_cursor
-from app.core.search.params import Paging
+from app.core.search.registry import Paging
 
 SUBSETTED = {
     "system": systems.OBSERVATION_VALUE,

@@ -26,7 +26,8 @@ from typing import TypeVar
 
 from app.core.errors import Forbidden, NotFound
 from app.core.scopes import Decision
-from app.core.search.params import StudySearch, Token
+from app.core.search.study import StudySearch
+from app.core.search.values import Token
 
 # Types whose resources belong to one patient; Endpoint, Organization and Practitioner are directory data.
 COMPARTMENT_TYPES = frozenset({"ImagingStudy", "Patient", "AuditEvent"})

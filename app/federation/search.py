@@ -23,7 +23,7 @@ from app.core.mapping.engine import StudyMapper
 from app.core.mapping.patient import nhs_number_of, patient_resource, subject_reference
 from app.core.query import NameQuery, PatientKey, StudyQuery
 from app.core.search.dates import DateRange, DateValueError, dicom_bounds, parse_range
-from app.core.search.params import StudySearch
+from app.core.search.study import StudySearch
 from app.federation.fanout import TrustAnswer, TrustArchive, fan_out
 from app.federation.xref import PatientXref
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,12 +23,3 @@ class Directory:
         if found is None:
             raise NotFound(f"{resource_type}/{resource_id} does not exist")
         return found
-
-    def search(
-        self, resource_type: str, criteria: list[tuple[Callable[[Resource, str], bool], list[str]]]
-    ) -> list[Resource]:
-        """The resources matching every criterion (each: a test and the values, any of which may match)."""
-        matches = self.resources(resource_type)
-        for test, values in criteria:
-            matches = [r for r in matches if any(test(r, v) for v in values)]
-        return matches

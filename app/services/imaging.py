@@ -12,7 +12,7 @@ from app.core.compartment import Compartment, Filters, narrow_studies
 from app.core.errors import Conflict, NotFound, TooCostly
 from app.core.mapping.engine import StudyMapper
 from app.core.mapping.patient import patient_resource, subject_number
-from app.core.search import params as p
+from app.core.search.study import ParsedQuery, StudySearch, parse_study_search
 from app.federation.search import FederatedResult, Federation
 from app.settings import Settings
 
@@ -41,16 +41,16 @@ class ImagingService:
         self.modalities = frozenset(parts.mapper.terminology.modalities)
         self.zone = ZoneInfo(parts.settings.timezone)
 
-    def parse(self, pairs: list[tuple[str, str]]) -> p.ParsedQuery:
+    def parse(self, pairs: list[tuple[str, str]]) -> ParsedQuery:
         """A search's parameters, validated before any I/O (400 naming the parameter at fault)."""
-        return p.parse_study_search(
+        return parse_study_search(
             pairs, self.zone, self.modalities, self.settings.default_count, self.settings.max_count
         )
 
-    def _scope_filter(self, pairs: Filters) -> p.StudySearch:
+    def _scope_filter(self, pairs: Filters) -> StudySearch:
         return self.parse(list(pairs)).search
 
-    def search(self, search: p.StudySearch, compartment: Compartment) -> FederatedResult:
+    def search(self, search: StudySearch, compartment: Compartment) -> FederatedResult:
         search = narrow_studies(search, compartment, self._scope_filter)
         bounded = (
             search.nhs_numbers is not None
@@ -73,7 +73,7 @@ class ImagingService:
         what = f"ImagingStudy/{study_id}"
         if not dj.is_uid(study_id):
             raise NotFound(f"{what} does not exist: the id of an ImagingStudy is its StudyInstanceUID")
-        search = narrow_studies(p.StudySearch(study_uids=frozenset({study_id})), compartment, self._scope_filter)
+        search = narrow_studies(StudySearch(study_uids=frozenset({study_id})), compartment, self._scope_filter)
         result = self.federation.search(search, with_instances=True)
         result.studies = compartment.keep(result.studies, subject_number)
         if study_id in result.conflicts:

@@ -7,7 +7,8 @@ import pytest
 from app.core.compartment import Compartment, intersect, narrow_studies
 from app.core.errors import Forbidden, NotFound
 from app.core.scopes import Decision
-from app.core.search.params import StudySearch, Token
+from app.core.search.study import StudySearch
+from app.core.search.values import Token
 
 REALM = "https://facade.example/fhir"
 A, B = "9992975962", "9990548609"

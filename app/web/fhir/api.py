@@ -15,8 +15,8 @@ from app.auth.protect import Access
 from app.auth.protect import Forbidden as ScopeForbidden
 from app.core.compartment import Compartment
 from app.core.errors import Forbidden, InvalidRequest
-from app.core.search import params as p
 from app.core.search.cursor import decode_cursor
+from app.core.search.registry import ResourceSearch
 from app.web.components import components
 from app.web.negotiation import FHIR_JSON, OUTPUT_PARAMETERS, require_fhir_json
 
@@ -126,7 +126,7 @@ def _strict() -> bool:
     return "handling=strict" in request.headers.get("Prefer", "").replace(" ", "")
 
 
-def search_pairs(resource_type: str, known: set[str]) -> tuple[Pairs, int]:
+def search_pairs(search: ResourceSearch[Any]) -> tuple[Pairs, int]:
     """The search's parameters in order (the form of a POST _search, or the query), without the output-only
     ones, and the offset: a paging cursor stands for the query it was signed for. Unknown parameters are
     ignored, or refused under `Prefer: handling=strict`."""
@@ -135,8 +135,8 @@ def search_pairs(resource_type: str, known: set[str]) -> tuple[Pairs, int]:
     offset = 0
     token = next((v for k, v in pairs if k == "_cursor"), None)
     if token is not None:
-        pairs, offset = decode_cursor(components().settings.cursor_secret, resource_type, token)
-    unknown = p.unknown_parameters(pairs, known)
+        pairs, offset = decode_cursor(components().settings.cursor_secret, search.type, token)
+    unknown = search.unknown(pairs)
     if unknown and _strict():
         raise InvalidRequest(f"unknown search parameter(s): {', '.join(unknown)} (Prefer: handling=strict)")
     return pairs, offset

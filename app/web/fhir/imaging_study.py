@@ -6,7 +6,7 @@ from flask import Response
 
 from app.core.bundle import searchset
 from app.core.mapping.patient import subject_number
-from app.core.search import params as p
+from app.core.search.study import IMAGING_STUDY
 from app.web.components import components
 from app.web.fhir.api import audited_patients, bp, compartment, fhir_response, readable, search_pairs
 
@@ -17,14 +17,15 @@ def search_imaging_studies() -> Response:
     app = components()
     imaging = app.services.imaging
     studies = compartment("ImagingStudy", "s")
-    pairs, offset = search_pairs("ImagingStudy", set(p.STUDY_PARAMETERS))
+    pairs, offset = search_pairs(IMAGING_STUDY)
     parsed = imaging.parse(pairs)
     paging = parsed.search.paging
     paging.offset = offset
     result = imaging.search(parsed.search, studies)
     page = [] if paging.summary_count else result.studies[offset : offset + paging.count]
     audited_patients([n for n in map(subject_number, page) if n])
-    includes = imaging.includes(result, paging.includes, page, readable("Endpoint", "Patient"))
+    targets = sorted(set(IMAGING_STUDY.include_targets.values()))
+    includes = imaging.includes(result, paging.includes, page, readable(*targets))
     return fhir_response(
         searchset(
             base_url=app.settings.base_url,

@@ -4,24 +4,13 @@ from __future__ import annotations
 
 from flask import Response, request
 
-from app.core import systems
 from app.core.bundle import searchset
 from app.core.errors import InvalidRequest, NotFound
 from app.core.identity import nhs_number_problem
 from app.core.query import is_plain_key
-from app.core.search import params as p
+from app.core.search.resources import PATIENT, parse_patient_search
 from app.web.components import components
 from app.web.fhir.api import audited_patients, bp, compartment, fhir_response, search_pairs
-
-PATIENT_PARAMETERS = ("_id", "identifier")
-PATIENT_ELEMENTS = frozenset({"identifier", "name", "gender", "birthDate"})
-
-
-def _patient_number(name: str, raw: str) -> str:
-    token = p._token(raw)
-    if name == "identifier" and token.system not in (None, systems.NHS_NUMBER):
-        raise InvalidRequest(f"patients are identified by NHS number ({systems.NHS_NUMBER})", name)
-    return p.nhs_number(token.code, name)
 
 
 @bp.route("/Patient", methods=["GET"])
@@ -29,19 +18,11 @@ def _patient_number(name: str, raw: str) -> str:
 def search_patients() -> Response:
     app = components()
     patients = compartment("Patient", "s")
-    pairs, offset = search_pairs("Patient", set(PATIENT_PARAMETERS))
-    numbers: frozenset[str] | None = None
-    used: list[tuple[str, str]] = []
-    for name, value in pairs:
-        if name in PATIENT_PARAMETERS:
-            found = frozenset(_patient_number(name, v) for v in p._split(value))
-            numbers = found if numbers is None else numbers & found
-            used.append((name, value))
-    paging, paging_used = p.parse_paging(
-        pairs, app.settings.default_count, app.settings.max_count, frozenset(), PATIENT_ELEMENTS, False
-    )
+    pairs, offset = search_pairs(PATIENT)
+    parsed = parse_patient_search(pairs, app.settings.default_count, app.settings.max_count)
+    paging = parsed.paging
     paging.offset = offset
-    matches, issues = app.services.patients.search(numbers, patients)
+    matches, issues = app.services.patients.search(parsed.query.nhs_numbers, patients)
     audited_patients([m["id"] for m in matches[offset : offset + paging.count]])
     return fhir_response(
         searchset(
@@ -49,7 +30,7 @@ def search_patients() -> Response:
             resource_type="Patient",
             matches=matches,
             paging=paging,
-            used=sorted(used + paging_used),
+            used=parsed.used,
             secret=app.settings.cursor_secret,
             issues=issues,
         )
