@@ -51,7 +51,7 @@ def create_app(settings: Settings | str | os.PathLike[str] | None = None) -> Fla
     )
     services = build_services(settings)
     embedded = None
-    if settings.auth["mode"] == "embedded":
+    if settings.auth.mode == "embedded":
         from app.auth.server import EmbeddedAuthServer
 
         embedded = EmbeddedAuthServer(settings, services.patients)

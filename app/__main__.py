@@ -179,12 +179,13 @@ def rotate_keys(config: str, retire: str | None = None) -> int:
 
     Exit 0 done; 1 configuration, missing file or unknown kid; 2 refused (the current or only key)."""
     from app.auth.server.keys import RetireRefused, SigningKeys, UnknownKey
+    from app.settings import EmbeddedAuthSettings
 
-    settings = load_settings(config)
-    if settings.auth["mode"] != "embedded":
+    auth = load_settings(config).auth
+    if not isinstance(auth, EmbeddedAuthSettings):
         print("rotate-keys needs auth.mode: embedded", file=sys.stderr)
         return 1
-    path = Path(settings.auth["signing_keys"])
+    path = auth.signing_keys
     if retire is None:
         kid = SigningKeys(path).rotate()
         print(f"new signing key {kid}; the previous keys stay published until retired (--retire KID)")

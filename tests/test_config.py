@@ -172,7 +172,7 @@ def test_config_relative_folder_resolved_against_config_dir(doc, demo_data):
     assert problems_of(doc, demo_data) == []
     assert problems_of(doc, demo_data / "bolton") != []
     settings = settings_from_document(doc, demo_data)
-    assert settings.trusts[0].archive["path"] == (demo_data / "bolton").resolve()
+    assert settings.trusts[0].archive.path == (demo_data / "bolton").resolve()
     assert settings.patient_xref == (demo_data / "xref.csv").resolve()
 
 

@@ -27,6 +27,7 @@ from app.core.dicom_json import UID_PATTERN
 from app.core.search.registry import COMMON
 from app.core.search.resources import SEARCHES
 from app.core.search.study import IMAGING_STUDY
+from app.settings import ExternalAuthSettings, NoAuthSettings
 from app.web.components import components
 from app.web.fhir.capability import capability_statement
 from app.web.fhir.openapi import FORM, SEARCH_EXTENSION, openapi_document, stored_document, written_document
@@ -343,7 +344,9 @@ def test_another_mount_point_and_an_external_authorization_server(settings) -> N
         "grant_types_supported": ["authorization_code"],
     }
     elsewhere = dataclasses.replace(
-        settings, base_url="https://imaging.example.nhs.uk/gm/fhir", auth={**settings.auth, "mode": "external"}
+        settings,
+        base_url="https://imaging.example.nhs.uk/gm/fhir",
+        auth=ExternalAuthSettings("external", (), external, ()),
     )
     document = openapi_document(elsewhere, external)
     validate(document)
@@ -361,7 +364,7 @@ def test_another_mount_point_and_an_external_authorization_server(settings) -> N
 
 
 def test_without_authorization_the_document_has_no_security(settings) -> None:
-    document = openapi_document(dataclasses.replace(settings, auth={"mode": "none", "insecure_no_auth": True}), None)
+    document = openapi_document(dataclasses.replace(settings, auth=NoAuthSettings("none")), None)
     validate(document)
     assert "securitySchemes" not in document["components"]
     assert not [x for x in document["paths"] if x.startswith("/auth/")]

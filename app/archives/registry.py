@@ -20,9 +20,10 @@ from app.archives.folder.archive import FolderArchive, probe_folder
 from app.archives.folder.wado import FolderWado
 from app.archives.http import UpstreamAuth, new_session
 from app.archives.protocol import Archive, Probe
-from app.settings import TrustSettings
+from app.settings import DicomWebArchiveSettings, DimseArchiveSettings, FolderArchiveSettings, TrustSettings
 
 A = TypeVar("A", bound=Archive)
+C = TypeVar("C", FolderArchiveSettings, DicomWebArchiveSettings, DimseArchiveSettings)
 
 
 @dataclass(frozen=True)
@@ -35,12 +36,12 @@ class ImageOptions:
 
 
 @dataclass(frozen=True)
-class ArchiveType(Generic[A]):
+class ArchiveType(Generic[C, A]):
     """One archive type: how its adapter is built, where its images come from, how readiness probes it."""
 
     adapter: type[A]
-    build: Callable[[str, dict[str, Any], float], A]  # (trust id, `archive` settings, timeout) -> adapter
-    image_source: Callable[[A, dict[str, Any], ImageOptions], ImageSource | None]  # None: no image retrieval
+    build: Callable[[str, C, float], A]  # (trust id, its `archive` settings, timeout) -> adapter
+    image_source: Callable[[A, C, ImageOptions], ImageSource | None]  # None: no image retrieval
     probe: Callable[[A, float], Probe]
 
     def own(self, archive: Archive) -> A:
@@ -65,11 +66,11 @@ def _wado_url_source(name: str, url: str, options: ImageOptions) -> HttpWado:
     )
 
 
-def _dicomweb_images(archive: DicomWebArchive, config: dict[str, Any], options: ImageOptions) -> ImageSource:
+def _dicomweb_images(archive: DicomWebArchive, config: DicomWebArchiveSettings, options: ImageOptions) -> ImageSource:
     # The archive's own session: its pool, TLS options and credentials (a token fetched once serves both).
     return HttpWado(
         archive.name,
-        config.get("wado_url") or config["url"],
+        config.wado_url or config.url,
         archive.session,
         archive.auth,
         options.timeout_s,
@@ -78,41 +79,41 @@ def _dicomweb_images(archive: DicomWebArchive, config: dict[str, Any], options: 
     )
 
 
-def _dimse_images(archive: DimseArchive, config: dict[str, Any], options: ImageOptions) -> ImageSource | None:
-    return _wado_url_source(archive.name, config["wado_url"], options) if config.get("wado_url") else None
+def _dimse_images(archive: DimseArchive, config: DimseArchiveSettings, options: ImageOptions) -> ImageSource | None:
+    return _wado_url_source(archive.name, config.wado_url, options) if config.wado_url else None
 
 
 # Each entry typed with its adapter class, so that mypy checks its factory, image source and probe.
-FOLDER: ArchiveType[FolderArchive] = ArchiveType(
+FOLDER: ArchiveType[FolderArchiveSettings, FolderArchive] = ArchiveType(
     FolderArchive,
-    lambda name, config, _timeout_s: FolderArchive(name, config["path"]),
+    lambda name, config, _timeout_s: FolderArchive(name, config.path),
     lambda archive, _config, options: FolderWado(archive, options.chunk_bytes, options.thumbnail_px),
     probe_folder,
 )
-DICOMWEB: ArchiveType[DicomWebArchive] = ArchiveType(
+DICOMWEB: ArchiveType[DicomWebArchiveSettings, DicomWebArchive] = ArchiveType(
     DicomWebArchive,
     lambda name, config, timeout_s: DicomWebArchive(
-        name, config["url"], timeout_s, config.get("page_size", 500), config.get("auth"), config.get("tls")
+        name, config.url, timeout_s, config.page_size, dict(config.auth), dict(config.tls)
     ),
     _dicomweb_images,
     probe_dicomweb,
 )
-DIMSE: ArchiveType[DimseArchive] = ArchiveType(
+DIMSE: ArchiveType[DimseArchiveSettings, DimseArchive] = ArchiveType(
     DimseArchive,
     lambda name, config, timeout_s: DimseArchive(
-        name, config["host"], config["port"], config["called_aet"], config.get("calling_aet", "GMFACADE"), timeout_s
+        name, config.host, config.port, config.called_aet, config.calling_aet, timeout_s
     ),
     _dimse_images,
     probe_dimse,
 )
 
 # The settings' `trusts[].archive.type` -> its entry: the schema's enum of types is these keys.
-ARCHIVE_TYPES: Mapping[str, ArchiveType[Any]] = {"folder": FOLDER, "dicomweb": DICOMWEB, "dimse": DIMSE}
+ARCHIVE_TYPES: Mapping[str, ArchiveType[Any, Any]] = {"folder": FOLDER, "dicomweb": DICOMWEB, "dimse": DIMSE}
 
 
-def archive_type(trust: TrustSettings) -> ArchiveType[Any]:
+def archive_type(trust: TrustSettings) -> ArchiveType[Any, Any]:
     """The registry entry of the trust's `archive.type` (always there once the settings validated)."""
-    return ARCHIVE_TYPES[trust.archive["type"]]
+    return ARCHIVE_TYPES[trust.archive.type]
 
 
 def build_archive(trust: TrustSettings, timeout_s: float) -> Archive:

@@ -54,7 +54,7 @@ class Readiness:
         for trust in self.trusts:
             probe, circuit = probes[trust.settings.id], trust.breaker.state
             entry: dict[str, Any] = {
-                "type": trust.settings.archive["type"],
+                "type": trust.settings.archive.type,
                 "reachable": probe.reachable,
                 "circuit": circuit,
             }

@@ -28,15 +28,14 @@ def build_xref(settings: Settings) -> PatientXref | PixmXref:
     index = settings.patient_index
     if index is None:
         return load_xref(settings.patient_xref, {t.id for t in settings.trusts})
-    auth = index.get("auth", {"type": "none"})
-    session_auth = UpstreamAuth(auth, new_session(), "patient index", float(index.get("timeout_s", 5)))
+    session_auth = UpstreamAuth(dict(index.auth), new_session(), "patient index", index.timeout_s)
     return PixmXref(
-        index["url"],
+        index.url,
         {t.id: t.ods_code for t in settings.trusts},
         {t.id: t.nhs_number.issuer for t in settings.trusts if t.nhs_number.match == "xref" and t.nhs_number.issuer},
         session_auth.headers,
-        float(index.get("timeout_s", 5)),
-        float(index.get("cache_ttl_s", 300)),
+        index.timeout_s,
+        index.cache_ttl_s,
     )
 
 
@@ -60,7 +59,7 @@ def build_facade(settings: Settings) -> Facade:
             f"{trust.id}-ihe-iid" if trust.viewer else None,
         )
         issuers[trust.ods_code] = (trust.accession_system, mapping.organization_reference)
-        timeout = float(trust.archive.get("timeout_s", settings.archive_timeout_s))
+        timeout = settings.timeout_of(trust)
         breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s)
         raw = build_archive(trust, timeout)
         source = image_source(

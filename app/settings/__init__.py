@@ -8,22 +8,64 @@ directory of the configuration file, not the working directory.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import ipaddress
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jsonschema
 import yaml
 
 from app.core import systems
+from app.settings.model import (
+    ArchiveSettings,
+    AuthSettings,
+    DicomWebArchiveSettings,
+    DimseArchiveSettings,
+    EmbeddedAuthSettings,
+    ExternalAuthSettings,
+    FolderArchiveSettings,
+    NhsNumberRule,
+    NoAuthSettings,
+    OpsSettings,
+    PatientIndexSettings,
+    RateLimitSettings,
+    Settings,
+    TrustSettings,
+)
+
+__all__ = [
+    "BASE_URL_ENV",
+    "CURSOR_SECRET_ENV",
+    "ArchiveSettings",
+    "AuthSettings",
+    "ConfigError",
+    "DicomWebArchiveSettings",
+    "DimseArchiveSettings",
+    "EmbeddedAuthSettings",
+    "ExternalAuthSettings",
+    "FolderArchiveSettings",
+    "NhsNumberRule",
+    "NoAuthSettings",
+    "OpsSettings",
+    "PatientIndexSettings",
+    "RateLimitSettings",
+    "Settings",
+    "TrustSettings",
+    "check_document",
+    "config_secret",
+    "load_settings",
+    "read_document",
+    "settings_from_document",
+    "with_defaults",
+]
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 CURSOR_SECRET_ENV = "FACADE_CURSOR_SECRET"
@@ -44,94 +86,43 @@ class ConfigError(Exception):
         super().__init__(f"configuration {source} is invalid ({len(problems)} problem(s)):\n{lines}")
 
 
-@dataclass(frozen=True)
-class NhsNumberRule:
-    """How a trust's archive carries the NHS number: as PatientID (with an issuer) or via the xref."""
-
-    match: str
-    issuer: str | None = None
-
-
-@dataclass(frozen=True)
-class TrustSettings:
-    id: str
-    name: str
-    ods_code: str
-    accession_system: str
-    wado_url: str | None
-    archive: dict[str, Any]
-    nhs_number: NhsNumberRule
-    viewer: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class RateLimitSettings:
-    """A token bucket per client: `burst` requests at once, refilled at `requests_per_minute`."""
-
-    requests_per_minute: int
-    burst: int
-    store: str = "memory"  # or a Redis URL shared by every facade process
-
-
-@dataclass(frozen=True)
-class OpsSettings:
-    """The `ops` section: probes, metrics, logs and rate limiting (README, Operations)."""
-
-    metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
-    trusted_proxies: int = 0
-    log_level: str = "INFO"
-    log_patient_data: bool = False
-    probe_timeout_s: float = 2.0
-    readiness_cache_s: float = 5.0
-    archives_required: str = "any"
-    rate_limit: RateLimitSettings | None = None
-
-
-@dataclass(frozen=True)
-class Settings:
-    base_url: str
-    timezone: str
-    cursor_secret: bytes
-    trusts: tuple[TrustSettings, ...]
-    auth: dict[str, Any]
-    audit_path: Path
-    patient_index: dict[str, Any] | None
-    patient_xref: Path | None = None
-    default_count: int = 50
-    max_count: int = 200
-    max_workers: int = 16
-    deadline_s: float = 10.0
-    archive_timeout_s: float = 5.0
-    breaker_threshold: int = 3
-    breaker_cooldown_s: float = 30.0
-    cache_ttl_s: float = 0.0
-    gateway_owner_cache_s: float = 30.0
-    gateway_chunk_bytes: int = 1 << 20
-    gateway_thumbnail_px: int = 128
-    source: str = "<dict>"
-    ops: OpsSettings = field(default_factory=OpsSettings)
-
-    @property
-    def base_path(self) -> str:
-        """The URL path at which the FHIR API is mounted, e.g. ``/fhir``."""
-        return urlsplit(self.base_url).path.rstrip("/")
-
-    @property
-    def public_root(self) -> str:
-        """Scheme and authority of the public base URL, e.g. ``http://127.0.0.1:8080``."""
-        parts = urlsplit(self.base_url)
-        return f"{parts.scheme}://{parts.netloc}"
-
-    def trust(self, trust_id: str) -> TrustSettings | None:
-        return next((t for t in self.trusts if t.id == trust_id), None)
+@lru_cache(maxsize=1)
+def _schema() -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.validators.validator_for(schema).check_schema(schema)
+    return schema
 
 
 @lru_cache(maxsize=1)
 def _validator() -> jsonschema.protocols.Validator:
-    schema = json.loads(SCHEMA_PATH.read_text())
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema)
+    schema = _schema()
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
+@lru_cache(maxsize=1)
+def _filling_validator() -> jsonschema.protocols.Validator:
+    """A validator that, on its way, writes every absent key's schema default into the document: the
+    schema is the one place a default is written (an object's default `{}` lets its own keys' apply)."""
+    schema = _schema()
+    base = jsonschema.validators.validator_for(schema)
+    check_properties = base.VALIDATORS["properties"]
+
+    def fill(validator: Any, properties: dict[str, Any], instance: Any, subschema: dict[str, Any]) -> Any:
+        if isinstance(instance, dict):
+            for name, declared in properties.items():
+                if "default" in declared and name not in instance:
+                    instance[name] = copy.deepcopy(declared["default"])
+        yield from check_properties(validator, properties, instance, subschema)
+
+    return jsonschema.validators.extend(base, {"properties": fill})(schema)
+
+
+def with_defaults(doc: Any) -> Any:
+    """A copy of a valid document with every schema default filled in."""
+    filled = copy.deepcopy(doc)
+    for _error in _filling_validator().iter_errors(filled):
+        pass  # the document was validated before; filling is all this pass is for
+    return filled
 
 
 def _key_path(path: Any) -> str:
@@ -173,7 +164,7 @@ def schema_problems(doc: Any) -> list[str]:
     return sorted(messages)
 
 
-def config_secret(doc: dict[str, Any], key: str) -> str:
+def config_secret(doc: Mapping[str, Any], key: str) -> str:
     """A secret from configuration: the environment variable named by `<key>_env`, else `<key>` itself."""
     env = doc.get(f"{key}_env")
     return os.environ.get(env, "") if env else str(doc.get(key, ""))
@@ -219,15 +210,15 @@ def semantic_problems(doc: dict[str, Any], base_dir: Path) -> list[str]:
         problems.append("patient_index: give patient_xref or patient_index, not both")
     if isinstance(xref, str) and not _resolve(base_dir, xref).is_file():
         problems.append(f"patient_xref: file {_resolve(base_dir, xref)} does not exist")
-    zone = doc.get("timezone", "Europe/London")
+    zone = doc["timezone"]
     try:
         ZoneInfo(zone)
     except (ZoneInfoNotFoundError, ValueError):
         problems.append(f"timezone: {zone!r} is not a known IANA time zone")
-    search = doc.get("search", {})
-    if search.get("default_count", 50) > search.get("max_count", 200):
+    search = doc["search"]
+    if search["default_count"] > search["max_count"]:
         problems.append("search.default_count: larger than search.max_count")
-    for i, network in enumerate(doc.get("ops", {}).get("metrics_allow", ())):
+    for i, network in enumerate(doc["ops"]["metrics_allow"]):
         try:
             ipaddress.ip_network(network)
         except ValueError as exc:
@@ -254,7 +245,7 @@ def check_document(doc: Any, base_dir: Path) -> list[str]:
     problems = schema_problems(doc)
     # When the document's shape is wrong the schema problems above already say where.
     with contextlib.suppress(TypeError, AttributeError, KeyError):
-        problems += semantic_problems(doc, base_dir)
+        problems += semantic_problems(with_defaults(doc), base_dir)
     return sorted(set(problems))
 
 
@@ -263,69 +254,104 @@ def settings_from_document(doc: Any, base_dir: Path, source: str = "<dict>") -> 
     if problems:
         raise ConfigError(source, problems)
     secret = os.environ.get(CURSOR_SECRET_ENV) or doc.get("cursor_secret") or _derived_secret(doc)
-    trusts = tuple(_trust(t, base_dir) for t in doc["trusts"])
-    search = doc.get("search", {})
-    federation = doc.get("federation", {})
-    gateway = doc.get("gateway", {})
-    xref = doc.get("patient_xref")
+    full = with_defaults(doc)
+    search, federation, gateway = full["search"], full["federation"], full["gateway"]
+    xref = full.get("patient_xref")
+    index = full.get("patient_index")
+    auth = _auth(full["auth"], base_dir)
     return Settings(
-        base_url=(os.environ.get(BASE_URL_ENV) or doc["base_url"]).rstrip("/"),
-        timezone=doc.get("timezone", "Europe/London"),
+        base_url=(os.environ.get(BASE_URL_ENV) or full["base_url"]).rstrip("/"),
+        timezone=full["timezone"],
         cursor_secret=secret.encode(),
-        trusts=trusts,
+        trusts=tuple(_trust(t, base_dir) for t in full["trusts"]),
         patient_xref=_resolve(base_dir, xref) if xref else None,
-        default_count=search.get("default_count", 50),
-        max_count=search.get("max_count", 200),
-        max_workers=federation.get("max_workers", 16),
-        deadline_s=float(federation.get("deadline_s", 10)),
-        archive_timeout_s=float(federation.get("archive_timeout_s", 5)),
-        breaker_threshold=federation.get("circuit_breaker", {}).get("threshold", 3),
-        breaker_cooldown_s=float(federation.get("circuit_breaker", {}).get("cooldown_s", 30)),
-        cache_ttl_s=float(federation.get("cache_ttl_s", 0)),
-        gateway_owner_cache_s=float(gateway.get("owner_cache_s", 30)),
-        gateway_chunk_bytes=int(gateway.get("chunk_bytes", 1 << 20)),
-        gateway_thumbnail_px=int(gateway.get("thumbnail_px", 128)),
+        default_count=search["default_count"],
+        max_count=search["max_count"],
+        max_workers=federation["max_workers"],
+        deadline_s=float(federation["deadline_s"]),
+        archive_timeout_s=float(federation["archive_timeout_s"]),
+        breaker_threshold=federation["circuit_breaker"]["threshold"],
+        breaker_cooldown_s=float(federation["circuit_breaker"]["cooldown_s"]),
+        cache_ttl_s=float(federation["cache_ttl_s"]),
+        gateway_owner_cache_s=float(gateway["owner_cache_s"]),
+        gateway_chunk_bytes=int(gateway["chunk_bytes"]),
+        gateway_thumbnail_px=int(gateway["thumbnail_px"]),
         source=source,
-        auth=_auth(doc["auth"], base_dir),
-        patient_index=doc.get("patient_index"),
-        audit_path=_resolve(base_dir, doc["audit"]["path"]),
-        ops=_ops(doc.get("ops", {}), doc["auth"]),
+        auth=auth,
+        patient_index=PatientIndexSettings(
+            index["url"], float(index["timeout_s"]), float(index["cache_ttl_s"]), index["auth"]
+        )
+        if index
+        else None,
+        audit_path=_resolve(base_dir, full["audit"]["path"]),
+        ops=ops_settings(full["ops"], auth),
     )
 
 
-def _ops(doc: dict[str, Any], auth: dict[str, Any]) -> OpsSettings:
-    readiness = doc.get("readiness", {})
+def ops_settings(doc: dict[str, Any], auth: AuthSettings) -> OpsSettings:
+    """The `ops` section of a filled document (with_defaults)."""
+    readiness = doc["readiness"]
     limit = doc.get("rate_limit")
     rate_limit = None
     if limit is not None:
         per_minute = limit["requests_per_minute"]
         # Without a store of its own, the limiter shares the authorization state's Redis when there is one.
-        shared = auth.get("store", "") if str(auth.get("store", "")).startswith(("redis", "unix://")) else "memory"
+        store = auth.store if isinstance(auth, EmbeddedAuthSettings) else ""
+        shared = store if store.startswith(("redis", "unix://")) else "memory"
         rate_limit = RateLimitSettings(
             per_minute, limit.get("burst", max(1, per_minute // 6)), limit.get("store", shared)
         )
     return OpsSettings(
-        metrics_allow=tuple(doc.get("metrics_allow", OpsSettings.metrics_allow)),
-        trusted_proxies=int(doc.get("trusted_proxies", 0)),
-        log_level=doc.get("log_level", "INFO"),
-        log_patient_data=doc.get("log_patient_data", False),
-        probe_timeout_s=float(readiness.get("probe_timeout_s", 2)),
-        readiness_cache_s=float(readiness.get("cache_s", 5)),
-        archives_required=readiness.get("archives_required", "any"),
+        metrics_allow=tuple(doc["metrics_allow"]),
+        trusted_proxies=int(doc["trusted_proxies"]),
+        log_level=doc["log_level"],
+        log_patient_data=doc["log_patient_data"],
+        probe_timeout_s=float(readiness["probe_timeout_s"]),
+        readiness_cache_s=float(readiness["cache_s"]),
+        archives_required=readiness["archives_required"],
         rate_limit=rate_limit,
     )
 
 
-def _auth(doc: dict[str, Any], base_dir: Path) -> dict[str, Any]:
-    """The auth section with its file paths resolved against the configuration's folder."""
-    auth = dict(doc)
-    if auth["mode"] == "embedded":
-        auth["signing_keys"] = str(_resolve(base_dir, auth["signing_keys"]))
-        store = auth.get("store", "sqlite:auth-state.sqlite")
-        if store.startswith("sqlite:"):
-            store = "sqlite:" + str(_resolve(base_dir, store.removeprefix("sqlite:")))
-        auth["store"] = store
-    return auth
+def _auth(doc: dict[str, Any], base_dir: Path) -> AuthSettings:
+    """The auth section, typed by its mode, with its file paths resolved against the configuration's folder."""
+    if doc["mode"] == "none":
+        return NoAuthSettings("none")
+    if doc["mode"] == "external":
+        return ExternalAuthSettings(
+            "external", tuple(doc["issuers"]), doc["smart_configuration"], tuple(doc["cors_origins"])
+        )
+    store = doc["store"]
+    if store.startswith("sqlite:"):
+        store = "sqlite:" + str(_resolve(base_dir, store.removeprefix("sqlite:")))
+    return EmbeddedAuthSettings(
+        "embedded",
+        _resolve(base_dir, doc["signing_keys"]),
+        store,
+        int(doc["access_token_lifetime_s"]),
+        tuple(doc["clients"]),
+        tuple(doc["users"]),
+        tuple(doc["cors_origins"]),
+    )
+
+
+def _archive(doc: dict[str, Any], base_dir: Path) -> ArchiveSettings:
+    """The archive section, typed by its type (the registry in app.archives maps each to its adapter)."""
+    if doc["type"] == "folder":
+        return FolderArchiveSettings("folder", _resolve(base_dir, doc["path"]))
+    if doc["type"] == "dicomweb":
+        return DicomWebArchiveSettings(
+            "dicomweb", doc["url"], doc["page_size"], doc["auth"], doc["tls"], doc.get("wado_url"), doc.get("timeout_s")
+        )
+    return DimseArchiveSettings(
+        "dimse",
+        doc["host"],
+        doc["port"],
+        doc["called_aet"],
+        doc["calling_aet"],
+        doc.get("wado_url"),
+        doc.get("timeout_s"),
+    )
 
 
 def _derived_secret(doc: dict[str, Any]) -> str:
@@ -337,9 +363,6 @@ def _derived_secret(doc: dict[str, Any]) -> str:
 
 
 def _trust(doc: dict[str, Any], base_dir: Path) -> TrustSettings:
-    archive = dict(doc["archive"])
-    if archive["type"] == "folder":
-        archive["path"] = _resolve(base_dir, archive["path"])
     rule = doc["nhs_number"]
     return TrustSettings(
         id=doc["id"],
@@ -347,8 +370,8 @@ def _trust(doc: dict[str, Any], base_dir: Path) -> TrustSettings:
         ods_code=doc["ods_code"],
         accession_system=doc.get("accession_system") or systems.accession_number(doc["ods_code"]),
         wado_url=doc.get("wado_url"),
-        archive=archive,
-        nhs_number=NhsNumberRule(rule["match"], rule.get("issuer", "NHS" if rule["match"] == "patient_id" else None)),
+        archive=_archive(doc["archive"], base_dir),
+        nhs_number=NhsNumberRule(rule["match"], rule.get("issuer")),
         viewer=doc.get("viewer"),
     )
 

@@ -13,7 +13,7 @@ def register_cors(app: Flask, settings: Settings) -> None:
         f"{settings.base_path}/.well-known/smart-configuration",
         f"{settings.base_path}/openapi.json",
     }
-    allowed = set(settings.auth.get("cors_origins", ()))
+    allowed = set(settings.auth.cors_origins)
 
     @app.after_request
     def cors(response: Response) -> Response:

@@ -127,7 +127,7 @@ def server_app(
         env.delenv(BASE_URL_ENV, raising=False)
         env.delenv(CURSOR_SECRET_ENV, raising=False)
         settings = settings_from_document(doc, demo_data, "tests/auth/embedded")
-    assert settings.auth["mode"] == "embedded" and settings.base_url == FHIR_BASE
+    assert settings.auth.mode == "embedded" and settings.base_url == FHIR_BASE
     return create_app(settings)
 
 

@@ -24,9 +24,16 @@ def _problems(doc: dict[str, Any], demo_data: Path, ops: Any) -> list[str]:
 
 def test_ops_defaults_when_the_section_is_absent(ops_document, demo_data):
     del ops_document["ops"]
-    assert settings_from_document(ops_document, demo_data).ops == OpsSettings()
-    assert OpsSettings().metrics_allow == ("127.0.0.0/8", "::1/128")
-    assert OpsSettings().rate_limit is None
+    assert settings_from_document(ops_document, demo_data).ops == OpsSettings(
+        metrics_allow=("127.0.0.0/8", "::1/128"),
+        trusted_proxies=0,
+        log_level="INFO",
+        log_patient_data=False,
+        probe_timeout_s=2.0,
+        readiness_cache_s=5.0,
+        archives_required="any",
+        rate_limit=None,
+    )
 
 
 @pytest.mark.parametrize(

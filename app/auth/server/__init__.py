@@ -11,7 +11,6 @@ import hmac
 import json
 import secrets
 import time
-from pathlib import Path
 from typing import Any, Protocol
 
 from flask import Flask
@@ -38,7 +37,7 @@ from app.auth.tokens import AccessClaims, InvalidToken, JwtValidator
 from app.core import dicom_json as dj
 from app.core.identity import nhs_number_problem
 from app.core.query import NameQuery
-from app.settings import Settings
+from app.settings import EmbeddedAuthSettings, Settings
 
 
 class PatientFinder(Protocol):
@@ -109,20 +108,21 @@ class EmbeddedAuthServer:
 
     def __init__(self, settings: Settings, patients: PatientFinder) -> None:
         auth = settings.auth
+        assert isinstance(auth, EmbeddedAuthSettings), "the embedded server needs auth.mode embedded"
         self.settings = settings
         self.patients = patients
         self.fhir_base = settings.base_url
         self.root = f"{settings.public_root}/auth"
-        self.keys = SigningKeys(Path(auth["signing_keys"]))
-        self.store = open_store(auth.get("store", "sqlite:auth-state.sqlite"), settings.audit_path.parent)
-        self.clients = {c["client_id"]: client_from_config(c) for c in auth.get("clients", ())}
-        self.users = {u["username"]: user_from_config(u) for u in auth.get("users", ())}
+        self.keys = SigningKeys(auth.signing_keys)
+        self.store = open_store(auth.store, settings.audit_path.parent)
+        self.clients = {c["client_id"]: client_from_config(c) for c in auth.clients}
+        self.users = {u["username"]: user_from_config(u) for u in auth.users}
         self.issuer = TokenIssuer(
             self.fhir_base,
             self.fhir_base,
             self.keys,
             self.store,
-            int(auth.get("access_token_lifetime_s", 3600)),
+            auth.access_token_lifetime_s,
             f"{self.root}/smart-style.json",
         )
         self.validator = JwtValidator(

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,7 +119,7 @@ class Client:
         return grant_type in self.grant_types
 
 
-def client_from_config(doc: dict[str, Any]) -> Client:
+def client_from_config(doc: Mapping[str, Any]) -> Client:
     value = config_secret(doc, "client_secret") if doc.get("client_secret_env") else ""
     secret = hash_secret(value) if value else None
     jwks = None
@@ -137,5 +138,5 @@ def client_from_config(doc: dict[str, Any]) -> Client:
     )
 
 
-def user_from_config(doc: dict[str, Any]) -> User:
+def user_from_config(doc: Mapping[str, Any]) -> User:
     return User(doc["username"], doc["password_hash"], doc.get("name", doc["username"]), doc.get("fhir_user"))

@@ -98,7 +98,7 @@ def openapi_document(settings: Settings, smart: dict[str, Any] | None) -> dict[s
     """The document for this configuration; `smart` is the served SMART configuration (None: no auth)."""
     document = copy.deepcopy(stored_document())
     document["servers"] = [{"url": settings.public_root, "description": "This facade (its configured base URL)"}]
-    embedded = settings.auth.get("mode") == "embedded"
+    embedded = settings.auth.mode == "embedded"
     paths: dict[str, Any] = {}
     for path, item in document["paths"].items():
         if path.startswith(_AUTH_PREFIX) and not embedded:

@@ -1,0 +1,188 @@
+"""The typed, frozen settings the facade runs on. Defaults are not written here: the loader fills them
+from the schema (app/settings/schema.json), the one place each default is written."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+Config = Mapping[str, Any]  # a validated section handed to its one reader as it is (upstream credentials)
+
+
+@dataclass(frozen=True)
+class NhsNumberRule:
+    """How a trust's archive carries the NHS number: as PatientID (with an issuer) or via the xref."""
+
+    match: str
+    issuer: str | None = None
+
+
+# -- archives: one class per `trusts[].archive.type` ---------------------------------------------------
+@dataclass(frozen=True)
+class FolderArchiveSettings:
+    """Part 10 files in a folder, indexed at start (the demo's embedded archives)."""
+
+    type: Literal["folder"]
+    path: Path
+
+
+@dataclass(frozen=True)
+class DicomWebArchiveSettings:
+    """A DICOMweb service: QIDO-RS at `url`, WADO-RS at `wado_url` (default: `url`)."""
+
+    type: Literal["dicomweb"]
+    url: str
+    page_size: int
+    auth: Config  # upstream credentials (app.archives.http.UpstreamAuth)
+    tls: Config
+    wado_url: str | None = None
+    timeout_s: float | None = None  # None: federation.archive_timeout_s
+
+
+@dataclass(frozen=True)
+class DimseArchiveSettings:
+    """A DIMSE archive: C-FIND at host:port; images only through a `wado_url` of its own."""
+
+    type: Literal["dimse"]
+    host: str
+    port: int
+    called_aet: str
+    calling_aet: str
+    wado_url: str | None = None
+    timeout_s: float | None = None  # None: federation.archive_timeout_s
+
+
+ArchiveSettings = FolderArchiveSettings | DicomWebArchiveSettings | DimseArchiveSettings
+
+
+@dataclass(frozen=True)
+class TrustSettings:
+    id: str
+    name: str
+    ods_code: str
+    accession_system: str
+    wado_url: str | None
+    archive: ArchiveSettings
+    nhs_number: NhsNumberRule
+    viewer: Config | None = None
+
+    @property
+    def archive_timeout_s(self) -> float | None:
+        """The archive's own timeout, when it has one (folder archives answer from memory)."""
+        return None if isinstance(self.archive, FolderArchiveSettings) else self.archive.timeout_s
+
+
+# -- authorization: one class per `auth.mode` -------------------------------------------------------------
+@dataclass(frozen=True)
+class NoAuthSettings:
+    """No authorization at all (insecure_no_auth: true; logged loudly, never with real data)."""
+
+    mode: Literal["none"]
+    cors_origins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExternalAuthSettings:
+    """Tokens of the region's identity provider: JWTs by JWKS, or opaque tokens by introspection."""
+
+    mode: Literal["external"]
+    issuers: tuple[Config, ...]
+    smart_configuration: Config
+    cors_origins: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EmbeddedAuthSettings:
+    """The facade's own SMART App Launch authorization server under /auth."""
+
+    mode: Literal["embedded"]
+    signing_keys: Path
+    store: str  # sqlite:<absolute path>, redis://... or unix://...
+    access_token_lifetime_s: int
+    clients: tuple[Config, ...]
+    users: tuple[Config, ...]
+    cors_origins: tuple[str, ...]
+
+
+AuthSettings = NoAuthSettings | ExternalAuthSettings | EmbeddedAuthSettings
+
+
+@dataclass(frozen=True)
+class PatientIndexSettings:
+    """An IHE PIXm service holding the cross-reference (instead of the CSV patient_xref)."""
+
+    url: str
+    timeout_s: float
+    cache_ttl_s: float
+    auth: Config  # upstream credentials (app.archives.http.UpstreamAuth)
+
+
+# -- operations --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RateLimitSettings:
+    """A token bucket per client: `burst` requests at once, refilled at `requests_per_minute`."""
+
+    requests_per_minute: int
+    burst: int
+    store: str  # memory, or a Redis URL shared by every facade process
+
+
+@dataclass(frozen=True)
+class OpsSettings:
+    """The `ops` section: probes, metrics, logs and rate limiting (README, Operations)."""
+
+    metrics_allow: tuple[str, ...]
+    trusted_proxies: int
+    log_level: str
+    log_patient_data: bool
+    probe_timeout_s: float
+    readiness_cache_s: float
+    archives_required: str
+    rate_limit: RateLimitSettings | None
+
+
+@dataclass(frozen=True)
+class Settings:
+    base_url: str
+    timezone: str
+    cursor_secret: bytes
+    trusts: tuple[TrustSettings, ...]
+    auth: AuthSettings
+    audit_path: Path
+    patient_index: PatientIndexSettings | None
+    patient_xref: Path | None
+    default_count: int
+    max_count: int
+    max_workers: int
+    deadline_s: float
+    archive_timeout_s: float
+    breaker_threshold: int
+    breaker_cooldown_s: float
+    cache_ttl_s: float
+    gateway_owner_cache_s: float
+    gateway_chunk_bytes: int
+    gateway_thumbnail_px: int
+    ops: OpsSettings
+    source: str = "<dict>"
+
+    @property
+    def base_path(self) -> str:
+        """The URL path at which the FHIR API is mounted, e.g. ``/fhir``."""
+        return urlsplit(self.base_url).path.rstrip("/")
+
+    @property
+    def public_root(self) -> str:
+        """Scheme and authority of the public base URL, e.g. ``http://127.0.0.1:8080``."""
+        parts = urlsplit(self.base_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    def trust(self, trust_id: str) -> TrustSettings | None:
+        return next((t for t in self.trusts if t.id == trust_id), None)
+
+    def timeout_of(self, trust: TrustSettings) -> float:
+        """A trust's time budget per search: its archive's own timeout, else the federation's."""
+        own = trust.archive_timeout_s
+        return self.archive_timeout_s if own is None else own
