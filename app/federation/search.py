@@ -25,7 +25,7 @@ from app.core.query import NameQuery, PatientKey, StudyQuery
 from app.core.search.dates import DateRange, DateValueError, dicom_bounds, parse_range
 from app.core.search.study import StudySearch
 from app.federation.fanout import TrustAnswer, TrustArchive, fan_out
-from app.federation.xref import PatientXref
+from app.federation.xref import CrossReference
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class Federation:
     """Queries the trust archives for a search, in parallel, and merges what they answer."""
 
     def __init__(
-        self, trusts: list[TrustArchive], mapper: StudyMapper, xref: PatientXref, zone: tzinfo, deadline_s: float
+        self, trusts: list[TrustArchive], mapper: StudyMapper, xref: CrossReference, zone: tzinfo, deadline_s: float
     ) -> None:
         self.trusts = trusts
         self.mapper = mapper

@@ -2,7 +2,7 @@
 
 The embedded default is a CSV file (nhs_number,trust,local_patient_id,issuer), read at start-up;
 an IHE PIXm service ($ihe-pix, the region's master patient index) can stand in its place behind the
-same two look-ups: `local_keys` and `reverse.get`.
+one CrossReference protocol: `local_keys` (NHS number -> local keys) and `reverse.get` (back).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import requests
 from cachetools import TTLCache
@@ -22,12 +23,26 @@ from cachetools import TTLCache
 from app.archives.http import failure_reason, new_session
 from app.core import systems
 from app.core.identity import nhs_number_problem
+from app.core.mapping.patient import NhsNumberLookup
 from app.core.query import PatientKey, is_plain_key
 from app.telemetry.logs import upstream_headers
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ("nhs_number", "trust", "local_patient_id", "issuer")
+
+
+class CrossReference(Protocol):
+    """NHS number <-> each trust's local patient keys, whoever holds the cross-reference."""
+
+    @property
+    def reverse(self) -> NhsNumberLookup:
+        """(trust id, local PatientID, issuer) -> NHS number."""
+        ...
+
+    def local_keys(self, nhs_number: str, trust_id: str) -> tuple[PatientKey, ...]:
+        """The keys a trust's archive files this patient under (none: the trust does not know them)."""
+        ...
 
 
 class XrefError(ValueError):
@@ -43,6 +58,16 @@ class PatientXref:
 
     def local_keys(self, nhs_number: str, trust_id: str) -> tuple[PatientKey, ...]:
         return self.forward.get((nhs_number, trust_id), ())
+
+    def holds(self, nhs_number: str) -> bool:
+        """Whether the file names this NHS number at all."""
+        return any(number == nhs_number for number, _trust in self.forward)
+
+    def nhs_number_for(self, trust_id: str, local_id: str) -> str | None:
+        """The NHS number a trust's local id stands for, whatever its issuer (None: not in the file)."""
+        return next(
+            (n for (trust, local, _issuer), n in self.reverse.items() if (trust, local) == (trust_id, local_id)), None
+        )
 
 
 def load_xref(path: Path | None, trust_ids: set[str]) -> PatientXref:

@@ -18,12 +18,12 @@ from app.core.mapping.tables import load_mapper
 from app.federation.circuit import CircuitBreaker
 from app.federation.fanout import TrustArchive
 from app.federation.search import Federation
-from app.federation.xref import PatientXref, PixmXref, load_xref
+from app.federation.xref import CrossReference, PixmXref, load_xref
 from app.services.imaging import Facade
 from app.settings import Settings
 
 
-def build_xref(settings: Settings) -> PatientXref | PixmXref:
+def build_xref(settings: Settings) -> CrossReference:
     """The CSV cross-reference, or the PIXm service named by `patient_index`."""
     index = settings.patient_index
     if index is None:

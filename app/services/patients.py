@@ -60,16 +60,9 @@ class PatientService:
         if target_systems - known:
             raise Forbidden(self.settings.base_url, "targetSystem not found")  # PIXm: 403
         if system == systems.NHS_NUMBER:
-            nhs: str | None = value if any(k[0] == value for k in xref.forward) else None
+            nhs: str | None = value if xref.holds(value) else None
         else:
-            nhs = next(
-                (
-                    n
-                    for (trust, local, _issuer), n in xref.reverse.items()
-                    if trust == trusts[system] and local == value
-                ),
-                None,
-            )
+            nhs = xref.nhs_number_for(trusts[system], value)
         if nhs is None or not compartment.admits(nhs):
             raise NotFound(f"sourceIdentifier {system}|{value} {NOT_KNOWN}")
         identifiers = [(systems.NHS_NUMBER, nhs)]

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from app.core import dicom_json as dj
 from app.core import systems
@@ -27,8 +27,14 @@ def local_patient_key(study: dj.Dataset) -> tuple[str, str] | None:
     return (pid, dj.first_text(study, dj.ISSUER_OF_PATIENT_ID) or "") if pid else None
 
 
+class NhsNumberLookup(Protocol):
+    """(trust id, local PatientID, issuer) -> NHS number: the cross-reference's reverse direction."""
+
+    def get(self, key: tuple[str, str, str], default: str | None = None, /) -> str | None: ...
+
+
 def nhs_number_of(
-    study: dj.Dataset, match: str, issuer: str | None, trust_id: str, xref: Mapping[tuple[str, str, str], str]
+    study: dj.Dataset, match: str, issuer: str | None, trust_id: str, xref: NhsNumberLookup
 ) -> str | None:
     """The NHS number a study belongs to, by the trust's rule; None when it cannot be told.
 
