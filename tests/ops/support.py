@@ -13,7 +13,7 @@ from tests.infra.faultproxy import FaultProxy
 try:  # pytest "prepend" import mode puts tests/ on sys.path
     from smart_tokens import system_token
 except ImportError:  # pragma: no cover
-    from tests.smart_tokens import system_token
+    from tests.smart_tokens import system_token  # type: ignore[no-redef]
 
 TRUSTS = ("bolton", "mft")  # both match PatientID = NHS number: no cross-reference needed
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
