@@ -1,12 +1,13 @@
-# Two commands: `make demo` serves the facade on its embedded demo data; `make test` runs the suite.
-# Both work on a fresh machine: they create .venv, install what is missing (apt packages included
-# for the tests) and then run.
+# Two commands: `make demo` serves the facade on its embedded demo data; `make test` runs the checks
+# (`make check`: ruff, mypy, import-linter; any finding fails) and then the suite. Both work on a
+# fresh machine: they create .venv, install what is missing (apt packages included for the tests)
+# and then run. `make coverage` runs the suite under coverage and prints the report for app/.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint typecheck bench system-deps clean
+.PHONY: demo test check lint format-check typecheck importlint coverage bench system-deps clean
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,14 +30,50 @@ system-deps:
 demo: $(VENV)/.runtime
 	$(PY) -m app demo
 
-test: $(VENV)/.dev node_modules/.installed system-deps
+test: check node_modules/.installed system-deps
 	$(PY) -m pytest
 
+coverage: $(VENV)/.dev node_modules/.installed system-deps
+	$(PY) -m coverage run --source=app --branch -m pytest
+	$(PY) -m coverage report --show-missing --skip-covered
+
+# Every check, in order; the first one with a finding stops the run (`make -k check` runs them all).
+check: lint format-check typecheck importlint
+
+PY_SOURCES := app tests bench tools scripts wsgi.py
+
 lint: $(VENV)/.dev
-	$(VENV)/bin/ruff check app tests bench scripts wsgi.py
+	$(VENV)/bin/ruff check $(PY_SOURCES)
+
+format-check: $(VENV)/.dev
+	$(VENV)/bin/ruff format --check $(PY_SOURCES)
+
+# The app: `mypy` alone, strict ([tool.mypy] in pyproject.toml). Tests, bench, tools, scripts and
+# wsgi.py: the same settings less the ones that demand annotations (untyped and partly typed defs,
+# untyped calls and decorators, bare generics, Any returned or subclassed), each run reporting the
+# errors of its own sources only, with a cache of its own (other flags, other cache entries).
+MYPY := $(VENV)/bin/mypy
+MYPY_TESTS := $(MYPY) --cache-dir .mypy_cache/tests --follow-imports silent \
+	--allow-untyped-defs --allow-incomplete-defs --allow-untyped-calls --allow-untyped-decorators \
+	--allow-any-generics --allow-subclassing-any --no-warn-return-any
+# mypy names each module as pytest's "prepend" import mode does, one run per import root: tests/ is
+# the root of tests/*.py (top-level modules: `smart_tokens`) and of the packages tests/PKG/ (which the
+# tests import as `tests.PKG.module`); a folder without __init__.py is a root of its own, whose
+# modules are top-level too (tests/auth/conftest.py is `conftest`, like tests/conftest.py).
+TEST_PACKAGES := $(patsubst tests/%/__init__.py,%,$(wildcard tests/*/__init__.py))
+TEST_ROOTS := $(filter-out $(addprefix tests/,$(TEST_PACKAGES)),$(patsubst %/,%,$(sort $(dir $(wildcard tests/*/*.py)))))
 
 typecheck: $(VENV)/.dev
-	$(VENV)/bin/mypy
+	$(MYPY)
+	MYPYPATH=tests $(MYPY_TESTS) $(patsubst tests/%.py,-m %,$(wildcard tests/*.py)) \
+		$(addprefix -p tests.,$(TEST_PACKAGES)) -p bench -p tools -p scripts -m wsgi
+	@status=0; for root in $(TEST_ROOTS); do \
+		echo "MYPYPATH=$$root:tests $(MYPY_TESTS) $$root"; \
+		MYPYPATH=$$root:tests $(MYPY_TESTS) $$root || status=1; \
+	done; exit $$status
+
+importlint: $(VENV)/.dev
+	$(VENV)/bin/lint-imports --no-cache
 
 bench: $(VENV)/.dev node_modules/.installed system-deps
 	$(PY) -m bench.mapping_cpu      # P3
@@ -46,4 +83,4 @@ bench: $(VENV)/.dev node_modules/.installed system-deps
 	$(PY) -m bench.load             # P5: 25 searches/s for 60 s, locust (eight real Orthanc archives; ~2 min)
 
 clean:
-	rm -rf $(VENV) node_modules demo-data .pytest_cache
+	rm -rf $(VENV) node_modules demo-data .pytest_cache .mypy_cache .ruff_cache .coverage
