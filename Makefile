@@ -33,9 +33,12 @@ demo: $(VENV)/.runtime
 test: check node_modules/.installed system-deps
 	$(PY) -m pytest
 
+# The suite under coverage ([tool.coverage] in pyproject.toml), then the report for app/, printed
+# whether or not a test failed; the exit status is pytest's.
 coverage: $(VENV)/.dev node_modules/.installed system-deps
-	$(PY) -m coverage run --source=app --branch -m pytest
-	$(PY) -m coverage report --show-missing --skip-covered
+	rm -f .coverage .coverage.*
+	status=0; $(PY) -m coverage run -m pytest || status=$$?; \
+	$(PY) -m coverage combine -q && $(PY) -m coverage report; exit $$status
 
 # Every check, in order; the first one with a finding stops the run (`make -k check` runs them all).
 check: lint format-check typecheck importlint
@@ -83,4 +86,4 @@ bench: $(VENV)/.dev node_modules/.installed system-deps
 	$(PY) -m bench.load             # P5: 25 searches/s for 60 s, locust (eight real Orthanc archives; ~2 min)
 
 clean:
-	rm -rf $(VENV) node_modules demo-data .pytest_cache .mypy_cache .ruff_cache .coverage
+	rm -rf $(VENV) node_modules demo-data .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*
