@@ -66,14 +66,14 @@ MYPY_TESTS := $(MYPY) --cache-dir .mypy_cache/tests --follow-imports silent \
 TEST_PACKAGES := $(patsubst tests/%/__init__.py,%,$(wildcard tests/*/__init__.py))
 TEST_ROOTS := $(filter-out $(addprefix tests/,$(TEST_PACKAGES)),$(patsubst %/,%,$(sort $(dir $(wildcard tests/*/*.py)))))
 
+# Every run goes ahead whatever the ones before it found; the target fails if any run did.
 typecheck: $(VENV)/.dev
-	$(MYPY)
-	MYPYPATH=tests $(MYPY_TESTS) $(patsubst tests/%.py,-m %,$(wildcard tests/*.py)) \
-		$(addprefix -p tests.,$(TEST_PACKAGES)) -p bench -p tools -p scripts -m wsgi
-	@status=0; for root in $(TEST_ROOTS); do \
-		echo "MYPYPATH=$$root:tests $(MYPY_TESTS) $$root"; \
-		MYPYPATH=$$root:tests $(MYPY_TESTS) $$root || status=1; \
-	done; exit $$status
+	@status=0; \
+	echo "$(MYPY)"; $(MYPY) || status=1; \
+	run() { echo "MYPYPATH=$$1 $(MYPY_TESTS) $$2"; MYPYPATH=$$1 $(MYPY_TESTS) $$2 || status=1; }; \
+	run tests "$(patsubst tests/%.py,-m %,$(wildcard tests/*.py)) $(addprefix -p tests.,$(TEST_PACKAGES)) -p bench -p tools -p scripts -m wsgi"; \
+	for root in $(TEST_ROOTS); do run $$root:tests $$root; done; \
+	exit $$status
 
 importlint: $(VENV)/.dev
 	$(VENV)/bin/lint-imports --no-cache
