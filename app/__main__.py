@@ -155,13 +155,14 @@ def token(base: str, client: str, key_file: str, scope: str) -> int:
 def launch(config: str, client: str, patient: str, study: str | None) -> int:
     """An EHR launch id for a client and patient, written straight into the server's store."""
     from app import create_app
+    from app.web.components import components
 
     app = create_app(load_settings(config))
-    server = app.extensions.get("smart_server")
+    server = components(app).auth_server
     if server is None:
         print("launch needs auth.mode: embedded", file=sys.stderr)
         return 1
-    from app.core.mapping.patient import nhs_number_problem
+    from app.core.identity import nhs_number_problem
 
     problem = nhs_number_problem(patient)
     if problem or client not in server.clients:
@@ -172,15 +173,34 @@ def launch(config: str, client: str, patient: str, study: str | None) -> int:
     return 0
 
 
-def rotate_keys(config: str) -> int:
-    from app.auth.server.keys import SigningKeys
+def rotate_keys(config: str, retire: str | None = None) -> int:
+    """A new signing key (the others stay published), or with `retire` one key removed. A running
+    server's workers pick the change up within seconds (app/auth/server/keys.py): no restart.
+
+    Exit 0 done; 1 configuration, missing file or unknown kid; 2 refused (the current or only key)."""
+    from app.auth.server.keys import RetireRefused, SigningKeys, UnknownKey
 
     settings = load_settings(config)
     if settings.auth["mode"] != "embedded":
         print("rotate-keys needs auth.mode: embedded", file=sys.stderr)
         return 1
-    kid = SigningKeys(Path(settings.auth["signing_keys"])).rotate()
-    print(f"new signing key {kid}; the previous key stays published")
+    path = Path(settings.auth["signing_keys"])
+    if retire is None:
+        kid = SigningKeys(path).rotate()
+        print(f"new signing key {kid}; the previous keys stay published until retired (--retire KID)")
+        return 0
+    if not path.exists():  # retiring must not create a key file
+        print(f"rotate-keys: no signing keys file at {path}", file=sys.stderr)
+        return 1
+    try:
+        left = SigningKeys(path).retire(retire)
+    except UnknownKey as error:
+        print(f"rotate-keys: {error}", file=sys.stderr)
+        return 1
+    except RetireRefused as error:
+        print(f"rotate-keys: refused: {error}", file=sys.stderr)
+        return 2
+    print(f"retired key {retire}; published keys: {', '.join(left)}")
     return 0
 
 
@@ -208,8 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     la.add_argument("--client", required=True)
     la.add_argument("--patient", required=True, help="NHS number")
     la.add_argument("--study", help="StudyInstanceUID for fhirContext")
-    r = sub.add_parser("rotate-keys", help="add a new signing key (the previous one stays published)")
+    r = sub.add_parser("rotate-keys", help="add a new signing key (the previous ones stay published), or --retire one")
     r.add_argument("config")
+    r.add_argument("--retire", metavar="KID", help="remove this key (not the current one) from the file and the JWKS")
     h = sub.add_parser("hash-password", help="hash a password or client secret for the configuration")
     h.add_argument("secret")
     args = parser.parse_args(argv)
@@ -218,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "launch":
         return launch(args.config, args.client, args.patient, args.study)
     if args.command == "rotate-keys":
-        return rotate_keys(args.config)
+        return rotate_keys(args.config, args.retire)
     if args.command == "hash-password":
         from app.auth.server.clients import hash_secret
 

@@ -26,6 +26,7 @@ import requests
 import yaml
 
 from app.settings import settings_from_document
+from app.web.components import components
 from bench.results import write_section
 from tests.infra import free_port
 from tools.demo.generate import ensure_demo_data
@@ -122,9 +123,9 @@ def in_process_validation_us(secured_config: Path) -> float:
     from app import create_app
 
     app = create_app(secured_config)
-    server = app.extensions["smart_server"]
+    server = components(app).auth_server
     jwt = server.issuer("client_credentials", server.clients["portal"], None, "system/ImagingStudy.rs")
-    protector = app.extensions["protector"]
+    protector = components(app).protector
     header = f"Bearer {jwt['access_token']}"
     protector.authenticate(header)
     start_cpu = time.process_time()

@@ -58,12 +58,14 @@ import yaml
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+from app.core.identity import nhs_check_digit
 from app.settings import settings_from_document
+from app.web.components import components
 from bench.results import write_section
 from tests.infra import free_port
 from tests.infra.faultproxy import FaultProxy, _Handler, _Server
 from tests.infra.orthanc import OrthancServer
-from tools.demo.generate import TRUSTS, nhs_check_digit
+from tools.demo.generate import TRUSTS
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).with_name("gunicorn")
@@ -1098,7 +1100,7 @@ def profile(rig: Rig) -> str:
     stats = pstats.Stats(profiler, stream=out)
     stats.sort_stats("cumulative").print_stats(30)
     stats.sort_stats("tottime").print_stats(20)
-    app.extensions["facade"].federation.close()
+    components(app).services.close()
     return (
         f"in-process search (profiled): {wall * 1000:.1f} ms wall, {cpu * 1000:.1f} ms CPU of the request "
         f"thread per search\n" + out.getvalue()

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.web.components import components
+
 SYSTEM_SCOPE = "system/*.rs"
 
 
 def system_token(app: Any, scope: str = SYSTEM_SCOPE) -> str:
-    server = app.extensions["smart_server"]
+    server = components(app).auth_server
     return str(server.issuer("client_credentials", server.clients["portal"], None, scope)["access_token"])
 
 
@@ -20,6 +22,6 @@ def patient_token(app: Any, nhs_number: str, scope: str = "launch/patient patien
     """A token of the sample app (imaging-timeline) for a clinician in one patient's context."""
     from app.auth.server.grants import Grantee
 
-    server = app.extensions["smart_server"]
+    server = components(app).auth_server
     user = Grantee("dr.khan", "Practitioner/dr-khan", nhs_number)
     return str(server.issuer("authorization_code", server.clients["imaging-timeline"], user, scope)["access_token"])

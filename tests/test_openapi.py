@@ -1,10 +1,11 @@
-"""The OpenAPI document (app/openapi.yaml, served at /fhir/openapi.json) against the app itself.
+"""The OpenAPI document (app/web/openapi.yaml, served at /fhir/openapi.json) against the app itself.
 
 It cannot drift: every route of the FHIR API, the authorization server and the image gateway is
 described, every described path is a route, the gateway's WADO-RS resources and rendering
-parameters are exactly the ones the gateway accepts, the search parameters are the ones the
-views read, the document is valid OpenAPI 3.1, and its examples are real (each example request
-answers 200 on the demo data, so the fuzzer in test_openapi_fuzz.py reaches the 200 paths too).
+parameters are exactly the ones the gateway accepts, the search parameters are generated from the
+search registry (app/core/search) and are the ones the views read, the document is valid OpenAPI
+3.1, and its examples are real (each example request answers 200 on the demo data, so the fuzzer
+in test_openapi_fuzz.py reaches the 200 paths too).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import dataclasses
 import re
 from itertools import product
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import pytest
 from openapi_spec_validator import validate
@@ -24,8 +25,10 @@ from werkzeug.routing import Rule
 from app.archives.dicomweb.wado import _FRAMES, RENDER_PARAMETERS, BadTarget, parse_target
 from app.core.dicom_json import UID_PATTERN
 from app.core.search import params as p
+from app.core.search.resources import SEARCHES
+from app.web.components import components
 from app.web.fhir.capability import capability_statement
-from app.web.fhir.openapi import openapi_document, stored_document
+from app.web.fhir.openapi import FORM, SEARCH_EXTENSION, openapi_document, stored_document, written_document
 
 BLUEPRINTS = ("fhir", "smart_auth", "dicomweb")
 # Operations endpoints (health, readiness, metrics) are not part of the API the document describes.
@@ -213,6 +216,102 @@ def test_the_search_parameters_are_the_ones_the_views_read(served: dict[str, Any
     assert set(patient_form) == by_type["Patient"] | PAGING - {"_format", "_pretty"}
 
 
+def _search_operations(document: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(path, method, type) of every operation the search registry describes: /{type} and /{type}/_search."""
+    found = []
+    for kind in SEARCHES:
+        for path, method in ((f"/fhir/{kind}", "get"), (f"/fhir/{kind}/_search", "post")):
+            if method in document["paths"].get(path, {}):
+                found.append((path, method, kind))
+    return found
+
+
+def test_the_written_document_leaves_the_search_parameters_to_the_registry() -> None:
+    written = written_document()
+    marked = {
+        (path, method): op[SEARCH_EXTENSION] for path, method, op in operations(written) if SEARCH_EXTENSION in op
+    }
+    assert marked == {(path, method): kind for path, method, kind in _search_operations(written)}
+    assert len(marked) == len(SEARCHES) + 2  # a GET search per type, and POST _search for ImagingStudy and Patient
+    searched = {n for search in SEARCHES.values() for n in search.known} | set(p.COMMON)
+    for path, method in marked:
+        op = written["paths"][path][method]
+        assert {x["name"] for x in parameters(written, path, op)} == {"_format", "_pretty", "Prefer"}, path
+        if method == "post":
+            form = deref(written, op["requestBody"]["content"][FORM]["schema"])
+            assert "properties" not in form and "encoding" not in op["requestBody"]["content"][FORM], path
+    declared = [x["name"] for x in written["components"]["parameters"].values() if x["in"] == "query"]
+    assert not set(declared) & searched - {"_format", "_pretty"}, (
+        "a search parameter is written in app/web/openapi.yaml"
+    )
+
+
+def test_the_search_operations_are_generated_from_the_registry(served: dict[str, Any]) -> None:
+    assert "x-fhir-search" not in str(served) and "x-fhir-search" not in str(stored_document())
+    for path, method, kind in _search_operations(served):
+        op = served["paths"][path][method]
+        queries = SEARCHES[kind].query_names()
+        if method == "get":
+            generated = [x for x in parameters(served, path, op) if x["name"] not in ("_format", "_pretty", "Prefer")]
+            assert [x["name"] for x in generated] == [q.name for q in queries], path
+            for x, q in zip(generated, queries, strict=True):
+                assert x["in"] == "query" and x["description"] == q.documentation, q.name
+                assert x["schema"] == ({"type": "array", "items": dict(q.schema)} if q.repeated else dict(q.schema))
+                assert x.get("example") == q.example and x.get("explode", False) == q.repeated, q.name
+            continue
+        content = op["requestBody"]["content"][FORM]
+        form = deref(served, content["schema"])
+        assert list(form["properties"]) == [q.name for q in queries], path
+        assert set(content.get("encoding", {})) == {q.name for q in queries if q.repeated}, path
+        assert form["example"] and set(form["example"]) <= set(form["properties"]), path
+
+
+def test_the_views_read_every_registry_parameter(app, served: dict[str, Any]) -> None:
+    """Each query name of the registry, with its example, on its own (with a patient for ImagingStudy and
+    Patient, which need one) and `Prefer: handling=strict`: 200, and the self link keeps it (the view
+    recognised it); an unknown name is 400."""
+    client = app.test_client()
+    token = {"Authorization": f"Bearer {system_token(app, 'system/*.rs')}", "Prefer": "handling=strict"}
+    for kind, search in SEARCHES.items():
+        bounded = {"ImagingStudy": [("patient", "9992975962")], "Patient": [("_id", "9992975962")]}.get(kind, [])
+        for query in search.query_names():
+            if query.example is None:
+                continue  # _cursor: only from a link
+            values = query.example if isinstance(query.example, list) else [query.example]
+            pairs = [*bounded, *((query.name, str(v)) for v in values)]
+            response = client.get(f"/fhir/{kind}", query_string=pairs, headers=token)
+            assert response.status_code == 200, f"{kind}?{pairs}: {response.get_data(as_text=True)[:300]}"
+            link = next(x["url"] for x in response.get_json()["link"] if x["relation"] == "self")
+            assert query.name in {n for n, _ in parse_qsl(urlsplit(link).query)}, f"{kind}: {query.name} not in {link}"
+        response = client.get(f"/fhir/{kind}", query_string=[*bounded, ("no-such-parameter", "1")], headers=token)
+        assert response.status_code == 400 and "no-such-parameter" in response.get_data(as_text=True), kind
+
+
+def test_the_capability_statement_declares_the_registry_searches() -> None:
+    resources = {r["type"]: r for r in capability_statement("http://x/fhir", "0", None)["rest"][0]["resource"]}
+    for kind, search in SEARCHES.items():
+        declared = [(x["name"], x["type"]) for x in resources[kind]["searchParam"]]
+        results = [(r.name, r.type) for r in search.result_parameters() if r.in_capability]
+        assert declared == [(x.name, x.type) for x in search.parameters] + results, kind
+        assert resources[kind].get("searchInclude", []) == [i.value for i in search.includes], kind
+        for entry, parameter in zip(resources[kind]["searchParam"], search.parameters, strict=False):
+            assert entry["documentation"].startswith(parameter.documentation)
+            assert all(f"`{alias.name}`" in entry["documentation"] for alias in parameter.aliases), parameter.name
+    assert resources["ImagingStudy"]["searchInclude"] == [
+        "ImagingStudy:endpoint",
+        "ImagingStudy:patient",
+        "ImagingStudy:subject",
+    ]
+    assert [x["name"] for x in resources["AuditEvent"]["searchParam"]] == [
+        "patient",
+        "date",
+        "agent",
+        "_count",
+        "_summary",
+    ]
+    assert "searchParam" not in resources["Practitioner"]
+
+
 # ------------------------------------------------------------------------ serving the document
 
 
@@ -225,7 +324,7 @@ def test_the_document_is_public_and_open_to_any_origin(app) -> None:
 
 
 def test_the_served_document_names_the_configured_base_and_authorization_server(app, served: dict[str, Any]) -> None:
-    smart = app.extensions["smart_configuration"]
+    smart = components(app).smart_configuration
     assert served["servers"] == [{"url": "http://127.0.0.1:8080", "description": served["servers"][0]["description"]}]
     flows = served["components"]["securitySchemes"]
     code = flows["smartAppLaunch"]["flows"]["authorizationCode"]

@@ -13,8 +13,9 @@ import pytest
 from smart_tokens import patient_token, system_token
 
 from app import create_app
-from app.federation.xref import local_system
+from app.core.systems import local_patient_identifier as local_system
 from app.settings import settings_from_document
+from app.web.components import components
 from tests.infra import serve_wsgi
 
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
@@ -121,4 +122,4 @@ def test_facade_resolves_local_numbers_through_a_pixm_service(
     assert ids[0] == ids[1]
     expected = {s["study_uid"] for p in manifest["patients"] if p["nhs_number"] == nhs for s in p["studies"]}
     assert ids[0] == expected
-    with_index.extensions["facade"].federation.close()
+    components(with_index).services.close()

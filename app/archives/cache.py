@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
+
+from cachetools import TTLCache
 
 from app.archives.protocol import Archive, Found
 from app.core.query import StudyQuery
@@ -16,37 +17,35 @@ from app.telemetry import metrics
 
 
 class CachedArchive:
-    """Wraps an Archive; complete answers are kept for `ttl_s` seconds, partial ones never."""
+    """Wraps an Archive; complete answers are kept for `ttl_s` seconds, partial ones never.
+
+    At most `max_entries` answers are held; beyond that the least recently used goes first."""
 
     def __init__(
         self, inner: Archive, ttl_s: float, max_entries: int = 2048, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.inner = inner
         self.name = inner.name
-        self.ttl_s = ttl_s
-        self.max_entries = max_entries
-        self.clock = clock
-        self.hits = 0
-        self.series_by_patient = getattr(inner, "series_by_patient", False)
-        self._entries: OrderedDict[tuple[Any, ...], tuple[float, Found]] = OrderedDict()
-        self._lock = threading.Lock()
+        self.capabilities = inner.capabilities
+        self._entries: TTLCache[tuple[Any, ...], Found, float] = TTLCache(max_entries, ttl_s, timer=clock)
+        self._lock = threading.Lock()  # cachetools caches are not thread-safe; every search thread uses this one
+
+    @property
+    def adapter(self) -> Archive:
+        return self.inner.adapter
 
     def _cached(self, key: tuple[Any, ...], fetch: Callable[[], Found]) -> Found:
-        now = self.clock()
         with self._lock:
-            entry = self._entries.get(key)
-            if entry and entry[0] > now:
-                self.hits += 1
-                self._entries.move_to_end(key)
-                metrics.CACHE_HITS.labels(self.name).inc()
-                return entry[1]
+            found = self._entries.get(key)
+        if found is not None:
+            metrics.CACHE_HITS.labels(self.name).inc()
+            return found
         metrics.CACHE_MISSES.labels(self.name).inc()
+        # Fetched outside the lock: a slow archive must not hold up the answers already cached.
         found = fetch()
         if found.incomplete is None:
             with self._lock:
-                self._entries[key] = (now + self.ttl_s, found)
-                while len(self._entries) > self.max_entries:
-                    self._entries.popitem(last=False)
+                self._entries[key] = found
         return found
 
     def find_studies(self, query: StudyQuery) -> Found:

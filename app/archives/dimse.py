@@ -8,8 +8,9 @@ return keys the archive left empty: what it does not give (dcmqrscp: ModalitiesI
 counts, SOPClassUID, sequences) stays absent for the mapping to derive or omit.
 
 Every pynetdicom timeout is `timeout_s` and each C-FIND must end within it. Failures become an
-ArchiveError with a short, patient-free reason. Importing this module switches off pynetdicom's
-identifier logging (patient data at INFO level) for the process.
+ArchiveError with a short, patient-free reason; `probe_dimse` (one C-ECHO) is the readiness probe.
+Importing this module (the registry does, at start-up) switches off pynetdicom's identifier logging
+(patient data at INFO level) for the process.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset as DicomDataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification  # type: ignore[attr-defined]
 
 from app.archives import attributes
-from app.archives.protocol import ArchiveError, Found
+from app.archives.protocol import Archive, ArchiveError, Capabilities, Found, Probe
+from app.core import dicom_json as dj
 from app.core.dicom_json import Dataset
 from app.core.query import StudyQuery, is_plain_key, pn_pattern
 
@@ -75,7 +77,7 @@ def to_json(ds: DicomDataset, level: str, **uids: str | None) -> Dataset:
                 out[f"{tag:08X}"] = element.to_json_dict(bulk_data_element_handler=None, bulk_data_threshold=1 << 20)
         except Exception:  # an undecodable value is left out like any value the archive did not give
             continue
-    for key, uid in (("0020000D", uids.get("study")), ("0020000E", uids.get("series"))):
+    for key, uid in ((dj.STUDY_INSTANCE_UID, uids.get("study")), (dj.SERIES_INSTANCE_UID, uids.get("series"))):
         if uid is not None:
             out.setdefault(key, {"vr": "UI", "Value": [uid]})
     return out
@@ -106,19 +108,27 @@ def same_patient(study: Dataset, query: StudyQuery) -> bool:
     wanted = query.patient
     if wanted is None:
         return True
-    pid, issuer = ((study.get(t, {}).get("Value") or [None])[0] for t in ("00100020", "00100021"))
+    pid, issuer = ((study.get(t, {}).get("Value") or [None])[0] for t in (dj.PATIENT_ID, dj.ISSUER_OF_PATIENT_ID))
     return pid in (None, wanted.patient_id) and (wanted.issuer is None or issuer in (None, wanted.issuer))
 
 
 class DimseArchive:
     """An Archive over Study Root C-FIND; one AE, one association per call, safe to share between threads."""
 
+    # A hierarchical archive refuses a SERIES C-FIND without its study: series wait for the studies.
+    capabilities = Capabilities(series_by_patient=False)
+
     def __init__(self, name: str, host: str, port: int, called_aet: str, calling_aet: str, timeout_s: float) -> None:
         self.name, self.host, self.port, self.called_aet, self.timeout_s = name, host, port, called_aet, timeout_s
+        self.calling_aet = calling_aet
         self._ae = AE(ae_title=calling_aet)
         self._ae.add_requested_context(FIND)
         for setting in ("acse_timeout", "dimse_timeout", "network_timeout", "connection_timeout"):
             setattr(self._ae, setting, timeout_s)
+
+    @property
+    def adapter(self) -> Archive:
+        return self
 
     @contextmanager
     def _association(self) -> Iterator[Association]:
@@ -244,3 +254,23 @@ class DimseArchive:
     def close(self) -> None:
         """Abort any association still open; the archive is not used afterwards."""
         self._ae.shutdown()
+
+
+def probe_dimse(archive: DimseArchive, timeout_s: float) -> Probe:
+    """One C-ECHO on an association of its own (the archive's AE offers only C-FIND)."""
+    ae = AE(ae_title=archive.calling_aet)
+    ae.add_requested_context(Verification)
+    for setting in ("acse_timeout", "dimse_timeout", "network_timeout", "connection_timeout"):
+        setattr(ae, setting, timeout_s)
+    try:
+        assoc = ae.associate(archive.host, archive.port, ae_title=archive.called_aet)
+    except Exception:
+        return Probe(False, "could not open a connection")
+    if not assoc.is_established:
+        return Probe(False, "association rejected" if assoc.is_rejected else "connection refused or unreachable")
+    try:
+        status = assoc.send_c_echo()
+        ok = status is not None and status.get("Status") == 0x0000
+        return Probe(True) if ok else Probe(False, "C-ECHO failed")
+    finally:
+        assoc.release()

@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from app.archives.dicomweb.qido import ArchiveRetryLater
-from app.archives.protocol import Archive, ArchiveError, Found
+from app.archives.protocol import Archive, ArchiveError, ArchiveRetryLater, Found
 from app.core.query import StudyQuery
 from app.telemetry import metrics
 
@@ -17,7 +16,11 @@ class MeteredArchive:
     def __init__(self, inner: Archive) -> None:
         self.inner = inner
         self.name = inner.name
-        self.series_by_patient = getattr(inner, "series_by_patient", False)
+        self.capabilities = inner.capabilities
+
+    @property
+    def adapter(self) -> Archive:
+        return self.inner.adapter
 
     def _timed(self, operation: str, call: Callable[[], Found]) -> Found:
         started = time.perf_counter()

@@ -1,6 +1,8 @@
 """The one small interface every trust archive adapter implements (folder, DICOMweb, DIMSE).
 
-Adapters are asked with the typed queries of app.core.query and answer DICOM JSON datasets.
+Adapters are asked with the typed queries of app.core.query and answer DICOM JSON datasets. What an
+adapter can do beyond the four calls is declared in its `capabilities`, never probed with getattr;
+its failures are ArchiveError (or ArchiveRetryLater); `Probe` is what a readiness probe found.
 """
 
 from __future__ import annotations
@@ -20,6 +22,23 @@ class Found:
     incomplete: str | None = None
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What an archive can do beyond the protocol's calls; wrappers pass their adapter's on unchanged."""
+
+    # find_series answers a patient's series without the study UIDs (QIDO-RS /series?PatientID=, the
+    # folder's index), so the studies and series requests can go out together. DIMSE cannot.
+    series_by_patient: bool = False
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What a readiness probe found: reachable or not, and a short, patient-free reason when not."""
+
+    reachable: bool
+    reason: str | None = None
+
+
 class ArchiveError(Exception):
     """An archive could not answer; `reason` is a short, patient-free phrase for the outcome."""
 
@@ -29,11 +48,27 @@ class ArchiveError(Exception):
         self.reason = reason
 
 
+class ArchiveRetryLater(ArchiveError):
+    """The archive asked us to come back later (429/503 with Retry-After)."""
+
+    def __init__(self, archive: str, reason: str, retry_after_s: float) -> None:
+        super().__init__(archive, reason)
+        self.retry_after_s = retry_after_s
+
+
 @runtime_checkable
 class Archive(Protocol):
     """A trust archive, queried at study, series and instance level in DICOM JSON."""
 
     name: str
+    capabilities: Capabilities
+
+    @property
+    def adapter(self) -> Archive:
+        """The adapter itself, beneath any wrappers (metering, caching): an adapter answers itself.
+
+        The registry builds image sources and probes from it (app.archives.registry)."""
+        ...
 
     def find_studies(self, query: StudyQuery) -> Found:
         """Study-level datasets (with patient attributes) matching the query."""

@@ -1,10 +1,11 @@
 """Access token validation for the resource server (SMART checklist items 23 and 25).
 
 Signed JWTs are checked with joserfc (authlib's JOSE library): the signature against the issuer's
-JWKS (fetched by URL, cached per its Cache-Control, refreshed once on an unknown `kid`), an
-algorithm allow-list (never `none`, never HMAC: a public key used as an HMAC secret is the classic
-forgery), `iss`, `aud` = this server's base URL, `exp`, `nbf`, with a small clock skew. Opaque
-tokens are introspected (RFC 7662) when the configured issuer says so.
+keys (a KeySource: a JWKS fetched by URL, cached per its Cache-Control, refreshed once on an unknown
+`kid`; or the embedded server's own key file), an algorithm allow-list (never `none`, never HMAC:
+a public key used as an HMAC secret is the classic forgery), `iss`, `aud` = this server's base URL,
+`exp`, `nbf`, with a small clock skew. Opaque tokens are introspected (RFC 7662) when the configured
+issuer says so.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from app.core.mapping.patient import nhs_number_problem
+from app.core.identity import nhs_number_problem
 
 ALLOWED_ALGORITHMS = ("RS256", "RS384", "ES256", "ES384")
 CLOCK_SKEW_S = 30
@@ -75,13 +76,21 @@ def claims_from_payload(payload: dict[str, Any]) -> AccessClaims:
     )
 
 
+class KeySource(Protocol):
+    """An issuer's public keys. The same KeySet object is returned for as long as the keys are
+    unchanged: a new object means they changed (rotated, retired), and verified tokens are verified again."""
+
+    def key_set(self, kid: str | None) -> KeySet: ...
+
+
 class JwksSource:
-    """An issuer's signing keys: inline, or from a URL cached per Cache-Control max-age."""
+    """An issuer's signing keys: inline (fixed, from the configuration), or from a URL cached per
+    Cache-Control max-age."""
 
     def __init__(
         self,
         url: str | None = None,
-        keys: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
+        keys: dict[str, Any] | None = None,
         default_ttl_s: float = 300.0,
         min_refresh_s: float = 10.0,
         timeout_s: float = 5.0,
@@ -99,8 +108,7 @@ class JwksSource:
 
     def _load(self) -> None:
         if self._inline is not None:
-            value = self._inline() if callable(self._inline) else self._inline
-            self._keys, self._expires = KeySet.import_key_set(value), float("inf")  # type: ignore[arg-type]
+            self._keys, self._expires = KeySet.import_key_set(self._inline), float("inf")  # type: ignore[arg-type]
             return
         assert self.url is not None
         self.fetches += 1
@@ -135,35 +143,45 @@ class JwksSource:
                 self._load()
             return self._keys
 
-    def refresh_inline(self) -> None:
-        """Forget the cached inline keys (after a key rotation by the embedded server)."""
-        with self._lock:
-            self._keys = None
+
+@dataclass(frozen=True)
+class _Verified:
+    """A token whose signature was checked, with the key set that checked it."""
+
+    claims: AccessClaims
+    kid: str | None
+    keys: KeySet
 
 
 class JwtValidator:
     """Validates signed JWT access tokens of one issuer for one audience."""
 
     def __init__(
-        self, issuer: str, audience: str, jwks: JwksSource, is_revoked: Callable[[str], bool] | None = None
+        self, issuer: str, audience: str, jwks: KeySource, is_revoked: Callable[[str], bool] | None = None
     ) -> None:
         self.issuer = issuer
         self.audience = audience
         self.jwks = jwks
         self.is_revoked = is_revoked
-        self._verified: dict[str, AccessClaims] = {}
+        self._verified: dict[str, _Verified] = {}
         self._lock = threading.Lock()
 
     def validate(self, token: str) -> AccessClaims:
         """The token's claims. A verified token is remembered (bounded, until it expires) so that its
-        signature is checked once; expiry and revocation are checked on every call."""
-        claims = self._verified.get(token)
-        if claims is None:
-            claims = self._verify(token)
+        signature is checked once while the issuer's keys stay the same; expiry and revocation are
+        checked on every call."""
+        verified = self._verified.get(token)
+        if verified is not None and self.jwks.key_set(verified.kid) is not verified.keys:
+            # The keys changed since (rotation, retirement): a token of a retired key must fail now.
+            self._verified.pop(token, None)
+            verified = None
+        if verified is None:
+            verified = self._verify(token)
             with self._lock:
                 if len(self._verified) >= VERIFIED_CACHE_SIZE:
                     self._verified.pop(next(iter(self._verified)))
-                self._verified[token] = claims
+                self._verified[token] = verified
+        claims = verified.claims
         if claims.expires_at and claims.expires_at < time.time() - CLOCK_SKEW_S:
             self._verified.pop(token, None)
             raise InvalidToken("the token has expired")
@@ -171,9 +189,19 @@ class JwtValidator:
             raise InvalidToken("the token has been revoked")
         return claims
 
-    def _verify(self, token: str) -> AccessClaims:
+    def _verify(self, token: str) -> _Verified:
+        used: list[tuple[str | None, KeySet]] = []
+
+        def resolve_key(guest: Any) -> KeySet:
+            kid = guest.headers().get("kid")
+            keys = self.jwks.key_set(kid)
+            if kid is not None and kid not in {k.kid for k in keys.keys}:
+                raise InvalidToken("the token's signing key (kid) is not one of the issuer's keys")
+            used.append((kid, keys))
+            return keys
+
         try:
-            decoded = jwt.decode(token, self._resolve_key, algorithms=list(ALLOWED_ALGORITHMS))
+            decoded = jwt.decode(token, resolve_key, algorithms=list(ALLOWED_ALGORITHMS))
         except InvalidToken:
             raise
         except JoseError as exc:
@@ -190,14 +218,8 @@ class JwtValidator:
             registry.validate(decoded.claims)
         except JoseError as exc:
             raise InvalidToken(_describe(exc)) from None
-        return claims_from_payload(decoded.claims)
-
-    def _resolve_key(self, guest: Any) -> KeySet:
-        kid = guest.headers().get("kid")
-        keys = self.jwks.key_set(kid)
-        if kid is not None and kid not in {k.kid for k in keys.keys}:
-            raise InvalidToken("the token's signing key (kid) is not one of the issuer's keys")
-        return keys
+        kid, keys = used[-1]
+        return _Verified(claims_from_payload(decoded.claims), kid, keys)
 
 
 class IntrospectionValidator:

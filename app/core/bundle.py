@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
 
+from app.core import systems
 from app.core.errors import operation_outcome
+from app.core.instants import utc_instant
 from app.core.search.cursor import encode_cursor
 from app.core.search.params import Paging
 
 SUBSETTED = {
-    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+    "system": systems.OBSERVATION_VALUE,
     "code": "SUBSETTED",
     "display": "subsetted",
 }
@@ -23,10 +24,6 @@ MANDATORY = {
     "Endpoint": ("status", "connectionType", "payloadType", "address"),
     "Organization": (),
 }
-
-
-def now_instant() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def subset(resource: dict[str, Any], elements: tuple[str, ...]) -> dict[str, Any]:
@@ -118,7 +115,7 @@ def searchset(
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
         "id": str(uuid.uuid4()),
-        "meta": {"lastUpdated": now_instant()},
+        "meta": {"lastUpdated": utc_instant()},
         "type": "searchset",
         "total": total,
         "link": links,

@@ -12,27 +12,52 @@ import re
 from functools import lru_cache
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
+
 Dataset = dict[str, Any]
 
 # \Z, not $: Python's $ also matches before a final newline ("1.2\n" is not a UID).
 UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\Z")
 
-# Tags the core reads outside the mapping tables (identity and structure, not content).
-STUDY_INSTANCE_UID = "0020000D"
-SERIES_INSTANCE_UID = "0020000E"
-SOP_INSTANCE_UID = "00080018"
-SOP_CLASS_UID = "00080016"
-MODALITY = "00080060"
-MODALITIES_IN_STUDY = "00080061"
-PATIENT_ID = "00100020"
-ISSUER_OF_PATIENT_ID = "00100021"
-OTHER_PATIENT_IDS_SEQUENCE = "00101002"
-PATIENT_NAME = "00100010"
-PATIENT_BIRTH_DATE = "00100030"
-PATIENT_SEX = "00100040"
-STUDY_DATE = "00080020"
-NUMBER_OF_SERIES_RELATED_INSTANCES = "00201209"
-BODY_PART_EXAMINED = "00180015"
+
+def tag(keyword: str) -> str:
+    """The DICOM JSON key of an attribute (``StudyInstanceUID`` -> ``0020000D``), from pydicom's dictionary."""
+    found = tag_for_keyword(keyword)
+    if found is None:
+        raise KeyError(f"{keyword!r} is not a DICOM attribute keyword")
+    return f"{found:08X}"
+
+
+# Attributes read outside the mapping tables (identity, structure, coding): named by keyword, never by number.
+STUDY_INSTANCE_UID = tag("StudyInstanceUID")
+SERIES_INSTANCE_UID = tag("SeriesInstanceUID")
+SOP_INSTANCE_UID = tag("SOPInstanceUID")
+SOP_CLASS_UID = tag("SOPClassUID")
+MODALITY = tag("Modality")
+MODALITIES_IN_STUDY = tag("ModalitiesInStudy")
+ACCESSION_NUMBER = tag("AccessionNumber")
+STUDY_DATE = tag("StudyDate")
+TIMEZONE_OFFSET_FROM_UTC = tag("TimezoneOffsetFromUTC")
+SERIES_NUMBER = tag("SeriesNumber")
+INSTANCE_NUMBER = tag("InstanceNumber")
+NUMBER_OF_STUDY_RELATED_SERIES = tag("NumberOfStudyRelatedSeries")
+NUMBER_OF_STUDY_RELATED_INSTANCES = tag("NumberOfStudyRelatedInstances")
+NUMBER_OF_SERIES_RELATED_INSTANCES = tag("NumberOfSeriesRelatedInstances")
+PATIENT_ID = tag("PatientID")
+ISSUER_OF_PATIENT_ID = tag("IssuerOfPatientID")
+OTHER_PATIENT_IDS_SEQUENCE = tag("OtherPatientIDsSequence")
+PATIENT_NAME = tag("PatientName")
+PATIENT_BIRTH_DATE = tag("PatientBirthDate")
+PATIENT_SEX = tag("PatientSex")
+# Code sequence items (PS3.3 8.8) and issuer sequences (HL7 v2 HD, PS3.3 10.14)
+CODE_VALUE = tag("CodeValue")
+LONG_CODE_VALUE = tag("LongCodeValue")
+URN_CODE_VALUE = tag("URNCodeValue")
+CODING_SCHEME_DESIGNATOR = tag("CodingSchemeDesignator")
+CODE_MEANING = tag("CodeMeaning")
+LOCAL_NAMESPACE_ENTITY_ID = tag("LocalNamespaceEntityID")
+UNIVERSAL_ENTITY_ID = tag("UniversalEntityID")
+UNIVERSAL_ENTITY_ID_TYPE = tag("UniversalEntityIDType")
 
 
 def values(dataset: Dataset, tag: str) -> list[Any]:

@@ -60,6 +60,19 @@ class TooCostly(InvalidRequest):
     issue_code = "too-costly"
 
 
+class Forbidden(FhirError):
+    """RFC 6750 3.1 insufficient_scope: the token is valid but does not allow this (403, Bearer challenge)."""
+
+    status_code = 403
+    issue_code = "forbidden"
+
+    def __init__(self, realm: str, reason: str, scope: str = "") -> None:
+        challenge = f'Bearer realm="{realm}", error="insufficient_scope", error_description="{reason}"'
+        if scope:
+            challenge += f', scope="{scope}"'
+        super().__init__(reason, headers={"WWW-Authenticate": challenge})
+
+
 class NotFound(FhirError):
     """The resource does not exist, or the caller may not know that it exists."""
 

@@ -16,7 +16,6 @@ from urllib.parse import parse_qsl
 
 _SCOPE = re.compile(r"^(patient|user|system)/(\*|[A-Z][A-Za-z]+)\.(read|write|\*|c?r?u?d?s?)(\?.+)?$")
 _V1 = {"read": frozenset("rs"), "write": frozenset("cud"), "*": frozenset("cruds")}
-CONTEXTS = ("patient", "user", "system")
 
 
 @dataclass(frozen=True)

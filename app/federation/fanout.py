@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.archives import budget
-from app.archives.dicomweb.qido import ArchiveRetryLater
-from app.archives.protocol import Archive, ArchiveError, Found
+from app.archives.protocol import Archive, ArchiveError, ArchiveRetryLater, Found
 from app.core import dicom_json as dj
 from app.core.dicom_json import Dataset
 from app.core.mapping.context import TrustMapping
@@ -78,7 +77,7 @@ def _unfiltered(query: StudyQuery) -> bool:
 def _parallel_series(trust: TrustArchive, queries: list[StudyQuery], with_instances: bool) -> bool:
     return (
         not with_instances
-        and getattr(trust.archive, "series_by_patient", False)
+        and trust.archive.capabilities.series_by_patient
         and all(q.patient is not None and q.series_uid is None and q.sop_instance_uid is None for q in queries)
     )
 
@@ -150,7 +149,7 @@ def _series_shortfall(answer: TrustAnswer) -> str | None:
     for series in answer.series:
         received[dj.first_text(series, dj.STUDY_INSTANCE_UID) or ""] += 1
     for study in answer.studies:
-        counted = dj.values(study, "00201206")
+        counted = dj.values(study, dj.NUMBER_OF_STUDY_RELATED_SERIES)
         number = dj.unsigned(counted[0]) if counted else None
         if number is not None and received[dj.first_text(study, dj.STUDY_INSTANCE_UID) or ""] < number:
             return "it returned fewer series than it counts for a study (a silently truncated answer)"

@@ -16,6 +16,7 @@ from datetime import datetime, tzinfo
 from typing import Any
 
 from app.core import dicom_json as dj
+from app.core import systems
 from app.core.dicom_json import Dataset
 from app.core.mapping.context import TrustMapping
 from app.core.mapping.engine import StudyMapper
@@ -129,7 +130,7 @@ class Federation:
         series_by_study: dict[str, list[Dataset]] = defaultdict(list)
         for series in answer.series:
             series_by_study[dj.first_text(series, dj.STUDY_INSTANCE_UID) or ""].append(series)
-        local_system = f"https://fhir.nhs.uk/{trust.settings.ods_code}/Id/local-patient-identifier"
+        local_system = systems.local_patient_identifier(trust.settings.ods_code)
         for study in answer.studies:
             uid = dj.first_text(study, dj.STUDY_INSTANCE_UID) or ""
             nhs = nhs_number_of(study, rule.match, rule.issuer, trust.settings.id, self.xref.reverse)
@@ -311,7 +312,9 @@ def _matches(study: dict[str, Any], search: StudySearch, zone: tzinfo) -> bool:
         if not codes & {t.code for t in search.body_sites}:
             return False
     if search.dicom_classes:
-        classes = {i["sopClass"]["code"].removeprefix("urn:oid:") for s in series for i in s.get("instance", ())}
+        classes = {
+            i["sopClass"]["code"].removeprefix(systems.OID_PREFIX) for s in series for i in s.get("instance", ())
+        }
         if not classes & set(search.dicom_classes):
             return False
     if search.accessions:

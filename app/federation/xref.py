@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+from cachetools import TTLCache
 
-from app.core.mapping.patient import NHS_NUMBER_SYSTEM, nhs_number_problem
+from app.archives.http import failure_reason, new_session
+from app.core import systems
+from app.core.identity import nhs_number_problem
 from app.core.query import PatientKey, is_plain_key
 from app.telemetry.logs import upstream_headers
 
@@ -29,11 +32,6 @@ COLUMNS = ("nhs_number", "trust", "local_patient_id", "issuer")
 
 class XrefError(ValueError):
     """The cross-reference file is unusable; the message names the line."""
-
-
-def local_system(ods_code: str) -> str:
-    """FHIR identifier system of a trust's local patient numbers (NHS England's local-identifier pattern)."""
-    return f"https://fhir.nhs.uk/{ods_code}/Id/local-patient-identifier"
 
 
 @dataclass(frozen=True)
@@ -92,8 +90,9 @@ class _PixmReverse:
 class PixmXref:
     """The cross-reference held by an IHE PIXm service ($ihe-pix), e.g. the region's master patient index.
 
-    Answers are cached for `ttl_s`; a service that cannot be reached means "not known", so a study
-    whose identity cannot be resolved is withheld, never guessed.
+    Answers (found or not) are cached for `ttl_s`, at most `max_entries` of them, the least recently
+    used going first; a service that cannot be reached, or answers an error, means "not known" and is
+    asked again next time, so a study whose identity cannot be resolved is withheld, never guessed.
     """
 
     def __init__(
@@ -104,6 +103,8 @@ class PixmXref:
         headers: Callable[[], dict[str, str]],
         timeout_s: float = 5.0,
         ttl_s: float = 300.0,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = url.rstrip("/")
         self.trusts = trusts  # trust id -> ODS code
@@ -111,9 +112,9 @@ class PixmXref:
         self.headers = headers
         self.timeout_s = timeout_s
         self.ttl_s = ttl_s
-        self.session = requests.Session()
-        self._cache: dict[tuple[str, str], tuple[float, list[tuple[str, str]]]] = {}
-        self._lock = threading.Lock()
+        self.session = new_session()
+        self._cache: TTLCache[tuple[str, str], list[tuple[str, str]], float] = TTLCache(max_entries, ttl_s, timer=clock)
+        self._lock = threading.Lock()  # cachetools caches are not thread-safe; searches ask from many threads
         self.reverse = _PixmReverse(self)
 
     def _ask(self, system: str, value: str) -> list[tuple[str, str]]:
@@ -121,8 +122,8 @@ class PixmXref:
         key = (system, value)
         with self._lock:
             cached = self._cache.get(key)
-            if cached and cached[0] > time.monotonic():
-                return cached[1]
+        if cached is not None:
+            return cached
         try:
             response = self.session.get(
                 f"{self.url}/Patient/$ihe-pix",
@@ -130,8 +131,8 @@ class PixmXref:
                 params={"sourceIdentifier": f"{system}|{value}"},
                 headers={"Accept": "application/fhir+json", **self.headers(), **upstream_headers()},
             )
-        except requests.RequestException:
-            log.warning("PIXm service %s could not be reached", self.url)
+        except requests.RequestException as exc:
+            log.warning("PIXm service %s could not be reached (%s)", self.url, failure_reason(exc, self.timeout_s))
             return []
         found: list[tuple[str, str]] = []
         if response.status_code == 200:
@@ -148,18 +149,22 @@ class PixmXref:
             log.warning("PIXm service %s answered HTTP %s", self.url, response.status_code)
             return []
         with self._lock:
-            self._cache[key] = (time.monotonic() + self.ttl_s, found)
+            self._cache[key] = found
         return found
 
     def local_keys(self, nhs_number: str, trust_id: str) -> tuple[PatientKey, ...]:
-        wanted = local_system(self.trusts[trust_id])
+        wanted = systems.local_patient_identifier(self.trusts[trust_id])
         return tuple(
             PatientKey(value, self.issuers.get(trust_id))
-            for system, value in self._ask(NHS_NUMBER_SYSTEM, nhs_number)
+            for system, value in self._ask(systems.NHS_NUMBER, nhs_number)
             if system == wanted and is_plain_key(value)
         )
 
     def nhs_number_for(self, trust_id: str, local_id: str) -> str | None:
-        numbers = {v for s, v in self._ask(local_system(self.trusts[trust_id]), local_id) if s == NHS_NUMBER_SYSTEM}
+        numbers = {
+            v
+            for s, v in self._ask(systems.local_patient_identifier(self.trusts[trust_id]), local_id)
+            if s == systems.NHS_NUMBER
+        }
         valid = {n for n in numbers if nhs_number_problem(n) is None}
         return valid.pop() if len(valid) == 1 else None  # two NHS numbers for one local id: nobody's

@@ -14,13 +14,15 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from app.audit.store import AuditStore
 from app.core.errors import AddressRefused, FhirError, TooManyRequests
+from app.federation.fanout import TrustArchive
 from app.ops.ratelimit import RateLimiter
 from app.ops.readiness import Readiness
 from app.settings import Settings
@@ -29,13 +31,15 @@ from app.telemetry import logs, metrics
 access_log = logging.getLogger("app.access")
 bp = Blueprint("ops", __name__)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_KEY = "gm_imaging_facade_ops"
 
 
 @dataclass
 class Ops:
-    """What the operations hooks need, kept in app.extensions["ops"]."""
+    """What the operations hooks need, one per app (`ops()`)."""
 
     settings: Settings
+    trusts: list[TrustArchive]
     readiness: Readiness
     limiter: RateLimiter | None
     metrics_allow: tuple[Network, ...]
@@ -50,8 +54,9 @@ class Ops:
         return any(ip in network for network in self.metrics_allow)
 
 
-def ops() -> Ops:
-    return current_app.extensions["ops"]  # type: ignore[no-any-return]
+def ops(app: Flask | None = None) -> Ops:
+    """The operations state of `app` (default: the app handling the current request)."""
+    return cast(Ops, (app or current_app).extensions[_KEY])
 
 
 def _json(body: dict[str, Any], status: int = 200) -> Response:
@@ -165,20 +170,21 @@ def _end(_error: BaseException | None) -> None:
 
 def _record_circuits() -> None:
     """This process's circuit states into the gauge (in multiprocess mode the worst live worker's shows)."""
-    for trust in current_app.extensions["facade"].federation.trusts:
+    for trust in ops().trusts:
         metrics.CIRCUIT_STATE.labels(trust.settings.id).set(metrics.CIRCUIT_STATES[trust.breaker.state])
 
 
-def init_ops(app: Flask, settings: Settings) -> Ops:
+def init_ops(app: Flask, settings: Settings, trusts: list[TrustArchive], audit: AuditStore) -> Ops:
     """JSON logs, the operations endpoints and the request hooks; call after the blueprints are registered."""
     logs.configure_logging(settings.ops.log_level)
     found = Ops(
         settings,
-        Readiness(app.extensions["facade"].federation.trusts, app.extensions["audit"], settings.ops),
+        trusts,
+        Readiness(trusts, audit, settings.ops),
         RateLimiter(settings.ops.rate_limit) if settings.ops.rate_limit else None,
         tuple(ipaddress.ip_network(n) for n in settings.ops.metrics_allow),
     )
-    app.extensions["ops"] = found
+    app.extensions[_KEY] = found
     app.register_blueprint(bp)
     app.before_request_funcs.setdefault(None, []).insert(0, _begin)  # before every other hook
     app.before_request_funcs.setdefault("fhir", []).append(limit_authenticated)  # after authenticate

@@ -116,10 +116,6 @@ class RateLimiter:
         """None when the request may go, else the Retry-After in whole seconds (at least 1)."""
         return _seconds(self.buckets.take(key, 1))
 
-    def check(self, key: str) -> int | None:
-        """Like take, without taking a token."""
-        return _seconds(self.buckets.take(key, 0))
-
 
 def _seconds(wait: float | None) -> int | None:
     return None if wait is None else max(1, math.ceil(wait))

@@ -1,11 +1,12 @@
 """Readiness: configuration loaded, audit store writable, and each archive's state.
 
-An archive is *available* when a cheap probe reaches it and its circuit is not open. Probes are
-harmless and short: a folder must exist; a DICOMweb archive is asked one QIDO-RS
-`/studies?StudyInstanceUID=2.25.0&limit=1` (an exact key that matches nothing, never a wildcard);
-a DIMSE archive one C-ECHO. They run in parallel, each within `probe_timeout_s`, and their results
-are reused for `cache_s` seconds by every caller, so /readyz cannot be used to hammer the archives.
-Circuit states are read live. Nothing here touches a patient's data or an archive's circuit.
+An archive is *available* when a cheap probe reaches it and its circuit is not open. Each archive
+type's probe comes from the archive registry (app.archives.registry) and is harmless and short: a
+folder must exist; a DICOMweb archive is asked one QIDO-RS `/studies?StudyInstanceUID=2.25.0&limit=1`
+(an exact key that matches nothing, never a wildcard); a DIMSE archive one C-ECHO. They run in
+parallel, each within `probe_timeout_s`, and their results are reused for `cache_s` seconds by
+every caller, so /readyz cannot be used to hammer the archives. Circuit states are read live.
+Nothing here touches a patient's data or an archive's circuit.
 """
 
 from __future__ import annotations
@@ -13,92 +14,13 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import requests
-
-from app.archives.dicomweb.qido import DicomWebArchive
-from app.archives.protocol import Archive
-from app.audit.events import AuditStore
+from app.archives import registry
+from app.archives.protocol import Probe
+from app.audit.store import AuditStore
 from app.federation.fanout import TrustArchive
-from app.settings import OpsSettings, TrustSettings
-
-PROBE_STUDY_UID = "2.25.0"  # a syntactically valid UID under the UUID root that no study has
-
-
-@dataclass(frozen=True)
-class Probe:
-    reachable: bool
-    reason: str | None = None
-
-
-def _adapter(archive: Archive) -> Archive:
-    """The adapter inside the metering and caching wrappers."""
-    while hasattr(archive, "inner"):
-        archive = archive.inner
-    return archive
-
-
-def probe_folder(path: Path) -> Probe:
-    return Probe(True) if path.is_dir() else Probe(False, "folder missing")
-
-
-def probe_dicomweb(archive: DicomWebArchive, timeout_s: float) -> Probe:
-    url = f"{archive.url}/studies?StudyInstanceUID={PROBE_STUDY_UID}&limit=1"
-    try:
-        response = archive.session.get(
-            url,
-            timeout=timeout_s,
-            auth=archive.auth.basic(),
-            headers={"Accept": "application/dicom+json", **archive.auth.headers()},
-        )
-    except requests.exceptions.SSLError:
-        return Probe(False, "TLS failure")
-    except requests.exceptions.Timeout:
-        return Probe(False, f"no answer within {timeout_s:g} s")
-    except requests.exceptions.ConnectionError:
-        return Probe(False, "connection refused or reset")
-    except Exception:  # e.g. no upstream access token (ArchiveError), a malformed URL
-        return Probe(False, "request failed")
-    if response.status_code in (200, 204):
-        return Probe(True)
-    return Probe(False, f"HTTP {response.status_code}")
-
-
-def probe_dimse(config: dict[str, Any], timeout_s: float) -> Probe:
-    from pynetdicom import AE
-    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-
-    ae = AE(ae_title=config.get("calling_aet", "GMFACADE"))
-    ae.add_requested_context(Verification)
-    for setting in ("acse_timeout", "dimse_timeout", "network_timeout", "connection_timeout"):
-        setattr(ae, setting, timeout_s)
-    try:
-        assoc = ae.associate(config["host"], config["port"], ae_title=config["called_aet"])
-    except Exception:
-        return Probe(False, "could not open a connection")
-    if not assoc.is_established:
-        return Probe(False, "association rejected" if assoc.is_rejected else "connection refused or unreachable")
-    try:
-        status = assoc.send_c_echo()
-        ok = status is not None and getattr(status, "Status", None) == 0x0000
-        return Probe(True) if ok else Probe(False, "C-ECHO failed")
-    finally:
-        assoc.release()
-
-
-def probe_archive(settings: TrustSettings, archive: Archive, timeout_s: float) -> Probe:
-    adapter = _adapter(archive)
-    kind = settings.archive["type"]
-    if kind == "folder":
-        return probe_folder(Path(settings.archive["path"]))
-    if kind == "dicomweb" and isinstance(adapter, DicomWebArchive):
-        return probe_dicomweb(adapter, timeout_s)
-    if kind == "dimse":
-        return probe_dimse(settings.archive, timeout_s)
-    return Probe(False, "no probe for this archive type")
+from app.settings import OpsSettings
 
 
 class Readiness:
@@ -117,7 +39,7 @@ class Readiness:
         with self._lock:  # concurrent callers wait for the round in progress, then share it
             if time.monotonic() - self._probed_at >= self.ops.readiness_cache_s:
                 jobs = {
-                    t.settings.id: self._pool.submit(probe_archive, t.settings, t.archive, self.ops.probe_timeout_s)
+                    t.settings.id: self._pool.submit(registry.probe, t.settings, t.archive, self.ops.probe_timeout_s)
                     for t in self.trusts
                 }
                 self._probed = {trust_id: job.result() for trust_id, job in jobs.items()}

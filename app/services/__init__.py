@@ -1,8 +1,44 @@
-"""The facade's services as the web layer sees them: searches, reads, includes, the trust directory."""
+"""The facade's services as the web layer sees them: one typed container, built once per app."""
 
 from __future__ import annotations
 
-from app.services.build import build_facade
-from app.services.imaging import Facade, ScopeRefused
+from dataclasses import dataclass
 
-__all__ = ["Facade", "ScopeRefused", "build_facade"]
+from app.archives.dicomweb.wado import ImageSource
+from app.federation.search import Federation
+from app.services.build import build_facade
+from app.services.directory import Directory
+from app.services.imaging import ImagingService
+from app.services.owners import StudyOwners
+from app.services.patients import PatientService
+from app.settings import Settings
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the views, the gateway and the authorization server may ask of the facade."""
+
+    settings: Settings
+    imaging: ImagingService
+    patients: PatientService
+    directory: Directory
+    owners: StudyOwners
+    image_sources: dict[str, ImageSource]
+    federation: Federation  # for operations: readiness, metrics, shutdown
+
+    def close(self) -> None:
+        self.federation.close()
+
+
+def build_services(settings: Settings) -> Services:
+    """Settings -> archives, federation and the services over them (the one place this happens)."""
+    parts = build_facade(settings)
+    return Services(
+        settings=settings,
+        imaging=ImagingService(parts),
+        patients=PatientService(settings, parts.federation),
+        directory=Directory(parts.endpoints, parts.organizations),
+        owners=StudyOwners(parts.federation, settings.gateway_owner_cache_s),
+        image_sources=parts.image_sources,
+        federation=parts.federation,
+    )

@@ -6,16 +6,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import requests
-
-from app.archives import build_archive
 from app.archives.cache import CachedArchive
-from app.archives.dicomweb.qido import DicomWebArchive, UpstreamAuth
-from app.archives.dicomweb.wado import HttpWado, ImageSource
-from app.archives.folder.archive import FolderArchive
-from app.archives.folder.wado import FolderWado
+from app.archives.dicomweb.wado import ImageSource
+from app.archives.http import UpstreamAuth, new_session
 from app.archives.metered import MeteredArchive
 from app.archives.protocol import Archive
+from app.archives.registry import ImageOptions, build_archive, image_source
 from app.core.mapping.context import TrustMapping
 from app.core.mapping.directory import endpoint_resource, organization_resource, viewer_endpoint_resource
 from app.core.mapping.tables import load_mapper
@@ -24,7 +20,7 @@ from app.federation.fanout import TrustArchive
 from app.federation.search import Federation
 from app.federation.xref import PatientXref, PixmXref, load_xref
 from app.services.imaging import Facade
-from app.settings import Settings, TrustSettings
+from app.settings import Settings
 
 
 def build_xref(settings: Settings) -> PatientXref | PixmXref:
@@ -33,7 +29,7 @@ def build_xref(settings: Settings) -> PatientXref | PixmXref:
     if index is None:
         return load_xref(settings.patient_xref, {t.id for t in settings.trusts})
     auth = index.get("auth", {"type": "none"})
-    session_auth = UpstreamAuth(auth, requests.Session(), "patient index", float(index.get("timeout_s", 5)))
+    session_auth = UpstreamAuth(auth, new_session(), "patient index", float(index.get("timeout_s", 5)))
     return PixmXref(
         index["url"],
         {t.id: t.ods_code for t in settings.trusts},
@@ -67,7 +63,9 @@ def build_facade(settings: Settings) -> Facade:
         timeout = float(trust.archive.get("timeout_s", settings.archive_timeout_s))
         breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s)
         raw = build_archive(trust, timeout)
-        source = image_source(trust, raw, timeout, settings)
+        source = image_source(
+            trust, raw, ImageOptions(timeout, settings.gateway_chunk_bytes, settings.gateway_thumbnail_px)
+        )
         if source is not None:
             sources[trust.id] = source
         archive: Archive = MeteredArchive(raw)  # inside the cache: hits are not upstream calls
@@ -93,27 +91,3 @@ def build_facade(settings: Settings) -> Facade:
             endpoints.append(viewer_endpoint_resource(t.mapping, t.settings.viewer))
     organizations = [organization_resource(t.mapping) for t in trusts]
     return Facade(settings, federation, mapper, endpoints, organizations, sources)
-
-
-def image_source(trust: TrustSettings, archive: Archive, timeout_s: float, settings: Settings) -> ImageSource | None:
-    """Where the gateway retrieves a trust's images: its DICOMweb service, its wado_url, or its folder."""
-    config = trust.archive
-    chunk, thumb = settings.gateway_chunk_bytes, settings.gateway_thumbnail_px
-    if isinstance(archive, FolderArchive):
-        return FolderWado(archive, chunk, thumb)
-    if isinstance(archive, DicomWebArchive):
-        return HttpWado(
-            trust.id, config.get("wado_url") or config["url"], archive.session, archive.auth, timeout_s, chunk, thumb
-        )
-    if config.get("wado_url"):
-        session = requests.Session()
-        return HttpWado(
-            trust.id,
-            config["wado_url"],
-            session,
-            UpstreamAuth({}, session, trust.id, timeout_s),
-            timeout_s,
-            chunk,
-            thumb,
-        )
-    return None

@@ -23,6 +23,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import jsonschema
 import yaml
 
+from app.core import systems
+
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 CURSOR_SECRET_ENV = "FACADE_CURSOR_SECRET"
 BASE_URL_ENV = "FACADE_BASE_URL"
@@ -343,7 +345,7 @@ def _trust(doc: dict[str, Any], base_dir: Path) -> TrustSettings:
         id=doc["id"],
         name=doc["name"],
         ods_code=doc["ods_code"],
-        accession_system=doc.get("accession_system") or f"https://fhir.nhs.uk/{doc['ods_code']}/Id/accession-number",
+        accession_system=doc.get("accession_system") or systems.accession_number(doc["ods_code"]),
         wado_url=doc.get("wado_url"),
         archive=archive,
         nhs_number=NhsNumberRule(rule["match"], rule.get("issuer", "NHS" if rule["match"] == "patient_id" else None)),

@@ -20,7 +20,8 @@ from typing import Any, TextIO
 
 import orjson
 
-from app.core.mapping.patient import is_nhs_number
+from app.core.identity import is_nhs_number
+from app.core.instants import utc_instant
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -74,9 +75,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            "time": utc_instant(datetime.fromtimestamp(record.created, timezone.utc)),
             "level": record.levelname,
             "logger": record.name,
             "message": redact(record.getMessage()),

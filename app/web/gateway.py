@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, g, request
 
 from app.archives.dicomweb.wado import (
     RENDER_PARAMETERS,
@@ -35,54 +32,19 @@ from app.archives.dicomweb.wado import (
     parse_target,
 )
 from app.audit.events import AuditRecord, build_events
-from app.auth.protect import Access, Forbidden
-from app.core.errors import FhirError, InvalidRequest, NotAcceptable, NotFound, UpstreamFailure
+from app.audit.store import AuditStore
+from app.auth.protect import Access
+from app.core.compartment import Compartment
+from app.core.errors import FhirError, Forbidden, InvalidRequest, NotAcceptable, NotFound, UpstreamFailure
 from app.ops import limit_authenticated
-from app.services import Facade
 from app.telemetry.logs import request_id
+from app.web.components import components
 
 log = logging.getLogger(__name__)
 bp = Blueprint("dicomweb", __name__)
 
 _HEADER_VALUE = re.compile(r"\A[\x20-\x7e]{1,1024}\Z")
 _TRICKS = ("%2f", "%5c", "%2e", "%00", "\\", "/./", "/../", "//")
-
-
-class OwnerCache:
-    """(trust, study UID) -> the NHS numbers its archive files it under, for `ttl_s` seconds.
-
-    A viewer asks for one study's frames many times a second: the owner is asked of the archive once,
-    then reused briefly. Only successful answers are kept; the size is bounded.
-    """
-
-    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
-        self.ttl_s = ttl_s
-        self.max_entries = max_entries
-        self._entries: dict[tuple[str, str], tuple[float, tuple[str | None, ...]]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, str]) -> tuple[str | None, ...] | None:
-        with self._lock:
-            found = self._entries.get(key)
-            if found is None or found[0] < time.monotonic():
-                self._entries.pop(key, None)
-                return None
-            return found[1]
-
-    def put(self, key: tuple[str, str], owners: tuple[str | None, ...]) -> None:
-        if self.ttl_s <= 0:
-            return
-        with self._lock:
-            if len(self._entries) >= self.max_entries:
-                now = time.monotonic()
-                self._entries = {k: v for k, v in self._entries.items() if v[0] >= now}
-                if len(self._entries) >= self.max_entries:
-                    self._entries.clear()
-            self._entries[key] = (time.monotonic() + self.ttl_s, owners)
-
-
-def _facade() -> Facade:
-    return current_app.extensions["facade"]  # type: ignore[no-any-return]
 
 
 def _header(name: str) -> str | None:
@@ -125,7 +87,7 @@ class RetrievalAudit:
     """The AuditEvents of one retrieval: who asks (once the token is known), for which study and
     patients (once checked). Captured from the request, so the streamed body can write one too."""
 
-    store: Any
+    store: AuditStore
     observer: str
     address: str | None
     detail: str
@@ -153,12 +115,10 @@ class RetrievalAudit:
 
 @bp.route("/dicomweb/<path:rest>", methods=["GET"], merge_slashes=False)
 def retrieve(rest: str) -> Response:
-    facade = _facade()
-    audit = RetrievalAudit(
-        current_app.extensions["audit"], facade.settings.base_url, request.remote_addr, f"WADO-RS {request.path}"
-    )
+    app = components()
+    audit = RetrievalAudit(app.audit, app.settings.base_url, request.remote_addr, f"WADO-RS {request.path}")
     try:
-        access = audit.access = current_app.extensions["protector"].authenticate(request.headers.get("Authorization"))
+        access = audit.access = app.protector.authenticate(request.headers.get("Authorization"))
         g.access = access
         limit_authenticated()  # the client's rate limit (app.ops), as for the FHIR API
         decision = access.require("ImagingStudy", "r")
@@ -171,7 +131,7 @@ def retrieve(rest: str) -> Response:
             )
         _check_raw_path()
         trust_id, _, path = rest.partition("/")
-        if facade.settings.trust(trust_id) is None:
+        if app.settings.trust(trust_id) is None:
             raise NotFound(f"there is no trust {trust_id[:40]!r} on this gateway")
         try:
             target = parse_target(path.split("/"))
@@ -179,16 +139,12 @@ def retrieve(rest: str) -> Response:
             raise InvalidRequest(str(exc)) from None
         params = _params(target.resource)
         accept, accept_encoding = _header("Accept"), _header("Accept-Encoding")
-        source = facade.image_sources.get(trust_id)
+        source = app.services.image_sources.get(trust_id)
         if source is None:
             raise UpstreamFailure(501, f"trust {trust_id} offers no image retrieval through this gateway")
         audit.study = target.study
-        owners = facade.study_owners(trust_id, target.study, current_app.extensions["owner_cache"])
-        patient = decision.compartment_patient
-        if not owners or (patient is not None and any(o != patient for o in owners)):
-            # Another patient's study and no study at all look the same: nothing about it is revealed.
-            raise NotFound(f"study {target.study} is not held by trust {trust_id}")
-        audit.patients = tuple(sorted({o for o in owners if o}))
+        compartment = Compartment.of(decision, access.realm)
+        audit.patients = app.services.owners.check(trust_id, target.study, compartment)
         retrieval = source.retrieve(target, accept, accept_encoding, params, request_id())
     except RetrievalError as exc:
         if exc.status >= 500:
@@ -232,8 +188,3 @@ def _relay(retrieval: Retrieval, audit: RetrievalAudit) -> Response:
             retrieval.close()
 
     return Response(body(), status=retrieval.status, headers=headers, direct_passthrough=True)
-
-
-def init_gateway(app: Any, ttl_s: float) -> None:
-    app.extensions["owner_cache"] = OwnerCache(ttl_s)
-    app.register_blueprint(bp)

@@ -20,9 +20,9 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 import requests
 
-from app.archives.dicomweb.qido import ArchiveRetryLater, DicomWebArchive
+from app.archives.dicomweb.qido import DicomWebArchive
 from app.archives.folder.archive import FolderArchive
-from app.archives.protocol import ArchiveError, Found
+from app.archives.protocol import ArchiveError, ArchiveRetryLater, Found
 from app.core.dicom_json import Dataset
 from app.core.query import NameQuery, PatientKey, StudyQuery
 from tests.infra import free_port
@@ -432,12 +432,12 @@ def test_fault_table(
             assert raised.value.archive == TRUST
             assert raised.value.reason == f"HTTP {params['code']}, retry after {expect[1]:g} s"
         else:
-            with pytest.raises(ArchiveError) as raised:
+            with pytest.raises(ArchiveError) as failed:
                 archive.find_studies(key(busy_patient))
-            assert not isinstance(raised.value, ArchiveRetryLater)
-            assert raised.value.archive == TRUST
-            assert raised.value.reason.startswith(expect), raised.value.reason
-            assert busy_patient not in raised.value.reason  # reasons are patient-free
+            assert not isinstance(failed.value, ArchiveRetryLater)
+            assert failed.value.archive == TRUST
+            assert failed.value.reason.startswith(expect), failed.value.reason
+            assert busy_patient not in failed.value.reason  # reasons are patient-free
     finally:
         elapsed = time.monotonic() - began
         archive.close()
@@ -523,7 +523,7 @@ def _ascii_family(folder: FolderArchive) -> str:
     """An ASCII family name held at this trust (Orthanc 1.10 cannot match non-ASCII QIDO values)."""
     names = sorted(
         {
-            s["00100010"]["Value"][0]["Alphabetic"]
+            str(s["00100010"]["Value"][0]["Alphabetic"])
             for s in folder.find_studies(StudyQuery(date_from="19000101")).datasets
         }
     )

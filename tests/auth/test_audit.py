@@ -34,6 +34,7 @@ from smart_support import (
 )
 
 from app.audit.events import AuditRecord, build_events
+from app.web.components import components
 
 try:
     from fhir_validation import validate_resource
@@ -347,7 +348,7 @@ def test_audit_search_date_malformed_is_400(api: Any, auditor: str) -> None:
 def test_audit_search_total_counts_every_match(api: Any, smart_app: Any, auditor: str) -> None:
     """More than 1,000 events for one client: total and paging must still cover all of them."""
     client = new_client()
-    store = smart_app.extensions["audit"]
+    store = components(smart_app).audit
     record = AuditRecord(
         interaction="read",
         resource_type="Patient",

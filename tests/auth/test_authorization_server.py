@@ -54,8 +54,9 @@ import app.auth.server.store as store_module
 from app import create_app
 from app.auth.server.clients import hash_secret
 from app.auth.server.grants import BACKEND_TOKEN_TTL_S, CODE_TTL_S
-from app.core.mapping.patient import nhs_number_problem
+from app.core.identity import nhs_number_problem
 from app.settings import BASE_URL_ENV, CURSOR_SECRET_ENV, settings_from_document
+from app.web.components import components
 
 ROOT = Path(__file__).resolve().parents[2]
 PORTAL_KEY_FILE = ROOT / "config" / "demo-keys" / "portal.private.jwk.json"
@@ -885,7 +886,7 @@ def test_introspect_bad_token_inactive_200(http: Any, token: str) -> None:
 
 
 def test_introspect_expired_token_inactive(server_app: Any, http: Any) -> None:
-    server = server_app.extensions["smart_server"]
+    server = components(server_app).auth_server
     token = server.issuer._sign(
         {
             "iss": FHIR_BASE,

@@ -44,6 +44,8 @@ from smart_support import (
     subject_of,
 )
 
+from app.web.components import components
+
 STUDY_A = sorted(STUDIES_A)[0]
 STUDY_B = sorted(STUDIES_B)[0]
 UNKNOWN_STUDY = "2.25.123456789012345678901234567890"
@@ -178,8 +180,8 @@ def test_scope_matrix_route_by_grant(api: Any, mint: Callable[..., str], route: 
 def archive_calls(smart_app: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """Records every call into the federation (the archives) and the audit store's search."""
     calls: list[str] = []
-    federation = smart_app.extensions["facade"].federation
-    store = smart_app.extensions["audit"]
+    federation = components(smart_app).services.federation
+    store = components(smart_app).audit
     for owner, name in ((federation, "search"), (federation, "patient"), (store, "search")):
         original = getattr(owner, name)
 

@@ -28,8 +28,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # `import app` wherever pytest is started from
     sys.path.insert(0, str(ROOT))
 
+from app.core.identity import is_nhs_number  # noqa: E402
 from tools.demo import generate as generator  # noqa: E402
-from tools.demo.generate import TRUSTS, ensure_demo_data, generate, is_valid_nhs_number  # noqa: E402
+from tools.demo.generate import TRUSTS, ensure_demo_data, generate  # noqa: E402
 
 # Written out in full rather than taken from pydicom, so a wrong constant name is caught.
 EXPECTED_SOP_CLASS = {
@@ -220,7 +221,7 @@ def test_exactly_one_patient_of_sex_other(manifest: dict[str, Any], facts: dict[
 )
 def test_mod11_reference_cases(number: str, valid: bool) -> None:
     assert mod11_ok(number) is valid
-    assert is_valid_nhs_number(number) is valid
+    assert is_nhs_number(number) is valid
 
 
 def test_every_nhs_number_passes_modulus_11_and_is_in_the_test_range(

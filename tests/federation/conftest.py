@@ -143,7 +143,7 @@ def build_facade(
 
     yield build
     for found in built:
-        federation = found.facade.federation
+        federation = found.services.federation
         # Let late archive calls (a hang cut by the deadline) finish before the next test counts requests.
         for trust in federation.trusts:
             trust.pool.shutdown(wait=True)

@@ -17,7 +17,8 @@ except ImportError:  # pragma: no cover - tests/ turned into a package
     from tests.fhir_validation import validate_resource  # type: ignore[no-redef]
     from tests.smart_tokens import system_token  # type: ignore[no-redef]
 
-from app.services import Facade
+from app.services import Services
+from app.web.components import components
 from tests.infra.faultproxy import FaultProxy
 from tests.infra.orthanc import OrthancServer
 
@@ -73,8 +74,8 @@ class Federated:
     names: dict[str, str] = field(default_factory=dict)
 
     @property
-    def facade(self) -> Facade:
-        return self.app.extensions["facade"]
+    def services(self) -> Services:
+        return components(self.app).services
 
     def search(self, *pairs: tuple[str, str], status: int = 200, **params: str) -> dict[str, Any]:
         query = [*pairs, *params.items()]

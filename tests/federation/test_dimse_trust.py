@@ -14,6 +14,7 @@ import pytest
 
 from app import create_app
 from app.settings import settings_from_document
+from app.web.components import components
 from tests.infra.dcmqrscp import DcmqrscpServer
 
 try:
@@ -56,7 +57,7 @@ def mixed_app(
             }
     app = create_app(settings_from_document(doc, demo_data, "tests/dimse"))
     yield app
-    app.extensions["facade"].federation.close()
+    components(app).services.close()
 
 
 def _patient_with_most_studies_at(manifest: dict[str, Any], trust: str) -> dict[str, Any]:

@@ -592,7 +592,7 @@ def test_cache_ttl_reuses_answers(build_facade: BuildFacade, multi: dict[str, An
 def test_cache_off_by_default(build_facade: BuildFacade, multi: dict[str, Any]) -> None:
     federation = {k: v for k, v in FEDERATION.items() if k != "cache_ttl_s"}
     federated = build_facade(federation=federation)
-    assert federated.facade.settings.cache_ttl_s == 0
+    assert federated.services.settings.cache_ttl_s == 0
     nhs = multi["nhs_number"]
     first = federated.patient_search(nhs)
     federated.clear_requests()
@@ -635,7 +635,7 @@ def test_merge_order_is_deterministic(
 
 
 def _breaker_of(federated: Federated, trust_id: str) -> Any:
-    return next(t.breaker for t in federated.facade.federation.trusts if t.settings.id == trust_id)
+    return next(t.breaker for t in federated.services.federation.trusts if t.settings.id == trust_id)
 
 
 def test_timed_out_search_counts_one_failure(

@@ -20,8 +20,9 @@ from zoneinfo import ZoneInfo
 import pydicom
 import pytest
 
+from app.core.identity import is_nhs_number
 from tests.federation.support import endpoint_trusts
-from tools.demo.generate import SPECIALTY_MODALITIES, is_valid_nhs_number
+from tools.demo.generate import SPECIALTY_MODALITIES
 
 BASE_URL = "http://127.0.0.1:8080/fhir"
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
@@ -111,7 +112,7 @@ class Demo:
 
     def unknown_nhs_number(self) -> str:
         known = {p["nhs_number"] for p in self.manifest["patients"]}
-        return next(n for n in (f"943476{i:04d}" for i in range(10_000)) if is_valid_nhs_number(n) and n not in known)
+        return next(n for n in (f"943476{i:04d}" for i in range(10_000)) if is_nhs_number(n) and n not in known)
 
     def disk(self, uid: str) -> DiskStudy:
         return disk_study(self.data, uid)

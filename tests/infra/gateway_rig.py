@@ -23,6 +23,7 @@ import yaml
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
+from app.web.components import components
 from tests.infra import InfraError, free_port, stop_process_group
 from tests.infra.orthanc import OrthancServer
 
@@ -168,7 +169,7 @@ class GatewayRig:
         from app import create_app
 
         app = create_app(config)
-        server = app.extensions["smart_server"]
+        server = components(app).auth_server
         token = server.issuer("client_credentials", server.clients["bench"], None, "system/*.rs")["access_token"]
         self.headers = {"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"}
 

@@ -10,12 +10,11 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset as PydicomDataset
 from pydicom.tag import Tag
 
+from app.core.identity import is_nhs_number, nhs_number_problem
 from app.core.mapping.patient import (
     NHS_NUMBER_SYSTEM,
-    is_nhs_number,
     local_patient_key,
     nhs_number_of,
-    nhs_number_problem,
     patient_resource,
     subject_reference,
 )

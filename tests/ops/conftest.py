@@ -19,7 +19,9 @@ import requests
 from flask import Flask
 
 from app import create_app
+from app.ops import ops
 from app.settings import BASE_URL_ENV, CURSOR_SECRET_ENV, settings_from_document
+from app.web.components import components
 from tests.infra.faultproxy import FaultProxy
 from tests.infra.orthanc import OrthancServer
 from tests.ops.support import TRUSTS, BuildApp
@@ -115,9 +117,9 @@ def build_app(ops_document: dict[str, Any], demo_data: Path) -> Iterator[BuildAp
     yield build
     logging.getLogger().setLevel(saved_level)
     for app in built:
-        federation = app.extensions["facade"].federation
+        federation = components(app).services.federation
         for trust in federation.trusts:
             trust.pool.shutdown(wait=True)
         federation.close()
-        app.extensions["ops"].readiness.close()
-        app.extensions["audit"].close()
+        ops(app).readiness.close()
+        components(app).audit.close()

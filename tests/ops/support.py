@@ -8,6 +8,7 @@ from typing import Any
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.web.components import components
 from tests.infra.faultproxy import FaultProxy
 
 try:  # pytest "prepend" import mode puts tests/ on sys.path
@@ -28,7 +29,7 @@ def dicomweb(proxy: FaultProxy, **extra: Any) -> dict[str, Any]:
 def bearer(app: Flask, scope: str = "system/*.rs", client: str = "portal") -> dict[str, str]:
     if client == "portal":
         return {"Authorization": f"Bearer {system_token(app, scope)}"}
-    server = app.extensions["smart_server"]
+    server = components(app).auth_server
     token = server.issuer("client_credentials", server.clients[client], None, scope)["access_token"]
     return {"Authorization": f"Bearer {token}"}
 

@@ -22,6 +22,7 @@ import yaml
 
 from app import create_app
 from app.settings import BASE_URL_ENV, CURSOR_SECRET_ENV, settings_from_document
+from app.web.components import components
 from tests.infra import free_port
 from tests.ops.support import NHS, bearer, sample, scrape
 
@@ -76,8 +77,8 @@ def server(ops_document: dict[str, Any], demo_data: Path, tmp_path: Path) -> Ite
             time.sleep(0.3)
         yield found
     finally:
-        minting.extensions["facade"].federation.close()
-        minting.extensions["audit"].close()
+        components(minting).services.close()
+        components(minting).audit.close()
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
             try:

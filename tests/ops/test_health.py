@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from app.web.components import components
 from tests.infra.dcmqrscp import DcmqrscpServer
 from tests.infra.faultproxy import FaultProxy
 from tests.ops.support import NHS, bearer, dicomweb
@@ -158,7 +159,7 @@ def test_readyz_probe_is_one_harmless_qido_request_cached(build_app, proxy: Faul
 
 def test_readyz_audit_store_not_writable_is_503(build_app):
     app = build_app()
-    app.extensions["audit"].close()  # an audit store that can no longer commit an event
+    components(app).audit.close()  # an audit store that can no longer commit an event
     status, report = _readyz(app)
     assert status == 503
     assert report["audit_store"] == "not writable"

@@ -21,6 +21,7 @@ from werkzeug.serving import make_server
 from app import create_app
 from app.settings import settings_from_document
 from app.telemetry.logs import JsonFormatter, redact
+from app.web.components import components
 from tests.infra.faultproxy import FaultProxy
 from tests.ops.support import NHS, bearer, dicomweb
 
@@ -132,8 +133,8 @@ def test_request_id_sent_to_the_pixm_service(app, config_document, ops_document,
             try:
                 response = _search(facade, patient["nhs_number"], **{"X-Request-ID": "pix-lookup-3"})
             finally:
-                facade.extensions["facade"].federation.close()
-                facade.extensions["audit"].close()
+                components(facade).services.close()
+                components(facade).audit.close()
     finally:
         served.shutdown()
     assert response.status_code == 200

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from app.web.components import components
 from tests.infra.faultproxy import FaultProxy
 from tests.ops.support import NHS, Samples, bearer, dicomweb, sample, scrape
 
@@ -112,7 +113,7 @@ def test_metrics_archive_latency_and_errors_per_archive(build_app, proxy: FaultP
         for i in e["resource"]["issue"]
     )
     # The answer may leave as soon as one of Bolton's two requests fails: wait for the other one.
-    for trust in app.extensions["facade"].federation.trusts:
+    for trust in components(app).services.federation.trusts:
         trust.pool.shutdown(wait=True)
     after = _metrics(app)
     for operation in ("find_studies", "find_series"):

@@ -50,6 +50,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
 
+from app.core.identity import nhs_check_digit
+
 DEFAULT_SEED = 20261127
 NHS_NUMBER_OID = "2.16.840.1.113883.2.1.4.1"
 MANIFEST_NAME = "manifest.json"
@@ -847,21 +849,6 @@ def _uid(seed: int, key: str) -> str:
     """A stable 2.25 UID: a version-4-shaped UUID taken from a hash of seed and key."""
     digest = hashlib.sha256(f"gm-demo|{seed}|{key}".encode()).digest()
     return f"2.25.{uuid.UUID(bytes=digest[:16], version=4).int}"
-
-
-def nhs_check_digit(first_nine: str) -> int | None:
-    """Modulus 11 check digit for 9 digits; None when the result is 10 (invalid)."""
-    total = sum(int(d) * w for d, w in zip(first_nine, range(10, 1, -1), strict=True))
-    check = 11 - total % 11
-    if check == 11:
-        return 0
-    return None if check == 10 else check
-
-
-def is_valid_nhs_number(value: str) -> bool:
-    if len(value) != 10 or not value.isdigit():
-        return False
-    return nhs_check_digit(value[:9]) == int(value[9])
 
 
 def _new_nhs_number(rng: random.Random, used: set[str]) -> str:

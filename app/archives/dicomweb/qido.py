@@ -7,97 +7,35 @@ Retry-After, malformed JSON, a wrong content type, a Warning 299 header, results
 
 Query strings are built here, not by requests: values are already validated plain keys, and some
 archives (Orthanc 1.10's plugin) do not decode percent-encoding, so only characters that must be
-escaped are.
+escaped are. `probe_dicomweb` is the archive's readiness probe (app.archives.registry).
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 from urllib.parse import quote
 
 import orjson
 import requests
-from requests.adapters import HTTPAdapter
 
 from app.archives import attributes, budget
-from app.archives.protocol import ArchiveError, Found
+from app.archives.http import UpstreamAuth, failure_reason, new_session, retry_after_seconds
+from app.archives.protocol import Archive, ArchiveError, ArchiveRetryLater, Capabilities, Found, Probe
+from app.core import dicom_json as dj
 from app.core.dicom_json import Dataset
 from app.core.query import StudyQuery, pn_pattern
-from app.settings import config_secret
 from app.telemetry.logs import upstream_headers
 
 _SAFE = "-._~:^,"  # left unescaped in values (RFC 3986 unreserved plus what QIDO needs verbatim)
 _JSON_TYPES = ("application/dicom+json", "application/json")
 MAX_PAGES = 20
-
-
-class ArchiveRetryLater(ArchiveError):
-    """The archive asked us to come back later (429/503 with Retry-After)."""
-
-    def __init__(self, archive: str, reason: str, retry_after_s: float) -> None:
-        super().__init__(archive, reason)
-        self.retry_after_s = retry_after_s
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """A Retry-After header given in seconds (None when absent or an HTTP date)."""
-    if value and value.strip().isdigit():
-        return float(value.strip())
-    return None
-
-
-class UpstreamAuth:
-    """Upstream credentials: none, basic, bearer, or OAuth 2.0 client credentials (token cached)."""
-
-    def __init__(self, config: dict[str, Any], session: requests.Session, name: str, timeout_s: float) -> None:
-        self.kind = config.get("type", "none")
-        self.config = config
-        self.session = session
-        self.name = name
-        self.timeout_s = timeout_s
-        self._token: str | None = None
-        self._expires = 0.0
-        self._lock = threading.Lock()
-
-    def headers(self) -> dict[str, str]:
-        if self.kind == "bearer":
-            return {"Authorization": f"Bearer {config_secret(self.config, 'token')}"}
-        if self.kind == "oauth2":
-            return {"Authorization": f"Bearer {self._client_credentials_token()}"}
-        return {}
-
-    def basic(self) -> tuple[str, str] | None:
-        if self.kind == "basic":
-            return (self.config["username"], config_secret(self.config, "password"))
-        return None
-
-    def _client_credentials_token(self) -> str:
-        with self._lock:
-            if self._token and time.monotonic() < self._expires - 30:
-                return self._token
-            data = {"grant_type": "client_credentials", "scope": self.config.get("scope", "")}
-            try:
-                response = self.session.post(
-                    self.config["token_url"],
-                    data=data,
-                    timeout=self.timeout_s,
-                    auth=(self.config["client_id"], config_secret(self.config, "client_secret")),
-                )
-                response.raise_for_status()
-                body = response.json()
-                self._token = str(body["access_token"])
-                self._expires = time.monotonic() + float(body.get("expires_in", 300))
-            except (requests.RequestException, ValueError, KeyError):
-                raise ArchiveError(self.name, "could not obtain an upstream access token") from None
-            return self._token
+PROBE_STUDY_UID = "2.25.0"  # a syntactically valid UID under the UUID root that no study has
 
 
 class DicomWebArchive:
     """An Archive over QIDO-RS. `url` is the DICOMweb base (…/dicom-web)."""
 
-    series_by_patient = True  # /series?PatientID= needs no study UIDs: it can go out with /studies
+    capabilities = Capabilities(series_by_patient=True)  # /series?PatientID= needs no study UIDs
 
     def __init__(
         self,
@@ -112,18 +50,13 @@ class DicomWebArchive:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self.page_size = page_size
-        self.session = requests.Session()
-        self.session.mount("http://", HTTPAdapter(pool_connections=4, pool_maxsize=16))
-        self.session.mount("https://", HTTPAdapter(pool_connections=4, pool_maxsize=16))
-        tls = tls or {}
-        if tls.get("ca_bundle"):
-            self.session.verify = tls["ca_bundle"]
-        elif tls.get("verify") is False:
-            self.session.verify = False
-        if tls.get("client_cert"):
-            self.session.cert = (tls["client_cert"], tls["client_key"]) if tls.get("client_key") else tls["client_cert"]
+        self.session = new_session(tls)
         self.auth = UpstreamAuth(auth or {}, self.session, name, timeout_s)
         self.requests_made = 0  # upstream requests, for P7 and the metrics
+
+    @property
+    def adapter(self) -> Archive:
+        return self
 
     # -- query building --------------------------------------------------------------------
     @staticmethod
@@ -166,16 +99,8 @@ class DicomWebArchive:
                 headers={"Accept": "application/dicom+json", **self.auth.headers(), **upstream_headers()},
                 auth=self.auth.basic(),
             )
-        except requests.exceptions.SSLError:
-            raise ArchiveError(self.name, "TLS failure") from None
-        except requests.exceptions.ConnectTimeout:
-            raise ArchiveError(self.name, f"connection timed out after {self.timeout_s:g} s") from None
-        except requests.exceptions.ReadTimeout:
-            raise ArchiveError(self.name, f"no answer within {self.timeout_s:g} s") from None
-        except requests.exceptions.ConnectionError:
-            raise ArchiveError(self.name, "connection refused or reset") from None
-        except requests.RequestException:
-            raise ArchiveError(self.name, "request failed") from None
+        except requests.RequestException as exc:
+            raise ArchiveError(self.name, failure_reason(exc, self.timeout_s)) from None
         return self._read(response)
 
     def _read(self, response: requests.Response) -> tuple[list[Dataset], str | None]:
@@ -233,7 +158,13 @@ class DicomWebArchive:
             else ("instances", "SOPInstanceUID", query.sop_instance_uid)
         )
         holders = self._search(level, [*keys, (key, value or "")], ("StudyInstanceUID",))
-        uids = sorted({str(d["0020000D"]["Value"][0]) for d in holders.datasets if d.get("0020000D", {}).get("Value")})
+        uids = sorted(
+            {
+                str(d[dj.STUDY_INSTANCE_UID]["Value"][0])
+                for d in holders.datasets
+                if d.get(dj.STUDY_INSTANCE_UID, {}).get("Value")
+            }
+        )
         if not uids:
             return Found([], holders.incomplete)
         by_uid = [k for k in keys if k[0] != "StudyInstanceUID"] + [("StudyInstanceUID", ",".join(uids))]
@@ -255,3 +186,23 @@ class DicomWebArchive:
 
     def close(self) -> None:
         self.session.close()
+
+
+def probe_dicomweb(archive: DicomWebArchive, timeout_s: float) -> Probe:
+    """One harmless QIDO-RS request with the archive's own session and credentials: an exact study
+    UID that matches nothing (never a wildcard), at most one result."""
+    url = f"{archive.url}/studies?StudyInstanceUID={PROBE_STUDY_UID}&limit=1"
+    try:
+        response = archive.session.get(
+            url,
+            timeout=timeout_s,
+            auth=archive.auth.basic(),
+            headers={"Accept": "application/dicom+json", **archive.auth.headers()},
+        )
+    except requests.RequestException as exc:
+        return Probe(False, failure_reason(exc, timeout_s))
+    except Exception:  # e.g. no upstream access token (ArchiveError), a malformed URL
+        return Probe(False, "request failed")
+    if response.status_code in (200, 204):
+        return Probe(True)
+    return Probe(False, f"HTTP {response.status_code}")

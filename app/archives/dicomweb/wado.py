@@ -18,8 +18,8 @@ from typing import Any, Protocol
 import requests
 import urllib3
 
-from app.archives.dicomweb.qido import UpstreamAuth, retry_after_seconds
-from app.core.dicom_json import UID_PATTERN
+from app.archives.http import UpstreamAuth, failure_reason, retry_after_seconds
+from app.core import dicom_json as dj
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,6 @@ _RELAYED_HEADERS = ("Content-Type", "Content-Length", "Content-Encoding")
 
 class BadTarget(ValueError):
     """The path does not name a WADO-RS resource (400)."""
-
-
-def is_uid(value: str) -> bool:
-    return 0 < len(value) <= 64 and UID_PATTERN.match(value) is not None
 
 
 @dataclass(frozen=True)
@@ -96,7 +92,7 @@ def parse_target(segments: list[str]) -> WadoTarget:
         if segment == "frames":
             if not _FRAMES.match(value):
                 raise BadTarget("frame numbers are a comma-separated list of positive integers (at most 100)")
-        elif not is_uid(value):
+        elif not dj.is_uid(value):
             raise BadTarget(f"{value[:80]!r} is not a DICOM UID (digits and dots, at most 64 characters)")
         values[segment] = value
         position += 1
@@ -209,12 +205,10 @@ class HttpWado:
             response = self.session.get(
                 url, headers=headers, auth=self.auth.basic(), stream=True, timeout=(self.timeout_s, self.timeout_s)
             )
-        except requests.exceptions.SSLError:
-            raise RetrievalError(self.name, 502, "TLS failure") from None
-        except requests.exceptions.Timeout:
-            raise RetrievalError(self.name, 504, f"no answer within {self.timeout_s:g} s") from None
-        except requests.RequestException:
-            raise RetrievalError(self.name, 502, "connection refused or reset") from None
+        except requests.RequestException as exc:
+            # A timeout is the gateway's 504 (Gateway Timeout); any other failure to reach the archive a 502.
+            status = 504 if isinstance(exc, requests.exceptions.Timeout) else 502
+            raise RetrievalError(self.name, status, failure_reason(exc, self.timeout_s)) from None
         status = response.status_code
         if status not in (200, 206):
             response.close()

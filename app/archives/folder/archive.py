@@ -16,14 +16,23 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 
 from app.archives import attributes
-from app.archives.protocol import ArchiveError, Found
+from app.archives.protocol import Archive, ArchiveError, Capabilities, Found, Probe
+from app.core import dicom_json as dj
 from app.core.dicom_json import Dataset
 from app.core.query import NameQuery, StudyQuery
 
 log = logging.getLogger(__name__)
 
+
+def _tag(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    if tag is None:  # attributes.py names only dictionary keywords: a typo there must not pass silently
+        raise ValueError(f"attributes.py: {keyword!r} is not a DICOM keyword")
+    return tag
+
+
 _TAGS = {
-    level: tuple(tag_for_keyword(k) for k in keywords)
+    level: tuple(_tag(k) for k in keywords)
     for level, keywords in (
         ("study", attributes.STUDY),
         ("series", attributes.SERIES),
@@ -44,7 +53,7 @@ def _select(ds: pydicom.Dataset, level: str) -> Dataset:
 
 def _name_matches(study: Dataset, wanted: NameQuery) -> bool:
     """DICOM PN wildcard matching of `Family*` / `Family^Given*`, case-insensitive as QIDO archives do."""
-    value = (study.get("00100010", {}).get("Value") or [{}])[0]
+    value = (study.get(dj.PATIENT_NAME, {}).get("Value") or [{}])[0]
     alphabetic = value.get("Alphabetic", "") if isinstance(value, dict) else str(value)
     family, _, rest = alphabetic.partition("^")
     given = rest.split("^", 1)[0]
@@ -69,7 +78,7 @@ class StoredFile(NamedTuple):
 class FolderArchive:
     """An Archive over `path/**/*.dcm`; the index is read once and is immutable afterwards."""
 
-    series_by_patient = True
+    capabilities = Capabilities(series_by_patient=True)  # the index answers a patient's series directly
 
     def __init__(self, name: str, path: Path) -> None:
         self.name = name
@@ -80,6 +89,10 @@ class FolderArchive:
         # study UID -> series UID -> its files, for image retrieval (folder_wado.py)
         self.files: dict[str, dict[str, list[StoredFile]]] = defaultdict(lambda: defaultdict(list))
         self._index()
+
+    @property
+    def adapter(self) -> Archive:
+        return self
 
     def _index(self) -> None:
         if not self.path.is_dir():
@@ -111,34 +124,34 @@ class FolderArchive:
         total = 0
         for uid in series_uids:
             count = len(self._instances[uid])
-            self._series[uid]["00201209"] = {"vr": "IS", "Value": [count]}
+            self._series[uid][dj.NUMBER_OF_SERIES_RELATED_INSTANCES] = {"vr": "IS", "Value": [count]}
             total += count
-            modality = _first(self._series[uid], "00080060")
+            modality = _first(self._series[uid], dj.MODALITY)
             if modality and modality not in modalities:
                 modalities.append(modality)
-        study["00080061"] = {"vr": "CS", "Value": modalities}
-        study["00201206"] = {"vr": "IS", "Value": [len(series_uids)]}
-        study["00201208"] = {"vr": "IS", "Value": [total]}
+        study[dj.MODALITIES_IN_STUDY] = {"vr": "CS", "Value": modalities}
+        study[dj.NUMBER_OF_STUDY_RELATED_SERIES] = {"vr": "IS", "Value": [len(series_uids)]}
+        study[dj.NUMBER_OF_STUDY_RELATED_INSTANCES] = {"vr": "IS", "Value": [total]}
 
     # -- matching -------------------------------------------------------------------------
     def _matches(self, study: Dataset, query: StudyQuery, study_uid: str) -> bool:
         if query.patient is not None:
-            if _first(study, "00100020") != query.patient.patient_id:
+            if _first(study, dj.PATIENT_ID) != query.patient.patient_id:
                 return False
-            if query.patient.issuer is not None and _first(study, "00100021") != query.patient.issuer:
+            if query.patient.issuer is not None and _first(study, dj.ISSUER_OF_PATIENT_ID) != query.patient.issuer:
                 return False
         if query.study_uids and study_uid not in query.study_uids:
             return False
-        if query.accession_number is not None and _first(study, "00080050") != query.accession_number:
+        if query.accession_number is not None and _first(study, dj.ACCESSION_NUMBER) != query.accession_number:
             return False
         if query.patient_name is not None and not _name_matches(study, query.patient_name):
             return False
         if query.modalities:
-            held = set(study.get("00080061", {}).get("Value") or [])
+            held = set(study.get(dj.MODALITIES_IN_STUDY, {}).get("Value") or [])
             if not held.intersection(query.modalities):
                 return False
         if query.date_from or query.date_to:
-            date = _first(study, "00080020") or ""
+            date = _first(study, dj.STUDY_DATE) or ""
             if not (len(date) == 8 and date.isdigit()):
                 return False
             if (query.date_from and date < query.date_from) or (query.date_to and date > query.date_to):
@@ -149,16 +162,16 @@ class FolderArchive:
         candidates: list[str] | Any = self._studies
         if query.series_uid is not None:
             series = self._series.get(query.series_uid)
-            candidates = [_first(series, "0020000D")] if series else []
+            candidates = [_first(series, dj.STUDY_INSTANCE_UID)] if series else []
         if query.sop_instance_uid is not None:
             candidates = [uid for uid in candidates if self._holds_instance(uid, query.sop_instance_uid)]
         return [uid for uid in candidates if uid in self._studies and self._matches(self._studies[uid], query, uid)]
 
     def _holds_instance(self, study_uid: str, sop_uid: str) -> bool:
         return any(
-            _first(i, "00080018") == sop_uid
+            _first(i, dj.SOP_INSTANCE_UID) == sop_uid
             for series_uid, series in self._series.items()
-            if _first(series, "0020000D") == study_uid
+            if _first(series, dj.STUDY_INSTANCE_UID) == study_uid
             for i in self._instances[series_uid]
         )
 
@@ -168,17 +181,22 @@ class FolderArchive:
 
     def find_series(self, query: StudyQuery, study_uids: tuple[str, ...] = ()) -> Found:
         wanted = set(self._study_uids_for(query))
-        return Found([s for s in self._series.values() if _first(s, "0020000D") in wanted])
+        return Found([s for s in self._series.values() if _first(s, dj.STUDY_INSTANCE_UID) in wanted])
 
     def find_instances(self, study_uid: str, series_uid: str | None = None) -> Found:
         return Found(
             [
                 i
                 for uid, series in self._series.items()
-                if _first(series, "0020000D") == study_uid and (series_uid is None or uid == series_uid)
+                if _first(series, dj.STUDY_INSTANCE_UID) == study_uid and (series_uid is None or uid == series_uid)
                 for i in self._instances[uid]
             ]
         )
 
     def close(self) -> None:
         """Nothing to release: the index is in memory."""
+
+
+def probe_folder(archive: FolderArchive, timeout_s: float) -> Probe:
+    """The folder is still there (the index was read at start-up; `timeout_s` is not needed)."""
+    return Probe(True) if archive.path.is_dir() else Probe(False, "folder missing")

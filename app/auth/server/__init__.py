@@ -14,16 +14,19 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from authlib.integrations.flask_oauth2 import AuthorizationServer
 from flask import Flask
+from flask.sessions import SecureCookieSessionInterface
+from itsdangerous import URLSafeTimedSerializer
 from joserfc import jwt
 from joserfc.errors import JoseError
+from joserfc.jwk import Key, KeySet
 
 from app.auth.server.clients import Client, client_from_config, user_from_config
 from app.auth.server.grants import (
     AuthorizationCodeGrant,
     ClientCredentialsGrant,
     RefreshTokenGrant,
+    SmartAuthorizationServer,
     SmartClientAssertion,
     StrictCodeChallenge,
     TokenIssuer,
@@ -31,9 +34,9 @@ from app.auth.server.grants import (
 )
 from app.auth.server.keys import SigningKeys
 from app.auth.server.store import open_store
-from app.auth.tokens import AccessClaims, InvalidToken, JwksSource, JwtValidator
-from app.core.dicom_json import UID_PATTERN
-from app.core.mapping.patient import nhs_number_problem
+from app.auth.tokens import AccessClaims, InvalidToken, JwtValidator
+from app.core import dicom_json as dj
+from app.core.identity import nhs_number_problem
 from app.core.query import NameQuery
 from app.settings import Settings
 
@@ -69,6 +72,38 @@ CAPABILITIES = [
 LAUNCH_TTL_S = 300
 
 
+def _session_secret(key: Key) -> bytes:
+    """A login session secret derived from a private signing key: secret, and the same in every worker."""
+    private = json.dumps(key.as_dict(private=True), sort_keys=True).encode()
+    return hmac.new(private, b"gm-facade login sessions", hashlib.sha256).digest()
+
+
+class KeyFileSessions(SecureCookieSessionInterface):
+    """Login sessions signed with the secret of the current signing key and accepted with any published
+    key's, following the key file as tokens do. A secret fixed at start-up would differ between workers
+    started before and after a rotation (a login would fail whenever the other worker answers); this
+    way they agree within a second of it, a session begun before it goes on, and retiring a key ends
+    the sessions signed with it."""
+
+    def __init__(self, keys: SigningKeys) -> None:
+        self.keys = keys
+        self._secrets: tuple[KeySet, list[bytes]] | None = None
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer:
+        published = self.keys.key_set()
+        derived = self._secrets
+        if derived is None or derived[0] is not published:  # derived again only when the keys change
+            # itsdangerous signs with the last secret: the current key is the file's first.
+            derived = (published, [_session_secret(k) for k in reversed(published.keys)])
+            self._secrets = derived
+        return URLSafeTimedSerializer(
+            derived[1],
+            salt=self.salt,
+            serializer=self.serializer,
+            signer_kwargs={"key_derivation": self.key_derivation, "digest_method": self.digest_method},
+        )
+
+
 class EmbeddedAuthServer:
     """Clients, users, keys, state store and the authlib server, wired for one facade."""
 
@@ -93,29 +128,28 @@ class EmbeddedAuthServer:
         self.validator = JwtValidator(
             self.fhir_base,
             self.fhir_base,
-            JwksSource(keys=self.keys.public_jwks),
+            self.keys,  # the key file, reloaded when rotate-keys changes it
             is_revoked=lambda jti: self.store.get("revoked", jti) is not None,
         )
-        self.authorization = AuthorizationServer()
+        self.authorization = SmartAuthorizationServer(self.store, self.issuer)
 
     def init_app(self, app: Flask) -> None:
-        from app.auth.server.views import bp
+        from app.auth.server.views import SERVER_KEY, bp
 
         server = self.authorization
         server.init_app(app, query_client=self.query_client, save_token=lambda token, request: None)
         server.register_token_generator("default", self.issuer)
         server.register_client_auth_method("private_key_jwt", SmartClientAssertion(f"{self.root}/token", self.store))
-        for grant in (AuthorizationCodeGrant, RefreshTokenGrant):
-            grant.store = self.store
         server.register_grant(AuthorizationCodeGrant, [StrictCodeChallenge(required=True)])
         server.register_grant(RefreshTokenGrant)
         server.register_grant(ClientCredentialsGrant)
-        app.extensions["smart_server"] = self
+        app.extensions[SERVER_KEY] = self
+        app.session_interface = KeyFileSessions(self.keys)
         app.register_blueprint(bp, url_prefix="/auth")
 
     def session_secret(self) -> bytes:
-        private = json.dumps(self.keys.current.as_dict(private=True), sort_keys=True).encode()
-        return hmac.new(private, b"gm-facade login sessions", hashlib.sha256).digest()
+        """The current key's session secret (the app's secret_key; sessions follow the key file: KeyFileSessions)."""
+        return _session_secret(self.keys.current)
 
     # -- lookups used by the flows ---------------------------------------------------------
     def query_client(self, client_id: str) -> Client | None:
@@ -229,7 +263,7 @@ class EmbeddedAuthServer:
             return {"error": "invalid_request", "error_description": "unknown client_id"}
         if not isinstance(patient, str):
             return {"error": "invalid_request", "error_description": "patient must be an NHS number (a string)"}
-        if study is not None and not (isinstance(study, str) and len(study) <= 64 and UID_PATTERN.fullmatch(study)):
+        if study is not None and not (isinstance(study, str) and dj.is_uid(study)):
             return {"error": "invalid_request", "error_description": "imaging_study must be a StudyInstanceUID"}
         problem = nhs_number_problem(patient)
         if problem or self.find_patient(patient) is None:

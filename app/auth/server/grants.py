@@ -6,6 +6,10 @@
   refresh token revokes its whole family.
 - Backend services: private_key_jwt with RS384/ES384 only, iss = sub = client, aud = token URL,
   exp at most 5 minutes ahead, `jti` never seen before (shared store), key by `kid`.
+
+No state on classes or in flask.g: authlib creates a grant per request with the server it belongs to
+(`grant.server`), and the grants find their store and token issuer there, so two servers in one
+process (two apps) share nothing. The refresh family travels as an argument to the issuer.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import hashlib
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
+from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import (
     InvalidClientError,
     InvalidGrantError,
@@ -103,9 +108,28 @@ class StoredCode:
         return self.scope
 
 
-class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
+class SmartAuthorizationServer(AuthorizationServer):
+    """authlib's Flask authorization server, holding what its grants need: the state store and the
+    token issuer (registered as the default token generator)."""
+
+    def __init__(self, store: AuthStore, issuer: TokenIssuer) -> None:
+        super().__init__()
+        self.store = store
+        self.issuer = issuer
+
+
+class _OfServer:
+    """For grants: the store of the server that created this grant (authlib sets `self.server`)."""
+
+    server: Any
+
+    @property
+    def store(self) -> AuthStore:
+        return cast(SmartAuthorizationServer, self.server).store
+
+
+class AuthorizationCodeGrant(_OfServer, grants.AuthorizationCodeGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = ["none", "client_secret_basic", "client_secret_post", "private_key_jwt"]
-    store: AuthStore  # set on the class by the server builder
 
     def save_authorization_code(self, code: str, request: Any) -> None:
         grantee: Grantee = request.user
@@ -153,10 +177,9 @@ class StoredRefresh:
         return self.scope
 
 
-class RefreshTokenGrant(grants.RefreshTokenGrant):
+class RefreshTokenGrant(_OfServer, grants.RefreshTokenGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = ["none", "client_secret_basic", "client_secret_post", "private_key_jwt"]
     INCLUDE_NEW_REFRESH_TOKEN = True
-    store: AuthStore
 
     def authenticate_refresh_token(self, refresh_token: str) -> StoredRefresh | None:
         """Looked up, not yet used up: a request refused for its client or scope leaves it valid."""
@@ -172,10 +195,20 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         return StoredRefresh(**found, key=key)
 
     def authenticate_user(self, refresh_token: StoredRefresh) -> Grantee:
-        from flask import g
-
-        g.refresh_family = refresh_token.family  # the rotated token stays in its family
         return Grantee(**refresh_token.grantee)
+
+    def issue_token(self, user: Grantee, refresh_token: StoredRefresh) -> dict[str, Any]:
+        """authlib's, but the new refresh token joins the family of the one it replaces (reuse of any
+        of them revokes all)."""
+        issuer = cast(SmartAuthorizationServer, self.server).issuer
+        return issuer(
+            self.GRANT_TYPE,
+            self.request.client,
+            user,
+            self.request.payload.scope or refresh_token.get_scope(),
+            include_refresh_token=self.INCLUDE_NEW_REFRESH_TOKEN,
+            refresh_family=refresh_token.family,
+        )
 
     def revoke_old_credential(self, refresh_token: StoredRefresh) -> None:
         """Rotation: the old token is used up atomically; if another request used it first, this is
@@ -274,7 +307,10 @@ class TokenIssuer:
         scope: str | None = None,
         expires_in: int | None = None,
         include_refresh_token: bool = True,
+        refresh_family: str | None = None,
     ) -> dict[str, Any]:
+        """authlib's token generator signature; `refresh_family` (a refresh grant's) keeps the new
+        refresh token in the family of the one it replaces, else a new family starts."""
         now = int(time.time())
         scope = scope or ""
         backend = grant_type == "client_credentials"
@@ -307,7 +343,7 @@ class TokenIssuer:
         token["access_token"] = self._sign(claims, "RS384")
         wants_refresh = {"offline_access", "online_access"} & set(scope.split())
         if include_refresh_token and not backend and user is not None and wants_refresh:
-            token["refresh_token"] = self._refresh_token(client, user, scope)
+            token["refresh_token"] = self._refresh_token(client, user, scope, refresh_family)
         return token
 
     def _id_token(self, client: Client, user: Grantee, now: int) -> str:
@@ -325,11 +361,9 @@ class TokenIssuer:
             claims["nonce"] = user.nonce
         return self._sign(claims, "RS256")
 
-    def _refresh_token(self, client: Client, user: Grantee, scope: str) -> str:
-        from flask import g
-
+    def _refresh_token(self, client: Client, user: Grantee, scope: str, family: str | None) -> str:
         token = secrets.token_urlsafe(32)
-        family = getattr(g, "refresh_family", None) or secrets.token_urlsafe(12)
+        family = family or secrets.token_urlsafe(12)
         self.store.put(
             "refresh",
             _hash(token),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlencode
 
 import orjson
@@ -20,8 +20,12 @@ from flask import Blueprint, Response, current_app, redirect, render_template, r
 
 from app.auth.server.clients import check_secret
 from app.auth.server.grants import Grantee
-from app.core.mapping.patient import nhs_number_problem
+from app.core.identity import nhs_number_problem
 
+if TYPE_CHECKING:
+    from app.auth.server import EmbeddedAuthServer
+
+SERVER_KEY = "gm_imaging_facade_auth_server"
 bp = Blueprint("smart_auth", __name__, template_folder="templates")
 
 AUTH_PARAMS = (
@@ -48,8 +52,9 @@ SCOPE_WORDS = {
 VERBS = {"r": "read", "s": "search", "c": "create", "u": "update", "d": "delete"}
 
 
-def server() -> Any:
-    return current_app.extensions["smart_server"]
+def server() -> EmbeddedAuthServer:
+    """The authorization server of the app handling this request (it installs itself in init_app)."""
+    return cast("EmbeddedAuthServer", current_app.extensions[SERVER_KEY])
 
 
 def describe_scope(scope: str) -> str:

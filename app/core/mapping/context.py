@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any
 
+from app.core import systems
+
 
 @dataclass(frozen=True)
 class TrustMapping:
@@ -35,7 +37,7 @@ class TrustMapping:
             "organization_reference",
             {
                 "reference": f"Organization/{self.ods_code}",
-                "identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": self.ods_code},
+                "identifier": {"system": systems.ODS_ORGANIZATION_CODE, "value": self.ods_code},
                 "display": self.name,
             },
         )

@@ -4,25 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.core import systems
 from app.core.mapping.context import TrustMapping
-
-ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
-CONNECTION_TYPE = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
-PAYLOAD_TYPE = "http://terminology.hl7.org/CodeSystem/endpoint-payload-type"
-REQUIRES_ACCESS_TOKEN = "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token"
 
 
 def organization_resource(trust: TrustMapping) -> dict[str, Any]:
     return {
         "resourceType": "Organization",
         "id": trust.ods_code,
-        "identifier": [{"use": "official", "system": ODS_SYSTEM, "value": trust.ods_code}],
+        "identifier": [{"use": "official", "system": systems.ODS_ORGANIZATION_CODE, "value": trust.ods_code}],
         "active": True,
         "type": [
             {
                 "coding": [
                     {
-                        "system": "http://terminology.hl7.org/CodeSystem/organization-type",
+                        "system": systems.ORGANIZATION_TYPE,
                         "code": "prov",
                         "display": "Healthcare Provider",
                     }
@@ -43,18 +39,25 @@ def endpoint_resource(
     stated with the SMART Imaging Access extension. `available` False: the trust's images cannot be
     retrieved (a DIMSE-only archive without WADO-RS), and the Endpoint says so with status `off`.
     """
-    extension = [{"url": REQUIRES_ACCESS_TOKEN, "valueBoolean": True}] if requires_token else []
+    extension = [{"url": systems.SMART_REQUIRES_ACCESS_TOKEN, "valueBoolean": True}] if requires_token else []
     return {
         "resourceType": "Endpoint",
         "id": trust.endpoint_id,
         **({"extension": extension} if extension else {}),
-        "identifier": [{"system": "urn:ietf:rfc:3986", "value": address}],
+        "identifier": [{"system": systems.URI, "value": address}],
         "status": "active" if available else "off",
-        "connectionType": {"system": CONNECTION_TYPE, "code": "dicom-wado-rs", "display": "DICOM WADO-RS"},
+        "connectionType": {
+            "system": systems.ENDPOINT_CONNECTION_TYPE,
+            "code": "dicom-wado-rs",
+            "display": "DICOM WADO-RS",
+        },
         "name": f"{trust.name} imaging archive (DICOMweb WADO-RS)",
         "managingOrganization": trust.organization_reference,
         "payloadType": [
-            {"coding": [{"system": PAYLOAD_TYPE, "code": "any", "display": "Any"}], "text": "DICOM WADO-RS"}
+            {
+                "coding": [{"system": systems.ENDPOINT_PAYLOAD_TYPE, "code": "any", "display": "Any"}],
+                "text": "DICOM WADO-RS",
+            }
         ],
         "payloadMimeType": ["application/dicom"],
         "address": address,
@@ -70,14 +73,14 @@ def viewer_endpoint_resource(trust: TrustMapping, viewer: dict[str, Any]) -> dic
     return {
         "resourceType": "Endpoint",
         "id": trust.viewer_endpoint_id,
-        "identifier": [{"system": "urn:ietf:rfc:3986", "value": viewer["url_template"]}],
+        "identifier": [{"system": systems.URI, "value": viewer["url_template"]}],
         "status": "active",
-        "connectionType": {"system": CONNECTION_TYPE, "code": "ihe-iid", "display": "IHE IID"},
+        "connectionType": {"system": systems.ENDPOINT_CONNECTION_TYPE, "code": "ihe-iid", "display": "IHE IID"},
         "name": viewer.get("name") or f"{trust.name} image viewer (IHE Invoke Image Display)",
         "managingOrganization": trust.organization_reference,
         "payloadType": [
             {
-                "coding": [{"system": PAYLOAD_TYPE, "code": "none", "display": "None"}],
+                "coding": [{"system": systems.ENDPOINT_PAYLOAD_TYPE, "code": "none", "display": "None"}],
                 "text": "IHE Invoke Image Display",
             }
         ],

@@ -78,8 +78,8 @@ def _order(number_tag: str, uid_tag: str) -> Callable[[dj.Dataset], tuple[int, s
     return key
 
 
-_series_order = _order("00200011", dj.SERIES_INSTANCE_UID)
-_instance_order = _order("00200013", dj.SOP_INSTANCE_UID)
+_series_order = _order(dj.SERIES_NUMBER, dj.SERIES_INSTANCE_UID)
+_instance_order = _order(dj.INSTANCE_NUMBER, dj.SOP_INSTANCE_UID)
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class StudyMapper:
         if study_uid is None:
             ctx.report("ImagingStudy.identifier", "StudyInstanceUID is missing or not a valid UID; study left out")
             return None
-        ctx.study_offset = dj.first_text(study, "00080201")
+        ctx.study_offset = dj.first_text(study, dj.TIMEZONE_OFFSET_FROM_UTC)
         out = _apply(self.study_rows, study, ctx, {"resourceType": "ImagingStudy", "id": study_uid})
         ordered = sorted(series, key=_series_order) if len(series) > 1 else series
         mapped = [s for s in (self._series(s, instances, ctx) for s in ordered) if s]

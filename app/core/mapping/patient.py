@@ -13,26 +13,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from app.core import dicom_json as dj
+from app.core import systems
+from app.core.identity import is_nhs_number
 from app.core.mapping.dates import DateProblem, fhir_date
 
-NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
+NHS_NUMBER_SYSTEM = systems.NHS_NUMBER
 _GENDER = {"M": "male", "F": "female", "O": "other"}
-
-
-def nhs_number_problem(value: str) -> str | None:
-    """Why `value` is not an NHS number (10 digits, Modulus 11 check digit), or None if it is."""
-    if len(value) != 10 or not value.isascii() or not value.isdigit():
-        return f"{value!r} is not an NHS number: it must be exactly 10 digits"
-    total = sum(int(d) * w for d, w in zip(value[:9], range(10, 1, -1), strict=True))
-    check = 11 - total % 11
-    check = 0 if check == 11 else check
-    if check == 10 or check != int(value[9]):
-        return f"{value!r} is not an NHS number: its check digit fails the Modulus 11 test"
-    return None
-
-
-def is_nhs_number(value: str) -> bool:
-    return nhs_number_problem(value) is None
 
 
 def local_patient_key(study: dj.Dataset) -> tuple[str, str] | None:
@@ -81,6 +67,12 @@ def subject_reference(nhs_number: str | None, study: dj.Dataset, local_system: s
     if name:
         ref["display"] = dj.person_display(name)
     return ref
+
+
+def subject_number(study: dict[str, Any]) -> str | None:
+    """The NHS number an ImagingStudy's subject names (None: a trust-local identifier only)."""
+    reference = str(study.get("subject", {}).get("reference", ""))
+    return reference.removeprefix("Patient/") if reference.startswith("Patient/") else None
 
 
 def _human_name(pn: str) -> dict[str, Any]:

@@ -12,14 +12,12 @@ from functools import lru_cache
 from typing import Any
 
 from app.core import dicom_json as dj
+from app.core import systems
 from app.core.mapping.context import MappingContext
 from app.core.mapping.dates import DateProblem, fhir_datetime
 
 Transform = Callable[[dj.Dataset, tuple[str, ...], dict[str, Any], MappingContext], Any]
 
-DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
-V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
-PARTICIPATION_TYPE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 MAX_UNSIGNED = 2**31 - 1  # FHIR unsignedInt
 
 TRANSFORMS: dict[str, Transform] = {}
@@ -98,7 +96,7 @@ def date_time(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, Any], ctx: 
 @transform
 def study_uid_identifier(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, Any], ctx: MappingContext) -> Any:
     found = dj.uid(ds, tags[0])
-    return {"system": "urn:dicom:uid", "value": f"urn:oid:{found}"} if found else None
+    return {"system": systems.DICOM_UID, "value": f"{systems.OID_PREFIX}{found}"} if found else None
 
 
 @transform
@@ -110,15 +108,15 @@ def accession_identifier(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, 
         return None
     system, assigner = ctx.trust.accession_system, ctx.trust.organization_reference
     for item in dj.items(ds, tags[1]) if len(tags) > 1 else ():
-        oid = dj.first_text(item, "00400032")  # UniversalEntityID
-        local = dj.first_text(item, "00400031")  # LocalNamespaceEntityID: the issuing trust's ODS code
-        if oid and dj.first_text(item, "00400033") == "ISO" and dj.is_uid(oid):
-            system = f"urn:oid:{oid}"
+        oid = dj.first_text(item, dj.UNIVERSAL_ENTITY_ID)
+        local = dj.first_text(item, dj.LOCAL_NAMESPACE_ENTITY_ID)  # the issuing trust's ODS code
+        if oid and dj.first_text(item, dj.UNIVERSAL_ENTITY_ID_TYPE) == "ISO" and dj.is_uid(oid):
+            system = f"{systems.OID_PREFIX}{oid}"
         elif local and local in ctx.trust.issuers:
             system, assigner = ctx.trust.issuers[local]
     return {
         "use": "usual",
-        "type": {"coding": [{"system": V2_0203, "code": "ACSN", "display": "Accession ID"}]},
+        "type": {"coding": [{"system": systems.V2_0203, "code": "ACSN", "display": "Accession ID"}]},
         "system": system,
         "value": value,
         "assigner": assigner,
@@ -214,7 +212,10 @@ def person_references(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, Any
 
 def _prepare_performers(args: dict[str, Any]) -> dict[str, Any]:
     functions = [
-        {"coding": [{"system": PARTICIPATION_TYPE, "code": r["code"], "display": r["display"]}], "text": r["text"]}
+        {
+            "coding": [{"system": systems.PARTICIPATION_TYPE, "code": r["code"], "display": r["display"]}],
+            "text": r["text"],
+        }
         for r in args["roles"]
     ]
     return {**args, "functions": functions}
@@ -237,9 +238,13 @@ def performers(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, Any], ctx:
 
 
 def _coding(item: dj.Dataset, ctx: MappingContext, element: str) -> dict[str, str] | None:
-    code = dj.first_text(item, "00080100") or dj.first_text(item, "00080119") or dj.first_text(item, "00080120")
-    scheme = dj.first_text(item, "00080102")
-    meaning = dj.first_text(item, "00080104")
+    code = (
+        dj.first_text(item, dj.CODE_VALUE)
+        or dj.first_text(item, dj.LONG_CODE_VALUE)
+        or dj.first_text(item, dj.URN_CODE_VALUE)
+    )
+    scheme = dj.first_text(item, dj.CODING_SCHEME_DESIGNATOR)
+    meaning = dj.first_text(item, dj.CODE_MEANING)
     system = ctx.terminology.coding_schemes.get(scheme or "")
     if code and system:
         coding = {"system": system, "code": code}
@@ -256,7 +261,7 @@ def _coding(item: dj.Dataset, ctx: MappingContext, element: str) -> dict[str, st
 
 def _concept(item: dj.Dataset, ctx: MappingContext, element: str) -> dict[str, Any] | None:
     coding = _coding(item, ctx, element)
-    meaning = dj.first_text(item, "00080104")
+    meaning = dj.first_text(item, dj.CODE_MEANING)
     concept: dict[str, Any] = {}
     if coding:
         concept["coding"] = [coding]
@@ -330,7 +335,7 @@ def sop_class(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, Any], ctx: 
 @lru_cache(maxsize=512)
 def _sop_class_coding(uid: str, name: str | None) -> dict[str, str]:
     """Shared per SOP class: a study has thousands of instances of a handful of classes."""
-    coding = {"system": "urn:ietf:rfc:3986", "code": f"urn:oid:{uid}"}
+    coding = {"system": systems.URI, "code": f"{systems.OID_PREFIX}{uid}"}
     if name:
         coding["display"] = name
     return coding
@@ -344,7 +349,7 @@ def instance_title(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, Any], 
     if found:
         return found
     for item in dj.items(ds, concept):
-        meaning = dj.first_text(item, "00080104")
+        meaning = dj.first_text(item, dj.CODE_MEANING)
         if meaning:
             return meaning
     return dj.first_text(ds, title)

@@ -1,49 +1,33 @@
-"""The CapabilityStatement: exactly what this server supports, built from the same tables the views use."""
+"""The CapabilityStatement: exactly what this server supports; its searches come from the registry (app/core/search)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from app.core.bundle import now_instant
+from app.core import systems
+from app.core.instants import utc_instant
+from app.core.search.registry import ResourceSearch
+from app.core.search.resources import SEARCHES
 
 FHIR_VERSION = "4.0.1"
-_DOCS = "hl7.org/fhir/R4/imagingstudy.html#search"
 
 
-def _param(name: str, kind: str, doc: str) -> dict[str, str]:
-    return {"name": name, "type": kind, "documentation": doc}
-
-
-IMAGING_STUDY_PARAMS = [
-    _param("_id", "token", "The StudyInstanceUID (the logical id)."),
-    _param(
-        "identifier",
-        "token",
-        "urn:dicom:uid|urn:oid:<StudyInstanceUID>, a bare UID, or an accession as "
-        "<system>|<value> (also identifier:of-type=...v2-0203|ACSN|<value>).",
-    ),
-    _param(
-        "patient",
-        "reference",
-        "Patient/<NHS number>; also patient.identifier and patient:identifier = "
-        "https://fhir.nhs.uk/Id/nhs-number|<NHS number>.",
-    ),
-    _param("subject", "reference", "As patient (subject:identifier supported); only Patient subjects."),
-    _param("started", "date", "eq, ne, lt, le, gt, ge, sa, eb prefixes; partial dates; repeat for a range."),
-    _param("modality", "token", "DICOM modality code (http://dicom.nema.org/resources/ontology/DCM)."),
-    _param("series", "token", "A SeriesInstanceUID held by the study."),
-    _param("instance", "token", "A SOPInstanceUID held by the study."),
-    _param("dicom-class", "token", "A SOP Class UID (urn:ietf:rfc:3986|urn:oid:<uid> or bare)."),
-    _param("bodysite", "token", "SNOMED CT body site of a series (PS3.16 Annex L)."),
-    _param("endpoint", "reference", "Endpoint/<id>: only studies held by that trust archive."),
-    _param("status", "token", "Studies found in an archive are 'available'."),
-]
-
-_COMMON = [
-    _param("_count", "number", "Page size (capped by configuration); _count=0 gives the total only."),
-    _param("_summary", "token", "'count' gives the total only."),
-    _param("_elements", "string", "Top-level elements to return (mandatory ones are always kept)."),
-]
+def search_params(search: ResourceSearch[Any]) -> list[dict[str, str]]:
+    """searchParam: the type's parameters (an alias is documented under its parameter), then the result
+    parameters listed there (_count, _summary, and _elements where the type has elements to choose)."""
+    params = []
+    for parameter in search.parameters:
+        aliases: dict[str, list[str]] = {}  # documentation -> the aliases it documents
+        for alias in parameter.aliases:
+            aliases.setdefault(alias.documentation, []).append(f"`{alias.name}`")
+        documentation = " ".join([parameter.documentation, *(f"{', '.join(a)}: {d}" for d, a in aliases.items())])
+        params.append({"name": parameter.name, "type": parameter.type, "documentation": documentation})
+    params += [
+        {"name": r.name, "type": r.type, "documentation": r.documentation}
+        for r in search.result_parameters()
+        if r.in_capability
+    ]
+    return params
 
 
 def security(smart: dict[str, Any] | None) -> dict[str, Any]:
@@ -62,14 +46,12 @@ def security(smart: dict[str, Any] | None) -> dict[str, Any]:
         )
         if smart.get(key)
     ]
-    out["extension"] = [
-        {"url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris", "extension": uris}
-    ]
+    out["extension"] = [{"url": systems.SMART_OAUTH_URIS, "extension": uris}]
     out["service"] = [
         {
             "coding": [
                 {
-                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                    "system": systems.RESTFUL_SECURITY_SERVICE,
                     "code": "SMART-on-FHIR",
                     "display": "SMART-on-FHIR",
                 }
@@ -84,15 +66,17 @@ def security(smart: dict[str, Any] | None) -> dict[str, Any]:
 def capability_statement(base_url: str, software_version: str, smart: dict[str, Any] | None) -> dict[str, Any]:
     """The server's CapabilityStatement (read-only: read and search-type on four resources)."""
 
-    def resource(kind: str, params: list[dict[str, str]], elements: bool = True, **extra: Any) -> dict[str, Any]:
-        common = [c for c in _COMMON if elements or c["name"] != "_elements"]
+    def resource(kind: str, **extra: Any) -> dict[str, Any]:
+        search = SEARCHES[kind]
+        includes = {"searchInclude": [i.value for i in search.includes]} if search.includes else {}
         return {
             "type": kind,
             "interaction": [{"code": "read"}, {"code": "search-type"}],
             "versioning": "no-version",
             "readHistory": False,
             "updateCreate": False,
-            "searchParam": params + common,
+            "searchParam": search_params(search),
+            **includes,
             **extra,
         }
 
@@ -103,7 +87,7 @@ def capability_statement(base_url: str, software_version: str, smart: dict[str, 
         "name": "GMImagingFacade",
         "title": "Greater Manchester imaging FHIR facade",
         "status": "active",
-        "date": now_instant()[:10],
+        "date": utc_instant()[:10],
         "publisher": "Greater Manchester imaging programme",
         "kind": "instance",
         "software": {"name": "gm-imaging-facade", "version": software_version},
@@ -120,41 +104,19 @@ def capability_statement(base_url: str, software_version: str, smart: dict[str, 
                 "documentation": "Read-only. Searches are answered live from every trust archive; failures of "
                 "individual archives are reported in an OperationOutcome entry (search.mode outcome).",
                 "resource": [
-                    resource(
-                        "ImagingStudy",
-                        IMAGING_STUDY_PARAMS,
-                        searchInclude=["ImagingStudy:endpoint", "ImagingStudy:patient", "ImagingStudy:subject"],
-                    ),
+                    resource("ImagingStudy"),
                     resource(
                         "Patient",
-                        [
-                            _param("_id", "token", "The NHS number."),
-                            _param("identifier", "token", "https://fhir.nhs.uk/Id/nhs-number|<NHS number>."),
-                        ],
                         operation=[
                             {
                                 "name": "ihe-pix",
-                                "definition": "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix",
+                                "definition": systems.PIXM_OPERATION,
                                 "documentation": "IHE PIXm: the trusts' local patient numbers for an NHS number, "
                                 "and back (sourceIdentifier, targetSystem).",
                             }
                         ],
                     ),
-                    resource(
-                        "Endpoint",
-                        [
-                            _param(
-                                "_id", "token", "Endpoint id: <trust>-wado-rs, or <trust>-ihe-iid for a trust viewer."
-                            ),
-                            _param("organization", "reference", "Organization/<ODS code>."),
-                            _param(
-                                "connection-type", "token", "dicom-wado-rs (the image gateway) or ihe-iid (a viewer)."
-                            ),
-                            _param("status", "token", "active, or off for a trust that offers no image retrieval."),
-                            _param("name", "string", "Starts-with match on the name, case-insensitive."),
-                        ],
-                        elements=False,
-                    ),
+                    resource("Endpoint"),
                     {
                         "type": "Practitioner",
                         "interaction": [{"code": "read"}],
@@ -164,22 +126,10 @@ def capability_statement(base_url: str, software_version: str, smart: dict[str, 
                     {
                         "type": "AuditEvent",
                         "interaction": [{"code": "search-type"}],
-                        "searchParam": [
-                            _param("patient", "reference", "Patient/<NHS number>."),
-                            _param("date", "date", "ge/gt/le/lt/eq on the recorded time."),
-                            _param("agent", "token", "The client id."),
-                        ],
+                        "searchParam": search_params(SEARCHES["AuditEvent"]),
                         "documentation": "BALP audit trail; needs system/AuditEvent.rs.",
                     },
-                    resource(
-                        "Organization",
-                        [
-                            _param("_id", "token", "The ODS code."),
-                            _param("identifier", "token", "https://fhir.nhs.uk/Id/ods-organization-code|<ODS code>."),
-                            _param("name", "string", "Starts-with match on the name, case-insensitive."),
-                        ],
-                        elements=False,
-                    ),
+                    resource("Organization"),
                 ],
             }
         ],

@@ -1,0 +1,149 @@
+"""The patient compartment: the one policy every path applies under a patient-context token. Pure.
+
+A token's scopes decide (app.core.scopes.decide) whether a request is narrowed to one patient and
+which SMART v2 scope filters apply. This module is where that decision is applied, for every path:
+
+    search         no patient named: the context patient; another patient named: 403 (SMART Imaging
+                   Access); v2 scope filters intersected with the client's own criteria
+    read           a resource of another patient: 404, worded as for a resource that does not exist
+    results        defence in depth: anything of another patient is dropped before it is shown
+    _include       included resources pass the compartment of their own type (Patient under patient/Patient.r)
+    cursors        a paging cursor is a search: it is narrowed again on every page
+    $ihe-pix       only the context patient's own identifiers; anything else reads "not found"
+    image gateway  a study whose owner is not the context patient reads "not found"
+    launch         an EHR launch's study must belong to the launch's patient
+    AuditEvent     system scopes only (not in any patient's compartment)
+
+Which types are in the compartment, and which search parameters a scope may filter on, are
+written here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+from app.core.errors import Forbidden, NotFound
+from app.core.scopes import Decision
+from app.core.search.params import StudySearch, Token
+
+# Types whose resources belong to one patient; Endpoint, Organization and Practitioner are directory data.
+COMPARTMENT_TYPES = frozenset({"ImagingStudy", "Patient", "AuditEvent"})
+# Search parameters a v2 scope may filter on, per type (a scope filtering on anything else grants nothing).
+FILTERABLE = {
+    "ImagingStudy": frozenset({"modality", "status", "endpoint", "bodysite", "dicom-class"}),
+    "*": frozenset(),
+}
+# The one answer for "not yours" and "not there" alike: a lookup's wording must not tell them apart.
+NOT_KNOWN = "is not known"
+
+Filters = tuple[tuple[str, str], ...]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Compartment:
+    """One request's compartment: `patient` (None: not narrowed) and the v2 filter of its scope."""
+
+    realm: str
+    patient: str | None = None
+    filters: tuple[Filters, ...] = ()
+
+    @classmethod
+    def of(cls, decision: Decision, realm: str) -> Compartment:
+        return cls(realm, decision.compartment_patient, decision.filters)
+
+    # -- what may be asked ------------------------------------------------------------------
+    def patients(self, named: frozenset[str] | None) -> frozenset[str] | None:
+        """A search's patient criterion under this compartment: none named means the context patient;
+        naming another patient is refused (403) before any archive is asked."""
+        if self.patient is None:
+            return named
+        if named is None:
+            return frozenset({self.patient})
+        if named - {self.patient}:
+            raise Forbidden(self.realm, "the search names a patient outside the token's patient context")
+        return named
+
+    def filter(self) -> Filters:
+        """The one v2 scope filter to intersect with a search (empty: unfiltered)."""
+        if len(self.filters) > 1:
+            raise Forbidden(self.realm, "several filtered scopes for one type cannot be combined; ask for one")
+        return self.filters[0] if self.filters else ()
+
+    # -- what may be shown ------------------------------------------------------------------
+    def admits(self, patient: str | None) -> bool:
+        """Whether a resource of `patient` (None: identity unresolved) may be shown."""
+        return self.patient is None or patient == self.patient
+
+    def admits_all(self, patients: Iterable[str | None]) -> bool:
+        """Whether a resource held under all these patients may be shown (an empty set: nothing to show)."""
+        found = tuple(patients)
+        return bool(found) and all(self.admits(p) for p in found)
+
+    def keep(self, resources: Iterable[T], patient_of: Callable[[T], str | None]) -> list[T]:
+        """Defence in depth: the resources of the context patient only."""
+        return [r for r in resources if self.admits(patient_of(r))]
+
+    def require(self, patient: str | None, what: str) -> None:
+        """404 for a resource outside the compartment, worded as for one that does not exist."""
+        if not self.admits(patient):
+            raise NotFound(f"{what} {NOT_KNOWN}")
+
+
+def intersect(client: tuple[T, ...], scope: tuple[T, ...], key: Callable[[T], object] = lambda v: v) -> tuple[T, ...]:
+    """The client's values that the scope filter also allows (the filter's own when the client gave none).
+
+    An empty answer with both given means the two are disjoint: the caller must then match nothing,
+    never fall back to either side's values.
+    """
+    if not scope:
+        return client
+    if not client:
+        return scope
+    allowed = {key(v) for v in scope}
+    return tuple(v for v in client if key(v) in allowed)
+
+
+def _code(token: Token) -> str:
+    return token.code
+
+
+def narrow_studies(
+    search: StudySearch, compartment: Compartment, parse: Callable[[Filters], StudySearch]
+) -> StudySearch:
+    """An ImagingStudy search under a compartment, before any archive is asked: the patient criterion
+    narrowed, and the scope's filter (parsed by `parse`, as a search of its own) intersected with the
+    client's criteria. Disjoint criteria match nothing, never the filter's values alone."""
+    narrowed = replace(search, nhs_numbers=compartment.patients(search.nhs_numbers))
+    pairs = compartment.filter()
+    if not pairs:
+        return narrowed
+    scope = parse(pairs)
+    modalities = intersect(narrowed.modalities, scope.modalities)
+    statuses = intersect(narrowed.statuses, scope.statuses)
+    classes = intersect(narrowed.dicom_classes, scope.dicom_classes)
+    sites = intersect(narrowed.body_sites, scope.body_sites, _code)
+    endpoints = narrowed.endpoint_ids
+    if scope.endpoint_ids is not None:
+        endpoints = scope.endpoint_ids if endpoints is None else endpoints & scope.endpoint_ids
+    disjoint = any(
+        client and allowed and not both
+        for client, allowed, both in (
+            (narrowed.modalities, scope.modalities, modalities),
+            (narrowed.statuses, scope.statuses, statuses),
+            (narrowed.dicom_classes, scope.dicom_classes, classes),
+            (narrowed.body_sites, scope.body_sites, sites),
+        )
+    )
+    return replace(
+        narrowed,
+        modalities=modalities,
+        statuses=statuses,
+        dicom_classes=classes,
+        body_sites=sites,
+        endpoint_ids=endpoints,  # an empty set asks no archive
+        # No study UID matches the empty set: the plan then asks no archive at all.
+        study_uids=frozenset() if disjoint else narrowed.study_uids,
+    )

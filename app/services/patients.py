@@ -1,0 +1,88 @@
+"""Patients by NHS number, from the imaging records of every trust, and IHE PIXm over the cross-reference."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.core import systems
+from app.core.compartment import NOT_KNOWN, Compartment
+from app.core.errors import Forbidden, InvalidRequest, NotFound
+from app.core.query import NameQuery
+from app.federation.search import Federation
+from app.federation.xref import PatientXref
+from app.settings import Settings
+
+Resource = dict[str, Any]
+Issues = list[dict[str, Any]]
+
+
+class PatientService:
+    """Patient search, read and $ihe-pix, each under the request's patient compartment."""
+
+    def __init__(self, settings: Settings, federation: Federation) -> None:
+        self.settings = settings
+        self.federation = federation
+
+    def search(self, numbers: frozenset[str] | None, compartment: Compartment) -> tuple[list[Resource], Issues]:
+        """Patients for NHS numbers (in order), a number with no records left out."""
+        wanted = compartment.patients(numbers)
+        if wanted is None:
+            raise InvalidRequest("a Patient search needs _id or identifier (NHS number)")
+        return self.federation.patients(sorted(wanted))
+
+    def read(self, nhs_number: str, compartment: Compartment) -> Resource:
+        compartment.require(nhs_number, f"Patient/{nhs_number}")  # not 403: do not confirm that it exists
+        patient, _issues = self.federation.patient(nhs_number)
+        if patient is None:
+            raise NotFound(f"Patient/{nhs_number} has no imaging records in any trust archive")
+        return patient
+
+    # -- what the authorization server's patient picker needs (auth.server.PatientFinder) ------------------
+    def patient(self, nhs_number: str) -> tuple[Resource | None, Issues]:
+        return self.federation.patient(nhs_number)
+
+    def patients_by_name(self, name: NameQuery) -> tuple[list[Resource], Issues]:
+        return self.federation.patients_by_name(name)
+
+    # -- IHE PIXm -------------------------------------------------------------------------------------------
+    def pix(self, system: str, value: str, target_systems: set[str], compartment: Compartment) -> Resource:
+        """$ihe-pix over the CSV cross-reference: every identifier of the same patient.
+
+        An unknown identifier and another patient's identifier (under a patient scope) read alike.
+        """
+        xref = self.federation.xref
+        if not isinstance(xref, PatientXref):
+            raise NotFound("this facade reads its cross-reference from another PIXm service")
+        trusts = {systems.local_patient_identifier(t.ods_code): t.id for t in self.settings.trusts}
+        known = {systems.NHS_NUMBER, *trusts}
+        if system not in known:
+            raise InvalidRequest(f"sourceIdentifier Assigning Authority {system!r} not found", "sourceIdentifier")
+        if target_systems - known:
+            raise Forbidden(self.settings.base_url, "targetSystem not found")  # PIXm: 403
+        if system == systems.NHS_NUMBER:
+            nhs: str | None = value if any(k[0] == value for k in xref.forward) else None
+        else:
+            nhs = next(
+                (
+                    n
+                    for (trust, local, _issuer), n in xref.reverse.items()
+                    if trust == trusts[system] and local == value
+                ),
+                None,
+            )
+        if nhs is None or not compartment.admits(nhs):
+            raise NotFound(f"sourceIdentifier {system}|{value} {NOT_KNOWN}")
+        identifiers = [(systems.NHS_NUMBER, nhs)]
+        for trust in self.settings.trusts:
+            identifiers += [
+                (systems.local_patient_identifier(trust.ods_code), key.patient_id)
+                for key in xref.local_keys(nhs, trust.id)
+            ]
+        wanted = [
+            (s, v) for s, v in identifiers if (s, v) != (system, value) and (not target_systems or s in target_systems)
+        ]
+        parameters: list[Resource] = [
+            {"name": "targetIdentifier", "valueIdentifier": {"system": s, "value": v}} for s, v in wanted
+        ]
+        parameters.append({"name": "targetId", "valueReference": {"reference": f"Patient/{nhs}"}})
+        return {"resourceType": "Parameters", "parameter": parameters}
