@@ -30,6 +30,7 @@ def bearer(app: Flask, scope: str = "system/*.rs", client: str = "portal") -> di
     if client == "portal":
         return {"Authorization": f"Bearer {system_token(app, scope)}"}
     server = components(app).auth_server
+    assert server is not None, "the app has no embedded SMART server"
     token = server.issuer("client_credentials", server.clients[client], None, scope)["access_token"]
     return {"Authorization": f"Bearer {token}"}
 
