@@ -53,16 +53,19 @@ format-check: $(VENV)/.dev
 
 # The app: `mypy` alone, strict ([tool.mypy] in pyproject.toml). Tests, bench, tools, scripts and
 # wsgi.py: the same settings less the ones that demand annotations (untyped and partly typed defs,
-# untyped calls and decorators, bare generics, Any returned or subclassed), each run reporting the
-# errors of its own sources only, with a cache of its own (other flags, other cache entries).
+# untyped calls and decorators, bare generics, Any returned or subclassed), with a cache of their own
+# (other flags, other cache entries).
 MYPY := $(VENV)/bin/mypy
-MYPY_TESTS := $(MYPY) --cache-dir .mypy_cache/tests --follow-imports silent \
+MYPY_TESTS := $(MYPY) --cache-dir .mypy_cache/tests \
 	--allow-untyped-defs --allow-incomplete-defs --allow-untyped-calls --allow-untyped-decorators \
 	--allow-any-generics --allow-subclassing-any --no-warn-return-any
-# mypy names each module as pytest's "prepend" import mode does, one run per import root: tests/ is
-# the root of tests/*.py (top-level modules: `smart_tokens`) and of the packages tests/PKG/ (which the
-# tests import as `tests.PKG.module`); a folder without __init__.py is a root of its own, whose
-# modules are top-level too (tests/auth/conftest.py is `conftest`, like tests/conftest.py).
+# mypy must name each module as the tests import it, and pytest's "prepend" import mode decides that:
+# - tests/ is the import root of tests/*.py (top-level modules: `smart_tokens`, `conftest`) and of the
+#   packages tests/PKG/ (with __init__.py), which the tests import as `tests.PKG.module`;
+# - a folder under tests/ without __init__.py is an import root of its own: its conftest.py and test
+#   files are top-level modules (tests/auth/conftest.py is `conftest`, like tests/conftest.py), so it
+#   gets a run of its own, with those files as sources; its other modules are checked under the names
+#   they are imported by (`smart_support` from tests/auth, `tests.archives.support`).
 TEST_PACKAGES := $(patsubst tests/%/__init__.py,%,$(wildcard tests/*/__init__.py))
 TEST_ROOTS := $(filter-out $(addprefix tests/,$(TEST_PACKAGES)),$(patsubst %/,%,$(sort $(dir $(wildcard tests/*/*.py)))))
 
@@ -72,7 +75,10 @@ typecheck: $(VENV)/.dev
 	echo "$(MYPY)"; $(MYPY) || status=1; \
 	run() { echo "MYPYPATH=$$1 $(MYPY_TESTS) $$2"; MYPYPATH=$$1 $(MYPY_TESTS) $$2 || status=1; }; \
 	run tests "$(patsubst tests/%.py,-m %,$(wildcard tests/*.py)) $(addprefix -p tests.,$(TEST_PACKAGES)) -p bench -p tools -p scripts -m wsgi"; \
-	for root in $(TEST_ROOTS); do run $$root:tests $$root; done; \
+	for root in $(TEST_ROOTS); do \
+		files=$$(ls $$root/conftest.py $$root/test_*.py $$root/*_test.py 2>/dev/null | tr "\n" " "); \
+		if [ -n "$$files" ]; then run $$root:tests "$$files"; fi; \
+	done; \
 	exit $$status
 
 importlint: $(VENV)/.dev
