@@ -124,6 +124,7 @@ def in_process_validation_us(secured_config: Path) -> float:
 
     app = create_app(secured_config)
     server = components(app).auth_server
+    assert server is not None, "the secured configuration has an embedded SMART server"
     jwt = server.issuer("client_credentials", server.clients["portal"], None, "system/ImagingStudy.rs")
     protector = components(app).protector
     header = f"Bearer {jwt['access_token']}"

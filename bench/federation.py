@@ -199,11 +199,11 @@ class Corpus:
 def make_corpus(folder: Path, background: int = BACKGROUND_PATIENTS) -> Corpus:
     numbers = nhs_numbers(1 + background)
     patient = PatientFacts(numbers[0], "Bench^Federated", "19600214", "F")
-    background = [PatientFacts(n, f"Background^P{i}", f"19{70 + i}0101", "M") for i, n in enumerate(numbers[1:])]
-    corpus = Corpus(patient, background)
+    others = [PatientFacts(n, f"Background^P{i}", f"19{70 + i}0101", "M") for i, n in enumerate(numbers[1:])]
+    corpus = Corpus(patient, others)
     folder.mkdir(parents=True, exist_ok=True)
     for archive in range(ARCHIVES):
-        owners = [(patient, STUDIES_PER_ARCHIVE)] + [(p, 2) for p in background]
+        owners = [(patient, STUDIES_PER_ARCHIVE)] + [(p, 2) for p in others]
         for person, count in owners:
             for k in range(count):
                 study = generate_uid()

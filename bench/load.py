@@ -208,10 +208,11 @@ def warm_up(rig: LoadRig) -> list[str]:
 
 def direct_requests(rig: LoadRig) -> list[dict[str, Any]]:
     """Per archive: the /studies request the facade sent for each patient, captured at the proxy."""
-    out = []
+    out: list[dict[str, Any]] = []
     for proxy in rig.proxies:
         sent = list(zip(proxy.requests, proxy.request_headers, strict=True))
-        paths, accept = [], {}
+        paths: list[str] = []
+        accept: dict[str, str] = {}
         for nhs in rig.patients:
             hits = [
                 (target, headers)

@@ -76,6 +76,7 @@ class Search(FastHttpUser):
     def search(self) -> None:
         patient = next(Search.arrivals) % len(SPEC["searches"])
         target = SPEC["searches"][patient]
+        issues: list[str]
         status, studies, issues, error = 0, -1, [], ""
         began = time.perf_counter()
         with self.client.get(

@@ -31,7 +31,7 @@ from app.settings import BASE_URL_ENV, CURSOR_SECRET_ENV, Settings, settings_fro
 try:  # pytest "prepend" import mode puts tests/ on sys.path (no __init__.py)
     from fhir_validation import validate_resource
 except ImportError:  # pragma: no cover - tests/ turned into a package
-    from tests.fhir_validation import validate_resource
+    from tests.fhir_validation import validate_resource  # type: ignore[no-redef]
 
 DEMO_CONFIG = ROOT / "config" / "demo.yaml"
 BASE_URL = "http://127.0.0.1:8080/fhir"

@@ -15,6 +15,7 @@ SYSTEM_SCOPE = "system/*.rs"
 
 def system_token(app: Any, scope: str = SYSTEM_SCOPE) -> str:
     server = components(app).auth_server
+    assert server is not None, "the app has no embedded SMART server"
     return str(server.issuer("client_credentials", server.clients["portal"], None, scope)["access_token"])
 
 
@@ -23,5 +24,6 @@ def patient_token(app: Any, nhs_number: str, scope: str = "launch/patient patien
     from app.auth.server.grants import Grantee
 
     server = components(app).auth_server
+    assert server is not None, "the app has no embedded SMART server"
     user = Grantee("dr.khan", "Practitioner/dr-khan", nhs_number)
     return str(server.issuer("authorization_code", server.clients["imaging-timeline"], user, scope)["access_token"])

@@ -80,9 +80,11 @@ def test_config_demo_document_is_valid(doc, demo_data):
     assert problems_of(doc, demo_data) == []
     settings = settings_from_document(doc, demo_data)
     assert [t.id for t in settings.trusts] == [t["id"] for t in doc["trusts"]]
-    assert settings.trust("bolton").accession_system == "https://fhir.nhs.uk/RMC/Id/accession-number"
-    assert settings.trust("christie").nhs_number.match == "xref"
-    assert settings.trust("mft").nhs_number.issuer == "NHS"
+    bolton, christie, mft = settings.trust("bolton"), settings.trust("christie"), settings.trust("mft")
+    assert bolton is not None and christie is not None and mft is not None
+    assert bolton.accession_system == "https://fhir.nhs.uk/RMC/Id/accession-number"
+    assert christie.nhs_number.match == "xref"
+    assert mft.nhs_number.issuer == "NHS"
 
 
 @pytest.mark.parametrize(

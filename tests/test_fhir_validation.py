@@ -15,7 +15,7 @@ import pytest
 try:  # pytest "prepend" import mode puts tests/ on sys.path (no __init__.py)
     import fhir_validation
 except ImportError:  # pragma: no cover - tests/ turned into a package
-    from tests import fhir_validation
+    from tests import fhir_validation  # type: ignore[no-redef]
 
 validate_resource = fhir_validation.validate_resource
 

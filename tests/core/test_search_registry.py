@@ -91,7 +91,9 @@ def test_the_imaging_study_names_are_the_parameters_and_their_modifiers_and_chai
         "endpoint",
         "status",
     }
-    assert IMAGING_STUDY.parameter("subject:identifier").name == "subject"
+    subject = IMAGING_STUDY.parameter("subject:identifier")
+    assert subject is not None
+    assert subject.name == "subject"
     assert IMAGING_STUDY.parameter("nope") is None
     assert IMAGING_STUDY.include_targets == {
         "ImagingStudy:endpoint": "Endpoint",
@@ -131,7 +133,7 @@ def _examples(search: ResourceSearch[Any]) -> list[tuple[str, str]]:
 def test_every_documented_example_is_accepted_by_its_own_parser() -> None:
     parsed = study(_examples(IMAGING_STUDY))
     assert {name for name, _ in parsed.used} == IMAGING_STUDY.known
-    assert parse_patient_search(_examples(PATIENT), 50, 100).query.nhs_numbers == {NHS}
+    assert parse_patient_search(_examples(PATIENT), 50, 100).query.nhs_numbers == frozenset({NHS})
     for directory in (ENDPOINT, ORGANIZATION):
         assert {n for n, _ in parse_directory_search(directory.type, _examples(directory), 50, 100).used} == (
             directory.known
@@ -160,7 +162,7 @@ def test_the_study_search_keeps_its_canonical_pairs_and_criteria() -> None:
             ("foo", "bar"),
         ]
     )
-    assert parsed.search.nhs_numbers == {NHS}
+    assert parsed.search.nhs_numbers == frozenset({NHS})
     assert parsed.search.modalities == ("CT", "MR")
     assert parsed.search.paging.count == 100 and not parsed.search.paging.sort_descending
     assert parsed.search.paging.includes == ("ImagingStudy:endpoint",)
@@ -229,7 +231,7 @@ def test_the_patient_search_narrows_by_nhs_number() -> None:
         10,
         100,
     )
-    assert parsed.query.nhs_numbers == {NHS}
+    assert parsed.query.nhs_numbers == frozenset({NHS})
     assert parsed.paging.count == 10 and parsed.paging.elements == ("name",)
     assert parse_patient_search([("_count", "5")], 10, 100).query.nhs_numbers is None
     error = refused(parse_patient_search, [("identifier", f"other|{NHS}")], 10, 100)

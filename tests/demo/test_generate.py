@@ -495,7 +495,7 @@ def _first(files: list[Record]) -> Dataset:
 ODD_CHECKS: dict[str, Callable[[Dataset], bool]] = {
     "invalid_study_date": lambda ds: ds.StudyDate == "20231345",
     "missing_description_and_time": lambda ds: "StudyDescription" not in ds and "StudyTime" not in ds,
-    "multi_valued_referrer": lambda ds: ds.data_element("ReferringPhysicianName").VM == 2
+    "multi_valued_referrer": lambda ds: ds["ReferringPhysicianName"].VM == 2
     and [str(name) for name in ds.ReferringPhysicianName] == ["Khan^Imran^^Dr", "Evans^Rhiannon^^Dr"],
     "empty_accession": lambda ds: ds.AccessionNumber == "" and "IssuerOfAccessionNumberSequence" not in ds,
     "partial_time_hour": lambda ds: ds.get("StudyTime") == "14",
@@ -522,7 +522,7 @@ def test_odd_data_studies_are_distinct(facts: dict[str, Any]) -> None:
 
 
 def test_operators_name_is_sometimes_multi_valued(records: list[Record]) -> None:
-    assert any(r.ds.data_element("OperatorsName").VM == 2 for r in records)
+    assert any(r.ds["OperatorsName"].VM == 2 for r in records)
 
 
 def test_demographic_conflict_birth_dates_differ_between_two_trusts(

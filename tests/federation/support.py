@@ -14,8 +14,8 @@ try:  # pytest "prepend" import mode puts tests/ on sys.path (tests/conftest.py 
     from fhir_validation import validate_resource
     from smart_tokens import system_token
 except ImportError:  # pragma: no cover - tests/ turned into a package
-    from tests.fhir_validation import validate_resource
-    from tests.smart_tokens import system_token
+    from tests.fhir_validation import validate_resource  # type: ignore[no-redef]
+    from tests.smart_tokens import system_token  # type: ignore[no-redef]
 
 from app.services import Services
 from app.web.components import components
@@ -83,7 +83,7 @@ class Federated:
             query.append(("_count", "200"))
         response = self.client.get("/ImagingStudy", query)
         assert response.status_code == status, f"{query} -> {response.status_code}: {response.get_json()}"
-        return response.get_json()  # type: ignore[no-any-return]
+        return response.get_json()
 
     def patient_search(self, nhs: str, status: int = 200) -> dict[str, Any]:
         return self.search(("patient", nhs), status=status)

@@ -21,8 +21,8 @@ try:
     from fhir_validation import validate_resource
     from smart_tokens import system_token
 except ImportError:  # pragma: no cover
-    from tests.fhir_validation import validate_resource
-    from tests.smart_tokens import system_token
+    from tests.fhir_validation import validate_resource  # type: ignore[no-redef]
+    from tests.smart_tokens import system_token  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.integration
 TRUST = "wwl"  # PatientID = NHS number, issuer NHS

@@ -48,7 +48,7 @@ DICOM_JSON = "application/dicom+json"
 
 @pytest.fixture(scope="module")
 def multi(manifest: dict[str, Any]) -> dict[str, Any]:
-    return manifest["facts"]["multi_trust_patient"]  # type: ignore[no-any-return]
+    return manifest["facts"]["multi_trust_patient"]
 
 
 @pytest.fixture(scope="module")

@@ -50,15 +50,15 @@ def one_trust_study(record: dict[str, Any], trust: str | None = None) -> tuple[s
     return study["trusts"][0], study["study_uid"]
 
 
-def files_of(demo_data: Path, trust: str, study_uid: str) -> dict[str, pydicom.Dataset]:
-    """SOP Instance UID -> dataset of the study's files in the trust's folder."""
-    found = {}
+def files_of(demo_data: Path, trust: str, study_uid: str) -> dict[str, tuple[Path, pydicom.Dataset]]:
+    """SOP Instance UID -> (path, dataset) of the study's files in the trust's folder."""
+    found: dict[str, tuple[Path, pydicom.Dataset]] = {}
     for path in sorted((demo_data / trust).rglob("*.dcm")):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         if ds.StudyInstanceUID == study_uid:
             found[str(ds.SOPInstanceUID)] = (path, ds)
     assert found, f"no files of {study_uid} in {trust}"
-    return found  # type: ignore[return-value]
+    return found
 
 
 def outcome(response: Any, status: int) -> dict[str, Any]:
@@ -66,7 +66,7 @@ def outcome(response: Any, status: int) -> dict[str, Any]:
     assert response.mimetype == "application/fhir+json"
     body = response.get_json()
     assert body["resourceType"] == "OperationOutcome" and body["issue"], body
-    return body  # type: ignore[no-any-return]
+    return body
 
 
 # ----------------------------------------------------------------------------- what it serves

@@ -170,6 +170,7 @@ class GatewayRig:
 
         app = create_app(config)
         server = components(app).auth_server
+        assert server is not None, "the rig's configuration has an embedded SMART server"
         token = server.issuer("client_credentials", server.clients["bench"], None, "system/*.rs")["access_token"]
         self.headers = {"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"}
 

@@ -152,7 +152,8 @@ def backend_token(base_url: str, scope: str) -> str:
 
 def ci_folders(collection: dict[str, Any]) -> tuple[list[str], list[str]]:
     """Top-level folders newman runs, and those marked `ci: skip` in their description."""
-    run, skipped = [], []
+    run: list[str] = []
+    skipped: list[str] = []
     for item in collection["item"]:
         (skipped if SKIP_MARKER in item.get("description", "") else run).append(item["name"])
     return run, skipped

@@ -5,6 +5,6 @@ from __future__ import annotations
 try:  # pytest "prepend" import mode puts tests/ (the parent of this package) on sys.path
     from fhir_validation import validate_resource
 except ImportError:  # pragma: no cover - tests/ turned into a package
-    from tests.fhir_validation import validate_resource
+    from tests.fhir_validation import validate_resource  # type: ignore[no-redef]
 
 __all__ = ["validate_resource"]

@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 import yaml
 from fhir.resources.R4B.imagingstudy import ImagingStudy, ImagingStudySeries, ImagingStudySeriesInstance
+from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID
 
@@ -112,7 +113,7 @@ def test_mapping_table_names_only_known_transforms(table: dict[str, Any]) -> Non
 
 def test_mapping_table_elements_exist_in_r4_imagingstudy(table: dict[str, Any]) -> None:
     """Every element path is an element of ImagingStudy, its series or its instances."""
-    owners = {
+    owners: dict[str, type[FHIRAbstractModel]] = {
         "ImagingStudy": ImagingStudy,
         "ImagingStudy.series": ImagingStudySeries,
         "ImagingStudy.series.instance": ImagingStudySeriesInstance,

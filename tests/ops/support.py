@@ -14,7 +14,7 @@ from tests.infra.faultproxy import FaultProxy
 try:  # pytest "prepend" import mode puts tests/ on sys.path
     from smart_tokens import system_token
 except ImportError:  # pragma: no cover
-    from tests.smart_tokens import system_token
+    from tests.smart_tokens import system_token  # type: ignore[no-redef]
 
 TRUSTS = ("bolton", "mft")  # both match PatientID = NHS number: no cross-reference needed
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
@@ -30,6 +30,7 @@ def bearer(app: Flask, scope: str = "system/*.rs", client: str = "portal") -> di
     if client == "portal":
         return {"Authorization": f"Bearer {system_token(app, scope)}"}
     server = components(app).auth_server
+    assert server is not None, "the app has no embedded SMART server"
     token = server.issuer("client_credentials", server.clients[client], None, scope)["access_token"]
     return {"Authorization": f"Bearer {token}"}
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from smart_tokens import system_token
 from werkzeug.serving import make_server
 
 from app import create_app
@@ -22,7 +23,7 @@ from app.settings import settings_from_document
 from app.telemetry.logs import JsonFormatter, redact
 from app.web.components import components
 from tests.infra.faultproxy import FaultProxy
-from tests.ops.support import NHS, bearer, dicomweb, system_token
+from tests.ops.support import NHS, bearer, dicomweb
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +109,7 @@ def test_request_id_generated_is_the_one_sent_upstream(build_app, proxy: FaultPr
     app = build_app(bolton=dicomweb(proxy))
     first = _search(app, bolton_patient["nhs_number"])
     second = _search(app, bolton_patient["nhs_number"])
-    ids = [h.get("X-Request-ID") for h in proxy.request_headers]
+    ids = [h.get("X-Request-ID", "") for h in proxy.request_headers]
     assert first.headers["X-Request-ID"] != second.headers["X-Request-ID"]
     assert sorted(set(ids)) == sorted({first.headers["X-Request-ID"], second.headers["X-Request-ID"]})
     assert ids.count(first.headers["X-Request-ID"]) == 2  # its studies and its series request
