@@ -56,7 +56,7 @@ def serve(config: str, host: str, port: int, workers: int, threads: int) -> int:
         os.environ[MULTIPROC_ENV] = metrics_dir
     from app.ops import gunicorn_conf
 
-    class FacadeServer(BaseApplication):  # type: ignore[misc]
+    class FacadeServer(BaseApplication):
         def load_config(self) -> None:
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)

@@ -75,7 +75,7 @@ class Federation:
             patients: list[PatientKey | None] = [None]
             if search.nhs_numbers is not None:
                 patients = [k for n in sorted(search.nhs_numbers) for k in self.patient_keys(trust, n)]
-            accessions: list[str | None] = sorted({a.code for a in search.accessions}) or [None]
+            accessions: list[str | None] = [*sorted({a.code for a in search.accessions})] or [None]
             series: list[str | None] = list(search.series_uids) or [None]
             sops: list[str | None] = list(search.instance_uids) or [None]
             queries = [

@@ -114,7 +114,10 @@ def _filling_validator() -> jsonschema.protocols.Validator:
                     instance[name] = copy.deepcopy(declared["default"])
         yield from check_properties(validator, properties, instance, subschema)
 
-    return jsonschema.validators.extend(base, {"properties": fill})(schema)
+    filling: type[jsonschema.protocols.Validator] = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+        base, {"properties": fill}
+    )
+    return filling(schema)
 
 
 def with_defaults(doc: Any) -> Any:
@@ -135,7 +138,7 @@ def _key_path(path: Any) -> str:
 def _describe(error: jsonschema.ValidationError) -> str:
     where = _key_path(error.absolute_path)
     if error.validator == "additionalProperties":
-        allowed = set(error.schema.get("properties", {}))
+        allowed = set(error.schema.get("properties", {})) if isinstance(error.schema, dict) else set()
         unknown = sorted(set(error.instance) - allowed) if isinstance(error.instance, dict) else []
         names = ", ".join(repr(k) for k in unknown)
         return f"{where}: unknown key {names} (allowed: {', '.join(sorted(allowed))})"

@@ -26,7 +26,7 @@ def render(
     """Frame `frame` (0-based) as an 8-bit image, scaled to fit `viewport`, in `image_format`."""
     import numpy as np
     from PIL import Image
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
     if "PixelData" not in ds:
         raise NotRenderable("the object has no pixel data")

@@ -205,7 +205,8 @@ def _continue(params: dict[str, str]) -> Response:
 def _picker(params: dict[str, str], client: Any, chosen: str | None) -> Response:
     smart = server()
     query = (request.values.get("q") or "").strip()
-    found, message = [], None
+    found: list[dict[str, str]] = []
+    message: str | None = None
     if query:
         found, message = smart.find_patients(query)
     elif chosen:

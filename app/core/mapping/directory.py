@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from app.core import systems
@@ -64,7 +65,7 @@ def endpoint_resource(
     }
 
 
-def viewer_endpoint_resource(trust: TrustMapping, viewer: dict[str, Any]) -> dict[str, Any]:
+def viewer_endpoint_resource(trust: TrustMapping, viewer: Mapping[str, Any]) -> dict[str, Any]:
     """The trust's own zero-footprint viewer (IHE Invoke Image Display).
 
     `address` is an RFC 6570 template: the EPR fills {studyUID}, {accessionNumber} and {patientID}

@@ -30,7 +30,7 @@ def local_patient_key(study: dj.Dataset) -> tuple[str, str] | None:
 class NhsNumberLookup(Protocol):
     """(trust id, local PatientID, issuer) -> NHS number: the cross-reference's reverse direction."""
 
-    def get(self, key: tuple[str, str, str], default: str | None = None, /) -> str | None: ...
+    def get(self, key: tuple[str, str, str], /) -> str | None: ...
 
 
 def nhs_number_of(
