@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from app.archives.dicomweb.wado import ImageSource
 from app.federation.search import Federation
-from app.services.build import build_facade
+from app.services.build import build_parts
 from app.services.directory import Directory
 from app.services.imaging import ImagingService
 from app.services.owners import StudyOwners
@@ -32,7 +32,7 @@ class Services:
 
 def build_services(settings: Settings) -> Services:
     """Settings -> archives, federation and the services over them (the one place this happens)."""
-    parts = build_facade(settings)
+    parts = build_parts(settings)
     return Services(
         settings=settings,
         imaging=ImagingService(parts),

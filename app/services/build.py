@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -14,13 +15,27 @@ from app.archives.protocol import Archive
 from app.archives.registry import ImageOptions, build_archive, image_source
 from app.core.mapping.context import TrustMapping
 from app.core.mapping.directory import endpoint_resource, organization_resource, viewer_endpoint_resource
+from app.core.mapping.engine import StudyMapper
 from app.core.mapping.tables import load_mapper
 from app.federation.circuit import CircuitBreaker
 from app.federation.fanout import TrustArchive
 from app.federation.search import Federation
 from app.federation.xref import CrossReference, PixmXref, load_xref
-from app.services.imaging import Facade
 from app.settings import Settings
+
+Resource = dict[str, Any]
+
+
+@dataclass
+class Parts:
+    """What the settings are built into: the federation, the mapper, the trust directory, the image sources."""
+
+    settings: Settings
+    federation: Federation
+    mapper: StudyMapper
+    endpoints: list[Resource]
+    organizations: list[Resource]
+    image_sources: dict[str, ImageSource] = field(default_factory=dict)
 
 
 def build_xref(settings: Settings) -> CrossReference:
@@ -39,7 +54,7 @@ def build_xref(settings: Settings) -> CrossReference:
     )
 
 
-def build_facade(settings: Settings) -> Facade:
+def build_parts(settings: Settings) -> Parts:
     """Settings -> archive adapters, mapper, federation and directory: the one place this happens."""
     mapper = load_mapper()
     zone = ZoneInfo(settings.timezone)
@@ -89,4 +104,4 @@ def build_facade(settings: Settings) -> Facade:
         if t.settings.viewer:
             endpoints.append(viewer_endpoint_resource(t.mapping, t.settings.viewer))
     organizations = [organization_resource(t.mapping) for t in trusts]
-    return Facade(settings, federation, mapper, endpoints, organizations, sources)
+    return Parts(settings, federation, mapper, endpoints, organizations, sources)

@@ -2,39 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from app.archives.dicomweb.wado import ImageSource
 from app.core import dicom_json as dj
 from app.core.compartment import Compartment, Filters, narrow_studies
 from app.core.errors import Conflict, NotFound, TooCostly
-from app.core.mapping.engine import StudyMapper
 from app.core.mapping.patient import patient_resource, subject_number
 from app.core.search.study import ParsedQuery, StudySearch, parse_study_search
-from app.federation.search import FederatedResult, Federation
-from app.settings import Settings
+from app.federation.search import FederatedResult
+
+if TYPE_CHECKING:
+    from app.services.build import Parts
 
 Resource = dict[str, Any]
-
-
-@dataclass
-class Facade:
-    """What build_facade makes of the settings: the federation, the mapper, the trust directory."""
-
-    settings: Settings
-    federation: Federation
-    mapper: StudyMapper
-    endpoints: list[Resource]
-    organizations: list[Resource]
-    image_sources: dict[str, ImageSource] = field(default_factory=dict)
 
 
 class ImagingService:
     """ImagingStudy search, read and `_include`, answered live by every trust archive."""
 
-    def __init__(self, parts: Facade) -> None:
+    def __init__(self, parts: Parts) -> None:
         self.settings = parts.settings
         self.federation = parts.federation
         self.endpoints = parts.endpoints

@@ -26,7 +26,7 @@ from app.archives.folder.wado import FolderWado
 from app.archives.metered import MeteredArchive
 from app.archives.protocol import Archive, Capabilities, Probe
 from app.core.query import PatientKey, StudyQuery
-from app.services.build import build_facade
+from app.services.build import build_parts
 from app.settings import BASE_URL_ENV, CURSOR_SECRET_ENV, Settings, TrustSettings, settings_from_document
 from tests.archives.support import DicomWebService
 from tests.infra import free_port
@@ -241,7 +241,7 @@ def test_facade_gets_an_image_source_for_every_trust_that_offers_images(
             DIMSE: {"type": "dimse", "host": "127.0.0.1", "port": free_port(), "called_aet": "NOBODY"},
         },
     )
-    facade = build_facade(settings)
+    facade = build_parts(settings)
     try:
         assert {trust_id: type(source) for trust_id, source in facade.image_sources.items()} == {
             FOLDER: FolderWado,
