@@ -1,10 +1,11 @@
 """Resource protection: every FHIR call but discovery and /metadata needs a valid SMART token.
 
     Unauthorized   401  missing, malformed, expired, revoked or foreign token (WWW-Authenticate: Bearer)
-    Forbidden      403  a valid token whose scopes do not allow the interaction (insufficient_scope)
+    Forbidden      403  a valid token whose scopes do not allow the interaction (insufficient_scope;
+                        app.core.errors, the one 403 of scopes and compartment alike)
 
-Scopes are decided before any archive is asked (scopes.decide); the patient compartment the
-decision carries is applied by the views to every path: search, read, _include, paging.
+Scopes are decided before any archive is asked (app.core.scopes.decide); the patient compartment the
+decision carries is applied on every path by app.core.compartment.
 """
 
 from __future__ import annotations
@@ -17,18 +18,11 @@ import orjson
 from joserfc.util import urlsafe_b64decode
 
 from app.auth.tokens import AccessClaims, InvalidToken
-from app.core.errors import FhirError
+from app.core.compartment import COMPARTMENT_TYPES, FILTERABLE
+from app.core.errors import FhirError, Forbidden
 from app.core.scopes import Decision, Scopes, decide, parse_scopes
 
 log = logging.getLogger(__name__)
-
-# Types in the Patient compartment here; Endpoint and Organization are directory data.
-COMPARTMENT_TYPES = frozenset({"ImagingStudy", "Patient", "AuditEvent"})
-# Search parameters a v2 scope may filter on, per type (anything else grants nothing).
-FILTERABLE = {
-    "ImagingStudy": frozenset({"modality", "status", "endpoint", "bodysite", "dicom-class"}),
-    "*": frozenset(),
-}
 
 
 class Unauthorized(FhirError):
@@ -47,19 +41,6 @@ class Unauthorized(FhirError):
             else "authentication required: send a SMART access token as 'Authorization: Bearer <token>'",
             headers={"WWW-Authenticate": challenge},
         )
-
-
-class Forbidden(FhirError):
-    """RFC 6750 3.1 insufficient_scope: the token is valid but does not allow this."""
-
-    status_code = 403
-    issue_code = "forbidden"
-
-    def __init__(self, realm: str, reason: str, scope: str = "") -> None:
-        challenge = f'Bearer realm="{realm}", error="insufficient_scope", error_description="{reason}"'
-        if scope:
-            challenge += f', scope="{scope}"'
-        super().__init__(reason, headers={"WWW-Authenticate": challenge})
 
 
 class TokenValidator(Protocol):

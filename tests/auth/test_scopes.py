@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.auth.protect import COMPARTMENT_TYPES, FILTERABLE
+from app.core.compartment import COMPARTMENT_TYPES, FILTERABLE
 from app.core.scopes import Grant, Scopes, decide, parse_scope, parse_scopes
 
 A = "9998785642"

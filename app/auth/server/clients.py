@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.auth.protect import FILTERABLE
 from app.auth.tokens import JwksSource
+from app.core.compartment import FILTERABLE
 from app.core.scopes import Grant, parse_scope
 from app.settings import config_secret
 

@@ -12,7 +12,6 @@ from flask import Blueprint, Response, g, request
 
 from app.audit.events import AuditRecord, build_events
 from app.auth.protect import Access
-from app.auth.protect import Forbidden as ScopeForbidden
 from app.core.compartment import Compartment
 from app.core.errors import Forbidden, InvalidRequest
 from app.core.search.cursor import decode_cursor
@@ -111,7 +110,7 @@ def readable(*resource_types: str) -> dict[str, Compartment]:
     for resource_type in resource_types:
         try:
             out[resource_type] = compartment(resource_type, "r")
-        except (Forbidden, ScopeForbidden):
+        except Forbidden:
             continue
     return out
 
