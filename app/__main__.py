@@ -162,11 +162,10 @@ def launch(config: str, client: str, patient: str, study: str | None) -> int:
     if server is None:
         print("launch needs auth.mode: embedded", file=sys.stderr)
         return 1
-    from app.core.identity import nhs_number_problem
-
-    problem = nhs_number_problem(patient)
-    if problem or client not in server.clients:
-        print(problem or f"unknown client {client!r}", file=sys.stderr)
+    problem = f"unknown client {client!r}" if client not in server.clients else None
+    problem = problem or server.launch_context_problem(patient, study)
+    if problem:
+        print(problem, file=sys.stderr)
         return 1
     found = server.create_launch(client, patient, study)
     print(found["launch"])

@@ -7,7 +7,9 @@ from typing import Any
 from app.core import systems
 from app.core.compartment import NOT_KNOWN, Compartment
 from app.core.errors import Forbidden, InvalidRequest, NotFound
+from app.core.mapping.patient import subject_number
 from app.core.query import NameQuery
+from app.core.search.study import StudySearch
 from app.federation.search import Federation
 from app.federation.xref import PatientXref
 from app.settings import Settings
@@ -43,6 +45,12 @@ class PatientService:
 
     def patients_by_name(self, name: NameQuery) -> tuple[list[Resource], Issues]:
         return self.federation.patients_by_name(name)
+
+    def holds_study(self, nhs_number: str, study_uid: str) -> bool:
+        """Whether the study is this patient's (an EHR launch's context stays in one patient's compartment)."""
+        compartment = Compartment(self.settings.base_url, nhs_number)
+        search = StudySearch(nhs_numbers=compartment.patients(None), study_uids=frozenset({study_uid}))
+        return bool(compartment.keep(self.federation.search(search).studies, subject_number))
 
     # -- IHE PIXm -------------------------------------------------------------------------------------------
     def pix(self, system: str, value: str, target_systems: set[str], compartment: Compartment) -> Resource:

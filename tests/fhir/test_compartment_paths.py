@@ -190,3 +190,23 @@ def test_compartment_audit_trail_needs_a_system_scope(app: Any, client: Any, peo
     token = bearer(app, people["A"], "launch/patient patient/*.rs user/*.rs")
     assert client.get(f"/fhir/AuditEvent?patient={people['A']}", headers=token).status_code == 403
     assert client.get(f"/fhir/AuditEvent?patient={people['A']}").status_code == 200  # the client's system token
+
+
+# -- EHR launch context -------------------------------------------------------------------------------
+def test_compartment_launch_context_study_must_be_the_patients(app: Any, people: dict[str, Any]) -> None:
+    """POST /auth/launch: an EPR may launch with a patient's own study, never with another patient's."""
+    from smart_tokens import system_token
+
+    http = app.test_client()
+    token = {"Authorization": f"Bearer {system_token(app, 'system/ImagingStudy.rs')}"}
+    own = sorted(studies(people, "A"))[0]
+    other = sorted(studies(people, "B"))[0]
+    body = {"client_id": "imaging-timeline", "patient": people["A"]}
+    granted = http.post("/auth/launch", json={**body, "imaging_study": own}, headers=token)
+    assert granted.status_code == 201, granted.get_json()
+    refused = http.post("/auth/launch", json={**body, "imaging_study": other}, headers=token)
+    assert refused.status_code == 400
+    assert refused.get_json() == {
+        "error": "invalid_request",
+        "error_description": "imaging_study is not a study of that patient",
+    }

@@ -47,6 +47,8 @@ class PatientFinder(Protocol):
 
     def patients_by_name(self, name: NameQuery) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]: ...
 
+    def holds_study(self, nhs_number: str, study_uid: str) -> bool: ...
+
 
 CAPABILITIES = [
     "launch-ehr",
@@ -265,10 +267,20 @@ class EmbeddedAuthServer:
             return {"error": "invalid_request", "error_description": "patient must be an NHS number (a string)"}
         if study is not None and not (isinstance(study, str) and dj.is_uid(study)):
             return {"error": "invalid_request", "error_description": "imaging_study must be a StudyInstanceUID"}
+        problem = self.launch_context_problem(patient, study)
+        if problem:
+            return {"error": "invalid_request", "error_description": problem}
+        return self.create_launch(client_id, patient, study)
+
+    def launch_context_problem(self, patient: str, study: str | None) -> str | None:
+        """Why a launch cannot carry this context: the patient must have records, and the study be theirs
+        (a launch's context stays in one patient's compartment, app.core.compartment)."""
         problem = nhs_number_problem(patient)
         if problem or self.find_patient(patient) is None:
-            return {"error": "invalid_request", "error_description": problem or "the patient has no imaging records"}
-        return self.create_launch(client_id, patient, study)
+            return problem or "the patient has no imaging records"
+        if study is not None and not self.patients.holds_study(patient, study):
+            return "imaging_study is not a study of that patient"
+        return None
 
     def create_launch(self, client_id: str, patient: str, imaging_study: str | None = None) -> dict[str, Any]:
         context = [{"reference": f"ImagingStudy/{imaging_study}"}] if imaging_study else []
