@@ -25,6 +25,7 @@ import yaml
 
 from app.core import systems
 from app.settings.model import (
+    ARCHIVE_SETTINGS,
     ArchiveSettings,
     AuthSettings,
     DicomWebArchiveSettings,
@@ -339,22 +340,10 @@ def _auth(doc: dict[str, Any], base_dir: Path) -> AuthSettings:
 
 
 def _archive(doc: dict[str, Any], base_dir: Path) -> ArchiveSettings:
-    """The archive section, typed by its type (the registry in app.archives maps each to its adapter)."""
-    if doc["type"] == "folder":
-        return FolderArchiveSettings("folder", _resolve(base_dir, doc["path"]))
-    if doc["type"] == "dicomweb":
-        return DicomWebArchiveSettings(
-            "dicomweb", doc["url"], doc["page_size"], doc["auth"], doc["tls"], doc.get("wado_url"), doc.get("timeout_s")
-        )
-    return DimseArchiveSettings(
-        "dimse",
-        doc["host"],
-        doc["port"],
-        doc["called_aet"],
-        doc["calling_aet"],
-        doc.get("wado_url"),
-        doc.get("timeout_s"),
-    )
+    """The archive section as its type's settings class (the registry in app.archives maps each to its
+    adapter); a `path` is resolved against the configuration's folder."""
+    fields: dict[str, Any] = {k: (_resolve(base_dir, v) if k == "path" else v) for k, v in doc.items()}
+    return ARCHIVE_SETTINGS[doc["type"]](**fields)
 
 
 def _derived_secret(doc: dict[str, Any]) -> str:

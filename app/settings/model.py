@@ -56,6 +56,12 @@ class DimseArchiveSettings:
 
 
 ArchiveSettings = FolderArchiveSettings | DicomWebArchiveSettings | DimseArchiveSettings
+# `trusts[].archive.type` -> its settings class; the class's fields are the schema branch's keys.
+ARCHIVE_SETTINGS: Mapping[str, type[ArchiveSettings]] = {
+    "folder": FolderArchiveSettings,
+    "dicomweb": DicomWebArchiveSettings,
+    "dimse": DimseArchiveSettings,
+}
 
 
 @dataclass(frozen=True)
