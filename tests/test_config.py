@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from app.settings import ConfigError, check_document, load_settings, settings_from_document
+from app.settings import ConfigError, FolderArchiveSettings, check_document, load_settings, settings_from_document
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -174,7 +174,9 @@ def test_config_relative_folder_resolved_against_config_dir(doc, demo_data):
     assert problems_of(doc, demo_data) == []
     assert problems_of(doc, demo_data / "bolton") != []
     settings = settings_from_document(doc, demo_data)
-    assert settings.trusts[0].archive.path == (demo_data / "bolton").resolve()
+    archive = settings.trusts[0].archive
+    assert isinstance(archive, FolderArchiveSettings), archive
+    assert archive.path == (demo_data / "bolton").resolve()
     assert settings.patient_xref == (demo_data / "xref.csv").resolve()
 
 

@@ -287,6 +287,7 @@ def scp() -> Iterator[tuple[int, list[str]]]:
     ae = AE(ae_title="FAKE")
     ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
     server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, handle)])
+    assert server is not None
     yield server.server_address[1], mode
     release.set()
     ae.shutdown()

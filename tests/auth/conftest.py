@@ -49,7 +49,7 @@ from smart_support import (
 try:  # tests/ is on sys.path in pytest's default "prepend" import mode (no __init__.py)
     from fhir_validation import validate_resource
 except ImportError:  # pragma: no cover
-    from tests.fhir_validation import validate_resource
+    from tests.fhir_validation import validate_resource  # type: ignore[no-redef]
 
 import app.auth.tokens as tokens_module
 from app import create_app

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs
 
 from demo_dataset import demo_dataset
 from joserfc import jwt
-from joserfc.jwk import ECKey, RSAKey
+from joserfc.jwk import ECKey, KeyParameters, RSAKey
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = ROOT / "config" / "demo.yaml"
@@ -109,7 +109,7 @@ class SigningKey:
 
 
 def generate_key(alg: str, kid: str) -> SigningKey:
-    params = {"kid": kid, "alg": alg, "use": "sig"}
+    params: KeyParameters = {"kid": kid, "alg": alg, "use": "sig"}
     if alg.startswith("RS"):
         return SigningKey(alg, RSAKey.generate_key(2048, parameters=params))
     curve = {"ES256": "P-256", "ES384": "P-384"}[alg]

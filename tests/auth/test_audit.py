@@ -39,7 +39,7 @@ from app.web.components import components
 try:
     from fhir_validation import validate_resource
 except ImportError:  # pragma: no cover
-    from tests.fhir_validation import validate_resource
+    from tests.fhir_validation import validate_resource  # type: ignore[no-redef]
 
 STUDY_A = sorted(STUDIES_A)[0]
 STUDY_B = sorted(STUDIES_B)[0]

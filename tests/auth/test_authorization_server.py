@@ -48,7 +48,7 @@ from embedded_support import (
 )
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import ECKey, KeySet, RSAKey
+from joserfc.jwk import ECKey, KeyParameters, KeySet, RSAKey
 
 import app.auth.server.store as store_module
 from app import create_app
@@ -180,9 +180,9 @@ def store_clock(monkeypatch: pytest.MonkeyPatch) -> StoreClock:
 
 
 def auth_params(
-    client_id: str = TIMELINE,
-    redirect_uri: str = TIMELINE_REDIRECT,
-    scope: str = STANDALONE_SCOPE,
+    client_id: str | None = TIMELINE,
+    redirect_uri: str | None = TIMELINE_REDIRECT,
+    scope: str | None = STANDALONE_SCOPE,
     **override: str | None,
 ) -> tuple[dict[str, str], str]:
     """Authorization request parameters (None removes one) and the PKCE verifier."""
@@ -234,7 +234,7 @@ def obtain_code(
 
 
 def user_tokens(app: Any, patient: str | None, scope: str = STANDALONE_SCOPE, **override: str | None) -> dict[str, Any]:
-    code, verifier, params = obtain_code(app, patient, scope=scope, **override)
+    code, verifier, params = obtain_code(app, patient, method="GET", scope=scope, **override)
     response = exchange(
         app.test_client(), code, verifier, client_id=params["client_id"], redirect_uri=params["redirect_uri"]
     )
@@ -887,6 +887,7 @@ def test_introspect_bad_token_inactive_200(http: Any, token: str) -> None:
 
 def test_introspect_expired_token_inactive(server_app: Any, http: Any) -> None:
     server = components(server_app).auth_server
+    assert server is not None
     token = server.issuer._sign(
         {
             "iss": FHIR_BASE,
@@ -983,10 +984,16 @@ def test_backend_token_without_registered_scope_cannot_read_patients(
     assert read.status_code == 403, read.status_code
 
 
+def key_with_portal_kid() -> RSAKey:
+    """A fresh RSA key under the portal key's kid: its signatures do not verify against the registered key."""
+    kid = PORTAL_KEY.kid
+    assert kid is not None, "the portal key has no kid"
+    params: KeyParameters = {"kid": kid, "alg": "RS384"}
+    return RSAKey.generate_key(2048, parameters=params)
+
+
 BAD_ASSERTIONS: dict[str, Callable[[], str]] = {
-    "bad-signature-same-kid": lambda: client_assertion(
-        RSAKey.generate_key(2048, parameters={"kid": PORTAL_KEY.kid, "alg": "RS384"}), PORTAL
-    ),
+    "bad-signature-same-kid": lambda: client_assertion(key_with_portal_kid(), PORTAL),
     "aud-fhir-base": lambda: client_assertion(PORTAL_KEY, PORTAL, aud=FHIR_BASE),
     "aud-other-server": lambda: client_assertion(PORTAL_KEY, PORTAL, aud="https://other.example/auth/token"),
     "aud-missing": lambda: client_assertion(PORTAL_KEY, PORTAL, aud=None),

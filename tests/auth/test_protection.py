@@ -24,7 +24,7 @@ import pytest
 try:
     from fhir_validation import validate_resource
 except ImportError:  # pragma: no cover
-    from tests.fhir_validation import validate_resource
+    from tests.fhir_validation import validate_resource  # type: ignore[no-redef]
 
 from smart_support import (
     ACCESSION_OF,

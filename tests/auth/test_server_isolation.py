@@ -134,7 +134,9 @@ def test_the_refresh_family_is_an_argument_of_the_issuer(apps: tuple[Flask, Flas
     fresh = [server.issuer("authorization_code", client, user, SCOPE)["refresh_token"] for _ in range(2)]
 
     def family(token: str) -> str:
-        return str(server.store.get("refresh", hashlib.sha256(token.encode()).hexdigest())["family"])
+        record = server.store.get("refresh", hashlib.sha256(token.encode()).hexdigest())
+        assert record is not None, "no refresh record for the token"
+        return str(record["family"])
 
     assert family(kept) == "family-17"
     assert family(fresh[0]) != family(fresh[1])
