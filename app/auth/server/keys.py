@@ -40,9 +40,14 @@ class RetireRefused(Exception):
     """The key may not be retired: the server would be left without a key to sign with."""
 
 
+def new_kid() -> str:
+    """A fresh key id, in hex: never starting with '-', which `rotate-keys --retire KID` would read as an option."""
+    return secrets.token_hex(8)
+
+
 def _new_key(taken: set[str]) -> RSAKey:
     while True:
-        kid = secrets.token_urlsafe(8)
+        kid = new_kid()
         if kid not in taken:
             return RSAKey.generate_key(2048, parameters={"kid": kid, "use": "sig"})
 
