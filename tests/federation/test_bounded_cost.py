@@ -3,18 +3,30 @@
 A search's cost to one archive is capped before anything is asked of anyone: values per parameter
 (`search.max_values_per_parameter`) and queries per archive (`federation.max_queries_per_archive`);
 over either it is refused with 400 too-costly, and the fault proxies in front of the eight Orthancs
-count the requests that reached them (none). No circuit breaker hears of a refused search.
+count the requests that reached them (none). What stays within the caps is bounded again where an
+answer can grow: QIDO-RS pages per query (`federation.max_pages`) and the studies whose series a
+DIMSE archive is asked for one C-FIND each (`federation.max_study_reads`, counted in dcmqrscp's own
+log). Reaching those is an `incomplete` outcome, never a failure: no circuit breaker opens.
 """
 
 from __future__ import annotations
 
+import copy
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from flask import Flask
 
+from app import create_app
 from app.core.identity import nhs_check_digit
-from tests.federation.conftest import FEDERATION
-from tests.federation.support import Federated, TrustServer, issues, match_ids
+from app.settings import settings_from_document
+from app.web.components import components
+from tests.federation.conftest import FEDERATION, BuildFacade
+from tests.federation.support import Federated, TrustServer, issues, issues_naming, match_ids
+from tests.infra.dcmqrscp import DcmqrscpServer
 
 try:  # pytest "prepend" import mode puts tests/ on sys.path (tests/conftest.py does the same)
     from fhir_validation import validate_resource
@@ -166,3 +178,107 @@ def test_over_cap_searches_never_count_against_a_breaker(
     bundle = federated.patient_search(nhs)  # the slow archive still answers a search within the caps
     assert set(match_ids(bundle)) == {s["study_uid"] for s in studies_by_patient[nhs]}, issues(bundle)
     assert not [i for i in issues(bundle) if i["code"] == "incomplete"]
+
+
+# --------------------------------------------------------------------------- pages per query
+
+
+def test_page_cap_is_an_incomplete_answer_not_a_failure(
+    build_facade: BuildFacade, trust_servers: dict[str, TrustServer], multi: dict[str, Any], studies_by_patient: Any
+) -> None:
+    """An answer that goes on past federation.max_pages is cut there: an `incomplete` outcome naming the
+    cap, within the archive's budget (no deadline overrun), and the archive's circuit stays closed."""
+    nhs = multi["nhs_number"]
+    studies = studies_by_patient[nhs]
+    paged = max(sorted(multi["trusts"]), key=lambda t: sum(t in s["trusts"] for s in studies))
+    assert sum(paged in s["trusts"] for s in studies) >= 2  # page 2 is full too: the answer goes on
+    federated = build_facade(archives={paged: {"page_size": 1}}, federation={**FEDERATION, "max_pages": 2})
+    proxy = trust_servers[paged].proxy
+    proxy.set_fault("delay", seconds=SLOW_S)  # every page costs time: uncapped, the series pages overrun 2 s
+    for _ in range(THRESHOLD + 1):
+        proxy.clear()
+        bundle = federated.patient_search(nhs)
+        offsets = [t.split("offset=")[1] for _m, t in proxy.requests if "/studies?" in t]
+        assert offsets == ["0", "1"], proxy.requests
+        assert len([t for _m, t in proxy.requests if "/series?" in t]) == 2
+        cut = issues_naming(bundle, federated.names[paged], "incomplete")
+        assert any("more than 2 results (2 pages, federation.max_pages)" in i["diagnostics"] for i in cut), cut
+        assert not any("did not answer" in i["diagnostics"] for i in cut), cut
+    assert breakers(federated) == all_closed(federated)
+
+
+# --------------------------------------------------------------------------- DIMSE: studies read one by one
+
+DIMSE_TRUST = "wwl"  # PatientID = NHS number, issuer NHS
+
+
+@pytest.fixture(scope="module")
+def verbose_dcmqrscp(demo_data: Path) -> Iterator[DcmqrscpServer]:
+    """The trust's demo files in a real dcmqrscp that logs every C-FIND it receives (-v)."""
+    with DcmqrscpServer(aet="WWLPACS", extra_args=["-v"]) as server:
+        server.store(sorted((demo_data / DIMSE_TRUST).rglob("*.dcm")))
+        yield server
+
+
+@pytest.fixture()
+def dimse_app(
+    config_document: dict[str, Any], demo_data: Path, verbose_dcmqrscp: DcmqrscpServer, tmp_path: Path
+) -> Iterator[Flask]:
+    """The demo facade with wwl answering by C-FIND, and at most two studies' series read per search."""
+    doc = copy.deepcopy(config_document)
+    doc["audit"] = {"path": str(tmp_path / "audit.sqlite")}
+    doc["auth"]["signing_keys"] = str(tmp_path / "keys.json")
+    doc["auth"]["store"] = f"sqlite:{tmp_path / 'auth.sqlite'}"
+    doc["federation"] = {**doc.get("federation", {}), "max_study_reads": 2}
+    for trust in doc["trusts"]:
+        if trust["id"] == DIMSE_TRUST:
+            trust["archive"] = {
+                "type": "dimse",
+                "host": verbose_dcmqrscp.host,
+                "port": verbose_dcmqrscp.port,
+                "called_aet": verbose_dcmqrscp.aet,
+                "timeout_s": 5,
+            }
+    app = create_app(settings_from_document(doc, demo_data, "tests/federation/bounded-cost"))
+    yield app
+    components(app).services.close()
+
+
+def series_finds(server: DcmqrscpServer) -> int:
+    """SERIES-level C-FIND requests in the archive's own log."""
+    lines = server.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return sum("[SERIES]" in line and "QueryRetrieveLevel" in line for line in lines)
+
+
+def test_dimse_series_read_for_at_most_max_study_reads_studies(
+    dimse_app: Flask, verbose_dcmqrscp: DcmqrscpServer, manifest: dict[str, Any]
+) -> None:
+    """A DIMSE archive costs one SERIES C-FIND per study: only the newest `max_study_reads` studies are
+    read, the others left out with an `incomplete` outcome naming the cap; the circuit stays closed."""
+    patient = max(manifest["patients"], key=lambda p: sum(s["trusts"] == [DIMSE_TRUST] for s in p["studies"]))
+    only_there = [s for s in patient["studies"] if s["trusts"] == [DIMSE_TRUST]]
+    assert len(only_there) >= 3
+    newest = sorted(only_there, key=lambda s: (s["study_date"] or "", s["study_time"] or "", s["study_uid"]))[-2:]
+    before = series_finds(verbose_dcmqrscp)
+    response = dimse_app.test_client().get(
+        f"/fhir/ImagingStudy?patient={patient['nhs_number']}&_count=200",
+        headers={"Authorization": f"Bearer {system_token(dimse_app)}"},
+    )
+    assert response.status_code == 200
+    bundle = response.get_json()
+    validate_resource(bundle)
+    found = set(match_ids(bundle))
+    assert found & {s["study_uid"] for s in only_there} == {s["study_uid"] for s in newest}
+    assert found >= {s["study_uid"] for s in patient["studies"] if s["trusts"] != [DIMSE_TRUST]}
+    name = next(
+        t.settings.name for t in components(dimse_app).services.federation.trusts if t.settings.id == DIMSE_TRUST
+    )
+    cut = issues_naming(bundle, name, "incomplete")
+    assert any("federation.max_study_reads" in i["diagnostics"] for i in cut), issues(bundle)
+    deadline = time.monotonic() + 2  # the log is written by another process
+    while series_finds(verbose_dcmqrscp) - before < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert series_finds(verbose_dcmqrscp) - before == 2
+    wwl = next(t for t in components(dimse_app).services.federation.trusts if t.settings.id == DIMSE_TRUST)
+    assert (wwl.breaker.state, wwl.breaker._failures) == ("closed", 0)
