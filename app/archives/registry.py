@@ -40,7 +40,8 @@ class ArchiveType(Generic[C, A]):
     """One archive type: how its adapter is built, where its images come from, how readiness probes it."""
 
     adapter: type[A]
-    build: Callable[[str, C, float], A]  # (trust id, its `archive` settings, timeout) -> adapter
+    # (the trust, its `archive` settings, timeout) -> adapter; the trust gives its id and its limits
+    build: Callable[[TrustSettings, C, float], A]
     image_source: Callable[[A, C, ImageOptions], ImageSource | None]  # None: no image retrieval
     probe: Callable[[A, float], Probe]
 
@@ -86,22 +87,28 @@ def _dimse_images(archive: DimseArchive, config: DimseArchiveSettings, options: 
 # Each entry typed with its adapter class, so that mypy checks its factory, image source and probe.
 FOLDER: ArchiveType[FolderArchiveSettings, FolderArchive] = ArchiveType(
     FolderArchive,
-    lambda name, config, _timeout_s: FolderArchive(name, config.path),
+    lambda trust, config, _timeout_s: FolderArchive(trust.id, config.path),
     lambda archive, _config, options: FolderWado(archive, options.chunk_bytes, options.thumbnail_px),
     probe_folder,
 )
 DICOMWEB: ArchiveType[DicomWebArchiveSettings, DicomWebArchive] = ArchiveType(
     DicomWebArchive,
-    lambda name, config, timeout_s: DicomWebArchive(
-        name, config.url, timeout_s, config.page_size, dict(config.auth), dict(config.tls)
+    lambda trust, config, timeout_s: DicomWebArchive(
+        trust.id,
+        config.url,
+        timeout_s,
+        config.page_size,
+        dict(config.auth),
+        dict(config.tls),
+        max_pages=trust.limits.max_pages,
     ),
     _dicomweb_images,
     probe_dicomweb,
 )
 DIMSE: ArchiveType[DimseArchiveSettings, DimseArchive] = ArchiveType(
     DimseArchive,
-    lambda name, config, timeout_s: DimseArchive(
-        name, config.host, config.port, config.called_aet, config.calling_aet, timeout_s
+    lambda trust, config, timeout_s: DimseArchive(
+        trust.id, config.host, config.port, config.called_aet, config.calling_aet, timeout_s
     ),
     _dimse_images,
     probe_dimse,
@@ -118,7 +125,7 @@ def archive_type(trust: TrustSettings) -> ArchiveType[Any, Any]:
 
 def build_archive(trust: TrustSettings, timeout_s: float) -> Archive:
     """The adapter a trust's `archive` settings describe (the one place settings become adapters)."""
-    adapter: Archive = archive_type(trust).build(trust.id, trust.archive, timeout_s)
+    adapter: Archive = archive_type(trust).build(trust, trust.archive, timeout_s)
     return adapter
 
 

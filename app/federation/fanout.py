@@ -11,6 +11,11 @@
   archive nor count a timeout twice.
 - Each trust's answer is handed to `on_answer` as soon as it is complete, so mapping overlaps the
   wait for slower archives.
+- Reads that go one study at a time (the series of an archive that needs the study UIDs for them,
+  DIMSE: one SERIES C-FIND per study; and the instances, for a read or a dicom-class or instance
+  search) are made for at most `federation.max_study_reads` studies per search and archive: the
+  newest. The others are left out with an `incomplete` note: the search's size can never turn into
+  a deadline overrun that the breaker would count as the archive's failure.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from app.federation.circuit import CircuitBreaker, CircuitOpen
 from app.settings import TrustSettings
 
 log = logging.getLogger(__name__)
+_STUDY_TIME = dj.tag("StudyTime")  # with StudyDate: which studies are the newest
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class TrustAnswer:
     series: list[Dataset] = field(default_factory=list)
     instances: dict[str, dict[str, list[Dataset]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    left_out: set[str] = field(default_factory=set)  # studies found but not read: over max_study_reads
 
     def note(self, incomplete: str | None) -> None:
         if incomplete and incomplete not in self.notes:
@@ -94,11 +101,15 @@ def _series(trust: TrustArchive, queries: list[StudyQuery], deadline: float) -> 
 
 
 def _sequential(trust: TrustArchive, queries: list[StudyQuery], with_instances: bool, deadline: float) -> TrustAnswer:
-    """Studies, then the series of the studies found (DIMSE needs their UIDs), then instances."""
+    """Studies, then the series of the studies found (DIMSE needs their UIDs), then instances; reads of
+    one study at a time for at most max_study_reads studies (the module's docstring)."""
     answer = TrustAnswer(trust)
+    one_by_one = with_instances or not trust.archive.capabilities.series_by_patient
     with budget.until(deadline):
         for query in queries:
             new = _add_studies(answer, trust.archive.find_studies(query))
+            if one_by_one:
+                new = _within_study_reads(answer, new, trust.settings.limits.max_study_reads)
             if new:
                 _add_series(answer, trust.archive.find_series(query, tuple(sorted(new))), query)
         if with_instances:
@@ -127,13 +138,37 @@ def _add_studies(answer: TrustAnswer, found: Found) -> list[str]:
     return new
 
 
+def _within_study_reads(answer: TrustAnswer, new: list[str], limit: int) -> list[str]:
+    """The studies just found that may still be read one by one: the newest, while fewer than `limit`
+    have been in this search. The others are taken out of the answer, with a note."""
+    left = limit - (len(answer.studies) - len(new))
+    if len(new) <= left:
+        return new
+    dates = {
+        dj.first_text(s, dj.STUDY_INSTANCE_UID): (
+            dj.first_text(s, dj.STUDY_DATE) or "",
+            dj.first_text(s, _STUDY_TIME) or "",
+        )
+        for s in answer.studies
+    }
+    kept = sorted(new, key=lambda uid: (*dates[uid], uid), reverse=True)[: max(left, 0)]
+    dropped = set(new) - set(kept)
+    answer.studies = [s for s in answer.studies if dj.first_text(s, dj.STUDY_INSTANCE_UID) not in dropped]
+    answer.left_out |= dropped
+    answer.note(
+        f"more than {limit} studies matched; {limit} were read, the newest first, and the others were left out "
+        "(federation.max_study_reads)"
+    )
+    return kept
+
+
 def _add_series(answer: TrustAnswer, found: Found, query: StudyQuery) -> None:
     answer.note(found.incomplete)
     studies = {dj.first_text(s, dj.STUDY_INSTANCE_UID) for s in answer.studies}
     known = {dj.first_text(s, dj.SERIES_INSTANCE_UID) for s in answer.series}
     for item in found.datasets:
         uid = dj.first_text(item, dj.SERIES_INSTANCE_UID)
-        if not uid or uid in known:
+        if not uid or uid in known or dj.first_text(item, dj.STUDY_INSTANCE_UID) in answer.left_out:
             continue
         if dj.first_text(item, dj.STUDY_INSTANCE_UID) in studies:
             known.add(uid)

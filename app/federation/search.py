@@ -4,12 +4,23 @@ The query plan turns a validated StudySearch into typed per-trust StudyQuery val
 keys resolved per trust), the archives answer in parallel within a deadline, each study is
 mapped by the pure core, and the answers are merged into one deterministic list. A trust that
 fails becomes an OperationOutcome issue; the others still answer.
+
+Bounded cost (S1, docs/security.md): before anything is asked of anyone (the cross-reference
+included), the plan checks the search against each planned archive's limits (settings
+ArchiveLimits): no parameter may carry more than `search.max_values_per_parameter` values, and
+the queries the plan would send one archive (the product of the values of patient, accession
+numbers, series and instances) may not exceed `federation.max_queries_per_archive.<type>`. Over
+either, the search is refused with 400 too-costly naming the cap: no archive is asked and no
+circuit breaker hears of it, so a search too large for its own deadline can never count as an
+archive's failure. (A patient with several local numbers at one xref trust multiplies that
+trust's queries by their count: bounded by the data, not by the request.)
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
@@ -18,6 +29,7 @@ from typing import Any
 from app.core import dicom_json as dj
 from app.core import systems
 from app.core.dicom_json import Dataset
+from app.core.errors import TooCostly
 from app.core.mapping.context import TrustMapping
 from app.core.mapping.engine import StudyMapper
 from app.core.mapping.patient import nhs_number_of, patient_resource, subject_reference
@@ -60,24 +72,26 @@ class Federation:
         return self.xref.local_keys(nhs_number, trust.settings.id)
 
     def plan(self, search: StudySearch) -> dict[str, list[StudyQuery]]:
-        """Per trust id, the archive queries that together cover the search (empty: ask nobody)."""
+        """Per trust id, the archive queries that together cover the search (empty: ask nobody).
+
+        Raises TooCostly, before any I/O, when the search is over a planned archive's limits."""
         if search.statuses and "available" not in search.statuses:
             return {}
         if search.study_uids is not None and not search.study_uids:
             return {}
+        planned = [t for t in self.trusts if _selected(t, search)]
+        for trust in planned:
+            check_cost(search, trust)
         date_from, date_to = dicom_bounds(search.started, self.zone)
         uids = tuple(sorted(search.study_uids or ()))
         plans: dict[str, list[StudyQuery]] = {}
-        for trust in self.trusts:
-            ids = {trust.mapping.endpoint_id, trust.mapping.viewer_endpoint_id}
-            if search.endpoint_ids is not None and not ids & search.endpoint_ids:
-                continue
+        for trust in planned:
             patients: list[PatientKey | None] = [None]
             if search.nhs_numbers is not None:
                 patients = [k for n in sorted(search.nhs_numbers) for k in self.patient_keys(trust, n)]
             accessions: list[str | None] = [*sorted({a.code for a in search.accessions})] or [None]
-            series: list[str | None] = list(search.series_uids) or [None]
-            sops: list[str | None] = list(search.instance_uids) or [None]
+            series: list[str | None] = list(dict.fromkeys(search.series_uids)) or [None]
+            sops: list[str | None] = list(dict.fromkeys(search.instance_uids)) or [None]
             queries = [
                 StudyQuery(
                     patient=p,
@@ -226,6 +240,46 @@ class Federation:
         for trust in self.trusts:
             trust.pool.shutdown(wait=False, cancel_futures=True)
             trust.archive.close()
+
+
+def _selected(trust: TrustArchive, search: StudySearch) -> bool:
+    """False when the search's `endpoint` leaves the trust out: nothing is asked of it."""
+    ids = {trust.mapping.endpoint_id, trust.mapping.viewer_endpoint_id}
+    return search.endpoint_ids is None or bool(ids & search.endpoint_ids)
+
+
+def multiplying(search: StudySearch) -> list[tuple[str, int]]:
+    """The criteria whose values each need a query of their own (the plan's product), with their counts."""
+    factors = (
+        ("patient", len(search.nhs_numbers or ())),
+        ("identifier", len({a.code for a in search.accessions})),
+        ("series", len(set(search.series_uids))),
+        ("instance", len(set(search.instance_uids))),
+    )
+    return [(name, count) for name, count in factors if count]
+
+
+def check_cost(search: StudySearch, trust: TrustArchive) -> None:
+    """Refuse (400 too-costly) a search over what the trust's archive may be asked for one search:
+    too many values of one parameter, or a plan of too many queries. Pure: asks nobody anything."""
+    limits = trust.settings.limits
+    for criterion in search.values_by_parameter():
+        if criterion.values > limits.max_values_per_parameter:
+            raise TooCostly(
+                f"{criterion.values} {criterion.what}: at most {limits.max_values_per_parameter} values of one "
+                "search parameter are sent to an archive (search.max_values_per_parameter); split the search",
+                criterion.parameter,
+            )
+    factors = multiplying(search)
+    queries = math.prod(count for _, count in factors)
+    if queries > limits.max_queries:
+        names = " x ".join(name for name, _ in factors)
+        counts = " x ".join(str(count) for _, count in factors)
+        raise TooCostly(
+            f"this search would send {queries} queries ({names}: {counts}) to the {trust.settings.archive.type} "
+            f"archive of {trust.settings.name}, more than its cap of {limits.max_queries} per search "
+            f"({limits.queries_key(trust.settings.archive.type)}); narrow the search or split it"
+        )
 
 
 def demographic_conflicts(

@@ -26,6 +26,7 @@ import yaml
 from app.core import systems
 from app.settings.model import (
     ARCHIVE_SETTINGS,
+    ArchiveLimits,
     ArchiveSettings,
     AuthSettings,
     DicomWebArchiveSettings,
@@ -45,6 +46,7 @@ from app.settings.model import (
 __all__ = [
     "BASE_URL_ENV",
     "CURSOR_SECRET_ENV",
+    "ArchiveLimits",
     "ArchiveSettings",
     "AuthSettings",
     "ConfigError",
@@ -267,7 +269,7 @@ def settings_from_document(doc: Any, base_dir: Path, source: str = "<dict>") -> 
         base_url=(os.environ.get(BASE_URL_ENV) or full["base_url"]).rstrip("/"),
         timezone=full["timezone"],
         cursor_secret=secret.encode(),
-        trusts=tuple(_trust(t, base_dir) for t in full["trusts"]),
+        trusts=tuple(_trust(t, base_dir, search, federation) for t in full["trusts"]),
         patient_xref=_resolve(base_dir, xref) if xref else None,
         default_count=search["default_count"],
         max_count=search["max_count"],
@@ -354,7 +356,17 @@ def _derived_secret(doc: dict[str, Any]) -> str:
     return hashlib.sha256(b"gm-facade paging cursors\n" + canonical).hexdigest()
 
 
-def _trust(doc: dict[str, Any], base_dir: Path) -> TrustSettings:
+def _limits(archive_type: str, search: dict[str, Any], federation: dict[str, Any]) -> ArchiveLimits:
+    """What one search may cost an archive of this type (filled sections: every key is there)."""
+    return ArchiveLimits(
+        max_values_per_parameter=int(search["max_values_per_parameter"]),
+        max_queries=int(federation["max_queries_per_archive"][archive_type]),
+        max_study_reads=int(federation["max_study_reads"]),
+        max_pages=int(federation["max_pages"]),
+    )
+
+
+def _trust(doc: dict[str, Any], base_dir: Path, search: dict[str, Any], federation: dict[str, Any]) -> TrustSettings:
     rule = doc["nhs_number"]
     return TrustSettings(
         id=doc["id"],
@@ -364,6 +376,7 @@ def _trust(doc: dict[str, Any], base_dir: Path) -> TrustSettings:
         wado_url=doc.get("wado_url"),
         archive=_archive(doc["archive"], base_dir),
         nhs_number=NhsNumberRule(rule["match"], rule.get("issuer")),
+        limits=_limits(doc["archive"]["type"], search, federation),
         viewer=doc.get("viewer"),
     )
 

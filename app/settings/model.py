@@ -65,6 +65,21 @@ ARCHIVE_SETTINGS: Mapping[str, type[ArchiveSettings]] = {
 
 
 @dataclass(frozen=True)
+class ArchiveLimits:
+    """What one search may cost one archive (S1, docs/security.md): the loader takes them from `search` and
+    `federation` (the queries cap by the archive's type); the federation and the adapter enforce them."""
+
+    max_values_per_parameter: int  # search.max_values_per_parameter: distinct values of one parameter
+    max_queries: int  # federation.max_queries_per_archive.<type>: queries of one search's plan, before paging
+    max_study_reads: int  # federation.max_study_reads: studies whose series or instances are read one by one
+    max_pages: int  # federation.max_pages: QIDO-RS pages per query
+
+    def queries_key(self, archive_type: str) -> str:
+        """The setting that holds `max_queries` for an archive of this type (named in a refusal)."""
+        return f"federation.max_queries_per_archive.{archive_type}"
+
+
+@dataclass(frozen=True)
 class TrustSettings:
     id: str
     name: str
@@ -73,6 +88,7 @@ class TrustSettings:
     wado_url: str | None
     archive: ArchiveSettings
     nhs_number: NhsNumberRule
+    limits: ArchiveLimits
     viewer: Config | None = None
 
     @property

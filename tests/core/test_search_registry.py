@@ -218,6 +218,31 @@ def test_the_study_search_refuses_with_the_same_messages(
     assert (error.diagnostics, error.expression) == (diagnostics, expression)
 
 
+def test_the_study_search_counts_the_distinct_values_of_each_criterion() -> None:
+    """What the cost caps count (app/federation/search.py, S1): values after repeats are combined, each
+    criterion under the parameter that sets it; result parameters are no criteria, however long."""
+    parsed = study(
+        [
+            ("patient", f"{NHS},{OTHER_NHS}"),
+            ("subject", NHS),  # a repeat narrows: one patient is left
+            ("identifier", "2.25.1,2.25.2,urn:oid:2.25.2"),
+            ("modality", "CT,MR,CT"),
+            ("started", "ge2020"),
+            ("started", "lt2030"),
+            ("series", "2.25.3,2.25.4"),
+            ("_elements", ",".join(["identifier"] * 25)),
+            ("_include", "ImagingStudy:endpoint"),
+            ("_sort", "started"),
+        ]
+    )
+    counted = [(c.parameter, c.values) for c in parsed.search.values_by_parameter()]
+    assert counted == [("patient", 1), ("_id", 2), ("started", 2), ("modality", 2), ("series", 2)]
+    assert [c.what for c in parsed.search.values_by_parameter()][:2] == [
+        "NHS numbers (patient, subject)",
+        "study UIDs (_id, identifier)",
+    ]
+
+
 # ---------------------------------------------------------------------- Patient, directories, audit
 
 

@@ -3,7 +3,9 @@
 Every answer an archive may give is turned into data, an `incomplete` note, or an ArchiveError
 with a short, patient-free reason: 200 (also with an empty body), 204, 206, 4xx/5xx, 429 with
 Retry-After, malformed JSON, a wrong content type, a Warning 299 header, results cut at `limit`
-(paged with `offset` until complete), refused connections, TLS failures and hangs.
+(paged with `offset` until complete, at most `max_pages` pages per query: federation.max_pages, from
+the registry; beyond, an `incomplete` note, never an ArchiveError), refused connections, TLS
+failures and hangs.
 
 Query strings are built here, not by requests: values are already validated plain keys, and some
 archives (Orthanc 1.10's plugin) do not decode percent-encoding, so only characters that must be
@@ -28,7 +30,6 @@ from app.telemetry.logs import upstream_headers
 
 _SAFE = "-._~:^,"  # left unescaped in values (RFC 3986 unreserved plus what QIDO needs verbatim)
 _JSON_TYPES = ("application/dicom+json", "application/json")
-MAX_PAGES = 20
 PROBE_STUDY_UID = "2.25.0"  # a syntactically valid UID under the UUID root that no study has
 
 
@@ -45,11 +46,14 @@ class DicomWebArchive:
         page_size: int = 500,
         auth: dict[str, Any] | None = None,
         tls: dict[str, Any] | None = None,
+        *,
+        max_pages: int = 20,  # the registry passes federation.max_pages; this serves adapters built by hand
     ) -> None:
         self.name = name
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self.page_size = page_size
+        self.max_pages = max_pages
         self.session = new_session(tls)
         self.auth = UpstreamAuth(auth or {}, self.session, name, timeout_s)
         self.requests_made = 0  # upstream requests, for P7 and the metrics
@@ -134,15 +138,21 @@ class DicomWebArchive:
         return body, note
 
     def _search(self, path: str, keys: list[tuple[str, str]], fields: tuple[str, ...]) -> Found:
+        """One query, paged with `offset` until a short page, for at most `max_pages` pages: the page cap
+        bounds what one query may cost, and reaching it is an incomplete answer, not an archive failure."""
         found: list[Dataset] = []
-        for _page in range(MAX_PAGES):
+        for _page in range(self.max_pages):
             batch, note = self._get_page(path, self._query_string(keys, fields, len(found), self.page_size))
             found.extend(batch)
             if note:
                 return Found(found, note)
             if len(batch) < self.page_size:
                 return Found(found)
-        return Found(found, f"more than {MAX_PAGES * self.page_size} results; the rest were not fetched")
+        return Found(
+            found,
+            f"more than {self.max_pages * self.page_size} results ({self.max_pages} pages, federation.max_pages); "
+            "the rest were not fetched",
+        )
 
     # -- Archive protocol ------------------------------------------------------------------
     def find_studies(self, query: StudyQuery) -> Found:

@@ -51,6 +51,33 @@ class StudySearch:
     statuses: tuple[str, ...] = ()
     paging: Paging = field(default_factory=lambda: Paging())
 
+    def values_by_parameter(self) -> list[Criterion]:
+        """Each criterion the search carries, named by the parameter that sets it, with its distinct values
+        (what the cost caps of app.federation.search count; result parameters are not criteria)."""
+        found = [
+            Criterion("patient", "NHS numbers (patient, subject)", len(self.nhs_numbers or ())),
+            Criterion("_id", "study UIDs (_id, identifier)", len(self.study_uids or ())),
+            Criterion("identifier", "accession numbers (identifier)", len({a.code for a in self.accessions})),
+            Criterion("started", "dates (started)", len(self.started)),
+            Criterion("modality", "modalities (modality)", len(set(self.modalities))),
+            Criterion("series", "series UIDs (series)", len(set(self.series_uids))),
+            Criterion("instance", "instance UIDs (instance)", len(set(self.instance_uids))),
+            Criterion("dicom-class", "SOP classes (dicom-class)", len(set(self.dicom_classes))),
+            Criterion("bodysite", "body sites (bodysite)", len(set(self.body_sites))),
+            Criterion("endpoint", "endpoints (endpoint)", len(self.endpoint_ids or ())),
+            Criterion("status", "statuses (status)", len(set(self.statuses))),
+        ]
+        return [c for c in found if c.values]
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One criterion of a search: the parameter that sets it, what its values are, and how many."""
+
+    parameter: str
+    what: str
+    values: int
+
 
 @dataclass
 class ParsedQuery:
