@@ -48,6 +48,14 @@ class ArchiveError(Exception):
         self.reason = reason
 
 
+class ArchiveRejected(ArchiveError):
+    """The archive answered, but refused this query or garbled its answer (4xx, malformed data): it is up.
+
+    Its circuit breaker hears no failure: only transport failures, upstream 5xx and timeouts count,
+    so that a query the archive finds too large (413) can never take a trust out for everyone.
+    """
+
+
 class ArchiveRetryLater(ArchiveError):
     """The archive asked us to come back later (429/503 with Retry-After)."""
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.archives import budget
-from app.archives.protocol import Archive, ArchiveError, ArchiveRetryLater, Found
+from app.archives.protocol import Archive, ArchiveError, ArchiveRejected, ArchiveRetryLater, Found
 from app.core import dicom_json as dj
 from app.core.dicom_json import Dataset
 from app.core.mapping.context import TrustMapping
@@ -294,6 +294,9 @@ def _settle(item: _Pending) -> TrustAnswer | str | None:
             item.results[name] = job.result()
         except ArchiveRetryLater as exc:
             item.trust.breaker.failure(exc.retry_after_s)
+            return exc.reason
+        except ArchiveRejected as exc:  # the archive is up and answered: not a failure of the archive
+            item.trust.breaker.success()
             return exc.reason
         except ArchiveError as exc:
             item.trust.breaker.failure()

@@ -9,7 +9,7 @@ from cachetools import TTLCache
 
 from app.archives import budget
 from app.archives.dicomweb.wado import RetrievalError
-from app.archives.protocol import ArchiveError
+from app.archives.protocol import ArchiveError, ArchiveRejected
 from app.core.compartment import Compartment
 from app.core.errors import NotFound
 from app.core.mapping.patient import nhs_number_of
@@ -51,7 +51,10 @@ class StudyOwners:
             with budget.until(time.monotonic() + trust.timeout_s):
                 found = trust.archive.find_studies(StudyQuery(study_uids=(study_uid,)))
         except ArchiveError as exc:
-            trust.breaker.failure()
+            if isinstance(exc, ArchiveRejected):  # it answered (a 4xx, a garbled answer): it is up
+                trust.breaker.success()
+            else:
+                trust.breaker.failure()
             raise RetrievalError(trust_id, 502, exc.reason) from None
         trust.breaker.success()
         rule = trust.settings.nhs_number

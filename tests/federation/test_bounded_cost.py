@@ -180,6 +180,30 @@ def test_over_cap_searches_never_count_against_a_breaker(
     assert not [i for i in issues(bundle) if i["code"] == "incomplete"]
 
 
+@pytest.mark.parametrize("status", [413, 400, 401])
+def test_an_archive_refusing_a_query_is_not_a_failing_archive(
+    federated: Federated, trust_servers: dict[str, TrustServer], multi: dict[str, Any], status: int
+) -> None:
+    """An archive that answers 4xx (413: the query too broad) is up: its refusal is reported, and its
+    circuit is never opened by it, so one client's queries cannot take a trust out for everyone."""
+    nhs = multi["nhs_number"]
+    trust = sorted(multi["trusts"])[0]
+    proxy = trust_servers[trust].proxy
+    proxy.set_fault("status", code=status)
+    try:
+        for _ in range(THRESHOLD + 1):
+            bundle = federated.patient_search(nhs)
+            named = issues_naming(bundle, federated.names[trust], "incomplete")
+            assert any(f"HTTP {status}" in i["diagnostics"] for i in named), issues(bundle)
+        assert breakers(federated) == all_closed(federated)
+        proxy.set_fault("none")
+        proxy.clear()
+        federated.patient_search(nhs)
+        assert proxy.requests, "the trust is still asked: its circuit stayed closed"
+    finally:
+        proxy.set_fault("none")
+
+
 # --------------------------------------------------------------------------- pages per query
 
 

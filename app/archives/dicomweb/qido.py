@@ -22,7 +22,7 @@ import requests
 
 from app.archives import attributes, budget
 from app.archives.http import UpstreamAuth, failure_reason, new_session, retry_after_seconds
-from app.archives.protocol import Archive, ArchiveError, ArchiveRetryLater, Capabilities, Found, Probe
+from app.archives.protocol import Archive, ArchiveError, ArchiveRejected, ArchiveRetryLater, Capabilities, Found, Probe
 from app.core import dicom_json as dj
 from app.core.dicom_json import Dataset
 from app.core.query import StudyQuery, pn_pattern
@@ -115,20 +115,21 @@ class DicomWebArchive:
         if wait is not None:
             raise ArchiveRetryLater(self.name, f"HTTP {status}, retry after {wait:g} s", wait)
         if status == 413:
-            raise ArchiveError(self.name, "HTTP 413: the archive found the query too broad")
+            raise ArchiveRejected(self.name, "HTTP 413: the archive found the query too broad")
         if status in (401, 403):
-            raise ArchiveError(self.name, f"HTTP {status}: the archive refused the facade's credentials")
+            raise ArchiveRejected(self.name, f"HTTP {status}: the archive refused the facade's credentials")
         if status not in (200, 206):
-            raise ArchiveError(self.name, f"HTTP {status}")
+            kind = ArchiveRejected if 400 <= status < 500 else ArchiveError  # 5xx: the archive is failing
+            raise kind(self.name, f"HTTP {status}")
         content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if response.content and content_type not in _JSON_TYPES:
-            raise ArchiveError(self.name, f"wrong content type {content_type or 'none'!r}")
+            raise ArchiveRejected(self.name, f"wrong content type {content_type or 'none'!r}")
         try:
             body = orjson.loads(response.content) if response.content.strip() else []
         except orjson.JSONDecodeError:
-            raise ArchiveError(self.name, "malformed JSON") from None
+            raise ArchiveRejected(self.name, "malformed JSON") from None
         if not isinstance(body, list) or not all(isinstance(d, dict) for d in body):
-            raise ArchiveError(self.name, "malformed answer: not an array of DICOM JSON datasets")
+            raise ArchiveRejected(self.name, "malformed answer: not an array of DICOM JSON datasets")
         note = None
         if status == 206:
             note = "the archive returned partial content (206)"
