@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from app.core import systems
 from app.settings import BASE_URL_ENV, CURSOR_SECRET_ENV, ConfigError, check_document, load_settings, read_document
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,7 +98,7 @@ def demo(host: str, port: int) -> int:
         f"  TOKEN=$(.venv/bin/python -m app token --base {base} --client portal --key {key.relative_to(ROOT)} "
         f"--scope 'system/ImagingStudy.rs system/Endpoint.rs system/Patient.rs')\n"
         f'  curl -s -H "Authorization: Bearer $TOKEN" \'{base}/ImagingStudy?patient.identifier='
-        f"https://fhir.nhs.uk/Id/nhs-number|{_first_demo_patient()}&_include=ImagingStudy:endpoint'\n"
+        f"{systems.NHS_NUMBER}|{_first_demo_patient()}&_include=ImagingStudy:endpoint'\n"
         f"The sample SMART app (standalone launch; user dr.khan, password imaging-demo):\n"
         f"  http://{host}:{port}/apps/imaging-timeline/\n",
         flush=True,
@@ -142,7 +143,7 @@ def token(base: str, client: str, key_file: str, scope: str) -> int:
             "grant_type": "client_credentials",
             "scope": scope,
             "client_assertion": assertion,
-            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion_type": systems.JWT_BEARER_ASSERTION,
         },
     )
     if response.status_code != 200:

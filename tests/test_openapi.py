@@ -142,7 +142,7 @@ def test_every_route_of_the_api_is_in_the_document(app, served: dict[str, Any]) 
         for m in sorted(methods(r) - AUTOMATIC)
         if (r.rule, m) not in described
     ]
-    assert not missing, f"routes missing from app/openapi.yaml: {missing}"
+    assert not missing, f"routes missing from app/web/openapi.yaml: {missing}"
     assert {r.endpoint.split(".")[0] for r in api_rules(app)} == set(BLUEPRINTS)
 
 

@@ -68,7 +68,7 @@ class SystemToken:
         return {"Authorization": f"Bearer {self.value}"}
 
 
-# The document as written (app/openapi.yaml). Served for this configuration (the demo's), it differs
+# The document as written (app/web/openapi.yaml). Served for this configuration (the demo's), it differs
 # only in its server URL and OAuth URLs (test_openapi.py and test_the_served_document_has_these_paths).
 # It is loaded at collection time: schemathesis's fixture-based loader does not work with pytest 9.
 schema = schemathesis.openapi.from_dict(

@@ -32,7 +32,6 @@ def tag(keyword: str) -> str:
 STUDY_INSTANCE_UID = tag("StudyInstanceUID")
 SERIES_INSTANCE_UID = tag("SeriesInstanceUID")
 SOP_INSTANCE_UID = tag("SOPInstanceUID")
-SOP_CLASS_UID = tag("SOPClassUID")
 MODALITY = tag("Modality")
 MODALITIES_IN_STUDY = tag("ModalitiesInStudy")
 ACCESSION_NUMBER = tag("AccessionNumber")

@@ -74,18 +74,6 @@ class StudyQuery:
         if not all(is_plain_key(k) for k in keys):
             raise ValueError("a study query may not contain DICOM wildcard or list characters")
 
-    @property
-    def is_bounded(self) -> bool:
-        """True when the query names a patient or an object: never a scan of a whole archive."""
-        return bool(
-            self.patient
-            or self.study_uids
-            or self.series_uid
-            or self.sop_instance_uid
-            or self.accession_number
-            or self.patient_name
-        )
-
 
 def pn_pattern(name: NameQuery) -> str:
     """`FAMILY*` or `FAMILY^GIVEN*`: the name's start, the one wildcard added by us, never by the user."""

@@ -41,6 +41,9 @@ OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
 RESTFUL_INTERACTION = "http://hl7.org/fhir/restful-interaction"
 SECURITY_SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
 
+# OAuth 2.0
+JWT_BEARER_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"  # RFC 7523 client assertions
+
 # SMART and IHE definitions
 SMART_OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 SMART_REQUIRES_ACCESS_TOKEN = "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token"

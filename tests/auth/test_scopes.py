@@ -1,4 +1,4 @@
-"""app/auth/scopes.py, pure and table-driven: parse_scope(s) and decide().
+"""app/core/scopes.py, pure and table-driven: parse_scope(s) and decide().
 
 SMART App Launch 2.2 scopes: v1 (`.read`, `.write`, `.*`) and v2 (`c r u d s` letters, in that
 order, with optional `?param=value` filters). A scope the server cannot honour exactly grants

@@ -1,4 +1,4 @@
-"""DICOM DA/TM/TimezoneOffsetFromUTC -> FHIR date and dateTime (app/mapping/dates.py)."""
+"""DICOM DA/TM/TimezoneOffsetFromUTC -> FHIR date and dateTime (app/core/mapping/dates.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""NHS numbers, how each trust's archive carries them, and the minimal Patient (app/mapping/patient.py)."""
+"""NHS numbers, how each trust's archive carries them, and the minimal Patient (app/core/identity.py, app/core/mapping/patient.py)."""
 
 from __future__ import annotations
 

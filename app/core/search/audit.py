@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone, tzinfo
+from datetime import tzinfo
 
 from app.core.errors import InvalidRequest
+from app.core.instants import utc_instant
 from app.core.search.dates import DateValueError, parse_filter
 from app.core.search.registry import Pairs, ParsedSearch, ResourceSearch, SearchParameter
 from app.core.search.values import patient_reference
@@ -23,10 +24,6 @@ class AuditQuery:
     def store_criteria(self) -> dict[str, str]:
         """The keyword arguments of the audit store's search and count."""
         return {k: v for k, v in asdict(self).items() if v is not None}
-
-
-def _instant(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class AuditParser:
@@ -48,9 +45,9 @@ class AuditParser:
         except DateValueError as exc:
             raise InvalidRequest(str(exc), name) from None
         if found.prefix in ("ge", "gt", "sa", "eq"):
-            self.query.since = _instant(found.range.start if found.prefix in ("ge", "eq") else found.range.end)
+            self.query.since = utc_instant(found.range.start if found.prefix in ("ge", "eq") else found.range.end)
         if found.prefix in ("le", "lt", "eb", "eq"):
-            self.query.until = _instant(found.range.end if found.prefix in ("le", "eq") else found.range.start)
+            self.query.until = utc_instant(found.range.end if found.prefix in ("le", "eq") else found.range.start)
         if found.prefix == "ne":
             raise InvalidRequest("date: the ne prefix is not supported for AuditEvent", name)
 
@@ -86,13 +83,6 @@ AUDIT_EVENT: ResourceSearch[AuditParser] = ResourceSearch(
     ),
     refuse_empty=False,  # as before the registry: `agent=` is the client id ""
 )
-
-
-def parse_audit_criteria(pairs: Pairs, zone: tzinfo) -> tuple[AuditQuery, Pairs]:
-    """The AuditEvent parameters alone; returns the query and the recognised pairs, in request order."""
-    parser = AuditParser(zone)
-    used = AUDIT_EVENT.criteria(parser, pairs)
-    return parser.query, used
 
 
 def parse_audit_search(pairs: Pairs, zone: tzinfo, default_count: int, max_count: int) -> ParsedSearch[AuditQuery]:
