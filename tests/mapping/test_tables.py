@@ -1,4 +1,4 @@
-"""The declarative tables in mappings/ and how they are loaded (app/mapping_tables.py, engine.compile_rows)."""
+"""The declarative tables in mappings/ and how they are loaded (app/core/mapping/tables.py, engine.compile_rows)."""
 
 from __future__ import annotations
 
