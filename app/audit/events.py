@@ -1,4 +1,4 @@
-"""Audit: an AuditEvent per read, search and denial, shaped per IHE Basic Audit Log Patterns (systems.BALP).
+"""Audit: an AuditEvent per read, search and denial, shaped per IHE Basic Audit Log Patterns (BALP).
 
 Built here (pure), stored by app.audit.store. One event per
 patient whose data was returned (PatientRead / PatientQuery); a request that returned no patient
@@ -38,7 +38,7 @@ def _outcome(status: int) -> str:
 
 
 def build_events(record: AuditRecord, observer: str) -> list[dict[str, Any]]:
-    """The systems.BALP-shaped AuditEvents for one request (pure)."""
+    """The BALP-shaped AuditEvents for one request (pure)."""
     patient_shape = "PatientQuery" if record.interaction == "search-type" else "PatientRead"
     generic_shape = "Query" if record.interaction == "search-type" else "RESTread"
     recorded = utc_instant()

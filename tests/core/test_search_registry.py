@@ -368,3 +368,17 @@ def test_the_readme_lists_exactly_the_registry_parameters(resource_type: str) ->
             assert set(values.split("|")) <= set(schema["enum"]), name
             if name in ("_sort", "_include"):
                 assert values.split("|") == list(schema["enum"]), name
+
+
+@pytest.mark.parametrize(
+    ("pairs", "diagnostics"),
+    [
+        ([("bodysite", "chest")], "'chest' is not a SNOMED CT concept id (http://snomed.info/sct)"),
+        ([("modality", "XX")], "'XX' is not a DICOM modality code (http://dicom.nema.org/resources/ontology/DCM)"),
+        ([("dicom-class", "http://x|1.2")], "dicom-class system must be urn:ietf:rfc:3986"),
+    ],
+)
+def test_the_study_search_names_the_code_system_a_value_must_come_from(
+    pairs: list[tuple[str, str]], diagnostics: str
+) -> None:
+    assert refused(study, pairs).diagnostics == diagnostics

@@ -177,7 +177,7 @@ class StudyParser:
         sites = []
         for token in map(parse_token, split_values(value)):
             if token.system not in (None, systems.SNOMED) or not _SNOMED_CODE.match(token.code):
-                raise InvalidRequest(f"{token.code!r} is not a systems.SNOMED CT concept id ({systems.SNOMED})", name)
+                raise InvalidRequest(f"{token.code!r} is not a SNOMED CT concept id ({systems.SNOMED})", name)
             sites.append(token)
         self.search.body_sites = tuple(sites)
 
