@@ -173,6 +173,7 @@ class Settings:
     gateway_thumbnail_px: int
     ops: OpsSettings
     source: str = "<dict>"
+    demo: bool = False  # the demo's published credentials are allowed (app.settings.demo_problems)
 
     @property
     def base_path(self) -> str:
