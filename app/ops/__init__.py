@@ -35,6 +35,7 @@ access_log = logging.getLogger("app.access")
 bp = Blueprint("ops", __name__)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _KEY = "gm_imaging_facade_ops"
+_OWN_HEADERS = frozenset({"content-type", "content-length", "www-authenticate", "retry-after"})
 
 
 @dataclass
@@ -162,9 +163,10 @@ def _finish(response: Response) -> Response:
             _take(limiter, f"address:{request.remote_addr}")
         except FhirError as error:
             refused = current_app.make_response(current_app.handle_user_exception(error))
-            for name, value in response.headers.items():  # the CORS answer already given stands
-                if name.lower().startswith("access-control-") or name.lower() == "vary":
-                    refused.headers[name] = value
+            # The CORS answer and the security headers already given stand (this hook runs after theirs).
+            for name, value in response.headers.items():
+                if name.lower() not in _OWN_HEADERS and name not in refused.headers:
+                    refused.headers.add(name, value)
             response = refused
     request_id, _token, started = state
     elapsed = time.perf_counter() - started
