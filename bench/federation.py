@@ -339,6 +339,7 @@ class Facade:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}/fhir"
         doc = {
+            "demo": True,  # the demo portal key and no cursor secret (app.settings.demo_problems)
             "base_url": self.base,
             "search": {"default_count": 50, "max_count": 200},
             "federation": {

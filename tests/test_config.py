@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import subprocess
 import sys
@@ -18,7 +19,14 @@ from typing import Any
 import pytest
 import yaml
 
-from app.settings import ConfigError, FolderArchiveSettings, check_document, load_settings, settings_from_document
+from app.settings import (
+    CURSOR_SECRET_ENV,
+    ConfigError,
+    FolderArchiveSettings,
+    check_document,
+    load_settings,
+    settings_from_document,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -314,3 +322,113 @@ def test_check_config_cli_unreadable_file(tmp_path, content, text):
     result = check_config(path)
     assert result.returncode == 1
     assert text in result.stderr
+
+
+# ----------------------------------------------------------------------------- S22: demo credentials
+
+DEMO_PROBLEMS = ("cursor_secret", "auth.clients[0].jwks", "auth.users[0].password_hash", "auth.users[1].password_hash")
+
+
+@pytest.fixture
+def production(doc: Doc, monkeypatch: pytest.MonkeyPatch) -> Doc:
+    """The demo document with `demo` false and no cursor secret in it or in the environment."""
+    monkeypatch.delenv(CURSOR_SECRET_ENV, raising=False)
+    doc["demo"] = False
+    del doc["cursor_secret"]
+    return doc
+
+
+def own_credentials(doc: Doc) -> Doc:
+    """The document with a cursor secret and credentials of its own instead of the demo's."""
+    from app.auth.server.clients import hash_secret
+
+    doc["cursor_secret"] = "a-secret-of-this-deployment-only"
+    portal = doc["auth"]["clients"][0]
+    portal["jwks"] = {"keys": [{"kty": "EC", "crv": "P-384", "kid": "own", "x": "A" * 64, "y": "B" * 64}]}
+    for user in doc["auth"]["users"]:
+        user["password_hash"] = hash_secret(f"{user['username']}-own-password")
+    return doc
+
+
+def test_config_demo_document_says_demo(doc, demo_data):
+    assert yaml.safe_load((ROOT / "config" / "demo.yaml").read_text(encoding="utf-8"))["demo"] is True
+    assert settings_from_document(doc, demo_data).demo is True
+
+
+def test_config_demo_credentials_are_refused_unless_demo(production, demo_data):
+    """S22: without `demo: true`, a missing cursor secret and the published demo key and passwords are refused."""
+    problems = problems_of(production, demo_data)
+    for key in DEMO_PROBLEMS:
+        assert names_key(problems, key), (key, problems)
+    assert any("portal-demo-2026" in p for p in problems)
+    with pytest.raises(ConfigError) as raised:
+        settings_from_document(production, demo_data, "production.yaml")
+    assert all(key in str(raised.value) for key in DEMO_PROBLEMS)
+
+
+def test_config_demo_default_is_false(production, demo_data):
+    del production["demo"]
+    assert names_key(problems_of(production, demo_data), "cursor_secret")
+
+
+def test_config_own_credentials_pass_without_demo(production, demo_data):
+    doc = own_credentials(production)
+    assert problems_of(doc, demo_data) == []
+    assert settings_from_document(doc, demo_data).demo is False
+
+
+def test_config_cursor_secret_from_the_environment(production, demo_data, monkeypatch):
+    doc = own_credentials(production)
+    del doc["cursor_secret"]
+    assert names_key(problems_of(doc, demo_data), "cursor_secret")
+    monkeypatch.setenv(CURSOR_SECRET_ENV, "from-the-environment-0123456789")
+    assert problems_of(doc, demo_data) == []
+    assert settings_from_document(doc, demo_data).cursor_secret == b"from-the-environment-0123456789"
+
+
+def test_config_demo_users_recognised_by_hash_not_name(production, demo_data):
+    """A deployment may keep the user name dr.khan; it may not keep the published password."""
+    doc = own_credentials(production)
+    assert doc["auth"]["users"][0]["username"] == "dr.khan"
+    assert problems_of(doc, demo_data) == []
+    demo = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text(encoding="utf-8"))
+    doc["auth"]["users"][1]["password_hash"] = demo["auth"]["users"][0]["password_hash"]
+    problems = problems_of(doc, demo_data)
+    assert len(problems) == 1 and names_key(problems, "auth.users[1].password_hash"), problems
+
+
+def test_config_demo_credentials_constants_match_the_committed_files():
+    """The fingerprints app.settings recognises are those of config/demo-keys/* and config/demo.yaml's users."""
+    from app.settings import DEMO_KEY_THUMBPRINTS, DEMO_PASSWORD_HASHES, jwk_thumbprint
+
+    keys = sorted((ROOT / "config" / "demo-keys").glob("*.json"))
+    assert keys
+    assert {jwk_thumbprint(json.loads(k.read_text())) for k in keys} == set(DEMO_KEY_THUMBPRINTS)
+    demo = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text(encoding="utf-8"))
+    assert {u["password_hash"] for u in demo["auth"]["users"]} == set(DEMO_PASSWORD_HASHES)
+    # RFC 7638 section 3.1's example key and thumbprint.
+    example = {
+        "kty": "RSA",
+        "e": "AQAB",
+        "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCi"
+        "FV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zg"
+        "dAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-"
+        "kEgU8awapJzKnqDKgw",
+    }
+    assert jwk_thumbprint(example) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+def test_start_up_refuses_demo_credentials_unless_demo(production, tmp_path):
+    """`python -m app serve` and create_app() stop before serving anything; check-config says the same."""
+    from app import create_app
+
+    path = write_config(tmp_path, production)
+    env = {k: v for k, v in os.environ.items() if k != CURSOR_SECRET_ENV}
+    for command in (["serve", "--config", str(path), "--port", "9"], ["check-config", str(path)]):
+        result = subprocess.run(
+            [sys.executable, "-m", "app", *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 1, result
+        assert all(key in result.stderr for key in DEMO_PROBLEMS), result.stderr
+    with pytest.raises(ConfigError):
+        create_app(path)

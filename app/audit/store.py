@@ -3,6 +3,7 @@ so an acknowledged request is never missing from the log after a crash; searched
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -11,11 +12,26 @@ from typing import Any
 import orjson
 
 
+def private_file(path: Path) -> None:
+    """The database file readable and writable by its owner only (0600), created so before SQLite opens
+    it: AuditEvents name patients. SQLite gives its -wal and -shm files the database file's mode."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:  # an older, wider file: narrowed to its owner
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for companion in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if companion.exists() and companion.stat().st_mode & 0o077:
+            companion.chmod(0o600)
+
+
 class AuditStore:
     """Durable, append-only storage of AuditEvents, searchable by patient, date and client."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(path)
         self.path = path
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)

@@ -5,12 +5,15 @@ which SMART v2 scope filters apply. This module is where that decision is applie
 
     search         no patient named: the context patient; another patient named: 403 (SMART Imaging
                    Access); v2 scope filters intersected with the client's own criteria
-    read           a resource of another patient: 404, worded as for a resource that does not exist
+    read           a resource of another patient: 404, byte for byte the answer for a resource that does
+                   not exist (neither names the id asked for); the refusal names the targeted patient to the
+                   audit (FhirError.patients), never to the client
     results        defence in depth: anything of another patient is dropped before it is shown
     _include       included resources pass the compartment of their own type (Patient under patient/Patient.r)
     cursors        a paging cursor is a search: it is narrowed again on every page
     $ihe-pix       only the context patient's own identifiers; anything else reads "not found"
-    image gateway  a study whose owner is not the context patient reads "not found"
+    image gateway  a study whose owner is not the context patient reads "not found"; so does, whatever
+                   the token, a study whose identity does not resolve to one patient
     launch         an EHR launch's study must belong to the launch's patient
     AuditEvent     system scopes only (not in any patient's compartment)
 
@@ -63,8 +66,10 @@ class Compartment:
             return named
         if named is None:
             return frozenset({self.patient})
-        if named - {self.patient}:
-            raise Forbidden(self.realm, "the search names a patient outside the token's patient context")
+        others = named - {self.patient}
+        if others:
+            reason = "the search names a patient outside the token's patient context"
+            raise Forbidden(self.realm, reason, patients=tuple(sorted(others)))
         return named
 
     def filter(self) -> Filters:
@@ -79,18 +84,21 @@ class Compartment:
         return self.patient is None or patient == self.patient
 
     def admits_all(self, patients: Iterable[str | None]) -> bool:
-        """Whether a resource held under all these patients may be shown (an empty set: nothing to show)."""
-        found = tuple(patients)
-        return bool(found) and all(self.admits(p) for p in found)
+        """Whether a resource held under all these patients may be shown, whatever the token: only when its
+        identity resolves to one patient (none unresolved, no two patients) that this compartment admits.
+        An empty set: nothing to show."""
+        found = set(patients)
+        return len(found) == 1 and None not in found and self.admits(next(iter(found)))
 
     def keep(self, resources: Iterable[T], patient_of: Callable[[T], str | None]) -> list[T]:
         """Defence in depth: the resources of the context patient only."""
         return [r for r in resources if self.admits(patient_of(r))]
 
     def require(self, patient: str | None, what: str) -> None:
-        """404 for a resource outside the compartment, worded as for one that does not exist."""
+        """404 for a resource outside the compartment, worded as for one that does not exist (`what` must then
+        not name the id asked for); the patient is kept for the audit only."""
         if not self.admits(patient):
-            raise NotFound(f"{what} {NOT_KNOWN}")
+            raise NotFound(f"{what} {NOT_KNOWN}", patients=(patient,) if patient else ())
 
 
 def intersect(client: tuple[T, ...], scope: tuple[T, ...], key: Callable[[T], object] = lambda v: v) -> tuple[T, ...]:

@@ -16,6 +16,38 @@ from __future__ import annotations
 from typing import Any
 
 OPERATION_OUTCOME = "OperationOutcome"
+QUOTED_MAX = 100  # characters of a client's value that a diagnostics message may quote
+DIAGNOSTICS_MAX = 500  # a diagnostics message longer than this is cut (a safety net behind `quote`)
+
+
+def cut(value: str, limit: int = QUOTED_MAX) -> str:
+    """A client's value as a diagnostics message may show it: at most `limit` characters of it, saying how
+    long it was when it is cut, so that an error never echoes a whole oversized value back."""
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}... ({len(value)} characters)"
+
+
+def quote(value: str, limit: int = QUOTED_MAX) -> str:
+    """`cut`, in quotes (the repr of what is shown): for a value inside a sentence."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
+def quote_all(values: list[str], most: int = 5, quoted: bool = True) -> str:
+    """Several of a client's values: the first `most` of them shown (sharing QUOTED_MAX characters between
+    them, 20 each at least; in quotes unless `quoted` is False) and the rest counted."""
+    each = max(20, QUOTED_MAX // max(1, min(len(values), most)))
+    show = quote if quoted else cut
+    named = ", ".join(show(v, each) for v in values[:most])
+    return named + (f" and {len(values) - most} more" if len(values) > most else "")
+
+
+def _bounded(diagnostics: str) -> str:
+    if len(diagnostics) <= DIAGNOSTICS_MAX:
+        return diagnostics
+    return f"{diagnostics[:DIAGNOSTICS_MAX]}... (cut)"
 
 
 def operation_outcome(issues: list[dict[str, Any]]) -> dict[str, Any]:
@@ -37,11 +69,20 @@ class FhirError(Exception):
     status_code = 500
     issue_code = "exception"
 
-    def __init__(self, diagnostics: str, expression: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        diagnostics: str,
+        expression: str | None = None,
+        headers: dict[str, str] | None = None,
+        patients: tuple[str, ...] = (),
+    ) -> None:
+        diagnostics = _bounded(diagnostics)
         super().__init__(diagnostics)
         self.diagnostics = diagnostics
         self.expression = expression
         self.headers = headers or {}
+        # The patients a refused request targeted: written to its AuditEvent, never shown to the client.
+        self.patients = patients
 
     def to_dict(self) -> dict[str, Any]:
         return operation_outcome([issue("error", self.issue_code, self.diagnostics, self.expression)])
@@ -66,11 +107,11 @@ class Forbidden(FhirError):
     status_code = 403
     issue_code = "forbidden"
 
-    def __init__(self, realm: str, reason: str, scope: str = "") -> None:
+    def __init__(self, realm: str, reason: str, scope: str = "", patients: tuple[str, ...] = ()) -> None:
         challenge = f'Bearer realm="{realm}", error="insufficient_scope", error_description="{reason}"'
         if scope:
             challenge += f', scope="{scope}"'
-        super().__init__(reason, headers={"WWW-Authenticate": challenge})
+        super().__init__(reason, headers={"WWW-Authenticate": challenge}, patients=patients)
 
 
 class NotFound(FhirError):

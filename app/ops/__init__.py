@@ -2,9 +2,12 @@
 Prometheus request metrics and the per-client rate limit. `init_ops` wires them into the app.
 
 None of the three endpoints needs a SMART token and none shows patient data; /metrics answers only
-the addresses in `ops.metrics_allow` (loopback by default). The rate limit is keyed on the token's
-client_id once the FHIR blueprint has authenticated the caller, else on the remote address; the
-operations endpoints are never limited, so a probe is not refused while a client is.
+the addresses in `ops.metrics_allow` (loopback by default). The rate limit is keyed once the FHIR
+blueprint or the gateway has authenticated the caller (`rate_key`): a confidential client's token on
+its client_id; a public client's (every user of the sample app shares its client_id) on its client_id
+and user, or its client_id and address when the token names no user. Calls without a token are keyed
+on the remote address. The operations endpoints are never limited, so a probe is not refused while a
+client is.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import orjson
 from flask import Blueprint, Flask, Response, current_app, g, request
@@ -25,13 +28,14 @@ from app.core.errors import AddressRefused, FhirError, TooManyRequests
 from app.federation.fanout import TrustArchive
 from app.ops.ratelimit import RateLimiter
 from app.ops.readiness import Readiness
-from app.settings import Settings
+from app.settings import EmbeddedAuthSettings, Settings
 from app.telemetry import logs, metrics
 
 access_log = logging.getLogger("app.access")
 bp = Blueprint("ops", __name__)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _KEY = "gm_imaging_facade_ops"
+_OWN_HEADERS = frozenset({"content-type", "content-length", "www-authenticate", "retry-after"})
 
 
 @dataclass
@@ -43,6 +47,9 @@ class Ops:
     readiness: Readiness
     limiter: RateLimiter | None
     metrics_allow: tuple[Network, ...]
+    # Client ids the embedded server registers as public; None under an external authorization server,
+    # where whether a client is public is not known: there any token that names a user is keyed per user.
+    public_clients: frozenset[str] | None = None
 
     def may_read_metrics(self, address: str | None) -> bool:
         try:
@@ -110,9 +117,31 @@ def limit_authenticated() -> None:
     g.ops_deferred = False
     access = g.get("access")
     if access is not None and not access.insecure:
-        _take(limiter, f"client:{access.claims.client_id}")
+        _take(limiter, rate_key(access.claims, request.remote_addr, ops().public_clients))
     else:
         _take(limiter, f"address:{request.remote_addr}")
+
+
+class TokenClaims(Protocol):
+    """What the rate limit reads of a validated token (app.auth.tokens.AccessClaims)."""
+
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def subject(self) -> str | None: ...
+    @property
+    def fhir_user(self) -> str | None: ...
+
+
+def rate_key(claims: TokenClaims, address: str | None, public_clients: frozenset[str] | None) -> str:
+    """The bucket of an authenticated call: `client:<id>` for a confidential client, and for a public one
+    `client:<id>|user:<user>` (its token names a user) or `client:<id>|address:<address>`, so that one user
+    of a public app cannot exhaust every other user's requests."""
+    user = claims.fhir_user or (claims.subject if claims.subject != claims.client_id else None)
+    public = claims.client_id in public_clients if public_clients is not None else user is not None
+    if not public:
+        return f"client:{claims.client_id}"
+    return f"client:{claims.client_id}|" + (f"user:{user}" if user else f"address:{address}")
 
 
 def _take(limiter: RateLimiter, key: str) -> None:
@@ -134,9 +163,10 @@ def _finish(response: Response) -> Response:
             _take(limiter, f"address:{request.remote_addr}")
         except FhirError as error:
             refused = current_app.make_response(current_app.handle_user_exception(error))
-            for name, value in response.headers.items():  # the CORS answer already given stands
-                if name.lower().startswith("access-control-") or name.lower() == "vary":
-                    refused.headers[name] = value
+            # The CORS answer and the security headers already given stand (this hook runs after theirs).
+            for name, value in response.headers.items():
+                if name.lower() not in _OWN_HEADERS and name not in refused.headers:
+                    refused.headers.add(name, value)
             response = refused
     request_id, _token, started = state
     elapsed = time.perf_counter() - started
@@ -183,6 +213,9 @@ def init_ops(app: Flask, settings: Settings, trusts: list[TrustArchive], audit: 
         Readiness(trusts, audit, settings.ops),
         RateLimiter(settings.ops.rate_limit) if settings.ops.rate_limit else None,
         tuple(ipaddress.ip_network(n) for n in settings.ops.metrics_allow),
+        frozenset(c["client_id"] for c in settings.auth.clients if c.get("public"))
+        if isinstance(settings.auth, EmbeddedAuthSettings)
+        else None,
     )
     app.extensions[_KEY] = found
     app.register_blueprint(bp)

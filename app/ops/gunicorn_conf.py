@@ -1,6 +1,13 @@
 """gunicorn settings and hooks for several workers: JSON logs, no query strings in the access log,
 and Prometheus multiprocess bookkeeping. `python -m app serve` applies them itself; with plain
 gunicorn: `PROMETHEUS_MULTIPROC_DIR=/some/dir gunicorn -c python:app.ops.gunicorn_conf wsgi:app`.
+
+Security headers (app/web/headers.py) are set by the app, so a request gunicorn refuses itself before
+the app sees it (400 for a malformed request line or header, 414 for a request line over
+limit_request_line, 431 over the header limits, 417, 501, ...) gets gunicorn's fixed HTML page with only
+Connection, Content-Type and Content-Length: gunicorn (27.x: `util.write_error`) has no setting or
+hook that adds headers to it. Its text may quote the refused request line. Behind a reverse proxy,
+have the proxy add nosniff / no-store / frame-ancestors (or replace upstream 4xx pages).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from app.core.errors import NotFound
+from app.core.errors import NotFound, quote
 
 Resource = dict[str, Any]
 
@@ -21,5 +21,5 @@ class Directory:
     def read(self, resource_type: str, resource_id: str) -> Resource:
         found = next((r for r in self.resources(resource_type) if r["id"] == resource_id), None)
         if found is None:
-            raise NotFound(f"{resource_type}/{resource_id} does not exist")
+            raise NotFound(f"{resource_type}/{quote(resource_id)} does not exist")
         return found

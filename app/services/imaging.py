@@ -57,20 +57,21 @@ class ImagingService:
         return result
 
     def read(self, study_id: str, compartment: Compartment) -> Resource:
-        what = f"ImagingStudy/{study_id}"
+        # No message names the id asked for: another patient's study reads byte for byte like a missing one.
         if not dj.is_uid(study_id):
-            raise NotFound(f"{what} does not exist: the id of an ImagingStudy is its StudyInstanceUID")
+            raise NotFound("no such ImagingStudy: the id of an ImagingStudy is its StudyInstanceUID")
         search = narrow_studies(StudySearch(study_uids=frozenset({study_id})), compartment, self._scope_filter)
         result = self.federation.search(search, with_instances=True)
         result.studies = compartment.keep(result.studies, subject_number)
         if study_id in result.conflicts:
             raise Conflict(
-                f"{what} is held by several archives under different patients; it is withheld until the archives agree"
+                "the ImagingStudy is held by several archives under different patients; "
+                "it is withheld until the archives agree"
             )
         if not result.studies:
             unavailable = [i for i in result.issues if i["code"] == "incomplete"]
             detail = f" ({len(unavailable)} archive(s) did not answer)" if unavailable else ""
-            raise NotFound(f"{what} was not found in any trust archive{detail}")
+            raise NotFound(f"the ImagingStudy was not found in any trust archive{detail}")
         return result.studies[0]
 
     def includes(

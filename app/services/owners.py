@@ -67,9 +67,12 @@ class StudyOwners:
         return owners
 
     def check(self, trust_id: str, study_uid: str, compartment: Compartment) -> tuple[str, ...]:
-        """The study's patients when the compartment may see it; 404 otherwise, worded as for a study the
-        trust does not hold (another patient's study and no study at all look the same)."""
+        """The study's patient when the compartment may see it; 404 otherwise, byte for byte the answer for a
+        study the trust does not hold (another patient's study and no study at all look the same). A study
+        whose identity does not resolve to one patient is refused whatever the token: the FHIR API does not
+        show it under a patient either. The refusal names the owners to the audit only."""
         owners = self.owners(trust_id, study_uid)
+        resolved = tuple(sorted({o for o in owners if o}))
         if not compartment.admits_all(owners):
-            raise NotFound(f"study {study_uid} is not held by trust {trust_id}")
-        return tuple(sorted({o for o in owners if o}))
+            raise NotFound(f"the study is not held by trust {trust_id}", patients=resolved)
+        return resolved

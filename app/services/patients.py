@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from app.core import systems
-from app.core.compartment import NOT_KNOWN, Compartment
-from app.core.errors import Forbidden, InvalidRequest, NotFound
+from app.core.compartment import Compartment
+from app.core.errors import Forbidden, InvalidRequest, NotFound, quote
 from app.core.mapping.patient import subject_number
 from app.core.query import NameQuery
 from app.core.search.study import StudySearch
@@ -16,6 +16,7 @@ from app.settings import Settings
 
 Resource = dict[str, Any]
 Issues = list[dict[str, Any]]
+PIX_NOT_FOUND = "sourceIdentifier Patient Identifier not found"
 
 
 class PatientService:
@@ -33,10 +34,11 @@ class PatientService:
         return self.federation.patients(sorted(wanted))
 
     def read(self, nhs_number: str, compartment: Compartment) -> Resource:
-        compartment.require(nhs_number, f"Patient/{nhs_number}")  # not 403: do not confirm that it exists
+        # Not 403, and the id not named: another patient reads exactly like one nobody holds.
+        compartment.require(nhs_number, "the Patient")
         patient, _issues = self.federation.patient(nhs_number)
         if patient is None:
-            raise NotFound(f"Patient/{nhs_number} has no imaging records in any trust archive")
+            raise NotFound("the Patient has no imaging records in any trust archive", patients=(nhs_number,))
         return patient
 
     # -- what the authorization server's patient picker needs (auth.server.PatientFinder) ------------------
@@ -64,7 +66,7 @@ class PatientService:
         trusts = {systems.local_patient_identifier(t.ods_code): t.id for t in self.settings.trusts}
         known = {systems.NHS_NUMBER, *trusts}
         if system not in known:
-            raise InvalidRequest(f"sourceIdentifier Assigning Authority {system!r} not found", "sourceIdentifier")
+            raise InvalidRequest(f"sourceIdentifier Assigning Authority {quote(system)} not found", "sourceIdentifier")
         if target_systems - known:
             raise Forbidden(self.settings.base_url, "targetSystem not found")  # PIXm: 403
         if system == systems.NHS_NUMBER:
@@ -72,7 +74,10 @@ class PatientService:
         else:
             nhs = xref.nhs_number_for(trusts[system], value)
         if nhs is None or not compartment.admits(nhs):
-            raise NotFound(f"sourceIdentifier {system}|{value} {NOT_KNOWN}")
+            # IHE ITI-83's wording, the same for another patient's identifier and an unknown one (the value
+            # is not echoed: the two bodies are byte for byte the same); the audit names the patient.
+            targeted = nhs or (value if system == systems.NHS_NUMBER else None)
+            raise NotFound(PIX_NOT_FOUND, "sourceIdentifier", patients=(targeted,) if targeted else ())
         identifiers = [(systems.NHS_NUMBER, nhs)]
         for trust in self.settings.trusts:
             identifiers += [

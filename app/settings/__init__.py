@@ -7,6 +7,7 @@ directory of the configuration file, not the working directory.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import hashlib
@@ -64,6 +65,7 @@ __all__ = [
     "TrustSettings",
     "check_document",
     "config_secret",
+    "demo_problems",
     "load_settings",
     "read_document",
     "settings_from_document",
@@ -74,6 +76,17 @@ SCHEMA_PATH = Path(__file__).with_name("schema.json")
 CURSOR_SECRET_ENV = "FACADE_CURSOR_SECRET"
 BASE_URL_ENV = "FACADE_BASE_URL"
 
+
+# The demo's credentials, published with the code (config/): anyone who has read the repository holds
+# them. Recognised by their public key's RFC 7638 thumbprint (config/demo-keys/*.private.jwk.json) and by
+# the password hash of config/demo.yaml's users (password `imaging-demo`, printed in the README); a user
+# who keeps a demo user name with a password of its own is accepted. tests/test_config.py checks that
+# these match the files.
+DEMO_KEY_THUMBPRINTS = frozenset({"nWGDXwLzC2E5FyZHh2ft-Y_Y6oiTZ-0PABRySACwl-o"})  # kid portal-demo-2026
+DEMO_PASSWORD_HASHES = frozenset(
+    {"scrypt$ZbxDgGCLhYcQDIuWQsx2TQ==$HuBFg6XkAs/6+LYRi2hO27eQdwlWrftyW/zbTnswbqU="}  # imaging-demo
+)
+_THUMBPRINT_MEMBERS = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x")}
 
 VIEWER_VARIABLES = frozenset({"studyUID", "accessionNumber", "patientID"})
 _TEMPLATE_VARIABLE = re.compile(r"\{([^{}]*)\}")
@@ -229,6 +242,51 @@ def semantic_problems(doc: dict[str, Any], base_dir: Path) -> list[str]:
             ipaddress.ip_network(network)
         except ValueError as exc:
             problems.append(f"ops.metrics_allow[{i}]: {exc}")
+    return problems + demo_problems(doc)
+
+
+def jwk_thumbprint(key: Any) -> str | None:
+    """RFC 7638 thumbprint (SHA-256, base64url) of a public JWK; None for a key it cannot be computed for."""
+    if not isinstance(key, Mapping):
+        return None
+    members = _THUMBPRINT_MEMBERS.get(str(key.get("kty")))
+    if members is None or not all(isinstance(key.get(m), str) for m in members):
+        return None
+    canonical = json.dumps({m: key[m] for m in members}, separators=(",", ":"), sort_keys=True)
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
+
+
+def demo_problems(doc: Mapping[str, Any]) -> list[str]:
+    """Unless the configuration says `demo: true`: a cursor secret must be given (FACADE_CURSOR_SECRET or
+    cursor_secret; otherwise the key is derived from the configuration, which is no secret), and none of
+    the demo's published credentials may be configured. The one implementation of this rule: start-up
+    (load_settings) and `python -m app check-config` both report these problems."""
+    if doc.get("demo") is True:
+        return []
+    problems: list[str] = []
+    if not (os.environ.get(CURSOR_SECRET_ENV) or doc.get("cursor_secret")):
+        problems.append(
+            f"cursor_secret: required unless demo: true (set {CURSOR_SECRET_ENV} or cursor_secret to a random "
+            "secret of at least 16 characters, the same for every process behind the base URL)"
+        )
+    auth = doc.get("auth")
+    if not isinstance(auth, Mapping) or auth.get("mode") != "embedded":
+        return problems
+    for i, client in enumerate(auth.get("clients") or ()):
+        jwks = client.get("jwks") if isinstance(client, Mapping) else None
+        keys = jwks.get("keys") if isinstance(jwks, Mapping) else None
+        for key in keys if isinstance(keys, list) else ():
+            if jwk_thumbprint(key) in DEMO_KEY_THUMBPRINTS:
+                problems.append(
+                    f"auth.clients[{i}].jwks: key {key.get('kid')!r} is the demo's key, whose private half is "
+                    "published in config/demo-keys/: register the client's own key (or set demo: true)"
+                )
+    for i, user in enumerate(auth.get("users") or ()):
+        if isinstance(user, Mapping) and user.get("password_hash") in DEMO_PASSWORD_HASHES:
+            problems.append(
+                f"auth.users[{i}].password_hash: the demo password, published in the README: give "
+                f"{user.get('username')!r} a password of its own (python -m app hash-password) (or set demo: true)"
+            )
     return problems
 
 
@@ -291,6 +349,7 @@ def settings_from_document(doc: Any, base_dir: Path, source: str = "<dict>") -> 
         else None,
         audit_path=_resolve(base_dir, full["audit"]["path"]),
         ops=ops_settings(full["ops"], auth),
+        demo=full["demo"],
     )
 
 
@@ -349,9 +408,8 @@ def _archive(doc: dict[str, Any], base_dir: Path) -> ArchiveSettings:
 
 
 def _derived_secret(doc: dict[str, Any]) -> str:
-    """Without a configured key, one derived from the whole configuration, so that every worker
-    started from the same file signs cursors alike. A cursor's signature guards its integrity
-    (each request is re-authorised anyway); set FACADE_CURSOR_SECRET to keep it secret as well."""
+    """In the demo only (demo_problems refuses it elsewhere): without a configured key, one derived from the
+    whole configuration, so that every worker started from the same file signs cursors alike."""
     canonical = json.dumps(doc, sort_keys=True, default=str).encode()
     return hashlib.sha256(b"gm-facade paging cursors\n" + canonical).hexdigest()
 

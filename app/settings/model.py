@@ -189,6 +189,7 @@ class Settings:
     gateway_thumbnail_px: int
     ops: OpsSettings
     source: str = "<dict>"
+    demo: bool = False  # the demo's published credentials are allowed (app.settings.demo_problems)
 
     @property
     def base_path(self) -> str:

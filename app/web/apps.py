@@ -22,10 +22,13 @@ bp = Blueprint("apps", __name__)
 
 # The pages load only their own files and talk only to this origin (the FHIR server and the
 # authorization server are here too). The launch URL carries `launch`, `code` and `state`: no
-# Referer may leak them to another site.
+# Referer may leak them to another site. The app opens in its own window (an EHR launch redirects
+# to it), never inside another site's frame: frame-ancestors 'none' (a deployment that embeds it in
+# an EPR's page would list that EPR's origin here).
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'",
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",

@@ -10,6 +10,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from app.core.errors import FhirError, MethodNotAllowed, NotFound, issue, operation_outcome
+from app.web.fhir.api import audited_patients
 from app.web.negotiation import FHIR_JSON
 
 log = logging.getLogger("app")
@@ -36,6 +37,8 @@ def register_error_handlers(app: Flask, auth_server_mounted: bool) -> None:
 
     @app.errorhandler(FhirError)
     def fhir_error(error: FhirError) -> Response:
+        if error.patients:  # a refusal's targeted patients go to the request's AuditEvent, never to the client
+            audited_patients(list(error.patients))
         return outcome_response(error.status_code, error.to_dict(), error.headers)
 
     @app.errorhandler(HTTPException)

@@ -95,7 +95,7 @@ class RetrievalAudit:
     study: str | None = None
     patients: tuple[str, ...] = ()
 
-    def write(self, status: int, description: str | None = None, with_patients: bool = True) -> None:
+    def write(self, status: int, description: str | None = None) -> None:
         client = self.access.claims.client_id if self.access else None
         record = AuditRecord(
             interaction="read",
@@ -106,7 +106,7 @@ class RetrievalAudit:
             address=self.address,
             query=None,
             resource_id=self.study,
-            patients=self.patients if with_patients else (),
+            patients=self.patients,
             description=description,
             detail=self.detail,
         )
@@ -161,7 +161,9 @@ def retrieve(rest: str) -> Response:
         audit.write(error.status_code, exc.reason)
         raise error from None
     except FhirError as exc:
-        audit.write(exc.status_code, str(exc), with_patients=exc.status_code != 404)
+        if exc.patients:  # a refused study's owners: for the audit trail (AuditEvent?patient=), not the client
+            audit.patients = exc.patients
+        audit.write(exc.status_code, str(exc))
         raise
     audit.write(retrieval.status)
     return _relay(retrieval, audit)

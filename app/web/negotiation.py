@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import request
 
-from app.core.errors import NotAcceptable
+from app.core.errors import NotAcceptable, quote
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 _JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir", "application/*", "*/*")
@@ -16,7 +16,7 @@ def require_fhir_json() -> None:
     """406 unless the client accepts FHIR JSON."""
     wanted = request.args.get("_format")
     if wanted is not None and wanted.split(";")[0].strip() not in _FORMATS:
-        raise NotAcceptable(f"_format {wanted!r} is not supported: this server speaks FHIR JSON only", "_format")
+        raise NotAcceptable(f"_format {quote(wanted)} is not supported: this server speaks FHIR JSON only", "_format")
     accept = request.headers.get("Accept")
     if wanted is None and accept and not any(t in accept for t in _JSON_TYPES):
-        raise NotAcceptable(f"Accept {accept!r} is not supported: ask for application/fhir+json")
+        raise NotAcceptable(f"Accept {quote(accept)} is not supported: ask for application/fhir+json")

@@ -227,7 +227,9 @@ def test_audit_compartment_denials_are_recorded(api: Any, mint: Callable[..., st
     assert api.get("/fhir/AuditEvent", token).status_code == 403
     found = events_of(audit_path, client, 4)
     assert [e["outcome"] for e in found] == ["4", "4", "4", "4"]
-    assert all(f"Patient/{PATIENT_B}" not in patient_entities(e) for e in found)
+    # S16: a refused attempt on another patient names that patient, so `AuditEvent?patient=B` finds it;
+    # a read of B's study under A's token never learns whose study it is, and AuditEvent targets nobody.
+    assert [patient_entities(e) for e in found] == [[f"Patient/{PATIENT_B}"], [], [f"Patient/{PATIENT_B}"], []]
 
 
 # ----------------------------------------------------------------------------- durability

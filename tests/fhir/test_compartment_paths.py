@@ -16,6 +16,15 @@ from smart_tokens import patient_token
 from app.core.mapping.patient import NHS_NUMBER_SYSTEM
 
 Bundle = dict[str, Any]
+NOBODY = "9434765919"  # a valid NHS number nobody in the demo has: a patient context that holds nothing
+
+
+def ods(app: Any, trust: str) -> str:
+    from app.web.components import components
+
+    found = components(app).settings.trust(trust)
+    assert found is not None
+    return found.ods_code
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +126,11 @@ def test_compartment_read_of_another_patients_study_reads_like_a_missing_one(
     missing = client.get("/fhir/ImagingStudy/2.25.1", headers=token)
     assert denied.status_code == missing.status_code == 404
     assert diagnostics(denied).replace(other, "X") == diagnostics(missing).replace("2.25.1", "X")
+    # S3: byte for byte, not only the same template (neither names the id asked for) ...
+    assert denied.data == missing.data
+    assert other.encode() not in denied.data
+    # ... and the same UID reads the same under a token whose patient holds nothing at all.
+    assert client.get(f"/fhir/ImagingStudy/{other}", headers=bearer(app, NOBODY)).data == denied.data
 
 
 def test_compartment_patient_read_of_another_patient_reads_like_an_unknown_one(
@@ -130,6 +144,8 @@ def test_compartment_patient_read_of_another_patient_reads_like_an_unknown_one(
     missing = client.get(f"/fhir/Patient/{unknown}", headers=token)
     assert denied.status_code == missing.status_code == 404
     assert diagnostics(denied).replace(people["B"], "X") == diagnostics(missing).replace(unknown, "X")
+    assert denied.data == missing.data  # S3: byte for byte
+    assert people["B"].encode() not in denied.data
 
 
 # -- _include -------------------------------------------------------------------------------------
@@ -167,6 +183,22 @@ def test_compartment_pix_another_patient_and_an_unknown_number_read_alike(
     missing = client.get(f"/fhir/Patient/$ihe-pix?sourceIdentifier={NHS_NUMBER_SYSTEM}|{unknown}", headers=token)
     assert denied.status_code == missing.status_code == 404
     assert diagnostics(denied).replace(people["B"], "X") == diagnostics(missing).replace(unknown, "X")
+    assert denied.data == missing.data  # S3: byte for byte
+    assert people["B"].encode() not in denied.data
+
+
+def test_compartment_pix_another_patients_local_number_and_an_unknown_one_are_byte_identical(
+    app: Any, client: Any, people: dict[str, Any]
+) -> None:
+    """S3: the oracle of "who is held at which trust": B's number at a trust and a number nobody has there."""
+    token = bearer(app, people["A"])
+    trust, local = next(iter(people["patients"][people["B"]]["local_ids"].items()))
+    system = f"https://fhir.nhs.uk/{ods(app, trust)}/Id/local-patient-identifier"
+    denied = client.get(f"/fhir/Patient/$ihe-pix?sourceIdentifier={system}|{local}", headers=token)
+    missing = client.get(f"/fhir/Patient/$ihe-pix?sourceIdentifier={system}|NOBODY-0000", headers=token)
+    assert denied.status_code == missing.status_code == 404
+    assert denied.data == missing.data
+    assert local.encode() not in denied.data
 
 
 # -- the image gateway --------------------------------------------------------------------------------
@@ -183,6 +215,10 @@ def test_compartment_gateway_another_patients_study_reads_like_a_missing_one(app
     missing = http.get(f"/dicomweb/{trust}/studies/2.25.1/metadata", headers=token)
     assert denied.status_code == missing.status_code == 404
     assert diagnostics(denied).replace(other["study_uid"], "X") == diagnostics(missing).replace("2.25.1", "X")
+    assert denied.data == missing.data  # S3: byte for byte
+    assert other["study_uid"].encode() not in denied.data
+    same_uid = http.get(f"/dicomweb/{trust}/studies/{other['study_uid']}/metadata", headers=bearer(app, NOBODY))
+    assert same_uid.data == denied.data
 
 
 # -- AuditEvent -----------------------------------------------------------------------------------

@@ -133,7 +133,7 @@ def test_frames_are_the_pixel_data(http: Any, system: dict[str, str], demo_data:
 
 
 def test_rendered_and_thumbnail_are_images(
-    http: Any, system: dict[str, str], patient: dict[str, Any], settings: Any
+    http: Any, system: dict[str, str], patient: dict[str, Any], settings: Any, demo_data: Path
 ) -> None:
     trust, uid = one_trust_study(patient, "mft")
     base = f"/dicomweb/{trust}/studies/{uid}"
@@ -145,7 +145,11 @@ def test_rendered_and_thumbnail_are_images(
     assert max(Image.open(io.BytesIO(png.data)).size) <= 64 and Image.open(io.BytesIO(png.data)).size[1] <= 32
     thumbnail = http.get(f"{base}/thumbnail", headers=system)
     assert thumbnail.status_code == 200
-    assert max(Image.open(io.BytesIO(thumbnail.data)).size) == settings.gateway_thumbnail_px
+    # The thumbnail's edge, unless the source is smaller: never drawn larger than the source (S5).
+    edge = max(
+        max(int(ds.get("Rows", 0)), int(ds.get("Columns", 0))) for _, ds in files_of(demo_data, trust, uid).values()
+    )
+    assert max(Image.open(io.BytesIO(thumbnail.data)).size) == min(settings.gateway_thumbnail_px, edge)
 
 
 def test_accept_is_negotiated_not_ignored(http: Any, system: dict[str, str], patient: dict[str, Any]) -> None:
@@ -258,7 +262,11 @@ def test_every_retrieval_is_audited(app: Any, http: Any, patient: dict[str, Any]
         )
     ]
     assert refused and refused[0]["outcome"] == "4"
-    assert f"Patient/{other['nhs_number']}" not in str(refused[0])  # a denial names nobody's data
+    # S16: a refused attempt names the patient it targeted, for the audit trail only (AuditEvent?patient=
+    # finds it); the 404 the client got names nobody (test_patient_token_cannot_open_another_patients_study).
+    assert [en["what"] for en in refused[0]["entity"] if en["role"]["code"] == "1"] == [
+        {"reference": f"Patient/{other['nhs_number']}"}
+    ]
 
 
 # ----------------------------------------------------------------------------- what it refuses
@@ -288,6 +296,8 @@ BAD_PATHS = [
     ("/dicomweb/bolton/studies/1.2.3/rendered?quality=101", 400),
     ("/dicomweb/bolton/studies/1.2.3/rendered?window=40,400,cubic", 400),
     ("/dicomweb/bolton/studies/1.2.3/rendered?quality=50&quality=60", 400),
+    ("/dicomweb/bolton/studies/1.2.3/rendered?viewport=9999,9999", 400),  # S5: at most 4096 a side
+    ("/dicomweb/bolton/studies/1.2.3/thumbnail?viewport=4097,64", 400),
     ("/dicomweb/nowhere/studies/1.2.3", 404),
     ("/dicomweb/../fhir/metadata", 400),
     ("/dicomweb/BOLTON/studies/1.2.3", 404),
@@ -366,3 +376,134 @@ def test_a_dimse_trust_without_wado_offers_no_images(
     assert http.get("/fhir/Endpoint/bolton-wado-rs", headers=headers).get_json()["status"] == "active"
     _, uid = one_trust_study(patient, "christie")
     outcome(http.get(f"/dicomweb/christie/studies/{uid}", headers=headers), 501)
+
+
+# ----------------------------------------------------------------------------- bounded rendering (S5)
+
+
+def test_rendering_never_upscales_past_the_source(
+    http: Any, system: dict[str, str], patient: dict[str, Any], demo_data: Path
+) -> None:
+    """S5: `viewport` is a box to fit in, not a size to blow the image up to (9999,9999 took a worker to 855 MiB)."""
+    trust, uid = one_trust_study(patient, "mft")
+    _, ds = next(iter(files_of(demo_data, trust, uid).values()))
+    source = (int(ds.Columns), int(ds.Rows))
+    base = f"/dicomweb/{trust}/studies/{uid}"
+    for resource in ("rendered", "thumbnail"):
+        response = http.get(f"{base}/{resource}?viewport=4096,4096", headers={**system, "Accept": "image/png"})
+        assert response.status_code == 200, response.get_data()[:300]
+        assert Image.open(io.BytesIO(response.data)).size == source
+    wide = http.get(f"{base}/rendered?viewport=4000,{source[1] // 2}", headers={**system, "Accept": "image/png"})
+    assert Image.open(io.BytesIO(wide.data)).size == (source[0] // 2, source[1] // 2)  # smaller only
+
+
+def test_rendering_output_is_capped_whatever_the_source() -> None:
+    """S5: an image larger than MAX_VIEWPORT is drawn at most MAX_VIEWPORT a side, aspect ratio kept."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from app.archives.dicomweb.wado import MAX_VIEWPORT
+    from app.archives.folder.render import output_size, render
+
+    assert output_size(8, 8, None) == (8, 8)
+    assert output_size(8, 8, (9999, 9999)) == (8, 8)
+    assert output_size(20000, 10000, None) == (MAX_VIEWPORT, MAX_VIEWPORT // 2)
+    assert output_size(20000, 10000, (9999, 9999)) == (MAX_VIEWPORT, MAX_VIEWPORT // 2)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.Rows, ds.Columns = 2, 5000
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = np.arange(2 * 5000, dtype="uint8").tobytes()
+    image = Image.open(io.BytesIO(render(ds, 0, None, None, "png")))
+    assert image.size == (MAX_VIEWPORT, 2)
+
+
+def test_rendering_is_refused_with_retry_after_when_every_slot_is_taken(
+    http: Any, system: dict[str, str], patient: dict[str, Any]
+) -> None:
+    """S5: at most MAX_CONCURRENT_RENDERS renderings per process; one more is a 503 with Retry-After."""
+    from app.archives.folder import render
+
+    trust, uid = one_trust_study(patient, "mft")
+    base = f"/dicomweb/{trust}/studies/{uid}"
+    held = 0
+    try:
+        while render.RENDER_SLOTS.acquire(blocking=False):  # what concurrent renderings would hold
+            held += 1
+        assert held == render.MAX_CONCURRENT_RENDERS
+        for resource in ("rendered", "thumbnail"):
+            busy = http.get(f"{base}/{resource}", headers=system)
+            body = outcome(busy, 503)
+            assert body["issue"][0]["code"] == "transient"
+            assert int(busy.headers["Retry-After"]) >= 1
+        assert http.get(f"{base}/metadata", headers=system).status_code == 200  # only rendering is bounded
+    finally:
+        for _ in range(held):
+            render.RENDER_SLOTS.release()
+    assert http.get(f"{base}/rendered", headers=system).status_code == 200
+
+
+# ----------------------------------------------------------------------------- unresolved identity (S20)
+
+
+@pytest.fixture(scope="module")
+def unresolved(
+    config_document: dict[str, Any], demo_data: Path, manifest: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Any:
+    """A facade whose Bolton archive holds one of a patient's studies as is, and a copy of another whose
+    PatientID is no NHS number (its identity does not resolve): (app, resolved uid, unresolved uid)."""
+    import copy
+    import shutil
+
+    from app import create_app
+    from app.settings import settings_from_document
+
+    uids = next(
+        found
+        for record in manifest["patients"]
+        if len(found := [s["study_uid"] for s in record["studies"] if s["trusts"] == ["bolton"]]) >= 2
+    )
+    folder = tmp_path_factory.mktemp("unresolved") / "bolton"
+    for uid in uids[:2]:
+        shutil.copytree(demo_data / "bolton" / uid, folder / uid)
+    for path in (folder / uids[1]).rglob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.PatientID = "LOCAL-0001"
+        if "OtherPatientIDsSequence" in ds:
+            del ds.OtherPatientIDsSequence
+        ds.save_as(path)
+    doc = copy.deepcopy(config_document)
+    doc["trusts"] = [t for t in doc["trusts"] if t["id"] == "bolton"]
+    doc["trusts"][0]["archive"]["path"] = str(folder)
+    doc.pop("patient_xref", None)
+    built = create_app(settings_from_document(doc, demo_data, "tests/gateway-unresolved"))
+    return built, uids[0], uids[1]
+
+
+@pytest.mark.parametrize("scope", ["system/ImagingStudy.rs", "user/ImagingStudy.rs"])
+def test_a_study_whose_identity_does_not_resolve_is_refused_whatever_the_token(unresolved: Any, scope: str) -> None:
+    """S20: owners (None,) were relayed to user and system tokens; now a 404 worded like a missing study."""
+    from app.auth.server.grants import Grantee
+    from app.web.components import components
+
+    app, resolved, unknown_identity = unresolved
+    assert components(app).services.owners.owners("bolton", unknown_identity) == (None,)  # held, by nobody
+    server = components(app).auth_server
+    assert server is not None
+    if scope.startswith("system/"):
+        token = system_token(app, scope)
+    else:
+        user = Grantee("dr.khan", "Practitioner/dr-khan", None)
+        token = server.issuer("authorization_code", server.clients["imaging-timeline"], user, scope)["access_token"]
+    http = app.test_client()
+    headers = {"Authorization": f"Bearer {token}"}
+    assert http.get(f"/dicomweb/bolton/studies/{resolved}/metadata", headers=headers).status_code == 200
+    for suffix in ("", "/metadata", "/rendered"):
+        refused = http.get(f"/dicomweb/bolton/studies/{unknown_identity}{suffix}", headers=headers)
+        missing = http.get(f"/dicomweb/bolton/studies/2.25.1{suffix}", headers=headers)
+        outcome(refused, 404)
+        assert refused.data == missing.data  # byte for byte a study the trust does not hold

@@ -133,6 +133,7 @@ class GatewayRig:
 
     def _config(self) -> Path:
         doc: dict[str, Any] = {
+            "demo": True,  # a test rig: no cursor secret of its own (app.settings.demo_problems)
             "base_url": f"http://127.0.0.1:{self.port}/fhir",
             "trusts": [
                 {

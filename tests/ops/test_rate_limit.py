@@ -180,3 +180,56 @@ def test_gateway_requests_draw_from_the_clients_bucket(build_app, small_folders)
     assert client.get(f"/dicomweb/mft/studies/{study}/metadata", headers=portal).status_code == 200
     _refused(client.get(f"/dicomweb/mft/studies/{study}/metadata", headers=portal))
     assert client.get(f"/dicomweb/mft/studies/{study}/metadata", headers=other).status_code == 200  # its own bucket
+
+
+# -- S23: a public app's users do not share one bucket -------------------------------------------------
+def _user_token(app: Any, username: str, patient: str | None = None, scope: str = "user/*.rs") -> dict[str, str]:
+    """A token of the public sample app (imaging-timeline) for one signed-in user."""
+    from app.auth.server.grants import Grantee
+    from app.web.components import components
+
+    server = components(app).auth_server
+    assert server is not None
+    user = Grantee(username, f"Practitioner/{username}", patient)
+    token = server.issuer("authorization_code", server.clients["imaging-timeline"], user, scope)["access_token"]
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_rate_limit_keys_a_public_clients_users_apart(build_app):
+    """The key was the client id alone: one user of the public sample app could use up every other user's
+    requests. A public client's calls are keyed by client and user."""
+    app = build_app(ops={"rate_limit": SLOW})
+    client = app.test_client()
+    khan, jones = _user_token(app, "dr.khan"), _user_token(app, "radiographer.jones")
+    assert [client.get("/fhir/Organization", headers=khan).status_code for _ in range(2)] == [200, 200]
+    _refused(client.get("/fhir/Organization", headers=khan))
+    assert client.get("/fhir/Organization", headers=jones).status_code == 200  # another user: another bucket
+    again = _user_token(app, "dr.khan")  # a new token of the same user is still that user's bucket
+    _refused(client.get("/fhir/Organization", headers=again))
+
+
+def test_rate_limit_keys_a_public_client_without_user_by_address(build_app):
+    app = build_app(ops={"rate_limit": SLOW})
+    client = app.test_client()
+    timeline = bearer(app, client="imaging-timeline", scope="user/*.rs")  # a token naming no user
+    one, two = {"REMOTE_ADDR": "192.0.2.31"}, {"REMOTE_ADDR": "192.0.2.32"}
+    for _ in range(2):
+        assert client.get("/fhir/Organization", headers=timeline, environ_base=one).status_code == 200
+    _refused(client.get("/fhir/Organization", headers=timeline, environ_base=one))
+    assert client.get("/fhir/Organization", headers=timeline, environ_base=two).status_code == 200
+
+
+def test_rate_key_rule() -> None:
+    from app.auth.tokens import AccessClaims
+    from app.ops import rate_key
+
+    public = frozenset({"imaging-timeline"})
+    portal = AccessClaims("portal", "portal", "system/*.rs")
+    assert rate_key(portal, "192.0.2.1", public) == "client:portal"  # confidential: the client
+    user = AccessClaims("imaging-timeline", "dr.khan", "user/*.rs", fhir_user="Practitioner/dr-khan")
+    assert rate_key(user, "192.0.2.1", public) == "client:imaging-timeline|user:Practitioner/dr-khan"
+    bare = AccessClaims("imaging-timeline", "imaging-timeline", "user/*.rs")
+    assert rate_key(bare, "192.0.2.1", public) == "client:imaging-timeline|address:192.0.2.1"
+    # Under an external authorization server public clients are not known: a token naming a user is keyed so.
+    assert rate_key(AccessClaims("app", "u-1", "user/*.rs"), "192.0.2.1", None) == "client:app|user:u-1"
+    assert rate_key(AccessClaims("svc", "svc", "system/*.rs"), "192.0.2.1", None) == "client:svc"

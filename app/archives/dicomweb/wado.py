@@ -25,10 +25,14 @@ log = logging.getLogger(__name__)
 
 RESOURCES = ("metadata", "rendered", "thumbnail")
 _FRAMES = re.compile(r"^[1-9][0-9]{0,5}(,[1-9][0-9]{0,5}){0,99}\Z")
+# The largest viewport edge asked of any renderer (the folder archive's or a DICOMweb archive's): a
+# rendered image is a picture on a screen, not a way to make a worker allocate gigabytes.
+MAX_VIEWPORT = 4096
+_EDGE = r"([1-9][0-9]{0,2}|[1-3][0-9]{3}|40[0-8][0-9]|409[0-6])"  # 1 to MAX_VIEWPORT
 # Query parameters of rendered resources (PS3.18 8.3.5.1), each with the only values passed on. They are
 # relayed unescaped, so \Z (not $, which also matches before a final newline) ends each pattern.
 RENDER_PARAMETERS = {
-    "viewport": re.compile(r"^[1-9][0-9]{0,3},[1-9][0-9]{0,3}\Z"),
+    "viewport": re.compile(rf"^{_EDGE},{_EDGE}\Z"),
     "quality": re.compile(r"^([1-9][0-9]?|100)\Z"),
     "window": re.compile(r"^-?[0-9]{1,6}(\.[0-9]{1,4})?,[0-9]{1,6}(\.[0-9]{1,4})?,(linear|linear-exact|sigmoid)\Z"),
 }

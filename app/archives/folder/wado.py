@@ -3,7 +3,8 @@
 Files are streamed from disk in chunks inside a multipart/related body whose length is known in
 advance; metadata is the files' DICOM JSON without pixel data; frames are the raw pixel data of
 uncompressed images; rendered and thumbnail resources are drawn by render.py. Nothing is transcoded:
-asking for a transfer syntax the files are not in answers 406.
+asking for a transfer syntax the files are not in answers 406. Rendering is bounded (render.py): never
+larger than the source, and a few renderings at a time per process (503 with Retry-After beyond).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from pydicom.uid import UID
 
 from app.archives.dicomweb.wado import Retrieval, RetrievalError, WadoTarget
 from app.archives.folder.archive import FolderArchive, StoredFile
-from app.archives.folder.render import MEDIA_TYPES, NotRenderable, render
+from app.archives.folder.render import MEDIA_TYPES, NotRenderable, RenderBusy, render, render_slot
 
+RENDER_RETRY_AFTER_S = 1.0
 _UNCOMPRESSED = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
 
 
@@ -187,7 +189,12 @@ class FolderWado:
             window = (float(center), float(width_), function)
         frame = target.frames[0] - 1 if target.frames else 0
         try:
-            image = render(pydicom.dcmread(path), frame, viewport, window, image_format, int(params.get("quality", 90)))
+            with render_slot():  # the file is read inside: its pixel data is what costs memory
+                image = render(
+                    pydicom.dcmread(path), frame, viewport, window, image_format, int(params.get("quality", 90))
+                )
+        except RenderBusy as exc:
+            raise RetrievalError(self.name, 503, f"busy: {exc}; retry shortly", RENDER_RETRY_AFTER_S) from None
         except NotRenderable as exc:
             raise RetrievalError(self.name, 406, str(exc)) from None
         except IndexError:

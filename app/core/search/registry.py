@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Generic, Literal, TypeVar
 
-from app.core.errors import InvalidRequest
+from app.core.errors import InvalidRequest, quote, quote_all
 from app.core.search.values import split_values
 
 S = TypeVar("S")  # the state a type's parameters are applied to
@@ -33,6 +33,18 @@ SearchType = Literal["number", "date", "string", "token", "reference", "composit
 
 COMMON = ("_count", "_format", "_pretty", "_summary", "_elements", "_sort", "_include", "_cursor")
 """Result and output parameters: never "unknown", whatever the type (one a type does not offer is ignored)."""
+DOMAIN_RESOURCE_ELEMENTS = (
+    "id",
+    "meta",
+    "implicitRules",
+    "language",
+    "text",
+    "contained",
+    "extension",
+    "modifierExtension",
+)
+"""The root elements every DomainResource has (FHIR R4 Resource and DomainResource): `_elements` may name
+them on every type that offers `_elements`, besides the type's own."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,7 +132,7 @@ def read_paging(
     for name, value in pairs:
         if name == "_count":
             if not (value.isascii() and value.isdigit()):  # str.isdigit() alone accepts "²", which int() refuses
-                raise InvalidRequest(f"_count must be a non-negative integer, not {value!r}", name)
+                raise InvalidRequest(f"_count must be a non-negative integer, not {quote(value)}", name)
             paging.count = min(int(value), max_count)
             paging.summary_count = paging.summary_count or paging.count == 0
             used.append((name, str(paging.count)))
@@ -133,7 +145,7 @@ def read_paging(
             wanted = tuple(split_values(value))
             unknown = [e for e in wanted if e not in elements]
             if unknown:
-                raise InvalidRequest(f"_elements: unknown element(s) {', '.join(unknown)}", name)
+                raise InvalidRequest(f"_elements: unknown element(s) {quote_all(unknown, quoted=False)}", name)
             paging.elements = wanted
             used.append((name, ",".join(wanted)))
         elif name == "_sort" and sort is not None:
@@ -181,7 +193,7 @@ class ResourceSearch(Generic[S]):
 
     type: str
     parameters: tuple[SearchParameter[S], ...]
-    elements: tuple[str, ...] = ()  # what _elements may name (none: any _elements is 400)
+    elements: tuple[str, ...] = ()  # the type's own root elements _elements may name (none: any _elements is 400)
     includes: tuple[Include, ...] = ()
     sort: str | None = None  # the element _sort orders by, newest first by default (None: _sort is ignored)
     refuse_empty: bool = True  # `name=` is 400 (False: the parser reads the empty value)
@@ -204,6 +216,12 @@ class ResourceSearch(Generic[S]):
     def parameter(self, name: str) -> SearchParameter[S] | None:
         """The parameter a query name means (an alias gives its parameter), or None."""
         return self._by_name.get(name)
+
+    @property
+    def root_elements(self) -> tuple[str, ...]:
+        """Every root element `_elements` may name: the type's own and the DomainResource ones (none when the
+        type offers no `_elements`)."""
+        return (*self.elements, *DOMAIN_RESOURCE_ELEMENTS) if self.elements else ()
 
     @property
     def include_targets(self) -> dict[str, str]:
@@ -234,7 +252,7 @@ class ResourceSearch(Generic[S]):
             default_count,
             max_count,
             includes=frozenset(self.include_targets),
-            elements=frozenset(self.elements),
+            elements=frozenset(self.root_elements),
             sort=self.sort,
         )
 
@@ -252,8 +270,8 @@ class ResourceSearch(Generic[S]):
                 ResultParameter(
                     name="_elements",
                     type="string",
-                    documentation=f"Top-level elements to return, comma-separated, among {', '.join(self.elements)} "
-                    "(mandatory ones are always kept).",
+                    documentation=f"Top-level elements to return, comma-separated, among {', '.join(self.elements)}, "
+                    f"and {', '.join(DOMAIN_RESOURCE_ELEMENTS)} (mandatory ones are always kept).",
                     schema={"type": "string"},
                     example=",".join(self.elements[:3]),
                     in_capability=True,

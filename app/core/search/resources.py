@@ -65,7 +65,24 @@ PATIENT: ResourceSearch[PatientParser] = ResourceSearch(
             parse=PatientParser.nhs_numbers,
         ),
     ),
-    elements=("identifier", "name", "gender", "birthDate"),
+    elements=(  # every root element of an R4 Patient (the facade fills identifier, name, gender, birthDate)
+        "identifier",
+        "name",
+        "gender",
+        "birthDate",
+        "active",
+        "telecom",
+        "deceased",
+        "address",
+        "maritalStatus",
+        "multipleBirth",
+        "photo",
+        "contact",
+        "communication",
+        "generalPractitioner",
+        "managingOrganization",
+        "link",
+    ),
 )
 
 

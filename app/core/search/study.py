@@ -14,7 +14,7 @@ from datetime import tzinfo
 
 from app.core import dicom_json as dj
 from app.core import systems
-from app.core.errors import InvalidRequest
+from app.core.errors import QUOTED_MAX, InvalidRequest, quote
 from app.core.query import is_plain_key
 from app.core.search.dates import DateFilter, DateValueError, parse_filter
 from app.core.search.registry import Include, Paging, Pairs, QueryName, ResourceSearch, SearchParameter
@@ -112,7 +112,7 @@ class StudyParser:
             if name == "identifier:of-type":
                 parts = raw.split("|")
                 if len(parts) != 3 or (parts[0], parts[1]) != ACSN_TYPE:
-                    raise InvalidRequest(f"{raw!r}: only {ACSN_TYPE[0]}|ACSN|<accession> is supported", name)
+                    raise InvalidRequest(f"{quote(raw)}: only {ACSN_TYPE[0]}|ACSN|<accession> is supported", name)
                 accessions.append(Token(None, self._accession(parts[2], name)))
                 continue
             token = parse_token(raw)
@@ -133,7 +133,8 @@ class StudyParser:
     def _accession(code: str, name: str) -> str:
         if len(code) > 16 or not is_plain_key(code):
             raise InvalidRequest(
-                f"{code!r} is not an accession number (at most 16 characters, no * ? \\ , % or control characters)",
+                f"{quote(code)} is not an accession number "
+                "(at most 16 characters, no * ? \\ , % or control characters)",
                 name,
             )
         return code
@@ -145,7 +146,9 @@ class StudyParser:
         try:
             self.search.started += (parse_filter(value, self.zone),)
         except DateValueError as exc:
-            raise InvalidRequest(str(exc), name) from None
+            # The date parser quotes the whole value; no date is that long, so a long one is named cut.
+            problem = str(exc) if len(value) <= QUOTED_MAX else f"{quote(value)} is not a FHIR date or dateTime"
+            raise InvalidRequest(problem, name) from None
 
     def modality(self, name: str, value: str) -> None:
         codes = []
@@ -155,7 +158,7 @@ class StudyParser:
                 or not _MODALITY.match(token.code)
                 or token.code not in self.known_modalities
             ):
-                raise InvalidRequest(f"{token.code!r} is not a DICOM modality code ({systems.DCM})", name)
+                raise InvalidRequest(f"{quote(token.code)} is not a DICOM modality code ({systems.DCM})", name)
             codes.append(token.code)
         self.search.modalities = tuple(codes)
 
@@ -177,7 +180,8 @@ class StudyParser:
         sites = []
         for token in map(parse_token, split_values(value)):
             if token.system not in (None, systems.SNOMED) or not _SNOMED_CODE.match(token.code):
-                raise InvalidRequest(f"{token.code!r} is not a SNOMED CT concept id ({systems.SNOMED})", name)
+                problem = f"{quote(token.code)} is not a SNOMED CT concept id ({systems.SNOMED})"
+                raise InvalidRequest(problem, name)
             sites.append(token)
         self.search.body_sites = tuple(sites)
 
@@ -186,7 +190,7 @@ class StudyParser:
         for raw in split_values(value):
             ref = raw.rsplit("/", 1)[-1]
             if not _ID.match(ref) or ("/" in raw and raw.rsplit("/", 2)[-2] != "Endpoint"):
-                raise InvalidRequest(f"{raw!r} is not an Endpoint reference", name)
+                raise InvalidRequest(f"{quote(raw)} is not an Endpoint reference", name)
             ids.add(ref)
         self.search.endpoint_ids = frozenset(ids)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from app.core import dicom_json as dj
 from app.core import systems
-from app.core.errors import InvalidRequest
+from app.core.errors import QUOTED_MAX, InvalidRequest, quote
 from app.core.identity import nhs_number_problem
 
 
@@ -24,7 +24,7 @@ def split_values(value: str) -> list[str]:
     """Commas separate alternatives (OR); an empty alternative is refused."""
     parts = [p.strip() for p in value.split(",")]
     if not all(parts):
-        raise InvalidRequest(f"empty value in {value!r}")
+        raise InvalidRequest(f"empty value in {quote(value)}")
     return parts
 
 
@@ -40,14 +40,16 @@ def uid(raw: str, name: str) -> str:
     """A DICOM UID, `urn:oid:` prefix allowed (and removed)."""
     value = raw.removeprefix(systems.OID_PREFIX)
     if not dj.is_uid(value):
-        raise InvalidRequest(f"{raw!r} is not a DICOM UID", name)
+        raise InvalidRequest(f"{quote(raw)} is not a DICOM UID", name)
     return value
 
 
 def nhs_number(raw: str, name: str) -> str:
     problem = nhs_number_problem(raw)
     if problem:
-        raise InvalidRequest(problem, name)
+        # nhs_number_problem quotes the whole value; anything that long is not 10 digits.
+        too_long = f"{quote(raw)} is not an NHS number: it must be exactly 10 digits"
+        raise InvalidRequest(problem if len(raw) <= QUOTED_MAX else too_long, name)
     return raw
 
 
@@ -57,7 +59,7 @@ def patient_reference(raw: str, name: str) -> str:
     parts = ref.split("/")
     if len(parts) >= 2:
         if parts[-2] != "Patient":
-            raise InvalidRequest(f"{raw!r}: only Patient references are supported", name)
+            raise InvalidRequest(f"{quote(raw)}: only Patient references are supported", name)
         ref = parts[-1]
     return nhs_number(ref, name)
 
@@ -66,5 +68,5 @@ def patient_identifier(raw: str, name: str) -> str:
     """`[https://fhir.nhs.uk/Id/nhs-number]|<NHS number>`: the only patient identifier searched on."""
     token = parse_token(raw)
     if token.system not in (None, systems.NHS_NUMBER):
-        raise InvalidRequest(f"{raw!r}: patients are identified by NHS number ({systems.NHS_NUMBER})", name)
+        raise InvalidRequest(f"{quote(raw)}: patients are identified by NHS number ({systems.NHS_NUMBER})", name)
     return nhs_number(token.code, name)

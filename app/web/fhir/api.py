@@ -13,7 +13,7 @@ from flask import Blueprint, Response, g, request
 from app.audit.events import AuditRecord, build_events
 from app.auth.protect import Access
 from app.core.compartment import Compartment
-from app.core.errors import Forbidden, InvalidRequest
+from app.core.errors import Forbidden, InvalidRequest, quote_all
 from app.core.search.cursor import decode_cursor
 from app.core.search.registry import ResourceSearch
 from app.web.components import components
@@ -137,5 +137,6 @@ def search_pairs(search: ResourceSearch[Any]) -> tuple[Pairs, int]:
         pairs, offset = decode_cursor(components().settings.cursor_secret, search.type, token)
     unknown = search.unknown(pairs)
     if unknown and _strict():
-        raise InvalidRequest(f"unknown search parameter(s): {', '.join(unknown)} (Prefer: handling=strict)")
+        names = quote_all(unknown, quoted=False)
+        raise InvalidRequest(f"unknown search parameter(s): {names} (Prefer: handling=strict)")
     return pairs, offset

@@ -23,7 +23,11 @@ def search_imaging_studies() -> Response:
     paging.offset = offset
     result = imaging.search(parsed.search, studies)
     page = [] if paging.summary_count else result.studies[offset : offset + paging.count]
-    audited_patients([n for n in map(subject_number, page) if n])
+    if paging.summary_count:  # a count tells about every patient searched for and every patient matched
+        searched = studies.patients(parsed.search.nhs_numbers) or frozenset()
+        audited_patients(sorted(searched | {n for n in map(subject_number, result.studies) if n}))
+    else:
+        audited_patients([n for n in map(subject_number, page) if n])
     targets = sorted(set(IMAGING_STUDY.include_targets.values()))
     includes = imaging.includes(result, paging.includes, page, readable(*targets))
     return fhir_response(

@@ -23,7 +23,10 @@ def search_patients() -> Response:
     paging = parsed.paging
     paging.offset = offset
     matches, issues = app.services.patients.search(parsed.query.nhs_numbers, patients)
-    audited_patients([m["id"] for m in matches[offset : offset + paging.count]])
+    if paging.summary_count:  # a count tells about every patient searched for, shown or not
+        audited_patients(sorted(patients.patients(parsed.query.nhs_numbers) or ()))
+    else:
+        audited_patients([m["id"] for m in matches[offset : offset + paging.count]])
     return fhir_response(
         searchset(
             base_url=app.settings.base_url,
@@ -54,9 +57,8 @@ def ihe_pix() -> Response:
 @bp.get("/Patient/<patient_id>")
 def read_patient(patient_id: str) -> Response:
     patients = compartment("Patient", "r")
-    problem = nhs_number_problem(patient_id)
-    if problem:
-        raise NotFound(f"Patient/{patient_id} does not exist: {problem}")
+    if nhs_number_problem(patient_id):
+        raise NotFound("no such Patient: the id of a Patient is an NHS number (10 digits, Modulus 11 check digit)")
     patient = components().services.patients.read(patient_id, patients)
     audited_patients([patient_id])
     return fhir_response(patient)

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Response
 
-from app.core.errors import NotFound
+from app.core.errors import NotFound, quote
 from app.web.components import components
 from app.web.fhir.api import bp, compartment, fhir_response
 
@@ -22,5 +22,5 @@ def read_practitioner(practitioner_id: str) -> Response:
     users = server.users.values() if server is not None else ()
     found = next((u for u in users if u.fhir_user == f"Practitioner/{practitioner_id}"), None)
     if found is None:
-        raise NotFound(f"Practitioner/{practitioner_id} does not exist")
+        raise NotFound(f"Practitioner/{quote(practitioner_id)} does not exist")
     return fhir_response(practitioner_resource(practitioner_id, found.name))

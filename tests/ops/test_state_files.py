@@ -1,0 +1,62 @@
+"""S18 (audit side): the audit store's SQLite files are the facade's own (0600): AuditEvents name patients,
+clients and addresses, and were created world-readable (0644) under the usual umask."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.audit.events import AuditRecord, build_events
+from app.audit.store import AuditStore
+
+
+@pytest.fixture
+def usual_umask() -> Iterator[None]:
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def write_one(store: AuditStore) -> None:
+    record = AuditRecord("read", "Patient", 200, "portal", None, "192.0.2.1", None, "9992975962", ("9992975962",))
+    store.write(build_events(record, "http://facade.example/fhir"), "portal")
+
+
+def test_audit_store_files_are_created_owner_only(tmp_path: Path, usual_umask: None) -> None:
+    path = tmp_path / "state" / "audit.sqlite"
+    store = AuditStore(path)
+    try:
+        write_one(store)
+        assert mode(path) == 0o600
+        for companion in (path.with_name("audit.sqlite-wal"), path.with_name("audit.sqlite-shm")):
+            assert companion.exists() and mode(companion) == 0o600, companion
+        assert store.count(patient="9992975962") == 1
+    finally:
+        store.close()
+
+
+def test_audit_store_narrows_an_older_world_readable_file(tmp_path: Path, usual_umask: None) -> None:
+    path = tmp_path / "audit.sqlite"
+    first = AuditStore(path)
+    write_one(first)
+    first.close()
+    for found in tmp_path.iterdir():
+        found.chmod(0o644)  # as the store before S18 left them
+    again = AuditStore(path)
+    try:
+        assert mode(path) == 0o600
+        assert again.count() == 1  # the same trail, kept
+        write_one(again)
+        assert all(mode(found) == 0o600 for found in tmp_path.iterdir())
+    finally:
+        again.close()
