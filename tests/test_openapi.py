@@ -22,7 +22,7 @@ from smart_tokens import system_token
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Rule
 
-from app.archives.dicomweb.wado import _FRAMES, RENDER_PARAMETERS, BadTarget, parse_target
+from app.archives.images import _FRAMES, RENDER_PARAMETERS, BadTarget, parse_target
 from app.core.dicom_json import UID_PATTERN
 from app.core.search.registry import COMMON
 from app.core.search.resources import SEARCHES

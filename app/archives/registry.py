@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from app.archives.dicomweb.qido import DicomWebArchive, probe_dicomweb
-from app.archives.dicomweb.wado import HttpWado, ImageSource
+from app.archives.dicomweb.wado import HttpWado
 from app.archives.dimse import DimseArchive, probe_dimse
 from app.archives.folder.archive import FolderArchive, probe_folder
 from app.archives.folder.wado import FolderWado
 from app.archives.http import UpstreamAuth, new_session
+from app.archives.images import ImageSource
 from app.archives.protocol import Archive, Probe
 from app.settings import DicomWebArchiveSettings, DimseArchiveSettings, FolderArchiveSettings, TrustSettings
 

@@ -153,6 +153,5 @@ def narrow_studies(
         dicom_classes=classes,
         body_sites=sites,
         endpoint_ids=endpoints,  # an empty set asks no archive
-        # No study UID matches the empty set: the plan then asks no archive at all.
-        study_uids=frozenset() if disjoint else narrowed.study_uids,
+        matches_nothing=narrowed.matches_nothing or disjoint,  # the plan then asks no archive at all
     )

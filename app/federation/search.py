@@ -77,7 +77,7 @@ class Federation:
         Raises TooCostly, before any I/O, when the search is over a planned archive's limits."""
         if search.statuses and "available" not in search.statuses:
             return {}
-        if search.study_uids is not None and not search.study_uids:
+        if search.matches_nothing or (search.study_uids is not None and not search.study_uids):
             return {}
         planned = [t for t in self.trusts if _selected(t, search)]
         for trust in planned:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.archives.dicomweb.wado import ImageSource
+from app.archives.images import ImageSource
 from app.federation.search import Federation
 from app.services.build import build_parts
 from app.services.directory import Directory

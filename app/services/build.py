@@ -8,8 +8,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from app.archives.cache import CachedArchive
-from app.archives.dicomweb.wado import ImageSource
 from app.archives.http import UpstreamAuth, new_session
+from app.archives.images import ImageSource
 from app.archives.metered import MeteredArchive
 from app.archives.protocol import Archive
 from app.archives.registry import ImageOptions, build_archive, image_source

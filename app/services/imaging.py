@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 from app.core import dicom_json as dj
 from app.core.compartment import Compartment, Filters, narrow_studies
-from app.core.errors import Conflict, NotFound, TooCostly
+from app.core.errors import Conflict, Forbidden, NotFound, TooCostly
 from app.core.mapping.patient import patient_resource, subject_number
 from app.core.search.study import ParsedQuery, StudySearch, parse_study_search
 from app.federation.search import FederatedResult
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from app.services.build import Parts
 
 Resource = dict[str, Any]
+NOT_HELD = "the ImagingStudy was not found in any trust archive"
 
 
 class ImagingService:
@@ -60,7 +61,10 @@ class ImagingService:
         # No message names the id asked for: another patient's study reads byte for byte like a missing one.
         if not dj.is_uid(study_id):
             raise NotFound("no such ImagingStudy: the id of an ImagingStudy is its StudyInstanceUID")
-        search = narrow_studies(StudySearch(study_uids=frozenset({study_id})), compartment, self._scope_filter)
+        try:
+            search = narrow_studies(StudySearch(study_uids=frozenset({study_id})), compartment, self._scope_filter)
+        except Forbidden:  # scopes that cannot be combined: a read reads like a study nobody holds
+            raise NotFound(NOT_HELD) from None
         result = self.federation.search(search, with_instances=True)
         result.studies = compartment.keep(result.studies, subject_number)
         if study_id in result.conflicts:
@@ -71,7 +75,7 @@ class ImagingService:
         if not result.studies:
             unavailable = [i for i in result.issues if i["code"] == "incomplete"]
             detail = f" ({len(unavailable)} archive(s) did not answer)" if unavailable else ""
-            raise NotFound(f"the ImagingStudy was not found in any trust archive{detail}")
+            raise NotFound(f"{NOT_HELD}{detail}")
         return result.studies[0]
 
     def includes(

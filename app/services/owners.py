@@ -8,7 +8,7 @@ import time
 from cachetools import TTLCache
 
 from app.archives import budget
-from app.archives.dicomweb.wado import RetrievalError
+from app.archives.images import RetrievalError
 from app.archives.protocol import ArchiveError, ArchiveRejected
 from app.core.compartment import Compartment
 from app.core.errors import NotFound

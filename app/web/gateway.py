@@ -23,14 +23,7 @@ from dataclasses import dataclass
 
 from flask import Blueprint, Response, g, request
 
-from app.archives.dicomweb.wado import (
-    RENDER_PARAMETERS,
-    BadTarget,
-    Retrieval,
-    RetrievalError,
-    StreamAborted,
-    parse_target,
-)
+from app.archives.images import RENDER_PARAMETERS, BadTarget, Retrieval, RetrievalError, StreamAborted, parse_target
 from app.audit.events import AuditRecord, build_events
 from app.audit.store import AuditStore
 from app.auth.protect import Access

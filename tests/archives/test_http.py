@@ -12,8 +12,9 @@ import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
-from app.archives.dicomweb.wado import HttpWado, RetrievalError, WadoTarget
+from app.archives.dicomweb.wado import HttpWado
 from app.archives.http import POOL_MAXSIZE, UpstreamAuth, failure_reason, new_session, retry_after_seconds
+from app.archives.images import RetrievalError, WadoTarget
 from tests.archives.support import DicomWebService
 from tests.infra import free_port
 

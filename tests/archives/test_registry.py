@@ -19,10 +19,11 @@ from pydicom.uid import generate_uid
 from app.archives import registry
 from app.archives.cache import CachedArchive
 from app.archives.dicomweb.qido import PROBE_STUDY_UID, DicomWebArchive
-from app.archives.dicomweb.wado import HttpWado, WadoTarget
+from app.archives.dicomweb.wado import HttpWado
 from app.archives.dimse import DimseArchive
 from app.archives.folder.archive import FolderArchive
 from app.archives.folder.wado import FolderWado
+from app.archives.images import WadoTarget
 from app.archives.metered import MeteredArchive
 from app.archives.protocol import Archive, Capabilities, Probe
 from app.core.query import PatientKey, StudyQuery

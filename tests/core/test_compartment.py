@@ -102,19 +102,20 @@ def _narrow(search: StudySearch, filter_search: StudySearch, patient: str | None
 def test_narrow_studies_disjoint_modality_matches_nothing() -> None:
     """The fixed bug: modality=MR under ?modality=CT gave the CT studies; now it gives none."""
     found = _narrow(StudySearch(modalities=("MR",)), scope(modalities=("CT",)))
-    assert found.study_uids == frozenset()  # the plan asks no archive
+    assert found.matches_nothing  # the plan asks no archive
+    assert found.study_uids is None  # the search stays as bounded (or not) as the client made it
     assert found.nhs_numbers == frozenset({A})
 
 
 def test_narrow_studies_overlapping_modalities_keep_the_intersection() -> None:
     found = _narrow(StudySearch(modalities=("MR", "CT")), scope(modalities=("CT",)))
     assert found.modalities == ("CT",)
-    assert found.study_uids is None
+    assert not found.matches_nothing
 
 
 def test_narrow_studies_without_client_criterion_takes_the_filter() -> None:
     found = _narrow(StudySearch(), scope(modalities=("CT",)))
-    assert found.modalities == ("CT",) and found.study_uids is None
+    assert found.modalities == ("CT",) and not found.matches_nothing
 
 
 @pytest.mark.parametrize(
@@ -126,7 +127,7 @@ def test_narrow_studies_without_client_criterion_takes_the_filter() -> None:
     ],
 )
 def test_narrow_studies_disjoint_criteria_match_nothing(client: dict[str, object], allowed: dict[str, object]) -> None:
-    assert _narrow(StudySearch(**client), scope(**allowed)).study_uids == frozenset()  # type: ignore[arg-type]
+    assert _narrow(StudySearch(**client), scope(**allowed)).matches_nothing  # type: ignore[arg-type]
 
 
 def test_narrow_studies_body_sites_compare_by_code_whatever_the_system() -> None:
@@ -134,7 +135,7 @@ def test_narrow_studies_body_sites_compare_by_code_whatever_the_system() -> None
         StudySearch(body_sites=(Token(None, "69536005"),)),
         scope(body_sites=(Token("http://snomed.info/sct", "69536005"),)),
     )
-    assert found.body_sites == (Token(None, "69536005"),) and found.study_uids is None
+    assert found.body_sites == (Token(None, "69536005"),) and not found.matches_nothing
 
 
 def test_narrow_studies_endpoints_are_intersected() -> None:
@@ -151,7 +152,7 @@ def test_narrow_studies_endpoints_are_intersected() -> None:
 
 def test_narrow_studies_keeps_the_client_study_uids_when_not_disjoint() -> None:
     found = _narrow(StudySearch(study_uids=frozenset({"1.2.3"})), scope(modalities=("CT",)))
-    assert found.study_uids == frozenset({"1.2.3"}) and found.modalities == ("CT",)
+    assert found.study_uids == frozenset({"1.2.3"}) and found.modalities == ("CT",) and not found.matches_nothing
 
 
 def test_narrow_studies_without_filter_only_narrows_the_patient() -> None:

@@ -246,3 +246,25 @@ def test_compartment_launch_context_study_must_be_the_patients(app: Any, people:
         "error": "invalid_request",
         "error_description": "imaging_study is not a study of that patient",
     }
+
+
+def test_compartment_filtered_scope_keeps_an_unbounded_search_too_costly(app: Any, client: Any) -> None:
+    """A disjoint filter matches nothing, but a search naming no patient or study is still refused (400)."""
+    from smart_tokens import system_token
+
+    token = {"Authorization": f"Bearer {system_token(app, 'system/ImagingStudy.rs?modality=CT')}"}
+    response = client.get("/fhir/ImagingStudy?modality=MR", headers=token)
+    assert response.status_code == 400
+    assert response.get_json()["issue"][0]["code"] == "too-costly"
+
+
+def test_compartment_read_under_uncombinable_filters_reads_like_a_missing_study(
+    app: Any, client: Any, people: dict[str, Any]
+) -> None:
+    scope = "launch/patient patient/ImagingStudy.rs?modality=CT patient/ImagingStudy.rs?modality=MR"
+    token = bearer(app, people["B"], scope)
+    own = sorted(studies(people, "B", "CT"))[0]
+    denied = client.get(f"/fhir/ImagingStudy/{own}", headers=token)
+    missing = client.get("/fhir/ImagingStudy/2.25.1", headers=bearer(app, people["B"]))
+    assert denied.status_code == missing.status_code == 404
+    assert denied.get_data() == missing.get_data()

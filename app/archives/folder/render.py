@@ -18,7 +18,7 @@ from typing import Any
 
 import pydicom
 
-from app.archives.dicomweb.wado import MAX_VIEWPORT
+from app.archives.images import MAX_VIEWPORT
 
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
 MAX_CONCURRENT_RENDERS = 2  # per process (a gunicorn worker); each holds a decoded frame in memory

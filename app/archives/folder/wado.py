@@ -17,9 +17,9 @@ import orjson
 import pydicom
 from pydicom.uid import UID
 
-from app.archives.dicomweb.wado import Retrieval, RetrievalError, WadoTarget
 from app.archives.folder.archive import FolderArchive, StoredFile
 from app.archives.folder.render import MEDIA_TYPES, NotRenderable, RenderBusy, render, render_slot
+from app.archives.images import Retrieval, RetrievalError, WadoTarget
 
 RENDER_RETRY_AFTER_S = 1.0
 _UNCOMPRESSED = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})

@@ -49,6 +49,7 @@ class StudySearch:
     body_sites: tuple[Token, ...] = ()
     endpoint_ids: frozenset[str] | None = None
     statuses: tuple[str, ...] = ()
+    matches_nothing: bool = False  # criteria found disjoint (a scope filter and the client's): ask nobody
     paging: Paging = field(default_factory=lambda: Paging())
 
     def values_by_parameter(self) -> list[Criterion]:
