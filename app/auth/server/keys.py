@@ -43,7 +43,8 @@ class RetireRefused(Exception):
 def _new_key(taken: set[str]) -> RSAKey:
     while True:
         kid = secrets.token_urlsafe(8)
-        if kid not in taken:
+        # Never "-..." (1 in 64): `rotate-keys --retire KID` would read such a kid as an option.
+        if kid not in taken and not kid.startswith("-"):
             return RSAKey.generate_key(2048, parameters={"kid": kid, "use": "sig"})
 
 
