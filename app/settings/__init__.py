@@ -39,6 +39,7 @@ from app.settings.model import (
     PatientIndexSettings,
     RateLimitSettings,
     Settings,
+    SignInSettings,
     TrustSettings,
 )
 
@@ -59,6 +60,7 @@ __all__ = [
     "PatientIndexSettings",
     "RateLimitSettings",
     "Settings",
+    "SignInSettings",
     "TrustSettings",
     "check_document",
     "config_secret",
@@ -336,6 +338,7 @@ def _auth(doc: dict[str, Any], base_dir: Path) -> AuthSettings:
         tuple(doc["clients"]),
         tuple(doc["users"]),
         tuple(doc["cors_origins"]),
+        SignInSettings(**doc["sign_in"]),
     )
 
 
