@@ -50,17 +50,17 @@ def create_app(settings: Settings | str | os.PathLike[str] | None = None) -> Fla
         SESSION_COOKIE_SECURE=settings.base_url.startswith("https://"),
     )
     services = build_services(settings)
+    audit = AuditStore(settings.audit_path)
     embedded = None
     if settings.auth.mode == "embedded":
         from app.auth.server import EmbeddedAuthServer
 
-        embedded = EmbeddedAuthServer(settings, services.patients)
+        embedded = EmbeddedAuthServer(settings, services.patients, audit)
         embedded.init_app(app)
         # Login sessions are signed with a key derived from the server's private signing keys: secret,
         # and the same in every worker (the cursor key may be derived from the public configuration).
         app.secret_key = embedded.session_secret()
     smart = smart_configuration(settings, embedded)
-    audit = AuditStore(settings.audit_path)
     init_web(
         app,
         Components(

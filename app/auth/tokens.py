@@ -51,6 +51,7 @@ class AccessClaims:
     issuer: str = ""
     expires_at: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    grant_id: str | None = None  # the embedded server's grant (refresh family) the token was issued from
 
 
 def claims_from_payload(payload: dict[str, Any]) -> AccessClaims:
@@ -73,6 +74,7 @@ def claims_from_payload(payload: dict[str, Any]) -> AccessClaims:
         jti=payload.get("jti") if isinstance(payload.get("jti"), str) else None,
         issuer=str(payload.get("iss", "")),
         expires_at=int(payload.get("exp", 0)),
+        grant_id=payload.get("grant_id") if isinstance(payload.get("grant_id"), str) else None,
     )
 
 
@@ -157,7 +159,11 @@ class JwtValidator:
     """Validates signed JWT access tokens of one issuer for one audience."""
 
     def __init__(
-        self, issuer: str, audience: str, jwks: KeySource, is_revoked: Callable[[str], bool] | None = None
+        self,
+        issuer: str,
+        audience: str,
+        jwks: KeySource,
+        is_revoked: Callable[[AccessClaims], bool] | None = None,
     ) -> None:
         self.issuer = issuer
         self.audience = audience
@@ -168,8 +174,9 @@ class JwtValidator:
 
     def validate(self, token: str) -> AccessClaims:
         """The token's claims. A verified token is remembered (bounded, until it expires) so that its
-        signature is checked once while the issuer's keys stay the same; expiry and revocation are
-        checked on every call."""
+        signature is checked once while the issuer's keys stay the same; expiry and revocation (of
+        the token, or of the grant it was issued from: `is_revoked` is given the claims) are checked
+        on every call."""
         verified = self._verified.get(token)
         if verified is not None and self.jwks.key_set(verified.kid) is not verified.keys:
             # The keys changed since (rotation, retirement): a token of a retired key must fail now.
@@ -185,7 +192,7 @@ class JwtValidator:
         if claims.expires_at and claims.expires_at < time.time() - CLOCK_SKEW_S:
             self._verified.pop(token, None)
             raise InvalidToken("the token has expired")
-        if self.is_revoked is not None and claims.jti and self.is_revoked(claims.jti):
+        if self.is_revoked is not None and self.is_revoked(claims):
             raise InvalidToken("the token has been revoked")
         return claims
 

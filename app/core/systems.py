@@ -35,6 +35,8 @@ RESTFUL_SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-securi
 
 # Audit (IHE BALP)
 BALP = "https://profiles.ihe.net/ITI/BALP/StructureDefinition"
+IHE_EVENT_TYPE = "urn:ihe:event-type-code"
+SECURITY_ROLE_TYPE = "http://terminology.hl7.org/CodeSystem/extra-security-role-type"
 AUDIT_EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 AUDIT_ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"

@@ -41,6 +41,7 @@ from app.settings.model import (
     PatientIndexSettings,
     RateLimitSettings,
     Settings,
+    SignInSettings,
     TrustSettings,
 )
 
@@ -62,6 +63,7 @@ __all__ = [
     "PatientIndexSettings",
     "RateLimitSettings",
     "Settings",
+    "SignInSettings",
     "TrustSettings",
     "check_document",
     "config_secret",
@@ -397,6 +399,7 @@ def _auth(doc: dict[str, Any], base_dir: Path) -> AuthSettings:
         tuple(doc["clients"]),
         tuple(doc["users"]),
         tuple(doc["cors_origins"]),
+        SignInSettings(**doc["sign_in"]),
     )
 
 

@@ -117,6 +117,18 @@ class ExternalAuthSettings:
 
 
 @dataclass(frozen=True)
+class SignInSettings:
+    """The embedded server's sign-in throttle and login sessions (`auth.sign_in`; app.auth.server.signin)."""
+
+    failures_per_account: int
+    failures_per_address: int
+    failure_window_s: int
+    max_wait_s: int
+    session_idle_s: int
+    session_max_s: int
+
+
+@dataclass(frozen=True)
 class EmbeddedAuthSettings:
     """The facade's own SMART App Launch authorization server under /auth."""
 
@@ -127,6 +139,7 @@ class EmbeddedAuthSettings:
     clients: tuple[Config, ...]
     users: tuple[Config, ...]
     cors_origins: tuple[str, ...]
+    sign_in: SignInSettings
 
 
 AuthSettings = NoAuthSettings | ExternalAuthSettings | EmbeddedAuthSettings

@@ -828,9 +828,10 @@ def test_revoke_refresh_token_then_refresh_invalid_grant(server_app: Any, http: 
 
 
 def test_revoke_by_another_client_has_no_effect(server_app: Any, http: Any, patient: str) -> None:
+    """RFC 7009 2.1: another client's token is refused (and says so), and stays valid (S12)."""
     tokens = user_tokens(server_app, patient)
     for token in (tokens["access_token"], tokens["refresh_token"]):
-        assert http.post("/auth/revoke", data={"token": token, "client_id": OTHER}).status_code == 200
+        assert_token_error(http.post("/auth/revoke", data={"token": token, "client_id": OTHER}), "invalid_grant")
     assert fhir_search(http, tokens["access_token"]).status_code == 200
     assert refresh(http, tokens["refresh_token"]).status_code == 200
 

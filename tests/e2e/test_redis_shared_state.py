@@ -141,7 +141,7 @@ def _csrf(page: requests.Response) -> str:
     return found.group(1)
 
 
-def _authorize(first: Any, second: Any, patient: str) -> dict[str, Any]:
+def _authorize(first: Any, second: Any, patient: str, *, replay: bool = False) -> dict[str, Any]:
     """A standalone launch whose steps alternate between the processes; returns the token response.
 
     Sign-in on `first`, patient choice on `second`, consent on `first` (code issued there), code
@@ -201,7 +201,9 @@ def _authorize(first: Any, second: Any, patient: str) -> dict[str, Any]:
     assert tokens.status_code == 200, tokens.text
     body: dict[str, Any] = tokens.json()
     assert body["patient"] == patient and body["refresh_token"]
-    # ... and cannot be redeemed again on process 1.
+    if not replay:
+        return body
+    # ... and cannot be redeemed again on process 1 (which revokes what it gave: RFC 6749 4.1.2).
     again = requests.post(
         first.url("/auth/token"),
         timeout=HTTP_TIMEOUT_S,
@@ -215,6 +217,14 @@ def _authorize(first: Any, second: Any, patient: str) -> dict[str, Any]:
     )
     assert again.status_code == 400, again.text
     return body
+
+
+def test_a_code_replayed_on_the_other_process_is_refused_and_revokes_its_tokens(pair, patient):
+    one, two = pair
+    tokens = _authorize(one, two, patient, replay=True)
+    for process in pair:
+        assert _read_patient(process, tokens["access_token"], patient).status_code == 401
+    assert _refresh(two, tokens["refresh_token"]).status_code == 400
 
 
 def _refresh(process: Any, refresh_token: str) -> requests.Response:

@@ -20,8 +20,12 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import Key, KeySet
 
+from app.audit.auth_events import AuthAuditRecord, build_auth_event
+from app.audit.events import AuditRecord, build_events
+from app.audit.store import AuditStore
 from app.auth.server.clients import Client, client_from_config, user_from_config
 from app.auth.server.grants import (
+    LAUNCH_TTL_S,
     AuthorizationCodeGrant,
     ClientCredentialsGrant,
     RefreshTokenGrant,
@@ -29,10 +33,12 @@ from app.auth.server.grants import (
     SmartClientAssertion,
     StrictCodeChallenge,
     TokenIssuer,
-    _hash,
+    grant_revoked,
+    revoke_grant,
 )
 from app.auth.server.keys import SigningKeys
-from app.auth.server.store import open_store
+from app.auth.server.signin import LoginSessions, SignInThrottle
+from app.auth.server.store import open_store, secret_key
 from app.auth.tokens import AccessClaims, InvalidToken, JwtValidator
 from app.core import dicom_json as dj
 from app.core.identity import nhs_number_problem
@@ -70,7 +76,6 @@ CAPABILITIES = [
     "sso-openid-connect",
     "smart-imaging-access",  # Argonaut SMART Imaging Access: the token opens the images (app/gateway.py)
 ]
-LAUNCH_TTL_S = 300
 
 
 def _session_secret(key: Key) -> bytes:
@@ -108,7 +113,7 @@ class KeyFileSessions(SecureCookieSessionInterface):
 class EmbeddedAuthServer:
     """Clients, users, keys, state store and the authlib server, wired for one facade."""
 
-    def __init__(self, settings: Settings, patients: PatientFinder) -> None:
+    def __init__(self, settings: Settings, patients: PatientFinder, audit: AuditStore) -> None:
         auth = settings.auth
         assert isinstance(auth, EmbeddedAuthSettings), "the embedded server needs auth.mode embedded"
         self.settings = settings
@@ -117,6 +122,9 @@ class EmbeddedAuthServer:
         self.root = f"{settings.public_root}/auth"
         self.keys = SigningKeys(auth.signing_keys)
         self.store = open_store(auth.store, settings.audit_path.parent)
+        self.audit = audit  # the facade's one audit store: the server's events beside the API's
+        self.sessions = LoginSessions(self.store, auth.sign_in.session_idle_s, auth.sign_in.session_max_s)
+        self.throttle = SignInThrottle(self.store, auth.sign_in)
         self.clients = {c["client_id"]: client_from_config(c) for c in auth.clients}
         self.users = {u["username"]: user_from_config(u) for u in auth.users}
         self.issuer = TokenIssuer(
@@ -131,9 +139,16 @@ class EmbeddedAuthServer:
             self.fhir_base,
             self.fhir_base,
             self.keys,  # the key file, reloaded when rotate-keys changes it
-            is_revoked=lambda jti: self.store.get("revoked", jti) is not None,
+            is_revoked=self.is_revoked,
         )
-        self.authorization = SmartAuthorizationServer(self.store, self.issuer)
+        self.authorization = SmartAuthorizationServer(self.store, self.issuer, self.sessions.alive)
+
+    def is_revoked(self, claims: AccessClaims) -> bool:
+        """Checked on every request, in every process (the store is shared): the token itself was
+        revoked, or the grant it was issued from (refresh token revoked or reused, code replayed)."""
+        if claims.jti and self.store.get("revoked", claims.jti) is not None:
+            return True
+        return grant_revoked(self.store, claims.grant_id)
 
     def init_app(self, app: Flask) -> None:
         from app.auth.server.views import SERVER_KEY, bp
@@ -187,7 +202,7 @@ class EmbeddedAuthServer:
         return [_summary(p) for p in found[:50]], more
 
     # -- tokens ----------------------------------------------------------------------------
-    def _decode_own(self, token: str) -> dict[str, Any] | None:
+    def decode_own(self, token: str) -> dict[str, Any] | None:
         """The claims of an access token this server signed (expired ones included), else None."""
         try:
             decoded = jwt.decode(token, self.keys.key_set(), algorithms=["RS384"])
@@ -196,58 +211,101 @@ class EmbeddedAuthServer:
         claims = decoded.claims
         return claims if claims.get("iss") == self.fhir_base else None
 
-    def revoke(self, token: str, hint: str | None, client: Client | None) -> None:
-        if client is None or not token:
-            return
-        refresh = self.store.get("refresh", _hash(token))
-        if refresh is not None and refresh["client_id"] == client.client_id:
-            self.store.take("refresh", _hash(token))
-            self.store.put("family-revoked", refresh["family"], {}, 90 * 86400)
-            return
-        claims = self._decode_own(token)
-        if claims and claims.get("client_id") == client.client_id and claims.get("jti"):
-            ttl = max(float(claims.get("exp", 0)) - time.time(), 0.0) + 60
-            self.store.put("revoked", str(claims["jti"]), {}, ttl)
+    def revoke(self, token: str, client: Client) -> bool:
+        """RFC 7009 for an identified client: False when the token is another client's (refused, left
+        valid); True otherwise, an unknown or invalid token included (nothing to revoke). A refresh
+        token revokes its whole grant: its family and every access token issued from it."""
+        refresh = self.store.get("refresh", secret_key(token))
+        if refresh is not None:
+            if refresh["client_id"] != client.client_id:
+                return False
+            self.store.take("refresh", secret_key(token))
+            revoke_grant(self.store, refresh["family"])
+            return True
+        claims = self.decode_own(token)
+        if claims is None or not claims.get("jti"):
+            return True
+        if claims.get("client_id") != client.client_id:
+            return False
+        ttl = max(float(claims.get("exp", 0)) - time.time(), 0.0) + 60
+        self.store.put("revoked", str(claims["jti"]), {}, ttl)
+        return True
 
-    def introspect(self, token: str) -> dict[str, Any]:
+    def introspection_caller(self, client: Client | None, authorization: str | None) -> dict[str, Any] | None:
+        """Who may introspect, and what: a confidential client authenticated at the endpoint, or the
+        bearer of a backend (client_credentials, system-scoped) token of a confidential client, may
+        introspect any token (resource servers); the bearer of any other active token only tokens of
+        its own client and user. None: neither (401)."""
+        if client is not None:
+            return {"client_id": client.client_id, "any": True, "user": None}
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        try:
+            claims = self.validator.validate(token.strip())
+        except InvalidToken:
+            return None
+        registered = self.clients.get(claims.client_id)
+        resource_server = (
+            registered is not None
+            and not registered.public
+            and "client_credentials" in registered.grant_types
+            and claims.subject == claims.client_id
+            and any(s.startswith("system/") for s in claims.scope.split())
+        )
+        return {"client_id": claims.client_id, "any": resource_server, "user": claims.subject}
+
+    def introspect(self, token: str, caller: dict[str, Any]) -> dict[str, Any]:
+        """RFC 7662 with the launch context the token response had (SMART 2.2: patient, fhirContext,
+        need_patient_banner, smart_style_url); inactive for a token the caller may not see."""
         if not token:
             return {"active": False}
-        refresh = self.store.get("refresh", _hash(token))
-        if refresh is not None and self.store.get("family-revoked", refresh["family"]) is None:
+        answer = self._introspect(token)
+        own = answer.get("client_id") == caller["client_id"] and answer.get("sub") == caller["user"]
+        if answer.get("active") and not caller["any"] and not own:
+            return {"active": False}  # another client's or user's token: not told apart from an invalid one
+        return answer
+
+    def _introspect(self, token: str) -> dict[str, Any]:
+        refresh = self.store.get("refresh", secret_key(token))
+        if refresh is not None:
+            if grant_revoked(self.store, refresh["family"]):
+                return {"active": False}
             grantee = refresh["grantee"]
+            session = grantee.get("session")
+            if session and self.store.get(LoginSessions.KIND, session) is None:
+                return {"active": False}  # online_access: its login session has ended
             out = {
                 "active": True,
                 "client_id": refresh["client_id"],
                 "scope": refresh["scope"],
                 "token_type": "refresh_token",
                 "sub": grantee.get("username"),
+                "iss": self.fhir_base,
+                "smart_style_url": self.issuer.style_url,
             }
             if grantee.get("patient"):
                 out["patient"] = grantee["patient"]
+                out["need_patient_banner"] = grantee.get("need_patient_banner", True)
+            if grantee.get("fhir_context"):
+                out["fhirContext"] = grantee["fhir_context"]
+            if grantee.get("fhir_user") and "fhirUser" in refresh["scope"].split():
+                out["fhirUser"] = grantee["fhir_user"]
             return out
         try:
             claims = self.validator.validate(token)
         except InvalidToken:
             return {"active": False}
-        return _introspection(claims, self._decode_own(token) or {})
+        return _introspection(claims, self.decode_own(token) or {})
 
-    def bearer_is_active(self, authorization: str | None) -> bool:
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return False
-        try:
-            self.validator.validate(token.strip())
-        except InvalidToken:
-            return False
-        return True
-
-    def issue_launch(self, authorization: str | None, body: dict[str, Any]) -> dict[str, Any]:
-        """A launch id for an EPR: the caller is a backend client registered as a launch issuer."""
+    def launch_issuer(self, authorization: str | None) -> AccessClaims | None:
+        """The claims of the caller of the EHR launch API, when it is a backend client registered as a
+        launch issuer holding a system-level token; else None (401, before the body is read)."""
         scheme, _, token = (authorization or "").partition(" ")
         try:
             claims = self.validator.validate(token.strip()) if scheme.lower() == "bearer" else None
         except InvalidToken:
-            claims = None
+            return None
         caller = self.clients.get(claims.client_id) if claims else None
         if (
             claims is None
@@ -255,11 +313,11 @@ class EmbeddedAuthServer:
             or not caller.launch_issuer
             or not any(s.startswith("system/") for s in claims.scope.split())
         ):
-            return {
-                "status": 401,
-                "error": "invalid_token",
-                "error_description": "a system-level token of a client registered as launch_issuer is required",
-            }
+            return None
+        return claims
+
+    def issue_launch(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A launch id for an EPR (the caller was checked by `launch_issuer`), or an OAuth error."""
         client_id, patient, study = body.get("client_id"), body.get("patient"), body.get("imaging_study")
         if not isinstance(client_id, str) or client_id not in self.clients:
             return {"error": "invalid_request", "error_description": "unknown client_id"}
@@ -285,8 +343,11 @@ class EmbeddedAuthServer:
     def create_launch(self, client_id: str, patient: str, imaging_study: str | None = None) -> dict[str, Any]:
         context = [{"reference": f"ImagingStudy/{imaging_study}"}] if imaging_study else []
         launch = secrets.token_urlsafe(24)  # opaque: encodes nothing about the patient
-        self.store.put(
-            "launch", launch, {"client_id": client_id, "patient": patient, "fhirContext": context}, LAUNCH_TTL_S
+        self.store.put(  # kept under its hash, like codes: the store never holds a usable launch id
+            "launch",
+            secret_key(launch),
+            {"client_id": client_id, "patient": patient, "fhirContext": context},
+            LAUNCH_TTL_S,
         )
         return {"launch": launch, "expires_in": LAUNCH_TTL_S, "iss": self.fhir_base}
 
@@ -312,7 +373,44 @@ class EmbeddedAuthServer:
             "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
             "id_token_signing_alg_values_supported": ["RS256"],
             "capabilities": CAPABILITIES,
+            "authorization_response_iss_parameter_supported": True,  # RFC 9207
         }
+
+    # -- audit -----------------------------------------------------------------------------
+    def record(self, record: AuthAuditRecord) -> None:
+        """An AuditEvent of the authorization server, committed before the answer leaves."""
+        self.audit.write([build_auth_event(record, self.fhir_base)], record.client_id)
+
+    def record_picker(
+        self,
+        client_id: str,
+        user: str,
+        address: str | None,
+        *,
+        query: str | None = None,
+        found: tuple[str, ...] = (),
+        chosen: str | None = None,
+        status: int = 200,
+    ) -> None:
+        """The patient picker as the FHIR API audits it: a search (PatientQuery, one event per patient
+        found) or a choice (PatientRead of the chosen patient; 404 when it has no records)."""
+        if chosen is not None:
+            record = AuditRecord(
+                "read", "Patient", status, client_id, user, address, None, chosen, (chosen,), "patient picker choice"
+            )
+        else:
+            record = AuditRecord(
+                "search-type",
+                "Patient",
+                status,
+                client_id,
+                user,
+                address,
+                f"patient-picker?q={query or ''}",
+                None,
+                found,
+            )
+        self.audit.write(build_events(record, self.fhir_base), client_id)
 
 
 def _summary(patient: dict[str, Any]) -> dict[str, str]:
@@ -332,7 +430,7 @@ def _introspection(claims: AccessClaims, raw: dict[str, Any]) -> dict[str, Any]:
         "iss": claims.issuer,
         "token_type": "Bearer",
     }
-    for key in ("sub", "iat", "aud", "patient", "fhirContext", "fhirUser"):
+    for key in ("sub", "iat", "aud", "patient", "fhirContext", "fhirUser", "need_patient_banner", "smart_style_url"):
         if key in raw:
             out[key] = raw[key]
     return out

@@ -41,6 +41,17 @@ def check_secret(secret: str, stored: str) -> bool:
     return hmac.compare_digest(found, base64.b64decode(digest))
 
 
+# A well-formed hash that no password matches: an unknown user name costs the same scrypt as a known
+# one, so the answer's timing does not tell which user names exist.
+_NO_USER_HASH = f"scrypt${base64.b64encode(bytes(16)).decode()}${base64.b64encode(bytes(32)).decode()}"
+
+
+def check_password(user: User | None, password: str) -> bool:
+    """The password is the user's; for an unknown user (None) the hash is computed all the same."""
+    matches = check_secret(password, user.password_hash if user is not None else _NO_USER_HASH)
+    return matches and user is not None
+
+
 def _covers(registered: Grant, asked: Grant) -> bool:
     return (
         registered.context == asked.context
@@ -48,6 +59,27 @@ def _covers(registered: Grant, asked: Grant) -> bool:
         and asked.interactions <= registered.interactions
         and (not registered.filters or registered.filters == asked.filters)
     )
+
+
+def narrowed(held: str, asked: list[str]) -> list[str]:
+    """The scopes of `asked` that `held` covers: named in it, or a narrower resource scope (one type
+    of `*`, `read` or `rs` of `*.rs`, v1 or v2) of one of its resource scopes."""
+    words = held.split()
+    grants = [g for g in (parse_scope(s, FILTERABLE) for s in words) if g is not None]
+    out = []
+    for wanted in dict.fromkeys(asked):
+        if wanted in words:
+            out.append(wanted)
+            continue
+        parsed = parse_scope(wanted, FILTERABLE)
+        if parsed is not None and any(_covers(g, parsed) for g in grants):
+            out.append(wanted)
+    return out
+
+
+def covered_by(held: str, asked: list[str]) -> bool:
+    """Every scope of `asked` is within `held` (a refresh may narrow the scope, never widen it)."""
+    return len(narrowed(held, asked)) == len(dict.fromkeys(asked))
 
 
 @dataclass(frozen=True)
@@ -89,17 +121,7 @@ class Client:
     def get_allowed_scope(self, scope: str) -> str:
         """Requested scopes cut to the registration (SMART checklist 22): never more, but a narrower
         resource scope (one type of `*`, `read` or `rs` of `*.rs`, v1 or v2) is granted as asked."""
-        registered = self.scope.split()
-        grants = [g for g in (parse_scope(s, FILTERABLE) for s in registered) if g is not None]
-        out = []
-        for wanted in dict.fromkeys((scope or "").split()):
-            if wanted in registered:
-                out.append(wanted)
-                continue
-            asked = parse_scope(wanted, FILTERABLE)
-            if asked is not None and any(_covers(g, asked) for g in grants):
-                out.append(wanted)
-        return " ".join(out)
+        return " ".join(narrowed(self.scope, (scope or "").split()))
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
         return redirect_uri in self.redirect_uris  # exact match, no prefixes or patterns

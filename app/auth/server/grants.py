@@ -2,8 +2,13 @@
 
 - PKCE with S256 for every client, public or not; `plain` refused (authlib allows it by default).
 - Codes single-use (taken atomically), 60 s, bound to client, redirect URI, challenge and context.
-- Refresh tokens bound to the client, same or narrower scope, context kept, rotated; a reused
-  refresh token revokes its whole family.
+- Codes, refresh tokens and access tokens of one authorization belong to one grant (`grant_id`, the
+  refresh family): a replayed code, a reused refresh token or a revoked refresh token revokes the
+  grant, and every access token of it fails on the next request (app.auth.tokens checks it).
+- Refresh tokens bound to the client, same or narrower scope (a narrower resource scope included),
+  context kept, rotated; `online_access` ones (without `offline_access`) live only as long as the
+  login session they were granted in.
+- A scope that reduces to nothing is `invalid_scope`, never a token with `scope: ''`.
 - Backend services: private_key_jwt with RS384/ES384 only, iss = sub = client, aud = token URL,
   exp at most 5 minutes ahead, `jti` never seen before (shared store), key by `kid`.
 
@@ -14,9 +19,9 @@ process (two apps) share nothing. The refresh family travels as an argument to t
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
@@ -34,11 +39,13 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from app.auth.server.clients import Client
+from app.auth.server.clients import Client, covered_by
 from app.auth.server.keys import SigningKeys
-from app.auth.server.store import AuthStore
+from app.auth.server.store import AuthStore, secret_key
 
 CODE_TTL_S = 60
+LAUNCH_TTL_S = 300  # an EHR launch id: opened within 5 minutes, once
+REFRESH_TTL_S = 90 * 86400  # a refresh token, its family's revocation and a used code's grant are kept this long
 ASSERTION_ALGORITHMS = ("RS384", "ES384")
 MAX_ASSERTION_LIFETIME_S = 300
 BACKEND_TOKEN_TTL_S = 300
@@ -55,13 +62,23 @@ class Grantee:
     need_patient_banner: bool = True
     nonce: str | None = None
     auth_time: int = 0
+    grant_id: str | None = None  # the authorization (refresh family) every token issued from it belongs to
+    session: str | None = None  # online_access: the login session (its store key) the refresh token lives with
 
     def get_user_id(self) -> str | None:
         return self.username
 
 
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+_hash = secret_key
+
+
+def revoke_grant(store: AuthStore, grant_id: str) -> None:
+    """Every token of the grant fails from now on: refresh tokens here, access tokens at validation."""
+    store.put("family-revoked", grant_id, {}, REFRESH_TTL_S)
+
+
+def grant_revoked(store: AuthStore, grant_id: str | None) -> bool:
+    return grant_id is not None and store.get("family-revoked", grant_id) is not None
 
 
 class StrictCodeChallenge(CodeChallenge):
@@ -112,10 +129,13 @@ class SmartAuthorizationServer(AuthorizationServer):
     """authlib's Flask authorization server, holding what its grants need: the state store and the
     token issuer (registered as the default token generator)."""
 
-    def __init__(self, store: AuthStore, issuer: TokenIssuer) -> None:
+    def __init__(
+        self, store: AuthStore, issuer: TokenIssuer, session_alive: Callable[[str], bool] = lambda key: False
+    ) -> None:
         super().__init__()
         self.store = store
         self.issuer = issuer
+        self.session_alive = session_alive  # online_access refresh tokens: is their login session still on?
 
 
 class _OfServer:
@@ -136,6 +156,11 @@ class AuthorizationCodeGrant(_OfServer, grants.AuthorizationCodeGrant):
         scope = request.client.get_allowed_scope(request.scope or "")
         if grantee.patient is None:  # patient scopes without a patient context are not granted (fail closed)
             scope = " ".join(s for s in scope.split() if not s.startswith("patient/"))
+        if not scope:
+            raise InvalidScopeError("none of the requested scopes can be granted")
+        grantee.grant_id = grantee.grant_id or secrets.token_urlsafe(12)
+        # Kept after the code is used (or expires): a second use of the code finds its grant and revokes it.
+        self.store.put("code-grant", _hash(code), {"grant": grantee.grant_id}, REFRESH_TTL_S)
         self.store.put(
             "code",
             _hash(code),
@@ -150,8 +175,14 @@ class AuthorizationCodeGrant(_OfServer, grants.AuthorizationCodeGrant):
         )
 
     def query_authorization_code(self, code: str, client: Client) -> StoredCode | None:
-        found = self.store.take("code", _hash(code))  # single use, whatever happens next
-        if found is None or found["client_id"] != client.client_id:
+        key = _hash(code)
+        found = self.store.take("code", key)  # single use, whatever happens next
+        if found is None:
+            used = self.store.get("code-grant", key)
+            if used is not None:  # RFC 6749 4.1.2: a code used twice revokes what was issued with it
+                revoke_grant(self.store, used["grant"])
+            return None
+        if found["client_id"] != client.client_id:
             return None
         return StoredCode(**found)
 
@@ -188,11 +219,22 @@ class RefreshTokenGrant(_OfServer, grants.RefreshTokenGrant):
         if found is None:
             family = self.store.get("refresh-used", key)
             if family is not None:  # reuse of a rotated token: revoke everything issued from it
-                self.store.put("family-revoked", family["family"], {}, 90 * 86400)
+                revoke_grant(self.store, family["family"])
             return None
-        if self.store.get("family-revoked", found["family"]) is not None:
+        if grant_revoked(self.store, found["family"]):
             return None
+        session = found["grantee"].get("session")
+        if session and not cast(SmartAuthorizationServer, self.server).session_alive(session):
+            return None  # online_access: the user signed out, or the session timed out
         return StoredRefresh(**found, key=key)
+
+    def _validate_token_scope(self, token: StoredRefresh) -> None:
+        """RFC 6749 6: the scope asked for may be narrower than the one granted, never wider. Narrower
+        includes a narrower resource scope (`patient/ImagingStudy.rs` of `patient/*.rs`), as at
+        authorization (Client.get_allowed_scope)."""
+        asked = (self.request.payload.scope or "").split()
+        if asked and not covered_by(token.get_scope(), asked):
+            raise InvalidScopeError("the scope asked for is wider than the one granted")
 
     def authenticate_user(self, refresh_token: StoredRefresh) -> Grantee:
         return Grantee(**refresh_token.grantee)
@@ -214,9 +256,9 @@ class RefreshTokenGrant(_OfServer, grants.RefreshTokenGrant):
         """Rotation: the old token is used up atomically; if another request used it first, this is
         reuse, and the family is revoked (the token just issued with it included)."""
         if self.store.take("refresh", refresh_token.key) is None:
-            self.store.put("family-revoked", refresh_token.family, {}, 90 * 86400)
+            revoke_grant(self.store, refresh_token.family)
             raise InvalidGrantError("the refresh token was already used")
-        self.store.put("refresh-used", refresh_token.key, {"family": refresh_token.family}, 90 * 86400)
+        self.store.put("refresh-used", refresh_token.key, {"family": refresh_token.family}, REFRESH_TTL_S)
 
 
 class SmartClientAssertion(JWTBearerClientAssertion):
@@ -310,7 +352,8 @@ class TokenIssuer:
         refresh_family: str | None = None,
     ) -> dict[str, Any]:
         """authlib's token generator signature; `refresh_family` (a refresh grant's) keeps the new
-        refresh token in the family of the one it replaces, else a new family starts."""
+        refresh token in the family of the one it replaces, else the user's grant's, else a new
+        family starts. Access tokens of a user carry it as `grant_id`: revoking the grant revokes them."""
         now = int(time.time())
         scope = scope or ""
         backend = grant_type == "client_credentials"
@@ -327,7 +370,9 @@ class TokenIssuer:
             "sub": (user.username if user and user.username else client.client_id),
         }
         token: dict[str, Any] = {"token_type": "Bearer", "expires_in": lifetime, "scope": scope}
+        family = refresh_family or (user.grant_id if user else None) or secrets.token_urlsafe(12)
         if user is not None and not backend:
+            claims["grant_id"] = family
             if user.patient:
                 claims["patient"] = user.patient
                 token["patient"] = user.patient
@@ -338,12 +383,16 @@ class TokenIssuer:
             if user.fhir_user and "fhirUser" in scope.split():
                 claims["fhirUser"] = user.fhir_user
             token["smart_style_url"] = self.style_url
+            # Introspection answers with the launch context the token response had (SMART 2.2).
+            claims["smart_style_url"] = self.style_url
+            if user.patient:
+                claims["need_patient_banner"] = user.need_patient_banner
             if "openid" in scope.split():
                 token["id_token"] = self._id_token(client, user, now)
         token["access_token"] = self._sign(claims, "RS384")
         wants_refresh = {"offline_access", "online_access"} & set(scope.split())
         if include_refresh_token and not backend and user is not None and wants_refresh:
-            token["refresh_token"] = self._refresh_token(client, user, scope, refresh_family)
+            token["refresh_token"] = self._refresh_token(client, user, scope, family)
         return token
 
     def _id_token(self, client: Client, user: Grantee, now: int) -> str:
@@ -361,13 +410,12 @@ class TokenIssuer:
             claims["nonce"] = user.nonce
         return self._sign(claims, "RS256")
 
-    def _refresh_token(self, client: Client, user: Grantee, scope: str, family: str | None) -> str:
+    def _refresh_token(self, client: Client, user: Grantee, scope: str, family: str) -> str:
         token = secrets.token_urlsafe(32)
-        family = family or secrets.token_urlsafe(12)
         self.store.put(
             "refresh",
             _hash(token),
             {"client_id": client.client_id, "scope": scope, "family": family, "grantee": asdict(user)},
-            90 * 86400,
+            REFRESH_TTL_S,
         )
         return token
