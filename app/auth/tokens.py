@@ -248,8 +248,8 @@ class IntrospectionValidator:
             raise InvalidToken("the token could not be introspected") from None
         if not isinstance(body, dict) or body.get("active") is not True:
             raise InvalidToken("the token is not active")
-        aud = body.get("aud")
-        if aud is not None and self.audience not in (aud if isinstance(aud, list) else [aud]):
+        aud = body.get("aud")  # S21: an answer that names no audience is not taken as ours (fail closed)
+        if self.audience not in (aud if isinstance(aud, list) else [aud]):
             raise InvalidToken("the token is not for this server (aud)")
         exp = body.get("exp")
         if isinstance(exp, (int, float)) and exp < time.time() - CLOCK_SKEW_S:

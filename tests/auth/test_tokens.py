@@ -364,13 +364,14 @@ def test_introspection_revoked_token_is_401(api: Any, introspection: Any) -> Non
     [
         {"aud": "https://other-facade.example/fhir"},
         {"aud": ["https://other-facade.example/fhir"]},
+        {"aud": None},
         {"exp": int(time.time()) - 3600},
         {"active": "true"},
         {"active": 1},
         {"client_id": None, "sub": None},
         {"scope": None},
     ],
-    ids=["aud-other", "aud-list-other", "expired", "active-string", "active-int", "no-client", "scope-less"],
+    ids=["aud-other", "aud-list-other", "aud-missing", "expired", "active-string", "active-int", "no-client", "scope-less"],
 )
 def test_introspection_unacceptable_answer_is_401(api: Any, introspection: Any, claims: dict[str, Any]) -> None:
     claims = dict(claims)
