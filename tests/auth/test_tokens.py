@@ -371,7 +371,16 @@ def test_introspection_revoked_token_is_401(api: Any, introspection: Any) -> Non
         {"client_id": None, "sub": None},
         {"scope": None},
     ],
-    ids=["aud-other", "aud-list-other", "aud-missing", "expired", "active-string", "active-int", "no-client", "scope-less"],
+    ids=[
+        "aud-other",
+        "aud-list-other",
+        "aud-missing",
+        "expired",
+        "active-string",
+        "active-int",
+        "no-client",
+        "scope-less",
+    ],
 )
 def test_introspection_unacceptable_answer_is_401(api: Any, introspection: Any, claims: dict[str, Any]) -> None:
     claims = dict(claims)

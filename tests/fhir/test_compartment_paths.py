@@ -14,6 +14,7 @@ import pytest
 from smart_tokens import patient_token
 
 from app.core.mapping.patient import NHS_NUMBER_SYSTEM
+from app.web.components import components
 
 Bundle = dict[str, Any]
 NOBODY = "9434765919"  # a valid NHS number nobody in the demo has: a patient context that holds nothing
@@ -268,3 +269,16 @@ def test_compartment_read_under_uncombinable_filters_reads_like_a_missing_study(
     missing = client.get("/fhir/ImagingStudy/2.25.1", headers=bearer(app, people["B"]))
     assert denied.status_code == missing.status_code == 404
     assert denied.get_data() == missing.get_data()
+
+
+def test_compartment_patient_token_reads_its_own_practitioner_only(
+    app: Any, client: Any, people: dict[str, Any]
+) -> None:
+    """S23: an app in one patient's context reads its user's Practitioner (fhirUser), not every user's."""
+    token = bearer(app, people["A"])  # dr.khan's token in patient A's context
+    assert client.get("/fhir/Practitioner/dr-khan", headers=token).status_code == 200
+    users = [u for u in components(app).auth_server.users.values() if u.fhir_user != "Practitioner/dr-khan"]
+    assert users, "the demo has other users"
+    other = users[0].fhir_user.removeprefix("Practitioner/")
+    assert client.get(f"/fhir/Practitioner/{other}", headers=token).status_code == 404
+    assert client.get(f"/fhir/Practitioner/{other}").status_code == 200  # a system token reads any user
