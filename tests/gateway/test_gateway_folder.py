@@ -403,7 +403,7 @@ def test_rendering_output_is_capped_whatever_the_source() -> None:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
 
-    from app.archives.dicomweb.wado import MAX_VIEWPORT
+    from app.archives.images import MAX_VIEWPORT
     from app.archives.folder.render import output_size, render
 
     assert output_size(8, 8, None) == (8, 8)
