@@ -403,8 +403,8 @@ def test_rendering_output_is_capped_whatever_the_source() -> None:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
 
-    from app.archives.images import MAX_VIEWPORT
     from app.archives.folder.render import output_size, render
+    from app.archives.images import MAX_VIEWPORT
 
     assert output_size(8, 8, None) == (8, 8)
     assert output_size(8, 8, (9999, 9999)) == (8, 8)
