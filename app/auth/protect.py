@@ -18,7 +18,7 @@ import orjson
 from joserfc.util import urlsafe_b64decode
 
 from app.auth.tokens import AccessClaims, InvalidToken
-from app.core.compartment import COMPARTMENT_TYPES, FILTERABLE
+from app.core.compartment import COMPARTMENT_TYPES, FILTERABLE, SYSTEM_ONLY_TYPES
 from app.core.errors import FhirError, Forbidden
 from app.core.scopes import Decision, Scopes, decide, parse_scopes
 
@@ -60,14 +60,14 @@ class Access:
     def user(self) -> str | None:
         return self.claims.fhir_user or self.claims.subject
 
-    def require(self, resource_type: str, interaction: str, context: str | None = None) -> Decision:
+    def require(self, resource_type: str, interaction: str) -> Decision:
         """The decision for one interaction; Forbidden when no scope allows it."""
         if self.insecure:
             return Decision(True)
         decision = decide(self.scopes, resource_type, interaction, self.claims.patient, COMPARTMENT_TYPES)
         if not decision.allowed:
             raise Forbidden(self.realm, decision.reason, f"system/{resource_type}.{interaction}")
-        if context == "system" and not any(
+        if resource_type in SYSTEM_ONLY_TYPES and not any(
             g.context == "system" for g in self.scopes.matching(resource_type, interaction)
         ):
             raise Forbidden(self.realm, f"{resource_type} needs a system/ scope", f"system/{resource_type}.rs")

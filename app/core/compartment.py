@@ -34,6 +34,8 @@ from app.core.search.values import Token
 
 # Types whose resources belong to one patient; Endpoint, Organization and Practitioner are directory data.
 COMPARTMENT_TYPES = frozenset({"ImagingStudy", "Patient", "AuditEvent"})
+# Types no patient's compartment holds and only system scopes reach (the trail of every client's accesses).
+SYSTEM_ONLY_TYPES = frozenset({"AuditEvent"})
 # Search parameters a v2 scope may filter on, per type (a scope filtering on anything else grants nothing).
 FILTERABLE = {
     "ImagingStudy": frozenset({"modality", "status", "endpoint", "bodysite", "dicom-class"}),
@@ -77,6 +79,18 @@ class Compartment:
         if len(self.filters) > 1:
             raise Forbidden(self.realm, "several filtered scopes for one type cannot be combined; ask for one")
         return self.filters[0] if self.filters else ()
+
+    def for_images(self) -> Compartment:
+        """This compartment for image retrieval: a scope filter cannot be applied to pixels, so a filtered
+        scope opens no images (403); ask for an unfiltered ImagingStudy read scope."""
+        if self.filters:
+            raise Forbidden(
+                self.realm,
+                "a filtered ImagingStudy scope does not grant image retrieval: "
+                "ask for an unfiltered ImagingStudy read scope",
+                "patient/ImagingStudy.r",
+            )
+        return self
 
     # -- what may be shown ------------------------------------------------------------------
     def admits(self, patient: str | None) -> bool:

@@ -16,7 +16,8 @@ class Directory:
     organizations: list[Resource]
 
     def resources(self, resource_type: str) -> list[Resource]:
-        return self.endpoints if resource_type == "Endpoint" else self.organizations
+        """The directory's resources of one type (Endpoint or Organization)."""
+        return {"Endpoint": self.endpoints, "Organization": self.organizations}[resource_type]
 
     def read(self, resource_type: str, resource_id: str) -> Resource:
         found = next((r for r in self.resources(resource_type) if r["id"] == resource_id), None)

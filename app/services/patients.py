@@ -48,11 +48,17 @@ class PatientService:
     def patients_by_name(self, name: NameQuery) -> tuple[list[Resource], Issues]:
         return self.federation.patients_by_name(name)
 
-    def holds_study(self, nhs_number: str, study_uid: str) -> bool:
-        """Whether the study is this patient's (an EHR launch's context stays in one patient's compartment)."""
+    def study_problem(self, nhs_number: str, study_uid: str) -> str | None:
+        """Why the study cannot be this patient's context (an EHR launch stays in one patient's compartment),
+        or None when it is the patient's. An archive that did not answer is said so, never taken as a no."""
         compartment = Compartment(self.settings.base_url, nhs_number)
         search = StudySearch(nhs_numbers=compartment.patients(None), study_uids=frozenset({study_uid}))
-        return bool(compartment.keep(self.federation.search(search).studies, subject_number))
+        result = self.federation.search(search)
+        if compartment.keep(result.studies, subject_number):
+            return None
+        if any(i["code"] == "incomplete" for i in result.issues):
+            return "imaging_study could not be checked: an archive did not answer; try again"
+        return "imaging_study is not a study of that patient"
 
     # -- IHE PIXm -------------------------------------------------------------------------------------------
     def pix(self, system: str, value: str, target_systems: set[str], compartment: Compartment) -> Resource:

@@ -28,7 +28,7 @@ from app.audit.events import AuditRecord, build_events
 from app.audit.store import AuditStore
 from app.auth.protect import Access
 from app.core.compartment import Compartment
-from app.core.errors import FhirError, Forbidden, InvalidRequest, NotAcceptable, NotFound, UpstreamFailure
+from app.core.errors import FhirError, InvalidRequest, NotAcceptable, NotFound, UpstreamFailure
 from app.ops import limit_authenticated
 from app.telemetry.logs import request_id
 from app.web.components import components
@@ -114,14 +114,7 @@ def retrieve(rest: str) -> Response:
         access = audit.access = app.protector.authenticate(request.headers.get("Authorization"))
         g.access = access
         limit_authenticated()  # the client's rate limit (app.ops), as for the FHIR API
-        decision = access.require("ImagingStudy", "r")
-        if decision.filters:
-            raise Forbidden(
-                access.realm,
-                "a filtered ImagingStudy scope does not grant image retrieval: "
-                "ask for an unfiltered ImagingStudy read scope",
-                "patient/ImagingStudy.r",
-            )
+        compartment = Compartment.of(access.require("ImagingStudy", "r"), access.realm).for_images()
         _check_raw_path()
         trust_id, _, path = rest.partition("/")
         if app.settings.trust(trust_id) is None:
@@ -136,7 +129,6 @@ def retrieve(rest: str) -> Response:
         if source is None:
             raise UpstreamFailure(501, f"trust {trust_id} offers no image retrieval through this gateway")
         audit.study = target.study
-        compartment = Compartment.of(decision, access.realm)
         audit.patients = app.services.owners.check(trust_id, target.study, compartment)
         retrieval = source.retrieve(target, accept, accept_encoding, params, request_id())
     except RetrievalError as exc:

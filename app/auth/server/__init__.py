@@ -53,7 +53,7 @@ class PatientFinder(Protocol):
 
     def patients_by_name(self, name: NameQuery) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]: ...
 
-    def holds_study(self, nhs_number: str, study_uid: str) -> bool: ...
+    def study_problem(self, nhs_number: str, study_uid: str) -> str | None: ...
 
 
 CAPABILITIES = [
@@ -336,9 +336,7 @@ class EmbeddedAuthServer:
         problem = nhs_number_problem(patient)
         if problem or self.find_patient(patient) is None:
             return problem or "the patient has no imaging records"
-        if study is not None and not self.patients.holds_study(patient, study):
-            return "imaging_study is not a study of that patient"
-        return None
+        return self.patients.study_problem(patient, study) if study is not None else None
 
     def create_launch(self, client_id: str, patient: str, imaging_study: str | None = None) -> dict[str, Any]:
         context = [{"reference": f"ImagingStudy/{imaging_study}"}] if imaging_study else []

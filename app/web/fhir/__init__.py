@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.web.fhir import audit_event, directory, imaging_study, metadata, patient, practitioner
+from app.web.fhir import audit_event, endpoint, imaging_study, metadata, organization, patient, practitioner
 from app.web.fhir.api import bp
 
-__all__ = ["audit_event", "bp", "directory", "imaging_study", "metadata", "patient", "practitioner"]
+__all__ = ["audit_event", "bp", "endpoint", "imaging_study", "metadata", "organization", "patient", "practitioner"]

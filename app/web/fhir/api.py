@@ -99,9 +99,9 @@ def access() -> Access:
     return found
 
 
-def compartment(resource_type: str, interaction: str, context: str | None = None) -> Compartment:
+def compartment(resource_type: str, interaction: str) -> Compartment:
     """The request's compartment for one interaction on one type; 403 when no scope allows it."""
-    return Compartment.of(access().require(resource_type, interaction, context), access().realm)
+    return Compartment.of(access().require(resource_type, interaction), access().realm)
 
 
 def readable(*resource_types: str) -> dict[str, Compartment]:

@@ -16,7 +16,7 @@ from app.web.fhir.api import bp, compartment, fhir_response, search_pairs
 @bp.get("/AuditEvent")
 def search_audit_events() -> Response:
     app = components()
-    compartment("AuditEvent", "s", context="system")
+    compartment("AuditEvent", "s")
     pairs, offset = search_pairs(AUDIT_EVENT)
     parsed = parse_audit_search(
         pairs, ZoneInfo(app.settings.timezone), app.settings.default_count, app.settings.max_count

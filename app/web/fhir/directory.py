@@ -1,4 +1,4 @@
-"""Endpoint and Organization: the trusts' directory data (search and read; no patient data)."""
+"""What the directory types (Endpoint, Organization) share: search and read of the trusts' data, no patient data."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from flask import Response
 from app.core.bundle import searchset
 from app.core.search.resources import DIRECTORIES, parse_directory_search
 from app.web.components import components
-from app.web.fhir.api import bp, compartment, fhir_response, search_pairs
+from app.web.fhir.api import compartment, fhir_response, search_pairs
 
 
-def _search(resource_type: str) -> Response:
+def search_directory(resource_type: str) -> Response:
     app = components()
     compartment(resource_type, "s")
     pairs, offset = search_pairs(DIRECTORIES[resource_type])
@@ -30,23 +30,6 @@ def _search(resource_type: str) -> Response:
     )
 
 
-@bp.get("/Endpoint")
-def search_endpoints() -> Response:
-    return _search("Endpoint")
-
-
-@bp.get("/Endpoint/<endpoint_id>")
-def read_endpoint(endpoint_id: str) -> Response:
-    compartment("Endpoint", "r")
-    return fhir_response(components().services.directory.read("Endpoint", endpoint_id))
-
-
-@bp.get("/Organization")
-def search_organizations() -> Response:
-    return _search("Organization")
-
-
-@bp.get("/Organization/<organization_id>")
-def read_organization(organization_id: str) -> Response:
-    compartment("Organization", "r")
-    return fhir_response(components().services.directory.read("Organization", organization_id))
+def read_directory(resource_type: str, resource_id: str) -> Response:
+    compartment(resource_type, "r")
+    return fhir_response(components().services.directory.read(resource_type, resource_id))
