@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 from app.archives.cache import CachedArchive
 from app.archives.dicomweb.qido import DicomWebArchive
 from app.archives.protocol import Capabilities, Found
-from app.core.mapping.patient import NHS_NUMBER_SYSTEM
+from app.core import systems
 from app.core.query import PatientKey, StudyQuery
 from app.core.systems import local_patient_identifier as local_system
 from app.federation.xref import PixmXref
@@ -154,7 +154,7 @@ def test_pixm_answers_are_reused_until_the_ttl_ends(pix_service: PixService, clo
     clock.now += 299
     pix_service.targets = [(local_system(ODS), "L2")]  # the index changed: the cached answer still holds
     assert xref.local_keys(NHS, "bolton") == (PatientKey("L1"),)
-    assert pix_service.requests == [f"{NHS_NUMBER_SYSTEM}|{NHS}"]
+    assert pix_service.requests == [f"{systems.NHS_NUMBER}|{NHS}"]
     clock.now += 1
     assert xref.local_keys(NHS, "bolton") == (PatientKey("L2"),)
     assert len(pix_service.requests) == 2
@@ -173,7 +173,7 @@ def test_pixm_not_known_is_kept_a_failure_is_not(pix_service: PixService, clock:
 
 
 def test_pixm_cache_is_bounded(pix_service: PixService, clock: Clock) -> None:
-    pix_service.targets = [(NHS_NUMBER_SYSTEM, NHS)]
+    pix_service.targets = [(systems.NHS_NUMBER, NHS)]
     xref = pixm(pix_service, clock, max_entries=2)
     for local in ("L1", "L2", "L3", "L1"):
         assert xref.nhs_number_for("bolton", local) == NHS
@@ -181,7 +181,7 @@ def test_pixm_cache_is_bounded(pix_service: PixService, clock: Clock) -> None:
 
 
 def test_pixm_ttl_zero_keeps_nothing(pix_service: PixService, clock: Clock) -> None:
-    pix_service.targets = [(NHS_NUMBER_SYSTEM, NHS)]
+    pix_service.targets = [(systems.NHS_NUMBER, NHS)]
     xref = pixm(pix_service, clock, ttl_s=0)
     assert [xref.nhs_number_for("bolton", "L1") for _ in range(3)] == [NHS] * 3
     assert len(pix_service.requests) == 3

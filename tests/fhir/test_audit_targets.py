@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from smart_tokens import patient_token, system_token
 
-from app.core.mapping.patient import NHS_NUMBER_SYSTEM
+from app.core import systems
 
 TIMELINE, PORTAL = "imaging-timeline", "portal"
 
@@ -40,10 +40,10 @@ def as_a(app: Any, people: dict[str, Any]) -> dict[str, str]:
     ("path", "status"),
     [
         ("/fhir/ImagingStudy?patient={B}", 403),
-        ("/fhir/ImagingStudy?patient.identifier=" + NHS_NUMBER_SYSTEM + "|{B}&_summary=count", 403),
+        ("/fhir/ImagingStudy?patient.identifier=" + systems.NHS_NUMBER + "|{B}&_summary=count", 403),
         ("/fhir/Patient?_id={B}", 403),
         ("/fhir/Patient/{B}", 404),
-        ("/fhir/Patient/$ihe-pix?sourceIdentifier=" + NHS_NUMBER_SYSTEM + "|{B}", 404),
+        ("/fhir/Patient/$ihe-pix?sourceIdentifier=" + systems.NHS_NUMBER + "|{B}", 404),
     ],
 )
 def test_refused_attempt_on_another_patient_names_the_target(

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from smart_tokens import patient_token
 
-from app.core.mapping.patient import NHS_NUMBER_SYSTEM
+from app.core import systems
 from app.web.components import components
 
 Bundle = dict[str, Any]
@@ -72,7 +72,7 @@ def test_compartment_search_without_patient_is_the_context_patient(
 def test_compartment_search_naming_another_patient_is_403(
     app: Any, client: Any, people: dict[str, Any], parameter: str
 ) -> None:
-    value = people["B"] if parameter != "patient.identifier" else f"{NHS_NUMBER_SYSTEM}|{people['B']}"
+    value = people["B"] if parameter != "patient.identifier" else f"{systems.NHS_NUMBER}|{people['B']}"
     response = client.get(f"/fhir/ImagingStudy?{parameter}={value}", headers=bearer(app, people["A"]))
     assert response.status_code == 403
     assert "insufficient_scope" in response.headers["WWW-Authenticate"]
@@ -177,11 +177,11 @@ def test_compartment_pix_another_patient_and_an_unknown_number_read_alike(
     app: Any, client: Any, people: dict[str, Any]
 ) -> None:
     token = bearer(app, people["A"])
-    own = client.get(f"/fhir/Patient/$ihe-pix?sourceIdentifier={NHS_NUMBER_SYSTEM}|{people['A']}", headers=token)
+    own = client.get(f"/fhir/Patient/$ihe-pix?sourceIdentifier={systems.NHS_NUMBER}|{people['A']}", headers=token)
     assert own.status_code == 200
     unknown = "9434765919"
-    denied = client.get(f"/fhir/Patient/$ihe-pix?sourceIdentifier={NHS_NUMBER_SYSTEM}|{people['B']}", headers=token)
-    missing = client.get(f"/fhir/Patient/$ihe-pix?sourceIdentifier={NHS_NUMBER_SYSTEM}|{unknown}", headers=token)
+    denied = client.get(f"/fhir/Patient/$ihe-pix?sourceIdentifier={systems.NHS_NUMBER}|{people['B']}", headers=token)
+    missing = client.get(f"/fhir/Patient/$ihe-pix?sourceIdentifier={systems.NHS_NUMBER}|{unknown}", headers=token)
     assert denied.status_code == missing.status_code == 404
     assert diagnostics(denied).replace(people["B"], "X") == diagnostics(missing).replace(unknown, "X")
     assert denied.data == missing.data  # S3: byte for byte

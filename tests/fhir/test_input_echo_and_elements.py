@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
-from app.core.mapping.patient import NHS_NUMBER_SYSTEM
+from app.core import systems
 
 LONG = "Z" * 5000
 QUOTED_MAX = 100  # S23: "at most ~100 characters of a bad value" (app.core.errors.QUOTED_MAX)
@@ -30,7 +30,7 @@ def bounded(text: str) -> None:
     "query",
     [
         f"ImagingStudy?patient={LONG}",
-        f"ImagingStudy?patient.identifier={quote(NHS_NUMBER_SYSTEM)}%7C{LONG}",
+        f"ImagingStudy?patient.identifier={quote(systems.NHS_NUMBER)}%7C{LONG}",
         f"ImagingStudy?subject=Group/{LONG}",
         f"ImagingStudy?_id=2.25.{LONG}",
         f"ImagingStudy?identifier={LONG}",

@@ -18,9 +18,10 @@ from pydicom.dataset import Dataset as PydicomDataset
 from pydicom.sr.codedict import codes
 from pydicom.tag import Tag
 
+from app.core import systems
 from app.core.mapping.context import TrustMapping
 from app.core.mapping.engine import StudyMapper
-from app.core.mapping.patient import NHS_NUMBER_SYSTEM, subject_reference
+from app.core.mapping.patient import subject_reference
 from tests.mapping.dicom_builders import (
     EMPTY,
     INSTANCE_UID,
@@ -221,7 +222,7 @@ def test_subject_is_the_resolved_patient(run: Run) -> None:
     resource, _ = run(study())
     assert resource is not None
     assert resource["subject"] == SUBJECT
-    assert resource["subject"]["identifier"] == {"system": NHS_NUMBER_SYSTEM, "value": NHS_NUMBER}
+    assert resource["subject"]["identifier"] == {"system": systems.NHS_NUMBER, "value": NHS_NUMBER}
 
 
 # -- ImagingStudy.started ------------------------------------------------------------------------

@@ -10,9 +10,9 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset as PydicomDataset
 from pydicom.tag import Tag
 
+from app.core import systems
 from app.core.identity import is_nhs_number, nhs_number_problem
 from app.core.mapping.patient import (
-    NHS_NUMBER_SYSTEM,
     local_patient_key,
     nhs_number_of,
     patient_resource,
@@ -259,7 +259,7 @@ def test_subject_reference_by_nhs_number() -> None:
     study = dataset(PatientID=NHS, PatientName="Jones^Robert^^Mr")
     assert subject_reference(NHS, study, LOCAL_SYSTEM) == {
         "reference": f"Patient/{NHS}",
-        "identifier": {"system": NHS_NUMBER_SYSTEM, "value": NHS},
+        "identifier": {"system": systems.NHS_NUMBER, "value": NHS},
         "display": "Mr Robert Jones",
     }
 
@@ -276,7 +276,7 @@ def test_patient_resource_identity() -> None:
     patient = patient_resource(NHS, [dataset(PatientName="Jones^Robert", PatientSex="M", PatientBirthDate="19700101")])
     assert patient["resourceType"] == "Patient"
     assert patient["id"] == NHS
-    assert patient["identifier"] == [{"system": NHS_NUMBER_SYSTEM, "value": NHS}]
+    assert patient["identifier"] == [{"system": systems.NHS_NUMBER, "value": NHS}]
     validate_resource(patient)
 
 

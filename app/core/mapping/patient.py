@@ -17,7 +17,6 @@ from app.core import systems
 from app.core.identity import is_nhs_number
 from app.core.mapping.dates import DateProblem, fhir_date
 
-NHS_NUMBER_SYSTEM = systems.NHS_NUMBER
 _GENDER = {"M": "male", "F": "female", "O": "other"}
 
 
@@ -65,7 +64,7 @@ def subject_reference(nhs_number: str | None, study: dj.Dataset, local_system: s
     if nhs_number:
         ref: dict[str, Any] = {
             "reference": f"Patient/{nhs_number}",
-            "identifier": {"system": NHS_NUMBER_SYSTEM, "value": nhs_number},
+            "identifier": {"system": systems.NHS_NUMBER, "value": nhs_number},
         }
     else:
         pid = dj.first_text(study, dj.PATIENT_ID) or "unknown"
@@ -121,7 +120,7 @@ def patient_resource(nhs_number: str, studies: Iterable[dj.Dataset]) -> dict[str
     patient: dict[str, Any] = {
         "resourceType": "Patient",
         "id": nhs_number,
-        "identifier": [{"system": NHS_NUMBER_SYSTEM, "value": nhs_number}],
+        "identifier": [{"system": systems.NHS_NUMBER, "value": nhs_number}],
     }
     name = _most_common(names)
     if name:
