@@ -439,11 +439,26 @@
       : "No imaging studies were found for this patient." + (notes.length ? " " + notes.join(" ") : ""));
   }
 
+  // RFC 9207: the authorization response names its issuer. It must be the server this app asked (a
+  // mix-up otherwise); once checked it leaves the address bar, as client-js takes out code and state.
+  function checkIssuer(iss, serverUrl) {
+    if (!iss) return;
+    var trimmed = function (url) { return String(url || "").replace(/\/+$/, ""); };
+    if (trimmed(iss) !== trimmed(serverUrl)) {
+      throw new Error("The authorization response came from another server than the one asked (iss).");
+    }
+    var url = new URL(window.location.href);
+    url.searchParams.delete("iss");
+    window.history.replaceState(window.history.state, "", url.pathname + url.search + url.hash);
+  }
+
   async function main() {
     if (typeof FHIR === "undefined") throw new Error("The SMART client library did not load.");
     var params = new URLSearchParams(window.location.search);
     if (params.has("code") || params.has("error")) {
-      return show(await FHIR.oauth2.ready());
+      var client = await FHIR.oauth2.ready();
+      checkIssuer(params.get("iss"), client.state.serverUrl);
+      return show(client);
     }
     if (params.has("launch")) {
       setStatus("loading", "Signing in for the EHR launch…");
