@@ -13,17 +13,22 @@ import orjson
 
 
 def private_file(path: Path) -> None:
-    """The database file readable and writable by its owner only (0600), created so before SQLite opens
-    it: AuditEvents name patients. SQLite gives its -wal and -shm files the database file's mode."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    """An SQLite database file (and its -wal and -shm files) readable and writable by its owner only (0600),
+    created so before SQLite opens it (SQLite gives its -wal and -shm files the database file's mode).
+
+    An existing file is never opened here: closing any descriptor of a file drops every POSIX lock the
+    process holds on it, SQLite's included, and another connection of this process would then write
+    unguarded (a corrupted database). Its mode is changed by path instead.
+    """
     try:
-        if os.fstat(fd).st_mode & 0o077:  # an older, wider file: narrowed to its owner
-            os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-    for companion in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        if companion.exists() and companion.stat().st_mode & 0o077:
-            companion.chmod(0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        os.close(fd)  # a new, empty file: nobody holds it open yet
+    for found in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if found.exists() and found.stat().st_mode & 0o077:  # an older, wider file: narrowed to its owner
+            found.chmod(0o600)
 
 
 class AuditStore:

@@ -4,7 +4,10 @@ clients and addresses, and were created world-readable (0644) under the usual um
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,3 +63,29 @@ def test_audit_store_narrows_an_older_world_readable_file(tmp_path: Path, usual_
         assert all(mode(found) == 0o600 for found in tmp_path.iterdir())
     finally:
         again.close()
+
+
+def test_opening_a_second_store_keeps_the_first_ones_sqlite_locks(tmp_path: Path) -> None:
+    """Making the file private must not open it: closing any descriptor of a file drops every POSIX lock
+    the process holds on it, SQLite's included. Another process (a gunicorn worker on the same audit
+    file) then closing believed itself the last connection, checkpointed and deleted the WAL under this
+    process's open stores: 'database disk image is malformed' later in the test run."""
+    path = tmp_path / "audit.sqlite"
+    first = AuditStore(path)
+    write_one(first)
+    AuditStore(path)  # a second store of the file in this process (another app built from the same settings)
+    other_process = (
+        "import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); "
+        "db.execute(\"INSERT INTO audit_event VALUES ('x', 'r', NULL, NULL, '0', x'00')\"); db.commit(); db.close()"
+    )
+    done = subprocess.run([sys.executable, "-c", other_process, str(path)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert path.with_name(path.name + "-wal").exists(), "another process removed the WAL this process still uses"
+    write_one(first)
+    reader = sqlite3.connect(str(path))
+    try:
+        assert reader.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert reader.execute("SELECT count(*) FROM audit_event").fetchone()[0] == 3
+    finally:
+        reader.close()
+        first.close()

@@ -15,7 +15,6 @@ codes, refresh tokens, launch ids and session ids are looked up by a hash, never
 from __future__ import annotations
 
 import hashlib
-import os
 import sqlite3
 import threading
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
+
+from app.audit.store import private_file
 
 PURGE_INTERVAL_S = 60.0
 
@@ -41,22 +42,11 @@ class AuthStore(Protocol):
     def incr(self, kind: str, key: str, ttl_s: float) -> int: ...
 
 
-def _private_file(path: Path) -> None:
-    """Create `path` readable and writable by its owner only (0600), or make it so."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    os.close(fd)
-    os.chmod(path, 0o600)
-
-
 class SqliteAuthStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # The database and its WAL and shared-memory files (which SQLite creates with the database's
-        # mode) hold token hashes and patient context: the owner's only.
-        _private_file(path)
-        for companion in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-            if companion.exists():
-                os.chmod(companion, 0o600)
+        # The database and its WAL and shared-memory files hold token hashes and patient context: the owner's only.
+        private_file(path)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10)
         self._db.execute("PRAGMA journal_mode=WAL")
