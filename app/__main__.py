@@ -47,8 +47,11 @@ def serve(config: str, host: str, port: int, workers: int, threads: int) -> int:
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 1
-    # Every worker must sign paging cursors with the same key, or a `next` link breaks.
-    os.environ.setdefault(CURSOR_SECRET_ENV, secrets.token_urlsafe(32))
+    # Every worker must sign paging cursors with the same key, or a `next` link breaks. In demo mode, with
+    # no key given, one is made for this server's workers; outside it a key is required (the start-up
+    # refuses a missing one), and a configured key is never replaced.
+    if settings.demo and not os.environ.get(CURSOR_SECRET_ENV) and not read_document(Path(config)).get("cursor_secret"):
+        os.environ[CURSOR_SECRET_ENV] = secrets.token_urlsafe(32)
     # Several workers answer /metrics alike only in prometheus_client's multiprocess mode, which must
     # be chosen before any worker imports it: a fresh folder per start, removed at the end.
     metrics_dir = None

@@ -197,3 +197,25 @@ def test_wsgi_processes_share_paging_cursors_without_configured_secret(
     assert worker_a.get(f"/{path_and_query}", headers=auth).status_code == 200
     followed = worker_b.get(f"/{path_and_query}", headers=auth)
     assert followed.status_code == 200, followed.get_json()
+
+
+def test_two_serve_instances_share_the_configured_cursor_secret(start_server, tmp_path, config_document, manifest):
+    """A `cursor_secret` in the file is the key of every instance: `serve` never replaces it with a random
+    one of its own (it did, in every mode, so a `next` link from one instance was refused by another)."""
+    doc = {**config_document, "cursor_secret": "a-configured-cursor-key-0123456789"}
+    path = tmp_path / "with-secret.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    bases = []
+    for port in (free_port(), free_port()):
+        command = [sys.executable, "-m", "app", "serve", "--config", str(path), "--port", str(port)]
+        bases.append(start_server(command, port, _server_env(port))[1])
+    nhs = manifest["facts"]["multi_trust_patient"]["nhs_number"]
+    first = requests.get(
+        f"{bases[0]}/ImagingStudy", params={"patient": nhs, "_count": "1"}, headers=backend_token(bases[0]), timeout=30
+    )
+    assert first.status_code == 200, first.text
+    next_url = next(x["url"] for x in first.json()["link"] if x["relation"] == "next")
+    followed = requests.get(
+        f"{bases[1]}/ImagingStudy?{next_url.split('?', 1)[1]}", headers=backend_token(bases[1]), timeout=30
+    )
+    assert followed.status_code == 200, followed.text
