@@ -213,10 +213,10 @@ def test_the_search_parameters_are_the_ones_the_views_read(served: dict[str, Any
     capability = capability_statement("http://x/fhir", "0", None)["rest"][0]["resource"]
     by_type = {r["type"]: {s["name"] for s in r.get("searchParam", ())} for r in capability}
     assert by_type["Practitioner"] == set()  # read only
-    # _elements: only ImagingStudy and Patient have elements to choose (elsewhere any value is 400).
+    # _elements: every type's search offers it (C2: FHIR R4 allows every root element).
     assert _query(served, "/fhir/Patient") == by_type["Patient"] | PAGING
-    for kind in ("Endpoint", "Organization"):
-        assert "_elements" not in by_type[kind]
+    for kind in ("Endpoint", "Organization", "AuditEvent"):
+        assert "_elements" in by_type[kind]
         assert _query(served, f"/fhir/{kind}") == by_type[kind] | PAGING
     assert _query(served, "/fhir/AuditEvent") == by_type["AuditEvent"] | PAGING
     patient_form = served["components"]["schemas"]["PatientSearchForm"]["properties"]
@@ -315,6 +315,7 @@ def test_the_capability_statement_declares_the_registry_searches() -> None:
         "agent",
         "_count",
         "_summary",
+        "_elements",
     ]
     assert "searchParam" not in resources["Practitioner"]
 

@@ -23,6 +23,7 @@ MANDATORY = {
     "Patient": (),
     "Endpoint": ("status", "connectionType", "payloadType", "address"),
     "Organization": (),
+    "AuditEvent": ("type", "recorded", "agent", "source"),
 }
 
 

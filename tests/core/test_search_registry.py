@@ -111,9 +111,9 @@ def test_the_result_parameters_each_type_offers() -> None:
     assert offered == {
         "ImagingStudy": ["_count", "_summary", "_elements", "_sort", "_include", "_cursor"],
         "Patient": ["_count", "_summary", "_elements", "_cursor"],
-        "Endpoint": ["_count", "_summary", "_cursor"],
-        "Organization": ["_count", "_summary", "_cursor"],
-        "AuditEvent": ["_count", "_summary", "_cursor"],
+        "Endpoint": ["_count", "_summary", "_elements", "_cursor"],
+        "Organization": ["_count", "_summary", "_elements", "_cursor"],
+        "AuditEvent": ["_count", "_summary", "_elements", "_cursor"],
     }
     assert all(r.name in COMMON for s in SEARCHES.values() for r in s.result_parameters())
     sort = next(r for r in IMAGING_STUDY.result_parameters() if r.name == "_sort")
@@ -295,7 +295,8 @@ def test_the_directory_searches_filter_the_directory() -> None:
     assert ids([("connection-type", "other|ihe-iid")]) == []
     assert ids([("name", "SAL"), ("_id", "salford-wado-rs,bolton-wado-rs")]) == ["salford-wado-rs"]
     assert ids([("status", "off")]) == []
-    assert refused(ids, [("_elements", "name")]).expression == "_elements"
+    assert ids([("_elements", "name")]) == ids([])  # C2: any root element may be asked for
+    assert refused(ids, [("_elements", "nonsense")]).expression == "_elements"
     assert refused(ids, [("name", "")]).expression == "name"
     organizations = [
         {

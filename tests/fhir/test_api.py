@@ -1084,14 +1084,28 @@ def test_api_format_json_accepted(client, demo, value):
     assert sorted(match_ids(bundle)) == sorted(demo.uids(demo.multi))
 
 
-def test_capability_statement_lists_elements_only_where_it_works(client):
-    """_elements works on ImagingStudy and Patient searches; the directory searches refuse it, and say so."""
+def test_capability_statement_lists_elements_where_it_works(client):
+    """C2: every search offers _elements (FHIR R4: any root element), and the CapabilityStatement says so;
+    the answer keeps the asked-for and mandatory elements, tagged SUBSETTED."""
     statement = client.get("/fhir/metadata").get_json()
     params = {r["type"]: {p["name"] for p in r.get("searchParam", ())} for r in statement["rest"][0]["resource"]}
-    assert "_elements" in params["ImagingStudy"] and "_elements" in params["Patient"]
-    for directory in ("Endpoint", "Organization"):
-        assert "_elements" not in params[directory]
-        assert client.get(f"/fhir/{directory}?_elements=name").status_code == 400
+    for kind in ("ImagingStudy", "Patient", "Endpoint", "Organization", "AuditEvent"):
+        assert "_elements" in params[kind], kind
+    for kind, element in (("Endpoint", "name"), ("Organization", "name"), ("Endpoint", "id"), ("Organization", "meta")):
+        response = client.get(f"/fhir/{kind}?_elements={element}")
+        assert response.status_code == 200, response.get_json()
+        found = [e["resource"] for e in response.get_json()["entry"]]
+        assert found and all(r["meta"]["tag"][-1]["code"] == "SUBSETTED" for r in found)
+        assert all(
+            set(r) <= {"resourceType", "id", "meta", element, "status", "connectionType", "payloadType", "address"}
+            for r in found
+        )
+    audit = client.get("/fhir/AuditEvent?_elements=outcome&_count=2")
+    assert audit.status_code == 200, audit.get_json()
+    assert all(
+        set(e["resource"]) <= {"resourceType", "id", "meta", "outcome", "type", "recorded", "agent", "source"}
+        for e in audit.get_json().get("entry", ())
+    )
 
 
 def test_fhir_user_of_a_token_can_be_read(app, client):

@@ -54,6 +54,19 @@ class AuditParser:
 
 AUDIT_EVENT: ResourceSearch[AuditParser] = ResourceSearch(
     type="AuditEvent",
+    elements=(  # every root element of an R4 AuditEvent
+        "type",
+        "subtype",
+        "action",
+        "period",
+        "recorded",
+        "outcome",
+        "outcomeDesc",
+        "purposeOfEvent",
+        "agent",
+        "source",
+        "entity",
+    ),
     parameters=(
         SearchParameter(
             name="patient",

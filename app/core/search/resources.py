@@ -137,6 +137,19 @@ _NAME = SearchParameter(
 
 ENDPOINT: ResourceSearch[DirectoryQuery] = ResourceSearch(
     type="Endpoint",
+    elements=(  # every root element of an R4 Endpoint
+        "identifier",
+        "status",
+        "connectionType",
+        "name",
+        "managingOrganization",
+        "contact",
+        "period",
+        "payloadType",
+        "payloadMimeType",
+        "address",
+        "header",
+    ),
     parameters=(
         SearchParameter(
             name="_id",
@@ -178,6 +191,18 @@ ENDPOINT: ResourceSearch[DirectoryQuery] = ResourceSearch(
 
 ORGANIZATION: ResourceSearch[DirectoryQuery] = ResourceSearch(
     type="Organization",
+    elements=(  # every root element of an R4 Organization
+        "identifier",
+        "active",
+        "type",
+        "name",
+        "alias",
+        "telecom",
+        "address",
+        "partOf",
+        "contact",
+        "endpoint",
+    ),
     parameters=(
         SearchParameter(
             name="_id",
