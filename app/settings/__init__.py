@@ -351,6 +351,7 @@ def settings_from_document(doc: Any, base_dir: Path, source: str = "<dict>") -> 
         else None,
         audit_path=_resolve(base_dir, full["audit"]["path"]),
         ops=ops_settings(full["ops"], auth),
+        apps_frame_ancestors=tuple(full["apps"]["frame_ancestors"]),
         demo=full["demo"],
     )
 

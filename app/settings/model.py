@@ -201,6 +201,7 @@ class Settings:
     gateway_chunk_bytes: int
     gateway_thumbnail_px: int
     ops: OpsSettings
+    apps_frame_ancestors: tuple[str, ...]  # origins that may frame the sample apps (empty: none)
     source: str = "<dict>"
     demo: bool = False  # the demo's published credentials are allowed (app.settings.demo_problems)
 

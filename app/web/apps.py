@@ -22,13 +22,11 @@ bp = Blueprint("apps", __name__)
 
 # The pages load only their own files and talk only to this origin (the FHIR server and the
 # authorization server are here too). The launch URL carries `launch`, `code` and `state`: no
-# Referer may leak them to another site. The app opens in its own window (an EHR launch redirects
-# to it), never inside another site's frame: frame-ancestors 'none' (a deployment that embeds it in
-# an EPR's page would list that EPR's origin here).
+# Referer may leak them to another site. Who may frame the app (no one, unless apps.frame_ancestors
+# names an EPR's origins) is added to the policy by app.web.headers, with X-Frame-Options when no one.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
-    "X-Frame-Options": "DENY",
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'",
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",

@@ -9,7 +9,8 @@ werkzeug's included, which pass the same after-request hooks).
                                         in a browser's or a proxy's cache
     frame-ancestors 'none'              in the Content-Security-Policy (added to a page's own policy, or the
                                         whole policy of a response without one), and X-Frame-Options: DENY:
-                                        no page of this server is meant to be framed
+                                        no page is framed, but the sample apps by the origins configured
+                                        in apps.frame_ancestors (an EPR embedding them)
 
 The public documents (discovery, the CapabilityStatement, the OpenAPI document, the authorization
 server's JWKS and style, the sample app's static files) keep the caching their view chose.
@@ -27,6 +28,7 @@ from flask import Flask, Response, request
 from app.settings import Settings
 
 FRAME_ANCESTORS = "frame-ancestors 'none'"
+APPS = "/apps/"  # the sample apps: the only pages an EPR may be allowed to frame (apps.frame_ancestors)
 ALWAYS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 PRIVATE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -44,11 +46,12 @@ def public_paths(settings: Settings) -> tuple[frozenset[str], tuple[str, ...]]:
             "/auth/smart-style.json",
         }
     )
-    return exact, ("/apps/",)
+    return exact, (APPS,)
 
 
-def secure(response: Response, public: bool) -> Response:
-    """The headers above on one response (`public`: one of the public documents)."""
+def secure(response: Response, public: bool, frame_ancestors: str = FRAME_ANCESTORS) -> Response:
+    """The headers above on one response (`public`: one of the public documents; `frame_ancestors`: who may
+    frame it, 'none' but for the sample apps' configured allow-list)."""
     for name, value in ALWAYS.items():
         response.headers[name] = value
     if not public:
@@ -56,16 +59,22 @@ def secure(response: Response, public: bool) -> Response:
             response.headers[name] = value
     policy = response.headers.get("Content-Security-Policy")
     if not policy:
-        response.headers["Content-Security-Policy"] = FRAME_ANCESTORS
+        response.headers["Content-Security-Policy"] = frame_ancestors
     elif "frame-ancestors" not in policy:
-        response.headers["Content-Security-Policy"] = f"{policy.rstrip('; ')}; {FRAME_ANCESTORS}"
-    response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers["Content-Security-Policy"] = f"{policy.rstrip('; ')}; {frame_ancestors}"
+    elif frame_ancestors != FRAME_ANCESTORS:
+        response.headers["Content-Security-Policy"] = policy.replace(FRAME_ANCESTORS, frame_ancestors)
+    if frame_ancestors == FRAME_ANCESTORS:
+        response.headers.setdefault("X-Frame-Options", "DENY")  # X-Frame-Options cannot name an allow-list
     return response
 
 
 def register_security_headers(app: Flask, settings: Settings) -> None:
     exact, prefixes = public_paths(settings)
+    allowed = settings.apps_frame_ancestors
+    apps_framing = f"frame-ancestors {' '.join(allowed)}" if allowed else FRAME_ANCESTORS
 
     @app.after_request
     def security_headers(response: Response) -> Response:
-        return secure(response, request.path in exact or request.path.startswith(prefixes))
+        framing = apps_framing if request.path.startswith(APPS) else FRAME_ANCESTORS
+        return secure(response, request.path in exact or request.path.startswith(prefixes), framing)

@@ -168,3 +168,23 @@ def test_operations_endpoints(http: Any) -> None:
         response = http.get(path)
         assert response.status_code == 200, path
         assert_secure(response)
+
+
+def test_sample_apps_may_be_framed_by_the_configured_origins_only(settings: Any) -> None:
+    """S19: pages meant to be framed (the sample apps, inside an EPR) carry the configured allow-list of
+    `apps.frame_ancestors`; every other page stays `frame-ancestors 'none'` with X-Frame-Options: DENY."""
+    import dataclasses
+
+    from app import create_app
+
+    epr = "https://epr.example.nhs.uk"
+    framed = create_app(dataclasses.replace(settings, apps_frame_ancestors=(epr,))).test_client()
+    page = framed.get("/apps/imaging-timeline/")
+    assert page.status_code == 200
+    policy = page.headers["Content-Security-Policy"]
+    assert f"frame-ancestors {epr}" in policy and "frame-ancestors 'none'" not in policy, policy
+    assert "X-Frame-Options" not in page.headers  # it cannot name an allow-list; the policy does
+    for path in ("/fhir/metadata", "/auth/jwks", "/fhir/Patient"):
+        other = framed.get(path)
+        assert "frame-ancestors 'none'" in other.headers["Content-Security-Policy"], path
+        assert other.headers["X-Frame-Options"] == "DENY", path
