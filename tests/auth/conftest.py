@@ -7,7 +7,7 @@
 * `introspection`: the external IdP's RFC 7662 endpoint (real HTTP, Basic client auth), answering
   `active: true` for tokens it issued and `active: false` for anything else or revoked ones.
 * `mint(scope, alg=..., key=..., header=..., **claims)`: signs an access token with joserfc.
-* `smart_app`: create_app() over config/demo.yaml and a session snapshot of /work/authwt/demo-data
+* `smart_app`: create_app() over config/demo.yaml and a session snapshot of the generated demo data
   (smart_support.DEMO_DATA: the shared folder may be regenerated mid-run) with `auth: external`
   (the JWT issuer and the introspection issuer), the audit file in tmp, CORS for the GM portal.
 * `api`: the Flask test client sending `Authorization: Bearer`, refusing 5xx and validating every FHIR
@@ -176,7 +176,7 @@ def smart_configuration(jwks_server: JwksServer, introspection: IntrospectionSer
 def smart_document(
     jwks_server: JwksServer, introspection: IntrospectionServer, audit_path: Path, smart_configuration: dict[str, Any]
 ) -> dict[str, Any]:
-    """config/demo.yaml pointed at /work/authwt/demo-data, protected by two external issuers."""
+    """config/demo.yaml pointed at the generated demo data, protected by two external issuers."""
     doc = yaml.safe_load(DEMO_CONFIG.read_text(encoding="utf-8"))
     doc["patient_xref"] = str(DEMO_DATA / "xref.csv")
     for trust in doc["trusts"]:
