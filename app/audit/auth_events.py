@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from app.audit.events import client_agent, server_agent
 from app.core import systems
 from app.core.instants import utc_instant
 
@@ -58,20 +59,7 @@ def _outcome(status: int) -> str:
 def build_auth_event(record: AuthAuditRecord, observer: str) -> dict[str, Any]:
     """One AuditEvent (a dict) for one action of the authorization server."""
     system, code, display = _SUBTYPES[record.action]
-    client = record.client_id or "anonymous"
-    agents: list[dict[str, Any]] = [
-        {
-            "type": {"coding": [{"system": systems.DCM, "code": "110153", "display": "Source Role ID"}]},
-            "who": {"identifier": {"system": systems.URI, "value": f"client:{client}"}, "display": client},
-            "requestor": record.user is None,
-            **({"network": {"address": record.address, "type": "2"}} if record.address else {}),
-        },
-        {
-            "type": {"coding": [{"system": systems.DCM, "code": "110152", "display": "Destination Role ID"}]},
-            "who": {"display": observer},
-            "requestor": False,
-        },
-    ]
+    agents = [client_agent(record.client_id, record.address, requestor=record.user is None), server_agent(observer)]
     if record.user:
         agents.append(
             {

@@ -37,27 +37,34 @@ def _outcome(status: int) -> str:
     return "0" if status < 400 else ("4" if status < 500 else "8")
 
 
+def client_agent(client_id: str | None, address: str | None, requestor: bool) -> dict[str, Any]:
+    """The calling client (DICOM Source Role ID), with its network address when known."""
+    client = client_id or "anonymous"
+    agent: dict[str, Any] = {
+        "type": {"coding": [{"system": systems.DCM, "code": "110153", "display": "Source Role ID"}]},
+        "who": {"identifier": {"system": systems.URI, "value": f"client:{client}"}, "display": client},
+        "requestor": requestor,
+    }
+    if address:
+        agent["network"] = {"address": address, "type": "2"}
+    return agent
+
+
+def server_agent(observer: str) -> dict[str, Any]:
+    """This server (DICOM Destination Role ID)."""
+    return {
+        "type": {"coding": [{"system": systems.DCM, "code": "110152", "display": "Destination Role ID"}]},
+        "who": {"display": observer},
+        "requestor": False,
+    }
+
+
 def build_events(record: AuditRecord, observer: str) -> list[dict[str, Any]]:
     """The BALP-shaped AuditEvents for one request (pure)."""
     patient_shape = "PatientQuery" if record.interaction == "search-type" else "PatientRead"
     generic_shape = "Query" if record.interaction == "search-type" else "RESTread"
     recorded = utc_instant()
-    agents: list[dict[str, Any]] = [
-        {
-            "type": {"coding": [{"system": systems.DCM, "code": "110153", "display": "Source Role ID"}]},
-            "who": {
-                "identifier": {"system": systems.URI, "value": f"client:{record.client_id or 'anonymous'}"},
-                "display": record.client_id or "anonymous",
-            },
-            "requestor": False,
-            **({"network": {"address": record.address, "type": "2"}} if record.address else {}),
-        },
-        {
-            "type": {"coding": [{"system": systems.DCM, "code": "110152", "display": "Destination Role ID"}]},
-            "who": {"display": observer},
-            "requestor": False,
-        },
-    ]
+    agents = [client_agent(record.client_id, record.address, requestor=False), server_agent(observer)]
     if record.user:
         agents.append(
             {
