@@ -28,8 +28,9 @@ def search_imaging_studies() -> Response:
         audited_patients(sorted(searched | {n for n in map(subject_number, result.studies) if n}))
     else:
         audited_patients([n for n in map(subject_number, page) if n])
-    targets = sorted(set(IMAGING_STUDY.include_targets.values()))
-    includes = imaging.includes(result, paging.includes, page, readable(*targets))
+    # The compartments of the included types, asked of the token only when something is to be included.
+    targets = sorted({IMAGING_STUDY.include_targets[i] for i in paging.includes})
+    includes = imaging.includes(result, paging.includes, page, readable(*targets)) if targets else []
     return fhir_response(
         searchset(
             base_url=app.settings.base_url,
