@@ -7,7 +7,8 @@
 - A job carries its deadline down to the adapter (archives.budget), so an abandoned request stops
   when its budget does.
 - The circuit breaker hears each trust's outcome once per search: success, failure or timeout,
-  decided here; a late answer after the deadline is ignored, so it can neither hide a slow
+  decided here (what an archive's error means for it: `CircuitBreaker.heard`; back-pressure such as
+  429 or 503 with Retry-After is no failure); a late answer after the deadline is ignored, so it can neither hide a slow
   archive nor count a timeout twice.
 - Each trust's answer is handed to `on_answer` as soon as it is complete, so mapping overlaps the
   wait for slower archives.
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.archives import budget
-from app.archives.protocol import Archive, ArchiveError, ArchiveRejected, ArchiveRetryLater, Found
+from app.archives.protocol import Archive, ArchiveError, Found
 from app.core import dicom_json as dj
 from app.core.dicom_json import Dataset
 from app.core.mapping.context import TrustMapping
@@ -292,14 +293,8 @@ def _settle(item: _Pending) -> TrustAnswer | str | None:
             continue
         try:
             item.results[name] = job.result()
-        except ArchiveRetryLater as exc:
-            item.trust.breaker.failure(exc.retry_after_s)
-            return exc.reason
-        except ArchiveRejected as exc:  # the archive is up and answered: not a failure of the archive
-            item.trust.breaker.success()
-            return exc.reason
-        except ArchiveError as exc:
-            item.trust.breaker.failure()
+        except ArchiveError as exc:  # the breaker decides what it means (circuit.CircuitBreaker.heard)
+            item.trust.breaker.heard(exc)
             return exc.reason
         except Exception:  # an adapter bug must not take the other trusts' answers down
             log.exception("archive %s failed unexpectedly", item.trust.settings.id)

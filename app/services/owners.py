@@ -9,7 +9,7 @@ from cachetools import TTLCache
 
 from app.archives import budget
 from app.archives.images import RetrievalError
-from app.archives.protocol import ArchiveError, ArchiveRejected
+from app.archives.protocol import ArchiveError
 from app.core.compartment import Compartment
 from app.core.errors import NotFound
 from app.core.mapping.patient import nhs_number_of
@@ -51,10 +51,7 @@ class StudyOwners:
             with budget.until(time.monotonic() + trust.timeout_s):
                 found = trust.archive.find_studies(StudyQuery(study_uids=(study_uid,)))
         except ArchiveError as exc:
-            if isinstance(exc, ArchiveRejected):  # it answered (a 4xx, a garbled answer): it is up
-                trust.breaker.success()
-            else:
-                trust.breaker.failure()
+            trust.breaker.heard(exc)  # a 4xx or back-pressure is no failure of the archive
             raise RetrievalError(trust_id, 502, exc.reason) from None
         trust.breaker.success()
         rule = trust.settings.nhs_number
