@@ -12,8 +12,10 @@ the queries the plan would send one archive (the product of the values of patien
 numbers, series and instances) may not exceed `federation.max_queries_per_archive.<type>`. Over
 either, the search is refused with 400 too-costly naming the cap: no archive is asked and no
 circuit breaker hears of it, so a search too large for its own deadline can never count as an
-archive's failure. (A patient with several local numbers at one xref trust multiplies that
-trust's queries by their count: bounded by the data, not by the request.)
+archive's failure. At a trust matched through the cross-reference, the archive receives the
+patient's local ids, not the NHS numbers: once the cross-reference has named them (in memory for
+the CSV; a PIXm service is asked), the plan counts them in place of the NHS numbers and refuses the
+same way, still before any archive is asked.
 """
 
 from __future__ import annotations
@@ -92,6 +94,10 @@ class Federation:
             accessions: list[str | None] = [*sorted({a.code for a in search.accessions})] or [None]
             series: list[str | None] = list(dict.fromkeys(search.series_uids)) or [None]
             sops: list[str | None] = list(dict.fromkeys(search.instance_uids)) or [None]
+            if search.nhs_numbers is not None and trust.settings.nhs_number.match != "patient_id":
+                # The cross-reference's local ids are what this archive receives: the cap counts them.
+                others = [f for f in multiplying(search) if f[0] != "patient"]
+                check_planned(trust, [("local patient ids", len(patients)), *others])
             queries = [
                 StudyQuery(
                     patient=p,
@@ -270,7 +276,13 @@ def check_cost(search: StudySearch, trust: TrustArchive) -> None:
                 "search parameter are sent to an archive (search.max_values_per_parameter); split the search",
                 criterion.parameter,
             )
-    factors = multiplying(search)
+    check_planned(trust, multiplying(search))
+
+
+def check_planned(trust: TrustArchive, factors: list[tuple[str, int]]) -> None:
+    """Refuse (400 too-costly) a plan whose factors multiply into more queries than the trust's archive may
+    be sent for one search (federation.max_queries_per_archive.<type>)."""
+    limits = trust.settings.limits
     queries = math.prod(count for _, count in factors)
     if queries > limits.max_queries:
         names = " x ".join(name for name, _ in factors)

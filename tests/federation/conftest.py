@@ -114,15 +114,21 @@ BuildFacade = Callable[..., Federated]
 def build_facade(
     trust_servers: dict[str, TrustServer], federation_document: dict[str, Any], demo_data: Path
 ) -> Iterator[BuildFacade]:
-    """build_facade(archives={trust: {key: value}}, federation={...}) -> a fresh Federated app.
+    """build_facade(archives={trust: {key: value}}, federation={...}, patient_xref=path) -> a fresh Federated app.
 
     `archives` overrides keys of a trust's `{type: dicomweb, url: <proxy>/dicom-web, timeout_s: 2}`;
-    `federation` replaces the whole federation block.
+    `federation` replaces the whole federation block; `patient_xref` another cross-reference CSV.
     """
     built: list[Federated] = []
 
-    def build(archives: dict[str, dict[str, Any]] | None = None, federation: dict[str, Any] | None = None) -> Federated:
+    def build(
+        archives: dict[str, dict[str, Any]] | None = None,
+        federation: dict[str, Any] | None = None,
+        patient_xref: Path | None = None,
+    ) -> Federated:
         doc = copy.deepcopy(federation_document)
+        if patient_xref is not None:
+            doc["patient_xref"] = str(patient_xref)
         for trust in doc["trusts"]:
             trust["archive"] = {
                 "type": "dicomweb",
