@@ -7,6 +7,12 @@ return keys. Identifiers become the DICOM JSON model (PS3.18 Annex F) of attribu
 return keys the archive left empty: what it does not give (dcmqrscp: ModalitiesInStudy, the
 counts, SOPClassUID, sequences) stays absent for the mapping to derive or omit.
 
+Every C-FIND reads at most `max_matches` matches (federation.max_dimse_matches): beyond it the
+facade sends C-CANCEL, reads no further match and reports the answer as incomplete, never as a
+failure of the archive. With at most federation.max_queries_per_archive.dimse study queries per
+search, that bounds the studies one search reads from a DIMSE archive; their series are asked for
+one C-FIND per study for at most federation.max_study_reads of them (app.federation.fanout).
+
 Every pynetdicom timeout is `timeout_s` and each C-FIND must end within it. Failures become an
 ArchiveError with a short, patient-free reason; `probe_dimse` (one C-ECHO) is the readiness probe.
 Importing this module (the registry does, at start-up) switches off pynetdicom's identifier logging
@@ -40,6 +46,7 @@ RETURN_KEYS = {"STUDY": attributes.STUDY, "SERIES": attributes.SERIES, "IMAGE": 
 _WANTED = {level: frozenset(tag_for_keyword(k) for k in kws) for level, kws in RETURN_KEYS.items()}
 _NOT_KEYS = frozenset({"SpecificCharacterSet"})  # sent by the SCP when needed, never a key
 _PENDING = (0xFF00, 0xFF01)
+_MSG_ID = 1  # one C-FIND at a time per association: its C-CANCEL names this id
 Keys = dict[str, Any]
 
 
@@ -118,9 +125,19 @@ class DimseArchive:
     # A hierarchical archive refuses a SERIES C-FIND without its study: series wait for the studies.
     capabilities = Capabilities(series_by_patient=False)
 
-    def __init__(self, name: str, host: str, port: int, called_aet: str, calling_aet: str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        called_aet: str,
+        calling_aet: str,
+        timeout_s: float,
+        max_matches: int = 10_000,  # the registry passes federation.max_dimse_matches; this serves adapters by hand
+    ) -> None:
         self.name, self.host, self.port, self.called_aet, self.timeout_s = name, host, port, called_aet, timeout_s
         self.calling_aet = calling_aet
+        self.max_matches = max_matches
         self._ae = AE(ae_title=calling_aet)
         self._ae.add_requested_context(FIND)
         for setting in ("acse_timeout", "dimse_timeout", "network_timeout", "connection_timeout"):
@@ -169,32 +186,42 @@ class DimseArchive:
     def _find(
         self, assoc: Association, level: str, keys: Keys, return_keys: tuple[str, ...] | None = None
     ) -> tuple[list[DicomDataset], str | None]:
-        """One C-FIND, all of it within timeout_s: the matches and why they may be incomplete."""
+        """One C-FIND, all of it within timeout_s: at most max_matches matches, and why they may be incomplete."""
         query = identifier(level, keys, RETURN_KEYS[level] if return_keys is None else return_keys)
         deadline = time.monotonic() + self.timeout_s
         late = f"C-FIND not finished within {self.timeout_s:g} s"
         found: list[DicomDataset] = []
+        cut: str | None = None  # set once C-CANCEL is sent: later matches are not read
         try:
             assoc.dimse_timeout = self.timeout_s
-            for status, ident in assoc.send_c_find(query, FIND):
+            for status, ident in assoc.send_c_find(query, FIND, msg_id=_MSG_ID):
                 code = status.get("Status")
                 if code is None:  # pynetdicom aborted on its DIMSE timeout, or the peer aborted
                     raise ArchiveError(
                         self.name, late if time.monotonic() >= deadline - 0.05 else "association aborted during C-FIND"
                     )
                 if code == 0x0000:
-                    return found, None
+                    return found, cut
                 if code == 0xFE00:
-                    return found, "cancelled"
+                    return found, cut or "cancelled"
                 if 0xB000 <= code <= 0xBFFF or code == 0x0001:
-                    return found, f"archive warning 0x{code:04X}"
+                    return found, cut or f"archive warning 0x{code:04X}"
                 if code not in _PENDING:
                     raise ArchiveError(self.name, f"C-FIND failed with status 0x{code:04X}")
                 if ident is None or time.monotonic() >= deadline:
                     assoc.abort()
                     raise ArchiveError(self.name, "malformed C-FIND response" if ident is None else late)
-                found.append(ident)
                 assoc.dimse_timeout = max(deadline - time.monotonic(), 0.001)
+                if cut is not None:
+                    continue  # sent before our C-CANCEL arrived: not kept
+                if len(found) >= self.max_matches:
+                    assoc.send_c_cancel(_MSG_ID, query_model=FIND)
+                    cut = (
+                        f"more than {self.max_matches} matches to one C-FIND (federation.max_dimse_matches); "
+                        "the others were not read"
+                    )
+                    continue
+                found.append(ident)
         except ArchiveError:
             raise
         except Exception as exc:  # pynetdicom: association lost between requests, encoding failure...

@@ -109,7 +109,13 @@ DICOMWEB: ArchiveType[DicomWebArchiveSettings, DicomWebArchive] = ArchiveType(
 DIMSE: ArchiveType[DimseArchiveSettings, DimseArchive] = ArchiveType(
     DimseArchive,
     lambda trust, config, timeout_s: DimseArchive(
-        trust.id, config.host, config.port, config.called_aet, config.calling_aet, timeout_s
+        trust.id,
+        config.host,
+        config.port,
+        config.called_aet,
+        config.calling_aet,
+        timeout_s,
+        max_matches=trust.limits.max_dimse_matches,
     ),
     _dimse_images,
     probe_dimse,

@@ -12,11 +12,13 @@
   archive nor count a timeout twice.
 - Each trust's answer is handed to `on_answer` as soon as it is complete, so mapping overlaps the
   wait for slower archives.
-- Reads that go one study at a time (the series of an archive that needs the study UIDs for them,
-  DIMSE: one SERIES C-FIND per study; and the instances, for a read or a dicom-class or instance
-  search) are made for at most `federation.max_study_reads` studies per search and archive: the
-  newest. The others are left out with an `incomplete` note: the search's size can never turn into
-  a deadline overrun that the breaker would count as the archive's failure.
+- Reads that go one study at a time are made for at most a cap of studies per search and archive,
+  the newest: the series of an archive that needs the study UIDs for them (DIMSE: one SERIES C-FIND
+  per study) for `federation.max_study_reads`; the instance-level metadata (for a read or a
+  dicom-class or instance search: one instance query per study, at any archive) for
+  `federation.max_instance_reads`. The others are left out with an `incomplete` note naming the cap:
+  the search's size can never turn into a deadline overrun that the breaker would count as the
+  archive's failure.
 """
 
 from __future__ import annotations
@@ -102,15 +104,18 @@ def _series(trust: TrustArchive, queries: list[StudyQuery], deadline: float) -> 
 
 
 def _sequential(trust: TrustArchive, queries: list[StudyQuery], with_instances: bool, deadline: float) -> TrustAnswer:
-    """Studies, then the series of the studies found (DIMSE needs their UIDs), then instances; reads of
-    one study at a time for at most max_study_reads studies (the module's docstring)."""
+    """Studies, then the series of the studies found (DIMSE needs their UIDs), then instances; each kind of
+    read of one study at a time for at most its cap of studies (the module's docstring)."""
     answer = TrustAnswer(trust)
-    one_by_one = with_instances or not trust.archive.capabilities.series_by_patient
+    limits = trust.settings.limits
+    series_one_by_one = not trust.archive.capabilities.series_by_patient
     with budget.until(deadline):
         for query in queries:
             new = _add_studies(answer, trust.archive.find_studies(query))
-            if one_by_one:
-                new = _within_study_reads(answer, new, trust.settings.limits.max_study_reads)
+            if with_instances:  # one instance-metadata query per study
+                new = _within_study_reads(answer, new, limits.max_instance_reads, "federation.max_instance_reads")
+            if series_one_by_one:  # one SERIES C-FIND per study
+                new = _within_study_reads(answer, new, limits.max_study_reads, "federation.max_study_reads")
             if new:
                 _add_series(answer, trust.archive.find_series(query, tuple(sorted(new))), query)
         if with_instances:
@@ -139,9 +144,9 @@ def _add_studies(answer: TrustAnswer, found: Found) -> list[str]:
     return new
 
 
-def _within_study_reads(answer: TrustAnswer, new: list[str], limit: int) -> list[str]:
+def _within_study_reads(answer: TrustAnswer, new: list[str], limit: int, setting: str) -> list[str]:
     """The studies just found that may still be read one by one: the newest, while fewer than `limit`
-    have been in this search. The others are taken out of the answer, with a note."""
+    have been in this search. The others are taken out of the answer, with a note naming `setting`."""
     left = limit - (len(answer.studies) - len(new))
     if len(new) <= left:
         return new
@@ -158,7 +163,7 @@ def _within_study_reads(answer: TrustAnswer, new: list[str], limit: int) -> list
     answer.left_out |= dropped
     answer.note(
         f"more than {limit} studies matched; {limit} were read, the newest first, and the others were left out "
-        "(federation.max_study_reads)"
+        f"({setting})"
     )
     return kept
 

@@ -425,6 +425,8 @@ def _limits(archive_type: str, search: dict[str, Any], federation: dict[str, Any
         max_queries=int(federation["max_queries_per_archive"][archive_type]),
         max_study_reads=int(federation["max_study_reads"]),
         max_pages=int(federation["max_pages"]),
+        max_instance_reads=int(federation["max_instance_reads"]),
+        max_dimse_matches=int(federation["max_dimse_matches"]),
     )
 
 

@@ -73,6 +73,8 @@ class ArchiveLimits:
     max_queries: int  # federation.max_queries_per_archive.<type>: queries of one search's plan, before paging
     max_study_reads: int  # federation.max_study_reads: studies whose series or instances are read one by one
     max_pages: int  # federation.max_pages: QIDO-RS pages per query
+    max_instance_reads: int  # federation.max_instance_reads: studies whose instance metadata is read
+    max_dimse_matches: int  # federation.max_dimse_matches: matches read from one DIMSE C-FIND
 
     def queries_key(self, archive_type: str) -> str:
         """The setting that holds `max_queries` for an archive of this type (named in a refusal)."""

@@ -101,7 +101,28 @@ def test_every_archive_type_has_its_own_cap_on_the_queries_of_a_search(
     )
     limits = {t.id: t.limits for t in settings.trusts}
     assert limits == {
-        "bolton": ArchiveLimits(max_values_per_parameter=12, max_queries=4, max_study_reads=50, max_pages=20),
-        "mft": ArchiveLimits(max_values_per_parameter=12, max_queries=4, max_study_reads=50, max_pages=20),
-        "wwl": ArchiveLimits(max_values_per_parameter=12, max_queries=7, max_study_reads=50, max_pages=20),
+        "bolton": ArchiveLimits(
+            max_values_per_parameter=12,
+            max_queries=4,
+            max_study_reads=50,
+            max_pages=20,
+            max_instance_reads=20,
+            max_dimse_matches=10_000,
+        ),
+        "mft": ArchiveLimits(
+            max_values_per_parameter=12,
+            max_queries=4,
+            max_study_reads=50,
+            max_pages=20,
+            max_instance_reads=20,
+            max_dimse_matches=10_000,
+        ),
+        "wwl": ArchiveLimits(
+            max_values_per_parameter=12,
+            max_queries=7,
+            max_study_reads=50,
+            max_pages=20,
+            max_instance_reads=20,
+            max_dimse_matches=10_000,
+        ),
     }
