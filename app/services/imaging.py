@@ -75,8 +75,20 @@ class ImagingService:
         if not result.studies:
             unavailable = [i for i in result.issues if i["code"] == "incomplete"]
             detail = f" ({len(unavailable)} archive(s) did not answer)" if unavailable else ""
-            raise NotFound(f"{NOT_HELD}{detail}")
+            raise NotFound(f"{NOT_HELD}{detail}", patients=self._targeted(study_id, compartment))
         return result.studies[0]
+
+    def _targeted(self, study_id: str, compartment: Compartment) -> tuple[str, ...]:
+        """For the audit only (S16): whose study a compartment's read was refused, when its identity resolves.
+
+        A read under a patient compartment asks the archives for the study of that patient alone, so
+        another patient's study is not found at all; the archives are then asked for the study by its
+        UID alone (one query each, no instances), and the patients it is held under go to the request's
+        AuditEvent, never to the client: the answer is the same 404 whatever this finds."""
+        if compartment.patient is None:
+            return ()
+        found = self.federation.search(StudySearch(study_uids=frozenset({study_id})))
+        return tuple(sorted(n for n in found.patient_records if n != compartment.patient))
 
     def includes(
         self, result: FederatedResult, wanted: tuple[str, ...], page: list[Resource], readable: dict[str, Compartment]
