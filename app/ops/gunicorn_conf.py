@@ -6,8 +6,9 @@ Security headers (app/web/headers.py) are set by the app, so a request gunicorn 
 the app sees it (400 for a malformed request line or header, 414 for a request line over
 limit_request_line, 431 over the header limits, 417, 501, ...) gets gunicorn's fixed HTML page with only
 Connection, Content-Type and Content-Length: gunicorn (27.x: `util.write_error`) has no setting or
-hook that adds headers to it. Its text may quote the refused request line. Behind a reverse proxy,
-have the proxy add nosniff / no-store / frame-ancestors (or replace upstream 4xx pages).
+hook that adds headers to it. Its text may quote the refused request line. The reverse proxy in front
+adds them to every answer that is not the application's: docs/security.md ("Behind a reverse proxy")
+has the nginx blocks, run as written by tests/fhir/test_proxy_error_headers.py.
 """
 
 from __future__ import annotations
