@@ -1,4 +1,4 @@
-"""S1 residual (docs/security.md, S1.7): a DIMSE C-FIND reads at most `federation.max_dimse_matches` matches.
+"""S1 residual (docs/security.md, S1.8): a DIMSE C-FIND reads at most `federation.max_dimse_matches` matches.
 
 Beyond the cap the adapter sends C-CANCEL to a real dcmqrscp, reads no further match and answers what it
 has with an `incomplete` note naming the setting: never an ArchiveError (the circuit does not hear of it),

@@ -1,4 +1,4 @@
-"""The circuit breaker counts only failures of an archive (docs/security.md, S1.5): transport failures,
+"""The circuit breaker counts only failures of an archive (docs/security.md, S1.10): transport failures,
 upstream 5xx and timeouts. Back-pressure (429, or 503 with Retry-After) is an archive that is up and
 busy: it is honoured (the archive is skipped until then, at most `circuit_breaker.cooldown_s`, with an
 `incomplete` outcome) and never counted as a failure, so a busy archive cannot open its circuit.

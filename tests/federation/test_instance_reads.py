@@ -1,4 +1,4 @@
-"""S1 residual (docs/security.md, S1.8): reads of instance-level metadata (one instance query per study, for a
+"""S1 residual (docs/security.md, S1.9): reads of instance-level metadata (one instance query per study, for a
 read or a dicom-class or instance search, at any archive) have their own per-search cap,
 `federation.max_instance_reads`, apart from `federation.max_study_reads` (a DIMSE archive's series, one
 C-FIND per study). Before, both shared max_study_reads.

@@ -1,4 +1,4 @@
-"""S1 residual (docs/security.md, S1.3): at a trust matched through the cross-reference the archive receives
+"""S1 residual (docs/security.md, S1.7): at a trust matched through the cross-reference the archive receives
 the patient's local ids, one query each. The cap on the queries of a plan counts them (not the NHS numbers
 the request named), and a plan over it is refused with 400 too-costly naming the cap, before any archive
 is asked. Before, the local ids multiplied that trust's queries after the check.
