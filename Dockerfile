@@ -67,9 +67,9 @@ COPY config/demo.yaml config/demo.yaml
 COPY config/demo-keys/ config/demo-keys/
 COPY tools/__init__.py tools/__init__.py
 COPY tools/demo/ tools/demo/
-# config/demo.yaml names ../demo-data and ../var: both live in the volume (generated at first start).
-RUN install -d -o facade -g facade -m 0700 /var/lib/facade/demo-data /var/lib/facade/var \
-    && ln -s /var/lib/facade/demo-data demo-data \
+# config/demo.yaml names ../demo-data and ../var: both live in the volume, created by the CMD below (a
+# build step's change under a declared VOLUME may be discarded, so nothing is put there at build time).
+RUN ln -s /var/lib/facade/demo-data demo-data \
     && ln -s /var/lib/facade/var var
 USER 10001:10001
 # The address a browser on the Docker host uses (the sample app's registered redirect is on 127.0.0.1:8080).
@@ -77,4 +77,4 @@ ENV FACADE_BASE_URL=http://127.0.0.1:8080/fhir
 # The first start generates the demo archives (about a minute on a small machine) before serving.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=180s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/readyz', timeout=4)"]
-CMD ["python", "-m", "app", "demo", "--host", "0.0.0.0", "--port", "8080"]
+CMD ["sh", "-c", "mkdir -p /var/lib/facade/demo-data /var/lib/facade/var && exec python -m app demo --host 0.0.0.0 --port 8080"]
