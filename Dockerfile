@@ -57,8 +57,9 @@ EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['FACADE_BIND'].rsplit(':', 1)[1] + '/readyz', timeout=4)"]
 # app.ops.gunicorn_conf: JSON logs, no access log with query strings, Prometheus multiprocess folder
-# emptied at start. exec: gunicorn is PID 1 and gets the container's SIGTERM.
-CMD ["sh", "-c", "exec gunicorn -c python:app.ops.gunicorn_conf --worker-class gthread --bind \"$FACADE_BIND\" --workers \"$FACADE_WORKERS\" --threads \"$FACADE_THREADS\" --timeout \"$FACADE_TIMEOUT\" wsgi:app"]
+# emptied at start. --no-control-socket: gunicorn 27 would otherwise create $HOME/.gunicorn/gunicorn.ctl,
+# i.e. in the state volume, which replicas may share. exec: gunicorn is PID 1 and gets the SIGTERM.
+CMD ["sh", "-c", "exec gunicorn -c python:app.ops.gunicorn_conf --no-control-socket --worker-class gthread --bind \"$FACADE_BIND\" --workers \"$FACADE_WORKERS\" --threads \"$FACADE_THREADS\" --timeout \"$FACADE_TIMEOUT\" wsgi:app"]
 
 # -- demo: `docker run -p 8080:8080 IMAGE` serves the demo ----------------------------------------------
 FROM runtime AS demo

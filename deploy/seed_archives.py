@@ -3,18 +3,18 @@ what tests/deploy/ runs against its own Orthanc archives.
 
     python deploy/seed_archives.py SEED_DIR bolton=http://orthanc-bolton:8042 christie=http://...
 
-Generates the demo dataset (tools/demo) into SEED_DIR/demo-data unless it is there, copies its patient
-cross-reference to SEED_DIR/xref.csv (the facade's patient_xref), and POSTs each named trust's DICOM files
-to that archive's /instances. Uploading again is harmless (Orthanc answers AlreadyStored). An archive that
-requires a password gets HTTP basic auth as user `facade` with the password in the environment variable
-<TRUST>_ARCHIVE_PASSWORD (e.g. CHRISTIE_ARCHIVE_PASSWORD), the variable the facade's configuration names.
-Exit 0 when every file is stored; 1 with one line per problem otherwise.
+Generates the demo dataset (tools/demo) into SEED_DIR/demo-data unless it is there, writes its patient
+cross-reference for the named trusts to SEED_DIR/xref.csv (the facade's patient_xref), and POSTs each
+named trust's DICOM files to that archive's /instances. Uploading again is harmless (Orthanc answers
+AlreadyStored). An archive that requires a password gets HTTP basic auth as user `facade` with the
+password in the environment variable <TRUST>_ARCHIVE_PASSWORD (e.g. CHRISTIE_ARCHIVE_PASSWORD), the one
+the facade's configuration names. Exit 0 when every file is stored; 1 with one line per problem otherwise.
 """
 
 from __future__ import annotations
 
+import csv
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -51,6 +51,16 @@ def _wait_ready(session: requests.Session, url: str) -> None:
         time.sleep(1)
 
 
+def _write_xref(source: Path, target: Path, trusts: set[str]) -> None:
+    """The dataset's cross-reference, only its rows for the seeded trusts (the facade refuses a row
+    naming a trust it does not have)."""
+    with source.open(newline="", encoding="utf-8") as read:
+        rows = list(csv.reader(read))
+    kept = [rows[0]] + [row for row in rows[1:] if row[rows[0].index("trust")] in trusts]
+    with target.open("w", newline="", encoding="utf-8") as write:
+        csv.writer(write, lineterminator="\n").writerows(kept)
+
+
 def seed(seed_dir: Path, archives: dict[str, str]) -> dict[str, int]:
     """Files stored per trust."""
     if str(ROOT) not in sys.path:
@@ -59,7 +69,7 @@ def seed(seed_dir: Path, archives: dict[str, str]) -> dict[str, int]:
 
     data = seed_dir / "demo-data"
     ensure_demo_data(data)
-    shutil.copyfile(data / "xref.csv", seed_dir / "xref.csv")
+    _write_xref(data / "xref.csv", seed_dir / "xref.csv", set(archives))
     stored: dict[str, int] = {}
     for trust, url in archives.items():
         folder = data / trust

@@ -184,6 +184,8 @@ def test_gunicorn_settings_come_from_the_environment(dockerfile):
         assert f'{option} "${variable}"' in command[2]
         assert env[variable], f"{variable} has a default in the image"
     assert "-c python:app.ops.gunicorn_conf" in command[2] and command[2].endswith("wsgi:app")
+    # No control socket under $HOME (the state volume, shared by compose's replicas).
+    assert "--no-control-socket" in command[2]
 
 
 def _tree(dockerfile: dict[str, Stage], names: list[str], into: Path) -> Path:
