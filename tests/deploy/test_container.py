@@ -3,8 +3,9 @@ dockerfile-parse, its stages and what each one copies, runs as and declares.
 
 What this cannot show, and stays unproven until an image is built: that the base image and the pip
 install work, that the HEALTHCHECK command succeeds in the container, and that the demo target's first
-start serves the demo. The file set is checked here instead: a tree holding only what the runtime
-stage copies imports the app, and one holding what the demo stage adds passes `check-config`.
+start serves the demo. The file sets are checked here instead: a tree holding only what the runtime
+stage copies runs `check-config` and imports the app, and one holding what the demo stage adds, with its
+links into a stand-in volume, serves the demo by the stage's own CMD.
 """
 
 from __future__ import annotations
@@ -16,14 +17,18 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 from dockerfile_parse import DockerfileParser  # type: ignore[import-untyped]  # no stubs published
 
+from tests.demo_dataset import demo_dataset
 from tests.deploy.support import DOCKERFILE, DOCKERIGNORE, ROOT
+from tests.infra import free_port, log_tail, stop_process_group
 
 STATE_VOLUME = "/var/lib/facade"
 RUNTIME_SOURCES = {"requirements.txt", "app/", "mappings/", "wsgi.py"}  # the runtime image's own files
@@ -242,3 +247,46 @@ def test_the_runtime_file_set_serves_and_refuses_the_demo_credentials(dockerfile
     assert imported.returncode != 0 and "cursor_secret" in imported.stderr, (
         "wsgi.py (the runtime CMD's app) refuses the demo credentials outside demo mode"
     )
+
+
+def test_the_demo_file_set_serves_the_demo_from_its_volume(dockerfile, tmp_path):
+    """The demo stage's files (runtime + demo copies), its links into the volume and its CMD, run natively
+    with the volume at a temporary folder, on a free loopback port instead of 0.0.0.0:8080: the demo
+    answers /readyz, the FHIR base and the sample app, and has written its keys into the volume."""
+    tree = _tree(dockerfile, ["runtime", "demo"], tmp_path / "srv")
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    for link in ("demo-data", "var"):
+        (tree / link).symlink_to(volume / link)
+    shutil.copytree(demo_dataset(), volume / "demo-data")  # what the first start generates (tools/demo)
+    port = free_port()
+    command = json.loads(dockerfile["demo"].values("CMD")[-1])[2]
+    command = command.replace(STATE_VOLUME, str(volume)).replace(
+        "--host 0.0.0.0 --port 8080", f"--host 127.0.0.1 --port {port}"
+    )
+    command = command.replace("exec python ", f"exec {sys.executable} ")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FACADE_", "PROMETHEUS_")) and k != "PYTHONPATH"}
+    env["FACADE_BASE_URL"] = f"http://127.0.0.1:{port}/fhir"
+    log = (tmp_path / "demo.log").open("wb")
+    process = subprocess.Popen(
+        ["sh", "-c", command], cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        origin = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, log_tail(tmp_path / "demo.log")
+            try:
+                if requests.get(f"{origin}/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, log_tail(tmp_path / "demo.log")
+            time.sleep(0.3)
+        discovery = requests.get(f"{origin}/fhir/.well-known/smart-configuration", timeout=10)
+        assert discovery.status_code == 200 and discovery.json()["token_endpoint"] == f"{origin}/auth/token"
+        assert requests.get(f"{origin}/apps/imaging-timeline/", timeout=10).status_code == 200
+        assert (volume / "var" / "demo-signing-keys.json").is_file(), "the keys are created in the volume"
+    finally:
+        stop_process_group(process, timeout=20)
+        log.close()
