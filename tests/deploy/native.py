@@ -29,12 +29,12 @@ from types import TracebackType
 from typing import IO
 
 import requests
-from tests.infra.postgres import PostgresServer
 
 from tests.demo_dataset import demo_dataset
 from tests.deploy.support import DEPLOY, ROOT, render
 from tests.infra import InfraError, free_port, log_tail, require_binary, stop_process_group
 from tests.infra.orthanc import OrthancServer
+from tests.infra.postgres import PostgresServer
 from tests.infra.redis_server import RedisServer
 
 TRUSTS = ("bolton", "christie", "mft")
@@ -82,6 +82,12 @@ class FacadeInstance:
         return self.workdir / f"{self.name}.log"
 
     def start(self) -> FacadeInstance:
+        self.launch()
+        self.wait_ready()
+        return self
+
+    def launch(self) -> None:
+        """Start gunicorn without waiting for it (wait_ready)."""
         metrics = self.workdir / f"{self.name}-metrics"
         shutil.rmtree(metrics, ignore_errors=True)
         metrics.mkdir()
@@ -100,8 +106,6 @@ class FacadeInstance:
             start_new_session=True,
         )  # fmt: skip
         self.starts += 1
-        self.wait_ready()
-        return self
 
     def wait_ready(self) -> None:
         assert self.process is not None
@@ -305,8 +309,12 @@ class NativeStack:
         a = FacadeInstance("facade-a", a_port, self.workdir, env)
         b = FacadeInstance("facade-b", b_port, self.workdir, env)
         self.instances = [a, b]
-        a.start()  # creates the signing keys and applies the schema migrations; then B, as compose would
-        b.start()
+        # Both at once, as compose starts its replicas: one creates the shared signing key file and the
+        # schema (advisory lock), the other waits for or finds them.
+        a.launch()
+        b.launch()
+        a.wait_ready()
+        b.wait_ready()
         self.nginx = Nginx(self.workdir / "nginx", nginx_port, render.render(render.NGINX_TEMPLATE, self.values))
         self.nginx.start()
 
