@@ -26,7 +26,8 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 MIGRATION_LOCK = 0x676D2D666163
 POOL_MIN = 1
 POOL_MAX = 8  # per store and worker process: gunicorn's default 8 threads each may hold one
-CONNECT_TIMEOUT_S = 10.0  # waiting for a pooled connection (and the first connection at start)
+CONNECT_TIMEOUT_S = 10.0  # the first connection at start
+POOL_WAIT_S = 5.0  # a request waiting for a pooled connection (the server gone: 503 after this long)
 _MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
@@ -70,7 +71,8 @@ def open_pool(url: str, key: str, name: str) -> Any:
         min_size=POOL_MIN,
         max_size=POOL_MAX,
         kwargs={"autocommit": True, "application_name": f"gm-facade {name}"},
-        timeout=CONNECT_TIMEOUT_S,
+        check=ConnectionPool.check_connection,  # a connection the server dropped (a restart) is replaced, not used
+        timeout=POOL_WAIT_S,
         name=name,
         open=False,
     )
