@@ -244,9 +244,11 @@ def test_refresh_rotation_and_reuse_detection_hold_across_instances(stack, patie
 
 
 def test_rate_limits_are_shared_by_the_instances(stack):
-    """One client address (X-Forwarded-For, read with trusted_proxies: 1) sends 2 x burst unauthenticated
-    requests, alternately to A and B. Each instance alone sees `burst` of them, which its own bucket would
-    let through; the shared bucket refuses some, and lets through no more than burst plus its refill."""
+    """One client address (X-Forwarded-For, read with trusted_proxies: 1) sends 3 x burst unauthenticated
+    requests, alternately to A and B. One shared bucket lets through at most burst plus its refill over the
+    run; two buckets, one per instance, would let through twice that (each half of the requests meets a full
+    bucket of its own). The refill is counted from the measured duration, so the bound always holds for a
+    shared bucket; it tells the two apart while the run takes less than 2 x burst / rate (60 s here)."""
     config = yaml.safe_load(stack.config_path.read_text())["ops"]["rate_limit"]
     burst, per_s = config["burst"], config["requests_per_minute"] / 60
     address = f"198.51.100.{secrets.randbelow(250) + 1}"
@@ -262,16 +264,16 @@ def test_rate_limits_are_shared_by_the_instances(stack):
         ).status_code
 
     started = time.monotonic()
-    with ThreadPoolExecutor(8) as pool:
-        statuses = list(pool.map(call, range(2 * burst)))
+    with ThreadPoolExecutor(12) as pool:
+        statuses = list(pool.map(call, range(3 * burst)))
     elapsed = time.monotonic() - started
     assert set(statuses) <= {401, 429}, set(statuses)
     let_through = statuses.count(401)
     print(
-        f"\nrate limit: {2 * burst} requests in {elapsed:.1f} s, {let_through} let through, {statuses.count(429)} refused"
+        f"\nrate limit: {3 * burst} requests in {elapsed:.1f} s, {let_through} let through, {statuses.count(429)} refused"
     )
-    assert statuses.count(429) > 0, "each instance would have let its half through"
-    assert let_through <= burst + per_s * elapsed + 1
+    assert let_through <= burst + per_s * elapsed + 1, "more than one bucket lets through"
+    assert statuses.count(429) > 0
     # Another address has a bucket of its own.
     assert (
         requests.get(
