@@ -13,7 +13,8 @@
 #   demo:
 #     docker build --target demo -t gm-imaging-facade:demo .
 #     docker run -p 8080:8080 gm-imaging-facade:demo      # then open http://127.0.0.1:8080/apps/imaging-timeline/
-#     The runtime image plus config/demo.yaml, its published demo keys and the demo generator (tools/demo):
+#     The runtime image plus config/demo.yaml, its published demo keys, the demo generator (tools/demo) and
+#     the Postman environment:
 #     `python -m app demo` generates the demo archives and signing keys at first start, into the volume.
 #
 # gunicorn settings come from the environment: FACADE_BIND, FACADE_WORKERS, FACADE_THREADS, FACADE_TIMEOUT
@@ -68,6 +69,8 @@ COPY config/demo.yaml config/demo.yaml
 COPY config/demo-keys/ config/demo-keys/
 COPY tools/__init__.py tools/__init__.py
 COPY tools/demo/ tools/demo/
+# The committed Postman environment: the demo writes one for the address it serves (into var/, the volume).
+COPY postman/demo.postman_environment.json postman/demo.postman_environment.json
 # config/demo.yaml names ../demo-data and ../var: both live in the volume, created by the CMD below (a
 # build step's change under a declared VOLUME may be discarded, so nothing is put there at build time).
 RUN ln -s /var/lib/facade/demo-data demo-data \

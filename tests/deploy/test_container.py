@@ -141,7 +141,13 @@ def test_runtime_carries_only_the_app_and_its_requirements(dockerfile):
 def test_demo_adds_its_configuration_keys_and_generator_only(dockerfile):
     demo = dockerfile["demo"]
     added = {source for origin, sources, _ in demo.copies() for source in sources}
-    assert added == {"config/demo.yaml", "config/demo-keys/", "tools/__init__.py", "tools/demo/"}
+    assert added == {
+        "config/demo.yaml",
+        "config/demo-keys/",
+        "tools/__init__.py",
+        "tools/demo/",
+        "postman/demo.postman_environment.json",  # the demo writes one for its address from it
+    }
     assert yaml.safe_load((ROOT / "config/demo.yaml").read_text())["demo"] is True
     # config/demo.yaml keeps its generated data and keys beside config/: the demo links both into the volume.
     document = yaml.safe_load((ROOT / "config/demo.yaml").read_text())
