@@ -108,3 +108,19 @@ def test_an_unreachable_server_is_named_by_its_key_without_the_password(postgres
     assert message.startswith("auth.store: cannot connect to PostgreSQL at 127.0.0.1:")
     assert "no_such_database" in message
     assert postgres_server.password not in message
+
+
+def test_the_password_may_come_from_pgpassword(postgres_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The documented way to keep the password out of the configuration: libpq's PGPASSWORD."""
+    url = postgres_server.create_database()
+    bare = url.replace(f":{postgres_server.password}@", "@", 1)
+    assert postgres_server.password not in bare
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", "/nonexistent")
+    with pytest.raises(DatabaseError, match=r"^auth\.store: cannot connect to PostgreSQL at 127\.0\.0\.1:"):
+        PostgresAuthStore(bare)
+    monkeypatch.setenv("PGPASSWORD", postgres_server.password)
+    store = PostgresAuthStore(bare)
+    store.put("code", "k", {"a": 1}, 60)
+    assert store.take("code", "k") == {"a": 1}
+    store.close()
