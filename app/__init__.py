@@ -33,7 +33,7 @@ def create_app(settings: Settings | str | os.PathLike[str] | None = None) -> Fla
     import orjson
     from flask import Flask
 
-    from app.audit.store import AuditStore
+    from app.audit.store import open_audit_store
     from app.auth import build_protector, smart_configuration
     from app.ops import init_ops
     from app.services import build_services
@@ -50,7 +50,7 @@ def create_app(settings: Settings | str | os.PathLike[str] | None = None) -> Fla
         SESSION_COOKIE_SECURE=settings.base_url.startswith("https://"),
     )
     services = build_services(settings)
-    audit = AuditStore(settings.audit_path)
+    audit = open_audit_store(settings.audit_store)
     embedded = None
     if settings.auth.mode == "embedded":
         from app.auth.server import EmbeddedAuthServer

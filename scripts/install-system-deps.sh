@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# Install the Debian packages that the integration tests need (idempotent).
-#   orthanc, orthanc-dicomweb : DICOMweb archive (tests start their own Orthanc)
+# Install the Debian packages that the integration tests need (idempotent). `make test` runs it.
+#   orthanc, orthanc-dicomweb : DICOMweb archive (tests start their own Orthanc, on free ports)
 #   dcmtk                     : dcmqrscp legacy DIMSE archive, storescu, echoscu
 #   redis-server              : shared authorization state and rate limits across processes (tests start their own)
 #   chromium                  : the browser the e2e tests drive with playwright-core
-# Only missing packages are installed; `apt-get update` runs at most once and only
-# when something must be installed. A system Orthanc daemon started by the
-# package is stopped and disabled so that it does not hold ports 8042/4242.
+#   nginx                     : the load balancer of the multi-instance proof (tests/deploy/; its own
+#                               configuration, pid and logs in a temporary folder)
+#   postgresql                : audit and authorization state (tests run initdb/postgres in a temporary
+#                               folder, as an unprivileged user, on a free port)
+# Only missing packages are installed, and the script says which; `apt-get update` runs at most once and
+# only when something must be installed. During installation a policy-rc.d (exit 101) keeps the packages'
+# maintainer scripts from starting their daemons. No system service is ever stopped, disabled or
+# reconfigured here: one that is already running keeps running, and the tests never use its ports
+# (8042/4242, 6379, 80, 5432): each test server takes a free port of its own.
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
-PACKAGES=(orthanc orthanc-dicomweb dcmtk redis-server chromium)
+PACKAGES=(orthanc orthanc-dicomweb dcmtk redis-server chromium nginx postgresql)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
@@ -51,27 +57,7 @@ else
   echo "install-system-deps: nothing to install"
 fi
 
-# Make sure no system Orthanc daemon occupies the default ports (tests start their own).
-if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ] \
-    && systemctl is-active --quiet orthanc 2>/dev/null; then
-  echo "install-system-deps: stopping the system orthanc service"
-  $SUDO systemctl stop orthanc || true
-elif [ -x /etc/init.d/orthanc ] && /etc/init.d/orthanc status >/dev/null 2>&1; then
-  echo "install-system-deps: stopping the system orthanc daemon (init.d)"
-  $SUDO /etc/init.d/orthanc stop || true
-fi
-if compgen -G "/etc/rc[2-5].d/S*orthanc" >/dev/null \
-    || [ -e /etc/systemd/system/multi-user.target.wants/orthanc.service ]; then
-  echo "install-system-deps: disabling autostart of the system orthanc service"
-  if command -v update-rc.d >/dev/null 2>&1 && [ -e /etc/init.d/orthanc ]; then
-    $SUDO update-rc.d orthanc disable >/dev/null 2>&1 || true
-  fi
-  if command -v systemctl >/dev/null 2>&1; then
-    $SUDO systemctl disable orthanc >/dev/null 2>&1 || true
-  fi
-fi
-
-for bin in Orthanc dcmqrscp storescu echoscu redis-server; do
+for bin in Orthanc dcmqrscp storescu echoscu redis-server nginx; do
   if command -v "$bin" >/dev/null 2>&1; then
     echo "install-system-deps: $bin -> $(command -v "$bin")"
   else
@@ -81,4 +67,10 @@ for bin in Orthanc dcmqrscp storescu echoscu redis-server; do
 done
 plugin=$(dpkg -L orthanc-dicomweb 2>/dev/null | grep -E 'libOrthancDicomWeb\.so' | head -n1 || true)
 echo "install-system-deps: DICOMweb plugin -> ${plugin:-NOT FOUND}"
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)
+if [ -z "$pg_bin" ] || [ ! -x "$pg_bin/initdb" ]; then
+  echo "install-system-deps: ERROR: PostgreSQL server binaries (initdb) not found under /usr/lib/postgresql/*/bin" >&2
+  exit 1
+fi
+echo "install-system-deps: PostgreSQL -> $pg_bin"
 echo "install-system-deps: done"

@@ -133,3 +133,20 @@ class FhirClient:
 @pytest.fixture(scope="session")
 def client(app) -> FhirClient:
     return FhirClient(app)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One real PostgreSQL server for the whole session (tests/infra/postgres.py: initdb in a temporary folder,
+    run as an unprivileged user on a free loopback port, stopped at the end). Tests take a database of
+    their own with `postgres_url` (or `postgres_server.create_database()`)."""
+    from tests.infra.postgres import PostgresServer
+
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """The URL of a new, empty database of the session's PostgreSQL server."""
+    return str(postgres_server.create_database())

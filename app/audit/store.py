@@ -1,5 +1,10 @@
-"""The audit store: AuditEvents in SQLite (WAL, synchronous=FULL), committed before the response leaves,
-so an acknowledged request is never missing from the log after a crash; searched by patient, date, client."""
+"""The audit store: AuditEvents committed before the response leaves, so an acknowledged request is never
+missing from the log after a crash; searched by patient, date, client.
+
+SQLite (WAL, synchronous=FULL) is the embedded default (`audit.path`); PostgreSQL (`audit.url:
+postgresql://...`, app/audit/pg_store.py) lets several facade instances keep one trail, each finding the
+others' events. Both answer every search alike (the same columns, byte order of text, page order).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,79 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
+
+from app.audit.postgres import is_postgres
+
+AuditRow = tuple[str, str, str | None, str | None, str, bytes]
+
+
+class AuditStore(Protocol):
+    """Durable, append-only storage of AuditEvents, searchable by patient, date and client."""
+
+    def write(self, events: list[dict[str, Any]], client_id: str | None) -> None: ...
+    def search(
+        self,
+        patient: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        client_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]: ...
+    def count(
+        self,
+        patient: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        client_id: str | None = None,
+    ) -> int: ...
+    def writable(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+def audit_rows(events: list[dict[str, Any]], client_id: str | None) -> list[AuditRow]:
+    """(id, recorded, patient, client_id, outcome, body) of each event: the columns searched, and the event."""
+    rows = []
+    for event in events:
+        patient = next(
+            (
+                e["what"]["reference"].split("/", 1)[1]
+                for e in event.get("entity", ())
+                if e.get("role", {}).get("code") == "1"
+            ),
+            None,
+        )
+        rows.append((event["id"], event["recorded"], patient, client_id, event["outcome"], orjson.dumps(event)))
+    return rows
+
+
+def where_clause(
+    patient: str | None, since: str | None, until: str | None, client_id: str | None, mark: str = "?"
+) -> tuple[str, list[str]]:
+    """The WHERE clause of a search (`mark`: the driver's parameter marker) and its arguments."""
+    clauses, args = [], []
+    for clause, value in (
+        ("patient = ?", patient),
+        ("recorded >= ?", since),
+        ("recorded < ?", until),
+        ("client_id = ?", client_id),
+    ):
+        if value is not None:
+            clauses.append(clause.replace("?", mark))
+            args.append(value)
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), args
+
+
+def open_audit_store(spec: str) -> AuditStore:
+    """`postgresql://...` (audit.url) or `sqlite:<absolute path>` (audit.path)."""
+    if is_postgres(spec):
+        from app.audit.pg_store import PostgresAuditStore
+
+        return PostgresAuditStore(spec)
+    return SqliteAuditStore(Path(spec.removeprefix("sqlite:")))
 
 
 def private_file(path: Path) -> None:
@@ -31,8 +106,8 @@ def private_file(path: Path) -> None:
             found.chmod(0o600)
 
 
-class AuditStore:
-    """Durable, append-only storage of AuditEvents, searchable by patient, date and client."""
+class SqliteAuditStore:
+    """The audit trail in one SQLite file (the embedded default)."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,17 +125,7 @@ class AuditStore:
 
     def write(self, events: list[dict[str, Any]], client_id: str | None) -> None:
         """Commit the events (one transaction) before returning: the caller then answers."""
-        rows = []
-        for event in events:
-            patient = next(
-                (
-                    e["what"]["reference"].split("/", 1)[1]
-                    for e in event.get("entity", ())
-                    if e.get("role", {}).get("code") == "1"
-                ),
-                None,
-            )
-            rows.append((event["id"], event["recorded"], patient, client_id, event["outcome"], orjson.dumps(event)))
+        rows = audit_rows(events, client_id)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -69,22 +134,6 @@ class AuditStore:
             except Exception:
                 self._db.execute("ROLLBACK")
                 raise
-
-    @staticmethod
-    def _where(
-        patient: str | None, since: str | None, until: str | None, client_id: str | None
-    ) -> tuple[str, list[str]]:
-        clauses, args = [], []
-        for clause, value in (
-            ("patient = ?", patient),
-            ("recorded >= ?", since),
-            ("recorded < ?", until),
-            ("client_id = ?", client_id),
-        ):
-            if value is not None:
-                clauses.append(clause)
-                args.append(value)
-        return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), args
 
     def search(
         self,
@@ -96,7 +145,7 @@ class AuditStore:
         offset: int = 0,
     ) -> list[dict[str, Any]]:
         """One page of events, newest first (a stable order: recorded time, then id)."""
-        where, args = self._where(patient, since, until, client_id)
+        where, args = where_clause(patient, since, until, client_id)
         with self._lock:
             rows = self._db.execute(
                 f"SELECT body FROM audit_event {where} ORDER BY recorded DESC, id LIMIT ? OFFSET ?",
@@ -111,7 +160,7 @@ class AuditStore:
         until: str | None = None,
         client_id: str | None = None,
     ) -> int:
-        where, args = self._where(patient, since, until, client_id)
+        where, args = where_clause(patient, since, until, client_id)
         with self._lock:
             return int(self._db.execute(f"SELECT COUNT(*) FROM audit_event {where}", args).fetchone()[0])
 

@@ -90,6 +90,7 @@ DEMO_PASSWORD_HASHES = frozenset(
 )
 _THUMBPRINT_MEMBERS = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x")}
 
+_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^:/@]*:)[^@/]*@", re.IGNORECASE)
 VIEWER_VARIABLES = frozenset({"studyUID", "accessionNumber", "patientID"})
 _TEMPLATE_VARIABLE = re.compile(r"\{([^{}]*)\}")
 
@@ -153,6 +154,11 @@ def _key_path(path: Any) -> str:
     return out or "(top level)"
 
 
+def _without_password(value: str) -> str:
+    """A URL with its password (user:PASSWORD@) masked; any other string as it is."""
+    return _URL_PASSWORD.sub(r"\1***@", value)
+
+
 def _describe(error: jsonschema.ValidationError) -> str:
     where = _key_path(error.absolute_path)
     if error.validator == "additionalProperties":
@@ -160,6 +166,8 @@ def _describe(error: jsonschema.ValidationError) -> str:
         unknown = sorted(set(error.instance) - allowed) if isinstance(error.instance, dict) else []
         names = ", ".join(repr(k) for k in unknown)
         return f"{where}: unknown key {names} (allowed: {', '.join(sorted(allowed))})"
+    if error.validator == "pattern" and isinstance(error.instance, str):  # a URL's password is not repeated
+        return f"{where}: {_without_password(error.instance)!r} does not match {error.validator_value!r}"
     if error.validator == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
         prefix = "" if where == "(top level)" else f"{where}."
@@ -231,6 +239,12 @@ def semantic_problems(doc: dict[str, Any], base_dir: Path) -> list[str]:
         problems.append("patient_index: give patient_xref or patient_index, not both")
     if isinstance(xref, str) and not _resolve(base_dir, xref).is_file():
         problems.append(f"patient_xref: file {_resolve(base_dir, xref)} does not exist")
+    audit = doc["audit"]
+    if ("path" in audit) == ("url" in audit):
+        problems.append(
+            "audit: give either path (an SQLite file, the embedded default) or url (postgresql://..., shared "
+            + ("by several instances), not both" if "path" in audit else "by several instances)")
+        )
     zone = doc["timezone"]
     try:
         ZoneInfo(zone)
@@ -349,7 +363,7 @@ def settings_from_document(doc: Any, base_dir: Path, source: str = "<dict>") -> 
         )
         if index
         else None,
-        audit_path=_resolve(base_dir, full["audit"]["path"]),
+        audit_store=_audit_store(full["audit"], base_dir),
         ops=ops_settings(full["ops"], auth),
         apps_frame_ancestors=tuple(full["apps"]["frame_ancestors"]),
         demo=full["demo"],
@@ -379,6 +393,11 @@ def ops_settings(doc: dict[str, Any], auth: AuthSettings) -> OpsSettings:
         archives_required=readiness["archives_required"],
         rate_limit=rate_limit,
     )
+
+
+def _audit_store(doc: dict[str, Any], base_dir: Path) -> str:
+    """`audit.url` (PostgreSQL) or `sqlite:<absolute path>` of `audit.path` (checked: exactly one is given)."""
+    return str(doc["url"]) if "url" in doc else f"sqlite:{_resolve(base_dir, doc['path'])}"
 
 
 def _auth(doc: dict[str, Any], base_dir: Path) -> AuthSettings:

@@ -136,7 +136,7 @@ class EmbeddedAuthSettings:
 
     mode: Literal["embedded"]
     signing_keys: Path
-    store: str  # sqlite:<absolute path>, redis://... or unix://...
+    store: str  # sqlite:<absolute path>, redis://..., unix://... or postgresql://...
     access_token_lifetime_s: int
     clients: tuple[Config, ...]
     users: tuple[Config, ...]
@@ -188,7 +188,7 @@ class Settings:
     cursor_secret: bytes
     trusts: tuple[TrustSettings, ...]
     auth: AuthSettings
-    audit_path: Path
+    audit_store: str  # sqlite:<absolute path> (audit.path) or postgresql://... (audit.url)
     patient_index: PatientIndexSettings | None
     patient_xref: Path | None
     default_count: int

@@ -61,10 +61,11 @@ def build_app(
     demo_data: Path | None = None,
     store: str | None = None,
     signing_keys: Path | None = None,
+    audit: str | None = None,
 ) -> Any:
     """The demo configuration's embedded server with two more public/confidential apps and a dozen
     clinicians; its keys, state and audit in `folder` (or the given store and key file). Without
-    `demo_data`, one empty folder trust (no patient picker)."""
+    `demo_data`, one empty folder trust (no patient picker). `audit`: a postgresql:// URL for the trail."""
     doc = copy.deepcopy(config_document)
     folder.mkdir(parents=True, exist_ok=True)
     if demo_data is None:
@@ -72,7 +73,7 @@ def build_app(
         archive.mkdir(exist_ok=True)
         doc["trusts"] = [dict(t, archive={"type": "folder", "path": str(archive)}) for t in doc["trusts"][:1]]
         doc.pop("patient_xref", None)
-    doc["audit"] = {"path": str(folder / "audit.sqlite")}
+    doc["audit"] = {"url": audit} if audit else {"path": str(folder / "audit.sqlite")}
     doc["auth"]["signing_keys"] = str(signing_keys or folder / "signing-keys.json")
     doc["auth"]["store"] = store or f"sqlite:{folder / 'auth-state.sqlite'}"
     doc["auth"]["clients"] += [

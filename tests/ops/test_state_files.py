@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from app.audit.events import AuditRecord, build_events
-from app.audit.store import AuditStore
+from app.audit.store import SqliteAuditStore
 
 
 @pytest.fixture
@@ -30,14 +30,14 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def write_one(store: AuditStore) -> None:
+def write_one(store: SqliteAuditStore) -> None:
     record = AuditRecord("read", "Patient", 200, "portal", None, "192.0.2.1", None, "9992975962", ("9992975962",))
     store.write(build_events(record, "http://facade.example/fhir"), "portal")
 
 
 def test_audit_store_files_are_created_owner_only(tmp_path: Path, usual_umask: None) -> None:
     path = tmp_path / "state" / "audit.sqlite"
-    store = AuditStore(path)
+    store = SqliteAuditStore(path)
     try:
         write_one(store)
         assert mode(path) == 0o600
@@ -50,12 +50,12 @@ def test_audit_store_files_are_created_owner_only(tmp_path: Path, usual_umask: N
 
 def test_audit_store_narrows_an_older_world_readable_file(tmp_path: Path, usual_umask: None) -> None:
     path = tmp_path / "audit.sqlite"
-    first = AuditStore(path)
+    first = SqliteAuditStore(path)
     write_one(first)
     first.close()
     for found in tmp_path.iterdir():
         found.chmod(0o644)  # as the store before S18 left them
-    again = AuditStore(path)
+    again = SqliteAuditStore(path)
     try:
         assert mode(path) == 0o600
         assert again.count() == 1  # the same trail, kept
@@ -71,9 +71,9 @@ def test_opening_a_second_store_keeps_the_first_ones_sqlite_locks(tmp_path: Path
     file) then closing believed itself the last connection, checkpointed and deleted the WAL under this
     process's open stores: 'database disk image is malformed' later in the test run."""
     path = tmp_path / "audit.sqlite"
-    first = AuditStore(path)
+    first = SqliteAuditStore(path)
     write_one(first)
-    AuditStore(path)  # a second store of the file in this process (another app built from the same settings)
+    SqliteAuditStore(path)  # a second store of the file in this process (another app built from the same settings)
     other_process = (
         "import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); "
         "db.execute(\"INSERT INTO audit_event VALUES ('x', 'r', NULL, NULL, '0', x'00')\"); db.commit(); db.close()"

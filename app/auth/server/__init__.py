@@ -121,7 +121,7 @@ class EmbeddedAuthServer:
         self.fhir_base = settings.base_url
         self.root = f"{settings.public_root}/auth"
         self.keys = SigningKeys(auth.signing_keys)
-        self.store = open_store(auth.store, settings.audit_path.parent)
+        self.store = open_store(auth.store)
         self.audit = audit  # the facade's one audit store: the server's events beside the API's
         self.sessions = LoginSessions(self.store, auth.sign_in.session_idle_s, auth.sign_in.session_max_s)
         self.throttle = SignInThrottle(self.store, auth.sign_in)

@@ -1,10 +1,10 @@
 """Short-lived authorization state: codes, launch ids, refresh tokens, revocations, seen `jti`s,
 login sessions and sign-in failure counters.
 
-SQLite is the embedded default; Redis (``auth.store: redis://...``) lets several facade processes
-behind a load balancer share the state, so a `jti` used on one is refused on the other and a token
-revoked on one fails on the other. Every operation that must happen once (`take`, `add_once`,
-`incr`) is atomic in both.
+SQLite is the embedded default; Redis (``auth.store: redis://...``) or PostgreSQL (``auth.store:
+postgresql://...``, app/auth/server/pg_store.py) lets several facade processes behind a load balancer
+share the state, so a `jti` used on one is refused on the other and a token revoked on one fails on
+the other. Every operation that must happen once (`take`, `add_once`, `incr`) is atomic in all three.
 
 Everything kept has an expiry: Redis drops a key when its time is up; SQLite rows are purged (at
 start and then at most once a minute, by whichever write comes first). The SQLite file and its WAL
@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from app.audit.postgres import is_postgres
 from app.audit.store import private_file
 
 PURGE_INTERVAL_S = 60.0
@@ -181,9 +182,12 @@ class RedisAuthStore:
         return int(pipe.execute()[1])
 
 
-def open_store(spec: str, base_dir: Path) -> AuthStore:
-    """`redis://...` or `sqlite:<path>` (relative to the configuration file)."""
+def open_store(spec: str) -> AuthStore:
+    """`redis://...`, `postgresql://...` or `sqlite:<absolute path>` (the settings resolve a relative one)."""
     if spec.startswith(("redis://", "rediss://", "unix://")):
         return RedisAuthStore(spec)
-    path = Path(spec.removeprefix("sqlite:"))
-    return SqliteAuthStore(path if path.is_absolute() else base_dir / path)
+    if is_postgres(spec):
+        from app.auth.server.pg_store import PostgresAuthStore
+
+        return PostgresAuthStore(spec)
+    return SqliteAuthStore(Path(spec.removeprefix("sqlite:")))

@@ -11,6 +11,7 @@ import orjson
 from flask import Blueprint, Response, g, request
 
 from app.audit.events import AuditRecord, build_events
+from app.audit.postgres import StoreUnavailable
 from app.auth.protect import Access
 from app.core.compartment import Compartment
 from app.core.errors import Forbidden, InvalidRequest, quote_all
@@ -83,7 +84,10 @@ def audit(response: Response) -> Response:
         description=None if response.status_code < 400 else f"HTTP {response.status_code}",
     )
     app = components()
-    app.audit.write(build_events(record, app.settings.base_url), record.client_id)
+    try:
+        app.audit.write(build_events(record, app.settings.base_url), record.client_id)
+    except StoreUnavailable as error:  # the trail cannot take the event: the answer does not leave unaudited
+        return fhir_response(error.to_dict(), error.status_code, error.headers)
     return response
 
 
