@@ -519,6 +519,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:  # Ctrl-C: the usual status, no traceback
+        return 130
+
+
+def run(args: argparse.Namespace) -> int:
     if args.command == "token":
         return token(args.base, args.client, args.key, args.scope)
     if args.command == "launch":

@@ -181,6 +181,14 @@ def test_error_is_one_line(args: list[str], expected: list[str]) -> None:
     assert_one_line_error(run_cli(*args), *expected)
 
 
+def test_launch_refusal_is_one_line(config_document: dict[str, Any], tmp_path: Path) -> None:
+    """The server it builds logs nothing at INFO on the command's stderr: the refusal is the one line."""
+    config = tmp_path / "facade.yaml"
+    config.write_text(yaml.safe_dump(config_document), encoding="utf-8")
+    done = run_cli("launch", "--config", str(config), "--client", "nobody", "--patient", "9992975962")
+    assert_one_line_error(done, "launch: unknown client 'nobody'")
+
+
 def test_token_from_a_server_that_is_down() -> None:
     base = f"http://127.0.0.1:{free_port()}/fhir"  # nothing listens there
     done = run_cli("token", "--base", base, "--client", "portal", "--key", str(PORTAL_KEY), "--scope", "x")
