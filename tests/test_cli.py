@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -373,3 +374,34 @@ def test_demo_on_another_port_end_to_end(demo_on_a_port: tuple[int, subprocess.P
     assert not DEMO_SERVER.exists()
     down = run_cli("token", "--client", "portal", "--key", str(PORTAL_KEY), "--scope", "system/Patient.rs")
     assert f"{origin}/" not in down.stderr
+
+
+def _worker_pids(log: Path) -> list[int]:
+    return [int(p) for p in re.findall(r"Booting worker with pid: (\d+)", log.read_text(errors="replace"))]
+
+
+@pytest.mark.integration
+def test_a_worker_leaving_keeps_the_servers_metrics_folder(config_document: dict[str, Any], tmp_path: Path) -> None:
+    """gunicorn's workers are forked inside `serve` and leave through its frames: one that exits (here on SIGTERM,
+    as after max_requests) must not remove the folder the master and the other workers share (it did)."""
+    config = tmp_path / "facade.yaml"
+    config.write_text(yaml.safe_dump(config_document), encoding="utf-8")
+    port, log = free_port(), tmp_path / "log"
+    process = _start(["serve", "--config", str(config), "--port", str(port), "--workers", "2"], port, log)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while len(folders := set(re.findall(r"metrics multiprocess in ([^ ,\"]+)", log.read_text()))) != 1:
+            assert time.monotonic() < deadline, log_tail(log, 60)
+            time.sleep(0.3)
+        folder = Path(folders.pop())
+        first = _worker_pids(log)[0]
+        os.kill(first, signal.SIGTERM)
+        while len(_worker_pids(log)) < 3:  # the master has replaced it
+            assert time.monotonic() < deadline, log_tail(log, 60)
+            time.sleep(0.3)
+        assert f"Worker exiting (pid: {first})" in log.read_text()  # through the frames of `serve`
+        assert folder.is_dir(), f"{folder} removed when worker {first} left"
+        assert requests.get(f"http://127.0.0.1:{port}/metrics", timeout=30).status_code == 200
+    finally:
+        stop_process_group(process)
+    assert not folder.exists()  # the master, at its end, removes it
