@@ -405,3 +405,23 @@ def test_a_worker_leaving_keeps_the_servers_metrics_folder(config_document: dict
     finally:
         stop_process_group(process)
     assert not folder.exists()  # the master, at its end, removes it
+
+
+def test_readme_commands_are_the_parsers() -> None:
+    """Every `python -m app ...` of the README's shell blocks names a command and options that exist, and the
+    venv's python (a user who has not activated the venv can paste it)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    commands = _commands()
+    blocks = "\n".join(re.findall(r"^```sh\n(.*?)^```", readme, flags=re.MULTILINE | re.DOTALL))
+    lines = re.findall(r"([\w./]*python) -m app (.*)$", blocks, flags=re.MULTILINE)
+    assert len(lines) >= 8
+    for python, rest in lines:
+        assert python == ".venv/bin/python", f"{python} -m app {rest}: say which python (the venv's)"
+        name = rest.split()[0]
+        if name == "--version":
+            continue
+        assert name in commands, rest
+        known = {o for a in commands[name]._actions for o in a.option_strings}
+        for option in re.findall(r"(?<![\w-])(--[a-z-]+)", rest.split("#")[0]):
+            assert option in known, f"{rest}: {option} is not an option of {name}"
+    assert re.search(r"^FACADE_CONFIG=\S+ \.venv/bin/gunicorn .*wsgi:app", blocks, flags=re.MULTILINE)
