@@ -361,6 +361,11 @@ def test_demo_on_another_port_end_to_end(demo_on_a_port: tuple[int, subprocess.P
     assert found.status_code == 200, found.text[:500]
     assert found.json()["total"] > 0
     assert json.loads(DEMO_SERVER.read_text())["base_url"] == f"{origin}/fhir"
+    # A refused token: the server's OAuth error in one line.
+    refused_token = run_cli("token", "--client", "portal", "--key", str(PORTAL_KEY), "--scope", "system/Nothing.rs")
+    assert_one_line_error(refused_token, f"token: token request refused by {origin}/auth/token: 400 invalid_scope")
+    unknown = run_cli("token", "--client", "nobody", "--key", str(PORTAL_KEY), "--scope", "system/ImagingStudy.rs")
+    assert_one_line_error(unknown, "token: token request refused", "invalid_client")
     # The Postman environment written for this demo names its port.
     written = {v["key"]: v["value"] for v in json.loads(DEMO_POSTMAN_ENVIRONMENT.read_text())["values"]}
     assert written["base_url"] == f"{origin}/fhir"
