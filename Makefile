@@ -27,8 +27,9 @@ node_modules/.installed: package.json package-lock.json
 system-deps:
 	bash scripts/install-system-deps.sh
 
+# `make demo PORT=9090`: another port (the default is python -m app demo's).
 demo: $(VENV)/.runtime
-	$(PY) -m app demo
+	$(PY) -m app demo $(if $(PORT),--port $(PORT))
 
 test: check node_modules/.installed system-deps
 	$(PY) -m pytest

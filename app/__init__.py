@@ -15,7 +15,7 @@ from app.settings import Settings, load_settings
 if TYPE_CHECKING:
     from flask import Flask
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place: pyproject.toml, --version, CapabilityStatement.software
 CONFIG_ENV = "FACADE_CONFIG"
 
 

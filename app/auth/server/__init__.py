@@ -125,7 +125,7 @@ class EmbeddedAuthServer:
         self.audit = audit  # the facade's one audit store: the server's events beside the API's
         self.sessions = LoginSessions(self.store, auth.sign_in.session_idle_s, auth.sign_in.session_max_s)
         self.throttle = SignInThrottle(self.store, auth.sign_in)
-        self.clients = {c["client_id"]: client_from_config(c) for c in auth.clients}
+        self.clients = {c["client_id"]: client_from_config(c, settings.public_root) for c in auth.clients}
         self.users = {u["username"]: user_from_config(u) for u in auth.users}
         self.issuer = TokenIssuer(
             self.fhir_base,

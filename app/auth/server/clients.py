@@ -141,7 +141,9 @@ class Client:
         return grant_type in self.grant_types
 
 
-def client_from_config(doc: Mapping[str, Any]) -> Client:
+def client_from_config(doc: Mapping[str, Any], origin: str) -> Client:
+    """A registered client; a redirect URI written as a path (``/apps/x/``) is on `origin`, the facade's own
+    scheme and authority (Settings.public_root), so it follows the address the facade is served at."""
     value = config_secret(doc, "client_secret") if doc.get("client_secret_env") else ""
     secret = hash_secret(value) if value else None
     jwks = None
@@ -151,7 +153,7 @@ def client_from_config(doc: Mapping[str, Any]) -> Client:
         client_id=doc["client_id"],
         grant_types=tuple(doc["grant_types"]),
         scope=doc["scope"],
-        redirect_uris=tuple(doc.get("redirect_uris", ())),
+        redirect_uris=tuple(origin + uri if uri.startswith("/") else uri for uri in doc.get("redirect_uris", ())),
         public=bool(doc.get("public", False)),
         secret_hash=doc.get("client_secret_hash", secret),
         jwks=jwks,
