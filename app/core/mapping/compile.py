@@ -20,6 +20,7 @@ from typing import Any
 
 from app.core import dicom_json as dj
 from app.core.mapping.context import MappingContext, Terminology
+from app.core.mapping.dates import DateProblem, fhir_datetime
 from app.core.mapping.engine import Row
 from app.core.mapping.transforms import MAX_UNSIGNED, TRANSFORMS
 
@@ -80,6 +81,43 @@ def _inline(name: str, i: int, terminology: Terminology, namespace: dict[str, An
             "if vs and type(vs[0]) is str and vs[0] in MODALITIES:",
             "    v = MODALITIES[vs[0]]",
             "else:",
+            f"    {fallback}",
+        ]
+    if name == "body_site":
+        namespace["BODY_SITES"] = terminology.body_sites
+        return [
+            f"it = ds.get(T{i}[0])",
+            "vs = it.get('Value') if it else None",
+            "if (",
+            "    vs and type(vs) is list and type(vs[0]) is str and (s := vs[0].strip())",
+            "    and (c := BODY_SITES.get(s.upper().replace(' ', ''))) is not None",
+            "):",
+            "    v = c",
+            "elif not it:",
+            "    v = None",
+            "else:",
+            f"    {fallback}",
+        ]
+    if name == "laterality":
+        namespace["LATERALITY"] = terminology.laterality
+        return [
+            f"it = ds.get(T{i}[0])",
+            "vs = it.get('Value') if it else None",
+            "if vs and type(vs) is list and type(vs[0]) is str and (s := vs[0].strip()) and s.upper() in LATERALITY:",
+            "    v = LATERALITY[s.upper()]",
+            f"elif all(not (e := ds.get(t)) or not e.get('Value') for t in T{i}):",
+            "    v = None",
+            "else:",
+            f"    {fallback}",
+        ]
+    if name == "date_time":
+        namespace.update(first_text=dj.first_text, fhir_datetime=fhir_datetime, DateProblem=DateProblem)
+        return [
+            "try:",
+            f"    v = fhir_datetime(first_text(ds, T{i}[0]), first_text(ds, T{i}[1]),",
+            f"                      (first_text(ds, T{i}[2]) if len(T{i}) > 2 else None) or ctx.study_offset,",
+            "                      ctx.trust.zone)",
+            "except DateProblem:",
             f"    {fallback}",
         ]
     return None
