@@ -87,6 +87,7 @@ importlint: $(VENV)/.dev
 
 bench: $(VENV)/.dev node_modules/.installed system-deps
 	$(PY) -m bench.mapping_cpu      # P3
+	$(PY) -m bench.facade_cpu       # C1, C2, P1, P2, P5, P3 against 8 canned archives (the facade alone; ~3 min)
 	$(PY) -m bench.auth_overhead    # P6
 	$(PY) -m bench.federation       # P1, P2, P7, R1, R2 (eight real Orthanc archives; ~4 min)
 	$(PY) -m bench.gateway          # image gateway throughput and memory (one Orthanc, a 300 MB study)

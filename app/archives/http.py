@@ -7,13 +7,17 @@ an OperationOutcome, a log line or /readyz may show.
 
 from __future__ import annotations
 
+import base64
+import os
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
+from requests.utils import DEFAULT_CA_BUNDLE_PATH, default_user_agent, get_netrc_auth
 
 from app.archives.protocol import ArchiveError
 from app.settings import config_secret
@@ -38,6 +42,101 @@ def new_session(tls: Mapping[str, Any] | None = None) -> requests.Session:
     if tls.get("client_cert"):
         session.cert = (tls["client_cert"], tls["client_key"]) if tls.get("client_key") else tls["client_cert"]
     return session
+
+
+class UpstreamPool:
+    """urllib3's connection pool used directly, for the hot QIDO-RS path: what a requests Session decides
+    on every request (environment proxies and CA bundle, .netrc credentials, the TLS options, redirects
+    followed) is decided once, here, for the archive's base URL. `session` is the archive's requests
+    Session, whose settings (verify, cert) it takes."""
+
+    def __init__(self, url: str, session: requests.Session) -> None:
+        env = session.merge_environment_settings(url, {}, None, session.verify, session.cert)
+        tls: dict[str, Any] = {}
+        verify = env["verify"]
+        if verify is False:
+            tls["cert_reqs"] = "CERT_NONE"
+        else:
+            tls["cert_reqs"] = "CERT_REQUIRED"
+            bundle = verify if isinstance(verify, str) else DEFAULT_CA_BUNDLE_PATH
+            tls["ca_cert_dir" if os.path.isdir(bundle) else "ca_certs"] = bundle
+        cert = env["cert"]
+        if cert:
+            tls["cert_file"], tls["key_file"] = (cert[0], cert[1]) if isinstance(cert, tuple) else (cert, None)
+        options: dict[str, Any] = {"num_pools": POOL_CONNECTIONS, "maxsize": POOL_MAXSIZE, "block": False, **tls}
+        scheme = url.split(":", 1)[0].lower()
+        proxy = (env["proxies"] or {}).get(scheme) or (env["proxies"] or {}).get("all")
+        self.manager: urllib3.PoolManager = (
+            urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
+        )
+        netrc = get_netrc_auth(url) if session.trust_env else None
+        self.netrc_header = {"Authorization": _basic(*netrc)} if netrc else {}
+        # What requests sends by default; no retries (as requests' adapter), redirects followed as requests does.
+        self.base_headers = {"User-Agent": default_user_agent(), "Accept-Encoding": "gzip, deflate"}
+        self.retries = urllib3.Retry(
+            total=None, connect=0, read=0, status=0, other=0, redirect=30, raise_on_redirect=False
+        )
+
+    def get(
+        self, url: str, timeout_s: float, headers: Mapping[str, str], basic: tuple[str, str] | None
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """Status, headers and the body read in full (decoded); urllib3's exceptions (unwrapped from
+        MaxRetryError) when there is no answer, BrokenBody when the body breaks off (as requests:
+        a ConnectionError before the answer, another failure during the body)."""
+        sent = {**self.base_headers, **headers}
+        if basic is not None:
+            sent["Authorization"] = _basic(*basic)
+        elif self.netrc_header and "Authorization" not in sent:
+            sent.update(self.netrc_header)
+        try:
+            response = self.manager.request(
+                "GET",
+                url,
+                headers=sent,
+                timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
+                retries=self.retries,
+                preload_content=False,
+            )
+        except urllib3.exceptions.MaxRetryError as exc:
+            raise (exc.reason or exc) from None
+        try:
+            return response.status, response.headers, response.read()
+        except urllib3.exceptions.TimeoutError:
+            raise
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise BrokenBody(str(exc)) from None
+        finally:
+            response.release_conn()
+
+    def close(self) -> None:
+        self.manager.clear()
+
+
+def _basic(username: str, password: str) -> str:
+    """The Basic credentials as requests writes them (latin-1, base64)."""
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode("latin-1")).decode("ascii")
+
+
+class BrokenBody(Exception):
+    """The answer's body broke off (reset, truncated, undecodable)."""
+
+
+def pool_failure_reason(exc: Exception, timeout_s: float) -> str:
+    """failure_reason for urllib3's exceptions (UpstreamPool): the same few words."""
+    errors = urllib3.exceptions
+    if isinstance(exc, BrokenBody):
+        return "request failed"
+    if isinstance(exc, errors.SSLError):
+        return "TLS failure"
+    if isinstance(exc, errors.NewConnectionError):  # a ConnectTimeoutError subclass in urllib3 2
+        return "connection refused or reset"
+    if isinstance(exc, errors.ConnectTimeoutError):
+        return f"connection timed out after {timeout_s:g} s"
+    if isinstance(exc, errors.TimeoutError):
+        return f"no answer within {timeout_s:g} s"
+    if isinstance(exc, (errors.ProtocolError, ConnectionError)):
+        return "connection refused or reset"
+    return "request failed"
 
 
 def failure_reason(exc: requests.RequestException, timeout_s: float) -> str:

@@ -1,4 +1,4 @@
-"""The DICOMweb adapter: QIDO-RS over one pooled requests Session per archive.
+"""The DICOMweb adapter: QIDO-RS over one urllib3 pool per archive (app.archives.http.UpstreamPool).
 
 Every answer an archive may give is turned into data, an `incomplete` note, or an ArchiveError
 with a short, patient-free reason: 200 (also with an empty body), 204, 206, 4xx/5xx, 429 with
@@ -14,14 +14,24 @@ escaped are. `probe_dicomweb` is the archive's readiness probe (app.archives.reg
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
 import orjson
 import requests
+import urllib3
 
 from app.archives import attributes, budget
-from app.archives.http import UpstreamAuth, failure_reason, new_session, retry_after_seconds
+from app.archives.http import (
+    BrokenBody,
+    UpstreamAuth,
+    UpstreamPool,
+    failure_reason,
+    new_session,
+    pool_failure_reason,
+    retry_after_seconds,
+)
 from app.archives.protocol import Archive, ArchiveError, ArchiveRejected, ArchiveRetryLater, Capabilities, Found, Probe
 from app.core import dicom_json as dj
 from app.core.dicom_json import Dataset
@@ -55,6 +65,7 @@ class DicomWebArchive:
         self.page_size = page_size
         self.max_pages = max_pages
         self.session = new_session(tls)
+        self.pool = UpstreamPool(self.url, self.session)  # the QIDO-RS requests: urllib3 directly (hot path)
         self.auth = UpstreamAuth(auth or {}, self.session, name, timeout_s)
         self.requests_made = 0  # upstream requests, for P7 and the metrics
 
@@ -97,21 +108,20 @@ class DicomWebArchive:
             raise ArchiveError(self.name, f"no answer within {self.timeout_s:g} s")
         self.requests_made += 1
         try:
-            response = self.session.get(
+            status, headers, content = self.pool.get(
                 f"{self.url}/{path}?{query}",
-                timeout=left,
-                headers={"Accept": "application/dicom+json", **self.auth.headers(), **upstream_headers()},
-                auth=self.auth.basic(),
+                left,
+                {"Accept": "application/dicom+json", **self.auth.headers(), **upstream_headers()},
+                self.auth.basic(),
             )
-        except requests.RequestException as exc:
-            raise ArchiveError(self.name, failure_reason(exc, self.timeout_s)) from None
-        return self._read(response)
+        except (urllib3.exceptions.HTTPError, OSError, BrokenBody) as exc:
+            raise ArchiveError(self.name, pool_failure_reason(exc, self.timeout_s)) from None
+        return self._read(status, headers, content)
 
-    def _read(self, response: requests.Response) -> tuple[list[Dataset], str | None]:
-        status = response.status_code
+    def _read(self, status: int, headers: Mapping[str, str], content: bytes) -> tuple[list[Dataset], str | None]:
         if status == 204:
             return [], None
-        wait = retry_after_seconds(response.headers.get("Retry-After")) if status in (429, 503) else None
+        wait = retry_after_seconds(headers.get("Retry-After")) if status in (429, 503) else None
         if wait is not None:
             raise ArchiveRetryLater(self.name, f"HTTP {status}, retry after {wait:g} s", wait)
         if status == 413:
@@ -121,11 +131,11 @@ class DicomWebArchive:
         if status not in (200, 206):
             kind = ArchiveRejected if 400 <= status < 500 else ArchiveError  # 5xx: the archive is failing
             raise kind(self.name, f"HTTP {status}")
-        content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if response.content and content_type not in _JSON_TYPES:
+        content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content and content_type not in _JSON_TYPES:
             raise ArchiveRejected(self.name, f"wrong content type {content_type or 'none'!r}")
         try:
-            body = orjson.loads(response.content) if response.content.strip() else []
+            body = orjson.loads(content) if content.strip() else []
         except orjson.JSONDecodeError:
             raise ArchiveRejected(self.name, "malformed JSON") from None
         if not isinstance(body, list) or not all(isinstance(d, dict) for d in body):
@@ -133,7 +143,7 @@ class DicomWebArchive:
         note = None
         if status == 206:
             note = "the archive returned partial content (206)"
-        warning = response.headers.get("Warning", "")
+        warning = headers.get("Warning", "")
         if warning.startswith("299"):
             note = "the archive reported that it returned only part of the results (Warning 299)"
         return body, note
@@ -196,6 +206,7 @@ class DicomWebArchive:
         return self._search("instances", keys, attributes.INSTANCE)
 
     def close(self) -> None:
+        self.pool.close()
         self.session.close()
 
 

@@ -7,7 +7,8 @@ functions) so that mapping a study is a loop over prepared rows that builds plai
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
@@ -19,6 +20,7 @@ from app.core.mapping.transforms import PREPARE, TRANSFORMS, Transform
 # (element key, append?, transform, tags, args, probe): `probe` is a tag whose absence means the
 # row has nothing to map, checked before the transform is called (most archives send few tags).
 Row = tuple[str, bool, Transform, tuple[str, ...], dict[str, Any], str | None]
+Fields = Callable[[dj.Dataset, MappingContext, dict[str, Any]], dict[str, Any]]
 # Transforms whose first tag alone decides whether there is anything to map.
 _FIRST_TAG_DECIDES = frozenset({"accession_identifier", "study_uid_identifier", "study_id_identifier"})
 
@@ -90,6 +92,23 @@ class StudyMapper:
     series_rows: tuple[Row, ...]
     instance_rows: tuple[Row, ...]
     terminology: Terminology
+    # `(ds, ctx, out) -> out` for each level: the rows compiled into functions (app.core.mapping.compile),
+    # or, when None, the rows interpreted by _apply. Both give the same output and the same issues.
+    study_fields: Fields | None = field(default=None, compare=False)
+    series_fields: Fields | None = field(default=None, compare=False)
+    instance_fields: Fields | None = field(default=None, compare=False)
+    _study_fields: Fields = field(init=False, repr=False, compare=False)
+    _series_fields: Fields = field(init=False, repr=False, compare=False)
+    _instance_fields: Fields = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_study_fields", self.study_fields or partial(_apply, self.study_rows))
+        object.__setattr__(self, "_series_fields", self.series_fields or partial(_apply, self.series_rows))
+        object.__setattr__(self, "_instance_fields", self.instance_fields or partial(_apply, self.instance_rows))
+
+    @property
+    def compiled(self) -> bool:
+        return self.study_fields is not None
 
     def map_study(
         self,
@@ -107,7 +126,7 @@ class StudyMapper:
             ctx.report("ImagingStudy.identifier", "StudyInstanceUID is missing or not a valid UID; study left out")
             return None
         ctx.study_offset = dj.first_text(study, dj.TIMEZONE_OFFSET_FROM_UTC)
-        out = _apply(self.study_rows, study, ctx, {"resourceType": "ImagingStudy", "id": study_uid})
+        out = self._study_fields(study, ctx, {"resourceType": "ImagingStudy", "id": study_uid})
         ordered = sorted(series, key=_series_order) if len(series) > 1 else series
         mapped = [s for s in (self._series(s, instances, ctx) for s in ordered) if s]
         if mapped:
@@ -119,7 +138,7 @@ class StudyMapper:
     def _series(
         self, series: dj.Dataset, instances: Mapping[str, Sequence[dj.Dataset]] | None, ctx: MappingContext
     ) -> dict[str, Any] | None:
-        out = _apply(self.series_rows, series, ctx, {})
+        out = self._series_fields(series, ctx, {})
         if "uid" not in out or "modality" not in out:
             ctx.report("ImagingStudy.series", "a series without a valid SeriesInstanceUID or Modality was left out")
             return None
@@ -132,7 +151,7 @@ class StudyMapper:
         return out
 
     def _instance(self, instance: dj.Dataset, ctx: MappingContext) -> dict[str, Any] | None:
-        out = _apply(self.instance_rows, instance, ctx, {})
+        out = self._instance_fields(instance, ctx, {})
         if "uid" not in out or "sopClass" not in out:
             ctx.report(
                 "ImagingStudy.series.instance", "an instance without a valid SOPInstanceUID or SOPClassUID was left out"

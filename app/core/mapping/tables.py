@@ -10,6 +10,7 @@ import jsonschema
 import yaml
 from pydicom.datadict import tag_for_keyword
 
+from app.core.mapping.compile import compile_fields
 from app.core.mapping.context import Terminology
 from app.core.mapping.engine import StudyMapper, compile_rows
 
@@ -53,13 +54,15 @@ def _keywords(table: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def load_mapper(root: Path = MAPPINGS_DIR) -> StudyMapper:
-    """Validate mappings/imagingstudy.yaml against its schema and compile it with the terminology."""
+def load_mapper(root: Path = MAPPINGS_DIR, *, compiled: bool = True) -> StudyMapper:
+    """Validate mappings/imagingstudy.yaml against its schema and compile it with the terminology.
+
+    `compiled`: the rows turned into generated Python functions (app.core.mapping.compile), as the
+    facade runs them; False: the rows interpreted one by one (the reference the compiled mapper is
+    tested against)."""
     table = yaml.safe_load((root / "imagingstudy.yaml").read_text(encoding="utf-8"))
     jsonschema.validate(table, _json(root / "mapping.schema.json"))
-    return StudyMapper(
-        study_rows=compile_rows(table["study"]),
-        series_rows=compile_rows(table["series"]),
-        instance_rows=compile_rows(table["instance"]),
-        terminology=load_terminology(root, _keywords(table)),
-    )
+    study, series, instance = (compile_rows(table[s]) for s in ("study", "series", "instance"))
+    terminology = load_terminology(root, _keywords(table))
+    fields = compile_fields(study, series, instance, terminology) if compiled else (None, None, None)
+    return StudyMapper(study, series, instance, terminology, *fields)
