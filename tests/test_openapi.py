@@ -239,7 +239,8 @@ def test_the_written_document_leaves_the_search_parameters_to_the_registry() -> 
         (path, method): op[SEARCH_EXTENSION] for path, method, op in operations(written) if SEARCH_EXTENSION in op
     }
     assert marked == {(path, method): kind for path, method, kind in _search_operations(written)}
-    assert len(marked) == len(SEARCHES) + 2  # a GET search per type, and POST _search for ImagingStudy and Patient
+    # a GET search per type, and POST _search for ImagingStudy, Patient and DocumentReference
+    assert len(marked) == len(SEARCHES) + 3
     searched = {n for search in SEARCHES.values() for n in search.known} | set(COMMON)
     for path, method in marked:
         op = written["paths"][path][method]
@@ -274,13 +275,17 @@ def test_the_search_operations_are_generated_from_the_registry(served: dict[str,
 
 
 def test_the_views_read_every_registry_parameter(app, served: dict[str, Any]) -> None:
-    """Each query name of the registry, with its example, on its own (with a patient for ImagingStudy and
-    Patient, which need one) and `Prefer: handling=strict`: 200, and the self link keeps it (the view
+    """Each query name of the registry, with its example, on its own (with a patient for ImagingStudy,
+    DocumentReference and Patient, which need one) and `Prefer: handling=strict`: 200, and the self link keeps it (the view
     recognised it); an unknown name is 400."""
     client = app.test_client()
     token = {"Authorization": f"Bearer {system_token(app, 'system/*.rs')}", "Prefer": "handling=strict"}
     for kind, search in SEARCHES.items():
-        bounded = {"ImagingStudy": [("patient", "9992975962")], "Patient": [("_id", "9992975962")]}.get(kind, [])
+        bounded = {
+            "ImagingStudy": [("patient", "9992975962")],
+            "Patient": [("_id", "9992975962")],
+            "DocumentReference": [("patient", "9992975962")],
+        }.get(kind, [])
         for query in search.query_names():
             if query.example is None:
                 continue  # _cursor: only from a link

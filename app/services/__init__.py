@@ -8,6 +8,7 @@ from app.archives.images import ImageSource
 from app.federation.search import Federation
 from app.services.build import build_parts
 from app.services.directory import Directory
+from app.services.documents import DocumentService
 from app.services.imaging import ImagingService
 from app.services.owners import StudyOwners
 from app.services.patients import PatientService
@@ -20,6 +21,7 @@ class Services:
 
     settings: Settings
     imaging: ImagingService
+    documents: DocumentService
     patients: PatientService
     directory: Directory
     owners: StudyOwners
@@ -33,9 +35,11 @@ class Services:
 def build_services(settings: Settings) -> Services:
     """Settings -> archives, federation and the services over them (the one place this happens)."""
     parts = build_parts(settings)
+    imaging = ImagingService(parts)
     return Services(
         settings=settings,
-        imaging=ImagingService(parts),
+        imaging=imaging,
+        documents=DocumentService(imaging, parts.endpoints),
         patients=PatientService(settings, parts.federation),
         directory=Directory(parts.endpoints, parts.organizations),
         owners=StudyOwners(parts.federation, settings.gateway_owner_cache_s),

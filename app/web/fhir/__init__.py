@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
-from app.web.fhir import audit_event, endpoint, imaging_study, metadata, organization, patient, practitioner
+from app.web.fhir import (
+    audit_event,
+    document_reference,
+    endpoint,
+    imaging_study,
+    metadata,
+    organization,
+    patient,
+    practitioner,
+)
 from app.web.fhir.api import bp
 
-__all__ = ["audit_event", "bp", "endpoint", "imaging_study", "metadata", "organization", "patient", "practitioner"]
+__all__ = [
+    "audit_event",
+    "bp",
+    "document_reference",
+    "endpoint",
+    "imaging_study",
+    "metadata",
+    "organization",
+    "patient",
+    "practitioner",
+]

@@ -106,6 +106,11 @@ def capability_statement(base_url: str, software_version: str, smart: dict[str, 
                 "resource": [
                     resource("ImagingStudy"),
                     resource(
+                        "DocumentReference",
+                        documentation="IHE MHD DocumentEntry (ITI-67 Find Document References): one per study and "
+                        "holding trust, derived from the same archive answers as ImagingStudy.",
+                    ),
+                    resource(
                         "Patient",
                         operation=[
                             {
