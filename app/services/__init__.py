@@ -12,6 +12,7 @@ from app.services.documents import DocumentService
 from app.services.imaging import ImagingService
 from app.services.owners import StudyOwners
 from app.services.patients import PatientService
+from app.services.reports import ReportService
 from app.settings import Settings
 
 
@@ -22,6 +23,7 @@ class Services:
     settings: Settings
     imaging: ImagingService
     documents: DocumentService
+    reports: ReportService
     patients: PatientService
     directory: Directory
     owners: StudyOwners
@@ -40,6 +42,7 @@ def build_services(settings: Settings) -> Services:
         settings=settings,
         imaging=imaging,
         documents=DocumentService(imaging, parts.endpoints),
+        reports=ReportService(imaging, parts.image_sources),
         patients=PatientService(settings, parts.federation),
         directory=Directory(parts.endpoints, parts.organizations),
         owners=StudyOwners(parts.federation, settings.gateway_owner_cache_s),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from app.web.fhir import (
     audit_event,
+    diagnostic_report,
     document_reference,
     endpoint,
     imaging_study,
@@ -17,6 +18,7 @@ from app.web.fhir.api import bp
 __all__ = [
     "audit_event",
     "bp",
+    "diagnostic_report",
     "document_reference",
     "endpoint",
     "imaging_study",
