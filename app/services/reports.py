@@ -2,7 +2,8 @@
 objects (SR, encapsulated PDF) the trust archives hold, under the request's compartment.
 
 Cost: a report needs its object's metadata. It is read through the trust's WADO-RS image source, one request
-per report series (never more than one per report object), only when reports are asked for; one search reads
+per report series, plus one per report object whose series answer was abbreviated (an archive that serves only
+main tags at series level), only when reports are asked for; one search reads
 at most `federation.max_report_reads` series (the reports beyond are left out with an `incomplete` outcome),
 and a series' metadata is kept `federation.report_cache_s` seconds (cachetools TTLCache).
 
@@ -45,6 +46,8 @@ NOT_HELD = "the DiagnosticReport was not found in any trust archive"
 REPORT_MODALITIES = frozenset({"SR", "DOC"})
 MAX_METADATA_BYTES = 16 << 20
 MAX_DOCUMENT_BYTES = 64 << 20
+SOP_CLASS = dj.tag("SOPClassUID")
+CONTENT = dj.tag("ContentSequence")
 
 
 @dataclass(frozen=True)
@@ -100,17 +103,11 @@ class ReportService:
         return f"{self.public_root}/dicomweb/reports/{report_id}/document.pdf"
 
     # -- metadata ------------------------------------------------------------------------------
-    def _series_metadata(self, trust_id: str, study: str, series: str) -> list[dj.Dataset]:
-        key = (trust_id, study, series)
-        if self._cache is not None:
-            with self._lock:
-                cached = self._cache.get(key)
-            if cached is not None:
-                return cached
+    def _metadata(self, trust_id: str, target: WadoTarget) -> list[dj.Dataset]:
         source = self.sources.get(trust_id)
         if source is None:
             raise RetrievalError(trust_id, 502, "the trust offers no WADO-RS retrieval")
-        retrieval = source.retrieve(WadoTarget(study, series, resource="metadata"), "application/dicom+json", None, [])
+        retrieval = source.retrieve(target, "application/dicom+json", None, [])
         try:
             body = _read_all(retrieval.chunks, MAX_METADATA_BYTES)
         finally:
@@ -118,7 +115,25 @@ class ReportService:
         if retrieval.status != 200 or body is None:
             raise RetrievalError(trust_id, 502, "the report metadata could not be read")
         found = orjson.loads(body)
-        datasets = [d for d in found if isinstance(d, dict)] if isinstance(found, list) else []
+        return [d for d in found if isinstance(d, dict)] if isinstance(found, list) else []
+
+    def _series_metadata(self, trust_id: str, study: str, series: str) -> list[dj.Dataset]:
+        """The full metadata of a report series' objects: the series' metadata (one request), and, for an object
+        that answer abbreviates (an archive serving only main tags at series level, as Orthanc's
+        `SeriesMetadata: MainDicomTags`), that object's own metadata (one request each). Cached briefly."""
+        key = (trust_id, study, series)
+        if self._cache is not None:
+            with self._lock:
+                cached = self._cache.get(key)
+            if cached is not None:
+                return cached
+        datasets = []
+        for dataset in self._metadata(trust_id, WadoTarget(study, series, resource="metadata")):
+            sop = dj.first_text(dataset, dj.SOP_INSTANCE_UID)
+            if _abbreviated(dataset) and sop and dj.is_uid(sop):
+                full = self._metadata(trust_id, WadoTarget(study, series, sop, resource="metadata"))
+                dataset = next((d for d in full if dj.first_text(d, dj.SOP_INSTANCE_UID) == sop), dataset)
+            datasets.append(dataset)
         if self._cache is not None:
             with self._lock:
                 self._cache[key] = datasets
@@ -161,7 +176,7 @@ class ReportService:
                     continue
                 rule = trust.settings.nhs_number
                 for instance in datasets:
-                    if not t.is_report(dj.first_text(instance, dj.tag("SOPClassUID"))):
+                    if not t.is_report(dj.first_text(instance, SOP_CLASS)):
                         continue
                     owner = nhs_number_of(
                         instance, rule.match, rule.issuer, trust.settings.id, self.imaging.federation.xref.reverse
@@ -284,6 +299,12 @@ class ReportService:
         if not document.startswith(b"%PDF"):
             raise RetrievalError(trust.settings.name, 502, "the report object holds no PDF document")
         return document, report
+
+
+def _abbreviated(dataset: dj.Dataset) -> bool:
+    """Whether an object's metadata lacks what a report is read from (its class, or an SR's content)."""
+    sop_class = dj.first_text(dataset, SOP_CLASS)
+    return sop_class is None or (sop_class in tables().sr_classes and CONTENT not in dataset)
 
 
 def _first_part(body: bytes, content_type: str) -> bytes:
