@@ -38,11 +38,12 @@ def build_services(settings: Settings) -> Services:
     """Settings -> archives, federation and the services over them (the one place this happens)."""
     parts = build_parts(settings)
     imaging = ImagingService(parts)
+    reports = ReportService(imaging, parts.image_sources)
     return Services(
         settings=settings,
         imaging=imaging,
-        documents=DocumentService(imaging, parts.endpoints),
-        reports=ReportService(imaging, parts.image_sources),
+        documents=DocumentService(imaging, parts.endpoints, reports),
+        reports=reports,
         patients=PatientService(settings, parts.federation),
         directory=Directory(parts.endpoints, parts.organizations),
         owners=StudyOwners(parts.federation, settings.gateway_owner_cache_s),

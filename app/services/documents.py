@@ -15,6 +15,7 @@ from app.core.mapping.document_reference import (
     document_id,
     fill_viewer,
     parse_document_id,
+    report_document,
     study_document,
 )
 from app.core.mapping.patient import subject_number
@@ -25,6 +26,7 @@ from app.federation.search import FederatedResult, Holding
 
 if TYPE_CHECKING:
     from app.services.imaging import ImagingService
+    from app.services.reports import Located, ReportService
 
 Resource = dict[str, Any]
 NOT_HELD = "the DocumentReference was not found in any trust archive"
@@ -48,8 +50,9 @@ class DocumentResult:
 class DocumentService:
     """DocumentReference search and read, answered by the federated study search."""
 
-    def __init__(self, imaging: ImagingService, endpoints: list[Resource]) -> None:
+    def __init__(self, imaging: ImagingService, endpoints: list[Resource], reports: ReportService) -> None:
         self.imaging = imaging
+        self.reports = reports
         settings = imaging.settings
         addresses = {e["id"]: e["address"] for e in endpoints}
         self.links = {
@@ -81,13 +84,31 @@ class DocumentService:
             )
         result = self.imaging.federation.search(study)
         result.studies = compartment.keep(result.studies, subject_number)
-        documents = [
-            d
-            for s in result.studies
-            for d in self._documents(result.holdings.get(s["id"], ()))
-            if compartment.admits(subject_number(d)) and _matches(d, search)
-        ]
-        return DocumentResult(documents, result.issues, result)
+        issues = list(result.issues)
+        found: list[Resource] = []
+        for s in result.studies:
+            holdings = result.holdings.get(s["id"], ())
+            found += self._documents(holdings)
+            # the study's report objects: their metadata read as a DiagnosticReport search reads it (capped, cached)
+            found += [self._report_document(x, holdings) for x in self.reports.located(holdings, issues)]
+        if search.ids is not None:  # an _id naming a report object: read where it is
+            for ods, uid in sorted(search.ids):
+                wanted = document_id(ods, uid)
+                if not any(d["id"] == wanted for d in found):
+                    found += self._read_report_document(wanted, compartment)
+        documents = [d for d in found if compartment.admits(subject_number(d)) and _matches(d, search)]
+        return DocumentResult(documents, issues, result)
+
+    def _report_document(self, located: Located, holdings: Iterable[Holding]) -> Resource:
+        holding = next(h for h in holdings if h.trust.id == located.trust_id)
+        return report_document(located.report, holding.trust, holding.study)
+
+    def _read_report_document(self, wanted: str, compartment: Compartment) -> list[Resource]:
+        try:
+            located, holding = self.reports.locate_with_holding(wanted, compartment)
+        except NotFound:
+            return []
+        return [report_document(located.report, holding.trust, holding.study)]
 
     def read(self, document_id: str, compartment: Compartment) -> Resource:
         parsed = parse_document_id(document_id)
@@ -107,6 +128,8 @@ class DocumentService:
             for d in self._documents(result.holdings.get(s["id"], ()))
             if d["id"] == document_id and compartment.admits(subject_number(d))
         ]
+        if not found:
+            found = self._read_report_document(document_id, compartment)
         if not found:
             unavailable = [i for i in result.issues if i["code"] == "incomplete"]
             detail = f" ({len(unavailable)} archive(s) did not answer)" if unavailable else ""

@@ -230,9 +230,20 @@ class ReportService:
         return result
 
     def read(self, report_id: str, compartment: Compartment) -> Resource:
-        return self._locate(report_id, compartment).report
+        return self._locate(report_id, compartment)[0].report
 
-    def _locate(self, report_id: str, compartment: Compartment) -> Located:
+    def located(self, holdings: Iterable[Holding], issues: list[dict[str, Any]]) -> list[Located]:
+        """The reports of these study copies (for DocumentReference), under this service's cap; issues appended."""
+        result = ReportResult()
+        found = self._reports(holdings, [self.max_reads], result)
+        issues += result.issues
+        return found
+
+    def locate_with_holding(self, report_id: str, compartment: Compartment) -> tuple[Located, Holding]:
+        """A report by id, with the study copy it was found in (404 as for a read)."""
+        return self._locate(report_id, compartment)
+
+    def _locate(self, report_id: str, compartment: Compartment) -> tuple[Located, Holding]:
         parsed = parse_document_id(report_id)
         if parsed is None or parsed[0] not in self.trusts:
             raise NotFound(f"no such DiagnosticReport: {NOT_HELD}")
@@ -255,7 +266,8 @@ class ReportService:
             unreadable = [i for i in result.issues if report_id.split("-", 1)[1] in i["diagnostics"]]
             detail = f" ({unreadable[0]['diagnostics']})" if unreadable else ""
             raise NotFound(f"{NOT_HELD}{detail}")
-        return reports[0]
+        holding = next(h for h in holdings if h.trust.id == reports[0].trust_id and h.study["id"] == reports[0].study)
+        return reports[0], holding
 
     def includes(
         self, wanted: tuple[str, ...], page: list[Resource], readable: dict[str, Compartment]
@@ -272,7 +284,7 @@ class ReportService:
 
     def document(self, report_id: str, compartment: Compartment) -> tuple[bytes, Resource]:
         """The encapsulated PDF of a report (its DiagnosticReport is read first: same compartment, same checks)."""
-        located = self._locate(report_id, compartment)
+        located = self._locate(report_id, compartment)[0]
         report = located.report
         if not any(f.get("contentType") == "application/pdf" for f in report.get("presentedForm", ())):
             raise NotFound("this DiagnosticReport has no PDF document")

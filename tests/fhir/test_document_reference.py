@@ -6,18 +6,24 @@ also validated by the `client` fixture (R4B models and the official R4 JSON Sche
 
 from __future__ import annotations
 
+import base64
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import pydicom
 import pytest
 from smart_tokens import patient_token, system_token
 
 from app.core import systems
 from app.core.mapping.document_reference import document_id, parse_document_id
+from tools.demo.reports import report_state, report_text
 
 NHS = systems.NHS_NUMBER
 BASE = "http://127.0.0.1:8080"
 KOS = "1.2.840.10008.5.1.4.1.1.88.59"
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
+PDF_CLASS = "1.2.840.10008.5.1.4.1.1.104.1"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -84,13 +90,63 @@ def test_search_by_nhs_number_gives_one_entry_per_study_and_holding_trust(client
     assert bundle["total"] == len(expected_ids(manifest, multi))
 
 
-def test_search_matches_the_manifest_for_every_patient(client, manifest):
+def report_objects(data: Path) -> dict[str, list[tuple[str, str, str]]]:
+    """Study UID -> (trust, SOPInstanceUID, SOP Class UID) of each SR or PDF report object on disk."""
+    found: dict[str, list[tuple[str, str, str]]] = {}
+    for file in sorted(data.glob("*/*/*/*.dcm")):
+        ds = pydicom.dcmread(file, stop_before_pixels=True)
+        if str(ds.SOPClassUID) in (SR_CLASS, PDF_CLASS):
+            found.setdefault(str(ds.StudyInstanceUID), []).append(
+                (file.parts[-4], str(ds.SOPInstanceUID), str(ds.SOPClassUID))
+            )
+    return found
+
+
+def test_search_matches_the_manifest_for_every_patient(client, manifest, demo_data):
+    """One entry per study and holding trust, and one per report object (SR or PDF) the archives hold."""
+    objects = report_objects(demo_data)
+    assert objects
     wrong = {}
     for patient in manifest["patients"]:
-        found = ids(search(client, [("patient", patient["nhs_number"]), ("_count", "200")]))
-        if found != expected_ids(manifest, patient["nhs_number"]):
-            wrong[patient["nhs_number"]] = (sorted(found), sorted(expected_ids(manifest, patient["nhs_number"])))
+        nhs = patient["nhs_number"]
+        expected = expected_ids(manifest, nhs) | {
+            f"{ods(manifest, trust)}-{sop}"
+            for s in patient["studies"]
+            for trust, sop, _ in objects.get(s["study_uid"], ())
+        }
+        found = ids(search(client, [("patient", nhs), ("_count", "200")]))
+        if found != expected:
+            wrong[nhs] = (sorted(found), sorted(expected))
     assert not wrong
+
+
+def test_report_objects_have_entries_with_their_ihe_format(client, manifest, demo_data):
+    objects = report_objects(demo_data)
+    classes = set()
+    for study_uid, held in objects.items():
+        patient = next(p for p in manifest["patients"] if any(s["study_uid"] == study_uid for s in p["studies"]))
+        for trust, sop, sop_class in held:
+            entry_id = f"{ods(manifest, trust)}-{sop}"
+            entry = client.get(f"/fhir/DocumentReference/{entry_id}").get_json()
+            assert entry["id"] == entry_id and entry["subject"]["identifier"]["value"] == patient["nhs_number"]
+            assert {"reference": f"ImagingStudy/{study_uid}"} in entry["context"]["related"]
+            content = entry["content"][0]
+            if sop_class == PDF_CLASS:
+                assert content["format"]["code"] == "urn:ihe:rad:PDF"
+                assert content["attachment"]["contentType"] == "application/pdf"
+                assert content["attachment"]["url"].endswith(f"/dicomweb/reports/{entry_id}/document.pdf")
+                assert entry["docStatus"] == "final"
+            else:
+                assert content["format"]["code"] == "urn:ihe:rad:TEXT"
+                text = base64.b64decode(content["attachment"]["data"]).decode("utf-8")
+                assert report_text(study_uid)[1] in text
+                assert entry["docStatus"] == report_state(study_uid)
+            classes.add(sop_class)
+            assert ids(search(client, [("_id", entry_id)])) == {entry_id}
+            formats = search(client, [("patient", patient["nhs_number"]), ("format", content["format"]["code"])])
+            assert entry_id in ids(formats)
+            assert all(d["content"][0]["format"] == content["format"] for d in matches(formats))
+    assert classes == {SR_CLASS, PDF_CLASS}
 
 
 def test_the_multi_trust_patient_spans_trusts_of_both_identity_styles(manifest, multi_docs):

@@ -156,3 +156,52 @@ def study_document(
     if context:
         document["context"] = context
     return document
+
+
+_DOC_STATUS = {"final": "final", "preliminary": "preliminary", "amended": "amended"}
+
+
+def report_document(report: dict[str, Any], trust: TrustMapping, study: dict[str, Any]) -> dict[str, Any]:
+    """The DocumentReference of a report object, from its DiagnosticReport (app/core/mapping/diagnostic_report.py)
+    and the study it reports on: an SR's text inline (`urn:ihe:rad:TEXT`), a PDF by the gateway's report route
+    (`urn:ihe:rad:PDF`)."""
+    sop = report["identifier"][0]["value"].removeprefix(systems.OID_PREFIX)
+    form = report["presentedForm"][0]
+    is_pdf = form["contentType"] == "application/pdf"
+    attachment = {k: form[k] for k in ("contentType", "url", "data", "title") if k in form}
+    document: dict[str, Any] = {
+        "resourceType": "DocumentReference",
+        "id": document_id(trust.ods_code, sop),
+        "masterIdentifier": {
+            "system": systems.URI,
+            "value": f"urn:uuid:{uuid.uuid5(_NAMESPACE, f'{trust.ods_code}|{sop}')}",
+        },
+        "identifier": [*report["identifier"], *accession_identifiers(study)],
+        "status": STATUS,
+    }
+    if report["status"] in _DOC_STATUS:
+        document["docStatus"] = _DOC_STATUS[report["status"]]
+    document.update(
+        {
+            "type": report["code"],
+            "category": [{"coding": [CATEGORY]}],
+            "subject": report["subject"],
+        }
+    )
+    if "issued" in report:
+        document["date"] = report["issued"]
+    if report.get("resultsInterpreter"):
+        document["author"] = report["resultsInterpreter"]
+    document["custodian"] = trust.organization_reference
+    document["description"] = form.get("title") or "Imaging report"
+    document["securityLabel"] = [{"coding": [SECURITY_LABEL]}]
+    document["content"] = [{"attachment": attachment, "format": FORMATS["pdf" if is_pdf else "text"]}]
+    context: dict[str, Any] = {}
+    if study.get("started"):
+        context["period"] = {"start": study["started"]}
+    context["related"] = [
+        *({"identifier": a} for a in accession_identifiers(study)),
+        {"reference": f"ImagingStudy/{study['id']}"},
+    ]
+    document["context"] = context
+    return document

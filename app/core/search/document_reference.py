@@ -136,8 +136,8 @@ DOCUMENT_REFERENCE: ResourceSearch[DocumentParser] = ResourceSearch(
         SearchParameter(
             name="_id",
             type="token",
-            documentation="DocumentReference ids (`<ODS code>-<StudyInstanceUID>`, one per study and holding trust), "
-            "comma-separated.",
+            documentation="DocumentReference ids (`<ODS code>-<StudyInstanceUID>`, one per study and holding trust; "
+            "`<ODS code>-<SOPInstanceUID>` for a report object), comma-separated.",
             schema={"type": "string"},
             example="RMC-2.25.7492698656716832304557205269405902835",
             parse=DocumentParser.logical_id,
@@ -233,7 +233,9 @@ DOCUMENT_REFERENCE: ResourceSearch[DocumentParser] = ResourceSearch(
         SearchParameter(
             name="format",
             type="token",
-            documentation=f"`[{_KOS['system']}|]<IHE format code>`: `{_KOS['code']}` for a study.",
+            documentation=f"`[<system>|]<format code>`: `{_KOS['code']}` ({_KOS['system']}) for a study, "
+            f"`{FORMATS['text']['code']}` for an SR report, `{FORMATS['pdf']['code']}` for a PDF report "
+            f"({FORMATS['pdf']['system']}).",
             schema={"type": "string"},
             example=_KOS["code"],
             parse=DocumentParser.format,
