@@ -336,3 +336,31 @@ def test_an_unreadable_report_is_named_never_guessed(config_document, demo_data,
 
 def manifest_identity(manifest: dict[str, Any], trust_id: str) -> str:
     return str(next(t["identity"] for t in manifest["trusts"] if t["id"] == trust_id))
+
+
+def test_reads_searches_and_documents_are_audited_with_the_patient(app, client, manifest, reports):
+    disk = next(r for r in reports if r.sop_class == PDF_CLASS)
+    nhs = owner(manifest, disk.study)["nhs_number"]
+    report_id = f"{ods(manifest, disk.trust)}-{disk.sop}"
+    audit = {"Authorization": f"Bearer {system_token(app, 'system/AuditEvent.rs')}"}
+
+    def audited() -> int:
+        return int(client.get(f"/fhir/AuditEvent?patient={nhs}&_summary=count", headers=audit).get_json()["total"])
+
+    before = audited()
+    search(client, "DiagnosticReport", [("patient", nhs)])
+    assert client.get(f"/fhir/DiagnosticReport/{report_id}").status_code == 200
+    web = app.test_client()
+    pdf = web.get(f"/dicomweb/reports/{report_id}/document.pdf", headers={"Authorization": f"Bearer {client.token}"})
+    assert pdf.status_code == 200
+    assert audited() == before + 3
+
+
+@pytest.mark.parametrize("resource_type", ["DiagnosticReport", "DocumentReference"])
+def test_a_filtered_scope_on_these_types_grants_nothing(app, client, manifest, reports, resource_type):
+    """No search parameter of these types is filterable by a v2 scope (app/core/compartment.py FILTERABLE): such a
+    scope cannot be honoured exactly, so it grants nothing (403), never an unfiltered read."""
+    nhs = owner(manifest, reports[0].study)["nhs_number"]
+    scope = f"launch/patient patient/{resource_type}.rs?category=RAD"
+    token = {"Authorization": f"Bearer {patient_token(app, nhs, scope)}"}
+    assert client.get(f"/fhir/{resource_type}?patient={nhs}", headers=token).status_code == 403
