@@ -32,7 +32,7 @@ from app.web.components import components
 from app.web.fhir.capability import capability_statement
 from app.web.fhir.openapi import FORM, SEARCH_EXTENSION, openapi_document, stored_document, written_document
 
-BLUEPRINTS = ("fhir", "smart_auth", "dicomweb")
+BLUEPRINTS = ("fhir", "smart_auth", "dicomweb", "report_documents")
 # Operations endpoints (health, readiness, metrics) are not part of the API the document describes.
 OPERATIONS = re.compile(r"/(healthz|readyz|livez|metrics)$")
 AUTOMATIC = frozenset({"HEAD", "OPTIONS"})  # answered by Flask for every GET route; not listed
@@ -179,8 +179,11 @@ def test_the_gateway_paths_are_exactly_the_wado_rs_resources_the_gateway_accepts
             continue
         templated = [names.get(segments[i - 1], s) if i % 2 and i < len(level) else s for i, s in enumerate(segments)]
         accepted.add("/dicomweb/{trust}/" + "/".join(templated))
-    documented = {path for path in served["paths"] if path.startswith("/dicomweb/")}
+    documented = {path for path in served["paths"] if path.startswith("/dicomweb/{trust}/")}
     assert documented == accepted
+    # the only other path under /dicomweb/ is the report document route (app/web/report_documents.py)
+    others = {path for path in served["paths"] if path.startswith("/dicomweb/") and path not in documented}
+    assert others == {"/dicomweb/reports/{report_id}/document.pdf"}
     assert all(set(served["paths"][path]) == {"get"} for path in documented)
 
 
@@ -239,7 +242,8 @@ def test_the_written_document_leaves_the_search_parameters_to_the_registry() -> 
         (path, method): op[SEARCH_EXTENSION] for path, method, op in operations(written) if SEARCH_EXTENSION in op
     }
     assert marked == {(path, method): kind for path, method, kind in _search_operations(written)}
-    assert len(marked) == len(SEARCHES) + 2  # a GET search per type, and POST _search for ImagingStudy and Patient
+    # a GET search per type, and POST _search for ImagingStudy, Patient, DocumentReference and DiagnosticReport
+    assert len(marked) == len(SEARCHES) + 4
     searched = {n for search in SEARCHES.values() for n in search.known} | set(COMMON)
     for path, method in marked:
         op = written["paths"][path][method]
@@ -274,13 +278,18 @@ def test_the_search_operations_are_generated_from_the_registry(served: dict[str,
 
 
 def test_the_views_read_every_registry_parameter(app, served: dict[str, Any]) -> None:
-    """Each query name of the registry, with its example, on its own (with a patient for ImagingStudy and
-    Patient, which need one) and `Prefer: handling=strict`: 200, and the self link keeps it (the view
+    """Each query name of the registry, with its example, on its own (with a patient for ImagingStudy,
+    DocumentReference and Patient, which need one) and `Prefer: handling=strict`: 200, and the self link keeps it (the view
     recognised it); an unknown name is 400."""
     client = app.test_client()
     token = {"Authorization": f"Bearer {system_token(app, 'system/*.rs')}", "Prefer": "handling=strict"}
     for kind, search in SEARCHES.items():
-        bounded = {"ImagingStudy": [("patient", "9992975962")], "Patient": [("_id", "9992975962")]}.get(kind, [])
+        bounded = {
+            "ImagingStudy": [("patient", "9992975962")],
+            "Patient": [("_id", "9992975962")],
+            "DocumentReference": [("patient", "9992975962")],
+            "DiagnosticReport": [("patient", "9992975962")],
+        }.get(kind, [])
         for query in search.query_names():
             if query.example is None:
                 continue  # _cursor: only from a link

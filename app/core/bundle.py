@@ -24,6 +24,8 @@ MANDATORY = {
     "Endpoint": ("status", "connectionType", "payloadType", "address"),
     "Organization": (),
     "AuditEvent": ("type", "recorded", "agent", "source"),
+    "DocumentReference": ("status", "content"),
+    "DiagnosticReport": ("status", "code"),
 }
 
 

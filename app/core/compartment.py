@@ -33,7 +33,7 @@ from app.core.search.study import StudySearch
 from app.core.search.values import Token
 
 # Types whose resources belong to one patient; Endpoint, Organization and Practitioner are directory data.
-COMPARTMENT_TYPES = frozenset({"ImagingStudy", "Patient", "AuditEvent"})
+COMPARTMENT_TYPES = frozenset({"ImagingStudy", "Patient", "AuditEvent", "DocumentReference", "DiagnosticReport"})
 # Types no patient's compartment holds and only system scopes reach (the trail of every client's accesses).
 SYSTEM_ONLY_TYPES = frozenset({"AuditEvent"})
 # Search parameters a v2 scope may filter on, per type (a scope filtering on anything else grants nothing).

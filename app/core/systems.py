@@ -20,11 +20,16 @@ def accession_number(ods_code: str) -> str:
 # DICOM
 DCM = "http://dicom.nema.org/resources/ontology/DCM"  # DICOM controlled terminology (PS3.16)
 DICOM_UID = "urn:dicom:uid"  # ImagingStudy.identifier of the StudyInstanceUID
+DCM_UID = "http://dicom.nema.org/resources/ontology/DCMUID"  # DICOM UIDs as codes (PS3.6 Annex A; XDS-I format codes)
 URI = "urn:ietf:rfc:3986"  # identifiers and codes that are URIs (urn:oid:...)
 OID_PREFIX = "urn:oid:"
 
 # Terminologies
 SNOMED = "http://snomed.info/sct"
+LOINC = "http://loinc.org"
+IHE_FORMAT_CODE = "http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode"  # IHE document format codes
+CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+DIAGNOSTIC_SERVICE_SECTION = "http://terminology.hl7.org/CodeSystem/v2-0074"
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"  # identifier types (ACSN)
 PARTICIPATION_TYPE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 OBSERVATION_VALUE = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"  # SUBSETTED

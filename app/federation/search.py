@@ -34,7 +34,7 @@ from app.core.dicom_json import Dataset
 from app.core.errors import TooCostly
 from app.core.mapping.context import TrustMapping
 from app.core.mapping.engine import StudyMapper
-from app.core.mapping.patient import nhs_number_of, patient_resource, subject_reference
+from app.core.mapping.patient import local_patient_key, nhs_number_of, patient_resource, subject_reference
 from app.core.query import NameQuery, PatientKey, StudyQuery
 from app.core.search.dates import DateRange, DateValueError, dicom_bounds, parse_range
 from app.core.search.study import StudySearch
@@ -44,11 +44,21 @@ from app.federation.xref import CrossReference
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Holding:
+    """One trust's copy of a study, as its archive answered it (before the merge)."""
+
+    trust: TrustMapping
+    study: dict[str, Any]  # the ImagingStudy mapped from this trust's answer alone
+    local_patient: tuple[str, str] | None  # (PatientID, IssuerOfPatientID) of the trust's record
+
+
 @dataclass
 class FederatedResult:
     """Mapped, merged, filtered and sorted studies, with the raw patient data behind them."""
 
     studies: list[dict[str, Any]] = field(default_factory=list)
+    holdings: dict[str, list[Holding]] = field(default_factory=dict)  # study UID -> each trust's copy, in trust order
     patient_records: dict[str, list[tuple[str, Dataset]]] = field(default_factory=lambda: defaultdict(list))
     issues: list[dict[str, Any]] = field(default_factory=list)
     conflicts: set[str] = field(default_factory=set)
@@ -119,7 +129,7 @@ class Federation:
     def search(self, search: StudySearch, with_instances: bool = False) -> FederatedResult:
         result = FederatedResult()
         needs_instances = with_instances or bool(search.dicom_classes) or bool(search.instance_uids)
-        copies: dict[str, list[tuple[str | None, dict[str, Any], TrustArchive]]] = defaultdict(list)
+        copies: dict[str, list[tuple[str | None, dict[str, Any], TrustArchive, Dataset]]] = defaultdict(list)
         fan_out(
             self.trusts,
             self.plan(search),
@@ -131,8 +141,16 @@ class Federation:
         order = {t.settings.id: i for i, t in enumerate(self.trusts)}
         for found in copies.values():  # answers arrive in any order; the merge must not depend on it
             found.sort(key=lambda copy: order[copy[2].settings.id])
-        merged = [m for m in (self._resolve(uid, found, result) for uid, found in sorted(copies.items())) if m]
+        merged = [
+            m
+            for m in (self._resolve(uid, [c[:3] for c in found], result) for uid, found in sorted(copies.items()))
+            if m
+        ]
         kept = [s for s in merged if _matches(s, search, self.zone)]
+        result.holdings = {
+            s["id"]: [Holding(t.mapping, copy, local_patient_key(raw)) for _, copy, t, raw in copies[s["id"]]]
+            for s in kept
+        }
         result.studies = sorted(kept, key=lambda s: _sort_key(s, self.zone, search.paging.sort_descending))
         result.issues.extend(demographic_conflicts(result.patient_records, self.trusts))
         result.issues.sort(key=lambda i: (i["code"], i.get("diagnostics", "")))  # arrival order must not show
@@ -142,7 +160,7 @@ class Federation:
         self,
         answer: TrustAnswer,
         search: StudySearch,
-        copies: dict[str, list[tuple[str | None, dict[str, Any], TrustArchive]]],
+        copies: dict[str, list[tuple[str | None, dict[str, Any], TrustArchive, Dataset]]],
         result: FederatedResult,
     ) -> None:
         trust = answer.trust
@@ -177,7 +195,7 @@ class Federation:
                 continue
             if nhs:
                 result.patient_records[nhs].append((trust.settings.id, study))
-            copies[uid].append((nhs, mapped, trust))
+            copies[uid].append((nhs, mapped, trust, study))
 
     def _resolve(
         self, uid: str, found: list[tuple[str | None, dict[str, Any], TrustArchive]], result: FederatedResult

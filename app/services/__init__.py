@@ -8,9 +8,11 @@ from app.archives.images import ImageSource
 from app.federation.search import Federation
 from app.services.build import build_parts
 from app.services.directory import Directory
+from app.services.documents import DocumentService
 from app.services.imaging import ImagingService
 from app.services.owners import StudyOwners
 from app.services.patients import PatientService
+from app.services.reports import ReportService
 from app.settings import Settings
 
 
@@ -20,6 +22,8 @@ class Services:
 
     settings: Settings
     imaging: ImagingService
+    documents: DocumentService
+    reports: ReportService
     patients: PatientService
     directory: Directory
     owners: StudyOwners
@@ -33,9 +37,13 @@ class Services:
 def build_services(settings: Settings) -> Services:
     """Settings -> archives, federation and the services over them (the one place this happens)."""
     parts = build_parts(settings)
+    imaging = ImagingService(parts)
+    reports = ReportService(imaging, parts.image_sources)
     return Services(
         settings=settings,
-        imaging=ImagingService(parts),
+        imaging=imaging,
+        documents=DocumentService(imaging, parts.endpoints, reports),
+        reports=reports,
         patients=PatientService(settings, parts.federation),
         directory=Directory(parts.endpoints, parts.organizations),
         owners=StudyOwners(parts.federation, settings.gateway_owner_cache_s),

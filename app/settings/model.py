@@ -199,6 +199,8 @@ class Settings:
     breaker_threshold: int
     breaker_cooldown_s: float
     cache_ttl_s: float
+    max_report_reads: int  # federation.max_report_reads: report metadata reads per DiagnosticReport search
+    report_cache_s: float  # federation.report_cache_s
     gateway_owner_cache_s: float
     gateway_chunk_bytes: int
     gateway_thumbnail_px: int

@@ -11,6 +11,7 @@ from app.web.errors import register_error_handlers
 from app.web.fhir import bp as fhir_bp
 from app.web.gateway import bp as gateway_bp
 from app.web.headers import register_security_headers
+from app.web.report_documents import bp as report_documents_bp
 
 
 def init_web(app: Flask, components: Components) -> None:
@@ -18,6 +19,7 @@ def init_web(app: Flask, components: Components) -> None:
     components.install(app)
     app.register_blueprint(fhir_bp, url_prefix=components.settings.base_path or None)
     app.register_blueprint(apps_bp)  # the sample SMART apps, under /apps/
+    app.register_blueprint(report_documents_bp)  # report PDFs, under /dicomweb/reports/ (before the gateway's rule)
     app.register_blueprint(gateway_bp)  # the image gateway, under /dicomweb/
     register_error_handlers(app, auth_server_mounted=components.auth_server is not None)
     register_security_headers(app, components.settings)  # every response, /auth and errors included

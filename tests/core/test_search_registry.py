@@ -47,7 +47,15 @@ def study(pairs: list[tuple[str, str]]) -> ParsedQuery:
 
 
 def test_every_searchable_type_is_registered_under_its_name() -> None:
-    assert set(SEARCHES) == {"ImagingStudy", "Patient", "Endpoint", "Organization", "AuditEvent"}
+    assert set(SEARCHES) == {
+        "ImagingStudy",
+        "Patient",
+        "Endpoint",
+        "Organization",
+        "AuditEvent",
+        "DocumentReference",
+        "DiagnosticReport",
+    }
     assert all(search.type == name for name, search in SEARCHES.items())
     assert SEARCHES["ImagingStudy"] is IMAGING_STUDY and SEARCHES["AuditEvent"] is AUDIT_EVENT
 
@@ -114,6 +122,8 @@ def test_the_result_parameters_each_type_offers() -> None:
         "Endpoint": ["_count", "_summary", "_elements", "_cursor"],
         "Organization": ["_count", "_summary", "_elements", "_cursor"],
         "AuditEvent": ["_count", "_summary", "_elements", "_cursor"],
+        "DocumentReference": ["_count", "_summary", "_elements", "_sort", "_cursor"],
+        "DiagnosticReport": ["_count", "_summary", "_elements", "_sort", "_include", "_cursor"],
     }
     assert all(r.name in COMMON for s in SEARCHES.values() for r in s.result_parameters())
     sort = next(r for r in IMAGING_STUDY.result_parameters() if r.name == "_sort")

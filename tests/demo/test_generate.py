@@ -31,6 +31,7 @@ if str(ROOT) not in sys.path:  # `import app` wherever pytest is started from
 from app.core.identity import is_nhs_number  # noqa: E402
 from tools.demo import generate as generator  # noqa: E402
 from tools.demo.generate import TRUSTS, ensure_demo_data, generate  # noqa: E402
+from tools.demo.reports import report_state, report_text  # noqa: E402
 
 # Written out in full rather than taken from pydicom, so a wrong constant name is caught.
 EXPECTED_SOP_CLASS = {
@@ -679,7 +680,17 @@ def test_key_object_selection_is_of_interest_and_points_at_images(
 def test_structured_report_has_content(facts: dict[str, Any], by_study: dict[str, list[Record]]) -> None:
     ds = _only(by_study, facts, "SR")
     assert ds.ValueType == "CONTAINER"
-    assert [item.ValueType for item in ds.ContentSequence] == ["TEXT", "TEXT"]
+    # TID 2000: an observer, then the Findings and Impressions sections, each with its text
+    assert [item.ValueType for item in ds.ContentSequence] == ["PNAME", "CONTAINER", "CONTAINER"]
+    sections = {item.ConceptNameCodeSequence[0].CodeValue: item for item in ds.ContentSequence[1:]}
+    findings, impression = report_text(ds.StudyInstanceUID)
+    assert sections["121070"].ContentSequence[0].TextValue == findings
+    assert sections["121072"].ContentSequence[0].TextValue == impression
+    state = report_state(ds.StudyInstanceUID)
+    assert (ds.CompletionFlag, ds.VerificationFlag) == (
+        ("PARTIAL", "UNVERIFIED") if state == "preliminary" else ("COMPLETE", "VERIFIED")
+    )
+    assert ("PredecessorDocumentsSequence" in ds) == (state == "amended")
     assert ds.CurrentRequestedProcedureEvidenceSequence[0].StudyInstanceUID == ds.StudyInstanceUID
 
 

@@ -36,7 +36,10 @@ ENVIRONMENT = ROOT / "postman" / "demo.postman_environment.json"
 NEWMAN = ROOT / "node_modules" / ".bin" / "newman"
 GUNICORN = Path(sys.executable).with_name("gunicorn")
 PORTAL_KEY = ROOT / "config" / "demo-keys" / "portal.private.jwk.json"
-PORTAL_SCOPE = "system/ImagingStudy.rs system/Patient.rs system/Endpoint.rs system/Organization.rs"
+PORTAL_SCOPE = (
+    "system/ImagingStudy.rs system/Patient.rs system/Endpoint.rs system/Organization.rs "
+    "system/DocumentReference.rs system/DiagnosticReport.rs"
+)
 AUDIT_SCOPE = "system/AuditEvent.rs"
 USER, PASSWORD = "dr.khan", "imaging-demo"
 SKIP_MARKER = "ci: skip"

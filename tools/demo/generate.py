@@ -51,6 +51,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
 
 from app.core.identity import nhs_check_digit
+from tools.demo.reports import tid2000_content
 
 DEFAULT_SEED = 20261127
 NHS_NUMBER_OID = "2.16.840.1.113883.2.1.4.1"
@@ -1513,20 +1514,8 @@ def _sr_document(ds: Dataset, study: _Study, trust: str, *, key_objects: bool) -
         ds.ContentSequence = [description, *images]
     else:
         template.TemplateIdentifier = "2000"
-        ds.ConceptNameCodeSequence = [_code("18748-4", "LN", "Diagnostic imaging report")]
-        ds.CompletionFlag = "COMPLETE"
-        ds.VerificationFlag = "UNVERIFIED"
-        ds.PerformedProcedureCodeSequence = []
-        ds.ContentSequence = [
-            _text_item(
-                "121071",
-                "DCM",
-                "Finding",
-                "Left ventricle normal in size with good systolic function. "
-                "Estimated LVEF 58%. No significant valve disease.",
-            ),
-            _text_item("121073", "DCM", "Impression", "Structurally normal heart."),
-        ]
+        predecessor = _uid(0, f"{study.uid}/predecessor-report")
+        tid2000_content(ds, study.uid, study.reader, predecessor, _code, _text_item)
     ds.ContentTemplateSequence = [template]
 
 

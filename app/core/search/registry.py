@@ -8,8 +8,8 @@ modules), the unknown-parameter check of `Prefer: handling=strict`, the Capabili
 (app/web/fhir/capability.py), the OpenAPI document (app/web/fhir/openapi.py) and the README's API
 table (tests/core/test_search_registry.py checks it).
 
-The declarations: study.py (ImagingStudy), audit.py (AuditEvent), resources.py (Patient, Endpoint,
-Organization, and SEARCHES, every type by name).
+The declarations: study.py (ImagingStudy), document_reference.py (DocumentReference), audit.py (AuditEvent),
+resources.py (Patient, Endpoint, Organization, and SEARCHES, every type by name).
 
 Commas separate alternatives (OR); a repeated parameter narrows (AND). Unknown parameters are
 ignored (and left out of the self link) unless the client asked for `Prefer: handling=strict`.

@@ -13,6 +13,8 @@ from typing import Any
 from app.core import systems
 from app.core.errors import InvalidRequest
 from app.core.search.audit import AUDIT_EVENT
+from app.core.search.diagnostic_report import DIAGNOSTIC_REPORT
+from app.core.search.document_reference import DOCUMENT_REFERENCE
 from app.core.search.registry import Pairs, ParsedSearch, ResourceSearch, SearchParameter
 from app.core.search.study import IMAGING_STUDY
 from app.core.search.values import nhs_number, parse_token, split_values
@@ -239,6 +241,7 @@ def parse_directory_search(
 # ------------------------------------------------------------------------------- every type
 
 SEARCHES: Mapping[str, ResourceSearch[Any]] = {
-    s.type: s for s in (IMAGING_STUDY, PATIENT, ENDPOINT, ORGANIZATION, AUDIT_EVENT)
+    s.type: s
+    for s in (IMAGING_STUDY, PATIENT, ENDPOINT, ORGANIZATION, AUDIT_EVENT, DOCUMENT_REFERENCE, DIAGNOSTIC_REPORT)
 }
 """Every searchable type's search, by type name."""

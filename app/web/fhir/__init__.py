@@ -2,7 +2,28 @@
 
 from __future__ import annotations
 
-from app.web.fhir import audit_event, endpoint, imaging_study, metadata, organization, patient, practitioner
+from app.web.fhir import (
+    audit_event,
+    diagnostic_report,
+    document_reference,
+    endpoint,
+    imaging_study,
+    metadata,
+    organization,
+    patient,
+    practitioner,
+)
 from app.web.fhir.api import bp
 
-__all__ = ["audit_event", "bp", "endpoint", "imaging_study", "metadata", "organization", "patient", "practitioner"]
+__all__ = [
+    "audit_event",
+    "bp",
+    "diagnostic_report",
+    "document_reference",
+    "endpoint",
+    "imaging_study",
+    "metadata",
+    "organization",
+    "patient",
+    "practitioner",
+]

@@ -24,7 +24,19 @@ bp = Blueprint("fhir", __name__)
 
 PUBLIC_ENDPOINTS = frozenset({"fhir.metadata", "fhir.smart_configuration", "fhir.openid_configuration", "fhir.openapi"})
 _PLAIN_JSON_ENDPOINTS = PUBLIC_ENDPOINTS - {"fhir.metadata"}  # not FHIR resources: no format negotiation
-AUDITED_TYPES = frozenset({"ImagingStudy", "Patient", "Endpoint", "Organization", "AuditEvent", "Practitioner", "?"})
+AUDITED_TYPES = frozenset(
+    {
+        "ImagingStudy",
+        "Patient",
+        "Endpoint",
+        "Organization",
+        "AuditEvent",
+        "Practitioner",
+        "DocumentReference",
+        "DiagnosticReport",
+        "?",
+    }
+)
 Pairs = list[tuple[str, str]]
 
 

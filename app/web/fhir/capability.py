@@ -6,6 +6,7 @@ from typing import Any
 
 from app.core import systems
 from app.core.instants import utc_instant
+from app.core.search.diagnostic_report import imaging_study_search_parameter
 from app.core.search.registry import ResourceSearch
 from app.core.search.resources import SEARCHES
 
@@ -66,16 +67,23 @@ def security(smart: dict[str, Any] | None) -> dict[str, Any]:
 def capability_statement(base_url: str, software_version: str, smart: dict[str, Any] | None) -> dict[str, Any]:
     """The server's CapabilityStatement (read-only: read and search-type on four resources)."""
 
+    own = [imaging_study_search_parameter(base_url)]  # search parameters R4 does not define, defined here
+    definitions = {(p["base"][0], p["code"]): p["url"] for p in own}
+
     def resource(kind: str, **extra: Any) -> dict[str, Any]:
         search = SEARCHES[kind]
         includes = {"searchInclude": [i.value for i in search.includes]} if search.includes else {}
+        params = [
+            {**p, "definition": definitions[(kind, p["name"])]} if (kind, p["name"]) in definitions else p
+            for p in search_params(search)
+        ]
         return {
             "type": kind,
             "interaction": [{"code": "read"}, {"code": "search-type"}],
             "versioning": "no-version",
             "readHistory": False,
             "updateCreate": False,
-            "searchParam": search_params(search),
+            "searchParam": params,
             **includes,
             **extra,
         }
@@ -83,6 +91,7 @@ def capability_statement(base_url: str, software_version: str, smart: dict[str, 
     return {
         "resourceType": "CapabilityStatement",
         "id": "gm-imaging-facade",
+        "contained": own,
         "url": f"{base_url}/metadata",
         "name": "GMImagingFacade",
         "title": "Greater Manchester imaging FHIR facade",
@@ -105,6 +114,17 @@ def capability_statement(base_url: str, software_version: str, smart: dict[str, 
                 "individual archives are reported in an OperationOutcome entry (search.mode outcome).",
                 "resource": [
                     resource("ImagingStudy"),
+                    resource(
+                        "DiagnosticReport",
+                        documentation="Imaging reports read from the report objects the archives hold (DICOM SR, "
+                        "TID 2000, and encapsulated PDF); a PDF's presentedForm.url is the gateway's token-protected "
+                        "report document route.",
+                    ),
+                    resource(
+                        "DocumentReference",
+                        documentation="IHE MHD DocumentEntry (ITI-67 Find Document References): one per study and "
+                        "holding trust, derived from the same archive answers as ImagingStudy.",
+                    ),
                     resource(
                         "Patient",
                         operation=[
