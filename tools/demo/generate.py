@@ -16,11 +16,22 @@ Layout written under ``out_dir``::
     xref.csv        nhs_number,trust,local_patient_id,issuer (xref-style trusts only)
     manifest.json   patients, studies and the "facts" naming each special case
 
-Usage: ``python -m tools.demo.generate OUT_DIR [--seed N]``.
+Images look like what they are (tools/demo/pixels.py: an analytic human phantom sampled
+as CT in Hounsfield units, MR, PET, radiographs and scintigrams; procedural colour images;
+10 s 12-lead ECGs). The studies named in ``facts.full_size_studies`` (the multi-trust
+patient's and each modality's example study) have the sizes a viewer expects (CT 512x512
+stacks of 10 slices, MR 256x256, radiographs 1024+ on the short side, colour images
+1024x768, ultrasound 640x480 RGB, a 32-frame NM flow phase, a 3-level whole-slide
+pyramid); the others have the same content at a smaller matrix and the catalogue's few
+instances, which keeps the dataset near 175 MB. ``GENERATOR_VERSION`` names what is
+written; the manifest records it.
+
+Usage: ``python -m tools.demo.generate OUT_DIR [--seed N]`` (progress on stderr).
 
 Deliberate shortcuts (it is demo data, not a conformance suite): non-image objects carry
-only what makes them plausible (not every Type 1 attribute of their IOD); images are 8x8;
-the haemodynamic pressure channel is coded in a local scheme (99GMDEMO), not CID 3003;
+only what makes them plausible (not every Type 1 attribute of their IOD), and so do the
+images (no enhanced multi-frame functional groups for OCT, a simplified NM module); the
+haemodynamic pressure channel is coded in a local scheme (99GMDEMO), not CID 3003;
 procedure codes are standard (SNOMED CT, LOINC) only where the code is known for certain.
 """
 
