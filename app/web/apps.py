@@ -16,6 +16,7 @@ from flask import Blueprint, Response, send_from_directory
 
 STATIC = Path(__file__).resolve().parent / "static"
 TIMELINE_DIR = STATIC / "apps" / "imaging-timeline"
+SHARED_DIR = STATIC / "apps" / "shared"
 VENDOR_DIR = STATIC / "vendor"
 
 bp = Blueprint("apps", __name__)
@@ -25,8 +26,11 @@ bp = Blueprint("apps", __name__)
 # Referer may leak them to another site. Who may frame the app (no one, unless apps.frame_ancestors
 # names an EPR's origins) is added to the policy by app.web.headers, with X-Frame-Options when no one.
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'",
+    # 'wasm-unsafe-eval': the image viewer's decoders of compressed transfer syntaxes are WebAssembly
+    # (vendor/cornerstone/codecs/); it allows compiling WebAssembly, not eval of JavaScript.
+    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; "
+    "img-src 'self' data: blob:; connect-src 'self'; worker-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'",
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",
@@ -48,6 +52,12 @@ def imaging_timeline() -> Response:
 @bp.get("/apps/imaging-timeline/<path:name>")
 def imaging_timeline_file(name: str) -> Response:
     return _send(TIMELINE_DIR, name)
+
+
+@bp.get("/apps/shared/<path:name>")
+def shared_file(name: str) -> Response:
+    """What every sample app shares: format.js (the display formats, twin of app.core.display)."""
+    return _send(SHARED_DIR, name)
 
 
 @bp.get("/apps/vendor/<path:name>")

@@ -19,12 +19,17 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import HTTP_TIMEOUT_S, backend_token, search_all, timeline_url
+from conftest import HTTP_TIMEOUT_S, ROOT, backend_token, search_all, timeline_url
+
+from app.core import display
 
 pytestmark = pytest.mark.integration
 
 USER, PASSWORD = "dr.khan", "imaging-demo"
-TRUST_COLUMN, BODY_PART_COLUMN, SERIES_COLUMN = 3, 4, 5
+DATE_COLUMN, MODALITY_COLUMN, TRUST_COLUMN, ACCESSION_COLUMN, IMAGES_COLUMN = 0, 1, 3, 4, 5
+HEADERS = ["Date", "Modality", "Description", "Trust", "Accession", "Images", "Actions"]
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+SERIOUS = {"serious", "critical"}
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +68,17 @@ def _diagnose(result: dict[str, Any]) -> str:
     return "\n".join(f"{k}: {result.get(k)}" for k in keys if result.get(k))
 
 
+def _accession(study: dict[str, Any]) -> str:
+    return next(
+        (
+            i["value"]
+            for i in study.get("identifier", [])
+            if any(c["code"] == "ACSN" for c in i.get("type", {}).get("coding", []))
+        ),
+        "",
+    )
+
+
 def _check_table(result: dict[str, Any], expected: dict[str, Any], manifest: dict[str, Any], patient: str) -> None:
     assert result["exitCode"] == 0, _diagnose(result)
     rows = {row["uid"]: row["cells"] for row in result["rows"]}
@@ -70,15 +86,17 @@ def _check_table(result: dict[str, Any], expected: dict[str, Any], manifest: dic
     assert set(rows) == set(expected["studies"]), "the table must list exactly the patient's studies"
     in_manifest = {s["study_uid"] for p in manifest["patients"] if p["nhs_number"] == patient for s in p["studies"]}
     assert set(rows) == in_manifest
-    assert result["headers"] == ["Date", "Modality", "Description", "Trust", "Body part", "Series", "Images"]
+    assert [h.strip() for h in result["headers"]] == HEADERS
     for uid, cells in rows.items():
         study = expected["studies"][uid]
         for trust in expected["trusts"][uid]:
             assert trust in cells[TRUST_COLUMN], f"{uid}: trust {trust!r} not in {cells}"
-        for part in expected["body_parts"][uid]:
-            assert part in cells[BODY_PART_COLUMN], f"{uid}: body part {part!r} not in {cells}"
-        assert cells[SERIES_COLUMN] == str(study.get("numberOfSeries", len(study.get("series", []))))
-        assert study["modality"][0]["code"] in cells[1]
+        assert study["modality"][0]["code"] in cells[MODALITY_COLUMN]
+        # One date format (NHS style), the accession number and the number of images.
+        assert cells[DATE_COLUMN] == display.format_datetime(study.get("started")), cells
+        assert cells[ACCESSION_COLUMN] == (_accession(study) or "Not recorded"), cells
+        if "numberOfInstances" in study:
+            assert cells[IMAGES_COLUMN] == str(study["numberOfInstances"]), cells
     # The patient's studies come from four trusts; the shared study from two at once.
     all_trusts = set().union(*expected["trusts"].values())
     assert len(all_trusts) >= 2
@@ -86,11 +104,25 @@ def _check_table(result: dict[str, Any], expected: dict[str, Any], manifest: dic
     if shared["nhs_number"] == patient:
         assert len(expected["trusts"][shared["study_uid"]]) == len(shared["trusts"])
     assert result["status"]["state"] == "ready"
-    assert f"Showing {len(rows)} studies" in result["status"]["text"]
+    # The count alone in the status; warnings, if any, in callouts of their own.
+    assert result["status"]["text"] == f"Showing {len(rows)} studies."
     assert not result["pageErrors"], result["pageErrors"]
     # Every request of the flow answered (but a browser's own /favicon.ico on the server's pages).
     assert [e for e in result["httpErrors"] if not e.endswith("/favicon.ico")] == [], result["httpErrors"]
-    assert "Practitioner/dr-khan" in (result.get("signedIn") or "")
+    # The user's name, not their FHIR reference.
+    assert result.get("signedIn") == "Signed in as Dr Aisha Khan"
+    # The first study's details row, opened from the keyboard: reason, referrer, site, body part.
+    details = result["details"]
+    assert details["expanded"] == "true"
+    for label in ("Reason", "Referrer", "Site", "Body part"):
+        assert label in details["text"], details
+
+
+def _check_axe(result: dict[str, Any], pages: list[str]) -> None:
+    """axe-core found no serious or critical violation on any page of the flow."""
+    assert sorted(result["axe"]) == sorted(pages), result["axe"].keys()
+    serious = {page: [v for v in found if v["impact"] in SERIOUS] for page, found in result["axe"].items()}
+    assert serious == {page: [] for page in pages}, serious
 
 
 def test_ehr_launch_lists_the_patients_studies(facade, patient, expected, manifest, drive, artifacts):
@@ -106,11 +138,12 @@ def test_ehr_launch_lists_the_patients_studies(facade, patient, expected, manife
     assert launch["iss"] == facade.base
     url = f"{timeline_url(facade.port)}?{requests.compat.urlencode({'launch': launch['launch'], 'iss': launch['iss']})}"
 
-    result = drive(url, username=USER, password=PASSWORD, screenshot=str(artifacts / "e2e-ehr-launch.png"))
+    result = drive(url, username=USER, password=PASSWORD, screenshot=str(artifacts / "e2e-ehr-launch.png"), axe=True)
 
     _check_table(result, expected, manifest, patient)
     assert [s["name"] for s in result["steps"]] == ["login", "consent", "app"], "an EHR launch needs no picker"
-    assert patient in result["consentText"]
+    assert display.format_nhs_number(patient) in result["consentText"]
+    _check_axe(result, ["sign-in", "consent", "timeline"])
     assert result["banner"]["visible"] is False, "need_patient_banner is false in an EHR launch: no banner"
     # client-js took code and state out of the address bar.
     assert result["finalUrl"] == timeline_url(facade.port)
@@ -118,6 +151,7 @@ def test_ehr_launch_lists_the_patients_studies(facade, patient, expected, manife
 
 def test_standalone_launch_with_patient_picker(facade, patient, expected, manifest, drive, artifacts):
     imaged = _study_to_open(expected)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     result = drive(
         timeline_url(facade.port),
         username=USER,
@@ -125,19 +159,34 @@ def test_standalone_launch_with_patient_picker(facade, patient, expected, manife
         patient=patient,
         screenshot=str(artifacts / "e2e-standalone-launch.png"),
         openStudy=imaged["id"],
-        viewerScreenshot=str(artifacts / "e2e-standalone-viewer.png"),
+        gpu=True,
+        axe=True,
+        narrow=True,
+        shots=str(SCREENSHOTS),
+        timeout_s=150,
     )
 
     _check_table(result, expected, manifest, patient)
     assert [s["name"] for s in result["steps"]] == ["login", "picker", "consent", "app", "viewer"]
-    assert any(patient in row for row in result["pickerRows"])
+    person = expected["patient"]
+    name = display.format_name(person["name"][0])
+    # The picker and the app show the same facts the same way (app.core.display, shared/format.js).
+    facts = [name, display.format_nhs_number(patient), display.format_date(person.get("birthDate"))]
+    row = next(r for r in result["pickerRows"] if display.format_nhs_number(patient) in r)
+    for fact in [*facts, display.format_gender(person.get("gender"))]:
+        assert fact in row, (fact, row)
     banner = result["banner"]
     assert banner["visible"] is True, "a standalone launch must show the patient banner"
-    name = expected["patient"]["name"][0]["text"]
-    assert name in banner["text"]
-    assert f"{patient[:3]} {patient[3:6]} {patient[6:]}" in banner["text"]
+    for fact in facts:
+        assert fact in banner["text"], (fact, banner)
     assert result["finalUrl"] == timeline_url(facade.port)
-    _check_viewer(result, imaged)
+    # Usable from 360 px: no sideways scrolling, the banner stays at the top when the page scrolls.
+    assert result["narrow"]["scrollWidth"] <= 360, result["narrow"]
+    assert result["narrow"]["bannerSticky"] == "sticky" and result["narrow"]["bannerTop"] == 0, result["narrow"]
+    _check_viewer(result, imaged, expected)
+    _check_axe(result, ["sign-in", "picker", "consent", "timeline", "viewer"])
+    names = {"sign-in", "picker", "consent", "timeline", "timeline-360px", "viewer"}
+    assert {p.rsplit("/", 1)[-1].removesuffix(".png") for p in result["shots"]} == names
 
 
 NON_IMAGE_MODALITIES = {"SR", "KO", "PR", "DOC"}
@@ -154,20 +203,34 @@ def _study_to_open(expected: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def _check_viewer(result: dict[str, Any], study: dict[str, Any]) -> None:
+def _check_viewer(result: dict[str, Any], study: dict[str, Any], expected: dict[str, Any]) -> None:
     """The images of one study, through the gateway with the app's own token: a thumbnail per series, then
-    the first series' images one at a time."""
+    the first series drawn by Cornerstone3D's WebGL engine (SwiftShader), scrolled by key and by wheel."""
     viewer = result.get("viewer")
     assert viewer, _diagnose(result)
     assert viewer["state"] == "ready", viewer
     assert sorted(viewer["seriesUids"]) == sorted(s["uid"] for s in study["series"])
     assert [t["loaded"] for t in viewer["thumbnails"]] == [True] * len(study["series"]), viewer["thumbnails"]
-    assert viewer["frameWidth"] > 0 and viewer["frameSrc"].startswith("blob:")
-    assert viewer["position"].startswith("Image 1 of ")
+    # The WebGL path, not the server-rendered fallback: a GPU rendering engine drew non-blank pixels.
+    assert viewer["renderer"] == "webgl" and viewer["gpu"] == "true", _diagnose(result)
+    assert viewer["levels"] > 1, "the viewer's canvas is blank"
+    assert viewer["renderedIndex"] == "0" and viewer["position"].startswith("Image 1 of ")
+    # The header names the patient and the study, whatever is scrolled.
+    person = expected["patient"]
+    for fact in (
+        display.format_name(person["name"][0]),
+        display.format_nhs_number(person["id"]),
+        display.format_date(person.get("birthDate")),
+        display.format_datetime(study.get("started")),
+        _accession(study),
+    ):
+        assert fact in viewer["facts"], (fact, viewer["facts"])
     count = int(viewer["position"].rsplit(" ", 1)[1])
     if count > 1:
         assert result["viewerNext"]["position"] == f"Image 2 of {count}"
-        assert result["viewerNext"]["frameWidth"] > 0
+        assert result["viewerNext"]["renderedIndex"] == "1" and result["viewerNext"]["levels"] > 1
+    if count > 2:
+        assert result["viewerWheel"]["position"] == f"Image 3 of {count}"
     assert viewer["iidVisible"] and study["id"] in viewer["iidHref"]
     assert [e for e in result["httpErrors"] if not e.endswith("/favicon.ico")] == [], result["httpErrors"]
     assert not result["pageErrors"], result["pageErrors"]

@@ -88,8 +88,7 @@ def _page(template: str, status: int = 200, headers: dict[str, str] | None = Non
         status=status,
         content_type="text/html; charset=utf-8",
         headers={
-            "Cache-Control": "no-store",
-            "X-Frame-Options": "DENY",
+            "Cache-Control": "no-store",  # who may frame the page: app.web.headers ('self' in the demo only)
             "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'",
             **(headers or {}),
         },
@@ -209,6 +208,8 @@ def authorize() -> Response:
             user=user,
             patient=patient,
             patient_name=chosen["name"] if chosen else None,
+            patient_display=chosen["nhs_display"] if chosen else patient,
+            patient_born=chosen["birth_date"] if chosen else None,
             csrf=_csrf(),
             scopes=[(s, describe_scope(s)) for s in granted],
         )
@@ -222,6 +223,7 @@ def authorize() -> Response:
     grantee = Grantee(
         username=user.username,
         fhir_user=user.fhir_user,
+        name=user.name,
         patient=patient,
         fhir_context=launch.get("fhirContext", []) if launch else [],
         need_patient_banner=launch is None,
