@@ -14,12 +14,15 @@ from pathlib import Path
 
 from flask import Blueprint, Response, send_from_directory
 
+from app.web import launcher
+
 STATIC = Path(__file__).resolve().parent / "static"
 TIMELINE_DIR = STATIC / "apps" / "imaging-timeline"
+LAUNCHER_DIR = STATIC / "apps" / "launcher"
 SHARED_DIR = STATIC / "apps" / "shared"
 VENDOR_DIR = STATIC / "vendor"
 
-bp = Blueprint("apps", __name__)
+bp = Blueprint("apps", __name__, template_folder="templates")
 
 # The pages load only their own files and talk only to this origin (the FHIR server and the
 # authorization server are here too). The launch URL carries `launch`, `code` and `state`: no
@@ -52,6 +55,14 @@ def imaging_timeline() -> Response:
 @bp.get("/apps/imaging-timeline/<path:name>")
 def imaging_timeline_file(name: str) -> Response:
     return _send(TIMELINE_DIR, name)
+
+
+launcher.register(bp)  # /apps/launcher/: the demo's EHR launch simulator (404 unless demo: true)
+
+
+@bp.get("/apps/launcher/<path:name>")
+def launcher_file(name: str) -> Response:
+    return _send(LAUNCHER_DIR, name)
 
 
 @bp.get("/apps/shared/<path:name>")

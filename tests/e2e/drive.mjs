@@ -85,6 +85,7 @@ async function run() {
   page.on("requestfailed", (request) => result.requestsFailed.push(`${request.url()} ${request.failure()?.errorText}`));
 
   await page.goto(args.url, { waitUntil: "domcontentloaded" });
+  if (args.launcher) return runLauncher(page);
 
   // Sign in (the app redirected to /auth/authorize).
   await page.waitForSelector("#username", { timeout });
@@ -254,6 +255,51 @@ async function openViewer(page) {
     result.presetLevels = await canvasLevels(page);
   }
   if (args.viewerScreenshot) await page.screenshot({ path: args.viewerScreenshot, fullPage: true });
+}
+
+// The EHR launch simulator (/apps/launcher/): sign in with the authorization server's own page, find
+// the patient, choose a study and the app, launch; the app runs its EHR launch inside the EPR's frame.
+async function runLauncher(page) {
+  await page.waitForSelector("#username", { timeout });
+  step(page, "launcher-sign-in");
+  result.signInUrl = page.url();
+  await page.fill("#username", args.username);
+  await page.fill("#password", args.password);
+  await Promise.all([page.waitForLoadState("domcontentloaded"), page.click("#sign-in")]);
+  await page.waitForSelector("#q", { timeout });
+  step(page, "launcher");
+  await page.fill("#q", args.launcher.patient);
+  await Promise.all([page.waitForLoadState("domcontentloaded"), page.click("#search")]);
+  const select = page.locator("a.select-patient");
+  await select.first().waitFor({ timeout });
+  result.launcherRows = await page.locator("table tr").allInnerTexts();
+  await Promise.all([page.waitForLoadState("domcontentloaded"), select.first().click()]);
+  await page.waitForSelector("#launch", { timeout });
+  result.studyChoices = await page.locator(".choice label").allInnerTexts();
+  if (args.launcher.study) await page.check(`input[name=study][value="${args.launcher.study}"]`);
+  await page.selectOption("#app", args.launcher.app ?? "imaging-timeline");
+  await audit(page, "launcher");
+  await shot(page, "launcher");
+  await Promise.all([page.waitForLoadState("domcontentloaded"), page.click("#launch")]);
+  await page.waitForSelector("#app-frame", { timeout });
+  step(page, "ehr-frame");
+  result.ehrBanner = (await page.locator(".ehr-banner").innerText()).trim();
+  const frame = page.frameLocator("#app-frame");
+  await frame.locator("#allow").waitFor({ timeout });
+  step(page, "consent-in-frame");
+  result.consentText = await frame.locator("main").innerText();
+  await frame.locator("#allow").click();
+  await frame.locator('#status[data-state="ready"], #status[data-state="error"]').waitFor({ timeout });
+  step(page, "app-in-frame");
+  const app = page.frames().find((f) => f.url().includes("/apps/imaging-timeline/"));
+  result.frameUrl = app ? app.url() : null;
+  result.status = { state: await frame.locator("#status").getAttribute("data-state"), text: await frame.locator("#status").innerText() };
+  result.banner = { visible: await frame.locator("#patient-banner").isVisible() };
+  result.rows = await frame.locator("#studies tbody tr.study-row").evaluateAll((rows) => rows.map((row) => row.getAttribute("data-study-uid")));
+  result.signedIn = await frame.locator("#signed-in").innerText().catch(() => null);
+  await audit(page, "ehr-launch");
+  await shot(page, "ehr-launch");
+  if (result.status.state !== "ready") throw new Error(`app status: ${result.status.text}`);
 }
 
 let code = 0;

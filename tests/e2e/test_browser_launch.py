@@ -307,3 +307,68 @@ def test_consent_form_posted_as_a_browser_posts_it_issues_a_code(app, patient):
     query = parse_qs(urlsplit(allowed.headers["Location"]).query)
     assert "error" not in query, f"consent refused: {query}"
     assert query["state"] == ["s1"] and query["code"]
+
+
+def test_ehr_launch_through_the_launcher(facade, patient, expected, drive):
+    """The EHR launch simulator end to end: the clinician signs in with the authorization server's own
+    page, finds the patient by NHS number, chooses a study and the imaging timeline, launches; the app
+    runs its EHR launch inside the EPR's frame (consent there, no patient picker), under the EPR's
+    banner, and lists the patient's studies."""
+    study = sorted(expected["studies"])[0]
+    result = drive(
+        f"{facade.origin}/apps/launcher/",
+        username=USER,
+        password=PASSWORD,
+        launcher={"patient": patient, "study": study},
+        axe=True,
+        shots=str(SCREENSHOTS),
+    )
+    assert result["exitCode"] == 0, _diagnose(result)
+    assert "/auth/signin" in result["signInUrl"], "the simulator signs in with the authorization server's page"
+    assert [s["name"] for s in result["steps"]] == [
+        "launcher-sign-in",
+        "launcher",
+        "ehr-frame",
+        "consent-in-frame",
+        "app-in-frame",
+    ]
+    person = expected["patient"]
+    name = display.format_name(person["name"][0])
+    assert any(name in row and display.format_nhs_number(patient) in row for row in result["launcherRows"])
+    assert len(result["studyChoices"]) == len(expected["studies"]) + 1  # every study, and "no study"
+    # The EPR's own banner; the app shows none (need_patient_banner is false in an EHR launch).
+    assert name in result["ehrBanner"] and display.format_nhs_number(patient) in result["ehrBanner"]
+    assert result["banner"]["visible"] is False
+    assert display.format_nhs_number(patient) in result["consentText"]
+    assert sorted(result["rows"]) == sorted(expected["studies"])
+    assert result["status"]["text"] == f"Showing {len(expected['studies'])} studies."
+    assert result["frameUrl"] == timeline_url(facade.port)  # client-js took launch, code and state out
+    assert result["signedIn"] == "Signed in as Dr Aisha Khan"
+    _check_axe(result, ["launcher", "ehr-launch"])
+    assert not result["pageErrors"], result["pageErrors"]
+    assert [e for e in result["httpErrors"] if not e.endswith("/favicon.ico")] == [], result["httpErrors"]
+
+
+def test_launcher_is_for_the_demo_only_and_signed_in_users(facade):
+    """Without a sign-in the simulator sends the browser to the authorization server's sign-in; a launch
+    posted without the sign-in's form value (CSRF) is refused."""
+    page = requests.get(f"{facade.origin}/apps/launcher/", timeout=HTTP_TIMEOUT_S, allow_redirects=False)
+    assert page.status_code == 303 and page.headers["Location"].endswith("/auth/signin")
+    posted = requests.post(
+        f"{facade.origin}/apps/launcher/launch",
+        data={"app": "imaging-timeline", "patient": "9434765919"},
+        timeout=HTTP_TIMEOUT_S,
+        allow_redirects=False,
+    )
+    assert posted.status_code == 303  # not signed in: no launch, back to the sign-in
+
+
+def test_launcher_and_its_sign_in_exist_in_the_demo_only(settings):
+    import dataclasses
+
+    from app import create_app
+
+    production = create_app(dataclasses.replace(settings, demo=False)).test_client()
+    assert production.get("/apps/launcher/").status_code == 404
+    assert production.get("/auth/signin").status_code == 404
+    assert production.post("/apps/launcher/launch", data={"app": "imaging-timeline"}).status_code == 404

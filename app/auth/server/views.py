@@ -336,6 +336,36 @@ def _picker(params: dict[str, str], client: Any, chosen: str | None, user: User)
     )
 
 
+LAUNCHER_PATH = "/apps/launcher/"  # the demo's EHR launch simulator (app.web.launcher), the one `next` of /signin
+
+
+class _Launcher:
+    """Who asks the user to sign in at /auth/signin (the sign-in page names it; the audit names its id)."""
+
+    client_id = "ehr-launcher"
+    name = "The EHR launch simulator"
+
+
+@bp.route("/signin", methods=["GET", "POST"])
+def signin() -> Response:
+    """The demo's EHR launch simulator signs its clinician in here: the same sign-in page, throttle and
+    audit as an authorization, then back to the simulator. Demo only (404 elsewhere); `next` can only
+    be the simulator (no open redirect)."""
+    smart = server()
+    if not smart.settings.demo:
+        return _page("auth_error.html", 404, message="There is no such page.")
+    params = {"next": LAUNCHER_PATH}
+    login = smart.sessions.load(session.get("sid"))
+    if login is not None and smart.users.get(login["user"]) is not None and request.method == "GET":
+        return redirect(LAUNCHER_PATH, 303)  # type: ignore[return-value]
+    if request.method == "POST" and request.form.get("step") == "login":
+        response = _login(params, _Launcher())
+        if response.status_code == 303:  # signed in (the device cookie, if any, stays on the response)
+            response.headers["Location"] = LAUNCHER_PATH
+        return response
+    return _page("auth_login.html", client=_Launcher(), params=params, message=None, csrf=_csrf())
+
+
 @bp.route("/logout", methods=["GET", "POST"])
 def logout() -> Response:
     """Sign-out: GET asks (a link cannot sign anyone out by surprise), POST with the form's CSRF value
