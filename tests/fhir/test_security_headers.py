@@ -193,7 +193,10 @@ def test_sample_apps_may_be_framed_by_the_configured_origins_only(settings: Any)
     for path in ("/apps/imaging-timeline/", "/auth/authorize?client_id=nobody"):
         production = create_app(dataclasses.replace(settings, demo=False, apps_frame_ancestors=(epr,))).test_client()
         policy = production.get(path).headers["Content-Security-Policy"]
-        assert "'self'" not in policy.split("frame-ancestors", 1)[1], (path, policy)  # outside the demo: not even 'self'
+        assert "'self'" not in policy.split("frame-ancestors", 1)[1], (
+            path,
+            policy,
+        )  # outside the demo: not even 'self'
     for path in ("/fhir/metadata", "/auth/jwks", "/fhir/Patient"):
         other = framed.get(path)
         assert "frame-ancestors 'none'" in other.headers["Content-Security-Policy"], path
