@@ -103,7 +103,9 @@ def demo(host: str, port: int) -> int:
         f'  curl -s -H "Authorization: Bearer $TOKEN" \'{base}/ImagingStudy?patient.identifier='
         f"{systems.NHS_NUMBER}|{_first_demo_patient()}&_include=ImagingStudy:endpoint'\n"
         f"The sample SMART app (standalone launch; user dr.khan, password imaging-demo):\n"
-        f"  http://{host}:{port}/apps/imaging-timeline/\n",
+        f"  http://{host}:{port}/apps/imaging-timeline/\n"
+        f"The EHR launch simulator: http://{host}:{port}/apps/launcher/\n"
+        f"Postman/newman without a browser: .venv/bin/python -m app postman-env --base {base}\n",
         flush=True,
     )
     os.environ.setdefault(BASE_URL_ENV, base)
@@ -208,6 +210,21 @@ def rotate_keys(config: str, retire: str | None = None) -> int:
     return 0
 
 
+def postman_env(config: str, base: str, out: str | None) -> int:
+    from app.web import postman_env as pe
+
+    try:
+        path = pe.write(load_settings(config), base, Path(out) if out else pe.LOCAL)
+    except (ConfigError, pe.NotTheDemo) as error:
+        print(f"postman-env: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {path} (tokens for {base}); run: npx newman run {pe.TEMPLATE.parent.name}/"
+        f"gm-imaging-facade.postman_collection.json -e {path}"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -237,7 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--retire", metavar="KID", help="remove this key (not the current one) from the file and the JWKS")
     h = sub.add_parser("hash-password", help="hash a password or client secret for the configuration")
     h.add_argument("secret")
+    pe = sub.add_parser("postman-env", help="write a local Postman environment with fresh demo tokens (demo only)")
+    pe.add_argument("--config", default=str(DEMO_CONFIG))
+    pe.add_argument("--base", default="http://127.0.0.1:8080/fhir", help="FHIR base URL of the running demo")
+    pe.add_argument("--out", default=None, help="default: postman/local.postman_environment.json (git-ignored)")
     args = parser.parse_args(argv)
+    if args.command == "postman-env":
+        return postman_env(args.config, args.base, args.out)
     if args.command == "token":
         return token(args.base, args.client, args.key, args.scope)
     if args.command == "launch":
