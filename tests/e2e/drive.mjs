@@ -289,7 +289,7 @@ async function runLauncher(page) {
   step(page, "consent-in-frame");
   result.consentText = await frame.locator("main").innerText();
   await frame.locator("#allow").click();
-  await frame.locator('#status[data-state="ready"], #status[data-state="error"]').waitFor({ timeout });
+  await frame.locator('#status[data-state="ready"], #status[data-state="error"]').waitFor({ timeout, state: "attached" });
   step(page, "app-in-frame");
   const app = page.frames().find((f) => f.url().includes("/apps/imaging-timeline/"));
   result.frameUrl = app ? app.url() : null;
@@ -297,6 +297,15 @@ async function runLauncher(page) {
   result.banner = { visible: await frame.locator("#patient-banner").isVisible() };
   result.rows = await frame.locator("#studies tbody tr.study-row").evaluateAll((rows) => rows.map((row) => row.getAttribute("data-study-uid")));
   result.signedIn = await frame.locator("#signed-in").innerText().catch(() => null);
+  if (args.launcher.study) {
+    // The launch's study (fhirContext): the app opens at its images.
+    await frame.locator('#viewer[data-state="ready"], #viewer[data-state="error"]').waitFor({ timeout });
+    result.launchedViewer = {
+      visible: await frame.locator("#viewer").isVisible(),
+      state: await frame.locator("#viewer").getAttribute("data-state"),
+      seriesUids: await frame.locator("#thumbnails button").evaluateAll((b) => b.map((x) => x.getAttribute("data-series-uid"))),
+    };
+  }
   await audit(page, "ehr-launch");
   await shot(page, "ehr-launch");
   if (result.status.state !== "ready") throw new Error(`app status: ${result.status.text}`);

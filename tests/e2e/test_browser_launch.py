@@ -193,14 +193,21 @@ NON_IMAGE_MODALITIES = {"SR", "KO", "PR", "DOC"}
 
 
 def _study_to_open(expected: dict[str, Any]) -> dict[str, Any]:
-    """A study at mft (a trust with an ihe-iid viewer) with several series, all of them images."""
-    return next(
+    """A study at mft (a trust with an ihe-iid viewer) with several series, all of them images; of those,
+    the one whose first series has the most images (a CT series once the demo images are real-sized)."""
+    candidates = [
         s
         for s in expected["studies"].values()
         if {"reference": "Endpoint/mft-ihe-iid"} in s.get("endpoint", [])
         and len(s.get("series", [])) > 1
         and not {x["modality"]["code"] for x in s["series"]} & NON_IMAGE_MODALITIES
-    )
+    ]
+
+    def first_series_images(study: dict[str, Any]) -> int:
+        first = min(study["series"], key=lambda x: x.get("number", 0))
+        return int(first.get("numberOfInstances", 0))
+
+    return max(candidates, key=lambda s: (first_series_images(s), s["id"]))
 
 
 def _check_viewer(result: dict[str, Any], study: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -344,6 +351,10 @@ def test_ehr_launch_through_the_launcher(facade, patient, expected, drive):
     assert result["status"]["text"] == f"Showing {len(expected['studies'])} studies."
     assert result["frameUrl"] == timeline_url(facade.port)  # client-js took launch, code and state out
     assert result["signedIn"] == "Signed in as Dr Aisha Khan"
+    # The chosen study travelled in the launch context (fhirContext): the app opened at its images.
+    opened = result["launchedViewer"]
+    assert opened["visible"] and opened["state"] == "ready", opened
+    assert sorted(opened["seriesUids"]) == sorted(s["uid"] for s in expected["studies"][study]["series"])
     _check_axe(result, ["launcher", "ehr-launch"])
     assert not result["pageErrors"], result["pageErrors"]
     assert [e for e in result["httpErrors"] if not e.endswith("/favicon.ico")] == [], result["httpErrors"]
@@ -372,3 +383,16 @@ def test_launcher_and_its_sign_in_exist_in_the_demo_only(settings):
     assert production.get("/apps/launcher/").status_code == 404
     assert production.get("/auth/signin").status_code == 404
     assert production.post("/apps/launcher/launch", data={"app": "imaging-timeline"}).status_code == 404
+
+
+def test_differing_demographics_are_a_warning_callout_in_clinical_words(facade, manifest, drive):
+    """A patient whose date of birth differs between trusts: the warning stands apart from the count, in the
+    words a clinician reads (which fact, at which trusts, what to do), not the API's diagnostics."""
+    conflict = manifest["facts"]["demographic_conflict"]
+    result = drive(timeline_url(facade.port), username=USER, password=PASSWORD, patient=conflict["nhs_number"])
+    assert result["exitCode"] == 0, _diagnose(result)
+    assert result["status"]["text"].startswith("Showing ") and "differ" not in result["status"]["text"]
+    warning = next(w for w in result["warnings"] if "Patient details differ between trusts" in w)
+    assert "date of birth recorded for this patient is not the same at every trust" in warning
+    assert "Check the patient's identity" in warning
+    assert "Patient/" not in warning and "archives" not in warning  # not the engineering wording

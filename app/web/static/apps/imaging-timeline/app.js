@@ -48,7 +48,8 @@
     return FHIR.oauth2.authorize(Object.assign({
       clientId: CLIENT_ID,
       redirectUri: appUrl(),
-      pkceMode: "required"
+      pkceMode: "required",
+      completeInTarget: true // inside an EPR's frame too, the authorization completes in this frame
     }, params));
   }
 
@@ -634,6 +635,16 @@
     document.getElementById("patient-banner").hidden = false;
   }
 
+  // An EHR launch with a study in its context (fhirContext ImagingStudy/<uid>) opens at that study's images.
+  function openLaunchedStudy(token, studies, endpoints) {
+    var refs = (token.fhirContext || []).map(function (c) { return c.reference || ""; });
+    var uid = refs.filter(function (r) { return /^ImagingStudy\//.test(r); }).map(function (r) { return r.slice(13); })[0];
+    var study = uid && studies.filter(function (s) { return s.id === uid || studyUid(s) === uid; })[0];
+    if (!study || !endpointOf(study.endpoint, endpoints, WADO_RS)) return;
+    var row = document.querySelector('#studies tr[data-study-uid="' + studyUid(study) + '"] button.view-images');
+    openViewer(study, endpoints, row);
+  }
+
   function userName(client) {
     // The id_token's `name` (OpenID Connect); the FHIR reference is not a name to show.
     var idToken = client.getIdToken && client.getIdToken();
@@ -679,6 +690,7 @@
       signedIn.hidden = false;
     }
     renderWarnings(problems(bundles));
+    openLaunchedStudy(token, studies, endpoints);
     setStatus("ready", studies.length
       ? "Showing " + plural(studies.length, "study.", "studies.")
       : "No imaging studies were found for this patient.");
