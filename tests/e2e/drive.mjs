@@ -68,7 +68,7 @@ async function run() {
       "--headless", "--no-sandbox", "--disable-quic", "--no-first-run",
       "--disable-background-networking", "--disable-component-update", "--disable-sync",
       // WebGL without a GPU: Chromium's software renderer (the image viewer's WebGL path), or none.
-      ...(args.gpu ? ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"] : ["--disable-gpu"]),
+      ...(args.gpu ? ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"] : ["--disable-gpu", "--disable-webgl"]),
     ],
   });
   const page = browser.pages()[0] ?? (await browser.newPage());

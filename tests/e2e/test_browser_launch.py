@@ -396,3 +396,20 @@ def test_differing_demographics_are_a_warning_callout_in_clinical_words(facade, 
     assert "date of birth recorded for this patient is not the same at every trust" in warning
     assert "Check the patient's identity" in warning
     assert "Patient/" not in warning and "archives" not in warning  # not the engineering wording
+
+
+def test_viewer_falls_back_to_server_rendered_images_without_webgl(facade, patient, expected, drive):
+    """A browser without WebGL gets the server-rendered view of the same series (/rendered per image, through
+    the gateway with the app's token), scrolled with the Next image button."""
+    imaged = _study_to_open(expected)
+    result = drive(timeline_url(facade.port), username=USER, password=PASSWORD, patient=patient, openStudy=imaged["id"])
+    assert result["exitCode"] == 0, _diagnose(result)
+    viewer = result["viewer"]
+    assert viewer["renderer"] == "server" and viewer["state"] == "ready", viewer
+    assert viewer["frameWidth"] > 0 and viewer["frameSrc"].startswith("blob:")
+    assert [t["loaded"] for t in viewer["thumbnails"]] == [True] * len(imaged["series"])
+    count = int(viewer["position"].rsplit(" ", 1)[1])
+    if count > 1:
+        assert result["viewerNext"]["position"] == f"Image 2 of {count}"
+        assert result["viewerNext"]["frameWidth"] > 0 and result["viewerNext"]["frameSrc"] != viewer["frameSrc"]
+    assert not result["pageErrors"], result["pageErrors"]

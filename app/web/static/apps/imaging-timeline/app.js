@@ -10,10 +10,16 @@
  *   GET ImagingStudy?patient=<id>&_include=ImagingStudy:endpoint   (every page)
  * and, when the token response says need_patient_banner, a banner from GET Patient/<id>.
  *
+ * The patient is read in every launch (GET Patient/<id>): the banner shows it when the token says
+ * need_patient_banner (a standalone launch), and the image viewer's header always names it. Every fact is
+ * formatted by ../shared/format.js (GMFormat), the twin of the server's app/core/display.py.
+ *
  * "View images" opens a study through the trust's WADO-RS Endpoint (the facade's gateway, which wants
- * the same access token: SMART Imaging Access): a thumbnail per series, then the series' images one
- * at a time (series metadata for the instance list, /rendered for each image). Images are fetched
- * with the Authorization header and shown from blob: URLs; nothing about them is cached.
+ * the same access token: SMART Imaging Access): a thumbnail per series (/thumbnail), then the series
+ * in the WebGL viewer (./viewer3d.js, Cornerstone3D: WADO-RS frames, the series metadata registered
+ * for the loader) or, without WebGL, as server-rendered images one at a time (/rendered). Images are
+ * fetched with the Authorization header; nothing about them is cached. An EHR launch whose context names
+ * a study (fhirContext) opens at that study's images.
  */
 (function () {
   "use strict";
@@ -396,7 +402,15 @@
               section.dataset.renderedIndex = String(index);
               viewerState("ready", "Showing image " + (index + 1) + " of " + viewer.imageIds.length + ".");
             },
-            onError: function (message) { viewerState("error", message); }
+            onError: function (message) { viewerState("error", message); },
+            onLoadFailed: function (imageId) {
+              // This series cannot be drawn here (a frame the gateway will not send as it is stored, or
+              // one the decoder cannot read): the server-rendered images of the same series instead.
+              if (viewer.imageIds.indexOf(imageId) < 0 || document.getElementById("viewer").dataset.renderer !== "webgl") return;
+              console.warn("WebGL viewer could not load " + imageId + "; server-rendered images instead");
+              setRenderer(null);
+              showFrame(viewer.generation);
+            }
           });
         } catch (error) {
           console.warn("WebGL viewer unavailable, showing server-rendered images", error);
@@ -517,6 +531,7 @@
       document.getElementById("frame-image").removeAttribute("src");
       return;
     }
+    setRenderer(viewer.gpu); // each series tries the WebGL viewer again
     if (viewer.gpu) {
       try {
         await viewer.gpu.showStack(viewer.imageIds, metadata);

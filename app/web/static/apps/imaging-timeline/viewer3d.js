@@ -5,7 +5,7 @@
  * found the study). Loaded by app.js with import() only when WebGL is there; the server-rendered
  * images (/rendered) are the fallback otherwise.
  *
- *   createViewer(element, { authorization(), vendor, onImage(index), onError(message) })
+ *   createViewer(element, { authorization(), vendor, onImage(index), onError(message), onLoadFailed(imageId) })
  *     -> { showStack(imageIds, metadataByFrame1ImageId), setIndex(i), setWindow({width, center} | null),
  *          zoom(factor), reset() }
  *
@@ -60,6 +60,14 @@ export async function createViewer(element, options) {
     element.dataset.gpu = String(!core.getShouldUseCPURendering());
     element.dataset.renderedIndex = String(viewport.getCurrentImageIdIndex());
   });
+  // A frame the loader could not fetch or decode (e.g. a transfer syntax the archive will not send as
+  // stored): the app shows that series server-rendered instead.
+  const failed = (event) => {
+    const imageId = event.detail && event.detail.imageId;
+    if (imageId && viewport.getImageIds().includes(imageId)) options.onLoadFailed(imageId, event.detail.error);
+  };
+  core.eventTarget.addEventListener(core.Enums.Events.IMAGE_LOAD_FAILED, failed);
+  core.eventTarget.addEventListener(core.Enums.Events.IMAGE_LOAD_ERROR, failed);
   const resize = new ResizeObserver(() => engine.resize(true, true));
   resize.observe(element);
 
