@@ -1,7 +1,8 @@
 """Shared fixtures: the demo dataset, the demo configuration pointed at it, the app and a client.
 
-Everything is session-scoped: generating the dataset (~1,200 DICOM files) and indexing it at
-start-up take seconds, and no test changes them. The `client` validates every FHIR resource the
+Everything is session-scoped: the dataset (~1,100 DICOM files, real-sized images) is generated
+once per generator version and reused (tests/demo_dataset.py), indexing it at start-up takes
+seconds, and no test changes them. The `client` validates every FHIR resource the
 API returns (tests/fhir_validation.py) and refuses a 500 or a non-FHIR-JSON response, so each
 test checks those properties without saying so.
 """
@@ -45,7 +46,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def demo_data() -> Path:
-    """The demo dataset, generated once per session (deterministic: default seed)."""
+    """The demo dataset (deterministic: default seed), generated once per generator version."""
     return demo_dataset()
 
 

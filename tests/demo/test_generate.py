@@ -1,9 +1,11 @@
 """The demo dataset generator: every fact the manifest states must be true in the files.
 
-The dataset is generated once per session into a temporary directory and every file is
-read back with pydicom; the tests compare what the files say against the manifest, the
-cross-reference file and independent expectations (SOP Class UIDs written out in full,
-an independent Modulus 11 check).
+The dataset is the suite's (tests/demo_dataset.py: generated once per generator version) and
+every file is read back with pydicom (bulk pixel data on demand); the tests compare what the files
+say against the manifest, the cross-reference file and independent expectations (SOP Class UIDs
+written out in full, an independent Modulus 11 check, image sizes a viewer expects, tissue values
+in Hounsfield units, a plausible ECG). One test generates the dataset afresh to check that the
+same seed gives the same bytes.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import csv
 import datetime as dt
 import hashlib
 import io
+import itertools
 import json
 import sys
 from collections import defaultdict
@@ -28,9 +31,11 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # `import app` wherever pytest is started from
     sys.path.insert(0, str(ROOT))
 
+from demo_dataset import demo_dataset  # noqa: E402
+
 from app.core.identity import is_nhs_number  # noqa: E402
 from tools.demo import generate as generator  # noqa: E402
-from tools.demo.generate import TRUSTS, ensure_demo_data, generate  # noqa: E402
+from tools.demo.generate import GENERATOR_VERSION, TRUSTS, ensure_demo_data, generate  # noqa: E402
 
 # Written out in full rather than taken from pydicom, so a wrong constant name is caught.
 EXPECTED_SOP_CLASS = {
@@ -109,10 +114,8 @@ class Record:
 
 
 @pytest.fixture(scope="session")
-def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("demo-generate")
-    generate(out)
-    return out
+def demo_dir() -> Path:
+    return demo_dataset()
 
 
 @pytest.fixture(scope="session")
@@ -127,8 +130,9 @@ def facts(manifest: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def records(demo_dir: Path) -> list[Record]:
+    # Values over 64 KiB (pixel data) are read when a test asks for them, not held for the session.
     return [
-        Record(path.relative_to(demo_dir).parts[0], path, pydicom.dcmread(path))
+        Record(path.relative_to(demo_dir).parts[0], path, pydicom.dcmread(path, defer_size="64 KB"))
         for path in sorted(demo_dir.glob("*/*/*/*.dcm"))
     ]
 
@@ -153,8 +157,11 @@ def xref_rows(demo_dir: Path) -> list[dict[str, str]]:
 
 
 def walk(ds: Dataset) -> Iterator[Any]:
-    """Every element value, sequences included (forces pydicom to decode each one)."""
+    """Every element value, sequences included (forces pydicom to decode each one); bulk pixel
+    data is bytes, nothing to decode, and is left on disk."""
     for element in ds:
+        if element.tag == 0x7FE00010:
+            continue
         if element.VR == "SQ":
             for item in element.value:
                 yield from walk(item)
@@ -313,11 +320,25 @@ def test_manifest_studies_match_the_files(
             assert ds.get("TimezoneOffsetFromUTC") == study["timezone_offset"]
 
 
-def test_series_hold_one_to_three_instances(records: list[Record]) -> None:
-    per_series: dict[tuple[str, str], int] = defaultdict(int)
+def test_series_hold_few_instances_and_full_size_stacks_several_slices(
+    records: list[Record], facts: dict[str, Any]
+) -> None:
+    """Few instances per series (the catalogue's 1-3), except the cross-sectional series of the
+    full-size studies: stacks of 8-12 slices a viewer can scroll through (a CT scout stays one image)."""
+    full = set(facts["full_size_studies"])
+    per_series: dict[tuple[str, str], list[Dataset]] = defaultdict(list)
     for record in records:
-        per_series[(record.trust, record.ds.SeriesInstanceUID)] += 1
-    assert set(per_series.values()) <= {1, 2, 3}
+        per_series[(record.trust, record.ds.SeriesInstanceUID)].append(record.ds)
+    stacks = 0
+    for files in per_series.values():
+        ds = files[0]
+        localizer = "LOCALIZER" in ds.get("ImageType", [])
+        if ds.StudyInstanceUID in full and ds.Modality in {"CT", "MR", "PT"} and not localizer:
+            assert 8 <= len(files) <= 12, (ds.Modality, ds.SeriesDescription, len(files))
+            stacks += 1
+        else:
+            assert 1 <= len(files) <= 3, (ds.Modality, ds.SeriesDescription, len(files))
+    assert stacks >= 8
 
 
 def test_study_dates_are_2015_to_2026(studies: dict[str, dict[str, Any]], facts: dict[str, Any]) -> None:
@@ -631,7 +652,30 @@ def test_people_and_places_are_filled_in(records: list[Record]) -> None:
     assert all("PerformingPhysicianName" in r.ds for r in clinicians)
 
 
-def test_image_objects_carry_small_valid_pixel_data(records: list[Record]) -> None:
+# Image sizes at full size: what a viewer expects of each modality (rows, columns, samples per pixel).
+FULL_SIZE: dict[str, Callable[[Dataset], bool]] = {
+    "CT": lambda ds: (ds.Rows, ds.Columns, ds.BitsAllocated) == (512, 512, 16),
+    "MR": lambda ds: (ds.Rows, ds.Columns) == (256, 256),
+    "PT": lambda ds: (ds.Rows, ds.Columns) == (128, 128),
+    "CR": lambda ds: min(ds.Rows, ds.Columns) >= 1024,
+    "DX": lambda ds: min(ds.Rows, ds.Columns) >= 1024,
+    "MG": lambda ds: min(ds.Rows, ds.Columns) >= 800,
+    "US": lambda ds: (ds.Rows, ds.Columns, ds.SamplesPerPixel) == (480, 640, 3),
+    "ES": lambda ds: ds.Columns >= 1024 and ds.Rows >= 768 and ds.SamplesPerPixel == 3,
+    "XC": lambda ds: ds.Columns >= 1024 and ds.Rows >= 768 and ds.SamplesPerPixel == 3,
+    "GM": lambda ds: ds.Columns >= 1024 and ds.Rows >= 768 and ds.SamplesPerPixel == 3,
+    "OP": lambda ds: ds.Columns >= 1024 and ds.Rows >= 768 and ds.SamplesPerPixel == 3,
+    "XA": lambda ds: (ds.Rows, ds.Columns) == (512, 512) and int(ds.NumberOfFrames) >= 10,
+    "RF": lambda ds: (ds.Rows, ds.Columns) == (512, 512) and int(ds.NumberOfFrames) >= 6,
+    "OPT": lambda ds: ds.Columns >= 512 and int(ds.NumberOfFrames) >= 16,
+    "NM": lambda ds: (ds.Rows, ds.Columns, int(ds.NumberOfFrames)) in {(1024, 256, 1), (128, 128, 32)},
+    "SM": lambda ds: (ds.Rows, ds.Columns) == (256, 256)
+    and ds.DimensionOrganizationType == "TILED_FULL"
+    and (ds.ImageType[3] == "RESAMPLED" or int(ds.TotalPixelMatrixColumns) >= 1024),
+}
+
+
+def test_image_objects_carry_valid_pixel_data(records: list[Record]) -> None:
     for record in records:
         ds = record.ds
         if ds.Modality not in IMAGE_MODALITIES and ds.Modality != "SEG":
@@ -639,9 +683,176 @@ def test_image_objects_carry_small_valid_pixel_data(records: list[Record]) -> No
             continue
         frames = int(ds.get("NumberOfFrames", 1))
         expected = ds.Rows * ds.Columns * ds.SamplesPerPixel * frames * ds.BitsAllocated // 8
-        assert (ds.Rows, ds.Columns) == (8, 8)
-        assert len(ds.PixelData) == expected + expected % 2
+        if ds.Modality == "SEG":  # 1 bit per pixel, packed
+            expected = -(-ds.Rows * ds.Columns * frames // 8)
+        assert ds.Rows >= 64 and ds.Columns >= 64, (ds.Modality, ds.Rows, ds.Columns)
+        with record.path.open("rb") as handle:  # the length from the file, without loading the value
+            assert ds["PixelData"].file_tell is not None
+            handle.seek(ds["PixelData"].file_tell - 4)
+            assert int.from_bytes(handle.read(4), "little") == expected + expected % 2
         assert ds.PhotometricInterpretation == ("RGB" if ds.SamplesPerPixel == 3 else "MONOCHROME2")
+
+
+def test_full_size_studies_have_the_sizes_a_viewer_expects(
+    facts: dict[str, Any], by_study: dict[str, list[Record]]
+) -> None:
+    full = facts["full_size_studies"]
+    # The multi-trust patient's studies and each image modality's example study, nothing else.
+    assert facts["specialty_studies"]["CT"] in full and facts["shared_study"]["study_uid"] in full
+    assert len(full) < len(by_study) / 5
+    seen = set()
+    for uid in full:
+        for record in by_study[uid]:
+            ds = record.ds
+            if ds.Modality in FULL_SIZE and "LOCALIZER" not in ds.get("ImageType", []):
+                assert FULL_SIZE[ds.Modality](ds), (ds.Modality, ds.SeriesDescription, ds.Rows, ds.Columns)
+                seen.add(ds.Modality)
+    assert seen == set(FULL_SIZE)
+
+
+def test_reduced_studies_keep_the_content_at_a_smaller_matrix(facts: dict[str, Any], records: list[Record]) -> None:
+    full = set(facts["full_size_studies"])
+    reduced = [
+        r.ds
+        for r in records
+        if r.ds.StudyInstanceUID not in full
+        and r.ds.Modality in FULL_SIZE
+        and "RESAMPLED" not in r.ds.ImageType  # lower pyramid levels are small at any size
+    ]
+    assert reduced
+    for ds in reduced:
+        assert not FULL_SIZE[ds.Modality](ds) or ds.Modality == "PT", (ds.Modality, ds.Rows, ds.Columns)
+
+
+def _pixels(record: Record) -> Any:
+    return pydicom.dcmread(record.path).pixel_array
+
+
+def _hounsfield(record: Record) -> Any:
+    return _pixels(record).astype("float64") * float(record.ds.RescaleSlope) + float(record.ds.RescaleIntercept)
+
+
+def test_ct_slices_hold_tissue_classes_in_hounsfield_units(
+    facts: dict[str, Any], by_study: dict[str, list[Record]]
+) -> None:
+    """A full-size chest slice of the CT chest-abdomen-pelvis shows air, lung, fat, soft tissue and bone
+    at their Hounsfield units, with a window that shows soft tissue."""
+    files = [
+        r
+        for r in by_study[facts["shared_study"]["study_uid"]]
+        if r.trust == "bolton" and r.ds.Modality == "CT" and r.ds.SeriesDescription.startswith("Axial")
+    ]
+
+    # The slice through the middle of the chest: the one with the most lung.
+    def lung(record: Record) -> float:
+        hu = _hounsfield(record)
+        return float(((hu > -920) & (hu < -750)).mean())
+
+    chest = max(files, key=lung)
+    hu = _hounsfield(chest)
+    fractions = {
+        "air": (hu < -950).mean(),
+        "lung": ((hu > -920) & (hu < -750)).mean(),
+        "fat": ((hu > -140) & (hu < -60)).mean(),
+        "soft tissue": ((hu > 10) & (hu < 90)).mean(),
+        "bone": (hu > 300).mean(),
+    }
+    assert all(f > 0.005 for f in fractions.values()), fractions
+    assert chest.ds.RescaleType == "HU" and float(chest.ds.RescaleIntercept) == -1024
+    assert (float(chest.ds.WindowCenter), float(chest.ds.WindowWidth)) == (40, 400)
+
+
+def test_cross_sectional_series_stack_in_patient_space(
+    facts: dict[str, Any], by_study: dict[str, list[Record]]
+) -> None:
+    """What a viewer needs to stack slices: one orientation and matrix per series, positions that
+    step along the normal, SliceLocation and SliceThickness that agree with them."""
+    checked = 0
+    for uid in facts["full_size_studies"]:
+        series: dict[str, list[Dataset]] = defaultdict(list)
+        for record in by_study[uid]:
+            if record.ds.Modality in {"CT", "MR", "PT"} and "LOCALIZER" not in record.ds.ImageType:
+                series[record.ds.SeriesInstanceUID + record.trust].append(record.ds)
+        for files in series.values():
+            orientation = {tuple(float(v) for v in ds.ImageOrientationPatient) for ds in files}
+            assert len(orientation) == 1
+            (cosines,) = orientation
+            row, col = cosines[:3], cosines[3:]
+            normal = [
+                row[1] * col[2] - row[2] * col[1],
+                row[2] * col[0] - row[0] * col[2],
+                row[0] * col[1] - row[1] * col[0],
+            ]
+            assert {(ds.Rows, ds.Columns, tuple(ds.PixelSpacing)) for ds in files} == {
+                (files[0].Rows, files[0].Columns, tuple(files[0].PixelSpacing))
+            }
+            by_number = sorted(files, key=lambda ds: int(ds.InstanceNumber))
+            along = [
+                sum(float(p) * n for p, n in zip(ds.ImagePositionPatient, normal, strict=True)) for ds in by_number
+            ]
+            steps = {round(b - a, 2) for a, b in itertools.pairwise(along)}
+            assert len(steps) == 1 and next(iter(steps)) > 0, steps  # evenly spaced, in order
+            for ds, position in zip(by_number, along, strict=True):
+                assert abs(abs(float(ds.SliceLocation)) - abs(position)) < 0.01
+                assert float(ds.SliceThickness) > 0
+            checked += 1
+    assert checked >= 8
+
+
+def test_a_stack_changes_from_slice_to_slice(facts: dict[str, Any], by_study: dict[str, list[Record]]) -> None:
+    files = sorted(
+        (r for r in by_study[facts["specialty_studies"]["MR"]] if r.ds.Modality == "MR"),
+        key=lambda r: (r.ds.SeriesNumber, r.ds.InstanceNumber),
+    )[:10]
+    first, middle = _pixels(files[0]).astype("float64"), _pixels(files[5]).astype("float64")
+    assert abs(first - middle).mean() > 20  # different anatomy, not the same picture with new noise
+    assert middle.std() > 100  # contrast, not a flat field
+
+
+def test_nuclear_medicine_has_a_whole_body_pair_and_a_dynamic_series(
+    facts: dict[str, Any], by_study: dict[str, list[Record]]
+) -> None:
+    files = [r.ds for r in by_study[facts["specialty_studies"]["NM"]] if r.ds.Modality == "NM"]
+    dynamic = [ds for ds in files if "DYNAMIC" in ds.ImageType]
+    whole_body = [ds for ds in files if "WHOLE BODY" in ds.ImageType]
+    assert len(dynamic) == 1 and len(whole_body) == 2
+    (ds,) = dynamic
+    assert int(ds.NumberOfFrames) == 32 == len(ds.EnergyWindowVector) == len(ds.PhaseVector)
+    assert [int(t) for t in ds.FrameIncrementPointer] == [0x00540010, 0x00540020, 0x00540030]
+    frames = pydicom.dcmread(by_study[ds.StudyInstanceUID][0].path.parent / f"{ds.SOPInstanceUID}.dcm").pixel_array
+    totals = frames.reshape(32, -1).sum(axis=1)
+    assert totals[0] < totals[15]  # the tracer arrives
+
+
+def test_whole_slide_series_is_a_tiled_pyramid(facts: dict[str, Any], by_study: dict[str, list[Record]]) -> None:
+    series: dict[str, list[Dataset]] = defaultdict(list)
+    for record in by_study[facts["specialty_studies"]["SM"]]:
+        if record.ds.Modality == "SM":
+            series[record.ds.SeriesInstanceUID].append(record.ds)
+    assert series
+    for levels in series.values():
+        levels.sort(key=lambda ds: -int(ds.TotalPixelMatrixColumns))
+        assert 2 <= len(levels) <= 3
+        assert levels[0].ImageType[2:] == ["VOLUME", "NONE"]
+        assert all(ds.ImageType[3] == "RESAMPLED" for ds in levels[1:])
+        for bigger, smaller in itertools.pairwise(levels):
+            assert int(bigger.TotalPixelMatrixColumns) == 2 * int(smaller.TotalPixelMatrixColumns)
+        for ds in levels:
+            tiles = -(-int(ds.TotalPixelMatrixRows) // ds.Rows) * -(-int(ds.TotalPixelMatrixColumns) // ds.Columns)
+            assert int(ds.NumberOfFrames) == tiles
+            spacing = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+            assert float(spacing[0]) * int(ds.TotalPixelMatrixColumns) == pytest.approx(float(ds.ImagedVolumeWidth))
+
+
+def test_segmentation_matches_the_image_it_was_drawn_on(
+    facts: dict[str, Any], by_study: dict[str, list[Record]]
+) -> None:
+    seg = _only(by_study, facts, "SEG")
+    source_uid = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
+    (source,) = [r.ds for r in by_study[seg.StudyInstanceUID] if r.ds.SOPInstanceUID == source_uid]
+    assert (seg.Rows, seg.Columns) == (source.Rows, source.Columns)
+    mask = pydicom.dcmread(next(r.path for r in by_study[seg.StudyInstanceUID] if r.ds is seg)).pixel_array
+    assert 0 < mask.sum() < mask.size / 20  # a lesion, not the whole image
 
 
 def _only(by_study: dict[str, list[Record]], facts: dict[str, Any], modality: str) -> Dataset:
@@ -696,14 +907,33 @@ def test_presentation_state_and_segmentation_reference_the_study(
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID in series
 
 
-@pytest.mark.parametrize(("modality", "channels"), [("ECG", 12), ("HD", 2)])
-def test_waveforms_have_a_tiny_multiplex_group(
-    facts: dict[str, Any], by_study: dict[str, list[Record]], modality: str, channels: int
+@pytest.mark.parametrize(("modality", "channels", "rate"), [("ECG", 12, 500), ("HD", 2, 250)])
+def test_waveforms_are_ten_seconds_of_every_channel(
+    facts: dict[str, Any], by_study: dict[str, list[Record]], modality: str, channels: int, rate: int
 ) -> None:
     ds = _only(by_study, facts, modality)
     (group,) = ds.WaveformSequence
     assert group.NumberOfWaveformChannels == channels == len(group.ChannelDefinitionSequence)
+    assert float(group.SamplingFrequency) == rate and group.NumberOfWaveformSamples == 10 * rate
     assert len(group.WaveformData) == channels * group.NumberOfWaveformSamples * group.WaveformBitsAllocated // 8
+
+
+def test_ecg_traces_are_plausible(facts: dict[str, Any], by_study: dict[str, list[Record]]) -> None:
+    """Lead II shows sinus rhythm (R waves of ~1 mV at 50-100 a minute); the limb leads obey Einthoven
+    (III = II - I) and aVR is upside down."""
+    import numpy as np
+
+    ds = _only(by_study, facts, "ECG")
+    (group,) = ds.WaveformSequence
+    microvolts = [float(c.ChannelSensitivity) for c in group.ChannelDefinitionSequence]
+    data = np.frombuffer(group.WaveformData, dtype="<i2").reshape(-1, 12).astype("float64") * microvolts
+    one, two, three, avr = data[:, 0], data[:, 1], data[:, 2], data[:, 3]
+    peaks = [i for i in range(1, len(two) - 1) if two[i] > 600 and two[i] >= two[i - 1] and two[i] > two[i + 1]]
+    beats_per_minute = len(peaks) * 6
+    assert 45 <= beats_per_minute <= 105, beats_per_minute
+    assert 700 < np.median(two[peaks]) < 2000
+    assert np.abs(three - (two - one)).max() <= 3 * max(microvolts)  # rounding only: III is derived
+    assert np.median(avr[peaks]) < -300
 
 
 # --------------------------------------------------------------------------- determinism and entry points
@@ -733,23 +963,30 @@ def test_previous_output_is_cleared_but_other_files_are_kept(tmp_path: Path) -> 
     assert keep.read_text() == "mine"
 
 
-def test_ensure_demo_data_generates_only_when_manifest_missing(tmp_path: Path, monkeypatch) -> None:
+def test_ensure_demo_data_generates_only_when_missing_or_of_another_version(tmp_path: Path, monkeypatch) -> None:
     calls: list[Path] = []
 
-    def fake_generate(out_dir: Path, *, seed: int = 0) -> None:
+    def fake_generate(out_dir: Path, *, seed: int = 0, progress: Any = None) -> None:
         calls.append(out_dir)
-        (out_dir / "manifest.json").write_text("{}")
+        (out_dir / "manifest.json").write_text(json.dumps({"generator_version": GENERATOR_VERSION}))
 
     monkeypatch.setattr(generator, "generate", fake_generate)
     assert ensure_demo_data(tmp_path) is True
     assert ensure_demo_data(tmp_path) is False
     assert calls == [tmp_path]
+    (tmp_path / "manifest.json").write_text("{}")  # the 8x8 dataset of version 1 had no version
+    assert ensure_demo_data(tmp_path) is True
+    assert calls == [tmp_path, tmp_path]
+
+
+def test_manifest_names_the_generator_version(manifest: dict[str, Any]) -> None:
+    assert manifest["generator_version"] == GENERATOR_VERSION
 
 
 def test_cli_prints_a_one_line_summary(tmp_path: Path, monkeypatch, capsys) -> None:
     seen: dict[str, Any] = {}
 
-    def fake_generate(out_dir: Path, *, seed: int) -> generator.Manifest:
+    def fake_generate(out_dir: Path, *, seed: int, progress: Any = None) -> generator.Manifest:
         seen.update(out_dir=out_dir, seed=seed)
         counts = {"patients": 1, "studies": 2, "files": 3, "bytes": 4000, "xref_rows": 0}
         return generator.Manifest(seed, [], counts, [], {})

@@ -16,11 +16,22 @@ Layout written under ``out_dir``::
     xref.csv        nhs_number,trust,local_patient_id,issuer (xref-style trusts only)
     manifest.json   patients, studies and the "facts" naming each special case
 
-Usage: ``python -m tools.demo.generate OUT_DIR [--seed N]``.
+Images look like what they are (tools/demo/pixels.py: an analytic human phantom sampled
+as CT in Hounsfield units, MR, PET, radiographs and scintigrams; procedural colour images;
+10 s 12-lead ECGs). The studies named in ``facts.full_size_studies`` (the multi-trust
+patient's and each modality's example study) have the sizes a viewer expects (CT 512x512
+stacks of 10 slices, MR 256x256, radiographs 1024+ on the short side, colour images
+1024x768, ultrasound 640x480 RGB, a 32-frame NM flow phase, a 3-level whole-slide
+pyramid); the others have the same content at a smaller matrix and the catalogue's few
+instances, which keeps the dataset near 175 MB. ``GENERATOR_VERSION`` names what is
+written; the manifest records it.
+
+Usage: ``python -m tools.demo.generate OUT_DIR [--seed N]`` (progress on stderr).
 
 Deliberate shortcuts (it is demo data, not a conformance suite): non-image objects carry
-only what makes them plausible (not every Type 1 attribute of their IOD); images are 8x8;
-the haemodynamic pressure channel is coded in a local scheme (99GMDEMO), not CID 3003;
+only what makes them plausible (not every Type 1 attribute of their IOD), and so do the
+images (no enhanced multi-frame functional groups for OCT, a simplified NM module); the
+haemodynamic pressure channel is coded in a local scheme (99GMDEMO), not CID 3003;
 procedure codes are standard (SNOMED CT, LOINC) only where the code is known for certain.
 """
 
@@ -33,14 +44,14 @@ import hashlib
 import json
 import random
 import shutil
-import struct
 import sys
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from pydicom import config
 from pydicom import uid as dicom_uid
@@ -51,8 +62,12 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
 
 from app.core.identity import nhs_check_digit
+from tools.demo import pixels
 
 DEFAULT_SEED = 20261127
+# Bumped whenever the generator writes different data for the same seed: `python -m app demo`
+# regenerates a demo-data/ folder of another version, and the tests key their cached copy by it.
+GENERATOR_VERSION = 2
 NHS_NUMBER_OID = "2.16.840.1.113883.2.1.4.1"
 MANIFEST_NAME = "manifest.json"
 XREF_NAME = "xref.csv"
@@ -351,7 +366,7 @@ _TEMPLATES: tuple[_Template, ...] = (
         "nm_bone",
         "NM Bone Scan Whole Body",
         "Nuclear Medicine",
-        (_S("NM", "Whole body anterior and posterior", 2),),
+        (_S("NM", "Whole body anterior and posterior", 2), _S("NM", "Flow phase dynamic", 1)),
         ("Prostate cancer staging", "Breast cancer ? bone metastases", "Bone pain ? metastatic disease"),
         "NBONW",
         ("WHOLEBODY",),
@@ -769,6 +784,7 @@ class Manifest:
     counts: dict[str, int]
     patients: list[PatientEntry]
     facts: dict[str, Any]
+    generator_version: int = GENERATOR_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -835,6 +851,8 @@ class _Study:
     operators: list[str]
     frame_of_reference: str
     quirk: str | None = None
+    full_size: bool = False  # images at full size and full stacks (see _size_images)
+    lesion: bool = False  # the patient's anatomy has a tumour (oncology patients)
     accession: str = ""
     study_id: str = ""
     series: list[_Series] = field(default_factory=list)
@@ -1144,7 +1162,9 @@ def _plan(seed: int) -> _Plan:
     _assign_local_ids(rng, patients, studies)
     for patient in patients:
         studies[patient.index].sort(key=lambda s: (s.date, s.key))
-    return _Plan(patients, studies, shared, extra, conflict)
+    plan = _Plan(patients, studies, shared, extra, conflict)
+    _size_images(seed, plan)
+    return plan
 
 
 # --------------------------------------------------------------------------- DICOM helpers
@@ -1311,59 +1331,164 @@ def _series_layer(study: _Study, series: _Series) -> Dataset:
 
 
 # --------------------------------------------------------------------------- pixels
+#
+# Real-looking images (tools/demo/pixels.py) at two sizes. A few studies are *full size*: every study of
+# the multi-trust patient (the demo's first patient) and the example study of each image modality
+# (facts.specialty_studies), listed in facts.full_size_studies. Their images have the
+# sizes a viewer expects (CT 512x512, MR 256x256, radiographs 1024+ on the short side, colour images
+# 1024x768, ultrasound 640x480) and their cross-sectional series are stacks of _FULL_STACK slices. Every
+# other study has the same content at a reduced matrix and as many slices as its catalogue entry says:
+# a dataset of ~340 studies at full size would not fit the demo's size budget.
+
+_FULL_STACK = 10  # slices per CT, MR and PET series of a full-size study
+_CROSS_SECTIONAL = frozenset({"CT", "MR", "PT"})
+_TILE = 256  # whole-slide tiles
+_SM_LEVELS = (3, 2)  # pyramid levels at full size (base 1024x1024) and reduced (base 512x512)
 
 
-def _radial(rows: int, cols: int) -> list[int]:
-    """0..98 per pixel, highest in the centre: a blob that looks like *something*."""
-    out = []
-    for r in range(rows):
-        for c in range(cols):
-            dr, dc = 2 * r - (rows - 1), 2 * c - (cols - 1)
-            out.append(98 - min(dr * dr + dc * dc, 98))
-    return out
+@dataclass(frozen=True)
+class _Stack:
+    """Where a cross-sectional series' slices are: a view through a centre, its field of view, the
+    range its slices are spread over along the view's normal, and how it looks."""
+
+    view: str
+    center: tuple[float, float, float]
+    fov: tuple[float, float]
+    extent: tuple[float, float]
+    thickness: float
+    look: str  # CT: "plain", "contrast", "sharp"; MR: a weighting; PT: "fdg"; "localizer"
+    window: tuple[float, float] = (40.0, 400.0)
 
 
-def _mono_pixels(rows: int, cols: int, frames: int, bits: int, variant: int) -> bytes:
-    top = (1 << bits) - 1
-    base = _radial(rows, cols)
-    values = [min(top, (v * top) // 98 // 2 + variant * 5 + f * 3) for f in range(frames) for v in base]
-    if bits > 8:
-        return struct.pack(f"<{len(values)}H", *values)
-    return bytes(values)
+# Cross-sectional series by (template, series description). Knee stacks are centred on the study's side.
+_STACKS: dict[tuple[str, str], _Stack] = {
+    ("ct_cap", "Topogram"): _Stack("coronal", (0, 0, 1150), (700, 700), (0, 0), 1.0, "localizer"),
+    ("ct_cap", "Axial 5mm portal venous"): _Stack("axial", (0, 0, 0), (480, 480), (860, 1420), 5.0, "contrast"),
+    ("ct_cap", "Coronal 3mm"): _Stack("coronal", (0, 0, 1140), (620, 620), (-70, 70), 3.0, "contrast"),
+    ("ct_head", "Head axial 5mm"): _Stack("axial", (0, 0, 0), (240, 240), (1530, 1700), 5.0, "plain", (40, 80)),
+    ("ct_head", "Head bone window"): _Stack("axial", (0, 0, 0), (240, 240), (1530, 1700), 5.0, "sharp", (500, 2000)),
+    ("ct_chest", "Axial lung 1mm"): _Stack("axial", (0, 0, 0), (420, 420), (1150, 1430), 1.0, "sharp", (-600, 1500)),
+    ("ct_chest", "Axial mediastinum 3mm"): _Stack("axial", (0, 0, 0), (420, 420), (1150, 1430), 3.0, "plain"),
+    ("pet_fdg", "CT attenuation correction"): _Stack("axial", (0, 0, 0), (600, 600), (1020, 1470), 5.0, "sharp"),
+    ("pet_fdg", "PET AC"): _Stack("axial", (0, 0, 0), (600, 600), (1020, 1470), 4.0, "fdg"),
+    ("mr_knee", "PD FS sagittal"): _Stack("sagittal", (0, 0, 480), (160, 160), (-40, 40), 3.0, "PDFS"),
+    ("mr_knee", "T1 coronal"): _Stack("coronal", (0, 0, 480), (160, 160), (-30, 40), 3.0, "T1"),
+    ("mr_knee", "PD FS axial"): _Stack("axial", (0, 0, 0), (160, 160), (430, 530), 3.0, "PDFS"),
+    ("mr_brain", "T2 axial"): _Stack("axial", (0, 0, 0), (230, 230), (1530, 1690), 5.0, "T2"),
+    ("mr_brain", "FLAIR axial"): _Stack("axial", (0, 0, 0), (230, 230), (1530, 1690), 5.0, "FLAIR"),
+    ("mr_brain", "DWI"): _Stack("axial", (0, 0, 0), (230, 230), (1530, 1690), 5.0, "DWI"),
+    ("mr_lspine", "T2 sagittal"): _Stack("sagittal", (0, 40, 960), (320, 320), (-24, 24), 4.0, "T2"),
+    ("mr_lspine", "T1 sagittal"): _Stack("sagittal", (0, 40, 960), (320, 320), (-24, 24), 4.0, "T1"),
+    ("mr_lspine", "T2 axial"): _Stack("axial", (0, 50, 0), (200, 200), (870, 1050), 4.0, "T2"),
+    ("mr_prostate", "T2 axial"): _Stack("axial", (0, -10, 0), (180, 180), (815, 875), 3.0, "T2"),
+    ("mr_prostate", "DWI b1400"): _Stack("axial", (0, -10, 0), (180, 180), (815, 875), 3.0, "DWI"),
+    ("mr_prostate", "DCE"): _Stack("axial", (0, -10, 0), (180, 180), (815, 875), 3.0, "DCE"),
+}
+_MR_WINDOW = (1100.0, 2200.0)
+
+# (rows, columns) at full size and reduced; frames where the images are multi-frame. Reduced ultrasound
+# is grey (MONOCHROME2, as many scanners store B-mode); full-size ultrasound is RGB.
+_SIZES: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    "CT": ((512, 512), (160, 160)),
+    "MR": ((256, 256), (128, 128)),
+    "PT": ((128, 128), (128, 128)),
+    "CR": ((1280, 1024), (320, 256)),
+    "MG": ((1024, 832), (320, 256)),
+    "US": ((480, 640), (192, 256)),
+    "XA": ((512, 512), (256, 256)),
+    "RF": ((512, 512), (256, 256)),
+    "ES": ((768, 1024), (240, 320)),
+    "XC": ((768, 1024), (240, 320)),
+    "GM": ((768, 1024), (240, 320)),
+    "OP": ((768, 1024), (240, 320)),
+    "OPT": ((496, 512), (248, 256)),
+    "SM": ((1024, 1024), (512, 512)),  # the base level's total pixel matrix
+}
+_DX_SIZES = (((1024, 1280), (256, 320)),)  # landscape: pelvis, knees
+_FRAMES = {"XA": (12, 6), "RF": (8, 6), "OPT": (16, 8)}
+_NM_WHOLE_BODY = ((1024, 256), (512, 128))
+_NM_DYNAMIC = ((128, 128), (64, 64))
+_NM_DYNAMIC_FRAMES = 32
 
 
-def _rgb_pixels(rows: int, cols: int, variant: int) -> bytes:
-    out = bytearray()
-    for i, v in enumerate(_radial(rows, cols)):
-        out += bytes(((120 + v + variant * 9) % 256, (60 + 2 * v) % 256, (40 + (i % 8) * 20) % 256))
-    return bytes(out)
+def _seed_of(*parts: object) -> int:
+    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little")
 
 
-def _binary_mask(rows: int, cols: int) -> bytes:
-    bits = [1 if v > 60 else 0 for v in _radial(rows, cols)]
-    packed = bytearray()
-    for i in range(0, len(bits), 8):
-        # DICOM packs 1-bit pixels little end first: pixel 0 in bit 0.
-        packed.append(sum(bit << n for n, bit in enumerate(bits[i : i + 8])))
-    if len(packed) % 2:
-        packed.append(0)
-    return bytes(packed)
+def _full_size_keys(plan: _Plan) -> set[str]:
+    everything = [s for p in plan.patients for s in plan.studies[p.index]]
+    keys = {s.key for s in plan.studies[_P_MULTI_TRUST]}
+    image_modalities = [m for m in SPECIALTY_MODALITIES if m not in _NON_IMAGE]
+    by_uid = {s.uid: s for s in everything}
+    return keys | {by_uid[_specialty_study(everything, plan.shared, m)].key for m in image_modalities}
 
 
-def _set_pixels(ds: Dataset, modality: str, *, rgb: bool, bits: int, frames: int, variant: int) -> None:
-    rows = cols = 8
-    ds.Rows, ds.Columns = rows, cols
+def _size_images(seed: int, plan: _Plan) -> None:
+    """Mark the full-size studies, give their cross-sectional series full stacks and every
+    whole-slide series its pyramid levels."""
+    keys = _full_size_keys(plan)
+    for patient in plan.patients:
+        oncology = any(s.template.key == "pet_fdg" for s in plan.studies[patient.index])
+        for study in plan.studies[patient.index]:
+            study.lesion = oncology
+            study.full_size = study.key in keys
+            for j, series in enumerate(study.series[: len(study.template.series)]):
+                key = f"{study.key}/series{j}"
+                if series.spec.modality == "SM":  # one instance per pyramid level
+                    levels = _SM_LEVELS[0 if study.full_size else 1]
+                    series.instance_uids = [_uid(seed, f"{key}/{i}") for i in range(levels)]
+                stack = _STACKS.get((study.template.key, series.spec.description))
+                if study.full_size and stack is not None and stack.look != "localizer":
+                    series.instance_uids = [_uid(seed, f"{key}/{i}") for i in range(_FULL_STACK)]
+
+
+def _anatomy(study: _Study) -> tuple[pixels.Shape, ...]:
+    patient = study.patient
+    return pixels.human("M" if patient.sex == "M" else "F", (0.92, 1.0, 1.08)[patient.index % 3], study.lesion)
+
+
+def _stack_plane(study: _Study, series: _Series, index: int) -> tuple[_Stack, pixels.Plane]:
+    stack = _STACKS[(study.template.key, series.spec.description)]
+    size = _SIZES[series.spec.modality][0 if study.full_size else 1]
+    center = list(stack.center)
+    if study.template.key == "mr_knee":  # the study's knee: patient left is +x
+        center[0] = 100.0 if series.side == "L" else -100.0
+    normal = {"axial": 2, "coronal": 1, "sagittal": 0}[stack.view]
+    if stack.look != "localizer":
+        count = len(series.instance_uids)
+        lo, hi = stack.extent
+        center[normal] += lo + (index + 0.5) * (hi - lo) / count
+    grid = pixels.plane(stack.view, (center[0], center[1], center[2]), stack.fov, size)
+    return stack, grid
+
+
+def _put_pixels(ds: Dataset, array: Any, *, bits: int, multi_frame: bool = False) -> None:
+    """Pixel data and the Image Pixel module from an array (frames, rows, cols[, 3]) or (rows, cols[, 3])."""
+    import numpy as np
+
+    rgb = array.shape[-1] == 3 and array.ndim in (3, 4)
+    frames = array.shape[0] if array.ndim == (4 if rgb else 3) else 1
+    rows, cols = array.shape[-3:-1] if rgb else array.shape[-2:]
     ds.SamplesPerPixel = 3 if rgb else 1
     ds.PhotometricInterpretation = "RGB" if rgb else "MONOCHROME2"
     if rgb:
         ds.PlanarConfiguration = 0
+    ds.Rows, ds.Columns = int(rows), int(cols)
     allocated = 8 if bits <= 8 else 16
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = allocated, bits, bits - 1
     ds.PixelRepresentation = 0
-    if frames > 1 or modality in ("NM", "SM", "OPT"):
+    if multi_frame or frames > 1:
         ds.NumberOfFrames = frames
-    data = _rgb_pixels(rows, cols, variant) * frames if rgb else _mono_pixels(rows, cols, frames, bits, variant)
-    ds.add_new(0x7FE00010, "OW" if allocated > 8 else "OB", data)
+    data = np.ascontiguousarray(array, dtype=np.uint8 if allocated == 8 else "<u2").tobytes()
+    ds.add_new(0x7FE00010, "OW" if allocated > 8 else "OB", data + b"\x00" * (len(data) % 2))
+
+
+def _auto_window(ds: Dataset, array: Any) -> None:
+    import numpy as np
+
+    low, high = (float(v) for v in np.percentile(array, (1, 99.5)))
+    ds.WindowCenter, ds.WindowWidth = f"{(low + high) / 2:.0f}", f"{max(high - low, 1):.0f}"
 
 
 # --------------------------------------------------------------------------- per modality
@@ -1373,60 +1498,135 @@ def _image(ds: Dataset, study: _Study, series: _Series, index: int) -> None:
     """Image IODs: pixels plus the few attributes viewers and archives look at."""
     modality = series.spec.modality
     views = series.spec.views
+    seed = _seed_of(ds.SOPInstanceUID)
+    full = 0 if study.full_size else 1
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     if views:
         ds.ViewPosition = views[index % len(views)]
     if series.side:
         ds.ImageLaterality = series.side
-    if modality in ("CT", "MR", "PT"):
+    if modality in _CROSS_SECTIONAL:
         _cross_sectional(ds, study, series, index)
     elif modality in ("CR", "DX", "MG"):
-        if modality != "CR":
-            ds.PresentationIntentType = "FOR PRESENTATION"
-        ds.KVP = "28" if modality == "MG" else "75"
-        ds.WindowCenter, ds.WindowWidth = "2048", "4096"
-        _set_pixels(ds, modality, rgb=False, bits=12, frames=1, variant=index)
+        _projection_radiograph(ds, study, series, index)
     elif modality == "NM":
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "WHOLE BODY", "EMISSION"]
-        ds.add_new(0x00280009, "AT", [0x00540010])  # FrameIncrementPointer
-        ds.EnergyWindowVector = [1]
-        ds.NumberOfEnergyWindows = 1
-        _set_pixels(ds, modality, rgb=False, bits=16, frames=1, variant=index)
+        _nuclear_medicine(ds, study, series, index)
     elif modality in ("XA", "RF"):
         ds.ImageType = ["ORIGINAL", "PRIMARY", "SINGLE PLANE"]
         ds.KVP = "80"
-        _set_pixels(ds, modality, rgb=False, bits=8, frames=1, variant=index)
+        rows, cols = _SIZES[modality][full]
+        frames = _FRAMES[modality][full]
+        if modality == "XA":
+            right = series.spec.description.startswith("Right")
+            cine = _cached_grey("angio", rows, cols, frames, right, seed % 3)
+            ds.FrameTime, ds.CineRate = "66.7", 15
+        else:
+            cine = _cached_grey("fluoro", rows, cols, frames, False, seed % 3)
+            ds.FrameTime, ds.CineRate = "250", 4
+        ds.add_new(0x00280009, "AT", [0x00181063])  # FrameIncrementPointer: FrameTime
+        ds.WindowCenter, ds.WindowWidth = "128", "256"
+        _put_pixels(ds, cine, bits=8, multi_frame=True)
     elif modality == "OPT":
-        _set_pixels(ds, modality, rgb=False, bits=8, frames=2, variant=index)
+        rows, cols = _SIZES[modality][full]
+        ds.ImageType = ["ORIGINAL", "PRIMARY"]
+        _put_pixels(
+            ds, _cached_grey("oct", rows, cols, _FRAMES["OPT"][full], False, seed % 3), bits=8, multi_frame=True
+        )
     elif modality in ("US", "ES", "XC", "GM", "OP"):
-        _set_pixels(ds, modality, rgb=True, bits=8, frames=1, variant=index)
+        rows, cols = _SIZES[modality][full]
+        kind = {
+            "US": "echo" if study.template.key == "echo" else "abdomen",
+            "ES": "colon" if study.template.key == "colonoscopy" else "gastric",
+            "XC": "wound",
+            "GM": "lesion",
+            "OP": f"fundus-{series.side or 'R'}",
+        }[modality]
+        image = _cached_colour(kind, rows, cols, (seed + index) % 3)
+        if modality == "US" and not study.full_size:
+            image = image[..., 0]
+        _put_pixels(ds, image, bits=8)
     elif modality == "SM":
-        _whole_slide(ds, study, index)
+        _whole_slide(ds, study, series, index)
+
+
+def _cached_colour(kind: str, rows: int, cols: int, variant: int) -> Any:
+    return _colour_image(kind, rows, cols, variant)
+
+
+@lru_cache(maxsize=48)
+def _colour_image(kind: str, rows: int, cols: int, variant: int) -> Any:
+    seed = _seed_of(kind, variant)
+    if kind in ("echo", "abdomen"):
+        return pixels.ultrasound(rows, cols, cardiac=kind == "echo", seed=seed)
+    if kind in ("colon", "gastric"):
+        return pixels.endoscopy(rows, cols, colon=kind == "colon", seed=seed)
+    if kind == "wound":
+        return pixels.wound_photograph(rows, cols, seed=seed)
+    if kind == "lesion":
+        return pixels.dermoscopy(rows, cols, seed=seed)
+    if kind.startswith("fundus"):
+        return pixels.fundus(rows, cols, right_eye=kind.endswith("R"), seed=seed)
+    return pixels.histology(rows, cols, stain=kind, seed=seed)
+
+
+def _cached_grey(kind: str, rows: int, cols: int, frames: int, flag: bool, variant: int) -> Any:
+    return _grey_image(kind, rows, cols, frames, flag, variant)
+
+
+@lru_cache(maxsize=32)
+def _grey_image(kind: str, rows: int, cols: int, frames: int, flag: bool, variant: int) -> Any:
+    seed = _seed_of(kind, flag, variant)
+    if kind == "angio":
+        return pixels.angiogram(rows, cols, frames, right=flag, seed=seed)
+    if kind == "fluoro":
+        return pixels.fluoroscopy(rows, cols, frames, seed=seed)
+    if kind == "oct":
+        return pixels.oct_volume(rows, cols, frames, seed=seed)
+    return pixels.mammogram(rows, cols, chest_wall_left=flag, seed=seed)
 
 
 def _cross_sectional(ds: Dataset, study: _Study, series: _Series, index: int) -> None:
     modality = series.spec.modality
+    stack, grid = _stack_plane(study, series, index)
+    anatomy = _anatomy(study)
+    seed = _seed_of(ds.SOPInstanceUID)
+    normal = grid.normal_axis
     ds.FrameOfReferenceUID = study.frame_of_reference
     ds.PositionReferenceIndicator = ""
     ds.PatientPosition = "FFS" if study.body_part in ("KNEE", "HIP") else "HFS"
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.ImagePositionPatient = [-100, -100, -5 * index]
-    ds.PixelSpacing = [25, 25]
-    ds.SliceThickness = "5"
+    ds.ImageOrientationPatient = grid.orientation()
+    ds.ImagePositionPatient = [round(v, 3) for v in grid.origin]
+    ds.PixelSpacing = [round(grid.spacing, 4), round(grid.spacing, 4)]
+    ds.SliceThickness = f"{stack.thickness:g}"
+    if stack.look != "localizer":
+        ds.SliceLocation = f"{grid.origin[normal]:.2f}"
     if modality == "CT":
-        localizer = series.spec.description == "Topogram"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER" if localizer else "AXIAL"]
+        if stack.look == "localizer":
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+            image = pixels.radiograph(anatomy, grid, seed=seed)
+        else:
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL" if stack.view == "axial" else "REFORMATTED"]
+            image = pixels.ct_image(
+                anatomy, grid, contrast=stack.look == "contrast", sharp=stack.look == "sharp", seed=seed
+            )
         ds.KVP = "120"
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "-1024", "1", "HU"
-        ds.WindowCenter, ds.WindowWidth = "40", "400"
-        _set_pixels(ds, modality, rgb=False, bits=12, frames=1, variant=index)
+        if stack.look == "localizer":
+            _auto_window(ds, image.astype("float64") - 1024)
+        else:
+            ds.WindowCenter, ds.WindowWidth = f"{stack.window[0]:g}", f"{stack.window[1]:g}"
+        _put_pixels(ds, image, bits=12)
     elif modality == "MR":
         ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
         ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions = "SE", "NONE", ""
         ds.MRAcquisitionType = "2D"
         ds.MagneticFieldStrength = "1.5"
-        ds.RepetitionTime, ds.EchoTime = "3000", "90"
-        _set_pixels(ds, modality, rgb=False, bits=12, frames=1, variant=index)
+        ds.RepetitionTime, ds.EchoTime = {"T1": ("550", "12"), "FLAIR": ("9000", "120"), "DWI": ("4000", "80")}.get(
+            stack.look, ("3000", "90")
+        )
+        ds.SpacingBetweenSlices = f"{(stack.extent[1] - stack.extent[0]) / len(series.instance_uids):.2f}"
+        ds.WindowCenter, ds.WindowWidth = f"{_MR_WINDOW[0]:g}", f"{_MR_WINDOW[1]:g}"
+        _put_pixels(ds, pixels.mr_image(anatomy, grid, stack.look, seed=seed), bits=12)
     else:  # PT
         ds.Units, ds.DecayCorrection = "BQML", "START"
         ds.CorrectedImage = ["ATTN", "DECY"]
@@ -1438,30 +1638,221 @@ def _cross_sectional(ds: Dataset, study: _Study, series: _Series, index: int) ->
         drug.RadionuclideTotalDose = "350000000"
         drug.RadionuclideHalfLife = "6586.2"
         ds.RadiopharmaceuticalInformationSequence = [drug]
-        _set_pixels(ds, modality, rgb=False, bits=16, frames=1, variant=index)
+        _put_pixels(ds, pixels.pet_image(anatomy, grid, seed=seed), bits=16)
 
 
-def _whole_slide(ds: Dataset, study: _Study, index: int) -> None:
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+def _projection_radiograph(ds: Dataset, study: _Study, series: _Series, index: int) -> None:
+    modality = series.spec.modality
+    full = 0 if study.full_size else 1
+    seed = _seed_of(ds.SOPInstanceUID)
+    if modality != "CR":
+        ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.KVP = "28" if modality == "MG" else "75"
+    view = ds.get("ViewPosition", "AP")
+    if modality == "MG":
+        rows, cols = _SIZES["MG"][full]
+        image = _cached_grey("mammo", rows, cols, 1, series.side == "L", (seed + index) % 3)
+        spacing = 0.07 * 1280 / rows
+        ds.PatientOrientation = (
+            ["A", "R" if series.side == "L" else "L"] if view == "CC" else ["A", "FR" if series.side == "L" else "FL"]
+        )
+    else:
+        anatomy = _anatomy(study)
+        slab = (-1e4, 1e4)
+        if modality == "CR":  # chest
+            size = _SIZES["CR"][full]
+            grid = pixels.plane("coronal", (0, 0, 1250), (430, 540), size)
+        elif study.template.key == "dx_knees":
+            size = _DX_SIZES[0][full]
+            grid = pixels.plane("coronal", (0, 0, 480), (440, 350), size)
+        elif view == "LL":  # lateral hip: through the study's side only
+            size = _DX_SIZES[0][full]
+            x = 100.0 if series.side == "L" else -100.0
+            grid = pixels.plane("sagittal", (x, 0, 880), (300, 240), size)
+            slab = (0.0, 400.0) if series.side == "L" else (-400.0, 0.0)
+        else:  # AP pelvis
+            size = _DX_SIZES[0][full]
+            grid = pixels.plane("coronal", (0, 0, 890), (420, 336), size)
+        image = _cached_radiograph(anatomy, grid, slab, seed)
+        spacing = grid.spacing
+        ds.PatientOrientation = ["P", "F"] if view == "LL" else ["L", "F"]
+    ds.ImagerPixelSpacing = [round(spacing, 4), round(spacing, 4)]
+    ds.PixelSpacing = [round(spacing, 4), round(spacing, 4)]
+    _auto_window(ds, image)
+    _put_pixels(ds, image, bits=12)
+
+
+def _cached_radiograph(
+    anatomy: tuple[pixels.Shape, ...], grid: pixels.Plane, slab: tuple[float, float], seed: int
+) -> Any:
+    import numpy as np
+
+    base = _radiograph_base(anatomy, grid, slab)
+    noise = np.random.default_rng(seed).normal(0.0, 14.0, base.shape)
+    return np.clip(np.rint(base + noise), 0, 4095).astype(np.uint16)
+
+
+@lru_cache(maxsize=16)
+def _radiograph_base(anatomy: tuple[pixels.Shape, ...], grid: pixels.Plane, slab: tuple[float, float]) -> Any:
+    return pixels.radiograph(anatomy, grid, seed=0, slab=slab).astype("float32")
+
+
+def _nuclear_medicine(ds: Dataset, study: _Study, series: _Series, index: int) -> None:
+    import numpy as np
+
+    full = 0 if study.full_size else 1
+    anatomy = _anatomy(study)
+    seed = _seed_of(ds.SOPInstanceUID)
+    ds.NumberOfEnergyWindows = 1
+    window = Dataset()
+    window_range = Dataset()
+    window_range.EnergyWindowLowerLimit, window_range.EnergyWindowUpperLimit = "126", "154"
+    window.EnergyWindowRangeSequence = [window_range]
+    window.EnergyWindowName = "Tc99m"
+    ds.EnergyWindowInformationSequence = [window]
+    ds.NumberOfDetectors = 1
+    drug = Dataset()
+    drug.Radiopharmaceutical = "Tc-99m MDP"
+    drug.RadionuclideTotalDose = "600"  # MBq
+    ds.RadiopharmaceuticalInformationSequence = [drug]
+    if series.spec.description.startswith("Flow"):
+        rows, cols = _NM_DYNAMIC[full]
+        grid = pixels.plane("coronal", (0, 0, 820), (500, 500), (rows, cols))
+        frames = _nm_dynamic(anatomy, grid, seed)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "DYNAMIC", "EMISSION"]
+        ds.add_new(0x00280009, "AT", [0x00540010, 0x00540020, 0x00540030])  # energy window, detector, phase
+        n = frames.shape[0]
+        ds.EnergyWindowVector = [1] * n
+        ds.DetectorVector = [1] * n
+        ds.PhaseVector = [1] * n
+        ds.NumberOfPhases = 1
+        phase = Dataset()
+        phase.ActualFrameDuration = 2000  # ms
+        phase.NumberOfFramesInPhase = n
+        phase.PhaseDelay = 0
+        phase.PauseBetweenFrames = 0
+        ds.PhaseInformationSequence = [phase]
+        ds.FrameTime = "2000"
+        ds.PixelSpacing = [round(grid.spacing, 4)] * 2
+        _put_pixels(ds, frames, bits=16, multi_frame=True)
+        return
+    rows, cols = _NM_WHOLE_BODY[full]
+    grid = pixels.plane("coronal", (0, 0, 880), (640, 1780), (rows, cols))
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "WHOLE BODY", "EMISSION"]
+    ds.add_new(0x00280009, "AT", [0x00540010, 0x00540020])  # energy window, detector
+    ds.EnergyWindowVector = [1]
+    ds.DetectorVector = [1]
+    ds.PixelSpacing = [round(grid.spacing, 4)] * 2
+    view = pixels.nm_view(anatomy, grid, "bone", counts=220.0 if full == 0 else 400.0, seed=seed)
+    if index % 2:  # posterior: seen from behind
+        view = np.ascontiguousarray(view[:, ::-1])
+    ds.ImageComments = "Posterior" if index % 2 else "Anterior"
+    _put_pixels(ds, view, bits=16, multi_frame=True)
+
+
+def _nm_dynamic(anatomy: tuple[pixels.Shape, ...], grid: pixels.Plane, seed: int) -> Any:
+    """Flow phase: the tracer reaches the arteries, then soft tissue, then starts to settle in bone."""
+    import numpy as np
+
+    vascular = pixels.projection(anatomy, grid, "vascular")
+    bone = pixels.projection(anatomy, grid, "bone")
+    vascular = pixels.smooth(vascular / (float(vascular.max()) or 1.0), 1)
+    bone = pixels.smooth(bone / (float(bone.max()) or 1.0), 1)
+    rng = np.random.default_rng(seed)
+    out = np.empty((_NM_DYNAMIC_FRAMES, grid.rows, grid.cols), dtype=np.uint16)
+    for f in range(_NM_DYNAMIC_FRAMES):
+        t = f * 2.0
+        arrival = 1.0 / (1.0 + np.exp(-(t - 12.0) / 2.5))
+        expected = 60.0 * arrival * (vascular * (1.2 - 0.4 * t / 64) + bone * 0.5 * t / 64)
+        out[f] = np.clip(rng.poisson(np.clip(expected, 0, None)), 0, 65535)
+    return out
+
+
+def _whole_slide(ds: Dataset, study: _Study, series: _Series, index: int) -> None:
+    """One level of a TILED_FULL pyramid: instance 0 is the base (VOLUME), the next ones are halved."""
+    import numpy as np
+    from PIL import Image
+
+    full = 0 if study.full_size else 1
+    base_rows, base_cols = _SIZES["SM"][full]
+    stain = "HE" if series.spec.description.startswith("H&E") else "IHC"
+    base = _colour_image(stain, base_rows, base_cols, 0)
+    level = index
+    rows, cols = base_rows >> level, base_cols >> level
+    image = base if level == 0 else np.asarray(Image.fromarray(base).resize((cols, rows), Image.Resampling.BOX))
+    tiles_down, tiles_across = -(-rows // _TILE), -(-cols // _TILE)
+    padded = np.full((tiles_down * _TILE, tiles_across * _TILE, 3), 244, dtype=np.uint8)
+    padded[:rows, :cols] = image
+    tiles = padded.reshape(tiles_down, _TILE, tiles_across, _TILE, 3).swapaxes(1, 2).reshape(-1, _TILE, _TILE, 3)
+    base_spacing = 0.0005  # mm per pixel at the base: 20x
+    spacing = base_spacing * (1 << level)
+    ds.ImageType = ["ORIGINAL" if level == 0 else "DERIVED", "PRIMARY", "VOLUME", "NONE" if level == 0 else "RESAMPLED"]
     ds.FrameOfReferenceUID = study.frame_of_reference
     ds.DimensionOrganizationType = "TILED_FULL"
-    ds.TotalPixelMatrixColumns = ds.TotalPixelMatrixRows = 8
-    ds.ImagedVolumeWidth = ds.ImagedVolumeHeight = 2.0
+    ds.TotalPixelMatrixRows, ds.TotalPixelMatrixColumns = rows, cols
+    ds.TotalPixelMatrixFocalPlanes = 1
+    ds.ImagedVolumeWidth = round(base_cols * base_spacing, 4)
+    ds.ImagedVolumeHeight = round(base_rows * base_spacing, 4)
     ds.ImagedVolumeDepth = 0.004
+    ds.ImageOrientationSlide = [0, -1, 0, -1, 0, 0]
+    origin = Dataset()
+    origin.XOffsetInSlideCoordinateSystem = 20.0
+    origin.YOffsetInSlideCoordinateSystem = 40.0
+    ds.TotalPixelMatrixOriginSequence = [origin]
+    measures = Dataset()
+    measures.PixelSpacing = [spacing, spacing]
+    measures.SliceThickness = 0.004
+    shared = Dataset()
+    shared.PixelMeasuresSequence = [measures]
+    ds.SharedFunctionalGroupsSequence = [shared]
     ds.SpecimenLabelInImage = "NO"
     ds.FocusMethod = "AUTO"
     ds.ExtendedDepthOfField = "NO"
     ds.ContainerIdentifier = f"H{study.date:%y}-{study.study_id}"
     specimen = Dataset()
-    specimen.SpecimenIdentifier = f"{ds.ContainerIdentifier}-A{index + 1}"
-    # Keyed on the SOP Instance UID, which already depends on the seed.
-    specimen.SpecimenUID = _uid(0, f"{ds.SOPInstanceUID}/specimen")
-    specimen.SpecimenShortDescription = "H&E" if index == 0 else "IHC"
+    specimen.SpecimenIdentifier = f"{ds.ContainerIdentifier}-A1"
+    # Keyed on the series UID, which already depends on the seed: every level shows the same specimen.
+    specimen.SpecimenUID = _uid(0, f"{series.uid}/specimen")
+    specimen.SpecimenShortDescription = "H&E" if stain == "HE" else "IHC"
     ds.SpecimenDescriptionSequence = [specimen]
     path = Dataset()
     path.OpticalPathIdentifier = "1"
     ds.OpticalPathSequence = [path]
-    _set_pixels(ds, "SM", rgb=True, bits=8, frames=1, variant=index)
+    _put_pixels(ds, tiles, bits=8, multi_frame=True)
+
+
+def _seg_source(study: _Study, refs: Sequence[tuple[_Series, str]]) -> tuple[_Series, str, Any]:
+    """The image a segmentation is drawn on (the cross-section showing most of the tumour; else the
+    last image) and its mask (the tumour where the image shows it; else a disc in the middle)."""
+    import numpy as np
+
+    best: tuple[int, _Series, str, Any] | None = None
+    tumour = pixels.TISSUES.index("tumour")
+    for series, uid in refs:
+        if series.spec.modality not in _CROSS_SECTIONAL:
+            continue
+        stack = _STACKS[(study.template.key, series.spec.description)]
+        if stack.look == "localizer":
+            continue
+        _, grid = _stack_plane(study, series, series.instance_uids.index(uid))
+        mask = pixels.tissue_slice(_anatomy(study), grid) == tumour
+        if best is None or int(mask.sum()) > best[0]:
+            best = (int(mask.sum()), series, uid, mask)
+    if best is not None and best[0] > 0:
+        return best[1], best[2], best[3]
+    series, uid = refs[-1]
+    size = _SIZES.get(series.spec.modality, ((8, 8), (8, 8)))[0 if study.full_size else 1]
+    yy, xx = np.mgrid[0 : size[0], 0 : size[1]]
+    mask = (yy - size[0] / 2) ** 2 + (xx - size[1] / 2) ** 2 <= (min(size) / 10) ** 2
+    return series, uid, mask
+
+
+def _binary_mask(mask: Any) -> bytes:
+    import numpy as np
+
+    # DICOM packs 1-bit pixels little end first: pixel 0 in bit 0.
+    packed = np.packbits(np.asarray(mask, dtype=np.uint8).ravel(), bitorder="little").tobytes()
+    return packed + b"\x00" * (len(packed) % 2)
 
 
 def _image_refs(study: _Study, trust: str) -> list[tuple[_Series, str]]:
@@ -1580,7 +1971,7 @@ def _presentation_state(ds: Dataset, study: _Study, trust: str) -> None:
 
 def _segmentation(ds: Dataset, study: _Study, trust: str) -> None:
     refs = _image_refs(study, trust)
-    source, source_uid = refs[-1]
+    source, source_uid, mask = _seg_source(study, refs)
     ds.ImageType = ["DERIVED", "PRIMARY"]
     ds.ContentLabel = "TUMOUR"
     ds.ContentDescription = "Target lesion"
@@ -1610,13 +2001,13 @@ def _segmentation(ds: Dataset, study: _Study, trust: str) -> None:
     derivation.SourceImageSequence = [_sop_ref(source, source_uid)]
     frame.DerivationImageSequence = [derivation]
     ds.PerFrameFunctionalGroupsSequence = [frame]
-    ds.Rows = ds.Columns = 8
+    ds.Rows, ds.Columns = mask.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 1, 0
     ds.PixelRepresentation = 0
     ds.NumberOfFrames = 1
-    ds.add_new(0x7FE00010, "OB", _binary_mask(8, 8))
+    ds.add_new(0x7FE00010, "OB", _binary_mask(mask))
 
 
 # SCP-ECG lead codes (MDC-equivalent), in standard 12-lead order.
@@ -1634,8 +2025,6 @@ _ECG_LEADS = (
     ("5.6.3-9-7", "Lead V5"),
     ("5.6.3-9-8", "Lead V6"),
 )
-_BEAT = (0, 0, 5, 10, 5, 0, -20, 120, -30, 0, 0, 10, 20, 30, 20, 10, 0, 0, 0, 0)
-_AORTIC = (80, 82, 90, 105, 118, 120, 115, 105, 95, 90, 88, 86, 84, 83, 82, 81, 80, 80, 80, 80)
 
 
 def _channel(source: Dataset, sensitivity: str, unit: tuple[str, str]) -> Dataset:
@@ -1648,34 +2037,46 @@ def _channel(source: Dataset, sensitivity: str, unit: tuple[str, str]) -> Datase
     return channel
 
 
+_ECG_SECONDS = 10.0
+_ECG_RATE_HZ = 500
+_HD_RATE_HZ = 250
+_MICROVOLTS_PER_COUNT = 2.5  # ECG channel sensitivity
+
+
 def _waveform(ds: Dataset, study: _Study, modality: str) -> None:
-    """A one-beat multiplex group: enough for viewers to draw, tiny on disk."""
+    """Ten seconds of 12-lead resting ECG at 500 Hz, or of ECG lead II and aortic pressure at 250 Hz
+    (haemodynamics): sinus rhythm drawn by tools/demo/pixels.py."""
+    import numpy as np
+
+    seed = _seed_of(ds.SOPInstanceUID)
     if modality == "ECG":
         sources = [_code(v, "SCPECG", m) for v, m in _ECG_LEADS]
-        channels = [_channel(s, "5", ("uV", "microvolt")) for s in sources]
-        signals = [[b * (1 + n % 3) * (-1 if n == 3 else 1) for b in _BEAT] for n in range(12)]
-        frequency, label = "500", "RHYTHM"
+        channels = [_channel(s, f"{_MICROVOLTS_PER_COUNT:g}", ("uV", "microvolt")) for s in sources]
+        traces = pixels.ecg_12_lead(_ECG_SECONDS, _ECG_RATE_HZ, seed=seed) / _MICROVOLTS_PER_COUNT
+        frequency, label = _ECG_RATE_HZ, "RHYTHM"
     else:
         # Local code for the pressure channel: a deliberate shortcut, see module notes.
         pressure = _code("AOP", "99GMDEMO", "Aortic pressure")
         channels = [
             _channel(_code("5.6.3-9-2", "SCPECG", "Lead II"), "5", ("uV", "microvolt")),
-            _channel(pressure, "1", ("mm[Hg]", "mmHg")),
+            _channel(pressure, "0.1", ("mm[Hg]", "mmHg")),
         ]
-        signals = [list(_BEAT), list(_AORTIC)]
-        frequency, label = "250", "HEMODYNAMIC"
-    interleaved = [signal[i] for i in range(len(_BEAT)) for signal in signals]
+        lead, aortic = pixels.arterial_pressure(_ECG_SECONDS, _HD_RATE_HZ, seed=seed)
+        traces = np.stack([lead / 5.0, aortic / 0.1])
+        frequency, label = _HD_RATE_HZ, "HEMODYNAMIC"
+    samples = traces.shape[1]
+    interleaved = np.clip(np.rint(traces.T), -32768, 32767).astype("<i2")  # sample by sample, channel by channel
     group = Dataset()
     group.MultiplexGroupTimeOffset = "0"
     group.WaveformOriginality = "ORIGINAL"
     group.NumberOfWaveformChannels = len(channels)
-    group.NumberOfWaveformSamples = len(_BEAT)
-    group.SamplingFrequency = frequency
+    group.NumberOfWaveformSamples = samples
+    group.SamplingFrequency = str(frequency)
     group.MultiplexGroupLabel = label
     group.ChannelDefinitionSequence = channels
     group.WaveformBitsAllocated = 16
     group.WaveformSampleInterpretation = "SS"
-    group.add_new(0x54001010, "OW", struct.pack(f"<{len(interleaved)}h", *interleaved))
+    group.add_new(0x54001010, "OW", interleaved.tobytes())
     ds.WaveformSequence = [group]
     ds.AcquisitionDateTime = f"{study.date:%Y%m%d}{study.time}"
     ds.AcquisitionContextSequence = []
@@ -1915,6 +2316,7 @@ def _facts(plan: _Plan) -> dict[str, Any]:
         "odd_data_studies": odd,
         "odd_data_by_issue": {v["issue"]: uid for uid, v in odd.items()},
         "specialty_studies": specialty,
+        "full_size_studies": sorted(s.uid for s in everything if s.full_size),
         "demographic_conflict": {
             "nhs_number": conflict.nhs_number,
             "canonical_birth_date": conflict.birth_date.strftime("%Y%m%d"),
@@ -1954,21 +2356,31 @@ def _clear_previous(out_dir: Path) -> None:
         (out_dir / name).unlink(missing_ok=True)
 
 
-def generate(out_dir: Path, *, seed: int = DEFAULT_SEED) -> Manifest:
+def generate(out_dir: Path, *, seed: int = DEFAULT_SEED, progress: TextIO | None = None) -> Manifest:
     """Write the demo dataset under ``out_dir`` and return its manifest.
 
     A previous dataset there (the eight trust folders, xref.csv, manifest.json) is
-    replaced; anything else in ``out_dir`` is left alone.
+    replaced; anything else in ``out_dir`` is left alone. With ``progress``, a line per
+    tenth of the studies written goes there (studies, files, megabytes, seconds).
     """
     out_dir = Path(out_dir)
+    started = time.perf_counter()
     plan = _plan(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear_previous(out_dir)
-    files = size = 0
+    files = size = done = 0
+    total = sum(len(studies) for studies in plan.studies.values())
     for patient in plan.patients:
         for study in plan.studies[patient.index]:
             n, b = _write_study(out_dir, study)
-            files, size = files + n, size + b
+            files, size, done = files + n, size + b, done + 1
+            if progress is not None and (done * 10 // total != (done - 1) * 10 // total or done == total):
+                print(
+                    f"demo data: {done}/{total} studies, {files} files, {size / 1e6:.0f} MB, "
+                    f"{time.perf_counter() - started:.0f} s",
+                    file=progress,
+                    flush=True,
+                )
     xref_rows = _write_xref(out_dir, plan.patients)
     patients = [_patient_entry(p, plan.studies[p.index]) for p in plan.patients]
     manifest = Manifest(
@@ -1989,11 +2401,22 @@ def generate(out_dir: Path, *, seed: int = DEFAULT_SEED) -> Manifest:
     return manifest
 
 
+def dataset_version(out_dir: Path) -> int | None:
+    """The generator version of the dataset in ``out_dir`` (None: none there, or unreadable)."""
+    try:
+        manifest = json.loads((Path(out_dir) / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    version = manifest.get("generator_version", 1) if isinstance(manifest, dict) else None
+    return version if isinstance(version, int) else None
+
+
 def ensure_demo_data(out_dir: Path, *, seed: int = DEFAULT_SEED) -> bool:
-    """Generate unless ``out_dir/manifest.json`` exists; True when it generated."""
-    if (Path(out_dir) / MANIFEST_NAME).is_file():
+    """Generate unless ``out_dir`` holds a dataset of this generator version; True when it
+    generated (progress on stderr)."""
+    if dataset_version(Path(out_dir)) == GENERATOR_VERSION:
         return False
-    generate(Path(out_dir), seed=seed)
+    generate(Path(out_dir), seed=seed, progress=sys.stderr)
     return True
 
 
@@ -2003,7 +2426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    manifest = generate(args.out_dir, seed=args.seed)
+    manifest = generate(args.out_dir, seed=args.seed, progress=sys.stderr)
     counts = manifest.counts
     print(
         f"Generated {counts['patients']} patients, {counts['studies']} studies, "
