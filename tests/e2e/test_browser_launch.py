@@ -150,7 +150,7 @@ def test_ehr_launch_lists_the_patients_studies(facade, patient, expected, manife
 
 
 def test_standalone_launch_with_patient_picker(facade, patient, expected, manifest, drive, artifacts):
-    imaged = _study_to_open(expected)
+    imaged = _study_to_open(expected, manifest)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     result = drive(
         timeline_url(facade.port),
@@ -192,22 +192,22 @@ def test_standalone_launch_with_patient_picker(facade, patient, expected, manife
 NON_IMAGE_MODALITIES = {"SR", "KO", "PR", "DOC"}
 
 
-def _study_to_open(expected: dict[str, Any]) -> dict[str, Any]:
-    """A study at mft (a trust with an ihe-iid viewer) with several series, all of them images; of those,
-    the one whose first series has the most images (a CT series once the demo images are real-sized)."""
+def _study_to_open(expected: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+    """The patient's CT study whose first series is a real-sized stack (facts.full_size_studies), with
+    images in every series; of several, the one whose first series has the most images."""
+    full_size = set(manifest["facts"].get("full_size_studies", []))
+
+    def first(study: dict[str, Any]) -> dict[str, Any]:
+        return min(study["series"], key=lambda x: x.get("number", 0))
+
     candidates = [
         s
         for s in expected["studies"].values()
-        if {"reference": "Endpoint/mft-ihe-iid"} in s.get("endpoint", [])
-        and len(s.get("series", [])) > 1
+        if first(s)["modality"]["code"] == "CT"
         and not {x["modality"]["code"] for x in s["series"]} & NON_IMAGE_MODALITIES
     ]
-
-    def first_series_images(study: dict[str, Any]) -> int:
-        first = min(study["series"], key=lambda x: x.get("number", 0))
-        return int(first.get("numberOfInstances", 0))
-
-    return max(candidates, key=lambda s: (first_series_images(s), s["id"]))
+    assert candidates, "the multi-trust patient has a CT study"
+    return max(candidates, key=lambda s: (s["id"] in full_size, int(first(s).get("numberOfInstances", 0)), s["id"]))
 
 
 def _check_viewer(result: dict[str, Any], study: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -238,7 +238,9 @@ def _check_viewer(result: dict[str, Any], study: dict[str, Any], expected: dict[
         assert result["viewerNext"]["renderedIndex"] == "1" and result["viewerNext"]["levels"] > 1
     if count > 2:
         assert result["viewerWheel"]["position"] == f"Image 3 of {count}"
-    assert viewer["iidVisible"] and study["id"] in viewer["iidHref"]
+    # The trust's own viewer is offered when the study's trust publishes one (IHE IID).
+    has_iid = any(r["reference"].endswith("-ihe-iid") for r in study.get("endpoint", []))
+    assert viewer["iidVisible"] is has_iid and (not has_iid or study["id"] in viewer["iidHref"])
     assert [e for e in result["httpErrors"] if not e.endswith("/favicon.ico")] == [], result["httpErrors"]
     assert not result["pageErrors"], result["pageErrors"]
 
@@ -398,10 +400,10 @@ def test_differing_demographics_are_a_warning_callout_in_clinical_words(facade, 
     assert "Patient/" not in warning and "archives" not in warning  # not the engineering wording
 
 
-def test_viewer_falls_back_to_server_rendered_images_without_webgl(facade, patient, expected, drive):
+def test_viewer_falls_back_to_server_rendered_images_without_webgl(facade, patient, expected, manifest, drive):
     """A browser without WebGL gets the server-rendered view of the same series (/rendered per image, through
     the gateway with the app's token), scrolled with the Next image button."""
-    imaged = _study_to_open(expected)
+    imaged = _study_to_open(expected, manifest)
     result = drive(timeline_url(facade.port), username=USER, password=PASSWORD, patient=patient, openStudy=imaged["id"])
     assert result["exitCode"] == 0, _diagnose(result)
     viewer = result["viewer"]
