@@ -208,8 +208,10 @@ def demo(host: str, port: int) -> int:
         f"{systems.NHS_NUMBER}|{_first_demo_patient()}&_include=ImagingStudy:endpoint'\n"
         f"The sample SMART app (standalone launch; user dr.khan, password imaging-demo):\n"
         f"  {origin}/apps/imaging-timeline/\n"
+        f"The EHR launch simulator: {origin}/apps/launcher/\n"
         f"Postman: import postman/gm-imaging-facade.postman_collection.json and, for this address,\n"
-        f"  {DEMO_POSTMAN_ENVIRONMENT.relative_to(ROOT)}\n",
+        f"  {DEMO_POSTMAN_ENVIRONMENT.relative_to(ROOT)}\n"
+        f"Postman/newman without a browser (fresh demo tokens): .venv/bin/python -m app postman-env\n",
         flush=True,
     )
     try:
@@ -426,6 +428,21 @@ def rotate_keys(config: str, retire: str | None = None) -> int:
     return 0
 
 
+def postman_env(config: str, base: str, out: str | None) -> int:
+    from app.web import postman_env as pe
+
+    try:
+        path = pe.write(load_settings(config), base, Path(out) if out else pe.LOCAL)
+    except (ConfigError, pe.NotTheDemo) as error:
+        print(f"postman-env: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {path} (tokens for {base}); run: npx newman run {pe.TEMPLATE.parent.name}/"
+        f"gm-imaging-facade.postman_collection.json -e {path}"
+    )
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """Every command and option, each with what it does and its default."""
     top = argparse.ArgumentParser(prog="python -m app", description=__doc__)
@@ -514,6 +531,27 @@ def parser() -> argparse.ArgumentParser:
         description="Print the scrypt hash of a secret, for a user's password_hash or a client's client_secret_hash.",
     )
     h.add_argument("secret", help="the password or client secret")
+
+    pe = sub.add_parser(
+        "postman-env",
+        help="write a local Postman environment with fresh demo tokens (demo only)",
+        description="Mint fresh demo tokens (user, patient, system, audit) from a running demo and write them, "
+        "with its base URLs, into a git-ignored Postman environment for `newman run`.",
+    )
+    pe.add_argument(
+        "--config", default=str(DEMO_CONFIG), metavar="FILE", help="the demo configuration (default: %(default)s)"
+    )
+    pe.add_argument(
+        "--base",
+        metavar="URL",
+        help=f"FHIR base URL of the running demo (default: the demo running from this checkout, else "
+        f"config/demo.yaml's base_url; now {default_base()})",
+    )
+    pe.add_argument(
+        "--out",
+        metavar="FILE",
+        help="where to write (default: postman/local.postman_environment.json, git-ignored)",
+    )
     return top
 
 
@@ -526,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command == "postman-env":
+        return postman_env(args.config, args.base or default_base(), args.out)
     if args.command == "token":
         return token(args.base, args.client, args.key, args.scope)
     if args.command == "launch":

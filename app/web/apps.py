@@ -14,19 +14,26 @@ from pathlib import Path
 
 from flask import Blueprint, Response, send_from_directory
 
+from app.web import launcher
+
 STATIC = Path(__file__).resolve().parent / "static"
 TIMELINE_DIR = STATIC / "apps" / "imaging-timeline"
+LAUNCHER_DIR = STATIC / "apps" / "launcher"
+SHARED_DIR = STATIC / "apps" / "shared"
 VENDOR_DIR = STATIC / "vendor"
 
-bp = Blueprint("apps", __name__)
+bp = Blueprint("apps", __name__, template_folder="templates")
 
 # The pages load only their own files and talk only to this origin (the FHIR server and the
 # authorization server are here too). The launch URL carries `launch`, `code` and `state`: no
 # Referer may leak them to another site. Who may frame the app (no one, unless apps.frame_ancestors
 # names an EPR's origins) is added to the policy by app.web.headers, with X-Frame-Options when no one.
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'",
+    # 'wasm-unsafe-eval': the image viewer's decoders of compressed transfer syntaxes are WebAssembly
+    # (vendor/cornerstone/codecs/); it allows compiling WebAssembly, not eval of JavaScript.
+    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; "
+    "img-src 'self' data: blob:; connect-src 'self'; worker-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'",
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",
@@ -48,6 +55,20 @@ def imaging_timeline() -> Response:
 @bp.get("/apps/imaging-timeline/<path:name>")
 def imaging_timeline_file(name: str) -> Response:
     return _send(TIMELINE_DIR, name)
+
+
+launcher.register(bp)  # /apps/launcher/: the demo's EHR launch simulator (404 unless demo: true)
+
+
+@bp.get("/apps/launcher/<path:name>")
+def launcher_file(name: str) -> Response:
+    return _send(LAUNCHER_DIR, name)
+
+
+@bp.get("/apps/shared/<path:name>")
+def shared_file(name: str) -> Response:
+    """What every sample app shares: format.js (the display formats, twin of app.core.display)."""
+    return _send(SHARED_DIR, name)
 
 
 @bp.get("/apps/vendor/<path:name>")

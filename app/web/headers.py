@@ -10,7 +10,10 @@ werkzeug's included, which pass the same after-request hooks).
     frame-ancestors 'none'              in the Content-Security-Policy (added to a page's own policy, or the
                                         whole policy of a response without one), and X-Frame-Options: DENY:
                                         no page is framed, but the sample apps by the origins configured
-                                        in apps.frame_ancestors (an EPR embedding them)
+                                        in apps.frame_ancestors (an EPR embedding them); in the demo
+                                        (demo: true) the sample apps and the authorization server's
+                                        pages also by the facade's own origin ('self'): the EHR launch
+                                        simulator /apps/launcher/ frames them, never a third party
 
 The public documents (discovery, the CapabilityStatement, the OpenAPI document, the authorization
 server's JWKS and style, the sample app's static files) keep the caching their view chose.
@@ -28,7 +31,9 @@ from flask import Flask, Response, request
 from app.settings import Settings
 
 FRAME_ANCESTORS = "frame-ancestors 'none'"
+OWN_ORIGIN = "'self'"
 APPS = "/apps/"  # the sample apps: the only pages an EPR may be allowed to frame (apps.frame_ancestors)
+AUTH_PAGES = ("/auth/authorize", "/auth/logout")  # the sign-in, picker and consent pages (demo: framed by 'self')
 ALWAYS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 PRIVATE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -71,10 +76,15 @@ def secure(response: Response, public: bool, frame_ancestors: str = FRAME_ANCEST
 
 def register_security_headers(app: Flask, settings: Settings) -> None:
     exact, prefixes = public_paths(settings)
-    allowed = settings.apps_frame_ancestors
+    own = (OWN_ORIGIN,) if settings.demo else ()  # the EHR launch simulator frames the app and sign-in
+    allowed = own + settings.apps_frame_ancestors
     apps_framing = f"frame-ancestors {' '.join(allowed)}" if allowed else FRAME_ANCESTORS
+    auth_framing = f"frame-ancestors {OWN_ORIGIN}" if own else FRAME_ANCESTORS
 
     @app.after_request
     def security_headers(response: Response) -> Response:
-        framing = apps_framing if request.path.startswith(APPS) else FRAME_ANCESTORS
+        if request.path.startswith(APPS):
+            framing = apps_framing
+        else:
+            framing = auth_framing if request.path in AUTH_PAGES else FRAME_ANCESTORS
         return secure(response, request.path in exact or request.path.startswith(prefixes), framing)

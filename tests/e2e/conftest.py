@@ -284,6 +284,8 @@ def drive(browser_tools: dict[str, str], tmp_path: Path) -> Any:
         lines = [line for line in stdout.splitlines() if line.startswith("{")]
         assert lines, f"drive.mjs printed no result (exit {process.returncode}): {stdout} {stderr}"
         result: dict[str, Any] = json.loads(lines[-1])
+        ARTIFACTS.mkdir(exist_ok=True)  # the whole result, for whoever reads a failure
+        (ARTIFACTS / f"drive-{profile.name}.json").write_text(lines[-1], encoding="utf-8")
         result["exitCode"] = process.returncode
         result["stderr"] = stderr[-3000:]
         return result

@@ -19,12 +19,17 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import HTTP_TIMEOUT_S, backend_token, search_all, timeline_url
+from conftest import HTTP_TIMEOUT_S, ROOT, backend_token, search_all, timeline_url
+
+from app.core import display
 
 pytestmark = pytest.mark.integration
 
 USER, PASSWORD = "dr.khan", "imaging-demo"
-TRUST_COLUMN, BODY_PART_COLUMN, SERIES_COLUMN = 3, 4, 5
+DATE_COLUMN, MODALITY_COLUMN, TRUST_COLUMN, ACCESSION_COLUMN, IMAGES_COLUMN = 0, 1, 3, 4, 5
+HEADERS = ["Date", "Modality", "Description", "Trust", "Accession", "Images", "Actions"]
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+SERIOUS = {"serious", "critical"}
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +68,17 @@ def _diagnose(result: dict[str, Any]) -> str:
     return "\n".join(f"{k}: {result.get(k)}" for k in keys if result.get(k))
 
 
+def _accession(study: dict[str, Any]) -> str:
+    return next(
+        (
+            i["value"]
+            for i in study.get("identifier", [])
+            if any(c["code"] == "ACSN" for c in i.get("type", {}).get("coding", []))
+        ),
+        "",
+    )
+
+
 def _check_table(result: dict[str, Any], expected: dict[str, Any], manifest: dict[str, Any], patient: str) -> None:
     assert result["exitCode"] == 0, _diagnose(result)
     rows = {row["uid"]: row["cells"] for row in result["rows"]}
@@ -70,15 +86,17 @@ def _check_table(result: dict[str, Any], expected: dict[str, Any], manifest: dic
     assert set(rows) == set(expected["studies"]), "the table must list exactly the patient's studies"
     in_manifest = {s["study_uid"] for p in manifest["patients"] if p["nhs_number"] == patient for s in p["studies"]}
     assert set(rows) == in_manifest
-    assert result["headers"] == ["Date", "Modality", "Description", "Trust", "Body part", "Series", "Images"]
+    assert [h.strip() for h in result["headers"]] == HEADERS
     for uid, cells in rows.items():
         study = expected["studies"][uid]
         for trust in expected["trusts"][uid]:
             assert trust in cells[TRUST_COLUMN], f"{uid}: trust {trust!r} not in {cells}"
-        for part in expected["body_parts"][uid]:
-            assert part in cells[BODY_PART_COLUMN], f"{uid}: body part {part!r} not in {cells}"
-        assert cells[SERIES_COLUMN] == str(study.get("numberOfSeries", len(study.get("series", []))))
-        assert study["modality"][0]["code"] in cells[1]
+        assert study["modality"][0]["code"] in cells[MODALITY_COLUMN]
+        # One date format (NHS style), the accession number and the number of images.
+        assert cells[DATE_COLUMN] == display.format_datetime(study.get("started")), cells
+        assert cells[ACCESSION_COLUMN] == (_accession(study) or "Not recorded"), cells
+        if "numberOfInstances" in study:
+            assert cells[IMAGES_COLUMN] == str(study["numberOfInstances"]), cells
     # The patient's studies come from four trusts; the shared study from two at once.
     all_trusts = set().union(*expected["trusts"].values())
     assert len(all_trusts) >= 2
@@ -86,11 +104,25 @@ def _check_table(result: dict[str, Any], expected: dict[str, Any], manifest: dic
     if shared["nhs_number"] == patient:
         assert len(expected["trusts"][shared["study_uid"]]) == len(shared["trusts"])
     assert result["status"]["state"] == "ready"
-    assert f"Showing {len(rows)} studies" in result["status"]["text"]
+    # The count alone in the status; warnings, if any, in callouts of their own.
+    assert result["status"]["text"] == f"Showing {len(rows)} studies."
     assert not result["pageErrors"], result["pageErrors"]
     # Every request of the flow answered (but a browser's own /favicon.ico on the server's pages).
     assert [e for e in result["httpErrors"] if not e.endswith("/favicon.ico")] == [], result["httpErrors"]
-    assert "Practitioner/dr-khan" in (result.get("signedIn") or "")
+    # The user's name, not their FHIR reference.
+    assert result.get("signedIn") == "Signed in as Dr Aisha Khan"
+    # The first study's details row, opened from the keyboard: reason, referrer, site, body part.
+    details = result["details"]
+    assert details["expanded"] == "true"
+    for label in ("Reason", "Referrer", "Site", "Body part"):
+        assert label in details["text"], details
+
+
+def _check_axe(result: dict[str, Any], pages: list[str]) -> None:
+    """axe-core found no serious or critical violation on any page of the flow."""
+    assert sorted(result["axe"]) == sorted(pages), result["axe"].keys()
+    serious = {page: [v for v in found if v["impact"] in SERIOUS] for page, found in result["axe"].items()}
+    assert serious == {page: [] for page in pages}, serious
 
 
 def test_ehr_launch_lists_the_patients_studies(facade, patient, expected, manifest, drive, artifacts):
@@ -106,18 +138,20 @@ def test_ehr_launch_lists_the_patients_studies(facade, patient, expected, manife
     assert launch["iss"] == facade.base
     url = f"{timeline_url(facade.port)}?{requests.compat.urlencode({'launch': launch['launch'], 'iss': launch['iss']})}"
 
-    result = drive(url, username=USER, password=PASSWORD, screenshot=str(artifacts / "e2e-ehr-launch.png"))
+    result = drive(url, username=USER, password=PASSWORD, screenshot=str(artifacts / "e2e-ehr-launch.png"), axe=True)
 
     _check_table(result, expected, manifest, patient)
     assert [s["name"] for s in result["steps"]] == ["login", "consent", "app"], "an EHR launch needs no picker"
-    assert patient in result["consentText"]
+    assert display.format_nhs_number(patient) in result["consentText"]
+    _check_axe(result, ["sign-in", "consent", "timeline"])
     assert result["banner"]["visible"] is False, "need_patient_banner is false in an EHR launch: no banner"
     # client-js took code and state out of the address bar.
     assert result["finalUrl"] == timeline_url(facade.port)
 
 
 def test_standalone_launch_with_patient_picker(facade, patient, expected, manifest, drive, artifacts):
-    imaged = _study_to_open(expected)
+    imaged = _study_to_open(expected, manifest)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     result = drive(
         timeline_url(facade.port),
         username=USER,
@@ -125,50 +159,88 @@ def test_standalone_launch_with_patient_picker(facade, patient, expected, manife
         patient=patient,
         screenshot=str(artifacts / "e2e-standalone-launch.png"),
         openStudy=imaged["id"],
-        viewerScreenshot=str(artifacts / "e2e-standalone-viewer.png"),
+        gpu=True,
+        axe=True,
+        narrow=True,
+        shots=str(SCREENSHOTS),
+        timeout_s=150,
     )
 
     _check_table(result, expected, manifest, patient)
     assert [s["name"] for s in result["steps"]] == ["login", "picker", "consent", "app", "viewer"]
-    assert any(patient in row for row in result["pickerRows"])
+    person = expected["patient"]
+    name = display.format_name(person["name"][0])
+    # The picker and the app show the same facts the same way (app.core.display, shared/format.js).
+    facts = [name, display.format_nhs_number(patient), display.format_date(person.get("birthDate"))]
+    row = next(r for r in result["pickerRows"] if display.format_nhs_number(patient) in r)
+    for fact in [*facts, display.format_gender(person.get("gender"))]:
+        assert fact in row, (fact, row)
     banner = result["banner"]
     assert banner["visible"] is True, "a standalone launch must show the patient banner"
-    name = expected["patient"]["name"][0]["text"]
-    assert name in banner["text"]
-    assert f"{patient[:3]} {patient[3:6]} {patient[6:]}" in banner["text"]
+    for fact in facts:
+        assert fact in banner["text"], (fact, banner)
     assert result["finalUrl"] == timeline_url(facade.port)
-    _check_viewer(result, imaged)
+    # Usable from 360 px: no sideways scrolling, the banner stays at the top when the page scrolls.
+    assert result["narrow"]["scrollWidth"] <= 360, result["narrow"]
+    assert result["narrow"]["bannerSticky"] == "sticky" and result["narrow"]["bannerTop"] == 0, result["narrow"]
+    _check_viewer(result, imaged, expected)
+    _check_axe(result, ["sign-in", "picker", "consent", "timeline", "viewer"])
+    names = {"sign-in", "picker", "consent", "timeline", "timeline-360px", "viewer"}
+    assert {p.rsplit("/", 1)[-1].removesuffix(".png") for p in result["shots"]} == names
 
 
 NON_IMAGE_MODALITIES = {"SR", "KO", "PR", "DOC"}
 
 
-def _study_to_open(expected: dict[str, Any]) -> dict[str, Any]:
-    """A study at mft (a trust with an ihe-iid viewer) with several series, all of them images."""
-    return next(
+def _study_to_open(expected: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+    """The patient's CT study whose first series is a real-sized stack (facts.full_size_studies), with
+    images in every series; of several, the one whose first series has the most images."""
+    full_size = set(manifest["facts"].get("full_size_studies", []))
+
+    def first(study: dict[str, Any]) -> dict[str, Any]:
+        return min(study["series"], key=lambda x: x.get("number", 0))
+
+    candidates = [
         s
         for s in expected["studies"].values()
-        if {"reference": "Endpoint/mft-ihe-iid"} in s.get("endpoint", [])
-        and len(s.get("series", [])) > 1
+        if first(s)["modality"]["code"] == "CT"
         and not {x["modality"]["code"] for x in s["series"]} & NON_IMAGE_MODALITIES
-    )
+    ]
+    assert candidates, "the multi-trust patient has a CT study"
+    return max(candidates, key=lambda s: (s["id"] in full_size, int(first(s).get("numberOfInstances", 0)), s["id"]))
 
 
-def _check_viewer(result: dict[str, Any], study: dict[str, Any]) -> None:
+def _check_viewer(result: dict[str, Any], study: dict[str, Any], expected: dict[str, Any]) -> None:
     """The images of one study, through the gateway with the app's own token: a thumbnail per series, then
-    the first series' images one at a time."""
+    the first series drawn by Cornerstone3D's WebGL engine (SwiftShader), scrolled by key and by wheel."""
     viewer = result.get("viewer")
     assert viewer, _diagnose(result)
     assert viewer["state"] == "ready", viewer
     assert sorted(viewer["seriesUids"]) == sorted(s["uid"] for s in study["series"])
     assert [t["loaded"] for t in viewer["thumbnails"]] == [True] * len(study["series"]), viewer["thumbnails"]
-    assert viewer["frameWidth"] > 0 and viewer["frameSrc"].startswith("blob:")
-    assert viewer["position"].startswith("Image 1 of ")
+    # The WebGL path, not the server-rendered fallback: a GPU rendering engine drew non-blank pixels.
+    assert viewer["renderer"] == "webgl" and viewer["gpu"] == "true", _diagnose(result)
+    assert viewer["levels"] > 1, "the viewer's canvas is blank"
+    assert viewer["renderedIndex"] == "0" and viewer["position"].startswith("Image 1 of ")
+    # The header names the patient and the study, whatever is scrolled.
+    person = expected["patient"]
+    for fact in (
+        display.format_name(person["name"][0]),
+        display.format_nhs_number(person["id"]),
+        display.format_date(person.get("birthDate")),
+        display.format_datetime(study.get("started")),
+        _accession(study),
+    ):
+        assert fact in viewer["facts"], (fact, viewer["facts"])
     count = int(viewer["position"].rsplit(" ", 1)[1])
     if count > 1:
         assert result["viewerNext"]["position"] == f"Image 2 of {count}"
-        assert result["viewerNext"]["frameWidth"] > 0
-    assert viewer["iidVisible"] and study["id"] in viewer["iidHref"]
+        assert result["viewerNext"]["renderedIndex"] == "1" and result["viewerNext"]["levels"] > 1
+    if count > 2:
+        assert result["viewerWheel"]["position"] == f"Image 3 of {count}"
+    # The trust's own viewer is offered when the study's trust publishes one (IHE IID).
+    has_iid = any(r["reference"].endswith("-ihe-iid") for r in study.get("endpoint", []))
+    assert viewer["iidVisible"] is has_iid and (not has_iid or study["id"] in viewer["iidHref"])
     assert [e for e in result["httpErrors"] if not e.endswith("/favicon.ico")] == [], result["httpErrors"]
     assert not result["pageErrors"], result["pageErrors"]
 
@@ -244,3 +316,102 @@ def test_consent_form_posted_as_a_browser_posts_it_issues_a_code(app, patient):
     query = parse_qs(urlsplit(allowed.headers["Location"]).query)
     assert "error" not in query, f"consent refused: {query}"
     assert query["state"] == ["s1"] and query["code"]
+
+
+def test_ehr_launch_through_the_launcher(facade, patient, expected, drive):
+    """The EHR launch simulator end to end: the clinician signs in with the authorization server's own
+    page, finds the patient by NHS number, chooses a study and the imaging timeline, launches; the app
+    runs its EHR launch inside the EPR's frame (consent there, no patient picker), under the EPR's
+    banner, and lists the patient's studies."""
+    study = sorted(expected["studies"])[0]
+    result = drive(
+        f"{facade.origin}/apps/launcher/",
+        username=USER,
+        password=PASSWORD,
+        launcher={"patient": patient, "study": study},
+        axe=True,
+        shots=str(SCREENSHOTS),
+    )
+    assert result["exitCode"] == 0, _diagnose(result)
+    assert "/auth/signin" in result["signInUrl"], "the simulator signs in with the authorization server's page"
+    assert [s["name"] for s in result["steps"]] == [
+        "launcher-sign-in",
+        "launcher",
+        "ehr-frame",
+        "consent-in-frame",
+        "app-in-frame",
+    ]
+    person = expected["patient"]
+    name = display.format_name(person["name"][0])
+    assert any(name in row and display.format_nhs_number(patient) in row for row in result["launcherRows"])
+    assert len(result["studyChoices"]) == len(expected["studies"]) + 1  # every study, and "no study"
+    # The EPR's own banner; the app shows none (need_patient_banner is false in an EHR launch).
+    assert name in result["ehrBanner"] and display.format_nhs_number(patient) in result["ehrBanner"]
+    assert result["banner"]["visible"] is False
+    assert display.format_nhs_number(patient) in result["consentText"]
+    assert sorted(result["rows"]) == sorted(expected["studies"])
+    assert result["status"]["text"] == f"Showing {len(expected['studies'])} studies."
+    assert result["frameUrl"] == timeline_url(facade.port)  # client-js took launch, code and state out
+    assert result["signedIn"] == "Signed in as Dr Aisha Khan"
+    # The chosen study travelled in the launch context (fhirContext): the app opened at its images.
+    opened = result["launchedViewer"]
+    assert opened["visible"] and opened["state"] == "ready", opened
+    assert sorted(opened["seriesUids"]) == sorted(s["uid"] for s in expected["studies"][study]["series"])
+    _check_axe(result, ["launcher", "ehr-launch"])
+    assert not result["pageErrors"], result["pageErrors"]
+    assert [e for e in result["httpErrors"] if not e.endswith("/favicon.ico")] == [], result["httpErrors"]
+
+
+def test_launcher_is_for_the_demo_only_and_signed_in_users(facade):
+    """Without a sign-in the simulator sends the browser to the authorization server's sign-in; a launch
+    posted without the sign-in's form value (CSRF) is refused."""
+    page = requests.get(f"{facade.origin}/apps/launcher/", timeout=HTTP_TIMEOUT_S, allow_redirects=False)
+    assert page.status_code == 303 and page.headers["Location"].endswith("/auth/signin")
+    posted = requests.post(
+        f"{facade.origin}/apps/launcher/launch",
+        data={"app": "imaging-timeline", "patient": "9434765919"},
+        timeout=HTTP_TIMEOUT_S,
+        allow_redirects=False,
+    )
+    assert posted.status_code == 303  # not signed in: no launch, back to the sign-in
+
+
+def test_launcher_and_its_sign_in_exist_in_the_demo_only(settings):
+    import dataclasses
+
+    from app import create_app
+
+    production = create_app(dataclasses.replace(settings, demo=False)).test_client()
+    assert production.get("/apps/launcher/").status_code == 404
+    assert production.get("/auth/signin").status_code == 404
+    assert production.post("/apps/launcher/launch", data={"app": "imaging-timeline"}).status_code == 404
+
+
+def test_differing_demographics_are_a_warning_callout_in_clinical_words(facade, manifest, drive):
+    """A patient whose date of birth differs between trusts: the warning stands apart from the count, in the
+    words a clinician reads (which fact, at which trusts, what to do), not the API's diagnostics."""
+    conflict = manifest["facts"]["demographic_conflict"]
+    result = drive(timeline_url(facade.port), username=USER, password=PASSWORD, patient=conflict["nhs_number"])
+    assert result["exitCode"] == 0, _diagnose(result)
+    assert result["status"]["text"].startswith("Showing ") and "differ" not in result["status"]["text"]
+    warning = next(w for w in result["warnings"] if "Patient details differ between trusts" in w)
+    assert "date of birth recorded for this patient is not the same at every trust" in warning
+    assert "Check the patient's identity" in warning
+    assert "Patient/" not in warning and "archives" not in warning  # not the engineering wording
+
+
+def test_viewer_falls_back_to_server_rendered_images_without_webgl(facade, patient, expected, manifest, drive):
+    """A browser without WebGL gets the server-rendered view of the same series (/rendered per image, through
+    the gateway with the app's token), scrolled with the Next image button."""
+    imaged = _study_to_open(expected, manifest)
+    result = drive(timeline_url(facade.port), username=USER, password=PASSWORD, patient=patient, openStudy=imaged["id"])
+    assert result["exitCode"] == 0, _diagnose(result)
+    viewer = result["viewer"]
+    assert viewer["renderer"] == "server" and viewer["state"] == "ready", viewer
+    assert viewer["frameWidth"] > 0 and viewer["frameSrc"].startswith("blob:")
+    assert [t["loaded"] for t in viewer["thumbnails"]] == [True] * len(imaged["series"])
+    count = int(viewer["position"].rsplit(" ", 1)[1])
+    if count > 1:
+        assert result["viewerNext"]["position"] == f"Image 2 of {count}"
+        assert result["viewerNext"]["frameWidth"] > 0 and result["viewerNext"]["frameSrc"] != viewer["frameSrc"]
+    assert not result["pageErrors"], result["pageErrors"]

@@ -33,11 +33,14 @@ def multi(manifest: dict[str, Any]) -> dict[str, Any]:
     return next(p for p in manifest["patients"] if p["nhs_number"] == nhs)
 
 
-def assert_secure(response: Any, private: bool = True) -> None:
+def assert_secure(response: Any, private: bool = True, framing: str = "'none'") -> None:
+    """`framing`: who may frame the page; 'self' for the pages the demo's EHR launch simulator frames (the
+    sample apps and the sign-in pages), never a third party; X-Frame-Options: DENY with 'none' only."""
     for name, value in ALWAYS.items():
-        assert response.headers.get(name) == value, (name, dict(response.headers))
+        if name != "X-Frame-Options" or framing == "'none'":
+            assert response.headers.get(name) == value, (name, dict(response.headers))
     policy = response.headers.get("Content-Security-Policy", "")
-    assert "frame-ancestors 'none'" in policy, policy
+    assert f"frame-ancestors {framing};" in f"{policy};", policy
     if private:
         for name, value in PRIVATE.items():
             assert response.headers.get(name) == value, (name, dict(response.headers))
@@ -134,22 +137,24 @@ def test_sign_in_page_and_authorization_server_answers(app: Any, http: Any) -> N
     """S19: the sign-in page lacked nosniff and Referrer-Policy; the token endpoint's errors are covered too."""
     page = http.get(f"/auth/authorize?{login_page_query(app)}")
     assert page.status_code == 200 and page.mimetype == "text/html"
-    assert_secure(page)
+    assert_secure(page, framing="'self'")  # demo: true (the test configuration): /apps/launcher/ frames it
     assert "default-src 'self'" in page.headers["Content-Security-Policy"]  # the server's own policy is kept
     for response in (
-        http.get("/auth/authorize?client_id=nobody"),  # the error page (no redirect)
         http.post("/auth/token", data={"grant_type": "password"}),
         http.post("/auth/introspect", data={"token": "x"}),
     ):
         assert response.status_code >= 400
         assert_secure(response)
+    error_page = http.get("/auth/authorize?client_id=nobody")  # the error page (no redirect): a sign-in page too
+    assert error_page.status_code == 400
+    assert_secure(error_page, framing="'self'")
 
 
 def test_sample_app_has_frame_ancestors(http: Any) -> None:
     """S19: the sample app had a policy without frame-ancestors."""
     page = http.get("/apps/imaging-timeline/")
     assert page.status_code == 200
-    assert_secure(page, private=False)
+    assert_secure(page, private=False, framing="'self'")  # demo: true: the EHR launch simulator frames it
     assert page.headers["Cache-Control"] == "no-cache"  # a static file: revalidated, never with patient data
 
 
@@ -182,8 +187,16 @@ def test_sample_apps_may_be_framed_by_the_configured_origins_only(settings: Any)
     page = framed.get("/apps/imaging-timeline/")
     assert page.status_code == 200
     policy = page.headers["Content-Security-Policy"]
-    assert f"frame-ancestors {epr}" in policy and "frame-ancestors 'none'" not in policy, policy
+    # The demo's own origin (its EHR launch simulator) and the configured EPR, no one else.
+    assert f"frame-ancestors 'self' {epr}" in policy and "frame-ancestors 'none'" not in policy, policy
     assert "X-Frame-Options" not in page.headers  # it cannot name an allow-list; the policy does
+    for path in ("/apps/imaging-timeline/", "/auth/authorize?client_id=nobody"):
+        production = create_app(dataclasses.replace(settings, demo=False, apps_frame_ancestors=(epr,))).test_client()
+        policy = production.get(path).headers["Content-Security-Policy"]
+        assert "'self'" not in policy.split("frame-ancestors", 1)[1], (
+            path,
+            policy,
+        )  # outside the demo: not even 'self'
     for path in ("/fhir/metadata", "/auth/jwks", "/fhir/Patient"):
         other = framed.get(path)
         assert "frame-ancestors 'none'" in other.headers["Content-Security-Policy"], path

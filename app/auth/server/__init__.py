@@ -41,6 +41,7 @@ from app.auth.server.signin import LoginSessions, SignInThrottle
 from app.auth.server.store import open_store, secret_key
 from app.auth.tokens import AccessClaims, InvalidToken, JwtValidator
 from app.core import dicom_json as dj
+from app.core import display
 from app.core.identity import nhs_number_problem
 from app.core.query import NameQuery
 from app.settings import EmbeddedAuthSettings, Settings
@@ -412,10 +413,13 @@ class EmbeddedAuthServer:
 
 
 def _summary(patient: dict[str, Any]) -> dict[str, str]:
+    """The picker's row of a patient, each fact as every page shows it (app.core.display)."""
     return {
         "nhs_number": patient["id"],
-        "name": (patient.get("name") or [{}])[0].get("text", ""),
-        "birth_date": patient.get("birthDate", ""),
+        "nhs_display": display.format_nhs_number(patient["id"]),
+        "name": display.format_name((patient.get("name") or [{}])[0]) or "Name not recorded",
+        "birth_date": display.format_date(patient.get("birthDate")),
+        "sex": display.format_gender(patient.get("gender")),
     }
 
 

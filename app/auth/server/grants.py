@@ -64,6 +64,7 @@ class Grantee:
     auth_time: int = 0
     grant_id: str | None = None  # the authorization (refresh family) every token issued from it belongs to
     session: str | None = None  # online_access: the login session (its store key) the refresh token lives with
+    name: str | None = None  # the user's name as people read it (the id_token's `name`: "Signed in as ...")
 
     def get_user_id(self) -> str | None:
         return self.username
@@ -406,6 +407,8 @@ class TokenIssuer:
         }
         if user.fhir_user:
             claims["fhirUser"] = user.fhir_user
+        if user.name:
+            claims["name"] = user.name  # OpenID Connect standard claim: what an app shows as the signed-in user
         if user.nonce:
             claims["nonce"] = user.nonce
         return self._sign(claims, "RS256")

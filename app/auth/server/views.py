@@ -88,8 +88,7 @@ def _page(template: str, status: int = 200, headers: dict[str, str] | None = Non
         status=status,
         content_type="text/html; charset=utf-8",
         headers={
-            "Cache-Control": "no-store",
-            "X-Frame-Options": "DENY",
+            "Cache-Control": "no-store",  # who may frame the page: app.web.headers ('self' in the demo only)
             "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'",
             **(headers or {}),
         },
@@ -209,6 +208,8 @@ def authorize() -> Response:
             user=user,
             patient=patient,
             patient_name=chosen["name"] if chosen else None,
+            patient_display=chosen["nhs_display"] if chosen else patient,
+            patient_born=chosen["birth_date"] if chosen else None,
             csrf=_csrf(),
             scopes=[(s, describe_scope(s)) for s in granted],
         )
@@ -222,6 +223,7 @@ def authorize() -> Response:
     grantee = Grantee(
         username=user.username,
         fhir_user=user.fhir_user,
+        name=user.name,
         patient=patient,
         fhir_context=launch.get("fhirContext", []) if launch else [],
         need_patient_banner=launch is None,
@@ -332,6 +334,36 @@ def _picker(params: dict[str, str], client: Any, chosen: str | None, user: User)
     return _page(
         "auth_picker.html", client=client, params=params, query=query, found=found, message=message, csrf=_csrf()
     )
+
+
+LAUNCHER_PATH = "/apps/launcher/"  # the demo's EHR launch simulator (app.web.launcher), the one `next` of /signin
+
+
+class _Launcher:
+    """Who asks the user to sign in at /auth/signin (the sign-in page names it; the audit names its id)."""
+
+    client_id = "ehr-launcher"
+    name = "The EHR launch simulator"
+
+
+@bp.route("/signin", methods=["GET", "POST"])
+def signin() -> Response:
+    """The demo's EHR launch simulator signs its clinician in here: the same sign-in page, throttle and
+    audit as an authorization, then back to the simulator. Demo only (404 elsewhere); `next` can only
+    be the simulator (no open redirect)."""
+    smart = server()
+    if not smart.settings.demo:
+        return _page("auth_error.html", 404, message="There is no such page.")
+    params = {"next": LAUNCHER_PATH}
+    login = smart.sessions.load(session.get("sid"))
+    if login is not None and smart.users.get(login["user"]) is not None and request.method == "GET":
+        return redirect(LAUNCHER_PATH, 303)  # type: ignore[return-value]
+    if request.method == "POST" and request.form.get("step") == "login":
+        response = _login(params, _Launcher())
+        if response.status_code == 303:  # signed in (the device cookie, if any, stays on the response)
+            response.headers["Location"] = LAUNCHER_PATH
+        return response
+    return _page("auth_login.html", client=_Launcher(), params=params, message=None, csrf=_csrf())
 
 
 @bp.route("/logout", methods=["GET", "POST"])

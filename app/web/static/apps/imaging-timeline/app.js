@@ -10,10 +10,16 @@
  *   GET ImagingStudy?patient=<id>&_include=ImagingStudy:endpoint   (every page)
  * and, when the token response says need_patient_banner, a banner from GET Patient/<id>.
  *
+ * The patient is read in every launch (GET Patient/<id>): the banner shows it when the token says
+ * need_patient_banner (a standalone launch), and the image viewer's header always names it. Every fact is
+ * formatted by ../shared/format.js (GMFormat), the twin of the server's app/core/display.py.
+ *
  * "View images" opens a study through the trust's WADO-RS Endpoint (the facade's gateway, which wants
- * the same access token: SMART Imaging Access): a thumbnail per series, then the series' images one
- * at a time (series metadata for the instance list, /rendered for each image). Images are fetched
- * with the Authorization header and shown from blob: URLs; nothing about them is cached.
+ * the same access token: SMART Imaging Access): a thumbnail per series (/thumbnail), then the series
+ * in the WebGL viewer (./viewer3d.js, Cornerstone3D: WADO-RS frames, the series metadata registered
+ * for the loader) or, without WebGL, as server-rendered images one at a time (/rendered). Images are
+ * fetched with the Authorization header; nothing about them is cached. An EHR launch whose context names
+ * a study (fhirContext) opens at that study's images.
  */
 (function () {
   "use strict";
@@ -48,29 +54,13 @@
     return FHIR.oauth2.authorize(Object.assign({
       clientId: CLIENT_ID,
       redirectUri: appUrl(),
-      pkceMode: "required"
+      pkceMode: "required",
+      completeInTarget: true // inside an EPR's frame too, the authorization completes in this frame
     }, params));
   }
 
-  // -- formatting ---------------------------------------------------------------------------
-  var dateFormat = new Intl.DateTimeFormat("en-GB", {
-    day: "numeric", month: "short", year: "numeric", timeZone: "Europe/London"
-  });
-  var timeFormat = new Intl.DateTimeFormat("en-GB", {
-    hour: "2-digit", minute: "2-digit", timeZone: "Europe/London"
-  });
-
-  function formatNhsNumber(value) {
-    var digits = String(value || "").replace(/\s+/g, "");
-    return /^\d{10}$/.test(digits) ? digits.slice(0, 3) + " " + digits.slice(3, 6) + " " + digits.slice(6) : digits;
-  }
-
-  function formatBirthDate(value) {
-    if (!value) return "Not recorded";
-    var parts = value.split("-");
-    if (parts.length !== 3) return value;
-    return dateFormat.format(new Date(Date.UTC(+parts[0], +parts[1] - 1, +parts[2], 12)));
-  }
+  // -- formatting (one format for every page: ../shared/format.js, twin of app/core/display.py) -------
+  var F = window.GMFormat;
 
   function el(tag, attrs, children) {
     var node = document.createElement(tag);
@@ -94,10 +84,19 @@
     });
   }
 
+  function plural(n, one, many) { return n + " " + (n === 1 ? one : many); }
+
   // -- the studies --------------------------------------------------------------------------
   function studyUid(study) {
     var found = (study.identifier || []).filter(function (i) { return i.system === DICOM_UID; })[0];
     return found && found.value ? found.value.replace(/^urn:oid:/, "") : study.id;
+  }
+
+  function accessionOf(study) {
+    var found = (study.identifier || []).filter(function (i) {
+      return i.type && (i.type.coding || []).some(function (c) { return c.code === "ACSN"; });
+    })[0];
+    return found ? found.value : "";
   }
 
   function endpointRefs(study) {
@@ -138,19 +137,51 @@
     });
   }
 
-  function description(study) {
-    if (study.description) return study.description;
-    var code = (study.procedureCode || [])[0];
-    return code && (code.text || (code.coding && code.coding[0] && code.coding[0].display)) || "";
+  function conceptText(concept) {
+    if (!concept) return "";
+    return concept.text || (concept.coding || []).map(function (c) { return c.display || c.code; }).filter(Boolean).join(", ");
   }
 
-  function dateCell(study) {
-    if (!study.started) return el("td", {}, [muted("Not recorded")]);
-    var when = new Date(study.started);
-    if (isNaN(when.getTime())) return el("td", { text: study.started });
-    var hasTime = /T\d\d:\d\d/.test(study.started);
-    var label = dateFormat.format(when) + (hasTime ? ", " + timeFormat.format(when) : "");
-    return el("td", {}, [el("time", { datetime: study.started, text: label })]);
+  function description(study) {
+    if (study.description) return study.description;
+    return conceptText((study.procedureCode || [])[0]);
+  }
+
+  function seriesCount(study) {
+    return study.numberOfSeries != null ? study.numberOfSeries : (study.series || []).length;
+  }
+
+  function imageCount(study) {
+    if (study.numberOfInstances != null) return study.numberOfInstances;
+    var counts = (study.series || []).map(function (s) { return s.numberOfInstances; });
+    return counts.length && counts.every(function (n) { return n != null; })
+      ? counts.reduce(function (a, b) { return a + b; }, 0) : null;
+  }
+
+  function details(study) {
+    var reasons = (study.reasonCode || []).map(conceptText).filter(Boolean);
+    var referrer = study.referrer && (study.referrer.display || study.referrer.reference);
+    var sites = (study.location ? [study.location] : []).map(function (l) { return l.display || l.reference; }).filter(Boolean);
+    return [
+      ["Reason", reasons.join("; ")],
+      ["Referrer", referrer || ""],
+      ["Site", sites.join(", ")],
+      ["Body part", bodyParts(study).join(", ")],
+      ["Series", String(seriesCount(study))]
+    ];
+  }
+
+  function cell(label, children, className) {
+    var td = el("td", { "data-label": label }, children);
+    if (className) td.className = className;
+    return td;
+  }
+
+  function toggleDetails(button, row) {
+    var open = button.getAttribute("aria-expanded") !== "true";
+    button.setAttribute("aria-expanded", open ? "true" : "false");
+    button.textContent = open ? "Hide details" : "Details";
+    row.hidden = !open;
   }
 
   function renderStudies(studies, endpoints) {
@@ -158,38 +189,120 @@
     var body = table.tBodies[0];
     body.textContent = "";
     studies.sort(function (a, b) { return String(b.started || "").localeCompare(String(a.started || "")); });
-    studies.forEach(function (study) {
+    studies.forEach(function (study, index) {
       var mods = modalities(study).map(function (c, i) {
         var abbr = el("abbr", { className: "modality-code", title: c.display || c.code, text: c.code });
         return i ? [document.createTextNode(", "), abbr] : [abbr];
       }).reduce(function (all, part) { return all.concat(part); }, []);
       var trusts = trustNames(study, endpoints);
-      var parts = bodyParts(study);
       var text = description(study);
-      var seriesCount = study.numberOfSeries != null ? study.numberOfSeries : (study.series || []).length;
-      body.appendChild(el("tr", { "data-study-uid": studyUid(study) }, [
-        dateCell(study),
-        el("td", {}, mods.length ? mods : [muted("Unknown")]),
-        el("td", {}, [text ? document.createTextNode(text) : muted("No description")]),
-        el("td", { className: "trust" }, trusts.length
+      var accession = accessionOf(study);
+      var images = imageCount(study);
+      var detailsId = "study-details-" + index;
+      var uid = studyUid(study);
+      var detailsRow = el("tr", { id: detailsId, className: "details-row", "data-details-for": uid }, [
+        el("td", { colspan: "7" }, [el("dl", { className: "study-details" }, details(study).map(function (pair) {
+          return el("div", {}, [el("dt", { text: pair[0] }), el("dd", {}, [pair[1] ? document.createTextNode(pair[1]) : muted("Not recorded")])]);
+        }))])
+      ]);
+      detailsRow.hidden = true;
+      var detailsButton = el("button", { type: "button", className: "button-secondary details-toggle",
+        "aria-expanded": "false", "aria-controls": detailsId, text: "Details" });
+      detailsButton.setAttribute("aria-label", "Details of " + (text || "this study") + ", " + F.formatDate(study.started));
+      detailsButton.addEventListener("click", function () {
+        toggleDetails(detailsButton, detailsRow);
+        detailsButton.setAttribute("aria-label", (detailsRow.hidden ? "Details of " : "Hide details of ") +
+          (text || "this study") + ", " + F.formatDate(study.started));
+      });
+      body.appendChild(el("tr", { "data-study-uid": uid, className: "study-row" }, [
+        cell("Date", study.started
+          ? [el("time", { datetime: study.started, text: F.formatDateTime(study.started) })]
+          : [muted(F.NOT_RECORDED)], "date"),
+        cell("Modality", mods.length ? mods : [muted("Unknown")]),
+        cell("Description", [text ? document.createTextNode(text) : muted("No description")]),
+        cell("Trust", trusts.length
           ? trusts.map(function (t) { return el("span", { className: "trust-name", text: t }); })
-          : [muted("Unknown")]),
-        el("td", { className: "body-part" }, [parts.length ? document.createTextNode(parts.join(", ")) : muted("Not recorded")]),
-        el("td", { className: "num", text: String(seriesCount) }),
-        el("td", {}, [imagesButton(study, endpoints)])
+          : [muted("Unknown")], "trust"),
+        cell("Accession", [accession ? document.createTextNode(accession) : muted(F.NOT_RECORDED)], "accession"),
+        cell("Images", [document.createTextNode(images != null ? String(images) : "?")], "num images"),
+        cell("Actions", [el("span", { className: "actions" }, [detailsButton, imagesButton(study, endpoints)])])
       ]));
+      body.appendChild(detailsRow);
     });
     var trustCount = unique([].concat.apply([], studies.map(function (s) { return trustNames(s, endpoints); }))).length;
     document.getElementById("studies-caption").textContent =
-      studies.length + (studies.length === 1 ? " study" : " studies") + " from " +
-      trustCount + (trustCount === 1 ? " trust" : " trusts");
+      plural(studies.length, "study", "studies") + " from " + plural(trustCount, "trust", "trusts");
     table.hidden = false;
+  }
+
+  // -- warnings, in the words a clinician reads -----------------------------------------------
+  function trustOf(diagnostics) {
+    var m = /^(.+?) \([A-Z0-9]{3,5}\):/.exec(diagnostics || "");
+    return m ? m[1] : null;
+  }
+
+  function clinicalWarning(issue) {
+    var text = issue.diagnostics || (issue.details && issue.details.text) || issue.code || "";
+    var m;
+    if (issue.code === "incomplete") {
+      var trust = trustOf(text);
+      return {
+        title: "Some studies may be missing",
+        text: (trust ? trust + "'s" : "One trust's") + " imaging archive did not answer. Studies held there may not be listed: check again later before relying on this list."
+      };
+    }
+    if ((m = /the (birth date|sex) recorded differs between archives \((.*)\)/.exec(text))) {
+      var what = m[1] === "birth date" ? "date of birth" : "sex";
+      return {
+        title: "Patient details differ between trusts",
+        text: "The " + what + " recorded for this patient is not the same at every trust (" + m[2].replace(/;/g, " ·") +
+          "). Check the patient's identity before relying on these images."
+      };
+    }
+    if ((m = /held by (.+) under different patient identities/.exec(text))) {
+      return {
+        title: "A study is withheld",
+        text: "A study held by " + m[1] + " is recorded against different patients there. It is not shown until the trusts correct it."
+      };
+    }
+    return { title: "Warning", text: text };
+  }
+
+  function problems(bundles) {
+    var out = [];
+    var seen = Object.create(null);
+    bundles.forEach(function (bundle) {
+      (bundle.entry || []).forEach(function (entry) {
+        var r = entry.resource || {};
+        if (r.resourceType !== "OperationOutcome") return;
+        (r.issue || []).forEach(function (issue) {
+          if (issue.severity !== "error" && issue.severity !== "fatal" && issue.severity !== "warning") return;
+          var key = issue.code + "|" + issue.diagnostics;
+          if (seen[key]) return;
+          seen[key] = true;
+          out.push(issue);
+        });
+      });
+    });
+    return out;
+  }
+
+  function renderWarnings(issues) {
+    var box = document.getElementById("warnings");
+    box.textContent = "";
+    issues.map(clinicalWarning).forEach(function (w) {
+      box.appendChild(el("div", { className: "callout-warning", role: "note" }, [
+        el("h2", { className: "callout-title" }, [el("span", { className: "visually-hidden", text: "Important: " }), document.createTextNode(w.title)]),
+        el("p", { text: w.text })
+      ]));
+    });
   }
 
   // -- images (WADO-RS through the trust's Endpoint) -----------------------------------------------
   var WADO_RS = "dicom-wado-rs";
   var IID = "ihe-iid";
-  var viewer = { client: null, objectUrls: [], generation: 0, frames: [], index: 0 };
+  var viewer = { client: null, objectUrls: [], generation: 0, frames: [], imageIds: [], index: 0, gpu: null, cine: null };
+  var current = { patient: null };
 
   function endpointOf(refs, endpoints, code) {
     for (var i = 0; i < (refs || []).length; i++) {
@@ -203,10 +316,10 @@
   }
 
   function imagesButton(study, endpoints) {
-    if (!endpointOf(study.endpoint, endpoints, WADO_RS)) return muted("Not available");
-    var button = el("button", { type: "button", className: "button-secondary view-images", text: "View images" });
-    button.setAttribute("aria-label", "View images of " + (description(study) || "this study"));
-    button.addEventListener("click", function () { openViewer(study, endpoints); });
+    if (!endpointOf(study.endpoint, endpoints, WADO_RS)) return muted("Images not available");
+    var button = el("button", { type: "button", className: "button view-images", text: "View images" });
+    button.setAttribute("aria-label", "View images of " + (description(study) || "this study") + ", " + F.formatDate(study.started));
+    button.addEventListener("click", function () { openViewer(study, endpoints, button); });
     return button;
   }
 
@@ -240,66 +353,148 @@
     });
   }
 
-  async function openViewer(study, endpoints) {
-    var generation = ++viewer.generation;
-    releaseImages();
+  function patientFacts() {
+    var p = current.patient;
+    if (!p) return { name: "Not known", nhs: "", born: "" };
+    var nhs = (p.identifier || []).filter(function (i) { return i.system === NHS_NUMBER; })[0];
+    return {
+      name: F.formatName((p.name || [])[0]) || "Name not recorded",
+      nhs: F.formatNhsNumber(nhs ? nhs.value : p.id),
+      born: F.formatDate(p.birthDate)
+    };
+  }
+
+  function fillViewerFacts(study, endpoints) {
+    var facts = patientFacts();
+    document.getElementById("vf-name").textContent = facts.name;
+    document.getElementById("vf-nhs").textContent = facts.nhs;
+    document.getElementById("vf-born").textContent = facts.born;
+    document.getElementById("vf-date").textContent = F.formatDateTime(study.started);
+    document.getElementById("vf-trust").textContent = trustNames(study, endpoints).join(", ") || "Unknown";
+    document.getElementById("vf-accession").textContent = accessionOf(study) || F.NOT_RECORDED;
+  }
+
+  // The WebGL viewer (Cornerstone3D, ./viewer3d.js), loaded on first use; null when this browser has
+  // no WebGL or the library cannot start: the server-rendered images are shown instead.
+  var gpuLoading = null;
+  function webglAvailable() {
+    try {
+      var canvas = document.createElement("canvas");
+      return !!(canvas.getContext("webgl2") || canvas.getContext("webgl"));
+    } catch (e) {
+      return false;
+    }
+  }
+
+  function loadGpuViewer() {
+    if (!gpuLoading) {
+      gpuLoading = (async function () {
+        if (!webglAvailable() || new URLSearchParams(window.location.search).has("server-render")) return null;
+        try {
+          var module = await import("./viewer3d.js");
+          return await module.createViewer(document.getElementById("viewport"), {
+            authorization: function () { return viewer.client.getAuthorizationHeader(); },
+            vendor: new URL("../vendor/cornerstone/", window.location.href).href,
+            onImage: function (index) {
+              viewer.index = index;
+              updateFrameControls();
+              var section = document.getElementById("viewer");
+              section.dataset.renderedIndex = String(index);
+              viewerState("ready", "Showing image " + (index + 1) + " of " + viewer.imageIds.length + ".");
+            },
+            onError: function (message) { viewerState("error", message); },
+            onLoadFailed: function (imageId) {
+              // This series cannot be drawn here (a frame the gateway will not send as it is stored, or
+              // one the decoder cannot read): the server-rendered images of the same series instead.
+              if (viewer.imageIds.indexOf(imageId) < 0 || document.getElementById("viewer").dataset.renderer !== "webgl") return;
+              console.warn("WebGL viewer could not load " + imageId + "; server-rendered images instead");
+              setRenderer(null);
+              showFrame(viewer.generation);
+            }
+          });
+        } catch (error) {
+          console.warn("WebGL viewer unavailable, showing server-rendered images", error);
+          return null;
+        }
+      })();
+    }
+    return gpuLoading;
+  }
+
+  function setRenderer(gpu) {
     var section = document.getElementById("viewer");
+    section.dataset.renderer = gpu ? "webgl" : "server";
+    document.getElementById("viewport").hidden = !gpu;
+    document.getElementById("fallback-frame").hidden = !!gpu;
+    Array.prototype.forEach.call(document.querySelectorAll(".gpu-only"), function (node) { node.hidden = !gpu; });
+  }
+
+  async function openViewer(study, endpoints, opener) {
+    var generation = ++viewer.generation;
+    stopCine();
+    releaseImages();
+    viewer.opener = opener;
+    var section = document.getElementById("viewer");
+    document.getElementById("timeline").hidden = true;
     section.hidden = false;
-    document.getElementById("viewer-title").textContent = "Images: " + (description(study) || "study");
+    document.getElementById("viewer-title").textContent = (description(study) || "Study") + ", " + F.formatDate(study.started);
+    fillViewerFacts(study, endpoints);
     document.getElementById("thumbnails").textContent = "";
     document.getElementById("frame-image").removeAttribute("src");
     viewer.frames = [];
+    viewer.imageIds = [];
     updateFrameControls();
     viewerState("loading", "Loading series…");
     section.focus();
+    window.scrollTo(0, 0);
     var iid = endpointOf(study.endpoint, endpoints, IID);
     var iidBox = document.getElementById("viewer-iid");
     iidBox.hidden = !iid;
     if (iid) {
-      var accession = (study.identifier || []).filter(function (i) {
-        return i.type && (i.type.coding || []).some(function (c) { return c.code === "ACSN"; });
-      })[0];
       document.getElementById("viewer-iid-link").href = fillTemplate(iid.address, {
-        studyUID: studyUid(study), accessionNumber: accession && accession.value,
+        studyUID: studyUid(study), accessionNumber: accessionOf(study),
         patientID: String((study.subject && study.subject.reference) || "").replace(/^Patient\//, "")
       });
     }
+    viewer.gpu = await loadGpuViewer();
+    if (generation !== viewer.generation) return;
+    setRenderer(viewer.gpu);
     var uid = studyUid(study);
     var list = document.getElementById("thumbnails");
     var series = (study.series || []).slice().sort(function (a, b) { return (a.number || 0) - (b.number || 0); });
-    var shown = 0;
     var failed = 0;
-    await Promise.all(series.map(async function (s) {
+    var bases = series.map(function (s) {
       var endpoint = endpointOf(s.endpoint, endpoints, WADO_RS) || endpointOf(study.endpoint, endpoints, WADO_RS);
-      var base = endpoint.address + "/studies/" + uid + "/series/" + s.uid;
+      return endpoint.address + "/studies/" + uid + "/series/" + s.uid;
+    });
+    var buttons = series.map(function (s, i) {
       var label = (s.modality && s.modality.code ? s.modality.code + " " : "") + (s.description || "Series " + (s.number || ""));
+      var count = s.numberOfInstances != null ? plural(s.numberOfInstances, "image", "images") : "";
       var img = el("img", { alt: "" });
-      var button = el("button", { type: "button", "aria-pressed": "false", "data-series-uid": s.uid },
-        [img, el("span", { className: "label", text: label })]);
-      button.setAttribute("aria-label", "Show series: " + label);
-      button.addEventListener("click", function () { showSeries(base, button, generation); });
+      var button = el("button", { type: "button", "aria-pressed": "false", "data-series-uid": s.uid }, [
+        img, el("span", { className: "visually-hidden", text: "Series " + (s.number || i + 1) + ": " }),
+        el("span", { className: "label", text: label }), el("span", { className: "count", text: count })]);
+      button.addEventListener("click", function () { showSeries(bases[i], button, viewer.generation); });
       list.appendChild(el("li", {}, [button]));
+      return { button: button, img: img };
+    });
+    await Promise.all(buttons.map(async function (b, i) {
       try {
-        var url = await fetchImage(base + "/thumbnail");
+        var url = await fetchImage(bases[i] + "/thumbnail");
         if (generation !== viewer.generation) return;
-        img.src = url;
-        shown += 1;
+        b.img.src = url;
       } catch (error) {
         failed += 1;
-        img.alt = "No preview";
+        b.img.alt = "No preview";
       }
     }));
     if (generation !== viewer.generation) return;
-    var first = list.querySelector("button");
-    if (first) await showSeries(null, first, generation, series[0], uid, study, endpoints);
+    if (buttons.length) await showSeries(bases[0], buttons[0].button, generation);
     if (failed) viewerState("error", failed + " of " + series.length + " series previews could not be loaded.");
   }
 
-  async function showSeries(base, button, generation, firstSeries, uid, study, endpoints) {
-    if (!base) {
-      var endpoint = endpointOf(firstSeries.endpoint, endpoints, WADO_RS) || endpointOf(study.endpoint, endpoints, WADO_RS);
-      base = endpoint.address + "/studies/" + uid + "/series/" + firstSeries.uid;
-    }
+  async function showSeries(base, button, generation) {
+    stopCine();
     Array.prototype.forEach.call(document.querySelectorAll("#thumbnails button"), function (b) {
       b.setAttribute("aria-pressed", b === button ? "true" : "false");
     });
@@ -313,20 +508,38 @@
       return;
     }
     var instances = await response.json();
+    if (generation !== viewer.generation) return;
     instances.sort(function (a, b) { return (dicomValue(a, "00200013") || 0) - (dicomValue(b, "00200013") || 0); });
     viewer.frames = [];
+    viewer.imageIds = [];
+    var metadata = {};
     instances.forEach(function (ds) {
       if (!ds["7FE00010"] && !dicomValue(ds, "00280010")) return; // no pixels (e.g. a structured report)
       var frames = parseInt(dicomValue(ds, "00280008") || "1", 10) || 1;
       var path = base + "/instances/" + dicomValue(ds, "00080018");
-      for (var n = 1; n <= frames; n++) viewer.frames.push(frames > 1 ? path + "/frames/" + n + "/rendered" : path + "/rendered");
+      metadata["wadors:" + path + "/frames/1"] = ds;
+      for (var n = 1; n <= frames; n++) {
+        viewer.frames.push(frames > 1 ? path + "/frames/" + n + "/rendered" : path + "/rendered");
+        viewer.imageIds.push("wadors:" + path + "/frames/" + n);
+      }
     });
     viewer.index = 0;
+    document.getElementById("viewer").dataset.seriesFrames = String(viewer.frames.length);
     updateFrameControls();
     if (!viewer.frames.length) {
       viewerState("ready", "This series has no images to show (it may be a report or other non-image object).");
       document.getElementById("frame-image").removeAttribute("src");
       return;
+    }
+    setRenderer(viewer.gpu); // each series tries the WebGL viewer again
+    if (viewer.gpu) {
+      try {
+        await viewer.gpu.showStack(viewer.imageIds, metadata);
+        return;
+      } catch (error) {
+        console.warn("WebGL viewer failed on this series; server-rendered images instead", error);
+        setRenderer(null);
+      }
     }
     await showFrame(generation);
   }
@@ -338,6 +551,7 @@
       if (generation !== viewer.generation) return;
       img.src = url;
       img.alt = "Image " + (viewer.index + 1) + " of " + viewer.frames.length;
+      document.getElementById("viewer").dataset.renderedIndex = String(viewer.index);
       viewerState("ready", "Showing image " + (viewer.index + 1) + " of " + viewer.frames.length + ".");
     } catch (error) {
       viewerState("error", "The image could not be loaded: " + error.message);
@@ -353,54 +567,103 @@
     slider.disabled = count < 2;
     document.getElementById("frame-prev").disabled = viewer.index <= 0;
     document.getElementById("frame-next").disabled = viewer.index >= count - 1;
+    document.getElementById("cine").disabled = count < 2;
     document.getElementById("frame-position").textContent = count ? "Image " + (viewer.index + 1) + " of " + count : "";
   }
 
   function moveTo(index) {
     if (index < 0 || index >= viewer.frames.length || index === viewer.index) return;
     viewer.index = index;
-    showFrame(viewer.generation);
+    updateFrameControls();
+    if (viewer.gpu && document.getElementById("viewer").dataset.renderer === "webgl") viewer.gpu.setIndex(index);
+    else showFrame(viewer.generation);
+  }
+
+  function stopCine() {
+    if (viewer.cine) window.clearInterval(viewer.cine);
+    viewer.cine = null;
+    var button = document.getElementById("cine");
+    button.setAttribute("aria-pressed", "false");
+    button.textContent = "Play";
+  }
+
+  function toggleCine() {
+    if (viewer.cine) return stopCine();
+    var button = document.getElementById("cine");
+    button.setAttribute("aria-pressed", "true");
+    button.textContent = "Pause";
+    viewer.cine = window.setInterval(function () {
+      if (!viewer.frames.length) return stopCine();
+      moveTo((viewer.index + 1) % viewer.frames.length);
+    }, 100); // 10 images a second
+  }
+
+  function closeViewer() {
+    viewer.generation += 1;
+    stopCine();
+    releaseImages();
+    document.getElementById("viewer").hidden = true;
+    document.getElementById("timeline").hidden = false;
+    if (viewer.opener) viewer.opener.focus();
   }
 
   function wireViewer(client) {
     viewer.client = client;
     document.getElementById("frame-prev").addEventListener("click", function () { moveTo(viewer.index - 1); });
     document.getElementById("frame-next").addEventListener("click", function () { moveTo(viewer.index + 1); });
-    document.getElementById("frame-slider").addEventListener("change", function (e) { moveTo(parseInt(e.target.value, 10) - 1); });
-    document.getElementById("viewer-close").addEventListener("click", function () {
-      viewer.generation += 1;
-      releaseImages();
-      document.getElementById("viewer").hidden = true;
+    document.getElementById("frame-slider").addEventListener("input", function (e) { moveTo(parseInt(e.target.value, 10) - 1); });
+    document.getElementById("viewer-close").addEventListener("click", closeViewer);
+    document.getElementById("cine").addEventListener("click", toggleCine);
+    document.getElementById("wl-preset").addEventListener("change", function (e) {
+      if (!viewer.gpu) return;
+      var parts = e.target.value.split(",");
+      viewer.gpu.setWindow(parts.length === 2 ? { width: +parts[0], center: +parts[1] } : null);
+    });
+    document.getElementById("zoom-in").addEventListener("click", function () { if (viewer.gpu) viewer.gpu.zoom(1.25); });
+    document.getElementById("zoom-out").addEventListener("click", function () { if (viewer.gpu) viewer.gpu.zoom(0.8); });
+    document.getElementById("view-reset").addEventListener("click", function () {
+      document.getElementById("wl-preset").value = "";
+      if (viewer.gpu) viewer.gpu.reset();
+    });
+    document.getElementById("viewport").addEventListener("keydown", function (e) {
+      var handled = true;
+      if (e.key === "ArrowDown" || e.key === "ArrowRight" || e.key === "PageDown") moveTo(viewer.index + 1);
+      else if (e.key === "ArrowUp" || e.key === "ArrowLeft" || e.key === "PageUp") moveTo(viewer.index - 1);
+      else if (e.key === "Home") moveTo(0);
+      else if (e.key === "End") moveTo(viewer.frames.length - 1);
+      else if (e.key === "+" || e.key === "=") viewer.gpu && viewer.gpu.zoom(1.25);
+      else if (e.key === "-") viewer.gpu && viewer.gpu.zoom(0.8);
+      else handled = false;
+      if (handled) e.preventDefault();
+    });
+    document.addEventListener("keydown", function (e) {
+      if (e.key === "Escape" && !document.getElementById("viewer").hidden) closeViewer();
     });
   }
 
   function renderBanner(patient) {
-    var name = (patient.name || [])[0] || {};
-    var text = name.text || [].concat(name.given || [], name.family || []).join(" ") || "Name not recorded";
-    var nhs = (patient.identifier || []).filter(function (i) { return i.system === NHS_NUMBER; })[0];
-    document.getElementById("patient-name").textContent = text;
-    document.getElementById("patient-nhs").textContent = formatNhsNumber(nhs ? nhs.value : patient.id);
-    document.getElementById("patient-born").textContent = formatBirthDate(patient.birthDate);
-    var gender = patient.gender || "not recorded";
-    document.getElementById("patient-gender").textContent = gender.charAt(0).toUpperCase() + gender.slice(1);
+    var facts = patientFacts();
+    document.getElementById("patient-name").textContent = facts.name;
+    document.getElementById("patient-nhs").textContent = facts.nhs;
+    document.getElementById("patient-born").textContent = facts.born;
+    document.getElementById("patient-gender").textContent = F.formatGender(patient.gender);
     document.getElementById("patient-banner").hidden = false;
-    document.title = text + " · Imaging timeline";
   }
 
-  function problems(bundles) {
-    var out = [];
-    bundles.forEach(function (bundle) {
-      (bundle.entry || []).forEach(function (entry) {
-        var r = entry.resource || {};
-        if (r.resourceType !== "OperationOutcome") return;
-        (r.issue || []).forEach(function (issue) {
-          if (issue.severity === "error" || issue.severity === "fatal" || issue.severity === "warning") {
-            out.push(issue.diagnostics || (issue.details && issue.details.text) || issue.code);
-          }
-        });
-      });
-    });
-    return unique(out);
+  // An EHR launch with a study in its context (fhirContext ImagingStudy/<uid>) opens at that study's images.
+  function openLaunchedStudy(token, studies, endpoints) {
+    var refs = (token.fhirContext || []).map(function (c) { return c.reference || ""; });
+    var uid = refs.filter(function (r) { return /^ImagingStudy\//.test(r); }).map(function (r) { return r.slice(13); })[0];
+    var study = uid && studies.filter(function (s) { return s.id === uid || studyUid(s) === uid; })[0];
+    if (!study || !endpointOf(study.endpoint, endpoints, WADO_RS)) return;
+    var row = document.querySelector('#studies tr[data-study-uid="' + studyUid(study) + '"] button.view-images');
+    openViewer(study, endpoints, row);
+  }
+
+  function userName(client) {
+    // The id_token's `name` (OpenID Connect); the FHIR reference is not a name to show.
+    var idToken = client.getIdToken && client.getIdToken();
+    return idToken && idToken.name ? idToken.name : null;
   }
 
   async function show(client) {
@@ -409,13 +672,22 @@
     wireViewer(client);
     var token = client.state.tokenResponse || {};
     setStatus("loading", "Loading imaging studies…");
-    var patientRequest = token.need_patient_banner ? client.patient.read() : Promise.resolve(null);
+    // The patient is read in every launch: the image viewer's header names them. The banner is this
+    // app's only when the EHR does not show its own (need_patient_banner).
+    var patientRequest = client.patient.read().catch(function (error) {
+      console.warn("patient not readable", error);
+      return null;
+    });
     var search = client.request(
       "ImagingStudy?patient=" + encodeURIComponent(patientId) + "&_include=ImagingStudy:endpoint",
       { pageLimit: 0 }
     );
     var results = await Promise.all([patientRequest, search]);
-    if (results[0]) renderBanner(results[0]);
+    current.patient = results[0];
+    if (results[0]) {
+      document.title = patientFacts().name + " · Imaging timeline";
+      if (token.need_patient_banner) renderBanner(results[0]);
+    }
     var bundles = [].concat(results[1]);
     var studies = [], endpoints = {};
     bundles.forEach(function (bundle) {
@@ -426,17 +698,17 @@
       });
     });
     renderStudies(studies, endpoints);
-    var user = client.getFhirUser();
-    if (user) {
+    var name = userName(client);
+    if (name) {
       var signedIn = document.getElementById("signed-in");
-      signedIn.textContent = "Signed in as " + user + ".";
+      signedIn.textContent = "Signed in as " + name;
       signedIn.hidden = false;
     }
-    var notes = problems(bundles);
+    renderWarnings(problems(bundles));
+    openLaunchedStudy(token, studies, endpoints);
     setStatus("ready", studies.length
-      ? "Showing " + studies.length + (studies.length === 1 ? " study." : " studies.") +
-        (notes.length ? " Note: " + notes.join(" ") : "")
-      : "No imaging studies were found for this patient." + (notes.length ? " " + notes.join(" ") : ""));
+      ? "Showing " + plural(studies.length, "study.", "studies.")
+      : "No imaging studies were found for this patient.");
   }
 
   // RFC 9207: the authorization response names its issuer. It must be the server this app asked (a
