@@ -129,7 +129,16 @@ def _commands() -> dict[str, argparse.ArgumentParser]:
 
 def test_every_option_says_what_it_does_and_its_default() -> None:
     commands = _commands()
-    assert set(commands) == {"serve", "check-config", "demo", "token", "launch", "rotate-keys", "hash-password"}
+    assert set(commands) == {
+        "serve",
+        "check-config",
+        "demo",
+        "token",
+        "launch",
+        "rotate-keys",
+        "hash-password",
+        "postman-env",
+    }
     for name, command in commands.items():
         assert command.description, name
         for action in command._actions:
