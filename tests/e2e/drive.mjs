@@ -188,13 +188,21 @@ async function run() {
 // opens the PDF as a blob URL in a new tab.
 async function openReportPdf(page, context) {
   const button = page.locator(`#studies tr[data-study-uid="${args.reportPdf}"] button.open-pdf`).first();
+  // The server's answer passes through unchanged; its bytes are kept (a fetch the page reads as a blob
+  // leaves playwright's response.body() empty).
+  let fetched = null;
+  await page.route(/\/document\.pdf(\?|$)/, async (route) => {
+    const answer = await route.fetch();
+    fetched = await answer.body();
+    await route.fulfill({ response: answer, body: fetched });
+  });
   await button.focus();
   const [response, popup] = await Promise.all([
     page.waitForResponse((r) => /\/document\.pdf(\?|$)/.test(r.url()), { timeout }),
     context.waitForEvent("page", { timeout }),
     page.keyboard.press("Enter"),
   ]);
-  const body = await response.body();
+  const body = fetched ?? Buffer.alloc(0);
   const headers = response.request().headers();
   await page.waitForFunction(() => !!document.getElementById("studies").dataset.lastPdf, null, { timeout });
   await popup.waitForURL(/^blob:/, { timeout, waitUntil: "commit" }).catch(() => {});

@@ -270,7 +270,8 @@
     if (pdf) {
       var note = el("span", { className: "report-note", role: "status" });
       var button = el("button", { type: "button", className: "button-secondary open-pdf", text: "Open report (PDF)" });
-      button.setAttribute("aria-label", "Open the " + status.toLowerCase().replace(/:.*$/, "") + " of " + label + " (PDF, new tab)");
+      // The visible words first (WCAG 2.5.3), then which report: the study and its status.
+      button.setAttribute("aria-label", "Open report (PDF) of " + label + ", " + status.replace(/:.*$/, "").toLowerCase() + ", in a new tab");
       button.addEventListener("click", function () { openPdf(pdf, button, note); });
       children.push(el("p", { className: "report-actions" }, [button, note]));
     } else if (!report.conclusion) {
