@@ -142,6 +142,8 @@ async function run() {
     cells: Array.from(row.cells).map((cell) => cell.innerText.trim()),
   })));
   result.reportsState = await page.getAttribute("#studies", "data-reports");
+  // At 1280 px the table fits its column: how far it would scroll sideways (0: not at all).
+  result.tableOverflow = await page.$eval(".table-wrap", (w) => w.scrollWidth - w.clientWidth);
   result.signedIn = await page.locator("#signed-in").innerText().catch(() => null);
   result.warnings = await page.$$eval("#warnings .callout-warning", (c) => c.map((x) => x.innerText.trim()));
   if (result.status.state === "ready") {

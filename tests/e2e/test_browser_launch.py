@@ -438,7 +438,14 @@ def test_reports_beside_their_studies_conclusion_and_pdf(facade, manifest, drive
     sr_patient, sr_reports = _reports_of_a_patient_with(facade, manifest, "SR")
     sr_report = next(r for r in sr_reports if r.get("conclusion"))
     sr_study = _study_of(sr_report)
-    result = drive(_ehr_launch_url(facade, sr_patient), username=USER, password=PASSWORD, axe=True)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    result = drive(
+        _ehr_launch_url(facade, sr_patient),
+        username=USER,
+        password=PASSWORD,
+        axe=True,
+        screenshot=str(SCREENSHOTS / "timeline-reports.png"),
+    )
     assert result["exitCode"] == 0, _diagnose(result)
     assert result["reportsState"] == "ok", result.get("warnings")
     assert [h.strip() for h in result["headers"]] == HEADERS
@@ -477,6 +484,7 @@ def test_reports_beside_their_studies_conclusion_and_pdf(facade, manifest, drive
     assert opened["contentType"].startswith("application/pdf") and opened["firstBytes"] == "%PDF-", opened
     assert opened["blobUrl"].startswith("blob:") and opened["popupUrl"] == opened["blobUrl"], opened
     assert opened["note"] == "The report opened in a new tab.", opened
+    assert result["tableOverflow"] == 0, "with a report column the table still fits 1280 px without scrolling"
     assert "open-pdf" in opened["focused"], "the keyboard focus stays on the button"
     assert (
         REPORT_STATUS_WORDS[pdf_report["status"]]
