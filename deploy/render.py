@@ -10,6 +10,7 @@ value is an error (Template.substitute), never an empty string.
 
 from __future__ import annotations
 
+import argparse
 import string
 import sys
 from collections.abc import Mapping
@@ -54,10 +55,15 @@ def compose_rendering(template: Path) -> str:
 
 
 def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python deploy/render.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 when a committed rendering is out of date"
+    )
+    check = parser.parse_args(argv).check
     stale = []
     for template, target in COMPOSE_RENDERINGS.items():
         text = compose_rendering(template)
-        if "--check" in argv:
+        if check:
             if not target.is_file() or target.read_text(encoding="utf-8") != text:
                 stale.append(str(target.relative_to(DEPLOY.parent)))
         else:

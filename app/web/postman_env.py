@@ -56,11 +56,11 @@ def mint(settings: Settings, base: str, patient: str) -> dict[str, str]:
         base,
         base,
         SigningKeys(auth.signing_keys),
-        open_store(auth.store, settings.audit_path.parent),
+        open_store(auth.store),
         auth.access_token_lifetime_s,
         f"{root}/auth/smart-style.json",
     )
-    clients = {c["client_id"]: client_from_config(c) for c in auth.clients}
+    clients = {c["client_id"]: client_from_config(c, root) for c in auth.clients}
     user = Grantee(USER, USER_FHIR, name=USER_NAME)
     in_patient = Grantee(USER, USER_FHIR, patient, name=USER_NAME)
 

@@ -197,6 +197,11 @@ def test_sample_apps_may_be_framed_by_the_configured_origins_only(settings: Any)
             path,
             policy,
         )  # outside the demo: not even 'self'
+    production = create_app(dataclasses.replace(settings, demo=False)).test_client()
+    for path in ("/auth/authorize?client_id=nobody", "/auth/logout"):
+        sign_in = production.get(path).headers  # the sign-in, picker, consent and sign-out pages
+        assert "frame-ancestors 'none'" in sign_in["Content-Security-Policy"], path
+        assert sign_in["X-Frame-Options"] == "DENY", path
     for path in ("/fhir/metadata", "/auth/jwks", "/fhir/Patient"):
         other = framed.get(path)
         assert "frame-ancestors 'none'" in other.headers["Content-Security-Policy"], path
