@@ -493,6 +493,30 @@ def test_reports_beside_their_studies_conclusion_and_pdf(facade, manifest, drive
     _check_axe(result, ["sign-in", "consent", "timeline"])
 
 
+def test_without_the_report_scope_the_timeline_says_reports_are_unavailable(start_facade, manifest, drive):
+    """A server that registered the app without DiagnosticReport: the app's request for it is narrowed away,
+    the app makes no report search, lists the studies all the same and says, in clinical words, that the
+    reports are not shown."""
+    narrowed = start_facade(
+        "browser-no-reports",
+        client_scopes={
+            "imaging-timeline": "launch launch/patient patient/Patient.rs patient/ImagingStudy.rs "
+            "patient/Endpoint.rs openid fhirUser offline_access"
+        },
+    )
+    sr_patient, sr_reports = _reports_of_a_patient_with(narrowed, manifest, "SR")
+    assert sr_reports, "the patient has reports the app is not allowed to read"
+    result = drive(_ehr_launch_url(narrowed, sr_patient), username=USER, password=PASSWORD, axe=True)
+    assert result["exitCode"] == 0, _diagnose(result)
+    assert result["reportsState"] == "no-scope"
+    assert result["status"]["text"] == f"Showing {len(result['rows'])} studies."
+    assert [r for r in result["requests"] if "/DiagnosticReport" in r] == []
+    warning = next(w for w in result["warnings"] if "Reports are not shown" in w)
+    assert "The studies are listed" in warning and "DiagnosticReport" not in warning and "scope" not in warning
+    assert {row["cells"][REPORT_COLUMN] for row in result["rows"]} == {"Report unavailable"}
+    _check_axe(result, ["sign-in", "consent", "timeline"])
+
+
 def test_viewer_falls_back_to_server_rendered_images_without_webgl(facade, patient, expected, manifest, drive):
     """A browser without WebGL gets the server-rendered view of the same series (/rendered per image, through
     the gateway with the app's token), scrolled with the Next image button."""

@@ -32,8 +32,11 @@
   var CLIENT_ID = "imaging-timeline";
   // client-js appends "launch" only when the scope has no "launch" in it at all, so the EHR
   // launch must name it: "launch/patient" would send the user to the picker instead.
-  var EHR_SCOPE = "launch patient/*.rs openid fhirUser offline_access";
-  var STANDALONE_SCOPE = "launch/patient patient/*.rs openid fhirUser offline_access";
+  // Only the resources the app reads (least privilege): a server that does not grant the reports'
+  // scope still gives the timeline, which then says the reports are unavailable.
+  var READ_SCOPES = "patient/Patient.rs patient/ImagingStudy.rs patient/Endpoint.rs patient/DiagnosticReport.rs";
+  var EHR_SCOPE = "launch " + READ_SCOPES + " openid fhirUser offline_access";
+  var STANDALONE_SCOPE = "launch/patient " + READ_SCOPES + " openid fhirUser offline_access";
   var NHS_NUMBER = "https://fhir.nhs.uk/Id/nhs-number";
   var DICOM_UID = "urn:dicom:uid";
   var SMART_KEY = "SMART_KEY"; // where client-js keeps the key of its state in sessionStorage
