@@ -475,6 +475,7 @@ def test_reports_beside_their_studies_conclusion_and_pdf(facade, manifest, drive
         password=PASSWORD,
         axe=True,
         reportPdf=_study_of(pdf_report),
+        narrow=True,
         screenshot=str(artifacts / "e2e-report-pdf.png"),
     )
     assert result["exitCode"] == 0, _diagnose(result)
@@ -485,6 +486,8 @@ def test_reports_beside_their_studies_conclusion_and_pdf(facade, manifest, drive
     assert opened["blobUrl"].startswith("blob:") and opened["popupUrl"] == opened["blobUrl"], opened
     assert opened["note"] == "The report opened in a new tab.", opened
     assert result["tableOverflow"] == 0, "with a report column the table still fits 1280 px without scrolling"
+    # The report and its PDF button fit a 360 px card: no sideways scrolling.
+    assert result["narrow"]["scrollWidth"] <= 360, result["narrow"]
     assert "open-pdf" in opened["focused"], "the keyboard focus stays on the button"
     assert (
         REPORT_STATUS_WORDS[pdf_report["status"]]
