@@ -102,7 +102,8 @@ def write_config(
 
 @pytest.fixture(scope="session")
 def start_facade(tmp_path_factory: pytest.TempPathFactory, config_document: dict[str, Any]) -> Iterator[Any]:
-    """start_facade(name, port=None, public_port=None, store=None, signing_keys=None, workers=2, env=None).
+    """start_facade(name, port=None, public_port=None, store=None, signing_keys=None, workers=2, env=None,
+    client_scopes=None).
 
     `public_port`: the port of the public base URL when it is not the server's own (several
     processes behind one address, as behind a load balancer); the server's own port otherwise.
@@ -118,11 +119,16 @@ def start_facade(tmp_path_factory: pytest.TempPathFactory, config_document: dict
         signing_keys: Path | None = None,
         workers: int = 2,
         env: dict[str, str] | None = None,
+        client_scopes: dict[str, str] | None = None,
     ) -> Facade:
         port = port or free_port()
         public_port = public_port or port
         folder = tmp_path_factory.mktemp(f"facade-{name}")
-        config = write_config(folder, config_document, public_port, store=store, signing_keys=signing_keys)
+        document = copy.deepcopy(config_document)
+        for client in document["auth"]["clients"]:
+            # A client registered with other scopes than the demo's (client_id: its scope).
+            client["scope"] = (client_scopes or {}).get(client["client_id"], client["scope"])
+        config = write_config(folder, document, public_port, store=store, signing_keys=signing_keys)
         process_env = {k: v for k, v in os.environ.items() if not k.startswith("FACADE_")}
         process_env["FACADE_BASE_URL"] = f"http://127.0.0.1:{public_port}/fhir"
         process_env.update(env or {})

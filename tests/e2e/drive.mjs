@@ -8,7 +8,9 @@
 // timeoutMs (each wait), totalTimeoutMs (the whole run), chromium (executable),
 // gpu (WebGL through SwiftShader instead of --disable-gpu), axe (run axe-core on every page and
 // report its violations by page), shots (a folder: a PNG of every page, named by the page),
-// openStudy (a StudyInstanceUID: open its images), narrow (also measure the timeline 360 px wide).
+// openStudy (a StudyInstanceUID: open its images), narrow (also measure the timeline 360 px wide),
+// reportPdf (a StudyInstanceUID: open its report's PDF from the keyboard and report the request the app
+// made for it, its answer's first bytes and the tab it opened).
 // Prints one JSON object on stdout: the final page as the test needs it (rows of #studies, the
 // banner, #status), the pages it went through, and console errors. Exits 0 when the app reached
 // #status[data-state=ready], 1 otherwise (with "error" set), never hangs past totalTimeoutMs.
@@ -19,7 +21,7 @@ import { join } from "node:path";
 const args = JSON.parse(process.argv[2] || "{}");
 const timeout = args.timeoutMs ?? 20000;
 const totalTimeout = args.totalTimeoutMs ?? 90000;
-const result = { steps: [], console: [], pageErrors: [], requestsFailed: [], httpErrors: [], axe: {}, shots: [] };
+const result = { steps: [], console: [], pageErrors: [], requestsFailed: [], httpErrors: [], requests: [], axe: {}, shots: [] };
 const axeSource = args.axe ? readFileSync(new URL("../../node_modules/axe-core/axe.min.js", import.meta.url), "utf8") : null;
 let browser;
 let current; // the page, for a screenshot of a failure
@@ -82,6 +84,7 @@ async function run() {
   page.on("response", (response) => {
     if (response.status() >= 400) result.httpErrors.push(`${response.status()} ${response.request().method()} ${response.url()}`);
   });
+  page.on("request", (request) => { result.requests.push(request.url()); });
   page.on("requestfailed", (request) => result.requestsFailed.push(`${request.url()} ${request.failure()?.errorText}`));
 
   await page.goto(args.url, { waitUntil: "domcontentloaded" });
@@ -138,6 +141,9 @@ async function run() {
     uid: row.getAttribute("data-study-uid"),
     cells: Array.from(row.cells).map((cell) => cell.innerText.trim()),
   })));
+  result.reportsState = await page.getAttribute("#studies", "data-reports");
+  // At 1280 px the table fits its column: how far it would scroll sideways (0: not at all).
+  result.tableOverflow = await page.$eval(".table-wrap", (w) => w.scrollWidth - w.clientWidth);
   result.signedIn = await page.locator("#signed-in").innerText().catch(() => null);
   result.warnings = await page.$$eval("#warnings .callout-warning", (c) => c.map((x) => x.innerText.trim()));
   if (result.status.state === "ready") {
@@ -152,6 +158,7 @@ async function run() {
     await audit(page, "timeline");
     await shot(page, "timeline");
     await page.keyboard.press("Enter");
+    if (args.reportPdf) await openReportPdf(page, browser);
     if (args.narrow) {
       await page.setViewportSize({ width: 360, height: 740 });
       result.narrow = await page.evaluate(() => ({
@@ -177,6 +184,42 @@ async function run() {
     result.screenshot = args.screenshot;
   }
   if (result.status.state !== "ready") throw new Error(`app status: ${result.status.text}`);
+}
+
+// A study's report PDF, opened from the keyboard: the app fetches the gateway's route with its token and
+// opens the PDF as a blob URL in a new tab.
+async function openReportPdf(page, context) {
+  const button = page.locator(`#studies tr[data-study-uid="${args.reportPdf}"] button.open-pdf`).first();
+  // The server's answer passes through unchanged; its bytes are kept (a fetch the page reads as a blob
+  // leaves playwright's response.body() empty).
+  let fetched = null;
+  await page.route(/\/document\.pdf(\?|$)/, async (route) => {
+    const answer = await route.fetch();
+    fetched = await answer.body();
+    await route.fulfill({ response: answer, body: fetched });
+  });
+  await button.focus();
+  const [response, popup] = await Promise.all([
+    page.waitForResponse((r) => /\/document\.pdf(\?|$)/.test(r.url()), { timeout }),
+    context.waitForEvent("page", { timeout }),
+    page.keyboard.press("Enter"),
+  ]);
+  const body = fetched ?? Buffer.alloc(0);
+  const headers = response.request().headers();
+  await page.waitForFunction(() => !!document.getElementById("studies").dataset.lastPdf, null, { timeout });
+  await popup.waitForURL(/^blob:/, { timeout, waitUntil: "commit" }).catch(() => {});
+  result.reportPdf = {
+    url: response.url(),
+    status: response.status(),
+    contentType: response.headers()["content-type"] ?? null,
+    bearer: /^Bearer \S+$/.test(headers.authorization ?? ""),
+    firstBytes: body.subarray(0, 5).toString("latin1"),
+    blobUrl: await page.getAttribute("#studies", "data-last-pdf"),
+    popupUrl: popup.url(),
+    note: (await page.locator(`#studies tr[data-study-uid="${args.reportPdf}"] .report-note`).first().innerText()).trim(),
+    focused: await page.evaluate(() => document.activeElement && document.activeElement.className),
+  };
+  await popup.close().catch(() => {});
 }
 
 // Pixels of the viewer's canvas: how many distinct grey levels a sample of them has (0: blank).

@@ -26,8 +26,10 @@ from app.core import display
 pytestmark = pytest.mark.integration
 
 USER, PASSWORD = "dr.khan", "imaging-demo"
-DATE_COLUMN, MODALITY_COLUMN, TRUST_COLUMN, ACCESSION_COLUMN, IMAGES_COLUMN = 0, 1, 3, 4, 5
-HEADERS = ["Date", "Modality", "Description", "Trust", "Accession", "Images", "Actions"]
+DATE_COLUMN, MODALITY_COLUMN, TRUST_COLUMN, ACCESSION_COLUMN, IMAGES_COLUMN, REPORT_COLUMN = 0, 1, 3, 4, 5, 6
+HEADERS = ["Date", "Modality", "Description", "Trust", "Accession", "Images", "Report", "Actions"]
+# A report's status as the clinician reads it (the app's own wording, not FHIR's code).
+REPORT_STATUS_WORDS = {"final": "Final report", "preliminary": "Preliminary report", "amended": "Amended report"}
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 SERIOUS = {"serious", "critical"}
 
@@ -398,6 +400,124 @@ def test_differing_demographics_are_a_warning_callout_in_clinical_words(facade, 
     assert "date of birth recorded for this patient is not the same at every trust" in warning
     assert "Check the patient's identity" in warning
     assert "Patient/" not in warning and "archives" not in warning  # not the engineering wording
+
+
+def _ehr_launch_url(facade: Any, patient: str) -> str:
+    launched = requests.post(
+        f"{facade.origin}/auth/launch",
+        json={"client_id": "imaging-timeline", "patient": patient},
+        headers={"Authorization": f"Bearer {backend_token(facade)}"},
+        timeout=HTTP_TIMEOUT_S,
+    )
+    assert launched.status_code == 201, launched.text
+    launch = launched.json()
+    return (
+        f"{timeline_url(facade.port)}?{requests.compat.urlencode({'launch': launch['launch'], 'iss': launch['iss']})}"
+    )
+
+
+def _reports_of_a_patient_with(
+    facade: Any, manifest: dict[str, Any], modality: str
+) -> tuple[str, list[dict[str, Any]]]:
+    """The first demo patient with a study holding a `modality` series (SR, DOC), and their reports, by a
+    system-level DiagnosticReport search."""
+    nhs = next(p["nhs_number"] for p in manifest["patients"] if any(modality in s["modalities"] for s in p["studies"]))
+    token = backend_token(facade, "system/ImagingStudy.rs system/DiagnosticReport.rs system/Patient.rs")
+    entries = search_all(facade.base, token, "DiagnosticReport", {"patient": nhs})
+    return nhs, [e["resource"] for e in entries if e["resource"]["resourceType"] == "DiagnosticReport"]
+
+
+def _study_of(report: dict[str, Any]) -> str:
+    return str(report["imagingStudy"][0]["reference"]).rsplit("/", 1)[-1]
+
+
+def test_reports_beside_their_studies_conclusion_and_pdf(facade, manifest, drive, artifacts):
+    """Each study's imaging report in its row: the SR's status in clinical words and its conclusion, from one
+    DiagnosticReport search; the PDF report opened from the keyboard, fetched with the app's bearer token
+    (the gateway's token-protected route) and shown as a blob URL in a new tab. axe stays clean."""
+    sr_patient, sr_reports = _reports_of_a_patient_with(facade, manifest, "SR")
+    sr_report = next(r for r in sr_reports if r.get("conclusion"))
+    sr_study = _study_of(sr_report)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    result = drive(
+        _ehr_launch_url(facade, sr_patient),
+        username=USER,
+        password=PASSWORD,
+        axe=True,
+        screenshot=str(SCREENSHOTS / "timeline-reports.png"),
+    )
+    assert result["exitCode"] == 0, _diagnose(result)
+    assert result["reportsState"] == "ok", result.get("warnings")
+    assert [h.strip() for h in result["headers"]] == HEADERS
+    rows = {row["uid"]: row["cells"] for row in result["rows"]}
+    reported = {_study_of(r) for r in sr_reports}
+    cell = rows[sr_study][REPORT_COLUMN]
+    assert sr_report["conclusion"] in cell, cell
+    assert REPORT_STATUS_WORDS[sr_report["status"]] in cell, cell
+    for uid, cells in rows.items():
+        if uid not in reported:
+            assert cells[REPORT_COLUMN] == "No report", (uid, cells)
+    # One report search per load, not one per study.
+    searches = [r for r in result["requests"] if "/DiagnosticReport?" in r]
+    assert len(searches) == 1, searches
+    assert not result["warnings"], result["warnings"]
+    assert [e for e in result["httpErrors"] if not e.endswith("/favicon.ico")] == [], result["httpErrors"]
+    _check_axe(result, ["sign-in", "consent", "timeline"])
+
+    pdf_patient, pdf_reports = _reports_of_a_patient_with(facade, manifest, "DOC")
+    pdf_report = next(r for r in pdf_reports if any(a["contentType"] == "application/pdf" for a in r["presentedForm"]))
+    pdf_url = next(a["url"] for a in pdf_report["presentedForm"] if a["contentType"] == "application/pdf")
+    # The route wants a token: no bearer, no PDF.
+    assert requests.get(pdf_url, timeout=HTTP_TIMEOUT_S).status_code == 401
+    result = drive(
+        _ehr_launch_url(facade, pdf_patient),
+        username=USER,
+        password=PASSWORD,
+        axe=True,
+        reportPdf=_study_of(pdf_report),
+        narrow=True,
+        screenshot=str(artifacts / "e2e-report-pdf.png"),
+    )
+    assert result["exitCode"] == 0, _diagnose(result)
+    opened = result["reportPdf"]
+    assert opened["url"] == pdf_url and opened["status"] == 200, opened
+    assert opened["bearer"] is True, "the app fetches the PDF with its access token"
+    assert opened["contentType"].startswith("application/pdf") and opened["firstBytes"] == "%PDF-", opened
+    assert opened["blobUrl"].startswith("blob:") and opened["popupUrl"] == opened["blobUrl"], opened
+    assert opened["note"] == "The report opened in a new tab.", opened
+    assert result["tableOverflow"] == 0, "with a report column the table still fits 1280 px without scrolling"
+    # The report and its PDF button fit a 360 px card: no sideways scrolling.
+    assert result["narrow"]["scrollWidth"] <= 360, result["narrow"]
+    assert "open-pdf" in opened["focused"], "the keyboard focus stays on the button"
+    assert (
+        REPORT_STATUS_WORDS[pdf_report["status"]]
+        in dict((r["uid"], r["cells"]) for r in result["rows"])[_study_of(pdf_report)][REPORT_COLUMN]
+    )
+    _check_axe(result, ["sign-in", "consent", "timeline"])
+
+
+def test_without_the_report_scope_the_timeline_says_reports_are_unavailable(start_facade, manifest, drive):
+    """A server that registered the app without DiagnosticReport: the app's request for it is narrowed away,
+    the app makes no report search, lists the studies all the same and says, in clinical words, that the
+    reports are not shown."""
+    narrowed = start_facade(
+        "browser-no-reports",
+        client_scopes={
+            "imaging-timeline": "launch launch/patient patient/Patient.rs patient/ImagingStudy.rs "
+            "patient/Endpoint.rs openid fhirUser offline_access"
+        },
+    )
+    sr_patient, sr_reports = _reports_of_a_patient_with(narrowed, manifest, "SR")
+    assert sr_reports, "the patient has reports the app is not allowed to read"
+    result = drive(_ehr_launch_url(narrowed, sr_patient), username=USER, password=PASSWORD, axe=True)
+    assert result["exitCode"] == 0, _diagnose(result)
+    assert result["reportsState"] == "no-scope"
+    assert result["status"]["text"] == f"Showing {len(result['rows'])} studies."
+    assert [r for r in result["requests"] if "/DiagnosticReport" in r] == []
+    warning = next(w for w in result["warnings"] if "Reports are not shown" in w)
+    assert "The studies are listed" in warning and "DiagnosticReport" not in warning and "scope" not in warning
+    assert {row["cells"][REPORT_COLUMN] for row in result["rows"]} == {"Report unavailable"}
+    _check_axe(result, ["sign-in", "consent", "timeline"])
 
 
 def test_viewer_falls_back_to_server_rendered_images_without_webgl(facade, patient, expected, manifest, drive):

@@ -9,6 +9,11 @@
  * The page lists the patient's studies across every trust:
  *   GET ImagingStudy?patient=<id>&_include=ImagingStudy:endpoint   (every page)
  * and, when the token response says need_patient_banner, a banner from GET Patient/<id>.
+ * Beside each study, its imaging reports, from one search per load (every page):
+ *   GET DiagnosticReport?patient=<id>   (matched to the studies by DiagnosticReport.imagingStudy)
+ * the report's status and conclusion in clinical words, and its PDF (presentedForm application/pdf, a
+ * token-protected gateway route) fetched with the access token and opened as a blob URL. Without the
+ * scope, or when the search fails, the studies are still listed and the reports said to be unavailable.
  *
  * The patient is read in every launch (GET Patient/<id>): the banner shows it when the token says
  * need_patient_banner (a standalone launch), and the image viewer's header always names it. Every fact is
@@ -27,8 +32,11 @@
   var CLIENT_ID = "imaging-timeline";
   // client-js appends "launch" only when the scope has no "launch" in it at all, so the EHR
   // launch must name it: "launch/patient" would send the user to the picker instead.
-  var EHR_SCOPE = "launch patient/*.rs openid fhirUser offline_access";
-  var STANDALONE_SCOPE = "launch/patient patient/*.rs openid fhirUser offline_access";
+  // Only the resources the app reads (least privilege): a server that does not grant the reports'
+  // scope still gives the timeline, which then says the reports are unavailable.
+  var READ_SCOPES = "patient/Patient.rs patient/ImagingStudy.rs patient/Endpoint.rs patient/DiagnosticReport.rs";
+  var EHR_SCOPE = "launch " + READ_SCOPES + " openid fhirUser offline_access";
+  var STANDALONE_SCOPE = "launch/patient " + READ_SCOPES + " openid fhirUser offline_access";
   var NHS_NUMBER = "https://fhir.nhs.uk/Id/nhs-number";
   var DICOM_UID = "urn:dicom:uid";
   var SMART_KEY = "SMART_KEY"; // where client-js keeps the key of its state in sessionStorage
@@ -171,6 +179,119 @@
     ];
   }
 
+  // -- the reports (DiagnosticReport, one search per load) ----------------------------------------
+  var REPORT_STATUS = {
+    "final": "Final report",
+    "amended": "Amended report",
+    "corrected": "Corrected report",
+    "appended": "Final report, with an addendum",
+    "preliminary": "Preliminary report: not yet verified",
+    "partial": "Preliminary report: not yet verified",
+    "registered": "Report not yet written",
+    "cancelled": "Report cancelled",
+    "entered-in-error": "Report withdrawn (entered in error)"
+  };
+  var reports = { byStudy: null, client: null, objectUrls: [] };
+
+  // Whether the granted scopes let this app read DiagnosticReport (SMART v2 .rs / v1 .read forms).
+  function canReadReports(scope) {
+    return String(scope || "").split(/\s+/).some(function (s) {
+      var m = /^(patient|user)\/(\*|DiagnosticReport)\.([a-z*]+)(\?.*)?$/.exec(s);
+      return !!m && (m[3] === "*" || m[3] === "read" || (/^c?r?u?d?s?$/.test(m[3]) && m[3].indexOf("r") >= 0));
+    });
+  }
+
+  function reportsByStudy(bundles) {
+    var out = Object.create(null);
+    bundles.forEach(function (bundle) {
+      (bundle.entry || []).forEach(function (entry) {
+        var r = entry.resource || {};
+        if (r.resourceType !== "DiagnosticReport") return;
+        (r.imagingStudy || []).forEach(function (ref) {
+          var id = String(ref.reference || "").replace(/^.*ImagingStudy\//, "");
+          if (!id) return;
+          (out[id] = out[id] || []).push(r);
+        });
+      });
+    });
+    return out;
+  }
+
+  function pdfOf(report) {
+    return (report.presentedForm || []).filter(function (a) {
+      return a.contentType === "application/pdf" && a.url;
+    })[0] || null;
+  }
+
+  // The bearer token goes only to the FHIR server's own origin (the gateway is served beside it).
+  function sameOriginAsServer(url) {
+    try {
+      return new URL(url, window.location.href).origin === new URL(reports.client.state.serverUrl).origin;
+    } catch (error) {
+      return false;
+    }
+  }
+
+  async function openPdf(attachment, button, note) {
+    // The window opens now, while the click still counts as the user's; the PDF follows into it.
+    if (button.getAttribute("aria-busy") === "true") return; // a second press while the first fetches
+    var win = window.open("", "_blank");
+    note.textContent = "Opening the report…";
+    button.setAttribute("aria-busy", "true"); // not disabled: the button keeps the keyboard focus
+    try {
+      if (!sameOriginAsServer(attachment.url)) throw new Error("the report is held outside this service");
+      var response = await fetch(new URL(attachment.url, window.location.href).href, {
+        headers: { Authorization: reports.client.getAuthorizationHeader(), Accept: "application/pdf" }
+      });
+      if (!response.ok) throw new Error("HTTP " + response.status);
+      var blob = await response.blob();
+      var objectUrl = URL.createObjectURL(blob.type === "application/pdf" ? blob : new Blob([blob], { type: "application/pdf" }));
+      reports.objectUrls.push(objectUrl);
+      document.getElementById("studies").dataset.lastPdf = objectUrl;
+      if (win) {
+        win.opener = null;
+        win.location.href = objectUrl;
+        note.textContent = "The report opened in a new tab.";
+      } else {
+        // The browser blocked the new tab: a link to the PDF already fetched.
+        note.textContent = "";
+        note.appendChild(el("a", { href: objectUrl, target: "_blank", rel: "noopener", text: "Open the downloaded report" }));
+      }
+    } catch (error) {
+      if (win) win.close();
+      note.textContent = "The report could not be opened (" + (error && error.message ? error.message : error) + ").";
+    } finally {
+      button.removeAttribute("aria-busy");
+    }
+  }
+
+  function reportBlock(report, label) {
+    var status = REPORT_STATUS[report.status] || ("Report status: " + (report.status || F.NOT_RECORDED));
+    var children = [el("p", { className: "report-status", "data-status": report.status || "", text: status })];
+    if (report.conclusion) children.push(el("p", { className: "report-conclusion", text: report.conclusion }));
+    var pdf = pdfOf(report);
+    if (pdf) {
+      var note = el("span", { className: "report-note", role: "status" });
+      var button = el("button", { type: "button", className: "button-secondary open-pdf", text: "Open report (PDF)" });
+      // The visible words first (WCAG 2.5.3), then which report: the study and its status.
+      button.setAttribute("aria-label", "Open report (PDF) of " + label + ", " + status.replace(/:.*$/, "").toLowerCase() + ", in a new tab");
+      button.addEventListener("click", function () { openPdf(pdf, button, note); });
+      children.push(el("p", { className: "report-actions" }, [button, note]));
+    } else if (!report.conclusion) {
+      children.push(muted("No conclusion recorded: see the full report in the trust's system."));
+    }
+    return el("div", { className: "report", "data-report-id": report.id || "" }, children);
+  }
+
+  function reportCell(study, label) {
+    if (!reports.byStudy) return [muted("Report unavailable")];
+    var found = (reports.byStudy[study.id] || []).concat(study.id !== studyUid(study) ? reports.byStudy[studyUid(study)] || [] : []);
+    if (!found.length) return [muted("No report")];
+    // Newest first: an amended report above the one it replaces.
+    found.sort(function (a, b) { return String(b.issued || "").localeCompare(String(a.issued || "")); });
+    return found.map(function (r) { return reportBlock(r, label); });
+  }
+
   function cell(label, children, className) {
     var td = el("td", { "data-label": label }, children);
     if (className) td.className = className;
@@ -201,7 +322,7 @@
       var detailsId = "study-details-" + index;
       var uid = studyUid(study);
       var detailsRow = el("tr", { id: detailsId, className: "details-row", "data-details-for": uid }, [
-        el("td", { colspan: "7" }, [el("dl", { className: "study-details" }, details(study).map(function (pair) {
+        el("td", { colspan: "8" }, [el("dl", { className: "study-details" }, details(study).map(function (pair) {
           return el("div", {}, [el("dt", { text: pair[0] }), el("dd", {}, [pair[1] ? document.createTextNode(pair[1]) : muted("Not recorded")])]);
         }))])
       ]);
@@ -225,6 +346,7 @@
           : [muted("Unknown")], "trust"),
         cell("Accession", [accession ? document.createTextNode(accession) : muted(F.NOT_RECORDED)], "accession"),
         cell("Images", [document.createTextNode(images != null ? String(images) : "?")], "num images"),
+        cell("Report", reportCell(study, (text || "this study") + ", " + F.formatDate(study.started)), "report-cell"),
         cell("Actions", [el("span", { className: "actions" }, [detailsButton, imagesButton(study, endpoints)])])
       ]));
       body.appendChild(detailsRow);
@@ -287,10 +409,23 @@
     return out;
   }
 
-  function renderWarnings(issues) {
+  function reportWarnings(state) {
+    if (state === "no-scope") {
+      return [{ title: "Reports are not shown", text: "This sign-in does not allow reports to be read. The studies are listed; read their reports in the trust's own system." }];
+    }
+    if (state === "failed") {
+      return [{ title: "Reports are unavailable", text: "The imaging reports could not be loaded just now. The studies are listed; check their reports again later or in the trust's own system." }];
+    }
+    if (state === "incomplete") {
+      return [{ title: "Some reports may be missing", text: "Not every trust's reports could be read. A study shown without a report may still have one: check again later." }];
+    }
+    return [];
+  }
+
+  function renderWarnings(issues, extra) {
     var box = document.getElementById("warnings");
     box.textContent = "";
-    issues.map(clinicalWarning).forEach(function (w) {
+    issues.map(clinicalWarning).concat(extra || []).forEach(function (w) {
       box.appendChild(el("div", { className: "callout-warning", role: "note" }, [
         el("h2", { className: "callout-title" }, [el("span", { className: "visually-hidden", text: "Important: " }), document.createTextNode(w.title)]),
         el("p", { text: w.text })
@@ -682,7 +817,23 @@
       "ImagingStudy?patient=" + encodeURIComponent(patientId) + "&_include=ImagingStudy:endpoint",
       { pageLimit: 0 }
     );
-    var results = await Promise.all([patientRequest, search]);
+    // The reports: one search (every page), beside the studies'; its failure leaves the studies shown.
+    reports.client = client;
+    var reportState = "ok";
+    var reportSearch = !canReadReports(token.scope)
+      ? Promise.resolve((reportState = "no-scope", null))
+      : client.request("DiagnosticReport?patient=" + encodeURIComponent(patientId), { pageLimit: 0 }).catch(function (error) {
+        console.warn("reports not readable", error);
+        reportState = "failed";
+        return null;
+      });
+    var results = await Promise.all([patientRequest, search, reportSearch]);
+    if (results[2]) {
+      var reportBundles = [].concat(results[2]);
+      reports.byStudy = reportsByStudy(reportBundles);
+      if (problems(reportBundles).some(function (i) { return i.severity !== "warning" || i.code === "incomplete"; })) reportState = "incomplete";
+    }
+    document.getElementById("studies").dataset.reports = reportState;
     current.patient = results[0];
     if (results[0]) {
       document.title = patientFacts().name + " · Imaging timeline";
@@ -704,7 +855,7 @@
       signedIn.textContent = "Signed in as " + name;
       signedIn.hidden = false;
     }
-    renderWarnings(problems(bundles));
+    renderWarnings(problems(bundles), reportWarnings(reportState));
     openLaunchedStudy(token, studies, endpoints);
     setStatus("ready", studies.length
       ? "Showing " + plural(studies.length, "study.", "studies.")
