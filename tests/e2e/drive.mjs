@@ -296,6 +296,16 @@ async function openViewer(page) {
     // A CT preset, then a window/level drag: the voi range changes what the canvas shows.
     await page.selectOption("#wl-preset", "1500,-600");
     result.presetLevels = await canvasLevels(page);
+    result.presetChosen = await page.inputValue("#wl-preset");
+    // Another series opens as stored: the preset does not carry over.
+    const thumbs = page.locator("#thumbnails button");
+    if ((await thumbs.count()) > 1) {
+      await thumbs.nth(1).click();
+      await page.waitForFunction(() => document.querySelector("#thumbnails button:nth-child(1)") !== null
+        && document.querySelectorAll("#thumbnails button")[1].getAttribute("aria-pressed") === "true"
+        && document.getElementById("wl-preset").value === "", null, { timeout });
+      result.presetAfterSeries = await page.inputValue("#wl-preset");
+    }
   }
   if (args.viewerScreenshot) await page.screenshot({ path: args.viewerScreenshot, fullPage: true });
 }

@@ -240,6 +240,10 @@ def _check_viewer(result: dict[str, Any], study: dict[str, Any], expected: dict[
         assert result["viewerNext"]["renderedIndex"] == "1" and result["viewerNext"]["levels"] > 1
     if count > 2:
         assert result["viewerWheel"]["position"] == f"Image 3 of {count}"
+    # A CT preset applies to its series only: the next series opens as stored (the preset does not carry over).
+    assert result["presetChosen"] == "1500,-600", _diagnose(result)
+    if len(study["series"]) > 1:
+        assert result["presetAfterSeries"] == "", _diagnose(result)
     # The trust's own viewer is offered when the study's trust publishes one (IHE IID).
     has_iid = any(r["reference"].endswith("-ihe-iid") for r in study.get("endpoint", []))
     assert viewer["iidVisible"] is has_iid and (not has_iid or study["id"] in viewer["iidHref"])

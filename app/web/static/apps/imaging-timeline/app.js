@@ -659,6 +659,7 @@
       }
     });
     viewer.index = 0;
+    resetPresets(instances.length ? dicomValue(instances[0], "00080060") : "");
     document.getElementById("viewer").dataset.seriesFrames = String(viewer.frames.length);
     updateFrameControls();
     if (!viewer.frames.length) {
@@ -677,6 +678,16 @@
       }
     }
     await showFrame(generation);
+  }
+
+  // A new series opens as stored; the CT presets (Hounsfield units) are offered for CT series only.
+  function resetPresets(modality) {
+    var select = document.getElementById("wl-preset");
+    select.value = "";
+    Array.prototype.forEach.call(select.options, function (option) {
+      option.disabled = option.value !== "" && modality !== "CT";
+    });
+    select.disabled = modality !== "CT";
   }
 
   async function showFrame(generation) {

@@ -76,6 +76,7 @@ export async function createViewer(element, options) {
       Object.keys(metadata).forEach((id) => dicomImageLoader.wadors.metaDataManager.add(id, metadata[id]));
       delete element.dataset.gpu;
       await viewport.setStack(imageIds, 0);
+      viewport.resetProperties(); // each series opens at its own stored window, not the previous preset
       viewport.resetCamera();
       viewport.render();
       options.onImage(0);
