@@ -274,6 +274,24 @@ def _app_over(config_document: dict[str, Any], demo_data: Path, data: Path, **fe
     return create_app(settings)
 
 
+def test_include_is_not_refused_by_the_value_cap(config_document, demo_data, manifest, reports):
+    """`_include` is a result parameter: the page's studies are fetched within search.max_values_per_parameter
+    (issue 12 S1), never refused with 400 naming `_id`, a parameter the client did not send."""
+    by_patient: dict[str, set[str]] = {}
+    for r in reports:
+        by_patient.setdefault(owner(manifest, r.study)["nhs_number"], set()).add(r.study)
+    nhs, studies = next((n, s) for n, s in sorted(by_patient.items()) if len(s) >= 2)
+    doc = copy.deepcopy(config_document)
+    doc.setdefault("search", {})["max_values_per_parameter"] = 1
+    app = _app_over(doc, demo_data, demo_data)
+    token = {"Authorization": f"Bearer {system_token(app, 'system/*.rs')}"}
+    answer = app.test_client().get(
+        f"/fhir/DiagnosticReport?patient={nhs}&_count=200&_include=DiagnosticReport:imaging-study", headers=token
+    )
+    assert answer.status_code == 200, answer.get_json()
+    assert {s["id"] for s in matches(answer.get_json(), "include")} == studies
+
+
 def test_report_reads_are_capped_per_search_with_an_incomplete_outcome(config_document, demo_data, manifest, reports):
     by_patient: dict[str, set[str]] = {}
     for r in reports:
