@@ -242,11 +242,16 @@ def test_the_capability_statement_defines_the_imaging_study_parameter(client):
         [("patient", "9992975962"), ("status", "done")],
         [("imaging-study", "Patient/9992975962")],
         [("_id", "nonsense")],
+        [("patient", "9992975962"), ("code", "|")],
+        [("patient", "9992975962"), ("category", "a b")],
+        [("patient", "9992975962"), ("category", "|||")],
+        [("patient", "9992975962"), ("code", "x" * 3000)],
     ],
 )
 def test_bad_input_is_400(client, pairs):
     response = client.get(f"/fhir/DiagnosticReport?{urlencode(pairs)}")
     assert response.status_code == 400, response.get_json()
+    assert all(len(i.get("diagnostics", "")) < 400 for i in response.get_json()["issue"])  # quotes ~100 characters
 
 
 def test_a_patient_token_sees_only_its_own_reports(app, client, manifest, reports):
