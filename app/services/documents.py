@@ -86,11 +86,12 @@ class DocumentService:
         result.studies = compartment.keep(result.studies, subject_number)
         issues = list(result.issues)
         found: list[Resource] = []
+        budget = self.reports.budget()  # one cap on report reads for the whole search
         for s in result.studies:
             holdings = result.holdings.get(s["id"], ())
             found += self._documents(holdings)
             # the study's report objects: their metadata read as a DiagnosticReport search reads it (capped, cached)
-            found += [self._report_document(x, holdings) for x in self.reports.located(holdings, issues)]
+            found += [self._report_document(x, holdings) for x in self.reports.located(holdings, issues, budget)]
         if search.ids is not None:  # an _id naming a report object: read where it is
             for ods, uid in sorted(search.ids):
                 wanted = document_id(ods, uid)

@@ -232,10 +232,15 @@ class ReportService:
     def read(self, report_id: str, compartment: Compartment) -> Resource:
         return self._locate(report_id, compartment)[0].report
 
-    def located(self, holdings: Iterable[Holding], issues: list[dict[str, Any]]) -> list[Located]:
-        """The reports of these study copies (for DocumentReference), under this service's cap; issues appended."""
+    def budget(self) -> list[int]:
+        """One search's budget of report series reads (federation.max_report_reads), shared by its `located` calls."""
+        return [self.max_reads]
+
+    def located(self, holdings: Iterable[Holding], issues: list[dict[str, Any]], budget: list[int]) -> list[Located]:
+        """The reports of these study copies (for DocumentReference), within the search's `budget` (spent here);
+        issues appended."""
         result = ReportResult()
-        found = self._reports(holdings, [self.max_reads], result)
+        found = self._reports(holdings, budget, result)
         issues += result.issues
         return found
 
