@@ -396,3 +396,18 @@ def test_report_reads_are_capped_per_search_not_per_study(config_document, manif
     assert len(ids(bundle) & sops) == 1
     notes = [i for e in bundle["entry"] if e["search"]["mode"] == "outcome" for i in e["resource"]["issue"]]
     assert any(i["code"] == "incomplete" and "federation.max_report_reads" in i["diagnostics"] for i in notes)
+
+
+def test_a_report_entry_is_found_by_its_identifier(client, manifest, demo_data):
+    """The entry of a report object carries `urn:dicom:uid|urn:oid:<SOPInstanceUID>`: that identifier finds it."""
+    objects = report_objects(demo_data)
+    study_uid, held = next(iter(sorted(objects.items())))
+    trust, sop, _ = held[0]
+    entry_id = f"{ods(manifest, trust)}-{sop}"
+    entry = client.get(f"/fhir/DocumentReference/{entry_id}").get_json()
+    assert {"system": "urn:dicom:uid", "value": f"urn:oid:{sop}"} in entry["identifier"]
+    assert ids(search(client, [("identifier", f"urn:dicom:uid|urn:oid:{sop}")])) == {entry_id}
+    patient = next(p for p in manifest["patients"] if any(s["study_uid"] == study_uid for s in p["studies"]))
+    assert ids(search(client, [("identifier", f"urn:oid:{sop}"), ("patient", patient["nhs_number"])])) == {entry_id}
+    other = next(p["nhs_number"] for p in manifest["patients"] if p["nhs_number"] != patient["nhs_number"])
+    assert ids(search(client, [("identifier", f"urn:dicom:uid|urn:oid:{sop}"), ("patient", other)])) == set()

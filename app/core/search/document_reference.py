@@ -46,6 +46,7 @@ class DocumentSearch:
     categories: tuple[tuple[Token, ...], ...] = ()
     formats: tuple[tuple[Token, ...], ...] = ()
     statuses: tuple[tuple[str, ...], ...] = ()
+    uid_identifiers: frozenset[str] | None = None  # identifier UIDs: a study's, or a report object's SOPInstanceUID
 
 
 class DocumentParser:
@@ -74,6 +75,15 @@ class DocumentParser:
 
     def identifier(self, name: str, value: str) -> None:
         self.studies.identifier(name, value)
+        found = set()
+        for raw in split_values(value):
+            token = parse_token(raw)
+            dicom = token.system == systems.DICOM_UID or token.code.startswith(systems.OID_PREFIX)
+            if name == "identifier" and dicom:
+                found.add(token.code.removeprefix(systems.OID_PREFIX))
+        if found:  # also a report object's entry (its identifier is the object's SOPInstanceUID)
+            current = self.search.uid_identifiers
+            self.search.uid_identifiers = frozenset(found if current is None else current & found)
 
     def related(self, name: str, value: str) -> None:
         """An accession number: `[<system>|]<value>` (the `:identifier` form), or a bare value."""
@@ -153,7 +163,8 @@ DOCUMENT_REFERENCE: ResourceSearch[DocumentParser] = ResourceSearch(
             name="identifier",
             type="token",
             documentation=f"The study: `{systems.DICOM_UID}|urn:oid:<StudyInstanceUID>` or a bare dotted UID; or "
-            "its accession number as `[<system>|]<value>`. Comma-separated.",
+            "its accession number as `[<system>|]<value>`; or a report object: "
+            f"`{systems.DICOM_UID}|urn:oid:<SOPInstanceUID>`. Comma-separated.",
             schema={"type": "string"},
             example=f"{systems.DICOM_UID}|urn:oid:2.25.7492698656716832304557205269405902835",
             parse=DocumentParser.identifier,
