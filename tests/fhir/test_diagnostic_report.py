@@ -178,6 +178,13 @@ def test_pdf_reports_link_to_the_token_protected_document_route(app, client, man
         assert own.status_code == 200 and own.data == answer.data
         no_scope = raw.get(path, headers={"Authorization": f"Bearer {system_token(app, 'system/ImagingStudy.rs')}"})
         assert no_scope.status_code == 403
+        documents = {"Authorization": f"Bearer {system_token(app, 'system/DocumentReference.rs')}"}
+        assert raw.get(path, headers=documents).data == answer.data  # the PDF DocumentReference's URL opens
+        scope = "launch/patient patient/DocumentReference.rs"
+        mine = raw.get(path, headers={"Authorization": f"Bearer {patient_token(app, nhs, scope)}"})
+        assert mine.status_code == 200 and mine.data == answer.data
+        theirs = raw.get(path, headers={"Authorization": f"Bearer {patient_token(app, other, scope)}"})
+        assert theirs.status_code == 404
 
 
 # ------------------------------------------------------------------------------ parameters
