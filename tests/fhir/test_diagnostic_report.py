@@ -229,12 +229,15 @@ def test_include_brings_the_reported_study_only_where_readable(app, client, mani
     assert matches(narrow) and not matches(narrow, "include")  # no ImagingStudy scope: nothing included
 
 
-def test_the_capability_statement_defines_the_imaging_study_parameter(client):
+def test_the_capability_statement_defines_the_imaging_study_parameter(app, client):
     statement = client.get("/fhir/metadata").get_json()
     report = next(r for r in statement["rest"][0]["resource"] if r["type"] == "DiagnosticReport")
     parameter = next(p for p in report["searchParam"] if p["name"] == "imaging-study")
     definition = next(c for c in statement["contained"] if c["url"] == parameter["definition"])
     assert definition["expression"] == "DiagnosticReport.imagingStudy" and definition["type"] == "reference"
+    served = app.test_client().get(urlsplit(parameter["definition"]).path)  # it resolves, as /metadata: no token
+    assert served.status_code == 200 and served.get_json() == definition
+    assert client.get("/fhir/SearchParameter/Patient-nothing").status_code == 404
     assert report["searchInclude"] == ["DiagnosticReport:imaging-study"]
 
 
