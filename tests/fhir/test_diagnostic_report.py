@@ -239,6 +239,9 @@ def test_the_capability_statement_defines_the_imaging_study_parameter(app, clien
     assert served.status_code == 200 and served.get_json() == definition
     assert client.get("/fhir/SearchParameter/Patient-nothing").status_code == 404
     assert report["searchInclude"] == ["DiagnosticReport:imaging-study"]
+    for kind in ("DiagnosticReport", "DocumentReference"):  # both sort by date (`_sort=date|-date`)
+        listed = next(r for r in statement["rest"][0]["resource"] if r["type"] == kind)["searchParam"]
+        assert any(p["name"] == "_sort" for p in listed)
 
 
 @pytest.mark.parametrize(
