@@ -86,11 +86,16 @@ class DocumentService:
         result.studies = compartment.keep(result.studies, subject_number)
         issues = list(result.issues)
         found: list[Resource] = []
+        budget = self.reports.budget()  # one cap on report reads for the whole search
         for s in result.studies:
             holdings = result.holdings.get(s["id"], ())
             found += self._documents(holdings)
             # the study's report objects: their metadata read as a DiagnosticReport search reads it (capped, cached)
-            found += [self._report_document(x, holdings) for x in self.reports.located(holdings, issues)]
+            found += [self._report_document(x, holdings) for x in self.reports.located(holdings, issues, budget)]
+        if search.uid_identifiers and search.ids is None:  # identifier UIDs naming no study: report objects
+            missing = search.uid_identifiers - {s["id"] for s in result.studies}
+            if missing:
+                found += self._by_report_uid(search, missing, compartment, issues, budget)
         if search.ids is not None:  # an _id naming a report object: read where it is
             for ods, uid in sorted(search.ids):
                 wanted = document_id(ods, uid)
@@ -98,6 +103,28 @@ class DocumentService:
                     found += self._read_report_document(wanted, compartment)
         documents = [d for d in found if compartment.admits(subject_number(d)) and _matches(d, search)]
         return DocumentResult(documents, issues, result)
+
+    def _by_report_uid(
+        self,
+        search: DocumentSearch,
+        uids: frozenset[str],
+        compartment: Compartment,
+        issues: list[dict[str, Any]],
+        budget: list[int],
+    ) -> list[Resource]:
+        """The entries of the report objects these SOPInstanceUIDs name (the search's other criteria kept)."""
+        wanted = replace(self._study_search(search), study_uids=None, instance_uids=tuple(sorted(uids)))
+        study = narrow_studies(wanted, compartment, self.imaging._scope_filter)
+        result = self.imaging.federation.search(study)
+        result.studies = compartment.keep(result.studies, subject_number)
+        issues += result.issues
+        out = []
+        for s in result.studies:
+            holdings = result.holdings.get(s["id"], ())
+            for x in self.reports.located(holdings, issues, budget):
+                if {i["value"].removeprefix(systems.OID_PREFIX) for i in x.report["identifier"]} & uids:
+                    out.append(self._report_document(x, holdings))
+        return out
 
     def _report_document(self, located: Located, holdings: Iterable[Holding]) -> Resource:
         holding = next(h for h in holdings if h.trust.id == located.trust_id)

@@ -232,10 +232,15 @@ class ReportService:
     def read(self, report_id: str, compartment: Compartment) -> Resource:
         return self._locate(report_id, compartment)[0].report
 
-    def located(self, holdings: Iterable[Holding], issues: list[dict[str, Any]]) -> list[Located]:
-        """The reports of these study copies (for DocumentReference), under this service's cap; issues appended."""
+    def budget(self) -> list[int]:
+        """One search's budget of report series reads (federation.max_report_reads), shared by its `located` calls."""
+        return [self.max_reads]
+
+    def located(self, holdings: Iterable[Holding], issues: list[dict[str, Any]], budget: list[int]) -> list[Located]:
+        """The reports of these study copies (for DocumentReference), within the search's `budget` (spent here);
+        issues appended."""
         result = ReportResult()
-        found = self._reports(holdings, [self.max_reads], result)
+        found = self._reports(holdings, budget, result)
         issues += result.issues
         return found
 
@@ -279,8 +284,16 @@ class ReportService:
         uids = sorted({r["reference"].removeprefix("ImagingStudy/") for p in page for r in p.get("imagingStudy", ())})
         if not uids:
             return []
-        found = self.imaging.search(StudySearch(study_uids=frozenset(uids)), studies)
-        return found.studies
+        # A result parameter, not a search criterion: the page's studies are asked for in groups within every
+        # archive's value cap (search.max_values_per_parameter), so the client is never refused for a parameter it
+        # did not send; the cost stays bounded by the page size.
+        cap = min((t.settings.limits.max_values_per_parameter for t in self.imaging.federation.trusts), default=1)
+        out: dict[str, Resource] = {}
+        for start in range(0, len(uids), max(cap, 1)):
+            group = frozenset(uids[start : start + max(cap, 1)])
+            for found in self.imaging.search(StudySearch(study_uids=group), studies).studies:
+                out.setdefault(found["id"], found)
+        return [out[u] for u in uids if u in out]
 
     def document(self, report_id: str, compartment: Compartment) -> tuple[bytes, Resource]:
         """The encapsulated PDF of a report (its DiagnosticReport is read first: same compartment, same checks)."""

@@ -1,7 +1,8 @@
 """The report document route of the gateway: /dicomweb/reports/{DiagnosticReport id}/document.pdf answers the
 encapsulated PDF of a report object as application/pdf (a DiagnosticReport's presentedForm.url).
 
-Token-protected like the image gateway: the token (401), a DiagnosticReport read scope (403), then the report is
+Token-protected like the image gateway: the token (401), a DiagnosticReport or DocumentReference read scope (403:
+the PDF is the content of both), then the report is
 read exactly as `GET DiagnosticReport/{id}` reads it (the compartment: another patient's report is 404, like one
 that does not exist; the report's own identity checked), and only then is its object retrieved. Audited, refusals
 included; `Cache-Control: no-store`.
@@ -17,7 +18,7 @@ from app.archives.images import RetrievalError
 from app.audit.events import AuditRecord, build_events
 from app.auth.protect import Access
 from app.core.compartment import Compartment
-from app.core.errors import FhirError, UpstreamFailure
+from app.core.errors import FhirError, Forbidden, UpstreamFailure
 from app.core.mapping.patient import subject_number
 from app.ops import limit_authenticated
 from app.web.components import components
@@ -45,6 +46,18 @@ def _audit(access: Access | None, report_id: str, status: int, patients: tuple[s
     app.audit.write(build_events(record, app.settings.base_url), client)
 
 
+def _compartment(access: Access) -> Compartment:
+    """The report's PDF is both a DiagnosticReport's presentedForm and a DocumentReference's content: a read scope
+    on either type opens it (under that scope's compartment); with neither, the DiagnosticReport refusal."""
+    try:
+        return Compartment.of(access.require("DiagnosticReport", "r"), access.realm)
+    except Forbidden as refused:
+        try:
+            return Compartment.of(access.require("DocumentReference", "r"), access.realm)
+        except Forbidden:
+            raise refused from None
+
+
 @bp.get("/dicomweb/reports/<report_id>/document.pdf")
 def report_document(report_id: str) -> Response:
     app = components()
@@ -53,7 +66,7 @@ def report_document(report_id: str) -> Response:
         access = app.protector.authenticate(request.headers.get("Authorization"))
         g.access = access
         limit_authenticated()
-        compartment = Compartment.of(access.require("DiagnosticReport", "r"), access.realm)
+        compartment = _compartment(access)
         try:
             document, report = app.services.reports.document(report_id, compartment)
         except RetrievalError as exc:

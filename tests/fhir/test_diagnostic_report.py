@@ -178,6 +178,13 @@ def test_pdf_reports_link_to_the_token_protected_document_route(app, client, man
         assert own.status_code == 200 and own.data == answer.data
         no_scope = raw.get(path, headers={"Authorization": f"Bearer {system_token(app, 'system/ImagingStudy.rs')}"})
         assert no_scope.status_code == 403
+        documents = {"Authorization": f"Bearer {system_token(app, 'system/DocumentReference.rs')}"}
+        assert raw.get(path, headers=documents).data == answer.data  # the PDF DocumentReference's URL opens
+        scope = "launch/patient patient/DocumentReference.rs"
+        mine = raw.get(path, headers={"Authorization": f"Bearer {patient_token(app, nhs, scope)}"})
+        assert mine.status_code == 200 and mine.data == answer.data
+        theirs = raw.get(path, headers={"Authorization": f"Bearer {patient_token(app, other, scope)}"})
+        assert theirs.status_code == 404
 
 
 # ------------------------------------------------------------------------------ parameters
@@ -222,13 +229,19 @@ def test_include_brings_the_reported_study_only_where_readable(app, client, mani
     assert matches(narrow) and not matches(narrow, "include")  # no ImagingStudy scope: nothing included
 
 
-def test_the_capability_statement_defines_the_imaging_study_parameter(client):
+def test_the_capability_statement_defines_the_imaging_study_parameter(app, client):
     statement = client.get("/fhir/metadata").get_json()
     report = next(r for r in statement["rest"][0]["resource"] if r["type"] == "DiagnosticReport")
     parameter = next(p for p in report["searchParam"] if p["name"] == "imaging-study")
     definition = next(c for c in statement["contained"] if c["url"] == parameter["definition"])
     assert definition["expression"] == "DiagnosticReport.imagingStudy" and definition["type"] == "reference"
+    served = app.test_client().get(urlsplit(parameter["definition"]).path)  # it resolves, as /metadata: no token
+    assert served.status_code == 200 and served.get_json() == definition
+    assert client.get("/fhir/SearchParameter/Patient-nothing").status_code == 404
     assert report["searchInclude"] == ["DiagnosticReport:imaging-study"]
+    for kind in ("DiagnosticReport", "DocumentReference"):  # both sort by date (`_sort=date|-date`)
+        listed = next(r for r in statement["rest"][0]["resource"] if r["type"] == kind)["searchParam"]
+        assert any(p["name"] == "_sort" for p in listed)
 
 
 @pytest.mark.parametrize(
@@ -242,11 +255,16 @@ def test_the_capability_statement_defines_the_imaging_study_parameter(client):
         [("patient", "9992975962"), ("status", "done")],
         [("imaging-study", "Patient/9992975962")],
         [("_id", "nonsense")],
+        [("patient", "9992975962"), ("code", "|")],
+        [("patient", "9992975962"), ("category", "a b")],
+        [("patient", "9992975962"), ("category", "|||")],
+        [("patient", "9992975962"), ("code", "x" * 3000)],
     ],
 )
 def test_bad_input_is_400(client, pairs):
     response = client.get(f"/fhir/DiagnosticReport?{urlencode(pairs)}")
     assert response.status_code == 400, response.get_json()
+    assert all(len(i.get("diagnostics", "")) < 400 for i in response.get_json()["issue"])  # quotes ~100 characters
 
 
 def test_a_patient_token_sees_only_its_own_reports(app, client, manifest, reports):
@@ -272,6 +290,24 @@ def _app_over(config_document: dict[str, Any], demo_data: Path, data: Path, **fe
     doc.setdefault("federation", {}).update(federation)
     settings = settings_from_document(doc, demo_data, "tests/reports")
     return create_app(settings)
+
+
+def test_include_is_not_refused_by_the_value_cap(config_document, demo_data, manifest, reports):
+    """`_include` is a result parameter: the page's studies are fetched within search.max_values_per_parameter
+    (issue 12 S1), never refused with 400 naming `_id`, a parameter the client did not send."""
+    by_patient: dict[str, set[str]] = {}
+    for r in reports:
+        by_patient.setdefault(owner(manifest, r.study)["nhs_number"], set()).add(r.study)
+    nhs, studies = next((n, s) for n, s in sorted(by_patient.items()) if len(s) >= 2)
+    doc = copy.deepcopy(config_document)
+    doc.setdefault("search", {})["max_values_per_parameter"] = 1
+    app = _app_over(doc, demo_data, demo_data)
+    token = {"Authorization": f"Bearer {system_token(app, 'system/*.rs')}"}
+    answer = app.test_client().get(
+        f"/fhir/DiagnosticReport?patient={nhs}&_count=200&_include=DiagnosticReport:imaging-study", headers=token
+    )
+    assert answer.status_code == 200, answer.get_json()
+    assert {s["id"] for s in matches(answer.get_json(), "include")} == studies
 
 
 def test_report_reads_are_capped_per_search_with_an_incomplete_outcome(config_document, demo_data, manifest, reports):

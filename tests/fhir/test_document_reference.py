@@ -7,6 +7,7 @@ also validated by the `client` fixture (R4B models and the official R4 JSON Sche
 from __future__ import annotations
 
 import base64
+import copy
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -15,8 +16,10 @@ import pydicom
 import pytest
 from smart_tokens import patient_token, system_token
 
+from app import create_app
 from app.core import systems
 from app.core.mapping.document_reference import document_id, parse_document_id
+from app.settings import settings_from_document
 from tools.demo.reports import report_state, report_text
 
 NHS = systems.NHS_NUMBER
@@ -374,3 +377,37 @@ def test_the_capability_statement_lists_document_reference(client):
     names = {p["name"] for p in resource["searchParam"]}
     assert {"_id", "patient", "subject", "date", "period", "type", "category", "status", "identifier"} <= names
     assert {"related", "custodian", "format", "_count"} <= names
+
+
+def test_report_reads_are_capped_per_search_not_per_study(config_document, manifest, demo_data):
+    """federation.max_report_reads bounds a whole DocumentReference search: with a cap of 1, a patient with
+    reports in two studies gets one report entry and an incomplete outcome naming the cap."""
+    nhs = "9999693717"
+    objects = report_objects(demo_data)
+    patient = next(p for p in manifest["patients"] if p["nhs_number"] == nhs)
+    reported = [s["study_uid"] for s in patient["studies"] if s["study_uid"] in objects]
+    assert len(reported) == 2
+    doc = copy.deepcopy(config_document)
+    doc.setdefault("federation", {})["max_report_reads"] = 1
+    app = create_app(settings_from_document(doc, demo_data, "tests/reports"))
+    token = {"Authorization": f"Bearer {system_token(app, 'system/*.rs')}"}
+    bundle = app.test_client().get(f"/fhir/DocumentReference?patient={nhs}&_count=200", headers=token).get_json()
+    sops = {f"{ods(manifest, t)}-{sop}" for s in reported for t, sop, _ in objects[s]}
+    assert len(ids(bundle) & sops) == 1
+    notes = [i for e in bundle["entry"] if e["search"]["mode"] == "outcome" for i in e["resource"]["issue"]]
+    assert any(i["code"] == "incomplete" and "federation.max_report_reads" in i["diagnostics"] for i in notes)
+
+
+def test_a_report_entry_is_found_by_its_identifier(client, manifest, demo_data):
+    """The entry of a report object carries `urn:dicom:uid|urn:oid:<SOPInstanceUID>`: that identifier finds it."""
+    objects = report_objects(demo_data)
+    study_uid, held = next(iter(sorted(objects.items())))
+    trust, sop, _ = held[0]
+    entry_id = f"{ods(manifest, trust)}-{sop}"
+    entry = client.get(f"/fhir/DocumentReference/{entry_id}").get_json()
+    assert {"system": "urn:dicom:uid", "value": f"urn:oid:{sop}"} in entry["identifier"]
+    assert ids(search(client, [("identifier", f"urn:dicom:uid|urn:oid:{sop}")])) == {entry_id}
+    patient = next(p for p in manifest["patients"] if any(s["study_uid"] == study_uid for s in p["studies"]))
+    assert ids(search(client, [("identifier", f"urn:oid:{sop}"), ("patient", patient["nhs_number"])])) == {entry_id}
+    other = next(p["nhs_number"] for p in manifest["patients"] if p["nhs_number"] != patient["nhs_number"])
+    assert ids(search(client, [("identifier", f"urn:dicom:uid|urn:oid:{sop}"), ("patient", other)])) == set()

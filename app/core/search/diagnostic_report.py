@@ -16,6 +16,7 @@ from app.core import systems
 from app.core.errors import InvalidRequest, quote
 from app.core.mapping.document_reference import parse_document_id
 from app.core.search.document_reference import _patient_parameter as _document_patient_parameter
+from app.core.search.document_reference import code_tokens
 from app.core.search.registry import Include, Pairs, QueryName, ResourceSearch, SearchParameter
 from app.core.search.study import StudyParser, StudySearch
 from app.core.search.values import Token, parse_token, split_values, uid
@@ -86,15 +87,11 @@ class ReportParser:
             uids.add(uid(parts[-1], name))
         self.studies._narrow_uids(uids)
 
-    @staticmethod
-    def _tokens(value: str) -> tuple[Token, ...]:
-        return tuple(parse_token(v) for v in split_values(value))
-
     def category(self, name: str, value: str) -> None:
-        self.search.categories += (self._tokens(value),)
+        self.search.categories += (code_tokens(name, value),)
 
     def code(self, name: str, value: str) -> None:
-        self.search.codes += (self._tokens(value),)
+        self.search.codes += (code_tokens(name, value),)
 
     def status(self, name: str, value: str) -> None:
         statuses = tuple(t.code for t in map(parse_token, split_values(value)))

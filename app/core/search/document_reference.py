@@ -25,6 +25,15 @@ _CODE = re.compile(r"^[A-Za-z0-9.:\-_]{1,64}\Z")
 STATUSES = ("current", "superseded", "entered-in-error")
 
 
+def code_tokens(name: str, value: str) -> tuple[Token, ...]:
+    """A token parameter's comma-separated `[system|]code` values, each code checked (400 before any I/O)."""
+    tokens = tuple(parse_token(v) for v in split_values(value))
+    for token in tokens:
+        if not _CODE.match(token.code):
+            raise InvalidRequest(f"{quote(token.code)} is not a code", name)
+    return tokens
+
+
 @dataclass
 class DocumentSearch:
     """A DocumentReference search after validation: the study search behind it and the criteria checked on
@@ -37,6 +46,7 @@ class DocumentSearch:
     categories: tuple[tuple[Token, ...], ...] = ()
     formats: tuple[tuple[Token, ...], ...] = ()
     statuses: tuple[tuple[str, ...], ...] = ()
+    uid_identifiers: frozenset[str] | None = None  # identifier UIDs: a study's, or a report object's SOPInstanceUID
 
 
 class DocumentParser:
@@ -65,6 +75,15 @@ class DocumentParser:
 
     def identifier(self, name: str, value: str) -> None:
         self.studies.identifier(name, value)
+        found = set()
+        for raw in split_values(value):
+            token = parse_token(raw)
+            dicom = token.system == systems.DICOM_UID or token.code.startswith(systems.OID_PREFIX)
+            if name == "identifier" and dicom:
+                found.add(token.code.removeprefix(systems.OID_PREFIX))
+        if found:  # also a report object's entry (its identifier is the object's SOPInstanceUID)
+            current = self.search.uid_identifiers
+            self.search.uid_identifiers = frozenset(found if current is None else current & found)
 
     def related(self, name: str, value: str) -> None:
         """An accession number: `[<system>|]<value>` (the `:identifier` form), or a bare value."""
@@ -87,11 +106,7 @@ class DocumentParser:
 
     @staticmethod
     def _tokens(name: str, value: str) -> tuple[Token, ...]:
-        tokens = tuple(parse_token(v) for v in split_values(value))
-        for token in tokens:
-            if not _CODE.match(token.code):
-                raise InvalidRequest(f"{quote(token.code)} is not a code", name)
-        return tokens
+        return code_tokens(name, value)
 
     def type(self, name: str, value: str) -> None:
         self.search.types += (self._tokens(name, value),)
@@ -148,7 +163,8 @@ DOCUMENT_REFERENCE: ResourceSearch[DocumentParser] = ResourceSearch(
             name="identifier",
             type="token",
             documentation=f"The study: `{systems.DICOM_UID}|urn:oid:<StudyInstanceUID>` or a bare dotted UID; or "
-            "its accession number as `[<system>|]<value>`. Comma-separated.",
+            "its accession number as `[<system>|]<value>`; or a report object: "
+            f"`{systems.DICOM_UID}|urn:oid:<SOPInstanceUID>`. Comma-separated.",
             schema={"type": "string"},
             example=f"{systems.DICOM_UID}|urn:oid:2.25.7492698656716832304557205269405902835",
             parse=DocumentParser.identifier,

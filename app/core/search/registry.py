@@ -285,7 +285,7 @@ class ResourceSearch(Generic[S]):
                     documentation=f"`-{self.sort}` (newest first, the default) or `{self.sort}`.",
                     schema={"type": "string", "enum": [self.sort, f"-{self.sort}"]},
                     example=f"-{self.sort}",
-                    in_capability=False,
+                    in_capability=True,
                 )
             )
         if self.includes:

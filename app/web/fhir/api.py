@@ -22,8 +22,16 @@ from app.web.negotiation import FHIR_JSON, OUTPUT_PARAMETERS, require_fhir_json
 
 bp = Blueprint("fhir", __name__)
 
-PUBLIC_ENDPOINTS = frozenset({"fhir.metadata", "fhir.smart_configuration", "fhir.openid_configuration", "fhir.openapi"})
-_PLAIN_JSON_ENDPOINTS = PUBLIC_ENDPOINTS - {"fhir.metadata"}  # not FHIR resources: no format negotiation
+PUBLIC_ENDPOINTS = frozenset(
+    {
+        "fhir.metadata",
+        "fhir.search_parameter_read",
+        "fhir.smart_configuration",
+        "fhir.openid_configuration",
+        "fhir.openapi",
+    }
+)
+_PLAIN_JSON_ENDPOINTS = PUBLIC_ENDPOINTS - {"fhir.metadata", "fhir.search_parameter_read"}  # not FHIR resources
 AUDITED_TYPES = frozenset(
     {
         "ImagingStudy",

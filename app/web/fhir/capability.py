@@ -64,10 +64,20 @@ def security(smart: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def own_search_parameters(base_url: str) -> list[dict[str, Any]]:
+    """The search parameters R4 does not define, defined here (contained in the CapabilityStatement, and read at
+    their `url`: {base}/SearchParameter/{id})."""
+    return [imaging_study_search_parameter(base_url)]
+
+
+def search_parameter(base_url: str, parameter_id: str) -> dict[str, Any] | None:
+    return next((p for p in own_search_parameters(base_url) if p["id"] == parameter_id), None)
+
+
 def capability_statement(base_url: str, software_version: str, smart: dict[str, Any] | None) -> dict[str, Any]:
     """The server's CapabilityStatement (read-only: read and search-type on four resources)."""
 
-    own = [imaging_study_search_parameter(base_url)]  # search parameters R4 does not define, defined here
+    own = own_search_parameters(base_url)
     definitions = {(p["base"][0], p["code"]): p["url"] for p in own}
 
     def resource(kind: str, **extra: Any) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from flask import Response, current_app
 from app.core.errors import NotFound
 from app.web.components import components
 from app.web.fhir.api import bp, fhir_response
-from app.web.fhir.capability import capability_statement
+from app.web.fhir.capability import capability_statement, search_parameter
 
 _OPENID_KEYS = (
     "issuer",
@@ -28,6 +28,16 @@ def metadata() -> Response:
     return fhir_response(
         capability_statement(app.settings.base_url, current_app.config["VERSION"], app.smart_configuration)
     )
+
+
+@bp.get("/SearchParameter/<id>")
+def search_parameter_read(id: str) -> Response:
+    """The definitions of this server's own search parameters, at the URLs the CapabilityStatement names (no token:
+    conformance, like /metadata)."""
+    found = search_parameter(components().settings.base_url, id)
+    if found is None:
+        raise NotFound("no such SearchParameter: this server defines only those of its CapabilityStatement")
+    return fhir_response(found)
 
 
 @bp.get("/.well-known/smart-configuration")
