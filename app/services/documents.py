@@ -128,14 +128,14 @@ class DocumentService:
 
     def _report_document(self, located: Located, holdings: Iterable[Holding]) -> Resource:
         holding = next(h for h in holdings if h.trust.id == located.trust_id)
-        return report_document(located.report, holding.trust, holding.study)
+        return report_document(located.report, holding.trust, holding.study, replaces=located.replaces)
 
     def _read_report_document(self, wanted: str, compartment: Compartment) -> list[Resource]:
         try:
             located, holding = self.reports.locate_with_holding(wanted, compartment)
         except NotFound:
             return []
-        return [report_document(located.report, holding.trust, holding.study)]
+        return [report_document(located.report, holding.trust, holding.study, replaces=located.replaces)]
 
     def read(self, document_id: str, compartment: Compartment) -> Resource:
         parsed = parse_document_id(document_id)

@@ -58,6 +58,7 @@ class Located:
     trust_id: str
     study: str
     series: str
+    replaces: tuple[str, ...] = ()  # SOPInstanceUIDs of the documents an amended SR replaces
 
 
 @dataclass
@@ -202,7 +203,7 @@ class ReportService:
                     if built.report is None:
                         result.issues.append(_issue("warning", "processing", built.problem or "unreadable report"))
                         continue
-                    out.append(Located(built.report, trust.settings.id, study["id"], series["uid"]))
+                    out.append(Located(built.report, trust.settings.id, study["id"], series["uid"], built.replaces))
         return out
 
     def _bounded(self, study: StudySearch) -> None:

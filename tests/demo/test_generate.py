@@ -36,7 +36,7 @@ from demo_dataset import demo_dataset  # noqa: E402
 from app.core.identity import is_nhs_number  # noqa: E402
 from tools.demo import generate as generator  # noqa: E402
 from tools.demo.generate import GENERATOR_VERSION, TRUSTS, ensure_demo_data, generate  # noqa: E402
-from tools.demo.reports import report_state, report_text  # noqa: E402
+from tools.demo.reports import PDF_REPORTS, report_state, report_text  # noqa: E402
 
 # Written out in full rather than taken from pydicom, so a wrong constant name is caught.
 EXPECTED_SOP_CLASS = {
@@ -873,6 +873,34 @@ def test_encapsulated_pdf_is_a_well_formed_pdf(facts: dict[str, Any], by_study: 
     for number, entry in enumerate(entries, start=1):
         offset = int(entry.split()[0])
         assert pdf[offset:].startswith(b"%d 0 obj" % number)
+
+
+def test_pdf_reports_cover_several_specialties_each_with_a_title_and_readable_text(
+    records: list[Record], studies: dict[str, dict[str, Any]]
+) -> None:
+    """Encapsulated PDF reports in five specialties; each one page whose text is its DocumentTitle, the study's
+    accession and the findings and conclusion tools/demo/reports.py writes for that kind of study."""
+    pdfs = [r.ds for r in records if r.ds.Modality == "DOC"]
+    by_department = defaultdict(list)
+    for ds in pdfs:
+        by_department[str(ds.InstitutionalDepartmentName)].append(ds)
+    assert set(by_department) == {
+        "Endoscopy Unit",
+        "Cardiology",
+        "Orthopaedic Imaging",
+        "Nuclear Medicine",
+        "Cellular Pathology",
+    }
+    for ds in pdfs:
+        pdf = bytes(ds.EncapsulatedDocument)[: ds.EncapsulatedDocumentLength]
+        assert pdf.startswith(b"%PDF-1.") and pdf.count(b"/Type /Page ") == 1
+        assert ds.DocumentTitle == f"{ds.StudyDescription} report"
+        shown = pdf.decode("latin-1")
+        study = studies[ds.StudyInstanceUID]
+        assert f"({ds.DocumentTitle}) '" in shown
+        assert f"Accession: {study['accession'] or '-'}" in shown
+        key = next(k for k in PDF_REPORTS if PDF_REPORTS[k][2] in shown)  # one template's text, not another's
+        assert PDF_REPORTS[key][1] in shown
 
 
 def test_key_object_selection_is_of_interest_and_points_at_images(

@@ -113,16 +113,25 @@ def test_done_when_every_study_has_its_document_and_every_report_its_conclusion(
 
 
 def test_document_references_ask_the_archives_nothing_more_than_the_study_search(
-    federated: Federated, multi: dict[str, Any]
+    federated: Federated, manifest: dict[str, Any], multi: dict[str, Any], disk_reports: list[dict[str, Any]]
 ) -> None:
+    """The study entries cost no request beyond the study search; the only other requests are the metadata of
+    the patient's report objects (the multi-trust patient's bone scan holds a PDF report)."""
+    mine = [r for r in disk_reports if _owner(manifest, r["study"])["nhs_number"] == multi["nhs_number"]]
+    assert mine
     federated.clear_requests()
     federated.patient_search(multi["nhs_number"])
     studies = {t: sorted(x.split("?")[0] for _m, x in r) for t, r in federated.requests_by_trust().items()}
     federated.clear_requests()
     _get(federated, "/DocumentReference", [("patient", multi["nhs_number"])])
-    documents = {t: sorted(x.split("?")[0] for _m, x in r) for t, r in federated.requests_by_trust().items()}
+    documents = {
+        t: sorted(x.split("?")[0] for _m, x in r if not x.split("?")[0].endswith("/metadata"))
+        for t, r in federated.requests_by_trust().items()
+    }
     assert documents == studies
-    assert not _metadata_requests(federated)
+    report_series = {f"/dicom-web/studies/{r['study']}/series/{r['series']}/" for r in mine}
+    asked = _metadata_requests(federated)
+    assert all(any(x.startswith(prefix) for prefix in report_series) for x in asked), asked
 
 
 def test_reports_read_each_report_series_metadata_once_and_cache_it(
@@ -176,3 +185,27 @@ def test_the_report_pdf_comes_from_the_archive(
     assert answer.status_code == 200 and answer.mimetype == "application/pdf"
     ds = pydicom.dcmread(disk["path"])
     assert answer.data == bytes(ds.EncapsulatedDocument)[: int(ds.EncapsulatedDocumentLength)]
+
+
+def test_pdf_reports_of_several_specialties_are_served_from_the_archives(
+    federated: Federated, manifest: dict[str, Any], disk_reports: list[dict[str, Any]]
+) -> None:
+    """Every encapsulated PDF the demo holds (five specialties) becomes a DiagnosticReport whose presentedForm is
+    application/pdf, titled by its DocumentTitle, at a gateway URL that returns the archive's PDF bytes."""
+    token = system_token(federated.app)
+    web = federated.app.test_client()
+    specialties: set[str] = set()
+    pdfs = [r for r in disk_reports if r["class"] == PDF_CLASS]
+    for disk in pdfs:
+        ds = pydicom.dcmread(disk["path"])
+        specialties.add(str(ds.InstitutionalDepartmentName))
+        report_id = f"{_ods(manifest, disk['trust'])}-{disk['sop']}"
+        response = federated.client.get(f"/DiagnosticReport/{report_id}")
+        assert response.status_code == 200, response.get_json()
+        form = response.get_json()["presentedForm"]
+        assert [(f["contentType"], f["title"]) for f in form] == [("application/pdf", ds.DocumentTitle)]
+        answer = web.get("/" + form[0]["url"].split("/", 3)[3], headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 200 and answer.mimetype == "application/pdf"
+        assert answer.data.startswith(b"%PDF-")
+        assert answer.data == bytes(ds.EncapsulatedDocument)[: int(ds.EncapsulatedDocumentLength)]
+    assert len(specialties) >= 3 and "Endoscopy Unit" in specialties, specialties

@@ -41,6 +41,12 @@ def expected_ids(manifest: dict[str, Any], nhs: str) -> set[str]:
     return {f"{ods(manifest, t)}-{s['study_uid']}" for s in patient["studies"] for t in s["holdings"]}
 
 
+def report_ids(manifest: dict[str, Any], nhs: str, objects: dict[str, list[tuple[str, str, str]]]) -> set[str]:
+    """The ids of the entries of the patient's report objects (SR or PDF) on disk."""
+    patient = next(p for p in manifest["patients"] if p["nhs_number"] == nhs)
+    return {f"{ods(manifest, t)}-{sop}" for s in patient["studies"] for t, sop, _ in objects.get(s["study_uid"], ())}
+
+
 def search(client, pairs: list[tuple[str, str]], **kwargs: Any) -> dict[str, Any]:
     response = client.get(f"/fhir/DocumentReference?{urlencode(pairs)}", **kwargs)
     assert response.status_code == 200, response.get_json()
@@ -70,6 +76,11 @@ def multi(manifest: dict[str, Any]) -> str:
 
 
 @pytest.fixture(scope="module")
+def objects(demo_data: Path) -> dict[str, list[tuple[str, str, str]]]:
+    return report_objects(demo_data)
+
+
+@pytest.fixture(scope="module")
 def multi_docs(client, multi: str) -> list[dict[str, Any]]:
     return matches(search(client, [("patient", multi), ("_count", "200")]))
 
@@ -87,10 +98,15 @@ PATIENT_STYLES = [
 
 
 @pytest.mark.parametrize(("name", "value"), PATIENT_STYLES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(PATIENT_STYLES)])
-def test_search_by_nhs_number_gives_one_entry_per_study_and_holding_trust(client, manifest, multi, name, value):
+def test_search_by_nhs_number_gives_one_entry_per_study_and_holding_trust(
+    client, manifest, multi, objects, name, value
+):
+    """... and one per report object: the multi-trust patient's bone scan holds a PDF report."""
+    expected = expected_ids(manifest, multi) | report_ids(manifest, multi, objects)
+    assert report_ids(manifest, multi, objects)
     bundle = search(client, [(name, value(multi)), ("_count", "200")])
-    assert ids(bundle) == expected_ids(manifest, multi)
-    assert bundle["total"] == len(expected_ids(manifest, multi))
+    assert ids(bundle) == expected
+    assert bundle["total"] == len(expected)
 
 
 def report_objects(data: Path) -> dict[str, list[tuple[str, str, str]]]:
@@ -152,6 +168,41 @@ def test_report_objects_have_entries_with_their_ihe_format(client, manifest, dem
     assert classes == {SR_CLASS, PDF_CLASS}
 
 
+def test_an_amended_report_entry_replaces_its_predecessor(client, manifest, demo_data):
+    """relatesTo `replaces` on the entry of each SR naming a PredecessorDocumentsSequence, targeting the
+    DocumentReference the predecessor has at the same trust (id and UID from the file on disk); no other entry
+    has relatesTo."""
+    amended = 0
+    for study_uid, held in report_objects(demo_data).items():
+        for trust, sop, _ in held:
+            file = next(demo_data.glob(f"{trust}/{study_uid}/*/{sop}.dcm"))
+            ds = pydicom.dcmread(file, stop_before_pixels=True)
+            entry = client.get(f"/fhir/DocumentReference/{ods(manifest, trust)}-{sop}").get_json()
+            if "PredecessorDocumentsSequence" not in ds:
+                assert "relatesTo" not in entry, entry["id"]
+                continue
+            amended += 1
+            predecessor = str(
+                ds.PredecessorDocumentsSequence[0]
+                .ReferencedSeriesSequence[0]
+                .ReferencedSOPSequence[0]
+                .ReferencedSOPInstanceUID
+            )
+            assert entry["docStatus"] == "amended"
+            assert entry["relatesTo"] == [
+                {
+                    "code": "replaces",
+                    "target": {
+                        "reference": f"DocumentReference/{document_id(ods(manifest, trust), predecessor)}",
+                        "identifier": {"system": systems.DICOM_UID, "value": f"urn:oid:{predecessor}"},
+                    },
+                }
+            ]
+            searched = matches(search(client, [("_id", entry["id"])]))
+            assert [d.get("relatesTo") for d in searched] == [entry["relatesTo"]]  # search builds it as read does
+    assert amended >= 2
+
+
 def test_the_multi_trust_patient_spans_trusts_of_both_identity_styles(manifest, multi_docs):
     custodians = {d["custodian"]["identifier"]["value"] for d in multi_docs}
     trusts = manifest["facts"]["multi_trust_patient"]["trusts"]
@@ -174,7 +225,9 @@ def test_entries_follow_the_element_rules(manifest, multi, multi_docs):
     by_uid = {s["study_uid"]: s for s in patient["studies"]}
     trusts = manifest["facts"]["multi_trust_patient"]["trusts"]
     codes = {ods(manifest, t): t for t in trusts}
-    for doc in multi_docs:
+    studies = [d for d in multi_docs if d["id"] in expected_ids(manifest, multi)]  # the report entries: below
+    assert len(studies) == len(expected_ids(manifest, multi))
+    for doc in studies:
         trust_ods, uid = parse_document_id(doc["id"]) or ("", "")
         trust = codes[trust_ods]
         study = by_uid[uid]
@@ -201,8 +254,8 @@ def test_entries_follow_the_element_rules(manifest, multi, multi_docs):
 
 def test_a_trust_with_a_viewer_adds_its_url_as_a_second_content(multi_docs):
     by_trust: dict[str, list[dict[str, Any]]] = {}
-    for doc in multi_docs:
-        by_trust.setdefault(doc["custodian"]["identifier"]["value"], []).append(doc)
+    for doc in (d for d in multi_docs if d["content"][0]["attachment"]["contentType"] == "application/dicom+json"):
+        by_trust.setdefault(doc["custodian"]["identifier"]["value"], []).append(doc)  # study entries
     assert by_trust["R0A"] and by_trust["RMC"]
     for doc in by_trust["R0A"]:  # mft configures a viewer in config/demo.yaml
         uid = parse_document_id(doc["id"])[1]  # type: ignore[index]
@@ -217,13 +270,16 @@ def test_a_trust_with_a_viewer_adds_its_url_as_a_second_content(multi_docs):
 # ------------------------------------------------------------------------------ parameters
 
 
-def test_each_parameter_narrows(client, manifest, multi, multi_docs):
+def test_each_parameter_narrows(client, manifest, multi, multi_docs, objects):
     every = {d["id"] for d in multi_docs}
+    pdfs = {f"{ods(manifest, t)}-{sop}" for held in objects.values() for t, sop, c in held if c == PDF_CLASS}
+    reports = report_ids(manifest, multi, objects)
+    assert reports and reports <= pdfs  # the multi-trust patient's reports are PDFs
     one = next(d for d in multi_docs if d["custodian"]["identifier"]["value"] == "RMC")
     accession = one["context"]["related"][0]["identifier"]
     assert ids(search(client, [("_id", one["id"])])) == {one["id"]}
     # a study copied to another trust keeps its source accession: every copy is related to it
-    related = {d["id"] for d in multi_docs if accession in [r["identifier"] for r in d["context"]["related"]]}
+    related = {d["id"] for d in multi_docs if accession in [r.get("identifier") for r in d["context"]["related"]]}
     assert one["id"] in related
     assert ids(search(client, [("patient", multi), ("related", accession["value"])])) == related
     assert ids(search(client, [("related:identifier", f"{accession['system']}|{accession['value']}")])) == related
@@ -236,8 +292,9 @@ def test_each_parameter_narrows(client, manifest, multi, multi_docs):
     }
     assert ids(search(client, [("patient", multi), ("status", "current")])) == every
     assert ids(search(client, [("patient", multi), ("status", "superseded")])) == set()
-    assert ids(search(client, [("patient", multi), ("format", f"{systems.DCM_UID}|{KOS}")])) == every
-    assert ids(search(client, [("patient", multi), ("format", "urn:ihe:rad:PDF")])) == set()
+    assert ids(search(client, [("patient", multi), ("format", f"{systems.DCM_UID}|{KOS}")])) == every - reports
+    assert ids(search(client, [("patient", multi), ("format", "urn:ihe:rad:PDF")])) == reports
+    assert ids(search(client, [("patient", multi), ("format", "urn:ihe:rad:TEXT")])) == set()
     assert ids(search(client, [("patient", multi), ("category", f"{systems.SNOMED}|363679005")])) == every
     assert ids(search(client, [("patient", multi), ("category", "11528-7")])) == set()
     day = one["context"]["period"]["start"][:10]
@@ -339,10 +396,11 @@ def test_ids_are_deterministic_and_a_long_uid_is_packed_reversibly():
 # ------------------------------------------------------------------------------- compartment
 
 
-def test_a_patient_token_sees_only_its_patient(app, client, manifest, multi):
+def test_a_patient_token_sees_only_its_patient(app, client, manifest, multi, objects):
     other = next(p["nhs_number"] for p in manifest["patients"] if p["nhs_number"] != multi)
     token = {"Authorization": f"Bearer {patient_token(app, multi)}"}
-    assert ids(search(client, [("_count", "200")], headers=token)) == expected_ids(manifest, multi)
+    mine = expected_ids(manifest, multi) | report_ids(manifest, multi, objects)
+    assert ids(search(client, [("_count", "200")], headers=token)) == mine
     outcome(client.get(f"/fhir/DocumentReference?patient={other}", headers=token), 403)
     foreign = next(iter(expected_ids(manifest, other)))
     denied = client.get(f"/fhir/DocumentReference/{foreign}", headers=token)

@@ -63,12 +63,12 @@ from pydicom.filewriter import write_data_element, write_file_meta_info
 
 from app.core.identity import nhs_check_digit
 from tools.demo import pixels
-from tools.demo.reports import tid2000_content
+from tools.demo.reports import pdf_report_lines, pdf_report_title, tid2000_content
 
 DEFAULT_SEED = 20261127
 # Bumped whenever the generator writes different data for the same seed: `python -m app demo`
 # regenerates a demo-data/ folder of another version, and the tests key their cached copy by it.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 NHS_NUMBER_OID = "2.16.840.1.113883.2.1.4.1"
 MANIFEST_NAME = "manifest.json"
 XREF_NAME = "xref.csv"
@@ -329,7 +329,11 @@ _TEMPLATES: tuple[_Template, ...] = (
         "dx_hip",
         "XR Hip {side}",
         "Orthopaedic Imaging",
-        (_S("DX", "AP pelvis and lateral hip", 2, "study", ("AP", "LL")), _S("PR", "Orthopaedic templating")),
+        (
+            _S("DX", "AP pelvis and lateral hip", 2, "study", ("AP", "LL")),
+            _S("PR", "Orthopaedic templating"),
+            _S("DOC", "Orthopaedic clinic report"),
+        ),
         ("Hip pain ? osteoarthritis", "Post-operative total hip replacement check", "Fall ? neck of femur fracture"),
         "XHIP",
         ("HIP",),
@@ -367,7 +371,11 @@ _TEMPLATES: tuple[_Template, ...] = (
         "nm_bone",
         "NM Bone Scan Whole Body",
         "Nuclear Medicine",
-        (_S("NM", "Whole body anterior and posterior", 2), _S("NM", "Flow phase dynamic", 1)),
+        (
+            _S("NM", "Whole body anterior and posterior", 2),
+            _S("NM", "Flow phase dynamic", 1),
+            _S("DOC", "Nuclear medicine report"),
+        ),
         ("Prostate cancer staging", "Breast cancer ? bone metastases", "Bone pain ? metastatic disease"),
         "NBONW",
         ("WHOLEBODY",),
@@ -426,7 +434,12 @@ _TEMPLATES: tuple[_Template, ...] = (
         "cath",
         "Coronary angiogram",
         "Cardiology",
-        (_S("XA", "Left coronary artery", 2), _S("XA", "Right coronary artery", 1), _S("HD", "Haemodynamic recording")),
+        (
+            _S("XA", "Left coronary artery", 2),
+            _S("XA", "Right coronary artery", 1),
+            _S("HD", "Haemodynamic recording"),
+            _S("DOC", "Cath lab report"),
+        ),
         ("Chest pain ? coronary artery disease", "NSTEMI", "Pre-valve surgery assessment"),
         "ACORO",
         ("HEART",),
@@ -496,7 +509,7 @@ _TEMPLATES: tuple[_Template, ...] = (
         "wsi",
         "Histopathology whole slide",
         "Cellular Pathology",
-        (_S("SM", "H&E 20x", 1), _S("SM", "Immunohistochemistry", 1)),
+        (_S("SM", "H&E 20x", 1), _S("SM", "Immunohistochemistry", 1), _S("DOC", "Histopathology report")),
         ("Biopsy for histological diagnosis",),
         "HWSIS",
         ("BREAST", "COLON", "PROSTATE"),
@@ -2103,16 +2116,17 @@ def _tiny_pdf(lines: Sequence[str]) -> bytes:
 
 
 def _encapsulated_pdf(ds: Dataset, study: _Study, trust: Trust) -> None:
-    title = f"{study.description} report"
+    title = pdf_report_title(study.description)
     pdf = _tiny_pdf(
-        [
-            f"{trust.name}",
-            title,
-            f"Date: {study.date:%d/%m/%Y}   Accession: {study.accession or '-'}",
-            f"Indication: {study.reason}",
-            "Findings: Procedure completed to caecum. Two small polyps removed.",
-            f"Endoscopist: {study.reader.replace('^^Dr', '').replace('^', ' ')}",
-        ]
+        pdf_report_lines(
+            study.template.key,
+            trust_name=trust.name,
+            description=study.description,
+            date=f"{study.date:%d/%m/%Y}",
+            accession=study.accession,
+            indication=study.reason,
+            author=study.reader.replace("^^Dr", "").replace("^", " "),
+        )
     )
     ds.ConversionType = "WSD"
     ds.BurnedInAnnotation = "YES"

@@ -94,3 +94,65 @@ def tid2000_content(
         container.ContentSequence = [text_item(item_code, "DCM", item, value)]
         sections.append(container)
     ds.ContentSequence = [observer_item, *sections]
+
+
+# --------------------------------------------------------------------------- encapsulated PDF reports
+
+# Per study template: (author role, findings, conclusion) of the one-page PDF report an encapsulated PDF (DOC)
+# series holds. The specialties are those whose systems write PDF reports into PACS: endoscopy, cardiology
+# (cath lab), orthopaedics, nuclear medicine and cellular pathology.
+PDF_REPORTS: dict[str, tuple[str, str, str]] = {
+    "colonoscopy": (
+        "Endoscopist",
+        "Procedure completed to caecum. Two small polyps removed.",
+        "Two diminutive polyps removed; histology to follow.",
+    ),
+    "cath": (
+        "Interventional cardiologist",
+        "Left main normal. 70% stenosis of the proximal LAD. Right coronary artery dominant, unobstructed.",
+        "Single-vessel coronary artery disease; for discussion at the heart team meeting.",
+    ),
+    "dx_hip": (
+        "Orthopaedic surgeon",
+        "Joint space narrowing superiorly with subchondral sclerosis and osteophytes. No fracture.",
+        "Moderate osteoarthritis of the hip; templated for total hip replacement.",
+    ),
+    "nm_bone": (
+        "Nuclear medicine physician",
+        "Physiological tracer distribution. No focal abnormal uptake in the axial or appendicular skeleton.",
+        "No scintigraphic evidence of skeletal metastases.",
+    ),
+    "wsi": (
+        "Consultant histopathologist",
+        "Sections show a core of fibrofatty tissue with benign glandular elements. No atypia or malignancy.",
+        "Benign tissue. No evidence of malignancy.",
+    ),
+}
+
+
+def pdf_report_title(description: str) -> str:
+    """The DocumentTitle of a study's PDF report."""
+    return f"{description} report"
+
+
+def pdf_report_lines(
+    template_key: str,
+    *,
+    trust_name: str,
+    description: str,
+    date: str,
+    accession: str,
+    indication: str,
+    author: str,
+) -> list[str]:
+    """The readable lines of a study's one-page PDF report."""
+    role, findings, conclusion = PDF_REPORTS[template_key]
+    return [
+        trust_name,
+        pdf_report_title(description),
+        f"Date: {date}   Accession: {accession or '-'}",
+        f"Indication: {indication}",
+        f"Findings: {findings}",
+        f"Conclusion: {conclusion}",
+        f"{role}: {author}",
+    ]

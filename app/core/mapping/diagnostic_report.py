@@ -53,6 +53,9 @@ PERSON_NAME = dj.tag("PersonName")
 COMPLETION_FLAG = dj.tag("CompletionFlag")
 VERIFICATION_FLAG = dj.tag("VerificationFlag")
 PREDECESSORS = dj.tag("PredecessorDocumentsSequence")
+REFERENCED_SERIES = dj.tag("ReferencedSeriesSequence")
+REFERENCED_SOPS = dj.tag("ReferencedSOPSequence")
+REFERENCED_SOP_INSTANCE_UID = dj.tag("ReferencedSOPInstanceUID")
 VERIFYING_OBSERVERS = dj.tag("VerifyingObserverSequence")
 VERIFYING_OBSERVER_NAME = dj.tag("VerifyingObserverName")
 CONTENT_DATE = dj.tag("ContentDate")
@@ -155,6 +158,19 @@ def _coding(concept: tuple[str, str, str] | None) -> dict[str, Any] | None:
 class Built:
     report: dict[str, Any] | None
     problem: str | None = None
+    replaces: tuple[str, ...] = ()  # SOPInstanceUIDs of the documents an amended SR names as its predecessors
+
+
+def predecessor_uids(instance: dj.Dataset) -> tuple[str, ...]:
+    """The SOPInstanceUIDs an SR's PredecessorDocumentsSequence names (study > series > SOP), valid UIDs only."""
+    found = [
+        uid
+        for study in dj.items(instance, PREDECESSORS)
+        for series in dj.items(study, REFERENCED_SERIES)
+        for sop in dj.items(series, REFERENCED_SOPS)
+        if (uid := dj.first_text(sop, REFERENCED_SOP_INSTANCE_UID)) and dj.is_uid(uid)
+    ]
+    return tuple(dict.fromkeys(found))
 
 
 def build_report(
@@ -252,4 +268,4 @@ def build_report(
         "conclusion",
         "presentedForm",
     ]
-    return Built({k: report[k] for k in order if k in report})
+    return Built({k: report[k] for k in order if k in report}, replaces=predecessor_uids(instance))

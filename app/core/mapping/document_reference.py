@@ -21,6 +21,9 @@ always has the same id. Elements, and where each comes from:
     context.period          the study's started
     context.related         the accession number (ACSN identifier)
     context.sourcePatientInfo  the patient's local identifier at the trust (PatientID, its issuer's system)
+
+A report object's entry (report_document) is built from its DiagnosticReport; an amended SR's entry has a
+`relatesTo` `replaces` per predecessor its PredecessorDocumentsSequence names (docs/imaging-documents-and-reports.md).
 """
 
 from __future__ import annotations
@@ -161,10 +164,14 @@ def study_document(
 _DOC_STATUS = {"final": "final", "preliminary": "preliminary", "amended": "amended"}
 
 
-def report_document(report: dict[str, Any], trust: TrustMapping, study: dict[str, Any]) -> dict[str, Any]:
+def report_document(
+    report: dict[str, Any], trust: TrustMapping, study: dict[str, Any], *, replaces: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """The DocumentReference of a report object, from its DiagnosticReport (app/core/mapping/diagnostic_report.py)
     and the study it reports on: an SR's text inline (`urn:ihe:rad:TEXT`), a PDF by the gateway's report route
-    (`urn:ihe:rad:PDF`)."""
+    (`urn:ihe:rad:PDF`). `replaces`: the SOPInstanceUIDs of the documents an amended SR names as predecessors, each
+    a `relatesTo` (code `replaces`) whose target is the DocumentReference the predecessor has at the same trust
+    (its id is derived as every report entry's), with the predecessor's UID as the target's identifier."""
     sop = report["identifier"][0]["value"].removeprefix(systems.OID_PREFIX)
     form = report["presentedForm"][0]
     is_pdf = form["contentType"] == "application/pdf"
@@ -193,6 +200,17 @@ def report_document(report: dict[str, Any], trust: TrustMapping, study: dict[str
     if report.get("resultsInterpreter"):
         document["author"] = report["resultsInterpreter"]
     document["custodian"] = trust.organization_reference
+    if replaces:
+        document["relatesTo"] = [
+            {
+                "code": "replaces",
+                "target": {
+                    "reference": f"DocumentReference/{document_id(trust.ods_code, uid)}",
+                    "identifier": {"system": systems.DICOM_UID, "value": f"{systems.OID_PREFIX}{uid}"},
+                },
+            }
+            for uid in replaces
+        ]
     document["description"] = form.get("title") or "Imaging report"
     document["securityLabel"] = [{"coding": [SECURITY_LABEL]}]
     document["content"] = [{"attachment": attachment, "format": FORMATS["pdf" if is_pdf else "text"]}]
