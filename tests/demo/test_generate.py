@@ -1036,3 +1036,9 @@ def test_cli_prints_a_one_line_summary(tmp_path: Path, monkeypatch, capsys) -> N
     assert seen == {"out_dir": tmp_path, "seed": 5}
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and "1 patients, 2 studies, 3 files" in lines[0]
+
+
+def test_the_demo_data_stays_within_its_budget(demo_dir: Path) -> None:
+    """Issue 15's budget: the whole demo dataset (every trust's files, the manifest and xref) under 200 MB."""
+    size = sum(p.stat().st_size for p in demo_dir.rglob("*") if p.is_file())
+    assert 50_000_000 < size < 200_000_000, f"{size / 1e6:.1f} MB"  # real-sized images, and under the budget
