@@ -7,11 +7,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from cachetools import TTLCache
 
-from app.archives.protocol import Archive, Found
+from app.archives.exchange import Origin, Steps
+from app.archives.protocol import Archive, ConversationalArchive, Found
 from app.core.query import StudyQuery
 from app.telemetry import metrics
 
@@ -47,6 +48,32 @@ class CachedArchive:
             with self._lock:
                 self._entries[key] = found
         return found
+
+    def _cached_steps(self, key: tuple[Any, ...], fetch: Callable[[], Steps[Found]]) -> Steps[Found]:
+        """_cached for a conversation run by a multiplexer."""
+        with self._lock:
+            found = self._entries.get(key)
+        if found is not None:
+            metrics.CACHE_HITS.labels(self.name).inc()
+            return found
+        metrics.CACHE_MISSES.labels(self.name).inc()
+        found = yield from fetch()
+        if found.incomplete is None:
+            with self._lock:
+                self._entries[key] = found
+        return found
+
+    @property
+    def origin(self) -> Origin | None:
+        return cast(ConversationalArchive, self.inner).origin
+
+    def studies_steps(self, query: StudyQuery) -> Steps[Found]:
+        inner = cast(ConversationalArchive, self.inner)
+        return self._cached_steps(("studies", query), lambda: inner.studies_steps(query))
+
+    def series_steps(self, query: StudyQuery, study_uids: tuple[str, ...] = ()) -> Steps[Found]:
+        inner = cast(ConversationalArchive, self.inner)
+        return self._cached_steps(("series", query, study_uids), lambda: inner.series_steps(query, study_uids))
 
     def find_studies(self, query: StudyQuery) -> Found:
         return self._cached(("studies", query), lambda: self.inner.find_studies(query))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import ssl
 import threading
 import time
 from collections.abc import Mapping
@@ -18,7 +19,9 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 from requests.utils import DEFAULT_CA_BUNDLE_PATH, default_user_agent, get_netrc_auth
+from urllib3.util.ssl_ import create_urllib3_context
 
+from app.archives.exchange import MAX_REDIRECTS, Kind, Origin, Reply, Request, Unanswered
 from app.archives.protocol import ArchiveError
 from app.settings import config_secret
 
@@ -74,8 +77,23 @@ class UpstreamPool:
         # What requests sends by default; no retries (as requests' adapter), redirects followed as requests does.
         self.base_headers = {"User-Agent": default_user_agent(), "Accept-Encoding": "gzip, deflate"}
         self.retries = urllib3.Retry(
-            total=None, connect=0, read=0, status=0, other=0, redirect=30, raise_on_redirect=False
+            total=None, connect=0, read=0, status=0, other=0, redirect=MAX_REDIRECTS, raise_on_redirect=False
         )
+        # The same archive without a pool thread (app.archives.exchange.Multiplexer): not through a proxy.
+        self.multiplexable = proxy is None
+        self.origin = Origin(
+            {**self.base_headers, **self.netrc_header}, _tls_context(tls) if scheme == "https" else None
+        )
+
+    def exchange(self, request: Request) -> Reply:
+        """One Request of a conversation (app.archives.exchange.run), or Unanswered saying why none came."""
+        try:
+            status, headers, body = self.get(request.url, request.timeout_s, request.headers, request.basic)
+        except BrokenBody:
+            raise Unanswered("failed") from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise Unanswered(_unanswered_kind(exc)) from None
+        return Reply(status, headers, body)
 
     def get(
         self, url: str, timeout_s: float, headers: Mapping[str, str], basic: tuple[str, str] | None
@@ -110,6 +128,35 @@ class UpstreamPool:
 
     def close(self) -> None:
         self.manager.clear()
+        self.origin.close()
+
+
+def _tls_context(tls: Mapping[str, Any]) -> ssl.SSLContext:
+    """The SSL context urllib3 would build from the same options, for the multiplexer's connections."""
+    verify = tls.get("cert_reqs") != "CERT_NONE"
+    context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED if verify else ssl.CERT_NONE)
+    if verify:
+        context.load_verify_locations(cafile=tls.get("ca_certs"), capath=tls.get("ca_cert_dir"))
+    else:
+        context.check_hostname = False
+    if tls.get("cert_file"):
+        context.load_cert_chain(tls["cert_file"], tls.get("key_file"))
+    return context
+
+
+def _unanswered_kind(exc: Exception) -> Kind:
+    errors = urllib3.exceptions
+    if isinstance(exc, errors.SSLError):
+        return "tls"
+    if isinstance(exc, errors.NewConnectionError):  # a ConnectTimeoutError subclass in urllib3 2
+        return "refused"
+    if isinstance(exc, errors.ConnectTimeoutError):
+        return "connect_timeout"
+    if isinstance(exc, errors.TimeoutError):
+        return "timeout"
+    if isinstance(exc, (errors.ProtocolError, ConnectionError)):
+        return "refused"
+    return "failed"
 
 
 def _basic(username: str, password: str) -> str:
@@ -123,34 +170,24 @@ class BrokenBody(Exception):
 
 def pool_failure_reason(exc: Exception, timeout_s: float) -> str:
     """failure_reason for urllib3's exceptions (UpstreamPool): the same few words."""
-    errors = urllib3.exceptions
     if isinstance(exc, BrokenBody):
-        return "request failed"
-    if isinstance(exc, errors.SSLError):
-        return "TLS failure"
-    if isinstance(exc, errors.NewConnectionError):  # a ConnectTimeoutError subclass in urllib3 2
-        return "connection refused or reset"
-    if isinstance(exc, errors.ConnectTimeoutError):
-        return f"connection timed out after {timeout_s:g} s"
-    if isinstance(exc, errors.TimeoutError):
-        return f"no answer within {timeout_s:g} s"
-    if isinstance(exc, (errors.ProtocolError, ConnectionError)):
-        return "connection refused or reset"
-    return "request failed"
+        return Unanswered("failed").reason(timeout_s)
+    return Unanswered(_unanswered_kind(exc)).reason(timeout_s)
 
 
 def failure_reason(exc: requests.RequestException, timeout_s: float) -> str:
     """Why a request got no answer, in a few words without a URL, a host or a patient in them."""
     # Most specific first: SSLError and ConnectTimeout are both ConnectionErrors too.
+    kind: Kind = "failed"
     if isinstance(exc, requests.exceptions.SSLError):
-        return "TLS failure"
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return f"connection timed out after {timeout_s:g} s"
-    if isinstance(exc, requests.exceptions.Timeout):
-        return f"no answer within {timeout_s:g} s"
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        return "connection refused or reset"
-    return "request failed"
+        kind = "tls"
+    elif isinstance(exc, requests.exceptions.ConnectTimeout):
+        kind = "connect_timeout"
+    elif isinstance(exc, requests.exceptions.Timeout):
+        kind = "timeout"
+    elif isinstance(exc, requests.exceptions.ConnectionError):
+        kind = "refused"
+    return Unanswered(kind).reason(timeout_s)
 
 
 def retry_after_seconds(value: str | None) -> float | None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import cast
 
-from app.archives.protocol import Archive, ArchiveError, ArchiveRetryLater, Found
+from app.archives.exchange import Origin, Steps
+from app.archives.protocol import Archive, ArchiveError, ArchiveRetryLater, ConversationalArchive, Found
 from app.core.query import StudyQuery
 from app.telemetry import metrics
 
@@ -43,6 +45,43 @@ class MeteredArchive:
             metrics.ARCHIVE_DURATION.labels(self.name, operation).observe(time.perf_counter() - started)
             if kind is not None:
                 metrics.ARCHIVE_ERRORS.labels(self.name, operation, kind).inc()
+
+    def _timed_steps(self, operation: str, steps: Steps[Found]) -> Steps[Found]:
+        """_timed for a conversation run by a multiplexer: from its first request to its end."""
+        started = time.perf_counter()
+        kind = None
+        try:
+            found = yield from steps
+            if found.incomplete is not None:
+                kind = "incomplete"
+            return found
+        except ArchiveRetryLater:
+            kind = "retry_later"
+            raise
+        except ArchiveError:
+            kind = "error"
+            raise
+        except GeneratorExit:  # abandoned at the search's deadline
+            kind = "error"
+            raise
+        except Exception:
+            kind = "internal"
+            raise
+        finally:
+            metrics.ARCHIVE_DURATION.labels(self.name, operation).observe(time.perf_counter() - started)
+            if kind is not None:
+                metrics.ARCHIVE_ERRORS.labels(self.name, operation, kind).inc()
+
+    @property
+    def origin(self) -> Origin | None:
+        return cast(ConversationalArchive, self.inner).origin
+
+    def studies_steps(self, query: StudyQuery) -> Steps[Found]:
+        return self._timed_steps("find_studies", cast(ConversationalArchive, self.inner).studies_steps(query))
+
+    def series_steps(self, query: StudyQuery, study_uids: tuple[str, ...] = ()) -> Steps[Found]:
+        inner = cast(ConversationalArchive, self.inner)
+        return self._timed_steps("find_series", inner.series_steps(query, study_uids))
 
     def find_studies(self, query: StudyQuery) -> Found:
         return self._timed("find_studies", lambda: self.inner.find_studies(query))

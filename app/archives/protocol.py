@@ -8,10 +8,13 @@ its failures are ArchiveError (or ArchiveRetryLater); `Probe` is what a readines
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from app.core.dicom_json import Dataset
 from app.core.query import StudyQuery
+
+if TYPE_CHECKING:
+    from app.archives.exchange import Origin, Steps
 
 
 @dataclass
@@ -29,6 +32,9 @@ class Capabilities:
     # find_series answers a patient's series without the study UIDs (QIDO-RS /series?PatientID=, the
     # folder's index), so the studies and series requests can go out together. DIMSE cannot.
     series_by_patient: bool = False
+    # find_studies and find_series are also written as conversations (app.archives.exchange) that a
+    # search's fan-out runs with the other archives' at once, without a thread each: ConversationalArchive.
+    conversations: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,3 +103,15 @@ class Archive(Protocol):
     def close(self) -> None:
         """Release connections; the archive is not used afterwards."""
         ...
+
+
+class ConversationalArchive(Archive, Protocol):
+    """An archive whose capabilities say `conversations`: its study and series queries as conversations,
+    and the Origin a multiplexer reaches it at (None: not multiplexable, e.g. behind an HTTP proxy)."""
+
+    @property
+    def origin(self) -> Origin | None: ...
+
+    def studies_steps(self, query: StudyQuery) -> Steps[Found]: ...
+
+    def series_steps(self, query: StudyQuery, study_uids: tuple[str, ...] = ()) -> Steps[Found]: ...

@@ -30,10 +30,11 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from app.archives import budget
-from app.archives.protocol import Archive, ArchiveError, Found
+from app.archives.exchange import Multiplexer, Origin, Outcome, Steps
+from app.archives.protocol import Archive, ArchiveError, ConversationalArchive, Found
 from app.core import dicom_json as dj
 from app.core.dicom_json import Dataset
 from app.core.mapping.context import TrustMapping
@@ -197,18 +198,45 @@ def _series_shortfall(answer: TrustAnswer) -> str | None:
     return None
 
 
-@dataclass
+def _conversation(archive: ConversationalArchive, level: str, queries: list[StudyQuery]) -> Steps[list[Found]]:
+    """_studies or _series as one conversation: the queries one after another, no thread."""
+    found = []
+    for query in queries:
+        steps = archive.studies_steps(query) if level == "studies" else archive.series_steps(query, ())
+        found.append((yield from steps))
+    return found
+
+
+def _origin(trust: TrustArchive) -> Origin | None:
+    """Where a multiplexer reaches the trust's archive, when its queries are conversations."""
+    if not trust.archive.capabilities.conversations:
+        return None
+    return cast(ConversationalArchive, trust.archive).origin
+
+
+@dataclass(eq=False)  # identity: a search's pending trusts are told apart by who they are
 class _Pending:
-    """One trust's outstanding jobs in one search."""
+    """One trust's outstanding jobs in one search: futures on its threads, or conversations (None) that
+    the multiplexer runs in the search's own thread and whose outcomes it hands to `conversed`."""
 
     trust: TrustArchive
     queries: list[StudyQuery]
     deadline: float
-    jobs: dict[str, Future[Any]]
+    jobs: dict[str, Future[Any] | None]
     results: dict[str, Any] = field(default_factory=dict)
+    failure: Exception | None = None
+    timed_out: bool = False
 
     def finished(self) -> bool:
         return set(self.results) == set(self.jobs)
+
+    def conversed(self, name: str, outcome: Outcome) -> None:
+        if outcome.timed_out:
+            self.timed_out = True
+        elif outcome.error is not None:
+            self.failure = self.failure or outcome.error
+        else:
+            self.results[name] = outcome.result
 
     def answer(self) -> TrustAnswer:
         if "all" in self.results:
@@ -243,11 +271,14 @@ def fan_out(
     """Ask every planned trust in parallel; `on_answer` gets each complete answer, in arrival order.
 
     A trust whose circuit is open is not asked; one that fails, or does not answer within
-    min(its timeout, the deadline), becomes an `incomplete` issue naming it.
+    min(its timeout, the deadline), becomes an `incomplete` issue naming it. The archives whose queries
+    are conversations (QIDO-RS) are asked all at once from this thread (app.archives.exchange.Multiplexer);
+    the others (DIMSE, folders, reads one study at a time) on their trust's threads meanwhile.
     """
     started = time.monotonic()
     by_id = {t.settings.id: t for t in trusts}
     pending: list[_Pending] = []
+    conversations: list[tuple[object, Steps[Any], Origin, float]] = []
     for trust_id, queries in plans.items():
         trust = by_id[trust_id]
         try:
@@ -256,55 +287,85 @@ def fan_out(
             issues.append(failure_issue(trust, str(exc)))
             continue
         deadline = started + min(trust.timeout_s, deadline_s)
-        if studies_only:
+        together = studies_only or _parallel_series(trust, queries, with_instances)
+        origin = _origin(trust) if together else None
+        jobs: dict[str, Future[Any] | None]
+        if origin is not None:
+            archive = cast(ConversationalArchive, trust.archive)
+            jobs = {level: None for level in (("studies",) if studies_only else ("studies", "series"))}
+            item = _Pending(trust, queries, deadline, jobs)
+            conversations += [
+                ((item, level), _conversation(archive, level, queries), origin, deadline) for level in jobs
+            ]
+        elif studies_only:
             jobs = {"studies": _submit(trust.pool, _studies, trust, queries, deadline)}
-        elif _parallel_series(trust, queries, with_instances):
+        elif together:
             jobs = {
                 "studies": _submit(trust.pool, _studies, trust, queries, deadline),
                 "series": _submit(trust.pool, _series, trust, queries, deadline),
             }
         else:
             jobs = {"all": _submit(trust.pool, _sequential, trust, queries, with_instances, deadline)}
-        pending.append(_Pending(trust, queries, deadline, jobs))
+        pending.append(_Pending(trust, queries, deadline, jobs) if origin is None else item)
+
+    def conclude(item: _Pending) -> bool:
+        """Tell the breaker and the caller how the trust's search ended; False while it has not."""
+        outcome = _settle(item)
+        if outcome is None and not item.timed_out and time.monotonic() < item.deadline:
+            return False
+        pending.remove(item)
+        if outcome is None:
+            for job in item.jobs.values():
+                if job is not None:
+                    job.cancel()
+            item.trust.breaker.failure()
+            issues.append(failure_issue(item.trust, f"no answer within {item.deadline - started:.3g} s"))
+        elif isinstance(outcome, TrustAnswer):
+            item.trust.breaker.success()
+            issues.extend(_notes(item.trust, outcome))
+            on_answer(outcome)
+        else:
+            issues.append(failure_issue(item.trust, outcome))
+        return True
+
+    def conversed(key: object, outcome: Outcome) -> None:
+        item, level = cast(tuple[_Pending, str], key)
+        item.conversed(level, outcome)
+        if item in pending:
+            conclude(item)
+
+    if conversations:
+        Multiplexer().run(conversations, conversed)
     while pending:
         # Wait only on jobs still running: a finished one would wake the loop at once, and keep it
         # spinning while the same trust's other job is still out.
-        running = [job for item in pending for job in item.jobs.values() if not job.done()]
+        running = [job for item in pending for job in item.jobs.values() if job is not None and not job.done()]
         if running:
             nearest = min(p.deadline for p in pending)
             wait(running, timeout=max(nearest - time.monotonic(), 0.0), return_when=FIRST_COMPLETED)
         for item in list(pending):
-            outcome = _settle(item)
-            if outcome is None and time.monotonic() < item.deadline:
-                continue
-            pending.remove(item)
-            if outcome is None:
-                for job in item.jobs.values():
-                    job.cancel()
-                item.trust.breaker.failure()
-                issues.append(failure_issue(item.trust, f"no answer within {item.deadline - started:.3g} s"))
-            elif isinstance(outcome, TrustAnswer):
-                item.trust.breaker.success()
-                issues.extend(_notes(item.trust, outcome))
-                on_answer(outcome)
-            else:
-                issues.append(failure_issue(item.trust, outcome))
+            conclude(item)
 
 
 def _settle(item: _Pending) -> TrustAnswer | str | None:
     """The trust's answer, or the reason it failed (breaker told), or None while it is still running."""
+    failure = item.failure
     for name, job in item.jobs.items():
-        if name in item.results or not job.done():
+        if failure is not None:
+            break
+        if job is None or name in item.results or not job.done():
             continue
         try:
             item.results[name] = job.result()
-        except ArchiveError as exc:  # the breaker decides what it means (circuit.CircuitBreaker.heard)
-            item.trust.breaker.heard(exc)
-            return exc.reason
-        except Exception:  # an adapter bug must not take the other trusts' answers down
-            log.exception("archive %s failed unexpectedly", item.trust.settings.id)
-            item.trust.breaker.failure()
-            return "internal error in its adapter"
+        except Exception as exc:
+            failure = exc
+    if isinstance(failure, ArchiveError):  # the breaker decides what it means (circuit.CircuitBreaker.heard)
+        item.trust.breaker.heard(failure)
+        return failure.reason
+    if failure is not None:  # an adapter bug must not take the other trusts' answers down
+        log.error("archive %s failed unexpectedly", item.trust.settings.id, exc_info=failure)
+        item.trust.breaker.failure()
+        return "internal error in its adapter"
     return item.answer() if item.finished() else None
 
 

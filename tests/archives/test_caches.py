@@ -63,7 +63,10 @@ def test_complete_answers_are_reused_until_the_ttl_ends(
     adapter: DicomWebArchive, dicomweb_service: DicomWebService, clock: Clock
 ) -> None:
     cached = CachedArchive(adapter, ttl_s=60, clock=clock)
-    assert cached.capabilities == Capabilities(series_by_patient=True) and cached.adapter is adapter
+    assert (
+        cached.capabilities == adapter.capabilities == Capabilities(series_by_patient=True, conversations=True)
+        and cached.adapter is adapter
+    )
     first = cached.find_studies(query("P1"))
     clock.now += 59.9
     again = cached.find_studies(query("P1"))

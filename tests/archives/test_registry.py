@@ -132,7 +132,7 @@ def test_dicomweb_type_builds_adapter_image_source_and_probe(
     try:
         assert isinstance(archive, DicomWebArchive) and archive.name == DICOMWEB
         assert (archive.url, archive.page_size, archive.timeout_s) == (dicomweb_service.url, 25, 2.0)
-        assert archive.capabilities == Capabilities(series_by_patient=True)
+        assert archive.capabilities == Capabilities(series_by_patient=True, conversations=True)
 
         # The image source shares the archive's session and credentials; WADO-RS at the QIDO-RS base.
         source = registry.image_source(mft, wrapped(archive), options())

@@ -1,4 +1,5 @@
-"""The DICOMweb adapter: QIDO-RS over one urllib3 pool per archive (app.archives.http.UpstreamPool).
+"""The DICOMweb adapter: QIDO-RS conversations (app.archives.exchange), run over one urllib3 pool per
+archive (app.archives.http.UpstreamPool), or with every other archive's at once by a search's fan-out.
 
 Every answer an archive may give is turned into data, an `incomplete` note, or an ArchiveError
 with a short, patient-free reason: 200 (also with an empty body), 204, 206, 4xx/5xx, 429 with
@@ -20,18 +21,10 @@ from urllib.parse import quote
 
 import orjson
 import requests
-import urllib3
 
 from app.archives import attributes, budget
-from app.archives.http import (
-    BrokenBody,
-    UpstreamAuth,
-    UpstreamPool,
-    failure_reason,
-    new_session,
-    pool_failure_reason,
-    retry_after_seconds,
-)
+from app.archives.exchange import Origin, Request, Steps, Unanswered, run
+from app.archives.http import UpstreamAuth, UpstreamPool, failure_reason, new_session, retry_after_seconds
 from app.archives.protocol import Archive, ArchiveError, ArchiveRejected, ArchiveRetryLater, Capabilities, Found, Probe
 from app.core import dicom_json as dj
 from app.core.dicom_json import Dataset
@@ -46,7 +39,8 @@ PROBE_STUDY_UID = "2.25.0"  # a syntactically valid UID under the UUID root that
 class DicomWebArchive:
     """An Archive over QIDO-RS. `url` is the DICOMweb base (…/dicom-web)."""
 
-    capabilities = Capabilities(series_by_patient=True)  # /series?PatientID= needs no study UIDs
+    # /series?PatientID= needs no study UIDs; every query is a conversation (app.archives.exchange)
+    capabilities = Capabilities(series_by_patient=True, conversations=True)
 
     def __init__(
         self,
@@ -102,21 +96,21 @@ class DicomWebArchive:
         return "&".join(parts)
 
     # -- HTTP ------------------------------------------------------------------------------
-    def _get_page(self, path: str, query: str) -> tuple[list[Dataset], str | None]:
+    def _get_page(self, path: str, query: str) -> Steps[tuple[list[Dataset], str | None]]:
         left = budget.remaining(self.timeout_s)
         if left <= 0:
             raise ArchiveError(self.name, f"no answer within {self.timeout_s:g} s")
         self.requests_made += 1
         try:
-            status, headers, content = self.pool.get(
+            reply = yield Request(
                 f"{self.url}/{path}?{query}",
-                left,
                 {"Accept": "application/dicom+json", **self.auth.headers(), **upstream_headers()},
                 self.auth.basic(),
+                left,
             )
-        except (urllib3.exceptions.HTTPError, OSError, BrokenBody) as exc:
-            raise ArchiveError(self.name, pool_failure_reason(exc, self.timeout_s)) from None
-        return self._read(status, headers, content)
+        except Unanswered as exc:
+            raise ArchiveError(self.name, exc.reason(self.timeout_s)) from None
+        return self._read(reply.status, reply.headers, reply.body)
 
     def _read(self, status: int, headers: Mapping[str, str], content: bytes) -> tuple[list[Dataset], str | None]:
         if status == 204:
@@ -148,12 +142,12 @@ class DicomWebArchive:
             note = "the archive reported that it returned only part of the results (Warning 299)"
         return body, note
 
-    def _search(self, path: str, keys: list[tuple[str, str]], fields: tuple[str, ...]) -> Found:
+    def _search(self, path: str, keys: list[tuple[str, str]], fields: tuple[str, ...]) -> Steps[Found]:
         """One query, paged with `offset` until a short page, for at most `max_pages` pages: the page cap
         bounds what one query may cost, and reaching it is an incomplete answer, not an archive failure."""
         found: list[Dataset] = []
         for _page in range(self.max_pages):
-            batch, note = self._get_page(path, self._query_string(keys, fields, len(found), self.page_size))
+            batch, note = yield from self._get_page(path, self._query_string(keys, fields, len(found), self.page_size))
             found.extend(batch)
             if note:
                 return Found(found, note)
@@ -165,20 +159,36 @@ class DicomWebArchive:
             "the rest were not fetched",
         )
 
-    # -- Archive protocol ------------------------------------------------------------------
+    # -- Archive protocol: each call is a conversation (app.archives.exchange), run here one request
+    # at a time, or by a search's fan-out with every other archive's at once (studies_steps, series_steps).
     def find_studies(self, query: StudyQuery) -> Found:
+        return run(self.studies_steps(query), self.pool.exchange)
+
+    def find_series(self, query: StudyQuery, study_uids: tuple[str, ...] = ()) -> Found:
+        return run(self.series_steps(query, study_uids), self.pool.exchange)
+
+    def find_instances(self, study_uid: str, series_uid: str | None = None) -> Found:
+        keys = [("StudyInstanceUID", study_uid)] + ([("SeriesInstanceUID", series_uid)] if series_uid else [])
+        return run(self._search("instances", keys, attributes.INSTANCE), self.pool.exchange)
+
+    @property
+    def origin(self) -> Origin | None:
+        """Where a multiplexer reaches this archive; None when it must go through the pool (a proxy)."""
+        return self.pool.origin if self.pool.multiplexable else None
+
+    def studies_steps(self, query: StudyQuery) -> Steps[Found]:
         keys = self._study_keys(query)
         if query.series_uid is not None or query.sop_instance_uid is not None:
             return self._studies_holding(query, keys)
         return self._search("studies", keys, attributes.STUDY)
 
-    def _studies_holding(self, query: StudyQuery, keys: list[tuple[str, str]]) -> Found:
+    def _studies_holding(self, query: StudyQuery, keys: list[tuple[str, str]]) -> Steps[Found]:
         level, key, value = (
             ("series", "SeriesInstanceUID", query.series_uid)
             if query.series_uid is not None
             else ("instances", "SOPInstanceUID", query.sop_instance_uid)
         )
-        holders = self._search(level, [*keys, (key, value or "")], ("StudyInstanceUID",))
+        holders = yield from self._search(level, [*keys, (key, value or "")], ("StudyInstanceUID",))
         uids = sorted(
             {
                 str(d[dj.STUDY_INSTANCE_UID]["Value"][0])
@@ -189,10 +199,10 @@ class DicomWebArchive:
         if not uids:
             return Found([], holders.incomplete)
         by_uid = [k for k in keys if k[0] != "StudyInstanceUID"] + [("StudyInstanceUID", ",".join(uids))]
-        studies = self._search("studies", by_uid, attributes.STUDY)
+        studies = yield from self._search("studies", by_uid, attributes.STUDY)
         return Found(studies.datasets, holders.incomplete or studies.incomplete)
 
-    def find_series(self, query: StudyQuery, study_uids: tuple[str, ...] = ()) -> Found:
+    def series_steps(self, query: StudyQuery, study_uids: tuple[str, ...] = ()) -> Steps[Found]:
         """All series of the query's studies in one request (by patient, or by the study UIDs)."""
         keys = self._study_keys(query) if query.patient is not None else []
         if query.patient is None or query.study_uids:
@@ -200,10 +210,6 @@ class DicomWebArchive:
             keys.append(("StudyInstanceUID", ",".join(query.study_uids or study_uids)))
         keys = [k for k in keys if k[0] not in ("ModalitiesInStudy", "StudyDate", "AccessionNumber")]
         return self._search("series", keys, attributes.SERIES)
-
-    def find_instances(self, study_uid: str, series_uid: str | None = None) -> Found:
-        keys = [("StudyInstanceUID", study_uid)] + ([("SeriesInstanceUID", series_uid)] if series_uid else [])
-        return self._search("instances", keys, attributes.INSTANCE)
 
     def close(self) -> None:
         self.pool.close()

@@ -1,0 +1,495 @@
+"""Upstream HTTP conversations written once, as data, and two ways to run them.
+
+An adapter writes a query's conversation with an archive as a generator (`Steps`): it yields each
+`Request`, is sent the archive's `Reply` (or has `Unanswered` thrown in when none came), and returns
+its result. Paging, status handling and parsing live in that one generator; the drivers only move bytes:
+
+- `run(steps, pool)`: one request after another over the adapter's urllib3 pool (`UpstreamPool`),
+  in the calling thread. Every adapter call outside a search's fan-out goes this way.
+- `Multiplexer`: many conversations at once in the calling thread, on non-blocking sockets: h11
+  reads and writes HTTP/1.1, `selectors` waits for whichever archive is ready. A federated search
+  asks 8 archives twice each (studies and series together) without a thread per request: the
+  thread hand-offs, and the GIL contention of 16 threads waking at once, cost more CPU than the
+  exchanges themselves (docs/operations.md, "Performance").
+
+The multiplexer keeps each archive's idle keep-alive connections (`Origin`), follows redirects as the
+pool does (at most 30, credentials dropped across origins), decodes gzip and deflate, and speaks TLS
+with the archive's own options (CA bundle, verification, client certificate). An archive reached
+through an HTTP proxy is not multiplexed: `UpstreamPool.multiplexable` is False and its fan-out jobs
+run on threads with `run`.
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+import selectors
+import socket
+import ssl
+import threading
+import time
+import zlib
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+from urllib.parse import urljoin, urlsplit
+
+import h11
+import urllib3
+
+T = TypeVar("T")
+Kind = Literal["tls", "refused", "connect_timeout", "timeout", "failed"]
+REDIRECTS = (301, 302, 303, 307, 308)
+MAX_REDIRECTS = 30
+_READ_BYTES = 65536
+_REASONS: dict[str, str] = {
+    "tls": "TLS failure",
+    "refused": "connection refused or reset",
+    "connect_timeout": "connection timed out after {timeout:g} s",
+    "timeout": "no answer within {timeout:g} s",
+    "failed": "request failed",
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    """A GET to an archive: the full URL, the request's own headers, Basic credentials if any, and the
+    seconds the blocking driver may wait for it."""
+
+    url: str
+    headers: Mapping[str, str]
+    basic: tuple[str, str] | None
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: Mapping[str, str]  # case-insensitive (urllib3.HTTPHeaderDict)
+    body: bytes
+
+
+class Unanswered(Exception):
+    """No answer came (or it broke off): `kind` says how; `reason` gives the short, patient-free words
+    an OperationOutcome or a log line may show, the one wording for both drivers."""
+
+    def __init__(self, kind: Kind) -> None:
+        super().__init__(kind)
+        self.kind: Kind = kind
+
+    def reason(self, timeout_s: float) -> str:
+        return _REASONS[self.kind].format(timeout=timeout_s)
+
+
+Steps = Generator[Request, Reply, T]
+
+
+def run(steps: Steps[T], send: Callable[[Request], Reply]) -> T:
+    """Drive a conversation one request at a time: `send` answers each Request with a Reply or raises
+    Unanswered (UpstreamPool.exchange)."""
+    try:
+        request = next(steps)
+        while True:
+            try:
+                reply = send(request)
+            except Unanswered as exc:
+                request = steps.throw(exc)
+            else:
+                request = steps.send(reply)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+
+
+# -- the multiplexer ---------------------------------------------------------------------------
+
+
+@dataclass
+class Origin:
+    """How to reach one archive without a pool thread: its TLS context, the headers every request
+    carries, and its idle keep-alive connections (shared by every search thread)."""
+
+    base_headers: Mapping[str, str]
+    tls: ssl.SSLContext | None = None
+    idle: dict[tuple[str, str, int], list[tuple[socket.socket, h11.Connection]]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    max_idle: int = 16
+
+    def take(self, key: tuple[str, str, int]) -> tuple[socket.socket, h11.Connection] | None:
+        """An idle connection still open (a readable idle socket was closed by the archive, or holds junk)."""
+        while True:
+            with self.lock:
+                stack = self.idle.get(key)
+                if not stack:
+                    return None
+                sock, conn = stack.pop()
+            if _quiet(sock):
+                conn.start_next_cycle()
+                return sock, conn
+            sock.close()
+
+    def give_back(self, key: tuple[str, str, int], sock: socket.socket, conn: h11.Connection) -> None:
+        with self.lock:
+            stack = self.idle.setdefault(key, [])
+            if len(stack) < self.max_idle:
+                stack.append((sock, conn))
+                return
+        sock.close()
+
+    def close(self) -> None:
+        with self.lock:
+            stacks, self.idle = list(self.idle.values()), {}
+        for stack in stacks:
+            for sock, _ in stack:
+                sock.close()
+
+
+def _quiet(sock: socket.socket) -> bool:
+    try:
+        probe = select.poll()
+        probe.register(sock, select.POLLIN)
+        return not probe.poll(0)
+    except (OSError, ValueError):
+        return False
+
+
+class _Exchange:
+    """One request in flight on one connection: connect, TLS handshake, send, receive."""
+
+    def __init__(self, origin: Origin, request: Request, redirects: int = 0) -> None:
+        self.origin = origin
+        self.request = request
+        self.redirects = redirects
+        parts = urlsplit(request.url)
+        self.scheme = parts.scheme.lower()
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if self.scheme == "https" else 80)
+        self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.key = (self.scheme, self.host, self.port)
+        self.sock: socket.socket | None = None
+        self.conn: h11.Connection | None = None
+        self.state = "connecting"
+        self.reused = False
+        self.answered = False  # a byte of the answer came: a broken connection is then no reason to retry
+        self.outgoing = b""
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+
+    # -- what to wait for ---------------------------------------------------------------
+    def start(self) -> None:
+        if self.scheme not in ("http", "https") or not self.host:
+            raise Unanswered("failed")
+        if self.scheme == "https" and self.origin.tls is None:
+            raise Unanswered("tls")
+        found = self.origin.take(self.key)
+        if found is not None:
+            self.sock, self.conn = found
+            self.reused = True
+            self._begin_sending()
+            return
+        self._connect()
+
+    def _connect(self) -> None:
+        self.reused = False
+        try:
+            info = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0]
+        except OSError:
+            raise Unanswered("refused") from None
+        sock = socket.socket(info[0], info[1], info[2])
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock, self.conn, self.state = sock, h11.Connection(h11.CLIENT), "connecting"
+        code = sock.connect_ex(info[4])
+        if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            raise Unanswered("refused")
+
+    def events(self) -> int:
+        if self.state in ("connecting", "sending") or self.state == "handshake-write":
+            return selectors.EVENT_WRITE
+        return selectors.EVENT_READ
+
+    # -- progress -------------------------------------------------------------------------
+    def advance(self) -> Reply | None:
+        """Do what the socket is ready for; the Reply once the answer is complete."""
+        assert self.sock is not None
+        if self.state == "connecting":
+            code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                raise Unanswered("refused")
+            if self.scheme == "https":
+                assert self.origin.tls is not None
+                self.sock = self.origin.tls.wrap_socket(
+                    self.sock, server_hostname=self.host, do_handshake_on_connect=False
+                )
+                self.state = "handshake-read"
+                self._handshake()
+            else:
+                self._begin_sending()
+        elif self.state.startswith("handshake"):
+            self._handshake()
+        elif self.state == "sending":
+            self._send()
+        else:
+            return self._receive()
+        return None
+
+    def _handshake(self) -> None:
+        assert isinstance(self.sock, ssl.SSLSocket)
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self.state = "handshake-read"
+            return
+        except ssl.SSLWantWriteError:
+            self.state = "handshake-write"
+            return
+        except (ssl.SSLError, ssl.CertificateError):
+            raise Unanswered("tls") from None
+        except OSError:
+            raise Unanswered("refused") from None
+        self._begin_sending()
+
+    def _begin_sending(self) -> None:
+        assert self.conn is not None
+        headers = {**self.origin.base_headers, **self.request.headers}
+        if self.request.basic is not None:
+            headers["Authorization"] = urllib3.util.make_headers(basic_auth=":".join(self.request.basic))[
+                "authorization"
+            ]
+        host = self.host if self.port == (443 if self.scheme == "https" else 80) else f"{self.host}:{self.port}"
+        try:
+            self.outgoing = self.conn.send(
+                h11.Request(method="GET", target=self.target, headers=[("Host", host), *headers.items()])
+            ) + (self.conn.send(h11.EndOfMessage()) or b"")
+        except h11.LocalProtocolError:
+            raise Unanswered("failed") from None
+        self.state = "sending"
+
+    def _send(self) -> None:
+        assert self.sock is not None
+        try:
+            sent = self.sock.send(self.outgoing)
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+            return
+        except ssl.SSLError:
+            raise Unanswered("tls") from None
+        except OSError:
+            raise Unanswered("refused") from None
+        self.outgoing = self.outgoing[sent:]
+        if not self.outgoing:
+            self.state = "receiving"
+
+    def _receive(self) -> Reply | None:
+        assert self.sock is not None and self.conn is not None
+        try:
+            data = self.sock.recv(_READ_BYTES)
+            if isinstance(self.sock, ssl.SSLSocket):
+                while self.sock.pending():
+                    data += self.sock.recv(self.sock.pending())
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            return None
+        except ssl.SSLError:
+            raise Unanswered("tls" if not self.answered else "failed") from None
+        except OSError:
+            raise Unanswered("failed" if self.status else "refused") from None
+        if data:
+            self.answered = True
+        self.conn.receive_data(data)
+        while True:
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError:
+                raise Unanswered("failed" if self.status else "refused") from None
+            if event is h11.NEED_DATA:
+                return None
+            if isinstance(event, h11.Response):
+                self.status, self.headers = event.status_code, list(event.headers)
+            elif isinstance(event, h11.Data):
+                self.body.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                return self._complete()
+            elif isinstance(event, h11.ConnectionClosed):
+                raise Unanswered("failed" if self.status else "refused")
+
+    def _complete(self) -> Reply:
+        assert self.sock is not None and self.conn is not None
+        headers = urllib3.HTTPHeaderDict()
+        for name, value in self.headers:
+            headers.add(name.decode("latin-1"), value.decode("latin-1"))
+        body = b"".join(self.body)
+        encoding = headers.get("Content-Encoding", "").strip().lower()
+        try:
+            if encoding == "gzip":
+                body = zlib.decompress(body, 16 + zlib.MAX_WBITS)
+            elif encoding == "deflate":
+                try:
+                    body = zlib.decompress(body)
+                except zlib.error:
+                    body = zlib.decompress(body, -zlib.MAX_WBITS)
+        except zlib.error:
+            raise Unanswered("failed") from None
+        return Reply(self.status, headers, body)
+
+    def release(self) -> None:
+        """After a complete answer (and once no selector watches the socket): keep the connection for
+        the next request to this archive, unless either side said it closes."""
+        assert self.sock is not None and self.conn is not None
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.origin.give_back(self.key, self.sock, self.conn)
+        else:
+            self.sock.close()
+        self.sock = None
+
+    def retryable(self) -> bool:
+        """A kept-alive connection the archive had closed: the request never reached it, send it again."""
+        return self.reused and not self.answered
+
+    def redirect(self, reply: Reply) -> _Exchange | None:
+        location = reply.headers.get("Location")
+        if reply.status not in REDIRECTS or not location or self.redirects >= MAX_REDIRECTS:
+            return None
+        url = urljoin(self.request.url, location)
+        moved = _Exchange(self.origin, Request(url, self.request.headers, self.request.basic, self.request.timeout_s))
+        if moved.key != self.key:  # another origin: our credentials are not for it (as urllib3 does)
+            headers = {k: v for k, v in self.request.headers.items() if k.lower() != "authorization"}
+            moved = _Exchange(self.origin, Request(url, headers, None, self.request.timeout_s))
+        moved.redirects = self.redirects + 1
+        return moved
+
+    def abandon(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+@dataclass
+class _Conversation:
+    key: object
+    steps: Steps[Any]
+    origin: Origin
+    deadline: float
+    exchange: _Exchange | None = None
+    connect_pending: bool = False
+
+
+@dataclass
+class Outcome:
+    """How one conversation ended: its result, the exception it raised, or `timed_out`."""
+
+    result: Any = None
+    error: Exception | None = None
+    timed_out: bool = False
+
+
+class Multiplexer:
+    """Runs conversations concurrently in the calling thread; each has its own deadline (monotonic)."""
+
+    def run(
+        self,
+        conversations: list[tuple[object, Steps[Any], Origin, float]],
+        on_done: Callable[[object, Outcome], None],
+    ) -> None:
+        """Drive every conversation to its end or its deadline; `on_done` is called once for each, in
+        the order they end (an answer is mapped while slower archives are still being waited for)."""
+        live: dict[int, _Conversation] = {}
+        with selectors.DefaultSelector() as selector:
+
+            def step(conv: _Conversation, send: Reply | Unanswered | None) -> None:
+                """Feed the generator; start its next request, or finish it."""
+                try:
+                    if send is None:
+                        request = next(conv.steps)
+                    elif isinstance(send, Unanswered):
+                        request = conv.steps.throw(send)
+                    else:
+                        request = conv.steps.send(send)
+                except StopIteration as done:
+                    finish(conv, Outcome(result=done.value))
+                    return
+                except Exception as exc:  # the adapter's verdict (ArchiveError) or its bug: the caller decides
+                    finish(conv, Outcome(error=exc))
+                    return
+                launch(conv, _Exchange(conv.origin, request))
+
+            def launch(conv: _Conversation, exchange: _Exchange) -> None:
+                conv.exchange = exchange
+                try:
+                    exchange.start()
+                except Unanswered as exc:
+                    exchange.abandon()
+                    step(conv, exc)
+                    return
+                register(conv)
+
+            def register(conv: _Conversation) -> None:
+                assert conv.exchange is not None and conv.exchange.sock is not None
+                fd = conv.exchange.sock.fileno()
+                if live.get(fd) is conv:
+                    selector.modify(fd, conv.exchange.events(), conv)
+                    return
+                live[fd] = conv
+                selector.register(fd, conv.exchange.events(), conv)
+
+            def unregister(conv: _Conversation) -> None:
+                if conv.exchange is not None and conv.exchange.sock is not None:
+                    fd = conv.exchange.sock.fileno()
+                    if live.pop(fd, None) is not None:
+                        selector.unregister(fd)
+
+            def finish(conv: _Conversation, outcome: Outcome) -> None:
+                unregister(conv)
+                if conv.exchange is not None:
+                    conv.exchange.abandon()
+                on_done(conv.key, outcome)
+
+            for key, steps, origin, deadline in conversations:
+                step(_Conversation(key, steps, origin, deadline), None)
+
+            while live:
+                now = time.monotonic()
+                for conv in {id(c): c for c in live.values()}.values():
+                    if conv.deadline <= now:
+                        finish(conv, Outcome(timed_out=True))
+                        conv.steps.close()
+                if not live:
+                    break
+                nearest = min(c.deadline for c in live.values())
+                for selected, _ in selector.select(max(nearest - time.monotonic(), 0.0)):
+                    conv = selected.data
+                    exchange = conv.exchange
+                    if exchange is None or exchange.sock is None or live.get(selected.fd) is not conv:
+                        continue
+                    events = exchange.events()
+                    try:
+                        reply = exchange.advance()
+                    except Unanswered as exc:
+                        unregister(conv)
+                        exchange.abandon()
+                        if exchange.retryable():
+                            retry = _Exchange(conv.origin, exchange.request, exchange.redirects)
+                            retry.reused = False
+                            conv.exchange = retry
+                            try:
+                                retry._connect()
+                            except Unanswered as again:
+                                retry.abandon()
+                                step(conv, again)
+                                continue
+                            register(conv)
+                            continue
+                        step(conv, exc)
+                        continue
+                    if reply is None:
+                        if exchange.events() != events:
+                            register(conv)
+                        continue
+                    live.pop(selected.fd, None)
+                    selector.unregister(selected.fd)
+                    exchange.release()
+                    moved = exchange.redirect(reply)
+                    if moved is not None:
+                        launch(conv, moved)
+                        continue
+                    conv.exchange = None
+                    step(conv, reply)

@@ -1,0 +1,263 @@
+"""app/archives/exchange.py: conversations run by the blocking driver and by the multiplexer give the same
+answers, over real sockets on loopback: keep-alive reuse, an idle connection the server closed, gzip,
+redirects (credentials dropped across origins), TLS with the archive's CA bundle, refusals and deadlines.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import requests
+
+from app.archives.dicomweb.qido import DicomWebArchive
+from app.archives.exchange import Multiplexer, Outcome, Request, Steps, Unanswered, run
+from app.archives.http import UpstreamPool, new_session
+from app.archives.protocol import ArchiveError, Found
+from app.core.query import PatientKey, StudyQuery
+from tests.infra import free_port
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Behaviour:
+    gzip: bool = False
+    close: bool = False  # answer with Connection: close
+    redirect_to: str | None = None  # 302 to this URL for /moved
+    delay_s: float = 0.0
+    connections: int = 0
+    seen: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Authorization)
+
+
+def _server(behaviour: Behaviour, tls: ssl.SSLContext | None = None) -> tuple[http.server.ThreadingHTTPServer, str]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            behaviour.connections += 1
+            super().setup()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            behaviour.seen.append((self.path, self.headers.get("Authorization")))
+            time.sleep(behaviour.delay_s)
+            if self.path.startswith("/moved") and behaviour.redirect_to:
+                self.send_response(302)
+                self.send_header("Location", behaviour.redirect_to)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = orjson.dumps([{"00100020": {"vr": "LO", "Value": [self.path]}}])
+            self.send_response(200)
+            self.send_header("Content-Type", "application/dicom+json")
+            if behaviour.gzip:
+                body = gzip.compress(body)
+                self.send_header("Content-Encoding", "gzip")
+            if behaviour.close:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    scheme = "http"
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"{scheme}://127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.fixture()
+def behaviour() -> Behaviour:
+    return Behaviour()
+
+
+@pytest.fixture()
+def base(behaviour: Behaviour) -> Iterator[str]:
+    server, url = _server(behaviour)
+    yield url
+    server.shutdown()
+    server.server_close()
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> Steps[tuple[int, bytes, str]]:
+    reply = yield Request(url, headers or {}, None, 2.0)
+    return reply.status, reply.body, reply.headers.get("Content-Type", "")
+
+
+def _pages(url: str, count: int) -> Steps[list[bytes]]:
+    bodies = []
+    for page in range(count):
+        reply = yield Request(f"{url}/page{page}", {}, None, 2.0)
+        bodies.append(reply.body)
+    return bodies
+
+
+def _multiplexed(pool: UpstreamPool, jobs: list[Steps[Any]], deadline_s: float = 2.0) -> list[Outcome]:
+    outcomes: dict[object, Outcome] = {}
+    deadline = time.monotonic() + deadline_s
+    Multiplexer().run([(i, job, pool.origin, deadline) for i, job in enumerate(jobs)], outcomes.__setitem__)
+    return [outcomes[i] for i in range(len(jobs))]
+
+
+def test_both_drivers_give_the_same_answers(base: str, behaviour: Behaviour) -> None:
+    pool = UpstreamPool(base, requests.Session())
+    blocking = [run(_get(f"{base}/a{i}"), pool.exchange) for i in range(3)]
+    multiplexed = [o.result for o in _multiplexed(pool, [_get(f"{base}/a{i}") for i in range(3)])]
+    assert blocking == multiplexed
+    assert [b[0] for b in blocking] == [200, 200, 200] and blocking[0][2] == "application/dicom+json"
+    assert orjson.loads(blocking[2][1]) == [{"00100020": {"vr": "LO", "Value": ["/a2"]}}]
+
+
+def test_many_conversations_at_once_take_one_wait(base: str, behaviour: Behaviour) -> None:
+    behaviour.delay_s = 0.2
+    pool = UpstreamPool(base, requests.Session())
+    began = time.monotonic()
+    outcomes = _multiplexed(pool, [_get(f"{base}/s{i}") for i in range(8)])
+    took = time.monotonic() - began
+    assert all(o.result[0] == 200 for o in outcomes)
+    assert took < 8 * 0.2  # in parallel, not one after another (a correctness bound, not a timing target)
+
+
+def test_a_conversation_pages_over_one_kept_alive_connection(base: str, behaviour: Behaviour) -> None:
+    pool = UpstreamPool(base, requests.Session())
+    (outcome,) = _multiplexed(pool, [_pages(base, 4)])
+    assert [orjson.loads(b)[0]["00100020"]["Value"][0] for b in outcome.result] == [f"/page{i}" for i in range(4)]
+    assert behaviour.connections == 1
+    _multiplexed(pool, [_pages(base, 2)])  # the next search takes the idle connection
+    assert behaviour.connections == 1
+
+
+def test_an_idle_connection_the_archive_closed_is_not_an_error(base: str, behaviour: Behaviour) -> None:
+    pool = UpstreamPool(base, requests.Session())
+    _multiplexed(pool, [_get(f"{base}/first")])
+    # The server forgets the connection the pool keeps (as a keep-alive timeout does).
+    for sock, _ in next(iter(pool.origin.idle.values())):
+        sock.shutdown(socket.SHUT_RD)
+    (outcome,) = _multiplexed(pool, [_get(f"{base}/second")])
+    assert outcome.error is None and outcome.result[0] == 200
+
+
+def test_connection_close_is_honoured(base: str, behaviour: Behaviour) -> None:
+    behaviour.close = True
+    pool = UpstreamPool(base, requests.Session())
+    (outcome,) = _multiplexed(pool, [_pages(base, 3)])
+    assert len(outcome.result) == 3 and behaviour.connections == 3
+    assert not any(pool.origin.idle.values())
+
+
+def test_gzip_answers_are_decoded(base: str, behaviour: Behaviour) -> None:
+    behaviour.gzip = True
+    pool = UpstreamPool(base, requests.Session())
+    (outcome,) = _multiplexed(pool, [_get(f"{base}/zipped")])
+    assert orjson.loads(outcome.result[1]) == [{"00100020": {"vr": "LO", "Value": ["/zipped"]}}]
+
+
+def test_redirects_are_followed_and_credentials_stay_with_their_origin(base: str, behaviour: Behaviour) -> None:
+    other = Behaviour()
+    server, other_base = _server(other)
+    try:
+        behaviour.redirect_to = "/here"
+        pool = UpstreamPool(base, requests.Session())
+        (same,) = _multiplexed(pool, [_get(f"{base}/moved", {"Authorization": "Bearer archive-token"})])
+        assert same.result[0] == 200 and behaviour.seen[-1] == ("/here", "Bearer archive-token")
+        behaviour.redirect_to = f"{other_base}/elsewhere"
+        (away,) = _multiplexed(pool, [_get(f"{base}/moved", {"Authorization": "Bearer archive-token"})])
+        assert away.result[0] == 200 and other.seen == [("/elsewhere", None)]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_refused_and_silent_archives(behaviour: Behaviour) -> None:
+    refused = f"http://127.0.0.1:{free_port()}"
+    pool = UpstreamPool(refused, requests.Session())
+    with pytest.raises(Unanswered) as raised:
+        run(_get(f"{refused}/x"), pool.exchange)
+    assert raised.value.reason(1) == "connection refused or reset"
+    (outcome,) = _multiplexed(pool, [_get(f"{refused}/x")])
+    assert isinstance(outcome.error, Unanswered) and outcome.error.kind == "refused"
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        began = time.monotonic()
+        (outcome,) = _multiplexed(UpstreamPool(url, requests.Session()), [_get(f"{url}/x")], deadline_s=0.3)
+        assert outcome.timed_out and time.monotonic() - began < 2.0
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_tls_with_the_archives_ca_bundle(certificate: tuple[Path, Path], behaviour: Behaviour) -> None:
+    cert, key = certificate
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server, url = _server(behaviour, context)
+    try:
+        trusted = UpstreamPool(url, new_session({"ca_bundle": str(cert)}))
+        (outcome,) = _multiplexed(trusted, [_pages(url, 2)])
+        assert outcome.error is None and len(outcome.result) == 2
+        assert run(_get(f"{url}/blocking"), trusted.exchange)[0] == 200
+        untrusted = UpstreamPool(url, new_session())  # the system's CAs do not know this certificate
+        (refused,) = _multiplexed(untrusted, [_get(f"{url}/x")])
+        assert isinstance(refused.error, Unanswered) and refused.error.reason(1) == "TLS failure"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_adapters_conversations_are_its_calls(base: str, behaviour: Behaviour) -> None:
+    archive = DicomWebArchive("t", f"{base}/dicom-web", timeout_s=2)
+    query = StudyQuery(patient=PatientKey("P1", "NHS"))
+    called = archive.find_studies(query)
+    (outcome,) = _multiplexed(archive.pool, [archive.studies_steps(query)])
+    assert isinstance(outcome.result, Found) and isinstance(called, Found)
+    assert behaviour.seen[0][0] == behaviour.seen[1][0]  # the same request, whichever driver
+    assert outcome.result.datasets[0].keys() == called.datasets[0].keys()
+    archive.close()
+
+
+def test_an_archive_error_ends_only_its_own_conversation(base: str) -> None:
+    refused = DicomWebArchive("down", f"http://127.0.0.1:{free_port()}/dicom-web", timeout_s=2)
+    up = DicomWebArchive("up", f"{base}/dicom-web", timeout_s=2)
+    query = StudyQuery(patient=PatientKey("P1", "NHS"))
+    outcomes: dict[object, Outcome] = {}
+    deadline = time.monotonic() + 2
+    assert refused.origin is not None and up.origin is not None
+    Multiplexer().run(
+        [
+            ("down", refused.studies_steps(query), refused.origin, deadline),
+            ("up", up.studies_steps(query), up.origin, deadline),
+        ],
+        outcomes.__setitem__,
+    )
+    assert isinstance(outcomes["down"].error, ArchiveError)
+    assert outcomes["down"].error.reason == "connection refused or reset"
+    assert isinstance(outcomes["up"].result, Found) and outcomes["up"].result.datasets
