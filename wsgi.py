@@ -1,5 +1,5 @@
 """WSGI entry point: `FACADE_CONFIG=FILE gunicorn wsgi:app`."""
 
-from app import create_app
+from app import serving_app
 
-app = create_app()
+app = serving_app()

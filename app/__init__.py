@@ -10,6 +10,7 @@ import hmac
 import os
 from typing import TYPE_CHECKING
 
+from app.ops.collector import settle_collector
 from app.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -17,6 +18,14 @@ if TYPE_CHECKING:
 
 __version__ = "0.2.0"  # the one place: pyproject.toml, --version, CapabilityStatement.software
 CONFIG_ENV = "FACADE_CONFIG"
+
+
+def serving_app(settings: Settings | str | os.PathLike[str] | None = None) -> Flask:
+    """create_app for a server process (wsgi.py, python -m app serve): the app, then the process's garbage
+    collector settled for serving (app.ops.collector, `ops.gc_thresholds`)."""
+    app = create_app(settings)
+    settle_collector(app.config["SETTINGS"].ops.gc_thresholds)
+    return app
 
 
 def create_app(settings: Settings | str | os.PathLike[str] | None = None) -> Flask:
@@ -43,6 +52,7 @@ def create_app(settings: Settings | str | os.PathLike[str] | None = None) -> Fla
 
     app = Flask(__name__, static_folder=None)
     app.config["VERSION"] = __version__
+    app.config["SETTINGS"] = settings
     app.secret_key = hmac.new(settings.cursor_secret, b"session", hashlib.sha256).digest()
     app.config.update(
         SESSION_COOKIE_HTTPONLY=True,

@@ -158,9 +158,9 @@ def serve(config: str, host: str, port: int, workers: int, threads: int) -> int:
             self.cfg.set("child_exit", gunicorn_conf.child_exit)
 
         def load(self) -> Any:
-            from app import create_app
+            from app import serving_app
 
-            return create_app(load_settings(config))
+            return serving_app(load_settings(config))
 
     from app.telemetry.logs import configure_logging
 

@@ -390,6 +390,7 @@ def ops_settings(doc: dict[str, Any], auth: AuthSettings) -> OpsSettings:
         trusted_proxies=int(doc["trusted_proxies"]),
         log_level=doc["log_level"],
         log_patient_data=doc["log_patient_data"],
+        gc_thresholds=(int(doc["gc_thresholds"][0]), int(doc["gc_thresholds"][1]), int(doc["gc_thresholds"][2])),
         probe_timeout_s=float(readiness["probe_timeout_s"]),
         readiness_cache_s=float(readiness["cache_s"]),
         archives_required=readiness["archives_required"],

@@ -175,6 +175,7 @@ class OpsSettings:
     trusted_proxies: int
     log_level: str
     log_patient_data: bool
+    gc_thresholds: tuple[int, int, int]
     probe_timeout_s: float
     readiness_cache_s: float
     archives_required: str

@@ -29,6 +29,7 @@ def test_ops_defaults_when_the_section_is_absent(ops_document, demo_data):
         trusted_proxies=0,
         log_level="INFO",
         log_patient_data=False,
+        gc_thresholds=(10000, 10, 10),
         probe_timeout_s=2.0,
         readiness_cache_s=5.0,
         archives_required="any",

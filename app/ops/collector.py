@@ -1,0 +1,19 @@
+"""The cyclic garbage collector of a serving process, settled once the app is built.
+
+A federated search allocates tens of thousands of containers (the archives' DICOM JSON, the mapped
+resources), nearly all freed by reference counting when the response is sent. With CPython's default
+thresholds (700, 10, 10) a young collection ran every ~700 allocations and an older one walked the whole
+long-lived heap (Flask, the data dictionaries, the mapping tables) over and over: about 40% of a search's
+CPU (bench/RESULTS.md, "Facade CPU"). After start-up everything alive is moved out of the collector's
+sight (gc.freeze) and generation 0 collects every `ops.gc_thresholds[0]` allocations instead.
+"""
+
+from __future__ import annotations
+
+import gc
+
+
+def settle_collector(thresholds: tuple[int, int, int]) -> None:
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*thresholds)
