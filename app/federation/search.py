@@ -416,8 +416,21 @@ def _matches(study: dict[str, Any], search: StudySearch, zone: tzinfo) -> bool:
 
 
 def _sort_key(study: dict[str, Any], zone: tzinfo, descending: bool) -> tuple[int, float, str]:
-    found = _started(study, zone)
-    if found is None:
+    stamp = _start_stamp(study.get("started"), zone)
+    if stamp is None:
         return (1, 0.0, study["id"])  # studies without a date come last, whatever the direction
-    stamp = found[0].timestamp()
     return (0, -stamp if descending else stamp, study["id"])
+
+
+def _start_stamp(started: str | None, zone: tzinfo) -> float | None:
+    """When a study started, as a POSIX time. A full dateTime with its offset (what the mapping writes when
+    the archive gives a time) is read by datetime.fromisoformat; anything else as a search date is."""
+    if started and len(started) > 19 and started[10] == "T":
+        try:
+            instant = datetime.fromisoformat(started)
+        except ValueError:
+            instant = None
+        if instant is not None and instant.tzinfo is not None:
+            return instant.timestamp()
+    found = _started({"started": started}, zone)
+    return None if found is None else found[0].timestamp()
