@@ -1,7 +1,11 @@
 """Fan-out: one search's archive queries, in parallel, each trust within its own time budget.
 
-- Bulkheads: every trust has its own small thread pool, so a hanging archive can only tie up its
-  own threads, never the healthy trusts' ones.
+- QIDO-RS archives are asked without a thread: their queries are conversations (app.archives.exchange)
+  that the search's own thread runs all at once on non-blocking sockets, each within its trust's
+  deadline, so a hanging archive costs one idle socket until then and nothing else.
+- Bulkheads for the rest (DIMSE, folders, reads one study at a time, an archive behind an HTTP proxy):
+  every trust has its own small thread pool, so a hanging archive can only tie up its own threads,
+  never the healthy trusts' ones.
 - Where the archive can find a patient's series without the study UIDs (QIDO-RS, the folder),
   the studies and series requests go out together: one round trip of latency, still two requests.
 - A job carries its deadline down to the adapter (archives.budget), so an abandoned request stops
