@@ -202,6 +202,10 @@ http {{
         _wait_port(self.port, self.process, self.workdir / "error.log", 30)
         return self
 
+    def access_lines(self) -> list[str]:
+        """The access log's lines so far (the log format above: $uri last)."""
+        return (self.workdir / "access.log").read_text().splitlines()
+
     def upstreams(self, uri: str) -> list[tuple[str, list[str], list[str]]]:
         """(status, upstream addresses tried, their statuses) of each logged request for `uri`."""
         found = []
@@ -292,6 +296,7 @@ class NativeStack:
             "POSTGRES_PORT": str(self.postgres.port),
             "REDIS_HOST": "127.0.0.1",
             "REDIS_PORT": str(self.redis.port),
+            "GATEWAY_INCLUDE": str(self.workdir / "nginx" / "gateway" / "*.conf"),
         }
         for trust, server in self.orthancs.items():
             self.values[f"{trust.upper()}_HOST"] = server.host
