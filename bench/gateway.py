@@ -62,7 +62,6 @@ def nginx_front(rig: GatewayRig, folder: Path, accel: bool) -> Nginx:
         "FACADE_A_PORT": str(rig.port),
         "FACADE_B_HOST": "127.0.0.1",
         "FACADE_B_PORT": str(rig.port),
-        "GATEWAY_INCLUDE": str(included / "*.conf"),
     }
     return Nginx(folder, port, render.render(render.NGINX_TEMPLATE, values)).start()
 

@@ -296,7 +296,6 @@ class NativeStack:
             "POSTGRES_PORT": str(self.postgres.port),
             "REDIS_HOST": "127.0.0.1",
             "REDIS_PORT": str(self.redis.port),
-            "GATEWAY_INCLUDE": str(self.workdir / "nginx" / "gateway" / "*.conf"),
         }
         for trust, server in self.orthancs.items():
             self.values[f"{trust.upper()}_HOST"] = server.host

@@ -138,7 +138,6 @@ def nginx(facade: str, document: dict[str, Any], demo_data: Path) -> Iterator[Ng
         "FACADE_A_PORT": facade_port,
         "FACADE_B_HOST": "127.0.0.1",
         "FACADE_B_PORT": facade_port,
-        "GATEWAY_INCLUDE": str(workdir / "gateway" / "*.conf"),
     }
     server = Nginx(workdir, port, render.render(render.NGINX_TEMPLATE, values))
     try:
@@ -477,7 +476,6 @@ def test_an_archive_that_is_down_is_a_502_outcome(
         "FACADE_A_PORT": facade_port,
         "FACADE_B_HOST": "127.0.0.1",
         "FACADE_B_PORT": facade_port,
-        "GATEWAY_INCLUDE": str(workdir / "gateway" / "*.conf"),
     }
     down = Nginx(workdir, port, render.render(render.NGINX_TEMPLATE, values)).start()
     try:
