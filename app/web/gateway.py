@@ -12,6 +12,10 @@ is checked in this order, and nothing reaches an archive before the first four p
 Every retrieval, refusal included, is written to the audit log before the first byte leaves. The
 body is relayed chunk by chunk; when the archive breaks off mid-stream the response ends short (the
 client sees an incomplete body), the failure is logged and audited, and the worker goes on serving.
+
+Behind nginx with `gateway.relay: nginx`, step 5 is nginx's: the facade answers X-Accel-Redirect to the
+trust's internal location (app.web.accel) and nginx streams the archive's answer itself; a transfer
+that breaks off then is in nginx's log, not the audit trail.
 """
 
 from __future__ import annotations
