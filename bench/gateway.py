@@ -83,6 +83,7 @@ def nginx_workers(server: Nginx) -> list[int]:
 def behind_nginx(args: argparse.Namespace) -> None:
     """P4 behind nginx: direct vs X-Accel-Redirect vs the Python relay, side by side."""
     folder = Path(tempfile.mkdtemp(prefix="bench-gateway-nginx-"))
+    load_start = os.getloadavg()[0]
     with GatewayRig(megabytes=args.megabytes, chunk_bytes=args.chunk_bytes, relay="nginx") as rig:
         accel = nginx_front(rig, folder / "accel", accel=True)
         python = nginx_front(rig, folder / "python", accel=False)
@@ -117,6 +118,7 @@ def behind_nginx(args: argparse.Namespace) -> None:
             accel.stop()
             python.stop()
             shutil.rmtree(folder, ignore_errors=True)
+    load_end = os.getloadavg()[0]
     medians = {name: statistics.median(values) for name, values in speeds.items()}
     ratio = medians["X-Accel"] / medians["direct"]
     python_ratio = medians["Python relay"] / medians["direct"]
@@ -125,6 +127,8 @@ def behind_nginx(args: argparse.Namespace) -> None:
     def per_gb(name: str) -> str:
         return ", ".join(f"{process} {seconds / gigabytes:.2f}" for process, seconds in cpu[name].items())
 
+    total = {name: sum(cpu[name].values()) / gigabytes for name in cpu}
+
     met = "yes" if ratio >= 0.95 else "no"
     direct_mbs, accel_mbs, python_mbs = medians["direct"], medians["X-Accel"], medians["Python relay"]
     body = f"""A {size / 1e6:.0f} MB study (WADO-RS, multipart/related, incompressible 16-bit pixel data) from one
@@ -132,7 +136,8 @@ Orthanc on loopback: directly, through nginx with the facade handing the relay o
 X-Accel-Redirect to the internal location `python -m app nginx-config` generates) and through nginx with the
 facade relaying in Python (the same facade, an nginx without the include); gunicorn 1 worker (gthread),
 nginx 1 worker each, {args.rounds} rounds rotating the order; MB/s per retrieval, medians. Archive, nginx,
-facade and client share this machine's {os.cpu_count()} cores (another benchmark may have been running).
+facade and client share this machine's {os.cpu_count()} cores; load average at start / end {load_start:.1f} /
+{load_end:.1f} (other processes share the machine).
 
 | target | direct MB/s | through nginx MB/s | ratio | met? |
 |---|---|---|---|---|
@@ -143,7 +148,10 @@ Retrievals nginx relayed from its internal location (access log): {relayed} of {
 X-Accel server (the warm-up included).
 
 CPU per GB moved (seconds, user + system; all rounds): direct: {per_gb("direct")}; X-Accel: {per_gb("X-Accel")};
-Python relay: {per_gb("Python relay")}.
+Python relay: {per_gb("Python relay")}. All processes together: direct {total["direct"]:.2f}, X-Accel
+{total["X-Accel"]:.2f} ({total["direct"] / total["X-Accel"]:.2f}x the direct path's), Python relay
+{total["Python relay"]:.2f} ({total["direct"] / total["Python relay"]:.2f}x): on cores that archive, proxy and
+client share, throughput follows the CPU a byte costs, and nginx's extra loopback hop is most of the gap.
 
 All rounds, MB/s: {"; ".join(f"{name} " + ", ".join(f"{v:.0f}" for v in values) for name, values in speeds.items())}.
 """
