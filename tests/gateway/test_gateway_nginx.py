@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import http.client
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -144,6 +145,7 @@ def nginx(facade: str, document: dict[str, Any], demo_data: Path) -> Iterator[Ng
         yield server.start()
     finally:
         server.stop()
+        shutil.rmtree(workdir.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -482,6 +484,7 @@ def test_an_archive_that_is_down_is_a_502_outcome(
         response = requests.get(f"{down.origin}/dicomweb/{TRUST}/studies/{study}/metadata", headers=system, timeout=10)
     finally:
         down.stop()
+        shutil.rmtree(workdir.parent, ignore_errors=True)
     body = outcome(response, 502)
     assert body["issue"][0]["code"] == "exception" and "connection refused" in body["issue"][0]["diagnostics"]
 
