@@ -443,6 +443,24 @@ def postman_env(config: str, base: str, out: str | None) -> int:
     return 0
 
 
+def nginx_config(config: str, ca_bundle: str) -> int:
+    """Print the image gateway's nginx include (gateway.relay: nginx) for a configuration."""
+    from app.web import accel
+
+    try:
+        settings = load_settings(config)
+    except ConfigError as error:
+        return config_failure("nginx-config", error)
+    print(accel.nginx_config(settings, ca_bundle), end="")
+    if settings.gateway_relay != "nginx":
+        print(
+            f"nginx-config: {config}: gateway.relay is {settings.gateway_relay!r}: the facade will not hand "
+            "retrievals to nginx until it is 'nginx'",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """Every command and option, each with what it does and its default."""
     top = argparse.ArgumentParser(prog="python -m app", description=__doc__)
@@ -552,6 +570,24 @@ def parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="where to write (default: postman/local.postman_environment.json, git-ignored)",
     )
+
+    n = sub.add_parser(
+        "nginx-config",
+        help="print the image gateway's nginx locations (gateway.relay: nginx)",
+        description="Print the nginx include (server context) that lets nginx relay the image gateway's bytes: "
+        "the relay key nginx marks the facade's requests with, one internal location per trust archive "
+        "served over HTTP (X-Accel-Redirect target: the archive's URL, TLS options, timeouts) and the "
+        "OperationOutcome bodies of archive errors. Include it in the server block of "
+        "deploy/nginx.template.conf; it holds a key derived from the cursor secret: keep it private.",
+    )
+    n.add_argument("--config", required=True, metavar="FILE", help="the configuration file (YAML or JSON); required")
+    n.add_argument(
+        "--ca-bundle",
+        default="/etc/ssl/certs/ca-certificates.crt",
+        metavar="FILE",
+        help="CA certificates nginx verifies an https archive with when its tls has no ca_bundle, as a path "
+        "on nginx's machine (default: %(default)s)",
+    )
     return top
 
 
@@ -577,6 +613,8 @@ def run(args: argparse.Namespace) -> int:
 
         print(hash_secret(args.secret))
         return 0
+    if args.command == "nginx-config":
+        return nginx_config(args.config, args.ca_bundle)
     if args.command == "serve":
         return serve(args.config, args.host, args.port, args.workers, args.threads)
     if args.command == "check-config":

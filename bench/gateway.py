@@ -6,19 +6,31 @@ retrieves the whole study (WADO-RS, multipart/related) once directly and once th
 in alternating order, streaming to nowhere; the ratio of the median throughputs is the figure (target
 >= 0.8x). The gunicorn worker's peak RSS (VmHWM) before and after says whether relaying holds data.
 
-Run: python -m bench.gateway [--megabytes 300] [--rounds 5]
+With --nginx (the deployed topology, P4 behind nginx): two nginx servers from deploy/nginx.template.conf in
+front of the same facade (gateway.relay: nginx), one with the include `python -m app nginx-config` prints
+(the facade answers X-Accel-Redirect and nginx streams from the archive) and one without it (the facade
+relays in Python); each round retrieves the study directly, through nginx with X-Accel-Redirect and
+through nginx with the Python relay, rotating the order (target: X-Accel >= 0.95x direct).
+
+Run: python -m bench.gateway [--megabytes 300] [--rounds 5] [--nginx]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import requests
 
 from bench.results import write_section
+from tests.deploy.native import Nginx
+from tests.deploy.support import render
+from tests.infra import free_port
 from tests.infra.gateway_rig import GatewayRig
 
 
@@ -33,12 +45,131 @@ def retrieve(url: str, headers: dict[str, str]) -> tuple[int, float, float]:
     return size, time.perf_counter() - began, time.process_time() - cpu
 
 
+def nginx_front(rig: GatewayRig, folder: Path, accel: bool) -> Nginx:
+    """nginx as deployed in front of the rig's facade, with (accel) or without the generated include."""
+    from app.settings import load_settings
+    from app.web.accel import nginx_config
+
+    included = folder / "gateway"
+    included.mkdir(parents=True)
+    if accel:
+        assert rig.config_path is not None
+        (included / "gateway.conf").write_text(nginx_config(load_settings(rig.config_path)))
+    port = free_port()
+    values = {
+        "LISTEN_PORT": str(port),
+        "FACADE_A_HOST": "127.0.0.1",
+        "FACADE_A_PORT": str(rig.port),
+        "FACADE_B_HOST": "127.0.0.1",
+        "FACADE_B_PORT": str(rig.port),
+    }
+    return Nginx(folder, port, render.render(render.NGINX_TEMPLATE, values)).start()
+
+
+def cpu_of(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def nginx_workers(server: Nginx) -> list[int]:
+    assert server.process is not None
+    pid = server.process.pid
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def behind_nginx(args: argparse.Namespace) -> None:
+    """P4 behind nginx: direct vs X-Accel-Redirect vs the Python relay, side by side."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-gateway-nginx-"))
+    load_start = os.getloadavg()[0]
+    with GatewayRig(megabytes=args.megabytes, chunk_bytes=args.chunk_bytes, relay="nginx") as rig:
+        accel = nginx_front(rig, folder / "accel", accel=True)
+        python = nginx_front(rig, folder / "python", accel=False)
+        try:
+            path = rig.gateway_url().split(f":{rig.port}", 1)[1]
+            variants = {
+                "direct": (rig.direct_url(), {"Accept-Encoding": "identity"}),
+                "X-Accel": (accel.origin + path, rig.headers),
+                "Python relay": (python.origin + path, rig.headers),
+            }
+            for url, headers in variants.values():
+                retrieve(url, headers)  # warm the disk cache, the worker and nginx
+            speeds: dict[str, list[float]] = {name: [] for name in variants}
+            cpu = {name: {"archive": 0.0, "gateway": 0.0, "nginx": 0.0, "client": 0.0} for name in variants}
+            names = list(variants)
+            size = 0
+            for round_ in range(args.rounds):
+                order = names[round_ % 3 :] + names[: round_ % 3]
+                for name in order:
+                    url, headers = variants[name]
+                    before = rig.cpu_seconds()
+                    nginx_before = cpu_of(nginx_workers(accel) + nginx_workers(python))
+                    size, seconds, client_cpu = retrieve(url, headers)
+                    after = rig.cpu_seconds()
+                    cpu[name]["nginx"] += cpu_of(nginx_workers(accel) + nginx_workers(python)) - nginx_before
+                    speeds[name].append(size / seconds / 1e6)
+                    for process in ("archive", "gateway"):
+                        cpu[name][process] += after[process] - before[process]
+                    cpu[name]["client"] += client_cpu
+            relayed = sum(1 for line in accel.access_lines() if "/_gateway/relay/big/" in line)
+        finally:
+            accel.stop()
+            python.stop()
+            shutil.rmtree(folder, ignore_errors=True)
+    load_end = os.getloadavg()[0]
+    medians = {name: statistics.median(values) for name, values in speeds.items()}
+    ratio = medians["X-Accel"] / medians["direct"]
+    python_ratio = medians["Python relay"] / medians["direct"]
+    gigabytes = size * args.rounds / 1e9
+
+    def per_gb(name: str) -> str:
+        return ", ".join(f"{process} {seconds / gigabytes:.2f}" for process, seconds in cpu[name].items())
+
+    total = {name: sum(cpu[name].values()) / gigabytes for name in cpu}
+
+    met = "yes" if ratio >= 0.95 else "no"
+    direct_mbs, accel_mbs, python_mbs = medians["direct"], medians["X-Accel"], medians["Python relay"]
+    body = f"""A {size / 1e6:.0f} MB study (WADO-RS, multipart/related, incompressible 16-bit pixel data) from one
+Orthanc on loopback: directly, through nginx with the facade handing the relay over (gateway.relay: nginx,
+X-Accel-Redirect to the internal location `python -m app nginx-config` generates) and through nginx with the
+facade relaying in Python (the same facade, an nginx without the include); gunicorn 1 worker (gthread),
+nginx 1 worker each, {args.rounds} rounds rotating the order; MB/s per retrieval, medians. Archive, nginx,
+facade and client share this machine's {os.cpu_count()} cores; load average at start / end {load_start:.1f} /
+{load_end:.1f} (other processes share the machine).
+
+| target | direct MB/s | through nginx MB/s | ratio | met? |
+|---|---|---|---|---|
+| **P4 behind nginx: X-Accel >= 0.95x direct** | {direct_mbs:.0f} | {accel_mbs:.0f} | **{ratio:.2f}x** | {met} |
+| for comparison: the Python relay behind nginx | {direct_mbs:.0f} | {python_mbs:.0f} | {python_ratio:.2f}x | |
+
+Retrievals nginx relayed from its internal location (access log): {relayed} of {args.rounds + 1} through the
+X-Accel server (the warm-up included).
+
+CPU per GB moved (seconds, user + system; all rounds): direct: {per_gb("direct")}; X-Accel: {per_gb("X-Accel")};
+Python relay: {per_gb("Python relay")}. All processes together: direct {total["direct"]:.2f}, X-Accel
+{total["X-Accel"]:.2f} ({total["direct"] / total["X-Accel"]:.2f}x the direct path's), Python relay
+{total["Python relay"]:.2f} ({total["direct"] / total["Python relay"]:.2f}x): on cores that archive, proxy and
+client share, throughput follows the CPU a byte costs, and nginx's extra loopback hop is most of the gap.
+
+All rounds, MB/s: {"; ".join(f"{name} " + ", ".join(f"{v:.0f}" for v in values) for name, values in speeds.items())}.
+"""
+    print(write_section("Image gateway behind nginx: X-Accel-Redirect (bench/gateway.py --nginx)", body))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--megabytes", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--chunk-bytes", type=int, default=None, help="gateway.chunk_bytes (default: the app's)")
+    parser.add_argument(
+        "--nginx", action="store_true", help="P4 behind nginx: direct vs X-Accel-Redirect vs the Python relay"
+    )
     args = parser.parse_args()
+    if args.nginx:
+        behind_nginx(args)
+        return
     with GatewayRig(megabytes=args.megabytes, chunk_bytes=args.chunk_bytes) as rig:
         direct_headers = {"Accept-Encoding": "identity"}
         retrieve(rig.direct_url(), direct_headers)  # warm the archive's disk cache

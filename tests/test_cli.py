@@ -138,6 +138,7 @@ def test_every_option_says_what_it_does_and_its_default() -> None:
         "rotate-keys",
         "hash-password",
         "postman-env",
+        "nginx-config",
     }
     for name, command in commands.items():
         assert command.description, name
@@ -159,6 +160,7 @@ def test_every_option_says_what_it_does_and_its_default() -> None:
         ("token", ["--base URL", "FACADE_BASE_URL", "--key FILE", "private JWK"]),
         ("launch", ["--config FILE", f"(default: {DEMO_CONFIG})", "--study UID"]),
         ("rotate-keys", ["--retire KID"]),
+        ("nginx-config", ["--config FILE", "--ca-bundle FILE", "(default: /etc/ssl/certs/ca-certificates.crt)"]),
     ],
 )
 def test_help_as_printed(command: str, expected: list[str]) -> None:
@@ -177,6 +179,7 @@ def test_help_as_printed(command: str, expected: list[str]) -> None:
         (["check-config", "missing.yaml"], ["missing.yaml", "No such file"]),
         (["launch", "--config", "missing.yaml", "--client", "x", "--patient", "9992975962"], ["launch: missing.yaml"]),
         (["rotate-keys", "missing.yaml"], ["rotate-keys: missing.yaml", "No such file"]),
+        (["nginx-config", "--config", "missing.yaml"], ["nginx-config: missing.yaml", "No such file"]),
         (
             ["token", "--client", "portal", "--key", "missing.jwk.json", "--scope", "system/Patient.rs"],
             ["token: cannot read the key file missing.jwk.json"],
@@ -439,3 +442,44 @@ def test_readme_commands_are_the_parsers() -> None:
         for option in re.findall(r"(?<![\w-])(--[a-z-]+)", rest.split("#")[0]):
             assert option in known, f"{rest}: {option} is not an option of {name}"
     assert re.search(r"^FACADE_CONFIG=\S+ \.venv/bin/gunicorn .*wsgi:app", blocks, flags=re.MULTILINE)
+
+
+# -- nginx-config ----------------------------------------------------------------------------------------
+def test_nginx_config_prints_one_relay_location_per_http_archive(
+    config_document: dict[str, Any], tmp_path: Path
+) -> None:
+    """Folder archives keep the Python relay (no location); a DICOMweb archive gets its internal location,
+    with its TLS options; nginx itself accepts the output (tests/gateway/test_gateway_nginx.py runs it)."""
+    doc = json.loads(json.dumps(config_document))
+    doc["gateway"] = {"relay": "nginx"}
+    doc["trusts"][1]["archive"] = {
+        "type": "dicomweb",
+        "url": "https://pacs.example.org:8443/dicom-web",
+        "tls": {
+            "ca_bundle": "/etc/facade/pacs-ca.pem",
+            "client_cert": "/etc/facade/c.pem",
+            "client_key": "/etc/facade/c.key",
+        },
+    }
+    for name in ("pacs-ca.pem", "c.pem", "c.key"):  # check-config wants the files to exist
+        (tmp_path / name).write_text("x")
+        doc["trusts"][1]["archive"]["tls"] = {
+            k: str(tmp_path / Path(v).name) for k, v in doc["trusts"][1]["archive"]["tls"].items()
+        }
+    config = tmp_path / "facade.yaml"
+    config.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    done = run_cli("nginx-config", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    trust = doc["trusts"][1]["id"]
+    assert re.findall(r"^location \^~ /_gateway/relay/([a-z0-9-]+)/ \{$", done.stdout, flags=re.M) == [trust]
+    assert "proxy_pass https://pacs.example.org:8443/dicom-web/;" in done.stdout
+    assert f"proxy_ssl_trusted_certificate {tmp_path / 'pacs-ca.pem'};" in done.stdout
+    assert f"proxy_ssl_certificate {tmp_path / 'c.pem'};" in done.stdout
+    assert f"proxy_ssl_certificate_key {tmp_path / 'c.key'};" in done.stdout
+    assert "proxy_ssl_verify on;" in done.stdout and "proxy_pass_request_headers off;" in done.stdout
+    assert re.search(r"^set \$gateway_relay_key '[0-9a-f]{64}';$", done.stdout, flags=re.M)
+    assert done.stderr == ""
+    doc["gateway"] = {"relay": "python"}
+    config.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    python = run_cli("nginx-config", "--config", str(config))
+    assert python.returncode == 0 and "gateway.relay is 'python'" in python.stderr

@@ -432,3 +432,28 @@ def test_start_up_refuses_demo_credentials_unless_demo(production, tmp_path):
         assert all(key in result.stderr for key in DEMO_PROBLEMS), result.stderr
     with pytest.raises(ConfigError):
         create_app(path)
+
+
+def test_config_gateway_relay_defaults_to_python(doc, demo_data):
+    from app.settings import settings_from_document
+
+    assert settings_from_document(doc, demo_data).gateway_relay == "python"
+    doc["gateway"] = {"relay": "nginx"}
+    assert settings_from_document(doc, demo_data).gateway_relay == "nginx"
+
+
+def test_config_wrong_gateway_relay_is_named(doc, demo_data):
+    doc["gateway"] = {"relay": "apache"}
+    problems = problems_of(doc, demo_data)
+    assert names_key(problems, "gateway.relay") and any("apache" in p for p in problems), problems
+
+
+def test_start_up_stops_on_a_wrong_gateway_relay(doc, demo_data, tmp_path):
+    """A relay that is not python or nginx: `serve` stops before serving, naming the setting."""
+    doc["gateway"] = {"relay": "haproxy"}
+    path = write_config(tmp_path, doc)
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "serve", "--config", str(path), "--port", "9"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1 and "gateway.relay" in result.stderr and "haproxy" in result.stderr, result

@@ -197,6 +197,16 @@ def retry_after_seconds(value: str | None) -> float | None:
     return None
 
 
+def authorization_value(auth: UpstreamAuth) -> str | None:
+    """The Authorization header value `auth` sends (bearer, OAuth 2.0 token or basic), None without
+    credentials: for a relay that is not this process (gateway.relay: nginx)."""
+    bearer = auth.headers().get("Authorization")
+    if bearer is not None:
+        return bearer
+    basic = auth.basic()
+    return _basic(*basic) if basic is not None else None
+
+
 class UpstreamAuth:
     """Upstream credentials: none, basic, bearer, or OAuth 2.0 client credentials (token cached)."""
 

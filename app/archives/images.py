@@ -109,6 +109,17 @@ class Retrieval:
     close: Callable[[], None] = field(default=lambda: None)
 
 
+@dataclass(frozen=True)
+class Handoff:
+    """What another relay (nginx, gateway.relay: nginx) needs to fetch one validated resource itself:
+    the WADO-RS path and query below the archive's WADO-RS base URL, built only from a WadoTarget and
+    RENDER_PARAMETERS values, and the archive's own credentials and Accept-Encoding."""
+
+    path: str
+    authorization: str | None
+    accept_encoding: str
+
+
 class RetrievalError(Exception):
     """No byte can be relayed: the status and a short, patient-free reason for the OperationOutcome."""
 

@@ -142,6 +142,26 @@ def image_source(trust: TrustSettings, archive: Archive, options: ImageOptions) 
     return entry.image_source(entry.own(archive), trust.archive, options)
 
 
+@dataclass(frozen=True)
+class WadoUpstream:
+    """Where a trust's images are fetched over HTTP: the WADO-RS base URL and the archive's TLS options
+    (the settings schema's `tls`), for a relay other than this process (gateway.relay: nginx)."""
+
+    base_url: str
+    tls: Mapping[str, Any]
+
+
+def wado_upstream(trust: TrustSettings) -> WadoUpstream | None:
+    """The trust's WADO-RS over HTTP (the URL its HttpWado image source asks), None when its images
+    come from elsewhere (a folder archive's own files) or not at all (a DIMSE archive without wado_url)."""
+    config = trust.archive
+    if isinstance(config, DicomWebArchiveSettings):
+        return WadoUpstream((config.wado_url or config.url).rstrip("/"), dict(config.tls))
+    if isinstance(config, DimseArchiveSettings) and config.wado_url:
+        return WadoUpstream(config.wado_url.rstrip("/"), {})
+    return None
+
+
 def probe(trust: TrustSettings, archive: Archive, timeout_s: float) -> Probe:
     """A cheap, harmless check that the trust's archive answers, within `timeout_s`."""
     entry = archive_type(trust)

@@ -358,6 +358,7 @@ def settings_from_document(doc: Any, base_dir: Path, source: str = "<dict>") -> 
         gateway_owner_cache_s=float(gateway["owner_cache_s"]),
         gateway_chunk_bytes=int(gateway["chunk_bytes"]),
         gateway_thumbnail_px=int(gateway["thumbnail_px"]),
+        gateway_relay=str(gateway["relay"]),
         source=source,
         auth=auth,
         patient_index=PatientIndexSettings(

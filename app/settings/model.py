@@ -205,6 +205,7 @@ class Settings:
     gateway_owner_cache_s: float
     gateway_chunk_bytes: int
     gateway_thumbnail_px: int
+    gateway_relay: str  # gateway.relay: "python" or "nginx" (X-Accel-Redirect, app.web.accel)
     ops: OpsSettings
     apps_frame_ancestors: tuple[str, ...]  # origins that may frame the sample apps (empty: none)
     source: str = "<dict>"

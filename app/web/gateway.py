@@ -12,6 +12,10 @@ is checked in this order, and nothing reaches an archive before the first four p
 Every retrieval, refusal included, is written to the audit log before the first byte leaves. The
 body is relayed chunk by chunk; when the archive breaks off mid-stream the response ends short (the
 client sees an incomplete body), the failure is logged and audited, and the worker goes on serving.
+
+Behind nginx with `gateway.relay: nginx`, step 5 is nginx's: the facade answers X-Accel-Redirect to the
+trust's internal location (app.web.accel) and nginx streams the archive's answer itself; a transfer
+that breaks off then is in nginx's log, not the audit trail.
 """
 
 from __future__ import annotations
@@ -23,14 +27,25 @@ from dataclasses import dataclass
 
 from flask import Blueprint, Response, g, request
 
-from app.archives.images import RENDER_PARAMETERS, BadTarget, Retrieval, RetrievalError, StreamAborted, parse_target
+from app.archives.images import (
+    RENDER_PARAMETERS,
+    BadTarget,
+    Handoff,
+    ImageSource,
+    Retrieval,
+    RetrievalError,
+    StreamAborted,
+    WadoTarget,
+    parse_target,
+)
 from app.audit.events import AuditRecord, build_events
 from app.audit.store import AuditStore
 from app.auth.protect import Access
 from app.core.compartment import Compartment
-from app.core.errors import FhirError, InvalidRequest, NotAcceptable, NotFound, UpstreamFailure
+from app.core.errors import FhirError, InvalidRequest, NotFound, UpstreamFailure
 from app.ops import limit_authenticated
 from app.telemetry.logs import request_id
+from app.web import accel
 from app.web.components import components
 
 log = logging.getLogger(__name__)
@@ -130,19 +145,15 @@ def retrieve(rest: str) -> Response:
             raise UpstreamFailure(501, f"trust {trust_id} offers no image retrieval through this gateway")
         audit.study = target.study
         audit.patients = app.services.owners.check(trust_id, target.study, compartment)
-        retrieval = source.retrieve(target, accept, accept_encoding, params, request_id())
+        handoff = handoff_of(source, target, accept_encoding, params)
+        if handoff is None:
+            retrieval = source.retrieve(target, accept, accept_encoding, params, request_id())
+        else:
+            handed = accel.handoff_response(trust_id, handoff)
     except RetrievalError as exc:
         if exc.status >= 500:
             log.warning("gateway: trust %s answered no image (%s): %s", exc.archive, exc.status, exc.reason)
-        diagnostics = f"trust {exc.archive}: {exc.reason}"
-        retry = {"Retry-After": str(int(exc.retry_after_s))} if exc.retry_after_s is not None else None
-        error: FhirError = (
-            NotFound(diagnostics)
-            if exc.status == 404
-            else NotAcceptable(diagnostics)
-            if exc.status == 406
-            else UpstreamFailure(exc.status, diagnostics, retry)
-        )
+        error = accel.outcome_of(exc)
         audit.write(error.status_code, exc.reason)
         raise error from None
     except FhirError as exc:
@@ -150,16 +161,34 @@ def retrieve(rest: str) -> Response:
             audit.patients = exc.patients
         audit.write(exc.status_code, str(exc))
         raise
+    if handoff is not None:
+        # nginx relays the bytes (gateway.relay: nginx): the retrieval is audited as handed over; an
+        # archive error or a broken transfer after this point is nginx's to answer and to log.
+        audit.detail += " (relayed by nginx)"
+        audit.write(200)
+        return handed
     audit.write(retrieval.status)
     return _relay(retrieval, audit)
+
+
+def handoff_of(
+    source: ImageSource, target: WadoTarget, accept_encoding: str | None, params: list[tuple[str, str]]
+) -> Handoff | None:
+    """The resource for nginx to fetch, when this request is nginx's to relay (accel.wanted) and the
+    source can hand it over (an HTTP archive; not a thumbnail); else None: the Python relay."""
+    if request.method != "GET" or not accel.wanted(components().settings):
+        return None
+    handoff = getattr(source, "handoff", None)
+    if handoff is None:  # a folder archive's own files
+        return None
+    found: Handoff | None = handoff(target, accept_encoding, params)
+    return found
 
 
 def _relay(retrieval: Retrieval, audit: RetrievalAudit) -> Response:
     headers = dict(retrieval.headers)
     # Images of patients never stay in a shared workstation's cache.
-    headers.update(
-        {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Vary": "Accept, Accept-Encoding"}
-    )
+    headers.update(accel.IMAGE_HEADERS)
     if request.method == "HEAD":
         retrieval.close()
         return Response(status=retrieval.status, headers=headers)

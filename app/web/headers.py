@@ -83,6 +83,10 @@ def register_security_headers(app: Flask, settings: Settings) -> None:
 
     @app.after_request
     def security_headers(response: Response) -> Response:
+        if "X-Accel-Redirect" in response.headers:
+            # The image gateway's answer to nginx (app.web.accel), never a client's: nginx copies a few of
+            # its headers (Cache-Control, Content-Type's charset) into its own answer, which has all of these.
+            return response
         if request.path.startswith(APPS):
             framing = apps_framing
         else:

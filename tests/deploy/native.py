@@ -202,6 +202,10 @@ http {{
         _wait_port(self.port, self.process, self.workdir / "error.log", 30)
         return self
 
+    def access_lines(self) -> list[str]:
+        """The access log's lines so far (the log format above: $uri last)."""
+        return (self.workdir / "access.log").read_text().splitlines()
+
     def upstreams(self, uri: str) -> list[tuple[str, list[str], list[str]]]:
         """(status, upstream addresses tried, their statuses) of each logged request for `uri`."""
         found = []

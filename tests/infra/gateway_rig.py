@@ -60,9 +60,16 @@ def write_large_study(folder: Path, megabytes: int, seed: int = 7) -> tuple[str,
 
 class GatewayRig:
     def __init__(
-        self, megabytes: int = 300, workers: int = 1, threads: int = 4, chunk_bytes: int | None = None
+        self,
+        megabytes: int = 300,
+        workers: int = 1,
+        threads: int = 4,
+        chunk_bytes: int | None = None,
+        relay: str = "python",
     ) -> None:
         self.megabytes = megabytes
+        self.config_path: Path | None = None
+        self.relay = relay  # gateway.relay: "nginx" hands retrievals marked by nginx to it (app.web.accel)
         self.chunk_bytes = chunk_bytes
         self.workers = workers
         self.threads = threads
@@ -145,7 +152,7 @@ class GatewayRig:
                 }
             ],
             "audit": {"path": str(self.workdir / "audit.sqlite")},
-            **({"gateway": {"chunk_bytes": self.chunk_bytes}} if self.chunk_bytes else {}),
+            "gateway": {"relay": self.relay, **({"chunk_bytes": self.chunk_bytes} if self.chunk_bytes else {})},
             "auth": {
                 "mode": "embedded",
                 "signing_keys": str(self.workdir / "keys.json"),
@@ -163,6 +170,7 @@ class GatewayRig:
         }
         path = self.workdir / "facade.yaml"
         path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+        self.config_path = path
         return path
 
     def _token(self, config: Path) -> None:

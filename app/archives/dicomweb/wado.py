@@ -15,8 +15,9 @@ from typing import Any
 import requests
 import urllib3
 
-from app.archives.http import UpstreamAuth, failure_reason, retry_after_seconds
-from app.archives.images import Retrieval, RetrievalError, StreamAborted, WadoTarget
+from app.archives.http import UpstreamAuth, authorization_value, failure_reason, retry_after_seconds
+from app.archives.images import Handoff, Retrieval, RetrievalError, StreamAborted, WadoTarget
+from app.archives.protocol import ArchiveError
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,18 @@ class HttpWado:
             return self._get(target.with_resource("rendered"), accept, accept_encoding, rendered, request_id)
         return self._get(target, accept, accept_encoding, params, request_id)
 
+    def handoff(self, target: WadoTarget, accept_encoding: str | None, params: list[tuple[str, str]]) -> Handoff | None:
+        """The resource for nginx to fetch itself (gateway.relay: nginx), or None for the resources this
+        class alone can serve (a thumbnail, which falls back to a rendering when the archive has none)."""
+        if target.resource == "thumbnail":
+            return None
+        try:
+            authorization = authorization_value(self.auth)
+        except ArchiveError as exc:  # an OAuth 2.0 token endpoint that does not answer
+            raise RetrievalError(self.name, 502, exc.reason) from None
+        query = "&".join(f"{k}={v}" for k, v in params)  # values matched RENDER_PARAMETERS: nothing to escape
+        return Handoff(target.path() + (f"?{query}" if query else ""), authorization, accept_encoding or "identity")
+
     def _get(
         self,
         target: WadoTarget,
@@ -90,7 +103,7 @@ class HttpWado:
         status = response.status_code
         if status not in (200, 206):
             response.close()
-            raise _status_error(self.name, status, response.headers, accept)
+            raise status_error(self.name, status, response.headers, accept)
         relayed = {k: response.headers[k] for k in _RELAYED_HEADERS if k in response.headers}
         return Retrieval(status, relayed, self._chunks(response), response.close)
 
@@ -104,7 +117,9 @@ class HttpWado:
             response.close()
 
 
-def _status_error(name: str, status: int, headers: Any, accept: str | None) -> RetrievalError:
+def status_error(name: str, status: int, headers: Any, accept: str | None) -> RetrievalError:
+    """What the gateway answers for an archive's error status (either relay: app.web.accel renders the same
+    for nginx)."""
     if status == 404:
         return RetrievalError(name, 404, "the archive does not hold this object")
     if status == 406 or (status == 400 and accept):
