@@ -10,7 +10,8 @@ With --nginx (the deployed topology, P4 behind nginx): two nginx servers from de
 front of the same facade (gateway.relay: nginx), one with the include `python -m app nginx-config` prints
 (the facade answers X-Accel-Redirect and nginx streams from the archive) and one without it (the facade
 relays in Python); each round retrieves the study directly, through nginx with X-Accel-Redirect and
-through nginx with the Python relay, rotating the order (target: X-Accel >= 0.95x direct).
+through nginx with the Python relay, and through a plain nginx proxy straight to the archive (the nginx hop
+alone, no facade), rotating the order (target: X-Accel >= 0.95x direct).
 
 Run: python -m bench.gateway [--megabytes 300] [--rounds 5] [--nginx]
 """
@@ -66,6 +67,28 @@ def nginx_front(rig: GatewayRig, folder: Path, accel: bool) -> Nginx:
     return Nginx(folder, port, render.render(render.NGINX_TEMPLATE, values)).start()
 
 
+def plain_proxy(rig: GatewayRig, folder: Path) -> Nginx:
+    """nginx proxying straight to the archive, with the relay location's streaming settings and no facade:
+    what the nginx hop alone costs, so that the X-Accel figure can be read apart from it."""
+    archive = rig.orthanc.url
+    port = free_port()
+    site = f"""server {{
+    listen 127.0.0.1:{port};
+    location / {{
+        proxy_pass {archive};
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_buffering off;
+        proxy_buffer_size 1m;
+        proxy_buffers 4 1m;
+        proxy_busy_buffers_size 2m;
+        proxy_max_temp_file_size 0;
+    }}
+}}
+"""
+    return Nginx(folder, port, site).start()
+
+
 def cpu_of(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
@@ -87,10 +110,13 @@ def behind_nginx(args: argparse.Namespace) -> None:
     with GatewayRig(megabytes=args.megabytes, chunk_bytes=args.chunk_bytes, relay="nginx") as rig:
         accel = nginx_front(rig, folder / "accel", accel=True)
         python = nginx_front(rig, folder / "python", accel=False)
+        plain = plain_proxy(rig, folder / "plain")
         try:
             path = rig.gateway_url().split(f":{rig.port}", 1)[1]
+            archive_path = rig.direct_url().split(rig.orthanc.url, 1)[1]
             variants = {
                 "direct": (rig.direct_url(), {"Accept-Encoding": "identity"}),
+                "nginx proxy": (plain.origin + archive_path, {"Accept-Encoding": "identity"}),
                 "X-Accel": (accel.origin + path, rig.headers),
                 "Python relay": (python.origin + path, rig.headers),
             }
@@ -101,14 +127,15 @@ def behind_nginx(args: argparse.Namespace) -> None:
             names = list(variants)
             size = 0
             for round_ in range(args.rounds):
-                order = names[round_ % 3 :] + names[: round_ % 3]
+                order = names[round_ % len(names) :] + names[: round_ % len(names)]
                 for name in order:
                     url, headers = variants[name]
                     before = rig.cpu_seconds()
-                    nginx_before = cpu_of(nginx_workers(accel) + nginx_workers(python))
+                    nginx_before = cpu_of(nginx_workers(accel) + nginx_workers(python) + nginx_workers(plain))
                     size, seconds, client_cpu = retrieve(url, headers)
                     after = rig.cpu_seconds()
-                    cpu[name]["nginx"] += cpu_of(nginx_workers(accel) + nginx_workers(python)) - nginx_before
+                    nginx_cpu = cpu_of(nginx_workers(accel) + nginx_workers(python) + nginx_workers(plain))
+                    cpu[name]["nginx"] += nginx_cpu - nginx_before
                     speeds[name].append(size / seconds / 1e6)
                     for process in ("archive", "gateway"):
                         cpu[name][process] += after[process] - before[process]
@@ -117,11 +144,15 @@ def behind_nginx(args: argparse.Namespace) -> None:
         finally:
             accel.stop()
             python.stop()
+            plain.stop()
             shutil.rmtree(folder, ignore_errors=True)
     load_end = os.getloadavg()[0]
     medians = {name: statistics.median(values) for name, values in speeds.items()}
     ratio = medians["X-Accel"] / medians["direct"]
     python_ratio = medians["Python relay"] / medians["direct"]
+    hop_ratio = medians["nginx proxy"] / medians["direct"]
+    accel_vs_hop = medians["X-Accel"] / medians["nginx proxy"]
+    hop_mbs = medians["nginx proxy"]
     gigabytes = size * args.rounds / 1e9
 
     def per_gb(name: str) -> str:
@@ -143,11 +174,14 @@ facade and client share this machine's {os.cpu_count()} cores; load average at s
 |---|---|---|---|---|
 | **P4 behind nginx: X-Accel >= 0.95x direct** | {direct_mbs:.0f} | {accel_mbs:.0f} | **{ratio:.2f}x** | {met} |
 | for comparison: the Python relay behind nginx | {direct_mbs:.0f} | {python_mbs:.0f} | {python_ratio:.2f}x | |
+| the nginx hop alone: a plain nginx proxy to the archive | {direct_mbs:.0f} | {hop_mbs:.0f} | {hop_ratio:.2f}x | |
+| the hand-over: X-Accel vs the plain proxy | {hop_mbs:.0f} | {accel_mbs:.0f} | {accel_vs_hop:.2f}x | |
 
 Retrievals nginx relayed from its internal location (access log): {relayed} of {args.rounds + 1} through the
 X-Accel server (the warm-up included).
 
-CPU per GB moved (seconds, user + system; all rounds): direct: {per_gb("direct")}; X-Accel: {per_gb("X-Accel")};
+CPU per GB moved (seconds, user + system; all rounds): direct: {per_gb("direct")}; nginx proxy:
+{per_gb("nginx proxy")}; X-Accel: {per_gb("X-Accel")};
 Python relay: {per_gb("Python relay")}. All processes together: direct {total["direct"]:.2f}, X-Accel
 {total["X-Accel"]:.2f} ({total["direct"] / total["X-Accel"]:.2f}x the direct path's), Python relay
 {total["Python relay"]:.2f} ({total["direct"] / total["Python relay"]:.2f}x): on cores that archive, proxy and
