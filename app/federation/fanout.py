@@ -179,9 +179,10 @@ def _add_series(answer: TrustAnswer, found: Found, query: StudyQuery) -> None:
     known = {dj.first_text(s, dj.SERIES_INSTANCE_UID) for s in answer.series}
     for item in found.datasets:
         uid = dj.first_text(item, dj.SERIES_INSTANCE_UID)
-        if not uid or uid in known or dj.first_text(item, dj.STUDY_INSTANCE_UID) in answer.left_out:
+        study = dj.first_text(item, dj.STUDY_INSTANCE_UID)
+        if not uid or uid in known or study in answer.left_out:
             continue
-        if dj.first_text(item, dj.STUDY_INSTANCE_UID) in studies:
+        if study in studies:
             known.add(uid)
             answer.series.append(item)
         elif query.patient is not None and _unfiltered(query):
