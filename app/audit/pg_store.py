@@ -1,8 +1,9 @@
 """The audit trail in PostgreSQL (`audit.url: postgresql://...`): one trail for every facade instance.
 
-Each write is one transaction, committed (synchronous_commit as the server has it: on by default) before
-`write` returns, so before the response leaves. Searches are those of the SQLite store (app/audit/store.py),
-with the same columns and byte-order comparisons (COLLATE "C"), so the same pages in the same order.
+Each write is committed (synchronous_commit as the server has it: on by default) before `write` returns, so
+before the response leaves; concurrent requests' events share one transaction (GroupCommit). Searches are
+those of the SQLite store (app/audit/store.py), with the same columns and byte-order comparisons
+(COLLATE "C"), so the same pages in the same order.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 import orjson
 
 from app.audit.postgres import StoreUnavailable, migrate, open_pool
-from app.audit.store import audit_rows, where_clause
+from app.audit.store import AuditRow, GroupCommit, audit_rows, where_clause
 
 KEY = "audit.url"
 
@@ -27,6 +28,7 @@ class PostgresAuditStore:
         except BaseException:
             self._pool.close()
             raise
+        self.group = GroupCommit(self._commit)
 
     def _run(self, sql: str, args: tuple[Any, ...] | list[Any] = (), *, many: list[Any] | None = None) -> Any:
         """Run one statement (or one batch, in one transaction); StoreUnavailable when the server is gone."""
@@ -44,10 +46,12 @@ class PostgresAuditStore:
             raise StoreUnavailable("the audit trail") from None
 
     def write(self, events: list[dict[str, Any]], client_id: str | None) -> None:
-        """Commit the events (one transaction) before returning: the caller then answers."""
-        rows = audit_rows(events, client_id)
-        if rows:
-            self._run("INSERT INTO audit_event VALUES (%s, %s, %s, %s, %s, %s)", many=rows)
+        """Commit the events before returning (with those of concurrent requests: GroupCommit); the caller
+        then answers."""
+        self.group.write(audit_rows(events, client_id))
+
+    def _commit(self, rows: list[AuditRow]) -> None:
+        self._run("INSERT INTO audit_event VALUES (%s, %s, %s, %s, %s, %s)", many=rows)
 
     def search(
         self,

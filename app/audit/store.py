@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
 
-from app.audit.postgres import is_postgres
+from app.audit.postgres import StoreUnavailable, is_postgres
 
 AuditRow = tuple[str, str, str | None, str | None, str, bytes]
 
@@ -43,6 +45,52 @@ class AuditStore(Protocol):
     ) -> int: ...
     def writable(self) -> bool: ...
     def close(self) -> None: ...
+
+
+class GroupCommit:
+    """Rows of concurrent requests committed together, each request still waiting for its own rows' commit.
+
+    A request adds its rows to the open batch and then takes the writer's turn; whoever holds the turn
+    commits everything pending in one transaction (one fsync for SQLite, one round trip and WAL flush for
+    PostgreSQL) and marks the batch done. A request whose batch an earlier turn committed returns without
+    writing; one whose batch failed raises, as every other request of that batch does: an acknowledged
+    request is never missing from the trail, and nobody is acknowledged on a commit that failed."""
+
+    def __init__(self, commit: Callable[[list[AuditRow]], None]) -> None:
+        self._commit = commit
+        self._pending_lock = threading.Lock()
+        self._turn = threading.Lock()
+        self._pending = _Batch()
+        self.commits = 0  # transactions made: fewer than writes when requests overlap
+
+    def write(self, rows: list[AuditRow]) -> None:
+        if not rows:
+            return
+        with self._pending_lock:
+            batch = self._pending
+            batch.rows.extend(rows)
+        with self._turn:
+            if not batch.done:
+                with self._pending_lock:
+                    taken, self._pending = self._pending, _Batch()
+                try:
+                    self._commit(taken.rows)
+                except BaseException as exc:
+                    taken.error = exc
+                    raise
+                finally:
+                    taken.done = True
+                    self.commits += 1
+                return
+        if batch.error is not None:  # the request that held the turn raised the cause itself
+            raise StoreUnavailable("the audit trail") from batch.error
+
+
+@dataclass
+class _Batch:
+    rows: list[AuditRow] = field(default_factory=list)
+    done: bool = False
+    error: BaseException | None = None
 
 
 def audit_rows(events: list[dict[str, Any]], client_id: str | None) -> list[AuditRow]:
@@ -122,10 +170,14 @@ class SqliteAuditStore:
             outcome TEXT NOT NULL, body BLOB NOT NULL)""")
         self._db.execute("CREATE INDEX IF NOT EXISTS audit_patient ON audit_event (patient, recorded)")
         self._db.execute("CREATE INDEX IF NOT EXISTS audit_recorded ON audit_event (recorded)")
+        self.group = GroupCommit(self._commit)
 
     def write(self, events: list[dict[str, Any]], client_id: str | None) -> None:
-        """Commit the events (one transaction) before returning: the caller then answers."""
-        rows = audit_rows(events, client_id)
+        """Commit the events before returning (with those of concurrent requests: GroupCommit); the caller
+        then answers."""
+        self.group.write(audit_rows(events, client_id))
+
+    def _commit(self, rows: list[AuditRow]) -> None:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:

@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -119,3 +122,68 @@ def test_a_server_gone_is_a_503_not_an_error_of_ours() -> None:
         assert found.value.status_code == 503
         assert store.writable() is False
         store.close()
+
+
+def _pile_up(store: AuditStore, hold: Any, release: Any, writers: int = 12) -> list[BaseException | None]:
+    """`writers` requests write at once while `hold` keeps the trail's write lock; `release` lets it go.
+    Each writer checks, as soon as its write returned, that its events are committed (`committed`)."""
+    outcomes: list[BaseException | None] = [None] * writers
+    hold()
+    started = threading.Barrier(writers + 1)
+
+    def write(i: int) -> None:
+        events, client = _events(100 + i)
+        started.wait()
+        try:
+            store.write(events, client)
+        except BaseException as exc:  # the test reports what each writer saw
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    for thread in threads:
+        thread.start()
+    started.wait()
+    time.sleep(0.5)  # every writer has queued behind the held lock
+    release()
+    for thread in threads:
+        thread.join(30)
+    return outcomes
+
+
+def test_concurrent_writes_share_commits_and_each_returns_committed(tmp_path: Path, postgres_url: str) -> None:
+    sqlite_path = tmp_path / "audit.sqlite"
+    sqlite = SqliteAuditStore(sqlite_path)
+    blocker = sqlite3.connect(str(sqlite_path), isolation_level=None)
+    outcomes = _pile_up(sqlite, lambda: blocker.execute("BEGIN IMMEDIATE"), lambda: blocker.execute("ROLLBACK"))
+    assert outcomes == [None] * 12
+    assert sqlite.count() == sum(len(_events(100 + i)[0]) for i in range(12))
+    assert sqlite.group.commits < 12  # at least the writers queued behind the lock shared one transaction
+    sqlite.close()
+    postgres = open_audit_store(postgres_url)
+    assert isinstance(postgres, PostgresAuditStore)
+    locker = psycopg.connect(postgres_url)
+    before = postgres.count()
+    outcomes = _pile_up(
+        postgres, lambda: locker.execute("LOCK TABLE audit_event IN SHARE MODE"), lambda: locker.rollback()
+    )
+    assert outcomes == [None] * 12
+    assert postgres.count() - before == sum(len(_events(100 + i)[0]) for i in range(12))
+    assert postgres.group.commits < 12
+    locker.close()
+    postgres.close()
+
+
+def test_every_request_of_a_failed_batch_fails(tmp_path: Path) -> None:
+    """No request is acknowledged on a commit that failed: the one that committed raises the cause, the others
+    of its batch a 503."""
+    path = tmp_path / "audit.sqlite"
+    store = SqliteAuditStore(path)
+    store._db.execute("PRAGMA busy_timeout=300")  # the held lock outlasts it: the batch's commit fails
+    blocker = sqlite3.connect(str(path), isolation_level=None)
+    outcomes = _pile_up(store, lambda: blocker.execute("BEGIN IMMEDIATE"), lambda: None, writers=6)
+    blocker.execute("ROLLBACK")
+    assert all(o is not None for o in outcomes), outcomes
+    assert any(isinstance(o, sqlite3.OperationalError) for o in outcomes)
+    assert all(isinstance(o, (sqlite3.OperationalError, StoreUnavailable)) for o in outcomes)
+    assert store.count() == 0
+    store.close()
