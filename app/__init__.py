@@ -10,7 +10,6 @@ import hmac
 import os
 from typing import TYPE_CHECKING
 
-from app.ops.collector import settle_collector
 from app.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -23,6 +22,10 @@ CONFIG_ENV = "FACADE_CONFIG"
 def serving_app(settings: Settings | str | os.PathLike[str] | None = None) -> Flask:
     """create_app for a server process (wsgi.py, python -m app serve): the app, then the process's garbage
     collector settled for serving (app.ops.collector, `ops.gc_thresholds`)."""
+    # Imported here, not with this package: app.ops brings prometheus_client, which `python -m app serve`
+    # must not import before it has chosen the metrics' multiprocess mode (app/__main__.py).
+    from app.ops.collector import settle_collector
+
     app = create_app(settings)
     settle_collector(app.config["SETTINGS"].ops.gc_thresholds)
     return app

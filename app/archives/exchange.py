@@ -22,6 +22,7 @@ run on threads with `run`.
 from __future__ import annotations
 
 import errno
+import logging
 import select
 import selectors
 import socket
@@ -37,6 +38,7 @@ from urllib.parse import urljoin, urlsplit
 import h11
 import urllib3
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 Kind = Literal["tls", "refused", "connect_timeout", "timeout", "failed"]
 REDIRECTS = (301, 302, 303, 307, 308)
@@ -487,6 +489,12 @@ class Multiplexer:
                     live.pop(selected.fd, None)
                     selector.unregister(selected.fd)
                     exchange.release()
+                    if log.isEnabledFor(logging.DEBUG):  # the line urllib3 logs for the pool's requests
+                        log.debug(
+                            '%s://%s:%s "GET %s HTTP/1.1" %s %s',
+                            *(exchange.scheme, exchange.host, exchange.port, exchange.target),
+                            *(reply.status, len(reply.body)),
+                        )
                     moved = exchange.redirect(reply)
                     if moved is not None:
                         launch(conv, moved)

@@ -142,12 +142,13 @@ def test_request_id_sent_to_the_pixm_service(app, config_document, ops_document,
     assert [h.get("X-Request-ID") for h in pix.request_headers] == ["pix-lookup-3"] * len(pix.requests)
 
 
-def test_log_lines_of_fan_out_threads_carry_the_request_id(build_app, proxy: FaultProxy, bolton_patient):
-    # urllib3 logs each upstream request from the archive's thread: formatted there, it shows the id.
+def test_log_lines_of_fan_out_upstream_requests_carry_the_request_id(build_app, proxy: FaultProxy, bolton_patient):
+    # The fan-out's multiplexer logs each upstream request as urllib3 does (from the search's own thread;
+    # an archive's thread for DIMSE and folders): formatted there, it shows the id.
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
-    pool_logger = logging.getLogger("urllib3.connectionpool")
+    pool_logger = logging.getLogger("app.archives.exchange")
     pool_logger.addHandler(handler)
     saved = pool_logger.level
     pool_logger.setLevel(logging.DEBUG)
