@@ -3,11 +3,12 @@
 The tables in mappings/ stay the single source of truth: this module turns their resolved rows
 (engine.compile_rows) into the source of three functions, `map_study_fields`, `map_series_fields`
 and `map_instance_fields`, each `(ds, ctx, out) -> out`, that do exactly what engine._apply does
-with the same rows, without the per-row loop, and with the common case of the cheap transforms
-written inline (one string value, an integer, a UID, a known modality code). Anything else, and
-every report, goes through the named transform itself, so the compiled mapper and the interpreted
-one give the same resources and the same issues (tests/mapping/test_compiled.py proves it on the
-demo studies and on fuzzed datasets).
+with the same rows, without the per-row loop. Each row reads its attributes once, with their tags
+written into the source, and the common shape of its data (one string, an integer, a known code, a
+person name, a date the mapping has met before) is mapped inline; any other shape, and anything
+that would be reported, goes to the row's named transform, called exactly as the interpreted mapper
+calls it. So the compiled mapper and the interpreted one give the same resources and the same issues
+(tests/mapping/test_compiled.py proves it on the demo studies and on fuzzed datasets).
 
 Inspect the generated source: `python -m app.core.mapping.compile` (or `generated_source()`).
 """
@@ -19,129 +20,212 @@ from collections.abc import Callable
 from typing import Any
 
 from app.core import dicom_json as dj
+from app.core import systems
 from app.core.mapping.context import MappingContext, Terminology
-from app.core.mapping.dates import DateProblem, fhir_datetime
+from app.core.mapping.dates import PROBLEM, datetime_or_problem
 from app.core.mapping.engine import Row
-from app.core.mapping.transforms import MAX_UNSIGNED, TRANSFORMS
+from app.core.mapping.transforms import (
+    ACCESSION_TYPE,
+    MAX_UNSIGNED,
+    STUDY_ID_TYPE,
+    TRANSFORMS,
+    person_reference_of,
+)
 
 Fields = Callable[[dj.Dataset, MappingContext, dict[str, Any]], dict[str, Any]]
 SECTIONS = ("study", "series", "instance")
+# Transforms that map nothing and report nothing when none of their attributes is present.
+_NOTHING_WHEN_ABSENT = frozenset(TRANSFORMS) - {"constant", "subject_reference", "trust_endpoints"}
+# Conditions on an element `e`, the shapes nearly every attribute comes in: `h` is its first value.
+_LIST = "type(vs := e.get('Value')) is list"
+_ONE_STRING = f"{_LIST} and vs and type(h := vs[0]) is str"  # the first value a string
+_ONLY_STRING = f"{_LIST} and len(vs) == 1 and type(h := vs[0]) is str"  # one value, a string
+_ONE_DICT = f"{_LIST} and len(vs) == 1 and type(h := vs[0]) is dict"  # one value, a person name
+_TRIMMED = "(h := h.strip())"  # `h` trimmed, not empty
+_ALPHABETIC = "type(a := h.get('Alphabetic')) is str and a.strip('^ ')"
 
 
-def _inline(name: str, i: int, terminology: Terminology, namespace: dict[str, Any]) -> list[str] | None:
-    """Lines that set `v` for row i, the common case inline and the transform F{i} for the rest;
-    None when the row is best left to its transform alone."""
-    fallback = f"v = F{i}(ds, T{i}, A{i}, ctx)"
+class _Row:
+    """One table row as the generator sees it: where its value goes and how its fallback is called."""
+
+    def __init__(self, i: int, row: Row) -> None:
+        self.i = i
+        self.key, self.append, self.fn, self.tags, self.args, self.probe = row
+        self.transform = next(t for t, f in TRANSFORMS.items() if f is self.fn)
+
+    def store(self, expr: str) -> str:
+        if self.append:
+            return f"out.setdefault({self.key!r}, []).append({expr})"
+        return f"out[{self.key!r}] = {expr}"
+
+    @property
+    def fallback(self) -> list[str]:
+        """The row's transform, called as the interpreted mapper calls it."""
+        i = self.i
+        return [f"v = F{i}(ds, T{i}, A{i}, ctx)", "if v is not None:", f"    {self.store('v')}"]
+
+
+def _indent(lines: list[str], by: int = 1) -> list[str]:
+    return ["    " * by + line for line in lines]
+
+
+def _first_text(var: str, tag: str) -> list[str]:
+    """`var = dj.first_text(ds, tag)`, its common case inline."""
+    return [
+        f"e = get({tag!r})",
+        "if e is None:",
+        f"    {var} = None",
+        f"elif {_ONE_STRING} and ({var} := h.strip()):",
+        "    pass",
+        "else:",
+        f"    {var} = first_text(ds, {tag!r})",
+    ]
+
+
+def _on_first_value(row: _Row, condition: str, value: str) -> list[str]:
+    """The row's first attribute read once: `value` when `condition` holds (its common case), else the
+    transform; nothing when the attribute is absent (the rows with a probe, and rows that map nothing
+    from an absent attribute)."""
+    return [
+        f"e = get({row.tags[0]!r})",
+        "if e is not None:",
+        f"    if {condition}:",
+        f"        {row.store(value)}",
+        "    else:",
+        *_indent(row.fallback, 2),
+    ]
+
+
+def _inline(row: _Row, terminology: Terminology, namespace: dict[str, Any]) -> list[str] | None:
+    """The lines of a row with its common case inline; None when the row is best left to its transform."""
+    name, tags, i = row.transform, row.tags, row.i
+    single = len(tags) == 1 or row.probe is not None
     if name == "constant":
-        return [f"v = A{i}['value']"]
+        value = row.args["value"]
+        if value is None:
+            return []
+        namespace[f"C{i}"] = value
+        return [row.store(repr(value) if type(value) in (str, int, bool) else f"C{i}")]
     if name == "subject_reference":
-        return ["v = ctx.subject"]
+        return ["if ctx.subject is not None:", f"    {row.store('ctx.subject')}"]
     if name == "trust_endpoints":
-        return ["v = list(ctx.trust.study_endpoints)"]
-    if name == "string":
-        return [
-            f"it = ds.get(T{i}[0])",
-            "if it is None:",
-            "    v = None",
-            "else:",
-            "    vs = it.get('Value')",
-            "    if vs and len(vs) == 1 and type(vs[0]) is str:",
-            "        v = vs[0].strip() or None",
-            "    else:",
-            f"        {fallback}",
-        ]
-    if name == "unsigned_int":
-        return [
-            f"it = ds.get(T{i}[0])",
-            "vs = it.get('Value') if it else None",
-            "if not vs:",
-            "    v = None",
-            f"elif type(vs[0]) is int and 0 <= vs[0] <= {MAX_UNSIGNED}:",
-            "    v = vs[0]",
-            "else:",
-            f"    {fallback}",
-        ]
-    if name == "uid":
-        namespace["is_uid"] = dj.is_uid
-        return [
-            f"it = ds.get(T{i}[0])",
-            "vs = it.get('Value') if it else None",
-            "if vs and type(vs) is list and type(vs[0]) is str and (s := vs[0].strip()) and is_uid(s):",
-            "    v = s",
-            "elif not it:",
-            "    v = None",
-            "else:",
-            f"    {fallback}",
-        ]
-    if name == "modality_coding":
+        return [row.store("list(trust.study_endpoints)")]
+    if name == "string" and single:
+        return _on_first_value(row, f"{_ONLY_STRING} and {_TRIMMED}", "h")
+    if name == "unsigned_int" and single:
+        return _on_first_value(row, f"{_LIST} and vs and type(h := vs[0]) is int and 0 <= h <= {MAX_UNSIGNED}", "h")
+    if name == "uid" and single:
+        return _on_first_value(row, f"{_ONE_STRING} and {_TRIMMED} and is_uid(h)", "h")
+    if name == "study_uid_identifier" and tags[0] == dj.STUDY_INSTANCE_UID:
+        # StudyMapper.map_study calls the study's fields only once it holds a valid StudyInstanceUID: ctx.study_uid.
+        namespace["DICOM_UID"] = systems.DICOM_UID
+        return [row.store(f"{{'system': DICOM_UID, 'value': {systems.OID_PREFIX!r} + ctx.study_uid}}")]
+    if name == "accession_identifier" and single:
+        absent = f" and {tags[1]!r} not in ds" if len(tags) > 1 else ""
+        namespace["ACCESSION_TYPE"] = ACCESSION_TYPE
+        value = (
+            "{'use': 'usual', 'type': ACCESSION_TYPE, 'system': trust.accession_system, 'value': h, "
+            "'assigner': trust.organization_reference}"
+        )
+        return _on_first_value(row, f"{_ONLY_STRING} and {_TRIMMED}{absent}", value)
+    if name == "study_id_identifier" and single:
+        namespace["STUDY_ID_TYPE"] = STUDY_ID_TYPE
+        value = "{'use': 'secondary', 'type': STUDY_ID_TYPE, 'value': h, 'assigner': trust.organization_reference}"
+        return _on_first_value(row, f"{_ONE_STRING} and {_TRIMMED}", value)
+    if name == "modality_coding" and single:
+        namespace["MODALITIES"] = terminology.modalities
+        return _on_first_value(row, f"{_ONE_STRING} and (c := MODALITIES.get(h)) is not None", "c")
+    if name == "modality_codings" and single:
         namespace["MODALITIES"] = terminology.modalities
         return [
-            f"it = ds.get(T{i}[0])",
-            "vs = it.get('Value') if it else None",
-            "if vs and type(vs[0]) is str and vs[0] in MODALITIES:",
-            "    v = MODALITIES[vs[0]]",
-            "else:",
-            f"    {fallback}",
+            f"e = get({tags[0]!r})",
+            "if e is not None:",
+            "    vs = e.get('Value')",
+            "    if type(vs) is list and vs:",
+            "        v = []",
+            "        for h in vs:",
+            "            if type(h) is not str or (c := MODALITIES.get(h)) is None:",
+            f"                v = F{i}(ds, T{i}, A{i}, ctx)",
+            "                break",
+            "            if c not in v:",
+            "                v.append(c)",
+            "        if v is not None:",
+            f"            {row.store('v')}",
+            "    else:",
+            *_indent(row.fallback, 2),
         ]
-    if name == "body_site":
+    if name == "body_site" and single:
         namespace["BODY_SITES"] = terminology.body_sites
-        return [
-            f"it = ds.get(T{i}[0])",
-            "vs = it.get('Value') if it else None",
-            "if (",
-            "    vs and type(vs) is list and type(vs[0]) is str and (s := vs[0].strip())",
-            "    and (c := BODY_SITES.get(s.upper().replace(' ', ''))) is not None",
-            "):",
-            "    v = c",
-            "elif not it:",
-            "    v = None",
-            "else:",
-            f"    {fallback}",
-        ]
-    if name == "laterality":
+        term = "h.upper().replace(' ', '')"
+        return _on_first_value(row, f"{_ONE_STRING} and {_TRIMMED} and (c := BODY_SITES.get({term})) is not None", "c")
+    if name == "person_reference" and single:
+        namespace["person_reference_of"] = person_reference_of
+        return _on_first_value(row, f"{_ONE_DICT} and {_ALPHABETIC}", "person_reference_of(a)")
+    if name == "person_references" and single:
+        namespace["person_reference_of"] = person_reference_of
+        return _on_first_value(row, f"{_ONE_DICT} and {_ALPHABETIC}", "[person_reference_of(a)]")
+    if name == "laterality" and tags:
         namespace["LATERALITY"] = terminology.laterality
+        empty = " and ".join(f"(not (e := get({t!r})) or not e.get('Value'))" for t in tags)
         return [
-            f"it = ds.get(T{i}[0])",
-            "vs = it.get('Value') if it else None",
-            "if vs and type(vs) is list and type(vs[0]) is str and (s := vs[0].strip()) and s.upper() in LATERALITY:",
-            "    v = LATERALITY[s.upper()]",
-            f"elif all(not (e := ds.get(t)) or not e.get('Value') for t in T{i}):",
-            "    v = None",
-            "else:",
-            f"    {fallback}",
+            f"e = get({tags[0]!r})",
+            f"if e is not None and {_ONE_STRING} and {_TRIMMED} and (c := LATERALITY.get(h.upper())) is not None:",
+            f"    {row.store('c')}",
+            f"elif not ({empty}):",
+            *_indent(row.fallback),
         ]
-    if name == "date_time":
-        namespace.update(first_text=dj.first_text, fhir_datetime=fhir_datetime, DateProblem=DateProblem)
+    if name == "date_time" and len(tags) in (2, 3):
+        namespace.update(datetime_or_problem=datetime_or_problem, PROBLEM=PROBLEM)
+        offset = "offset or ctx.study_offset" if len(tags) > 2 else "ctx.study_offset"
         return [
-            "try:",
-            f"    v = fhir_datetime(first_text(ds, T{i}[0]), first_text(ds, T{i}[1]),",
-            f"                      (first_text(ds, T{i}[2]) if len(T{i}) > 2 else None) or ctx.study_offset,",
-            "                      ctx.trust.zone)",
-            "except DateProblem:",
-            f"    {fallback}",
+            *_first_text("da", tags[0]),
+            *_first_text("tm", tags[1]),
+            *(_first_text("offset", tags[2]) if len(tags) > 2 else []),
+            f"v = datetime_or_problem(da, tm, {offset}, trust.zone)",
+            "if v is PROBLEM:",
+            *_indent(row.fallback),
+            "elif v is not None:",
+            f"    {row.store('v')}",
         ]
+    if name == "performers":
+        return _performers(row, namespace)
     return None
+
+
+def _performers(row: _Row, namespace: dict[str, Any]) -> list[str]:
+    """Each attribute absent or one person name (with its alphabetic group): inline; else the transform."""
+    lines = ["p = []", "slow = False"]
+    for n, tag in enumerate(row.tags):
+        namespace[f"R{row.i}_{n}"] = row.args["functions"][n]
+        lines += [
+            f"e = get({tag!r})",
+            "if e is not None:",
+            f"    if {_ONE_DICT} and {_ALPHABETIC}:",
+            f"        p.append({{'function': R{row.i}_{n}, 'actor': person_reference_of(a)}})",
+            "    elif e.get('Value'):",
+            "        slow = True",
+        ]
+    namespace["person_reference_of"] = person_reference_of
+    return [*lines, "if slow:", *_indent(row.fallback), "elif p:", f"    {row.store('p')}"]
 
 
 def _function(
     name: str, rows: tuple[Row, ...], offset: int, terminology: Terminology, namespace: dict[str, Any]
 ) -> str:
-    lines = [f"def {name}(ds, ctx, out):"]
-    for n, (key, append, fn, tags, args, probe) in enumerate(rows):
-        i = offset + n
-        namespace[f"F{i}"], namespace[f"T{i}"], namespace[f"A{i}"] = fn, tags, args
-        transform = next(t for t, f in TRANSFORMS.items() if f is fn)
-        body = _inline(transform, i, terminology, namespace) or [f"v = F{i}(ds, T{i}, A{i}, ctx)"]
-        if append:
-            store = ["if v is not None:", f"    out.setdefault({key!r}, []).append(v)"]
-        else:
-            store = ["if v is not None:", f"    out[{key!r}] = v"]
-        lines.append(f"    # {args['element']}: {transform}({', '.join(tags)})")
-        indent = "    "
-        if probe is not None:
-            lines.append(f"    if {probe!r} in ds:")
-            indent = "        "
-        lines += [indent + line for line in (*body, *store)]
+    lines = [f"def {name}(ds, ctx, out):", "    get = ds.get", "    trust = ctx.trust"]
+    for n, compiled in enumerate(rows):
+        row = _Row(offset + n, compiled)
+        i = row.i
+        namespace[f"F{i}"], namespace[f"T{i}"], namespace[f"A{i}"] = row.fn, row.tags, row.args
+        lines.append(f"    # {row.args['element']}: {row.transform}({', '.join(row.tags)})")
+        body = _inline(row, terminology, namespace)
+        if body is None:
+            body = row.fallback
+            if row.probe is not None:
+                body = [f"if {row.probe!r} in ds:", *_indent(body)]
+            elif row.tags and row.transform in _NOTHING_WHEN_ABSENT:
+                body = [f"if {' or '.join(f'{t!r} in ds' for t in row.tags)}:", *_indent(body)]
+        lines += _indent(body)
     lines.append("    return out")
     return "\n".join(lines)
 
@@ -150,7 +234,7 @@ def generate(
     study: tuple[Row, ...], series: tuple[Row, ...], instance: tuple[Row, ...], terminology: Terminology
 ) -> tuple[str, dict[str, Any]]:
     """The generated module's source and the namespace its names refer to (transforms, tags, args)."""
-    namespace: dict[str, Any] = {}
+    namespace: dict[str, Any] = {"first_text": dj.first_text, "is_uid": dj.is_uid}
     parts = [
         '"""Generated by app.core.mapping.compile from mappings/imagingstudy.yaml; do not edit."""',
         _function("map_study_fields", study, 0, terminology, namespace),
