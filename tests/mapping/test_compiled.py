@@ -220,3 +220,52 @@ def test_fuzzed_datasets_map_the_same(
 ) -> None:
     by_series: dict[str, list[dict[str, Any]]] = {"1.2.3.4": instances, "1.2.3.5": instances[:1]}
     same(study, series, by_series if with_instances else None)
+
+
+# Studies whose series all map (a valid UID and modality each), with odd counts, numbers and
+# modalities: what StudyMapper does around the rows (series order, numberOfSeries, numberOfInstances
+# summed from the series, the study's modalities completed from its series) is compared too.
+COUNT = st.one_of(
+    st.integers(0, 40).map(lambda n: {"vr": "IS", "Value": [n]}),
+    element(),
+    st.sampled_from([{"vr": "IS", "Value": ["7"]}, {"vr": "IS", "Value": [-1]}, {"vr": "IS"}]),
+)
+
+
+@st.composite
+def well_formed(draw: st.DrawFn, level: str) -> dict[str, Any]:
+    out = draw(dataset(level))
+    if level == "study":
+        out[tag("StudyInstanceUID")] = {"vr": "UI", "Value": ["1.2.3"]}
+        codes = st.lists(st.sampled_from(["CT", "MR", "US", "mr", "ZZ"]), min_size=1, max_size=3)
+        out[tag("ModalitiesInStudy")] = {"vr": "CS", "Value": draw(codes)}
+    else:
+        out[tag("SeriesInstanceUID")] = {"vr": "UI", "Value": [draw(st.sampled_from(["1.2.3.4", "1.2.3.5", "2.25.7"]))]}
+        out[tag("Modality")] = {"vr": "CS", "Value": [draw(st.sampled_from(["CT", "MR", "US", "mr "]))]}
+    for keyword in {"study": ("NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances")}.get(
+        level, ("SeriesNumber", "NumberOfSeriesRelatedInstances")
+    ):
+        if draw(st.booleans()):
+            out[tag(keyword)] = draw(COUNT)
+        else:
+            out.pop(tag(keyword), None)
+    return out
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    study=well_formed("study"),
+    series=st.lists(well_formed("series"), min_size=1, max_size=4),
+    invalid=st.lists(dataset("series"), max_size=1),
+    instances=st.lists(dataset("instance"), max_size=2),
+    with_instances=st.booleans(),
+)
+def test_fuzzed_studies_with_mapped_series_map_the_same(
+    study: dict[str, Any],
+    series: list[dict[str, Any]],
+    invalid: list[dict[str, Any]],
+    instances: list[dict[str, Any]],
+    with_instances: bool,
+) -> None:
+    by_series: dict[str, list[dict[str, Any]]] = {"1.2.3.4": instances, "2.25.7": instances[:1]}
+    same(study, series + invalid, by_series if with_instances else None)
