@@ -15,6 +15,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydicom import config
+from pydicom.uid import UID
 
 from app.archives.folder.archive import FolderArchive
 from app.core.mapping.compile import generated_source
@@ -152,8 +154,11 @@ WORDS = st.one_of(
 TEXT = st.builds(
     lambda pad, word, end: pad + word + end, st.sampled_from(["", "", " "]), WORDS, st.sampled_from(["", "", " "])
 )
+# pydicom's UID, as the folder archive's datasets hold UIDs (the compiled mapper reads it as text)
+AS_UID = TEXT.map(lambda text: UID(text, validation_mode=config.IGNORE))
 SCALAR = st.one_of(
     TEXT,
+    AS_UID,
     st.integers(-5, 2**32),
     st.sampled_from([0, -1, 2**31 - 1, 2**31]),
     st.floats(allow_nan=False, allow_infinity=False),
@@ -189,6 +194,8 @@ def element(draw: st.DrawFn) -> Any:
         return {"vr": "IS", "Value": draw(st.lists(SCALAR, max_size=3))}
     if kind == 4:
         return {"vr": "LO", "Value": draw(st.lists(TEXT, min_size=2, max_size=3))}
+    if kind == 5:
+        return {"vr": "UI", "Value": [draw(AS_UID)]}
     return {"vr": "LO", "Value": [draw(TEXT)]}
 
 
@@ -200,7 +207,11 @@ def dataset(draw: st.DrawFn, level: str, study_uid: str | None = None) -> dict[s
         out[tag("StudyInstanceUID")] = {"vr": "UI", "Value": [study_uid]}
     if draw(st.integers(0, 3)):  # most datasets carry the identifiers, so that the rest gets mapped
         uid_tag = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID", "instance": "SOPInstanceUID"}[level]
-        out[tag(uid_tag)] = {"vr": "UI", "Value": [draw(st.sampled_from(["1.2.3.4", "1.2.3.5", "2.25.7", "1.02"]))]}
+        uid = draw(st.sampled_from(["1.2.3.4", "1.2.3.5", "2.25.7", "1.02"]))
+        out[tag(uid_tag)] = {
+            "vr": "UI",
+            "Value": [UID(uid, validation_mode=config.IGNORE) if draw(st.booleans()) else uid],
+        }
         if level == "series" and draw(st.booleans()):
             out[tag("Modality")] = {"vr": "CS", "Value": [draw(st.sampled_from(["CT", "MR", "mr ", "ZZ"]))]}
         if level == "instance" and draw(st.booleans()):

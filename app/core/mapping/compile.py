@@ -19,6 +19,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from pydicom.uid import UID
+
 from app.core import dicom_json as dj
 from app.core import systems
 from app.core.mapping.context import MappingContext, Terminology
@@ -38,10 +40,14 @@ SECTIONS = ("study", "series", "instance")
 _NOTHING_WHEN_ABSENT = frozenset(TRANSFORMS) - {"constant", "subject_reference", "trust_endpoints"}
 # Conditions on an element `e`, the shapes nearly every attribute comes in: `h` is its first value.
 _LIST = "type(vs := e.get('Value')) is list"
-_ONE_STRING = f"{_LIST} and vs and type(h := vs[0]) is str"  # the first value a string
-_ONLY_STRING = f"{_LIST} and len(vs) == 1 and type(h := vs[0]) is str"  # one value, a string
+# Text: a str, or pydicom's UID (a str that the folder archive's datasets hold): neither changes what
+# str() gives, so `h.strip()` is the `str(h).strip()` of the transforms' general case (dj.text).
+_TEXT = "(type(h := vs[0]) is str or type(h) is UID)"
+_ONE_STRING = f"{_LIST} and vs and {_TEXT}"  # the first value text
+_ONLY_STRING = f"{_LIST} and len(vs) == 1 and {_TEXT}"  # one value, text
 _ONE_DICT = f"{_LIST} and len(vs) == 1 and type(h := vs[0]) is dict"  # one value, a person name
 _TRIMMED = "(h := h.strip())"  # `h` trimmed, not empty
+_TEXT_CONCEPT = "[{'text': h}]"
 _ALPHABETIC = "type(a := h.get('Alphabetic')) is str and a.strip('^ ')"
 
 
@@ -121,13 +127,7 @@ def _inline(row: _Row, terminology: Terminology, namespace: dict[str, Any]) -> l
         namespace["DICOM_UID"] = systems.DICOM_UID
         return [row.store(f"{{'system': DICOM_UID, 'value': {systems.OID_PREFIX!r} + ctx.study_uid}}")]
     if name == "accession_identifier" and single:
-        absent = f" and {tags[1]!r} not in ds" if len(tags) > 1 else ""
-        namespace["ACCESSION_TYPE"] = ACCESSION_TYPE
-        value = (
-            "{'use': 'usual', 'type': ACCESSION_TYPE, 'system': trust.accession_system, 'value': h, "
-            "'assigner': trust.organization_reference}"
-        )
-        return _on_first_value(row, f"{_ONLY_STRING} and {_TRIMMED}{absent}", value)
+        return _accession(row, namespace)
     if name == "study_id_identifier" and single:
         namespace["STUDY_ID_TYPE"] = STUDY_ID_TYPE
         value = "{'use': 'secondary', 'type': STUDY_ID_TYPE, 'value': h, 'assigner': trust.organization_reference}"
@@ -162,8 +162,28 @@ def _inline(row: _Row, terminology: Terminology, namespace: dict[str, Any]) -> l
         namespace["person_reference_of"] = person_reference_of
         return _on_first_value(row, f"{_ONE_DICT} and {_ALPHABETIC}", "person_reference_of(a)")
     if name == "person_references" and single:
-        namespace["person_reference_of"] = person_reference_of
-        return _on_first_value(row, f"{_ONE_DICT} and {_ALPHABETIC}", "[person_reference_of(a)]")
+        return _people(row, namespace)
+    if name == "location_reference" and tags:
+        words = [f"w{n}" for n in range(len(tags))]
+        display = "{'display': ', '.join([w for w in (" + ", ".join(words) + ",) if w])}"
+        return [
+            *(line for n, t in enumerate(tags) for line in _first_text(words[n], t)),
+            f"if {' or '.join(words)}:",
+            f"    {row.store(display)}",
+        ]
+    if name == "reason_concepts" and len(tags) == 2:
+        # no code sequence and one reason as text: [{'text': reason}]
+        return [
+            f"if {tags[1]!r} not in ds:",
+            f"    e = get({tags[0]!r})",
+            "    if e is not None:",
+            f"        if {_ONLY_STRING} and {_TRIMMED}:",
+            f"            {row.store(_TEXT_CONCEPT)}",
+            "        else:",
+            *_indent(row.fallback, 3),
+            "else:",
+            *_indent(row.fallback),
+        ]
     if name == "laterality" and tags:
         namespace["LATERALITY"] = terminology.laterality
         empty = " and ".join(f"(not (e := get({t!r})) or not e.get('Value'))" for t in tags)
@@ -192,21 +212,77 @@ def _inline(row: _Row, terminology: Terminology, namespace: dict[str, Any]) -> l
     return None
 
 
+def _each_person(tag: str, append: str) -> list[str]:
+    """`append` (an expression of `a`) for each value of the attribute, each a person name with its
+    alphabetic group; `slow` set on any other value."""
+    return [
+        f"e = get({tag!r})",
+        "if e is not None:",
+        "    if type(vs := e.get('Value')) is list:",
+        "        for h in vs:",
+        f"            if type(h) is dict and {_ALPHABETIC}:",
+        f"                {append}",
+        "            else:",
+        "                slow = True",
+        "                break",
+        "    elif vs:",
+        "        slow = True",
+    ]
+
+
+def _people(row: _Row, namespace: dict[str, Any]) -> list[str]:
+    """person_references: person names with their alphabetic group inline; anything else, the transform."""
+    namespace["person_reference_of"] = person_reference_of
+    return [
+        "p = []",
+        "slow = False",
+        *_each_person(row.tags[0], "p.append(person_reference_of(a))"),
+        "if slow:",
+        *_indent(row.fallback),
+        "elif p:",
+        f"    {row.store('p')}",
+    ]
+
+
 def _performers(row: _Row, namespace: dict[str, Any]) -> list[str]:
-    """Each attribute absent or one person name (with its alphabetic group): inline; else the transform."""
+    """Each attribute absent or person names with their alphabetic group: inline; else the transform."""
     lines = ["p = []", "slow = False"]
     for n, tag in enumerate(row.tags):
         namespace[f"R{row.i}_{n}"] = row.args["functions"][n]
-        lines += [
-            f"e = get({tag!r})",
-            "if e is not None:",
-            f"    if {_ONE_DICT} and {_ALPHABETIC}:",
-            f"        p.append({{'function': R{row.i}_{n}, 'actor': person_reference_of(a)}})",
-            "    elif e.get('Value'):",
-            "        slow = True",
-        ]
+        lines += _each_person(tag, f"p.append({{'function': R{row.i}_{n}, 'actor': person_reference_of(a)}})")
     namespace["person_reference_of"] = person_reference_of
     return [*lines, "if slow:", *_indent(row.fallback), "elif p:", f"    {row.store('p')}"]
+
+
+def _accession(row: _Row, namespace: dict[str, Any]) -> list[str]:
+    """One accession number, without an issuer or with one naming a trust (LocalNamespaceEntityID) alone."""
+    namespace["ACCESSION_TYPE"] = ACCESSION_TYPE
+    value = "{'use': 'usual', 'type': ACCESSION_TYPE, 'system': system, 'value': h, 'assigner': assigner}"
+    local = "type(vs := s.get('Value')) is list and vs and type(s := vs[0]) is str and (s := s.strip())"
+    issuer = [] if len(row.tags) == 1 else [
+        f"    s = get({row.tags[1]!r})",
+        "    if s is None:",
+        "        pass",
+        "    elif (type(vs := s.get('Value')) is list and len(vs) == 1 and type(s := vs[0]) is dict and len(s) == 1",
+        f"          and (s := s.get({dj.LOCAL_NAMESPACE_ENTITY_ID!r})) is not None and {local}):",
+        "        system, assigner = trust.issuers.get(s) or (system, assigner)",
+        "    else:",
+        "        system = None",
+    ]  # fmt: skip
+    return [
+        f"e = get({row.tags[0]!r})",
+        "if e is not None:",
+        "    v = None",
+        f"    if {_ONLY_STRING} and {_TRIMMED}:",
+        "        system, assigner = trust.accession_system, trust.organization_reference",
+        *_indent(issuer),
+        "        if system is not None:",
+        f"            v = {value}",
+        "    if v is None:",
+        f"        v = F{row.i}(ds, T{row.i}, A{row.i}, ctx)",
+        "    if v is not None:",
+        f"        {row.store('v')}",
+    ]
 
 
 def _function(
@@ -234,7 +310,7 @@ def generate(
     study: tuple[Row, ...], series: tuple[Row, ...], instance: tuple[Row, ...], terminology: Terminology
 ) -> tuple[str, dict[str, Any]]:
     """The generated module's source and the namespace its names refer to (transforms, tags, args)."""
-    namespace: dict[str, Any] = {"first_text": dj.first_text, "is_uid": dj.is_uid}
+    namespace: dict[str, Any] = {"first_text": dj.first_text, "is_uid": dj.is_uid, "UID": UID}
     parts = [
         '"""Generated by app.core.mapping.compile from mappings/imagingstudy.yaml; do not edit."""',
         _function("map_study_fields", study, 0, terminology, namespace),

@@ -12,6 +12,7 @@ from functools import partial
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
+from pydicom.uid import UID
 
 from app.core import dicom_json as dj
 from app.core.mapping.context import MappingContext, Terminology, TrustMapping
@@ -162,7 +163,7 @@ class StudyMapper:
         """map_study with the compiled fields: the same steps, the same output and issues, written
         for speed (the common shapes read inline, one loop over the series, no intermediate lists)."""
         e = study.get(dj.STUDY_INSTANCE_UID)
-        if e is not None and type(vs := e.get("Value")) is list and vs and type(h := vs[0]) is str:
+        if e is not None and type(vs := e.get("Value")) is list and vs and (type(h := vs[0]) is str or type(h) is UID):
             h = h.strip()
             study_uid = h if h and dj.is_uid(h) else dj.uid(study, dj.STUDY_INSTANCE_UID)
         else:
