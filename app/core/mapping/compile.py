@@ -88,6 +88,13 @@ def _first_text(var: str, tag: str) -> list[str]:
     ]
 
 
+def _normalised(table: dict[str, Any], normalise: Callable[[str], str], expression: str) -> str:
+    """How the fast path looks `h` up in a table the transform looks its normal form up in (`normalise`,
+    written as `expression`): `h` itself when every key is in normal form, since then a term found is
+    its own normal form (and a term not found goes to the transform)."""
+    return "h" if all(normalise(key) == key for key in table) else expression
+
+
 def _on_first_value(row: _Row, condition: str, value: str) -> list[str]:
     """The row's first attribute read once: `value` when `condition` holds (its common case), else the
     transform; nothing when the attribute is absent (the rows with a probe, and rows that map nothing
@@ -156,7 +163,7 @@ def _inline(row: _Row, terminology: Terminology, namespace: dict[str, Any]) -> l
         ]
     if name == "body_site" and single:
         namespace["BODY_SITES"] = terminology.body_sites
-        term = "h.upper().replace(' ', '')"
+        term = _normalised(terminology.body_sites, lambda k: k.upper().replace(" ", ""), "h.upper().replace(' ', '')")
         return _on_first_value(row, f"{_ONE_STRING} and {_TRIMMED} and (c := BODY_SITES.get({term})) is not None", "c")
     if name == "person_reference" and single:
         namespace["person_reference_of"] = person_reference_of
@@ -186,13 +193,16 @@ def _inline(row: _Row, terminology: Terminology, namespace: dict[str, Any]) -> l
         ]
     if name == "laterality" and tags:
         namespace["LATERALITY"] = terminology.laterality
-        empty = " and ".join(f"(not (e := get({t!r})) or not e.get('Value'))" for t in tags)
+        found = f"(c := LATERALITY.get({_normalised(terminology.laterality, str.upper, 'h.upper()')})) is not None"
+        others = " or ".join(f"((e := get({t!r})) and e.get('Value'))" for t in tags[1:])
         return [
             f"e = get({tags[0]!r})",
-            f"if e is not None and {_ONE_STRING} and {_TRIMMED} and (c := LATERALITY.get(h.upper())) is not None:",
-            f"    {row.store('c')}",
-            f"elif not ({empty}):",
-            *_indent(row.fallback),
+            "if e and (vs := e.get('Value')):",
+            f"    if type(vs) is list and {_TEXT} and {_TRIMMED} and {found}:",
+            f"        {row.store('c')}",
+            "    else:",
+            *_indent(row.fallback, 2),
+            *([f"elif {others}:", *_indent(row.fallback)] if others else []),
         ]
     if name == "date_time" and len(tags) in (2, 3):
         namespace.update(datetime_or_problem=datetime_or_problem, PROBLEM=PROBLEM)
