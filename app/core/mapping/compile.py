@@ -88,6 +88,57 @@ def _first_text(var: str, tag: str) -> list[str]:
     ]
 
 
+class _Recorder(MappingContext):
+    """A MappingContext that keeps what a transform reports, to be reported again on each real one."""
+
+    __slots__ = ("reports",)
+
+    def __init__(self, ctx: MappingContext) -> None:
+        super().__init__(ctx.trust, ctx.terminology, ctx.subject, ctx.study_uid, [])
+        self.study_offset = ctx.study_offset
+        self.reports: list[tuple[str, str, str]] = []
+
+    def report(self, element: str, message: str, severity: str = "warning") -> None:
+        self.reports.append((element, message, severity))
+
+
+MEMO_SIZE = 4096  # entries per remembered row, then it starts again
+
+
+def remembered(memo: dict[Any, Any], key: Any, fn: Any, ds: Any, tags: Any, args: Any, ctx: MappingContext) -> Any:
+    """`fn(ds, tags, args, ctx)` for a dataset whose values that `fn` reads are all in `key`: computed
+    once per key (what it reports is kept and reported again each time); a list comes back as a copy."""
+    found = memo.get(key)
+    if found is None:
+        recorder = _Recorder(ctx)
+        found = (fn(ds, tags, args, recorder), tuple(recorder.reports))
+        if len(memo) >= MEMO_SIZE:
+            memo.clear()
+        memo[key] = found
+    value, reports = found
+    for report in reports:
+        ctx.report(*report)
+    return list(value) if type(value) is list else value
+
+
+_CODE_ITEM = (dj.CODE_VALUE, dj.CODING_SCHEME_DESIGNATOR, dj.CODE_MEANING)
+
+
+def code_item_key(item: dict[str, Any]) -> tuple[str, ...] | None:
+    """(code, scheme, meaning) of a code sequence item that holds them, each one string, and nothing else."""
+    if len(item) != len(_CODE_ITEM):
+        return None
+    key = []
+    for tag in _CODE_ITEM:
+        element = item.get(tag)
+        if type(element) is not dict or type(vs := element.get("Value")) is not list or len(vs) != 1:
+            return None
+        if type(text := vs[0]) is not str:
+            return None
+        key.append(text)
+    return tuple(key)
+
+
 def _normalised(table: dict[str, Any], normalise: Callable[[str], str], expression: str) -> str:
     """How the fast path looks `h` up in a table the transform looks its normal form up in (`normalise`,
     written as `expression`): `h` itself when every key is in normal form, since then a term found is
@@ -216,6 +267,20 @@ def _inline(row: _Row, terminology: Terminology, namespace: dict[str, Any]) -> l
             *_indent(row.fallback),
             "elif v is not None:",
             f"    {row.store('v')}",
+        ]
+    if name == "code_sequence_concepts" and single:
+        # one coded item (code, scheme, meaning): the concept and what is reported, once per item
+        namespace.update(remembered=remembered, code_item_key=code_item_key, **{f"M{i}": {}})
+        one_item = "type(vs := e.get('Value')) is list and len(vs) == 1 and type(h := vs[0]) is dict"
+        return [
+            f"e = get({tags[0]!r})",
+            "if e is not None:",
+            f"    if {one_item} and (k := code_item_key(h)) is not None:",
+            f"        v = remembered(M{i}, k, F{i}, ds, T{i}, A{i}, ctx)",
+            "    else:",
+            f"        v = F{i}(ds, T{i}, A{i}, ctx)",
+            "    if v is not None:",
+            f"        {row.store('v')}",
         ]
     if name == "performers":
         return _performers(row, namespace)
