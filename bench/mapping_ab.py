@@ -7,8 +7,9 @@ so that noise from the shared machine hits both sides alike. Each child maps, pe
 canned studies of bench.facade_cpu's P3 row and every study of the demo dataset (bench.mapping_cpu's
 input), with their series, and reports the median CPU per study over its passes.
 
-Run: python -m bench.mapping_ab [--old main] [--rounds 3] [--passes 7] [--data DEMO_DATA_DIR]
-(without --data the demo part is left out; tests/demo_dataset.py's folder under test-artifacts/ fits).
+Run: python -m bench.mapping_ab [--old main] [--rounds 3] [--passes 7] [--data DEMO_DATA_DIR] [--cold]
+(--cold: every cache of the mapping emptied before each pass, as for studies it has never seen;
+ without --data the demo part is left out; tests/demo_dataset.py's folder under test-artifacts/ fits).
 """
 
 from __future__ import annotations
@@ -78,7 +79,20 @@ def _demo_inputs(data: Path) -> list[tuple[Any, ...]]:
     return inputs
 
 
-def worker(root: Path, passes: int, data: Path | None) -> dict[str, float]:
+def forget(mapper: Any) -> None:
+    """Empty every cache the mapping keeps (lru_cache functions of app.core, the compiled rows' memos)."""
+    for name, module in list(sys.modules.items()):
+        if name.startswith("app.core"):
+            for value in vars(module).values():
+                if callable(getattr(value, "cache_clear", None)):
+                    value.cache_clear()
+    if mapper.study_fields is not None:
+        for name, value in mapper.study_fields.__globals__.items():
+            if name.startswith("M") and name[1:].isdigit() and isinstance(value, dict):
+                value.clear()
+
+
+def worker(root: Path, passes: int, data: Path | None, cold: bool) -> dict[str, float]:
     """In the child: map the inputs `passes` times with `root`'s mapper; median us per study."""
     sys.path.insert(0, str(root))
     from app.core.mapping.tables import load_mapper
@@ -93,6 +107,8 @@ def worker(root: Path, passes: int, data: Path | None) -> dict[str, float]:
             mapper.map_study(study, series, None, trust, subject, [])
         runs = []
         for _ in range(passes):
+            if cold:
+                forget(mapper)
             start = time.process_time()
             for study, series, trust, subject in inputs:
                 mapper.map_study(study, series, None, trust, subject, [])
@@ -117,10 +133,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--passes", type=int, default=7)
     parser.add_argument("--data", type=Path, help="a demo dataset folder (tools.demo.generate output)")
+    parser.add_argument("--cold", action="store_true", help="empty the mapping's caches before each pass")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.passes, args.data)))
+        print(json.dumps(worker(args.worker, args.passes, args.data, args.cold)))
         return
     with tempfile.TemporaryDirectory(prefix="mapping-ab-") as tmp:
         sides = {"old": export(args.old, Path(tmp)), "new": ROOT}
@@ -129,9 +146,12 @@ def main() -> None:
             for side in ("old", "new") if n % 2 == 0 else ("new", "old"):
                 command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(sides[side])]
                 command += ["--passes", str(args.passes)] + (["--data", str(args.data)] if args.data else [])
+                command += ["--cold"] if args.cold else []
                 line = subprocess.run(command, cwd=sides[side], capture_output=True, text=True, check=True).stdout
                 results[side].append(json.loads(line.strip().splitlines()[-1]))
+    caches = "emptied before each pass" if args.cold else "warm"
     print(f"P3 mapping CPU per study (us), old = {args.old}, new = this tree; median of {args.passes} passes per run")
+    print(f"(the mapping's caches {caches}; rounds alternate old/new)")
     for name in ("canned", "demo"):
         if name not in results["new"][0]:
             continue

@@ -197,17 +197,22 @@ class StudyMapper:
             modalities = out.get("modality")
             codes = {c["code"] for c in modalities} if modalities else set()
             counted = len(mapped) == len(series) and "numberOfInstances" not in out
+            total = 0
             for fields in mapped:
                 coding = fields["modality"]
                 if coding["code"] not in codes:
                     out.setdefault("modality", []).append(coding)
                     codes.add(coding["code"])
-                if counted and "numberOfInstances" not in fields:
-                    counted = False
+                if counted:
+                    count = fields.get("numberOfInstances")
+                    if count is None:
+                        counted = False
+                    else:
+                        total += count
             if "numberOfSeries" not in out:
                 out["numberOfSeries"] = len(series)
             if counted:
-                out["numberOfInstances"] = sum(s["numberOfInstances"] for s in mapped)
+                out["numberOfInstances"] = total
         elif "numberOfSeries" not in out:
             out["numberOfSeries"] = len(series)
         return out
