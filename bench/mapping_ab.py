@@ -22,6 +22,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import timeit
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,9 @@ def worker(root: Path, passes: int, data: Path | None, cold: bool) -> dict[str, 
             runs.append((time.process_time() - start) / len(inputs) * 1e6)
         out[name] = statistics.median(runs)
         out[f"{name}_studies"] = len(inputs)
+    # how fast the shared machine ran Python meanwhile: the best of 5 timings of one dict.get (ns)
+    best = min(timeit.repeat("d.get('a')", setup="d = {'a': 1}", number=200_000, repeat=5))
+    out["dict_get_ns"] = best / 200_000 * 1e9
     return out
 
 
@@ -163,6 +167,9 @@ def main() -> None:
             f"new {' '.join(f'{v:5.1f}' for v in new)}  |  median old {statistics.median(old):.1f} "
             f"new {statistics.median(new):.1f} ({statistics.median(old) / statistics.median(new):.2f}x)"
         )
+    calibration = {side: statistics.median(r["dict_get_ns"] for r in runs) for side, runs in results.items()}
+    old_ns, new_ns = calibration["old"], calibration["new"]
+    print(f"  one dict.get meanwhile (ns, median of the runs): old {old_ns:.1f}, new {new_ns:.1f}")
 
 
 if __name__ == "__main__":
