@@ -256,7 +256,9 @@ def well_formed(draw: st.DrawFn, level: str) -> dict[str, Any]:
     for keyword in {"study": ("NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances")}.get(
         level, ("SeriesNumber", "NumberOfSeriesRelatedInstances")
     ):
-        if draw(st.booleans()):
+        if keyword == "SeriesNumber" and draw(st.integers(0, 3)):  # mostly numbers that repeat and rise or not
+            out[tag(keyword)] = {"vr": "IS", "Value": [draw(st.integers(0, 2))]}
+        elif draw(st.booleans()):
             out[tag(keyword)] = draw(COUNT)
         else:
             out.pop(tag(keyword), None)

@@ -84,6 +84,21 @@ def _order(number_tag: str, uid_tag: str) -> Callable[[dj.Dataset], tuple[int, s
 _series_order = _order(dj.SERIES_NUMBER, dj.SERIES_INSTANCE_UID)
 
 
+def _in_order(series: Sequence[dj.Dataset]) -> Sequence[dj.Dataset]:
+    """The series sorted by _series_order; as they are when their SeriesNumbers are ints that already
+    rise (the sort would keep that order: the numbers alone decide it), without making the keys."""
+    if len(series) < 2:
+        return series
+    previous = -1
+    for one in series:
+        item = one.get(dj.SERIES_NUMBER)
+        values = item.get("Value") if item else None
+        if not values or type(number := values[0]) is not int or number <= previous:
+            return sorted(series, key=_series_order_fast)
+        previous = number
+    return series
+
+
 def _series_order_fast(ds: dj.Dataset) -> tuple[int, str]:
     """_series_order, with a SeriesNumber that is already a non-negative int read inline."""
     item = ds.get(dj.SERIES_NUMBER)
@@ -179,7 +194,7 @@ class StudyMapper:
             return out
         series_fields = self._series_fields
         mapped = []
-        for one in sorted(series, key=_series_order_fast) if len(series) > 1 else series:
+        for one in _in_order(series):
             fields = series_fields(one, ctx, {})
             if "uid" not in fields or "modality" not in fields:
                 ctx.report("ImagingStudy.series", "a series without a valid SeriesInstanceUID or Modality was left out")
