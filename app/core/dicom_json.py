@@ -13,6 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
+from pydicom.uid import UID
 
 Dataset = dict[str, Any]
 
@@ -85,7 +86,7 @@ def first_text(dataset: Dataset, tag: str) -> str | None:
     if not found or not isinstance(found, list):
         return None
     head = found[0]
-    if type(head) is str:
+    if type(head) is str or type(head) is UID:  # a UID (pydicom's str) gives the same str() as itself
         head = head.strip()
         if head:
             return head

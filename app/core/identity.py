@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 _WEIGHTS = range(10, 1, -1)
 
 
@@ -22,5 +24,7 @@ def nhs_number_problem(value: str) -> str | None:
     return None
 
 
+@lru_cache(maxsize=8192)
 def is_nhs_number(value: str) -> bool:
+    """Remembered per value: the same patients' numbers are checked on every study of every search."""
     return nhs_number_problem(value) is None

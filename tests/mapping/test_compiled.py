@@ -15,6 +15,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydicom import config
+from pydicom.uid import UID
 
 from app.archives.folder.archive import FolderArchive
 from app.core.mapping.compile import generated_source
@@ -152,8 +154,11 @@ WORDS = st.one_of(
 TEXT = st.builds(
     lambda pad, word, end: pad + word + end, st.sampled_from(["", "", " "]), WORDS, st.sampled_from(["", "", " "])
 )
+# pydicom's UID, as the folder archive's datasets hold UIDs (the compiled mapper reads it as text)
+AS_UID = TEXT.map(lambda text: UID(text, validation_mode=config.IGNORE))
 SCALAR = st.one_of(
     TEXT,
+    AS_UID,
     st.integers(-5, 2**32),
     st.sampled_from([0, -1, 2**31 - 1, 2**31]),
     st.floats(allow_nan=False, allow_infinity=False),
@@ -189,6 +194,8 @@ def element(draw: st.DrawFn) -> Any:
         return {"vr": "IS", "Value": draw(st.lists(SCALAR, max_size=3))}
     if kind == 4:
         return {"vr": "LO", "Value": draw(st.lists(TEXT, min_size=2, max_size=3))}
+    if kind == 5:
+        return {"vr": "UI", "Value": [draw(AS_UID)]}
     return {"vr": "LO", "Value": [draw(TEXT)]}
 
 
@@ -200,7 +207,11 @@ def dataset(draw: st.DrawFn, level: str, study_uid: str | None = None) -> dict[s
         out[tag("StudyInstanceUID")] = {"vr": "UI", "Value": [study_uid]}
     if draw(st.integers(0, 3)):  # most datasets carry the identifiers, so that the rest gets mapped
         uid_tag = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID", "instance": "SOPInstanceUID"}[level]
-        out[tag(uid_tag)] = {"vr": "UI", "Value": [draw(st.sampled_from(["1.2.3.4", "1.2.3.5", "2.25.7", "1.02"]))]}
+        uid = draw(st.sampled_from(["1.2.3.4", "1.2.3.5", "2.25.7", "1.02"]))
+        out[tag(uid_tag)] = {
+            "vr": "UI",
+            "Value": [UID(uid, validation_mode=config.IGNORE) if draw(st.booleans()) else uid],
+        }
         if level == "series" and draw(st.booleans()):
             out[tag("Modality")] = {"vr": "CS", "Value": [draw(st.sampled_from(["CT", "MR", "mr ", "ZZ"]))]}
         if level == "instance" and draw(st.booleans()):
@@ -220,3 +231,54 @@ def test_fuzzed_datasets_map_the_same(
 ) -> None:
     by_series: dict[str, list[dict[str, Any]]] = {"1.2.3.4": instances, "1.2.3.5": instances[:1]}
     same(study, series, by_series if with_instances else None)
+
+
+# Studies whose series all map (a valid UID and modality each), with odd counts, numbers and
+# modalities: what StudyMapper does around the rows (series order, numberOfSeries, numberOfInstances
+# summed from the series, the study's modalities completed from its series) is compared too.
+COUNT = st.one_of(
+    st.integers(0, 40).map(lambda n: {"vr": "IS", "Value": [n]}),
+    element(),
+    st.sampled_from([{"vr": "IS", "Value": ["7"]}, {"vr": "IS", "Value": [-1]}, {"vr": "IS"}]),
+)
+
+
+@st.composite
+def well_formed(draw: st.DrawFn, level: str) -> dict[str, Any]:
+    out = draw(dataset(level))
+    if level == "study":
+        out[tag("StudyInstanceUID")] = {"vr": "UI", "Value": ["1.2.3"]}
+        codes = st.lists(st.sampled_from(["CT", "MR", "US", "mr", "ZZ"]), min_size=1, max_size=3)
+        out[tag("ModalitiesInStudy")] = {"vr": "CS", "Value": draw(codes)}
+    else:
+        out[tag("SeriesInstanceUID")] = {"vr": "UI", "Value": [draw(st.sampled_from(["1.2.3.4", "1.2.3.5", "2.25.7"]))]}
+        out[tag("Modality")] = {"vr": "CS", "Value": [draw(st.sampled_from(["CT", "MR", "US", "mr "]))]}
+    for keyword in {"study": ("NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances")}.get(
+        level, ("SeriesNumber", "NumberOfSeriesRelatedInstances")
+    ):
+        if keyword == "SeriesNumber" and draw(st.integers(0, 3)):  # mostly numbers that repeat and rise or not
+            out[tag(keyword)] = {"vr": "IS", "Value": [draw(st.integers(0, 2))]}
+        elif draw(st.booleans()):
+            out[tag(keyword)] = draw(COUNT)
+        else:
+            out.pop(tag(keyword), None)
+    return out
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    study=well_formed("study"),
+    series=st.lists(well_formed("series"), min_size=1, max_size=4),
+    invalid=st.lists(dataset("series"), max_size=1),
+    instances=st.lists(dataset("instance"), max_size=2),
+    with_instances=st.booleans(),
+)
+def test_fuzzed_studies_with_mapped_series_map_the_same(
+    study: dict[str, Any],
+    series: list[dict[str, Any]],
+    invalid: list[dict[str, Any]],
+    instances: list[dict[str, Any]],
+    with_instances: bool,
+) -> None:
+    by_series: dict[str, list[dict[str, Any]]] = {"1.2.3.4": instances, "2.25.7": instances[:1]}
+    same(study, series + invalid, by_series if with_instances else None)

@@ -269,6 +269,22 @@ def test_subject_reference_local_identifier_without_nhs_number() -> None:
     assert subject_reference(None, study, LOCAL_SYSTEM) == {"identifier": {"system": LOCAL_SYSTEM, "value": "MRN001"}}
 
 
+@pytest.mark.parametrize(
+    ("names", "display"),
+    [
+        ("^", None),  # one name, blank: no display
+        (["^", "Jones^Robert^^Mr"], "Mr Robert Jones"),  # the first name that is not blank
+        (["Jones^Robert", "Smith^Jane"], "Robert Jones"),
+        ({"vr": "PN", "Value": ["Jones^Robert"]}, "Robert Jones"),  # a name held as a plain string
+        ({"vr": "PN", "Value": [{"Ideographic": "山田^太郎"}]}, "太郎 山田"),
+        (EMPTY, None),
+    ],
+)
+def test_subject_reference_display_from_the_first_name_held(names: Any, display: str | None) -> None:
+    reference = subject_reference(NHS, dataset(PatientID=NHS, PatientName=names), LOCAL_SYSTEM)
+    assert reference.get("display") == display
+
+
 # -- patient_resource -----------------------------------------------------------------------------
 
 

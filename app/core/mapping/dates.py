@@ -87,6 +87,20 @@ def fhir_datetime(da: str | None, tm: str | None, offset: str | None, zone: tzin
     return f"{day}T{time_text}{zone_text}"
 
 
+# What datetime_or_problem returns for values fhir_datetime cannot read (the caller reports them).
+PROBLEM = object()
+
+
+@lru_cache(maxsize=16384)
+def datetime_or_problem(da: str | None, tm: str | None, offset: str | None, zone: tzinfo) -> str | None | object:
+    """fhir_datetime, remembered (a small domain: studies share dates, times repeat), with PROBLEM
+    in place of the DateProblem; the compiled mapper reads it and leaves problems to the transform."""
+    try:
+        return fhir_datetime(da, tm, offset, zone)
+    except DateProblem:
+        return PROBLEM
+
+
 @lru_cache(maxsize=8192)
 def _day(da: str) -> str:
     return fhir_date(da)

@@ -60,7 +60,12 @@ def nhs_number_of(
 
 def subject_reference(nhs_number: str | None, study: dj.Dataset, local_system: str) -> dict[str, Any]:
     """ImagingStudy.subject: the Patient by NHS number, else the trust-local identifier only."""
-    name = next((n for n in (dj.person_name_text(v) for v in dj.values(study, dj.PATIENT_NAME)) if n), None)
+    item = study.get(dj.PATIENT_NAME)
+    names = item.get("Value") if item else None
+    if type(names) is list and len(names) == 1:  # the common case: one name
+        name = dj.person_name_text(names[0])
+    else:
+        name = next((n for n in (dj.person_name_text(v) for v in dj.values(study, dj.PATIENT_NAME)) if n), None)
     if nhs_number:
         ref: dict[str, Any] = {
             "reference": f"Patient/{nhs_number}",

@@ -19,6 +19,9 @@ from app.core.mapping.dates import DateProblem, fhir_datetime
 Transform = Callable[[dj.Dataset, tuple[str, ...], dict[str, Any], MappingContext], Any]
 
 MAX_UNSIGNED = 2**31 - 1  # FHIR unsignedInt
+# The fixed parts of the identifiers, shared by every resource (emitted dicts are never mutated).
+ACCESSION_TYPE = {"coding": [{"system": systems.V2_0203, "code": "ACSN", "display": "Accession ID"}]}
+STUDY_ID_TYPE = {"text": "DICOM Study ID"}
 
 TRANSFORMS: dict[str, Transform] = {}
 # Optional per-transform preparation of a row's args, run once when a table is compiled.
@@ -116,7 +119,7 @@ def accession_identifier(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, 
             system, assigner = ctx.trust.issuers[local]
     return {
         "use": "usual",
-        "type": {"coding": [{"system": systems.V2_0203, "code": "ACSN", "display": "Accession ID"}]},
+        "type": ACCESSION_TYPE,
         "system": system,
         "value": value,
         "assigner": assigner,
@@ -130,7 +133,7 @@ def study_id_identifier(ds: dj.Dataset, tags: tuple[str, ...], args: dict[str, A
         return None
     return {
         "use": "secondary",
-        "type": {"text": "DICOM Study ID"},
+        "type": STUDY_ID_TYPE,
         "value": value,
         "assigner": ctx.trust.organization_reference,
     }
@@ -175,13 +178,13 @@ def _person(value: Any) -> dict[str, str] | None:
     if type(value) is dict:
         alphabetic = value.get("Alphabetic")
         if type(alphabetic) is str and alphabetic.strip("^ "):
-            return _person_reference(alphabetic)
+            return person_reference_of(alphabetic)
     pn = dj.person_name_text(value)
-    return _person_reference(pn) if pn else None
+    return person_reference_of(pn) if pn else None
 
 
 @lru_cache(maxsize=8192)
-def _person_reference(pn: str) -> dict[str, str]:
+def person_reference_of(pn: str) -> dict[str, str]:
     """Shared per name: the same clinicians appear on study after study (emitted dicts are never mutated)."""
     return {"display": dj.person_display(pn)}
 
