@@ -385,7 +385,11 @@ class Outcome:
 
 
 class Multiplexer:
-    """Runs conversations concurrently in the calling thread; each has its own deadline (monotonic)."""
+    """Runs conversations concurrently in the calling thread; each has its own deadline (monotonic).
+
+    One run's state is an object with methods, not nested functions: closures that call each other form a
+    reference cycle, and a cycle holding a search's parsed answers lives until the cyclic collector finds
+    it (hundreds of MB between collections, and each collection walks them)."""
 
     def run(
         self,
@@ -394,110 +398,123 @@ class Multiplexer:
     ) -> None:
         """Drive every conversation to its end or its deadline; `on_done` is called once for each, in
         the order they end (an answer is mapped while slower archives are still being waited for)."""
-        live: dict[int, _Conversation] = {}
         with selectors.DefaultSelector() as selector:
+            _Run(selector, on_done).drive(conversations)
 
-            def step(conv: _Conversation, send: Reply | Unanswered | None) -> None:
-                """Feed the generator; start its next request, or finish it."""
+
+class _Run:
+    def __init__(self, selector: selectors.BaseSelector, on_done: Callable[[object, Outcome], None]) -> None:
+        self.selector = selector
+        self.on_done = on_done
+        self.live: dict[int, _Conversation] = {}
+
+    def drive(self, conversations: list[tuple[object, Steps[Any], Origin, float]]) -> None:
+        for key, steps, origin, deadline in conversations:
+            self.step(_Conversation(key, steps, origin, deadline), None)
+        live = self.live
+        while live:
+            now = time.monotonic()
+            for conv in {id(c): c for c in live.values()}.values():
+                if conv.deadline <= now:
+                    self.finish(conv, Outcome(timed_out=True))
+                    conv.steps.close()
+            if not live:
+                break
+            nearest = min(c.deadline for c in live.values())
+            for selected, _ in self.selector.select(max(nearest - time.monotonic(), 0.0)):
+                conv = selected.data
+                if live.get(selected.fd) is conv:
+                    self.ready(conv, selected.fd)
+
+    def ready(self, conv: _Conversation, fd: int) -> None:
+        """The conversation's socket is ready: advance its exchange, and the conversation once answered."""
+        exchange = conv.exchange
+        if exchange is None or exchange.sock is None:
+            return
+        events = exchange.events()
+        try:
+            reply = exchange.advance()
+        except Unanswered as exc:
+            self.unregister(conv)
+            exchange.abandon()
+            if exchange.retryable():
+                retry = _Exchange(conv.origin, exchange.request, exchange.redirects)
+                conv.exchange = retry
                 try:
-                    if send is None:
-                        request = next(conv.steps)
-                    elif isinstance(send, Unanswered):
-                        request = conv.steps.throw(send)
-                    else:
-                        request = conv.steps.send(send)
-                except StopIteration as done:
-                    finish(conv, Outcome(result=done.value))
+                    retry._connect()
+                except Unanswered as again:
+                    retry.abandon()
+                    self.step(conv, again)
                     return
-                except Exception as exc:  # the adapter's verdict (ArchiveError) or its bug: the caller decides
-                    finish(conv, Outcome(error=exc))
-                    return
-                launch(conv, _Exchange(conv.origin, request))
+                self.register(conv)
+                return
+            self.step(conv, exc)
+            return
+        if reply is None:
+            if exchange.events() != events:
+                self.register(conv)
+            return
+        del self.live[fd]
+        self.selector.unregister(fd)
+        exchange.release()
+        if log.isEnabledFor(logging.DEBUG):  # the line urllib3 logs for the pool's requests
+            log.debug(
+                '%s://%s:%s "GET %s HTTP/1.1" %s %s',
+                *(exchange.scheme, exchange.host, exchange.port, exchange.target),
+                *(reply.status, len(reply.body)),
+            )
+        moved = exchange.redirect(reply)
+        if moved is not None:
+            self.launch(conv, moved)
+            return
+        conv.exchange = None
+        self.step(conv, reply)
 
-            def launch(conv: _Conversation, exchange: _Exchange) -> None:
-                conv.exchange = exchange
-                try:
-                    exchange.start()
-                except Unanswered as exc:
-                    exchange.abandon()
-                    step(conv, exc)
-                    return
-                register(conv)
+    def step(self, conv: _Conversation, send: Reply | Unanswered | None) -> None:
+        """Feed the generator; start its next request, or finish it."""
+        try:
+            if send is None:
+                request = next(conv.steps)
+            elif isinstance(send, Unanswered):
+                request = conv.steps.throw(send)
+            else:
+                request = conv.steps.send(send)
+        except StopIteration as done:
+            self.finish(conv, Outcome(result=done.value))
+            return
+        except Exception as exc:  # the adapter's verdict (ArchiveError) or its bug: the caller decides
+            self.finish(conv, Outcome(error=exc))
+            return
+        self.launch(conv, _Exchange(conv.origin, request))
 
-            def register(conv: _Conversation) -> None:
-                assert conv.exchange is not None and conv.exchange.sock is not None
-                fd = conv.exchange.sock.fileno()
-                if live.get(fd) is conv:
-                    selector.modify(fd, conv.exchange.events(), conv)
-                    return
-                live[fd] = conv
-                selector.register(fd, conv.exchange.events(), conv)
+    def launch(self, conv: _Conversation, exchange: _Exchange) -> None:
+        conv.exchange = exchange
+        try:
+            exchange.start()
+        except Unanswered as exc:
+            exchange.abandon()
+            self.step(conv, exc)
+            return
+        self.register(conv)
 
-            def unregister(conv: _Conversation) -> None:
-                if conv.exchange is not None and conv.exchange.sock is not None:
-                    fd = conv.exchange.sock.fileno()
-                    if live.pop(fd, None) is not None:
-                        selector.unregister(fd)
+    def register(self, conv: _Conversation) -> None:
+        assert conv.exchange is not None and conv.exchange.sock is not None
+        fd = conv.exchange.sock.fileno()
+        if self.live.get(fd) is conv:
+            self.selector.modify(fd, conv.exchange.events(), conv)
+            return
+        self.live[fd] = conv
+        self.selector.register(fd, conv.exchange.events(), conv)
 
-            def finish(conv: _Conversation, outcome: Outcome) -> None:
-                unregister(conv)
-                if conv.exchange is not None:
-                    conv.exchange.abandon()
-                on_done(conv.key, outcome)
+    def unregister(self, conv: _Conversation) -> None:
+        if conv.exchange is not None and conv.exchange.sock is not None:
+            fd = conv.exchange.sock.fileno()
+            if self.live.pop(fd, None) is not None:
+                self.selector.unregister(fd)
 
-            for key, steps, origin, deadline in conversations:
-                step(_Conversation(key, steps, origin, deadline), None)
-
-            while live:
-                now = time.monotonic()
-                for conv in {id(c): c for c in live.values()}.values():
-                    if conv.deadline <= now:
-                        finish(conv, Outcome(timed_out=True))
-                        conv.steps.close()
-                if not live:
-                    break
-                nearest = min(c.deadline for c in live.values())
-                for selected, _ in selector.select(max(nearest - time.monotonic(), 0.0)):
-                    conv = selected.data
-                    exchange = conv.exchange
-                    if exchange is None or exchange.sock is None or live.get(selected.fd) is not conv:
-                        continue
-                    events = exchange.events()
-                    try:
-                        reply = exchange.advance()
-                    except Unanswered as exc:
-                        unregister(conv)
-                        exchange.abandon()
-                        if exchange.retryable():
-                            retry = _Exchange(conv.origin, exchange.request, exchange.redirects)
-                            retry.reused = False
-                            conv.exchange = retry
-                            try:
-                                retry._connect()
-                            except Unanswered as again:
-                                retry.abandon()
-                                step(conv, again)
-                                continue
-                            register(conv)
-                            continue
-                        step(conv, exc)
-                        continue
-                    if reply is None:
-                        if exchange.events() != events:
-                            register(conv)
-                        continue
-                    live.pop(selected.fd, None)
-                    selector.unregister(selected.fd)
-                    exchange.release()
-                    if log.isEnabledFor(logging.DEBUG):  # the line urllib3 logs for the pool's requests
-                        log.debug(
-                            '%s://%s:%s "GET %s HTTP/1.1" %s %s',
-                            *(exchange.scheme, exchange.host, exchange.port, exchange.target),
-                            *(reply.status, len(reply.body)),
-                        )
-                    moved = exchange.redirect(reply)
-                    if moved is not None:
-                        launch(conv, moved)
-                        continue
-                    conv.exchange = None
-                    step(conv, reply)
+    def finish(self, conv: _Conversation, outcome: Outcome) -> None:
+        self.unregister(conv)
+        if conv.exchange is not None:
+            conv.exchange.abandon()
+            conv.exchange = None
+        self.on_done(conv.key, outcome)

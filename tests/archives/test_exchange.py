@@ -5,6 +5,7 @@ redirects (credentials dropped across origins), TLS with the archive's CA bundle
 
 from __future__ import annotations
 
+import gc
 import gzip
 import http.server
 import socket
@@ -12,6 +13,7 @@ import ssl
 import subprocess
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,3 +273,33 @@ def test_an_archive_error_ends_only_its_own_conversation(base: str) -> None:
     assert isinstance(outcomes["down"].error, ArchiveError)
     assert outcomes["down"].error.reason == "connection refused or reset"
     assert isinstance(outcomes["up"].result, Found) and outcomes["up"].result.datasets
+
+
+def test_a_finished_run_holds_nothing_for_the_cyclic_collector(base: str) -> None:
+    """A search's answers are freed by reference counting as soon as the caller lets them go: a run leaves
+    no reference cycle behind holding its `on_done` (the fan-out's, which holds the whole search's answers)
+    alive until a collection."""
+
+    class Search:
+        def __init__(self) -> None:
+            self.answers: list[Found] = []
+
+        def done(self, _key: object, outcome: Outcome) -> None:
+            self.answers.append(outcome.result)
+
+    archive = DicomWebArchive("t", f"{base}/dicom-web", timeout_s=2)
+    assert archive.origin is not None
+    query = StudyQuery(patient=PatientKey("P1", "NHS"))
+    gc.collect()
+    gc.disable()
+    try:
+        search = Search()
+        deadline = time.monotonic() + 2
+        Multiplexer().run([(i, archive.studies_steps(query), archive.origin, deadline) for i in range(3)], search.done)
+        answers = [weakref.ref(found) for found in search.answers]
+        assert len(answers) == 3 and all(answer() is not None for answer in answers)
+        del search
+        assert [answer() for answer in answers] == [None, None, None]
+    finally:
+        gc.enable()
+        archive.close()
