@@ -62,6 +62,8 @@ class CannedArchives:
     """bench.canned_archive in a child process of its own (its CPU is not the facade's or the bench's)."""
 
     def __init__(self, archives: int, studies: int, delay: float, jitter: float) -> None:
+        # What it says when it fails to start (a pipe could fill up while it runs); closed by stop().
+        self.errors = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -78,10 +80,18 @@ class CannedArchives:
             ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
+            stderr=self.errors,
             text=True,
         )
         assert self.process.stdout is not None
-        ready = orjson.loads(self.process.stdout.readline())
+        line = self.process.stdout.readline()
+        try:
+            ready = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.errors.seek(0)
+            raise RuntimeError(f"bench.canned_archive did not start: {line!r} {self.errors.read()[-2000:]}") from None
         self.ports: list[int] = ready["ports"]
         self.patient: str = ready["patient"]
         self.urls = [f"http://127.0.0.1:{p}/dicom-web" for p in self.ports]
@@ -92,6 +102,7 @@ class CannedArchives:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=10)
+        self.errors.close()
 
 
 @dataclass

@@ -22,6 +22,7 @@ run on threads with `run`.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import select
 import selectors
@@ -31,6 +32,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Generator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 from urllib.parse import urljoin, urlsplit
@@ -42,6 +44,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Kind = Literal["tls", "refused", "connect_timeout", "timeout", "failed"]
 REDIRECTS = (301, 302, 303, 307, 308)
+DNS_TTL_S = 30.0  # an archive's looked-up address is reused this long by new connections
+RESOLVING_POLL_S = 0.002  # while a name is being looked up, the loop looks for its answer this often
+_Address = tuple[Any, ...]  # one getaddrinfo entry: (family, type, proto, canonname, sockaddr)
 MAX_REDIRECTS = 30
 _READ_BYTES = 65536
 _REASONS: dict[str, str] = {
@@ -116,6 +121,22 @@ class Origin:
     idle: dict[tuple[str, str, int], list[tuple[socket.socket, h11.Connection]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     max_idle: int = 16
+    addresses: dict[tuple[str, int], tuple[float, _Address]] = field(default_factory=dict)
+
+    def address(self, host: str, port: int) -> _Address | None:
+        """Where to connect without a lookup: an IP literal, or a name looked up in the last DNS_TTL_S."""
+        try:
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            with self.lock:
+                known = self.addresses.get((host, port))
+            return known[1] if known and known[0] > time.monotonic() else None
+        family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+        return (family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))
+
+    def remember(self, host: str, port: int, address: _Address) -> None:
+        with self.lock:
+            self.addresses[(host, port)] = (time.monotonic() + DNS_TTL_S, address)
 
     def take(self, key: tuple[str, str, int]) -> tuple[socket.socket, h11.Connection] | None:
         """An idle connection still open (a readable idle socket was closed by the archive, or holds junk)."""
@@ -155,6 +176,19 @@ def _quiet(sock: socket.socket) -> bool:
         return False
 
 
+_RESOLVER: ThreadPoolExecutor | None = None
+_RESOLVER_LOCK = threading.Lock()
+
+
+def _resolver() -> ThreadPoolExecutor:
+    """A few threads for name lookups (getaddrinfo blocks), shared by every search of the process."""
+    global _RESOLVER
+    with _RESOLVER_LOCK:
+        if _RESOLVER is None:
+            _RESOLVER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dns")
+        return _RESOLVER
+
+
 class _Exchange:
     """One request in flight on one connection: connect, TLS handshake, send, receive."""
 
@@ -170,6 +204,7 @@ class _Exchange:
         self.key = (self.scheme, self.host, self.port)
         self.sock: socket.socket | None = None
         self.conn: h11.Connection | None = None
+        self.resolution: Future[list[_Address]] | None = None
         self.state = "connecting"
         self.reused = False
         self.answered = False  # a byte of the answer came: a broken connection is then no reason to retry
@@ -193,16 +228,35 @@ class _Exchange:
         self._connect()
 
     def _connect(self) -> None:
+        """A new connection: at once when the address is known (an IP literal, or looked up lately);
+        otherwise the name is looked up on a resolver thread first (`resolving`), so that a slow DNS
+        answer for one archive never holds up the others' exchanges."""
         self.reused = False
+        address = self.origin.address(self.host, self.port)
+        if address is None:
+            self.resolution = _resolver().submit(socket.getaddrinfo, self.host, self.port, type=socket.SOCK_STREAM)
+            self.state = "resolving"
+            return
+        self._open(address)
+
+    def resolved(self) -> None:
+        """The name lookup has finished: connect to its first address (remembered for the next ones)."""
+        assert self.resolution is not None
         try:
-            info = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0]
+            found = self.resolution.result(0)
         except OSError:
             raise Unanswered("refused") from None
-        sock = socket.socket(info[0], info[1], info[2])
+        if not found:
+            raise Unanswered("refused")
+        self.origin.remember(self.host, self.port, found[0])
+        self._open(found[0])
+
+    def _open(self, address: _Address) -> None:
+        sock = socket.socket(address[0], address[1], address[2])
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock, self.conn, self.state = sock, h11.Connection(h11.CLIENT), "connecting"
-        code = sock.connect_ex(info[4])
+        code = sock.connect_ex(address[4])
         if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
             raise Unanswered("refused")
 
@@ -407,24 +461,36 @@ class _Run:
         self.selector = selector
         self.on_done = on_done
         self.live: dict[int, _Conversation] = {}
+        self.resolving: list[_Conversation] = []  # waiting for a name lookup: no socket yet
 
     def drive(self, conversations: list[tuple[object, Steps[Any], Origin, float]]) -> None:
         for key, steps, origin, deadline in conversations:
             self.step(_Conversation(key, steps, origin, deadline), None)
-        live = self.live
-        while live:
+        live, resolving = self.live, self.resolving
+        while live or resolving:
             now = time.monotonic()
-            for conv in {id(c): c for c in live.values()}.values():
+            for conv in [*{id(c): c for c in live.values()}.values(), *resolving]:
                 if conv.deadline <= now:
                     self.finish(conv, Outcome(timed_out=True))
                     conv.steps.close()
-            if not live:
+            if not live and not resolving:
                 break
-            nearest = min(c.deadline for c in live.values())
-            for selected, _ in self.selector.select(max(nearest - time.monotonic(), 0.0)):
+            nearest = min(c.deadline for c in [*live.values(), *resolving])
+            wait = max(nearest - time.monotonic(), 0.0)
+            for selected, _ in self.selector.select(min(wait, RESOLVING_POLL_S) if resolving else wait):
                 conv = selected.data
                 if live.get(selected.fd) is conv:
                     self.ready(conv, selected.fd)
+            for conv in [c for c in resolving if c.exchange and c.exchange.resolution and c.exchange.resolution.done()]:
+                resolving.remove(conv)
+                assert conv.exchange is not None
+                try:
+                    conv.exchange.resolved()
+                except Unanswered as exc:
+                    conv.exchange.abandon()
+                    self.step(conv, exc)
+                    continue
+                self.register(conv)
 
     def ready(self, conv: _Conversation, fd: int) -> None:
         """The conversation's socket is ready: advance its exchange, and the conversation once answered."""
@@ -498,7 +564,11 @@ class _Run:
         self.register(conv)
 
     def register(self, conv: _Conversation) -> None:
-        assert conv.exchange is not None and conv.exchange.sock is not None
+        assert conv.exchange is not None
+        if conv.exchange.state == "resolving":
+            self.resolving.append(conv)
+            return
+        assert conv.exchange.sock is not None
         fd = conv.exchange.sock.fileno()
         if self.live.get(fd) is conv:
             self.selector.modify(fd, conv.exchange.events(), conv)
@@ -514,6 +584,8 @@ class _Run:
 
     def finish(self, conv: _Conversation, outcome: Outcome) -> None:
         self.unregister(conv)
+        if conv in self.resolving:
+            self.resolving.remove(conv)
         if conv.exchange is not None:
             conv.exchange.abandon()
             conv.exchange = None

@@ -303,3 +303,18 @@ def test_a_finished_run_holds_nothing_for_the_cyclic_collector(base: str) -> Non
     finally:
         gc.enable()
         archive.close()
+
+
+def test_a_host_name_is_looked_up_off_the_loop_and_remembered(base: str, behaviour: Behaviour) -> None:
+    """A name (not an IP literal) is looked up on a resolver thread while the other exchanges go on; its
+    address is then reused by new connections for a while (DNS_TTL_S)."""
+    named = base.replace("127.0.0.1", "localhost")
+    behaviour.close = True  # every request needs a new connection
+    pool = UpstreamPool(named, requests.Session())
+    (first,) = _multiplexed(pool, [_get(f"{named}/by-name")])
+    assert first.error is None and first.result[0] == 200
+    port = int(named.rsplit(":", 1)[1])
+    assert ("localhost", port) in pool.origin.addresses
+    assert pool.origin.address("localhost", port) is not None  # the next connection needs no lookup
+    (second,) = _multiplexed(pool, [_pages(named, 2)])
+    assert second.error is None and len(second.result) == 2 and behaviour.connections == 3
