@@ -196,11 +196,13 @@ class _Exchange:
         self.origin = origin
         self.request = request
         self.redirects = redirects
-        parts = urlsplit(request.url)
-        self.scheme = parts.scheme.lower()
-        self.host = parts.hostname or ""
-        self.port = parts.port or (443 if self.scheme == "https" else 80)
-        self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        try:  # a redirect's Location is the archive's to write: a malformed one fails the request, no more
+            parts = urlsplit(request.url)
+            self.scheme, self.host = parts.scheme.lower(), parts.hostname or ""
+            self.port = parts.port or (443 if self.scheme == "https" else 80)
+            self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        except ValueError:
+            self.scheme, self.host, self.port, self.target = "", "", 0, "/"  # start(): Unanswered("failed")
         self.key = (self.scheme, self.host, self.port)
         self.sock: socket.socket | None = None
         self.conn: h11.Connection | None = None
@@ -252,7 +254,10 @@ class _Exchange:
         self._open(found[0])
 
     def _open(self, address: _Address) -> None:
-        sock = socket.socket(address[0], address[1], address[2])
+        try:
+            sock = socket.socket(address[0], address[1], address[2])
+        except OSError:  # e.g. out of file descriptors
+            raise Unanswered("failed") from None
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock, self.conn, self.state = sock, h11.Connection(h11.CLIENT), "connecting"
@@ -405,7 +410,10 @@ class _Exchange:
         location = reply.headers.get("Location")
         if reply.status not in REDIRECTS or not location or self.redirects >= MAX_REDIRECTS:
             return None
-        url = urljoin(self.request.url, location)
+        try:
+            url = urljoin(self.request.url, location)
+        except ValueError:
+            url = ""  # malformed: the next exchange fails with Unanswered("failed")
         moved = _Exchange(self.origin, Request(url, self.request.headers, self.request.basic, self.request.timeout_s))
         if moved.key != self.key:  # another origin: our credentials are not for it (as urllib3 does)
             headers = {k: v for k, v in self.request.headers.items() if k.lower() != "authorization"}
@@ -499,7 +507,13 @@ class _Run:
             return
         events = exchange.events()
         try:
-            reply = exchange.advance()
+            try:
+                reply = exchange.advance()
+            except Unanswered:
+                raise
+            except Exception:  # a fault of ours must cost this exchange only, never the other archives'
+                log.exception("upstream exchange with %s failed unexpectedly", exchange.host)
+                raise Unanswered("failed") from None
         except Unanswered as exc:
             self.unregister(conv)
             exchange.abandon()

@@ -318,3 +318,14 @@ def test_a_host_name_is_looked_up_off_the_loop_and_remembered(base: str, behavio
     assert pool.origin.address("localhost", port) is not None  # the next connection needs no lookup
     (second,) = _multiplexed(pool, [_pages(named, 2)])
     assert second.error is None and len(second.result) == 2 and behaviour.connections == 3
+
+
+@pytest.mark.parametrize("location", ["http://127.0.0.1:99999/x", "http://[::1/x", "ftp://127.0.0.1/x"])
+def test_a_malformed_redirect_fails_the_request_and_nothing_else(
+    base: str, behaviour: Behaviour, location: str
+) -> None:
+    behaviour.redirect_to = location
+    pool = UpstreamPool(base, requests.Session())
+    moved, fine = _multiplexed(pool, [_get(f"{base}/moved"), _get(f"{base}/fine")])
+    assert isinstance(moved.error, Unanswered) and moved.error.reason(1) == "request failed"
+    assert fine.error is None and fine.result[0] == 200
