@@ -45,7 +45,7 @@ T = TypeVar("T")
 Kind = Literal["tls", "refused", "connect_timeout", "timeout", "failed"]
 REDIRECTS = (301, 302, 303, 307, 308)
 DNS_TTL_S = 30.0  # an archive's looked-up address is reused this long by new connections
-RESOLVING_POLL_S = 0.002  # while a name is being looked up, the loop looks for its answer this often
+RESOLVING_POLL_S = 0.005  # while a name is being looked up, the loop looks for its answer this often
 _Address = tuple[Any, ...]  # one getaddrinfo entry: (family, type, proto, canonname, sockaddr)
 MAX_REDIRECTS = 30
 _READ_BYTES = 65536
@@ -118,21 +118,52 @@ class Origin:
 
     base_headers: Mapping[str, str]
     tls: ssl.SSLContext | None = None
+    # .netrc's credentials for the archive's own host: sent when the request carries none, never after a
+    # redirect to another origin (as urllib3 drops Authorization there).
+    credentials: Mapping[str, str] = field(default_factory=dict)
     idle: dict[tuple[str, str, int], list[tuple[socket.socket, h11.Connection]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     max_idle: int = 16
     addresses: dict[tuple[str, int], tuple[float, _Address]] = field(default_factory=dict)
+    lookups: dict[tuple[str, int], Future[list[_Address]]] = field(default_factory=dict)
+    resolver: ThreadPoolExecutor | None = None
 
     def address(self, host: str, port: int) -> _Address | None:
-        """Where to connect without a lookup: an IP literal, or a name looked up in the last DNS_TTL_S."""
+        """Where to connect without waiting for a lookup: an IP literal, or a name's last address (looked
+        up in the last DNS_TTL_S; an older one is still used while a fresh lookup runs in the background,
+        so that a DNS outage does not stop an archive whose address is known)."""
         try:
             literal = ipaddress.ip_address(host)
         except ValueError:
             with self.lock:
                 known = self.addresses.get((host, port))
-            return known[1] if known and known[0] > time.monotonic() else None
+            if known is not None and known[0] <= time.monotonic():
+                self.lookup(host, port)  # refresh, not waited for
+            return known[1] if known else None
         family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
         return (family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))
+
+    def lookup(self, host: str, port: int) -> Future[list[_Address]]:
+        """The name's lookup: one at a time per name (a search joins the one running), on this archive's
+        own resolver thread, so that a name that hangs holds up no other archive's."""
+        with self.lock:
+            running = self.lookups.get((host, port))
+            if running is not None and not running.done():
+                return running
+            if self.resolver is None:
+                self.resolver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dns")
+            found = self.resolver.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+            self.lookups[(host, port)] = found
+        found.add_done_callback(lambda done: self._looked_up(host, port, done))
+        return found
+
+    def _looked_up(self, host: str, port: int, done: Future[list[_Address]]) -> None:
+        try:
+            addresses = done.result()
+        except Exception:  # the exchange waiting for it reports the failure
+            return
+        if addresses:
+            self.remember(host, port, addresses[0])
 
     def remember(self, host: str, port: int, address: _Address) -> None:
         with self.lock:
@@ -160,6 +191,8 @@ class Origin:
         sock.close()
 
     def close(self) -> None:
+        if self.resolver is not None:
+            self.resolver.shutdown(wait=False, cancel_futures=True)
         with self.lock:
             stacks, self.idle = list(self.idle.values()), {}
         for stack in stacks:
@@ -174,19 +207,6 @@ def _quiet(sock: socket.socket) -> bool:
         return not probe.poll(0)
     except (OSError, ValueError):
         return False
-
-
-_RESOLVER: ThreadPoolExecutor | None = None
-_RESOLVER_LOCK = threading.Lock()
-
-
-def _resolver() -> ThreadPoolExecutor:
-    """A few threads for name lookups (getaddrinfo blocks), shared by every search of the process."""
-    global _RESOLVER
-    with _RESOLVER_LOCK:
-        if _RESOLVER is None:
-            _RESOLVER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dns")
-        return _RESOLVER
 
 
 class _Exchange:
@@ -207,6 +227,7 @@ class _Exchange:
         self.sock: socket.socket | None = None
         self.conn: h11.Connection | None = None
         self.resolution: Future[list[_Address]] | None = None
+        self.foreign = False  # reached by a redirect to another origin: none of the archive's credentials
         self.state = "connecting"
         self.reused = False
         self.answered = False  # a byte of the answer came: a broken connection is then no reason to retry
@@ -236,7 +257,7 @@ class _Exchange:
         self.reused = False
         address = self.origin.address(self.host, self.port)
         if address is None:
-            self.resolution = _resolver().submit(socket.getaddrinfo, self.host, self.port, type=socket.SOCK_STREAM)
+            self.resolution = self.origin.lookup(self.host, self.port)
             self.state = "resolving"
             return
         self._open(address)
@@ -246,11 +267,10 @@ class _Exchange:
         assert self.resolution is not None
         try:
             found = self.resolution.result(0)
-        except OSError:
+        except (OSError, UnicodeError, ValueError):  # no such name, or not one (a label over 63 characters)
             raise Unanswered("refused") from None
         if not found:
             raise Unanswered("refused")
-        self.origin.remember(self.host, self.port, found[0])
         self._open(found[0])
 
     def _open(self, address: _Address) -> None:
@@ -314,11 +334,14 @@ class _Exchange:
     def _begin_sending(self) -> None:
         assert self.conn is not None
         headers = {**self.origin.base_headers, **self.request.headers}
+        if not self.foreign and self.request.basic is None and "Authorization" not in headers:
+            headers.update(self.origin.credentials)
         if self.request.basic is not None:
             headers["Authorization"] = urllib3.util.make_headers(basic_auth=":".join(self.request.basic))[
                 "authorization"
             ]
-        host = self.host if self.port == (443 if self.scheme == "https" else 80) else f"{self.host}:{self.port}"
+        name = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal
+        host = name if self.port == (443 if self.scheme == "https" else 80) else f"{name}:{self.port}"
         try:
             self.outgoing = self.conn.send(
                 h11.Request(method="GET", target=self.target, headers=[("Host", host), *headers.items()])
@@ -415,9 +438,11 @@ class _Exchange:
         except ValueError:
             url = ""  # malformed: the next exchange fails with Unanswered("failed")
         moved = _Exchange(self.origin, Request(url, self.request.headers, self.request.basic, self.request.timeout_s))
-        if moved.key != self.key:  # another origin: our credentials are not for it (as urllib3 does)
-            headers = {k: v for k, v in self.request.headers.items() if k.lower() != "authorization"}
+        if moved.key != self.key or self.foreign:  # another origin: our credentials are not for it (as urllib3)
+            private = ("authorization", "cookie", "proxy-authorization")
+            headers = {k: v for k, v in self.request.headers.items() if k.lower() not in private}
             moved = _Exchange(self.origin, Request(url, headers, None, self.request.timeout_s))
+            moved.foreign = True
         moved.redirects = self.redirects + 1
         return moved
 
@@ -439,11 +464,13 @@ class _Conversation:
 
 @dataclass
 class Outcome:
-    """How one conversation ended: its result, the exception it raised, or `timed_out`."""
+    """How one conversation ended: its result, the exception it raised, or `timed_out` (`connecting`: the
+    archive had not accepted the connection by then)."""
 
     result: Any = None
     error: Exception | None = None
     timed_out: bool = False
+    connecting: bool = False  # timed out before the archive accepted the connection
 
 
 class Multiplexer:
@@ -472,33 +499,52 @@ class _Run:
         self.resolving: list[_Conversation] = []  # waiting for a name lookup: no socket yet
 
     def drive(self, conversations: list[tuple[object, Steps[Any], Origin, float]]) -> None:
-        for key, steps, origin, deadline in conversations:
-            self.step(_Conversation(key, steps, origin, deadline), None)
-        live, resolving = self.live, self.resolving
-        while live or resolving:
-            now = time.monotonic()
-            for conv in [*{id(c): c for c in live.values()}.values(), *resolving]:
-                if conv.deadline <= now:
-                    self.finish(conv, Outcome(timed_out=True))
-                    conv.steps.close()
-            if not live and not resolving:
-                break
-            nearest = min(c.deadline for c in [*live.values(), *resolving])
-            wait = max(nearest - time.monotonic(), 0.0)
-            for selected, _ in self.selector.select(min(wait, RESOLVING_POLL_S) if resolving else wait):
-                conv = selected.data
-                if live.get(selected.fd) is conv:
-                    self.ready(conv, selected.fd)
-            for conv in [c for c in resolving if c.exchange and c.exchange.resolution and c.exchange.resolution.done()]:
-                resolving.remove(conv)
-                assert conv.exchange is not None
-                try:
-                    conv.exchange.resolved()
-                except Unanswered as exc:
+        try:
+            for key, steps, origin, deadline in conversations:
+                self.step(_Conversation(key, steps, origin, deadline), None)
+            while self.live or self.resolving:
+                nearest = min(c.deadline for c in [*self.live.values(), *self.resolving])
+                wait = max(nearest - time.monotonic(), 0.0)
+                self.poll(min(wait, RESOLVING_POLL_S) if self.resolving else wait)
+                if nearest <= time.monotonic():
+                    # What came in while answers were being mapped is read before anyone is declared late:
+                    # the facade's own slowness must never count as an archive's timeout.
+                    self.poll(0.0)
+                    self.expire(time.monotonic())
+        finally:  # whatever escaped: no socket left open, no conversation left unfinished
+            for conv in [*{id(c): c for c in self.live.values()}.values(), *self.resolving]:
+                self.unregister(conv)
+                if conv.exchange is not None:
                     conv.exchange.abandon()
-                    self.step(conv, exc)
-                    continue
-                self.register(conv)
+                conv.steps.close()
+            self.resolving.clear()
+
+    def poll(self, timeout: float) -> None:
+        """Advance every exchange whose socket is ready (within `timeout`) or whose name lookup is done."""
+        for selected, _ in self.selector.select(timeout):
+            conv = selected.data
+            if self.live.get(selected.fd) is conv:
+                self.ready(conv, selected.fd)
+        for conv in [
+            c for c in self.resolving if c.exchange and c.exchange.resolution and c.exchange.resolution.done()
+        ]:
+            self.resolving.remove(conv)
+            assert conv.exchange is not None
+            try:
+                conv.exchange.resolved()
+            except Unanswered as exc:
+                conv.exchange.abandon()
+                self.step(conv, exc)
+                continue
+            self.register(conv)
+
+    def expire(self, now: float) -> None:
+        for conv in [*{id(c): c for c in self.live.values()}.values(), *self.resolving]:
+            if conv.deadline <= now:
+                # Still connecting (or looking the name up): the archive never took the connection.
+                connecting = conv.exchange is not None and conv.exchange.state in ("connecting", "resolving")
+                self.finish(conv, Outcome(timed_out=True, connecting=connecting))
+                conv.steps.close()
 
     def ready(self, conv: _Conversation, fd: int) -> None:
         """The conversation's socket is ready: advance its exchange, and the conversation once answered."""

@@ -82,7 +82,7 @@ class UpstreamPool:
         # The same archive without a pool thread (app.archives.exchange.Multiplexer): not through a proxy.
         self.multiplexable = proxy is None
         self.origin = Origin(
-            {**self.base_headers, **self.netrc_header}, _tls_context(tls) if scheme == "https" else None
+            self.base_headers, _tls_context(tls) if scheme == "https" else None, credentials=self.netrc_header
         )
 
     def exchange(self, request: Request) -> Reply:

@@ -231,6 +231,7 @@ class _Pending:
     results: dict[str, Any] = field(default_factory=dict)
     failure: Exception | None = None
     timed_out: bool = False
+    connecting: bool = False  # timed out before its archive accepted a connection
 
     def finished(self) -> bool:
         return set(self.results) == set(self.jobs)
@@ -238,6 +239,7 @@ class _Pending:
     def conversed(self, name: str, outcome: Outcome) -> None:
         if outcome.timed_out:
             self.timed_out = True
+            self.connecting = outcome.connecting
         elif outcome.error is not None:
             self.failure = self.failure or outcome.error
         else:
@@ -324,7 +326,9 @@ def fan_out(
                 if job is not None:
                     job.cancel()
             item.trust.breaker.failure()
-            issues.append(failure_issue(item.trust, f"no answer within {item.deadline - started:.3g} s"))
+            waited = f"{item.deadline - started:.3g} s"
+            reason = f"connection timed out after {waited}" if item.connecting else f"no answer within {waited}"
+            issues.append(failure_issue(item.trust, reason))
         elif isinstance(outcome, TrustAnswer):
             item.trust.breaker.success()
             issues.extend(_notes(item.trust, outcome))

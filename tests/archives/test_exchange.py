@@ -39,6 +39,7 @@ class Behaviour:
     close: bool = False  # answer with Connection: close
     redirect_to: str | None = None  # 302 to this URL for /moved
     delay_s: float = 0.0
+    delays: dict[str, float] = field(default_factory=dict)  # by path, instead of delay_s
     connections: int = 0
     in_flight: int = 0
     most_in_flight: int = 0
@@ -62,7 +63,7 @@ def _server(behaviour: Behaviour, tls: ssl.SSLContext | None = None) -> tuple[ht
             with behaviour.lock:
                 behaviour.in_flight += 1
                 behaviour.most_in_flight = max(behaviour.most_in_flight, behaviour.in_flight)
-            time.sleep(behaviour.delay_s)
+            time.sleep(behaviour.delays.get(self.path, behaviour.delay_s))
             with behaviour.lock:
                 behaviour.in_flight -= 1
             if self.path.startswith("/moved") and behaviour.redirect_to:
@@ -320,12 +321,88 @@ def test_a_host_name_is_looked_up_off_the_loop_and_remembered(base: str, behavio
     assert second.error is None and len(second.result) == 2 and behaviour.connections == 3
 
 
-@pytest.mark.parametrize("location", ["http://127.0.0.1:99999/x", "http://[::1/x", "ftp://127.0.0.1/x"])
+@pytest.mark.parametrize(
+    ("location", "reason"),
+    [
+        ("http://127.0.0.1:99999/x", "request failed"),
+        ("http://[::1/x", "request failed"),
+        ("ftp://127.0.0.1/x", "request failed"),
+        (f"http://{'a' * 70}.example/x", "connection refused or reset"),  # no such name can exist: as unknown
+    ],
+)
 def test_a_malformed_redirect_fails_the_request_and_nothing_else(
-    base: str, behaviour: Behaviour, location: str
+    base: str, behaviour: Behaviour, location: str, reason: str
 ) -> None:
     behaviour.redirect_to = location
     pool = UpstreamPool(base, requests.Session())
     moved, fine = _multiplexed(pool, [_get(f"{base}/moved"), _get(f"{base}/fine")])
-    assert isinstance(moved.error, Unanswered) and moved.error.reason(1) == "request failed"
+    assert isinstance(moved.error, Unanswered) and moved.error.reason(1) == reason
     assert fine.error is None and fine.result[0] == 200
+
+
+def test_an_answer_that_came_in_time_is_read_before_anyone_is_declared_late(base: str, behaviour: Behaviour) -> None:
+    """Mapping one answer in `on_done` may hold the loop past another conversation's deadline: what that
+    archive sent in time is still read, not counted as its timeout (which its circuit breaker would hear)."""
+    behaviour.delays = {"/first": 0.05, "/second": 0.15}  # the second answer comes while the first is mapped
+    pool = UpstreamPool(base, requests.Session())
+    began = time.monotonic()
+    ended: dict[object, Outcome] = {}
+
+    def done(key: object, outcome: Outcome) -> None:
+        ended[key] = outcome
+        if key == "first":
+            time.sleep(0.4)  # a large answer being mapped
+
+    Multiplexer().run(
+        [
+            ("first", _get(f"{base}/first"), pool.origin, began + 2),
+            ("second", _get(f"{base}/second"), pool.origin, began + 0.3),
+        ],
+        done,
+    )
+    assert not ended["second"].timed_out and ended["second"].result[0] == 200
+
+
+def test_a_connection_never_accepted_is_a_connect_timeout(behaviour: Behaviour) -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        waiting = []
+        for _ in range(3):  # the backlog is full: the kernel drops new connection attempts
+            client = socket.socket()
+            client.setblocking(False)
+            client.connect_ex(server.getsockname())
+            waiting.append(client)
+        time.sleep(0.1)
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        try:
+            (outcome,) = _multiplexed(UpstreamPool(url, requests.Session()), [_get(f"{url}/x")], deadline_s=0.3)
+        finally:
+            for client in waiting:
+                client.close()
+    assert outcome.timed_out and outcome.connecting
+
+
+def test_netrc_credentials_stay_with_the_archives_host(
+    base: str, behaviour: Behaviour, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """.netrc's login for the archive is sent to the archive, and not to the host a redirect names (as
+    urllib3 does for the pool's requests)."""
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine 127.0.0.1 login archuser password s3cret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    other = Behaviour()
+    server, other_base = _server(other)
+    try:
+        pool = UpstreamPool(base, requests.Session())
+        (own,) = _multiplexed(pool, [_get(f"{base}/own")])
+        assert own.result[0] == 200 and behaviour.seen[-1][1] == "Basic YXJjaHVzZXI6czNjcmV0"
+        behaviour.redirect_to = other_base.replace("127.0.0.1", "localhost") + "/elsewhere"
+        (away,) = _multiplexed(pool, [_get(f"{base}/moved")])
+        assert away.result[0] == 200 and other.seen == [("/elsewhere", None)]
+        assert run(_get(f"{base}/moved"), pool.exchange)[0] == 200  # the pool agrees
+        assert other.seen[-1] == ("/elsewhere", None)
+    finally:
+        server.shutdown()
+        server.server_close()
