@@ -91,6 +91,7 @@ bench: $(VENV)/.dev node_modules/.installed system-deps
 	$(PY) -m bench.auth_overhead    # P6
 	$(PY) -m bench.federation       # P1, P2, P7, R1, R2 (eight real Orthanc archives; ~4 min)
 	$(PY) -m bench.gateway          # image gateway throughput and memory (one Orthanc, a 300 MB study)
+	$(PY) -m bench.gateway --nginx  # P4 behind nginx: direct, plain nginx proxy, X-Accel-Redirect, Python relay
 	$(PY) -m bench.load             # P5: 25 searches/s for 60 s, locust (eight real Orthanc archives; ~2 min)
 
 clean:

@@ -290,14 +290,17 @@ def open_loop(
     }
 
 
-def mapping_us(archives: int, studies: int, passes: int = 15) -> tuple[float, float, float]:
-    """P3 on the canned data: CPU per study (series included) of the search path's mapper."""
+def mapping_us(archives: int, studies: int, passes: int = 15) -> tuple[float, float, float, float]:
+    """P3 on the canned data: CPU per study (series included) of the search path's mapper: median, min and
+    max over passes with its caches as a run leaves them (warm), then the median with every cache of the
+    mapping emptied before each pass (cold: studies it has never seen, as a new patient's)."""
     from zoneinfo import ZoneInfo
 
     from app.core.mapping.context import TrustMapping
     from app.core.mapping.patient import subject_reference
     from app.core.mapping.tables import load_mapper
     from bench.canned_archive import bench_nhs_number, make_archive
+    from bench.mapping_ab import forget
     from tools.demo.generate import TRUSTS
 
     mapper = load_mapper()
@@ -313,13 +316,19 @@ def mapping_us(archives: int, studies: int, passes: int = 15) -> tuple[float, fl
             uid = study["0020000D"]["Value"][0]
             series = [s for s in canned.series if s["0020000D"]["Value"][0] == uid]
             inputs.append((study, series, trust, subject_reference(None, study, "urn:local")))
-    runs = []
+    runs, cold = [], []
     for _ in range(passes):
         start = time.process_time()
         for study, series, trust, subject in inputs:
             mapper.map_study(study, series, None, trust, subject, [])
         runs.append((time.process_time() - start) / len(inputs) * 1e6)
-    return statistics.median(runs), min(runs), max(runs)
+    for _ in range(passes):
+        forget(mapper)
+        start = time.process_time()
+        for study, series, trust, subject in inputs:
+            mapper.map_study(study, series, None, trust, subject, [])
+        cold.append((time.process_time() - start) / len(inputs) * 1e6)
+    return statistics.median(runs), min(runs), max(runs), statistics.median(cold)
 
 
 def report(
@@ -330,7 +339,7 @@ def report(
     p12_errors: list[str],
     closed: dict[str, Any] | None,
     p5: dict[str, Any] | None,
-    p3: tuple[float, float, float],
+    p3: tuple[float, float, float, float],
     upstream: tuple[int, int],
     started: float,
 ) -> str:
@@ -407,6 +416,10 @@ def report(
         f"| **P3 mapping CPU per study, series included** (median of 15 passes over the 104 studies; "
         f"min {p3[1]:.1f}, max {p3[2]:.1f}) | **{p3[0]:.1f} us** | <= {TARGETS['P3_us']:g} us "
         f"| {yes(p3[0] <= TARGETS['P3_us'])} |"
+    )
+    rows.append(
+        "| P3 cold: the same with every cache of the mapping emptied before each pass (studies it has never "
+        f"seen), median of 15 | {p3[3]:.1f} us | <= {TARGETS['P3_us']:g} us | {yes(p3[3] <= TARGETS['P3_us'])} |"
     )
     notes = [
         "",

@@ -27,7 +27,9 @@ def machine() -> str:
 def commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True).stdout.strip()
+        # RESULTS.md itself is not the code measured: a section written earlier must not mark the next one.
+        status = ["git", "status", "--porcelain", "--", ".", ":(exclude)bench/RESULTS.md"]
+        dirty = subprocess.run(status, capture_output=True, text=True, cwd=RESULTS.parent.parent).stdout.strip()
         return out.stdout.strip() + ("+uncommitted" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
