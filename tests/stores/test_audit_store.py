@@ -126,7 +126,7 @@ def test_a_server_gone_is_a_503_not_an_error_of_ours() -> None:
 
 def _pile_up(store: AuditStore, hold: Any, release: Any, writers: int = 12) -> list[BaseException | None]:
     """`writers` requests write at once while `hold` keeps the trail's write lock; `release` lets it go.
-    Each writer checks, as soon as its write returned, that its events are committed (`committed`)."""
+    What each writer's write raised (None: it returned)."""
     outcomes: list[BaseException | None] = [None] * writers
     hold()
     started = threading.Barrier(writers + 1)
