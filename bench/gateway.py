@@ -189,8 +189,8 @@ CPU per GB moved (seconds, user + system; all rounds): direct: {per_gb("direct")
 Python relay: {per_gb("Python relay")}. All processes together: direct {total["direct"]:.2f}, X-Accel
 {total["X-Accel"]:.2f} ({total["direct"] / total["X-Accel"]:.2f}x the direct path's), Python relay
 {total["Python relay"]:.2f} ({total["direct"] / total["Python relay"]:.2f}x): on cores that archive, proxy and
-client share, throughput follows the CPU a byte costs. The time to the first byte through the facade (token,
-owner, audit, hand-over) is a few milliseconds: on a study this size it is about 1% of a retrieval.
+client share, throughput follows the CPU a byte costs. What the facade's checks and hand-over cost is the
+row "X-Accel vs the plain proxy"; the rest of the gap to direct is nginx's own hop.
 
 All rounds, MB/s: {"; ".join(f"{name} " + ", ".join(f"{v:.0f}" for v in values) for name, values in speeds.items())}.
 """
