@@ -13,9 +13,10 @@
 - The circuit breaker hears each trust's outcome once per search: success, failure or timeout,
   decided here (what an archive's error means for it: `CircuitBreaker.heard`; back-pressure such as
   429 or 503 with Retry-After is no failure); a late answer after the deadline is ignored, so it can neither hide a slow
-  archive nor count a timeout twice.
+  archive nor count a timeout twice. (A threaded trust is settled once the multiplexed ones have ended:
+  its answer, if complete by then, is taken even when it came after its own, shorter, deadline.)
 - Each trust's answer is handed to `on_answer` as soon as it is complete, so mapping overlaps the
-  wait for slower archives.
+  wait for slower archives (a threaded trust's after the multiplexed trusts' have ended).
 - Reads that go one study at a time are made for at most a cap of studies per search and archive,
   the newest: the series of an archive that needs the study UIDs for them (DIMSE: one SERIES C-FIND
   per study) for `federation.max_study_reads`; the instance-level metadata (for a read or a
