@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Kind = Literal["tls", "refused", "connect_timeout", "timeout", "failed"]
 REDIRECTS = (301, 302, 303, 307, 308)
+IDLE_MAX_S = 30.0  # an idle keep-alive connection is reused for this long at most
 DNS_TTL_S = 30.0  # an archive's looked-up address is reused this long by new connections
 RESOLVING_POLL_S = 0.005  # while a name is being looked up, the loop looks for its answer this often
 _Address = tuple[Any, ...]  # one getaddrinfo entry: (family, type, proto, canonname, sockaddr)
@@ -121,9 +122,12 @@ class Origin:
     # .netrc's credentials for the archive's own host: sent when the request carries none, never after a
     # redirect to another origin (as urllib3 drops Authorization there).
     credentials: Mapping[str, str] = field(default_factory=dict)
-    idle: dict[tuple[str, str, int], list[tuple[socket.socket, h11.Connection]]] = field(default_factory=dict)
+    idle: dict[tuple[str, str, int], list[tuple[socket.socket, h11.Connection, float]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     max_idle: int = 16
+    # An idle connection older than this is closed, not reused: a firewall or NAT that silently drops an idle
+    # flow would otherwise turn the next request on it into a timeout charged to the archive.
+    idle_max_s: float = IDLE_MAX_S
     addresses: dict[tuple[str, int], tuple[float, _Address]] = field(default_factory=dict)
     lookups: dict[tuple[str, int], Future[list[_Address]]] = field(default_factory=dict)
     resolver: ThreadPoolExecutor | None = None
@@ -176,8 +180,8 @@ class Origin:
                 stack = self.idle.get(key)
                 if not stack:
                     return None
-                sock, conn = stack.pop()
-            if _quiet(sock):
+                sock, conn, since = stack.pop()
+            if time.monotonic() - since < self.idle_max_s and _quiet(sock):
                 conn.start_next_cycle()
                 return sock, conn
             sock.close()
@@ -186,7 +190,7 @@ class Origin:
         with self.lock:
             stack = self.idle.setdefault(key, [])
             if len(stack) < self.max_idle:
-                stack.append((sock, conn))
+                stack.append((sock, conn, time.monotonic()))
                 return
         sock.close()
 
@@ -196,7 +200,7 @@ class Origin:
         with self.lock:
             stacks, self.idle = list(self.idle.values()), {}
         for stack in stacks:
-            for sock, _ in stack:
+            for sock, _, _ in stack:
                 sock.close()
 
 

@@ -162,7 +162,7 @@ def test_an_idle_connection_the_archive_closed_is_not_an_error(base: str, behavi
     pool = UpstreamPool(base, requests.Session())
     _multiplexed(pool, [_get(f"{base}/first")])
     # The server forgets the connection the pool keeps (as a keep-alive timeout does).
-    for sock, _ in next(iter(pool.origin.idle.values())):
+    for sock, _, _ in next(iter(pool.origin.idle.values())):
         sock.shutdown(socket.SHUT_RD)
     (outcome,) = _multiplexed(pool, [_get(f"{base}/second")])
     assert outcome.error is None and outcome.result[0] == 200
@@ -406,3 +406,14 @@ def test_netrc_credentials_stay_with_the_archives_host(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_an_idle_connection_past_its_age_is_not_reused(base: str, behaviour: Behaviour) -> None:
+    pool = UpstreamPool(base, requests.Session())
+    pool.origin.idle_max_s = 0.2
+    _multiplexed(pool, [_get(f"{base}/first")])
+    _multiplexed(pool, [_get(f"{base}/soon")])
+    assert behaviour.connections == 1  # reused while young
+    time.sleep(0.3)
+    (late,) = _multiplexed(pool, [_get(f"{base}/later")])
+    assert late.result[0] == 200 and behaviour.connections == 2
