@@ -30,6 +30,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset as DicomDataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification  # type: ignore[attr-defined]
 
 from app.archives import attributes
@@ -150,19 +151,32 @@ class DimseArchive:
     @contextmanager
     def _association(self) -> Iterator[Association]:
         connected: list[bool] = []
+        # The reject PDU as the reading thread decoded it: pynetdicom may report the association aborted
+        # when the peer closes the connection right after rejecting it (the close can be handled first).
+        rejected: list[bool] = []
+
+        def on_pdu(event: evt.Event) -> None:
+            if isinstance(event.pdu, A_ASSOCIATE_RJ):
+                rejected.append(True)
+
         began = time.monotonic()
         try:
             assoc = self._ae.associate(
                 self.host,
                 self.port,
                 ae_title=self.called_aet,
-                evt_handlers=[(evt.EVT_CONN_OPEN, lambda _event: connected.append(True))],
+                evt_handlers=[
+                    (evt.EVT_CONN_OPEN, lambda _event: connected.append(True)),
+                    (evt.EVT_PDU_RECV, on_pdu),
+                ],
             )
         except Exception as exc:  # e.g. a malformed address
             raise ArchiveError(self.name, "could not open a connection") from exc
-        if not assoc.is_established:
+        if assoc.is_established:
+            assoc.unbind(evt.EVT_PDU_RECV, on_pdu)  # only the negotiation's PDUs matter
+        else:
             slow = time.monotonic() - began >= self.timeout_s * 0.9
-            if assoc.is_rejected:
+            if assoc.is_rejected or rejected:
                 raise ArchiveError(self.name, "association rejected (check the AE titles)")
             if not connected:
                 raise ArchiveError(
