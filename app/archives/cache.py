@@ -11,7 +11,7 @@ from typing import Any, cast
 
 from cachetools import TTLCache
 
-from app.archives.exchange import Origin, Steps
+from app.archives.exchange import Origin, Steps, immediately, run, unused
 from app.archives.protocol import Archive, ConversationalArchive, Found
 from app.core.query import StudyQuery
 from app.telemetry import metrics
@@ -36,21 +36,11 @@ class CachedArchive:
         return self.inner.adapter
 
     def _cached(self, key: tuple[Any, ...], fetch: Callable[[], Found]) -> Found:
-        with self._lock:
-            found = self._entries.get(key)
-        if found is not None:
-            metrics.CACHE_HITS.labels(self.name).inc()
-            return found
-        metrics.CACHE_MISSES.labels(self.name).inc()
-        # Fetched outside the lock: a slow archive must not hold up the answers already cached.
-        found = fetch()
-        if found.incomplete is None:
-            with self._lock:
-                self._entries[key] = found
-        return found
+        return run(self._cached_steps(key, lambda: immediately(fetch)), unused)
 
     def _cached_steps(self, key: tuple[Any, ...], fetch: Callable[[], Steps[Found]]) -> Steps[Found]:
-        """_cached for a conversation run by a multiplexer."""
+        """The answer kept for `key`, else fetched (outside the lock: a slow archive must not hold up the
+        answers already cached) and kept when complete."""
         with self._lock:
             found = self._entries.get(key)
         if found is not None:

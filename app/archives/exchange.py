@@ -109,6 +109,17 @@ def run(steps: Steps[T], send: Callable[[Request], Reply]) -> T:
         return result
 
 
+def immediately(call: Callable[[], T]) -> Steps[T]:
+    """A blocking call as a conversation that asks nothing: wrappers (metering, caching) write their logic
+    once, for conversations, and apply it to blocking calls through this (`run(..., unused)`)."""
+    return call()
+    yield  # never reached: it makes this a generator
+
+
+def unused(_request: Request) -> Reply:
+    raise AssertionError("a conversation made by `immediately` sends no request")
+
+
 # -- the multiplexer ---------------------------------------------------------------------------
 
 

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import cast
 
-from app.archives.exchange import Origin, Steps
+from app.archives.exchange import Origin, Steps, immediately, run, unused
 from app.archives.protocol import Archive, ArchiveError, ArchiveRetryLater, ConversationalArchive, Found
 from app.core.query import StudyQuery
 from app.telemetry import metrics
@@ -25,29 +25,10 @@ class MeteredArchive:
         return self.inner.adapter
 
     def _timed(self, operation: str, call: Callable[[], Found]) -> Found:
-        started = time.perf_counter()
-        kind = None
-        try:
-            found = call()
-            if found.incomplete is not None:
-                kind = "incomplete"
-            return found
-        except ArchiveRetryLater:
-            kind = "retry_later"
-            raise
-        except ArchiveError:
-            kind = "error"
-            raise
-        except Exception:
-            kind = "internal"
-            raise
-        finally:
-            metrics.ARCHIVE_DURATION.labels(self.name, operation).observe(time.perf_counter() - started)
-            if kind is not None:
-                metrics.ARCHIVE_ERRORS.labels(self.name, operation, kind).inc()
+        return run(self._timed_steps(operation, immediately(call)), unused)
 
     def _timed_steps(self, operation: str, steps: Steps[Found]) -> Steps[Found]:
-        """_timed for a conversation run by a multiplexer: from its first request to its end."""
+        """Latency, errors by kind and partial answers of one call, from its first request to its end."""
         started = time.perf_counter()
         kind = None
         try:
