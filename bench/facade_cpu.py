@@ -294,28 +294,11 @@ def mapping_us(archives: int, studies: int, passes: int = 15) -> tuple[float, fl
     """P3 on the canned data: CPU per study (series included) of the search path's mapper: median, min and
     max over passes with its caches as a run leaves them (warm), then the median with every cache of the
     mapping emptied before each pass (cold: studies it has never seen, as a new patient's)."""
-    from zoneinfo import ZoneInfo
-
-    from app.core.mapping.context import TrustMapping
-    from app.core.mapping.patient import subject_reference
     from app.core.mapping.tables import load_mapper
-    from bench.canned_archive import bench_nhs_number, make_archive
-    from bench.mapping_ab import forget
-    from tools.demo.generate import TRUSTS
+    from bench.mapping_ab import canned_inputs, forget
 
     mapper = load_mapper()
-    inputs = []
-    for index in range(archives):
-        canned = make_archive(index, bench_nhs_number(), studies)
-        t = TRUSTS[index]
-        trust = TrustMapping(
-            t.id, t.ods_code, t.name, f"https://fhir.nhs.uk/{t.ods_code}/Id/accession-number",
-            ZoneInfo("Europe/London"), f"{t.id}-wado-rs",
-        )  # fmt: skip
-        for study in canned.studies:
-            uid = study["0020000D"]["Value"][0]
-            series = [s for s in canned.series if s["0020000D"]["Value"][0] == uid]
-            inputs.append((study, series, trust, subject_reference(None, study, "urn:local")))
+    inputs = canned_inputs(archives, studies)
     runs, cold = [], []
     for _ in range(passes):
         start = time.process_time()

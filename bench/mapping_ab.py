@@ -30,7 +30,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _canned_inputs() -> list[tuple[Any, ...]]:
+def canned_inputs(archives: int = 8, studies: int = 13) -> list[tuple[Any, ...]]:
+    """(study, its series, trust mapping, subject) of the canned archives' bench patient: P3's input."""
     from zoneinfo import ZoneInfo
 
     from app.core.mapping.context import TrustMapping
@@ -39,8 +40,8 @@ def _canned_inputs() -> list[tuple[Any, ...]]:
     from tools.demo.generate import TRUSTS
 
     inputs = []
-    for index in range(8):
-        canned = make_archive(index, bench_nhs_number(), 13)
+    for index in range(archives):
+        canned = make_archive(index, bench_nhs_number(), studies)
         t = TRUSTS[index]
         trust = TrustMapping(
             t.id, t.ods_code, t.name, f"https://fhir.nhs.uk/{t.ods_code}/Id/accession-number",
@@ -99,7 +100,7 @@ def worker(root: Path, passes: int, data: Path | None, cold: bool) -> dict[str, 
     from app.core.mapping.tables import load_mapper
 
     mapper = load_mapper()
-    sets = {"canned": _canned_inputs()}
+    sets = {"canned": canned_inputs()}
     if data is not None:
         sets["demo"] = _demo_inputs(data)
     out = {}
