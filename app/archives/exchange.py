@@ -252,12 +252,13 @@ class _Exchange:
         self.body: list[bytes] = []
 
     # -- what to wait for ---------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, fresh: bool = False) -> None:
+        """Send on an idle kept-alive connection to the archive, or connect (`fresh`: always connect)."""
         if self.scheme not in ("http", "https") or not self.host:
             raise Unanswered("failed")
         if self.scheme == "https" and self.origin.tls is None:
             raise Unanswered("tls")
-        found = self.origin.take(self.key)
+        found = None if fresh else self.origin.take(self.key)
         if found is not None:
             self.sock, self.conn = found
             self.reused = True
@@ -578,16 +579,8 @@ class _Run:
         except Unanswered as exc:
             self.unregister(conv)
             exchange.abandon()
-            if exchange.retryable():
-                retry = _Exchange(conv.origin, exchange.request, exchange.redirects)
-                conv.exchange = retry
-                try:
-                    retry._connect()
-                except Unanswered as again:
-                    retry.abandon()
-                    self.step(conv, again)
-                    return
-                self.register(conv)
+            if exchange.retryable():  # the same request again, on a new connection
+                self.launch(conv, _Exchange(conv.origin, exchange.request, exchange.redirects), fresh=True)
                 return
             self.step(conv, exc)
             return
@@ -628,10 +621,10 @@ class _Run:
             return
         self.launch(conv, _Exchange(conv.origin, request))
 
-    def launch(self, conv: _Conversation, exchange: _Exchange) -> None:
+    def launch(self, conv: _Conversation, exchange: _Exchange, fresh: bool = False) -> None:
         conv.exchange = exchange
         try:
-            exchange.start()
+            exchange.start(fresh)
         except Unanswered as exc:
             exchange.abandon()
             self.step(conv, exc)
