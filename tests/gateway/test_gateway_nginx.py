@@ -72,20 +72,6 @@ def archive(demo_data: Path, study: str) -> Iterator[OrthancServer]:
 
 
 @pytest.fixture(scope="module")
-def proxy(archive: OrthancServer) -> Iterator[FaultProxy]:
-    with FaultProxy(archive.dicomweb_url) as fault_proxy:
-        yield fault_proxy
-
-
-@pytest.fixture
-def fresh_proxy(proxy: FaultProxy) -> Iterator[FaultProxy]:
-    proxy.set_fault("none")
-    proxy.clear()
-    yield proxy
-    proxy.set_fault("none")
-
-
-@pytest.fixture(scope="module")
 def document(config_document: dict[str, Any], archive: OrthancServer, proxy: FaultProxy) -> dict[str, Any]:
     doc = copy.deepcopy(config_document)
     for trust in doc["trusts"]:

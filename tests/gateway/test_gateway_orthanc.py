@@ -59,20 +59,6 @@ def archive(demo_data: Path, patients: tuple[dict[str, Any], dict[str, Any]]) ->
 
 
 @pytest.fixture(scope="module")
-def proxy(archive: OrthancServer) -> Iterator[FaultProxy]:
-    with FaultProxy(archive.dicomweb_url) as fault_proxy:
-        yield fault_proxy
-
-
-@pytest.fixture
-def fresh_proxy(proxy: FaultProxy) -> Iterator[FaultProxy]:
-    proxy.set_fault("none")
-    proxy.clear()
-    yield proxy
-    proxy.set_fault("none")
-
-
-@pytest.fixture(scope="module")
 def gateway_app(config_document: dict[str, Any], demo_data: Path, proxy: FaultProxy) -> Any:
     doc = copy.deepcopy(config_document)
     for trust in doc["trusts"]:
